@@ -1,0 +1,159 @@
+//! `tlsrpt-collectd` / `mailtls collectd`: options as upstream, then
+//! [`tlsrpt_collectd::run`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgMatches, Command};
+use mailtls_common::config::{add_options, Kind, OptionSpec, ProgramSpec, Settings};
+use mailtls_common::pidfile::PidFile;
+use tlsrpt_collectd::socket::{parse_mode, Permissions};
+use tlsrpt_collectd::{exit, CollectdConfig};
+
+const OPTIONS: [OptionSpec; 13] = [
+    OptionSpec { name: "storage", kind: Kind::Str, default: "", help: "Storage URL(s), comma-separated, e.g. sqlite:///var/lib/tlsrpt/collectd.sqlite. Completed days are kept beside each file as FILE.yesterday" },
+    OptionSpec { name: "socketname", kind: Kind::Str, default: "", help: "Path of the unix datagram socket that the MTA sends to (Postfix: smtp_tlsrpt_socket_name)" },
+    OptionSpec { name: "socketuser", kind: Kind::Str, default: "", help: "User (name or number) to own the socket" },
+    OptionSpec { name: "socketgroup", kind: Kind::Str, default: "", help: "Group (name or number) to own the socket" },
+    OptionSpec { name: "socketmode", kind: Kind::Str, default: "", help: "Permissions of the socket in octal, e.g. 0220" },
+    OptionSpec { name: "sockettimeout", kind: Kind::Int, default: "5", help: "Seconds after which received counters are committed at the latest" },
+    OptionSpec { name: "max_uncommited_datagrams", kind: Kind::Int, default: "1000", help: "Commit after this many datagrams" },
+    OptionSpec { name: "retry_commit_datagram_count", kind: Kind::Int, default: "1000", help: "Accepted for compatibility; failed commits are retried by a separate writer with a growing pause, independently of incoming datagrams" },
+    OptionSpec { name: "pidfilename", kind: Kind::Str, default: "", help: "PID file to write" },
+    OptionSpec { name: "logfilename", kind: Kind::Str, default: "", help: "Log file (in addition to standard error); reopened on SIGHUP" },
+    OptionSpec { name: "log_level", kind: Kind::Str, default: "warn", help: "Log level: debug, info, warn, error, critical, or a number" },
+    OptionSpec { name: "daily_rollover_script", kind: Kind::Str, default: "", help: "Command started after each UTC midnight rollover, with the storage URL and the path of the completed day's database as two extra arguments" },
+    OptionSpec { name: "dump_path_for_invalid_datagram", kind: Kind::Str, default: "", help: "File to save an invalid datagram to, for inspection (the first of each kind per minute)" },
+];
+
+pub const SPEC: ProgramSpec = ProgramSpec {
+    name: "tlsrpt-collectd",
+    section: "tlsrpt_collectd",
+    env_prefix: "TLSRPT_COLLECTD_",
+    default_config_file: "/etc/tlsrpt/collectd.cfg",
+    options: &OPTIONS,
+    ignored: &[],
+};
+
+const ABOUT: &str = "Receive TLSRPT datagrams from the MTA and count them per day (RFC 8460)";
+
+const LONG_ABOUT: &str = "\
+Receive the TLSRPT datagrams that Postfix (through libtlsrpt) sends for every \
+delivery attempt, and count them per UTC day, domain, TLSRPT record and policy \
+in an SQLite database that tlsrpt-fetcher reads. A drop-in replacement for the \
+collectd of sys4's tlsrpt-reporter: same options, config file, environment \
+variables and database files.
+
+The socket is drained on one thread and the database written on another, so a \
+slow or locked database never makes the kernel drop datagrams; counters wait \
+in memory and the write is retried. At UTC midnight the database is moved to \
+FILE.yesterday and a fresh one started.
+
+Every option can also be set as TLSRPT_COLLECTD_<NAME> in the environment or \
+in the [tlsrpt_collectd] section of the config file; the command line wins \
+over the environment, which wins over the file.";
+
+const AFTER_HELP: &str = "\
+Signals:
+  SIGTERM, SIGINT  read what is still queued, commit everything, remove the socket, exit 0
+  SIGHUP           reopen the log file (after log rotation)
+  SIGUSR2          development only: today's counters become yesterday's, then roll over
+
+Exit status: 0 clean shutdown, 2 configuration error, 3 database cannot be set up,
+4 database of another program or version, 6 counters could not be written at
+shutdown, 7 socket cannot be created.
+
+Postfix (>= 3.10), main.cf:
+  smtp_tlsrpt_enable = yes
+  smtp_tlsrpt_socket_name = /run/tlsrpt/tlsrpt-collectd.socket";
+
+pub fn command() -> Command {
+    add_options(
+        Command::new("tlsrpt-collectd")
+            .about(ABOUT)
+            .long_about(LONG_ABOUT)
+            .after_long_help(AFTER_HELP),
+        &SPEC,
+    )
+}
+
+pub fn main(matches: &ArgMatches) -> i32 {
+    let settings = match super::settings(&SPEC, matches) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if let Err(code) = super::init_logging("tlsrpt_collectd", SPEC.name, &settings) {
+        return code;
+    }
+    let config = match config_from(&settings) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("{e}");
+            return exit::USAGE;
+        }
+    };
+    let clock = match mailtls_common::clock::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("{e}");
+            return exit::USAGE;
+        }
+    };
+    if std::env::var_os(mailtls_common::clock::TEST_CLOCK_ENV).is_some() {
+        log::warn!("using a test clock that started at {}", clock.now());
+    }
+    let _pid = PidFile::create(settings.get_str("pidfilename"));
+    let code = tlsrpt_collectd::run(config, clock.as_ref());
+    if code == exit::OK {
+        log::info!("process terminates with exit code {code}");
+    } else {
+        log::error!("process terminates with exit code {code}");
+    }
+    code
+}
+
+/// Validate the settings into the collector's configuration.
+pub fn config_from(settings: &Settings) -> Result<CollectdConfig, String> {
+    let storage =
+        tlsrpt_store::parse_storage_list(settings.get_str("storage")).map_err(|e| e.to_string())?;
+    if storage.is_empty() {
+        return Err("no storage configured: set storage=sqlite:///path/to/collectd.sqlite (option --storage, TLSRPT_COLLECTD_STORAGE or [tlsrpt_collectd] storage)".into());
+    }
+    let socket = settings.get_str("socketname");
+    if socket.is_empty() {
+        return Err("no socket configured: set socketname=/path/to/tlsrpt-collectd.socket (option --socketname, TLSRPT_COLLECTD_SOCKETNAME or [tlsrpt_collectd] socketname), the same path as Postfix's smtp_tlsrpt_socket_name".into());
+    }
+    let non_empty = |name: &str| {
+        let v = settings.get_str(name);
+        (!v.is_empty()).then(|| v.to_string())
+    };
+    let mode = match non_empty("socketmode") {
+        Some(text) => Some(parse_mode(&text)?),
+        None => None,
+    };
+    let timeout = settings.get_int("sockettimeout");
+    if timeout < 1 {
+        return Err(format!(
+            "sockettimeout must be at least 1 second, not {timeout}"
+        ));
+    }
+    let max_uncommitted = settings.get_int("max_uncommited_datagrams");
+    if max_uncommitted < 1 {
+        return Err(format!(
+            "max_uncommited_datagrams must be at least 1, not {max_uncommitted}"
+        ));
+    }
+    Ok(CollectdConfig {
+        storage,
+        socket: PathBuf::from(socket),
+        permissions: Permissions {
+            user: non_empty("socketuser"),
+            group: non_empty("socketgroup"),
+            mode,
+        },
+        socket_timeout: Duration::from_secs(timeout as u64),
+        max_uncommitted: max_uncommitted as u64,
+        rollover_script: non_empty("daily_rollover_script"),
+        dump_path: non_empty("dump_path_for_invalid_datagram").map(PathBuf::from),
+    })
+}

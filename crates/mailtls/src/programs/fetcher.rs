@@ -1,0 +1,155 @@
+//! `tlsrpt-fetcher` / `mailtls fetcher`: answer one fetcher protocol v1
+//! request from the completed-day database and exit.
+
+use std::io::Write;
+use std::path::Path;
+
+use clap::{Arg, ArgMatches, Command};
+use mailtls_common::config::{add_options, Kind, OptionSpec, ProgramSpec};
+use tlsrpt_store::{yesterday_path, FetcherDb, StoreError};
+
+const OPTIONS: [OptionSpec; 3] = [
+    OptionSpec { name: "storage", kind: Kind::Str, default: "", help: "Storage URL of the collector, e.g. sqlite:///var/lib/tlsrpt/collectd.sqlite; the completed day is read from FILE.yesterday. Only the first of several comma-separated URLs is used" },
+    OptionSpec { name: "logfilename", kind: Kind::Str, default: "", help: "Log file (in addition to standard error)" },
+    OptionSpec { name: "log_level", kind: Kind::Str, default: "warn", help: "Log level: debug, info, warn, error, critical, or a number" },
+];
+
+pub const SPEC: ProgramSpec = ProgramSpec {
+    name: "tlsrpt-fetcher",
+    section: "tlsrpt_fetcher",
+    env_prefix: "TLSRPT_FETCHER_",
+    default_config_file: "/etc/tlsrpt/fetcher.cfg",
+    options: &OPTIONS,
+    ignored: &[],
+};
+
+/// Exit codes: as upstream for usage; distinct ones for a missing database
+/// (the collector has not rolled over yet) and for a database of another kind.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const OUTPUT: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const NO_DATABASE: i32 = 3;
+    pub const WRONG_DATABASE: i32 = 4;
+}
+
+const LONG_ABOUT: &str = "\
+Print what tlsrpt-collectd counted on one completed UTC day, in the fetcher \
+protocol v1 that tlsrpt-reportd reads on standard output, locally or as \
+`ssh host tlsrpt-fetcher ...`. A drop-in replacement for the fetcher of \
+sys4's tlsrpt-reporter.
+
+With DAY alone: the protocol header (version line, this host's UTC time, the \
+newest completed day) and the domains with data on DAY, ended by a line `.`. \
+With DAY and DOMAIN: one JSON object with that domain's counters.
+
+Every option can also be set as TLSRPT_FETCHER_<NAME> in the environment or in \
+the [tlsrpt_fetcher] section of the config file.";
+
+const AFTER_HELP: &str = "\
+Exit status: 0 success, 1 output could not be written (e.g. the reader went
+away), 2 usage or configuration error, 3 the completed-day database does not
+exist or cannot be read, 4 the file is not a tlsrpt-collectd database.
+
+Examples:
+  tlsrpt-fetcher --storage sqlite:///var/lib/tlsrpt/collectd.sqlite 2026-11-21
+  tlsrpt-fetcher --storage sqlite:///var/lib/tlsrpt/collectd.sqlite 2026-11-21 example.com
+  ssh mx1.example.net tlsrpt-fetcher 2026-11-21";
+
+pub fn command() -> Command {
+    add_options(
+        Command::new("tlsrpt-fetcher")
+            .about("Print one day's TLSRPT counters for tlsrpt-reportd (fetcher protocol v1)")
+            .long_about(LONG_ABOUT)
+            .after_long_help(AFTER_HELP)
+            .arg(
+                Arg::new("day")
+                    .value_name("DAY")
+                    .required(true)
+                    .help("UTC day to fetch, YYYY-MM-DD"),
+            )
+            .arg(
+                Arg::new("domain")
+                    .value_name("DOMAIN")
+                    .help("Domain whose details to print; without it, print the list of domains"),
+            ),
+        &SPEC,
+    )
+}
+
+pub fn main(matches: &ArgMatches) -> i32 {
+    let settings = match super::settings(&SPEC, matches) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if let Err(code) = super::init_logging("tlsrpt_fetcher", SPEC.name, &settings) {
+        return code;
+    }
+    let day = matches.get_one::<String>("day").expect("required");
+    if let Err(e) = tlsrpt_fetcher::parse_day(day) {
+        log::error!("{e}");
+        return exit::USAGE;
+    }
+    let mut urls = match tlsrpt_store::parse_storage_list(settings.get_str("storage")) {
+        Ok(urls) => urls.into_iter(),
+        Err(e) => {
+            log::error!("{e}");
+            return exit::USAGE;
+        }
+    };
+    let Some(url) = urls.next() else {
+        log::error!("no storage configured: set storage=sqlite:///path/to/collectd.sqlite, the same as tlsrpt-collectd's (option --storage, TLSRPT_FETCHER_STORAGE or [tlsrpt_fetcher] storage)");
+        return exit::USAGE;
+    };
+    for ignored in urls {
+        log::warn!(
+            "ignoring additional storage {}: the fetcher reads only the first",
+            ignored.url
+        );
+    }
+    let domain = matches.get_one::<String>("domain");
+    match answer(&yesterday_path(&url.path), day, domain.map(String::as_str)) {
+        Ok(()) => exit::OK,
+        Err(Failure::Store(e)) => {
+            log::error!("{e}");
+            match e {
+                StoreError::WrongPurpose { .. } => exit::WRONG_DATABASE,
+                _ => exit::NO_DATABASE,
+            }
+        }
+        Err(Failure::Output(e)) => {
+            log::warn!("cannot write the answer: {e}");
+            exit::OUTPUT
+        }
+    }
+}
+
+enum Failure {
+    Store(StoreError),
+    Output(std::io::Error),
+}
+
+fn answer(path: &Path, day: &str, domain: Option<&str>) -> Result<(), Failure> {
+    let db = FetcherDb::open(path).map_err(Failure::Store)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match domain {
+        None => {
+            let completed = db.completed_day().map_err(Failure::Store)?;
+            let domains = db.domains(day).map_err(Failure::Store)?;
+            log::info!("domain list for {day}: {} domains", domains.len());
+            let now = mailtls_common::clock::from_env()
+                .map_err(|e| Failure::Output(std::io::Error::other(e)))?
+                .now();
+            tlsrpt_fetcher::write_domain_list(&mut out, now, completed.as_deref(), &domains)
+                .map_err(Failure::Output)?;
+        }
+        Some(domain) => {
+            let (policies, failures) = db.details(day, domain).map_err(Failure::Store)?;
+            log::info!("details for {domain} on {day}: {} policies", policies.len());
+            let text = tlsrpt_fetcher::render_details(domain, &policies, &failures);
+            out.write_all(text.as_bytes()).map_err(Failure::Output)?;
+        }
+    }
+    out.flush().map_err(Failure::Output)
+}

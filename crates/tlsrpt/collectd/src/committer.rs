@@ -1,0 +1,442 @@
+//! The writing side of the collector: a thread that owns the database
+//! connections, so that a slow, locked or broken database never stops the
+//! receiver from draining the socket.
+//!
+//! The receiver hands over aggregates; the committer merges them into a
+//! pending aggregate per store and writes that in one transaction. When a
+//! write fails, the pending counters stay in memory (bounded by the number of
+//! distinct keys) and the write is retried with a growing pause.
+
+use std::collections::VecDeque;
+use std::process::Command;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use tlsrpt_datagram::Aggregate;
+use tlsrpt_store::{yesterday_path, CollectorDb, Opened, StorageUrl, StoreError};
+
+/// What the receiver asks of the committer, in order.
+#[derive(Debug)]
+pub enum Request {
+    /// Counters to add.
+    Counters(Aggregate),
+    /// The UTC day `completed` is over: write its counters, then roll the
+    /// files over so the fetcher can read it.
+    Rollover { completed: String },
+    /// Development rollover (SIGUSR2): today's counters become `yesterday`'s,
+    /// then roll over as at midnight.
+    DevelopmentRollover { today: String, yesterday: String },
+    /// Write everything and stop.
+    Shutdown,
+}
+
+/// Pause before the first retry of a failed write; doubled up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(30);
+/// How long shutdown keeps retrying a failing store before giving up.
+const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(10);
+
+/// One configured store and what still has to reach it.
+struct Store {
+    url: StorageUrl,
+    db: Option<CollectorDb>,
+    pending: Aggregate,
+    rollovers: VecDeque<String>,
+    retry_at: Option<Instant>,
+    retry_pause: Duration,
+    failing_since: Option<Instant>,
+    rollover_script: Option<String>,
+}
+
+impl Store {
+    fn open(url: &StorageUrl) -> Result<(CollectorDb, Opened), StoreError> {
+        CollectorDb::open(&url.path)
+    }
+
+    fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.rollovers.is_empty()
+    }
+
+    /// Try to bring the database up to date. Returns false if something is
+    /// still pending after a failure.
+    fn flush(&mut self, now: Instant) -> bool {
+        if self.is_idle() {
+            return true;
+        }
+        if self.retry_at.is_some_and(|t| now < t) {
+            return false;
+        }
+        match self.try_flush() {
+            Ok(()) => {
+                if let Some(since) = self.failing_since.take() {
+                    log::info!(
+                        "database {} writable again after {:.1} s; nothing was lost",
+                        self.url.path.display(),
+                        since.elapsed().as_secs_f64()
+                    );
+                }
+                self.retry_at = None;
+                self.retry_pause = FIRST_RETRY;
+                true
+            }
+            Err(e) => {
+                if self.failing_since.is_none() {
+                    self.failing_since = Some(now);
+                    log::error!(
+                        "cannot write to {}: {e}; keeping {} datagrams ({} keys) in memory and retrying, receiving goes on",
+                        self.url.path.display(),
+                        self.pending.datagrams(),
+                        self.pending.len()
+                    );
+                } else {
+                    log::warn!(
+                        "still cannot write to {}: {e}; {} keys pending",
+                        self.url.path.display(),
+                        self.pending.len()
+                    );
+                }
+                self.retry_at = Some(now + self.retry_pause);
+                self.retry_pause = (self.retry_pause * 2).min(MAX_RETRY);
+                false
+            }
+        }
+    }
+
+    fn try_flush(&mut self) -> Result<(), StoreError> {
+        if self.db.is_none() {
+            let (db, _) = Store::open(&self.url)?;
+            self.db = Some(db);
+        }
+        while let Some(completed) = self.rollovers.front().cloned() {
+            self.roll_over(&completed)?;
+            self.rollovers.pop_front();
+        }
+        if !self.pending.is_empty() {
+            let db = self.db.as_mut().expect("opened above");
+            let started = Instant::now();
+            db.write(&self.pending)?;
+            log::debug!(
+                "committed {} datagrams ({} keys) to {} in {} ms",
+                self.pending.datagrams(),
+                self.pending.len(),
+                self.url.path.display(),
+                started.elapsed().as_millis()
+            );
+            self.pending = Aggregate::new();
+        }
+        Ok(())
+    }
+
+    /// Write the counters of days up to `completed`, then move the file to
+    /// `.yesterday` and start a new one.
+    fn roll_over(&mut self, completed: &str) -> Result<(), StoreError> {
+        let db = self.db.as_mut().expect("opened before rollover");
+        // Counters of the completed day (or older) belong in the file being closed.
+        let next_day = next_day_string(completed);
+        let old = self.pending.split_off_before(&next_day);
+        if let Err(e) = db.write(&old) {
+            self.pending.merge(old);
+            return Err(e);
+        }
+        let db = self.db.take().expect("present");
+        match db.rollover(completed) {
+            Ok((fresh, stale)) => {
+                if stale {
+                    log::error!(
+                        "possible earlier rollover problem: {} still had a day status, replaced it",
+                        self.url.path.display()
+                    );
+                }
+                self.db = Some(fresh);
+                let yesterday = yesterday_path(&self.url.path);
+                log::info!(
+                    "day {completed} complete: moved to {}, new database {}",
+                    yesterday.display(),
+                    self.url.path.display()
+                );
+                self.run_rollover_script(&yesterday.to_string_lossy());
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Start `daily_rollover_script URL YESTERDAYPATH` without waiting for it;
+    /// a helper thread reaps it and logs a failure.
+    fn run_rollover_script(&self, yesterday: &str) {
+        let Some(script) = &self.rollover_script else {
+            return;
+        };
+        let mut words = script.split_whitespace();
+        let Some(program) = words.next() else { return };
+        let mut cmd = Command::new(program);
+        cmd.args(words).arg(&self.url.url).arg(yesterday);
+        log::info!("starting daily rollover script {cmd:?}");
+        match cmd.spawn() {
+            Ok(mut child) => {
+                let script = script.clone();
+                std::thread::spawn(move || match child.wait() {
+                    Ok(status) if status.success() => {}
+                    Ok(status) => log::error!("daily rollover script '{script}' {status}"),
+                    Err(e) => log::error!("daily rollover script '{script}': {e}"),
+                });
+            }
+            Err(e) => log::error!("cannot start daily rollover script '{script}': {e}"),
+        }
+    }
+}
+
+/// The day after `day` (`YYYY-MM-DD`).
+fn next_day_string(day: &str) -> String {
+    chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.succ_opt())
+        .map(mailtls_common::clock::day_string)
+        // Not a date we wrote: everything pending is then newer.
+        .unwrap_or_else(|| day.to_string())
+}
+
+/// Open every store at start. A new installation also gets its
+/// `.yesterday` file, and a database left with counters of an earlier day
+/// (the collector was down over midnight) is rolled over at once, so that
+/// day can still be reported.
+pub fn open_stores(
+    urls: &[StorageUrl],
+    today: &str,
+    yesterday: &str,
+    rollover_script: Option<String>,
+) -> Result<Vec<StoreHandle>, StoreError> {
+    let mut stores = Vec::with_capacity(urls.len());
+    for url in urls {
+        let (db, opened) = Store::open(url)?;
+        let mut rollovers = VecDeque::new();
+        match opened {
+            Opened::Created => {
+                log::info!(
+                    "created new database {}, preparing {} as well",
+                    url.path.display(),
+                    yesterday_path(&url.path).display()
+                );
+                rollovers.push_back(yesterday.to_string());
+            }
+            Opened::Existing => {
+                log::info!("database {} looks OK", url.path.display());
+                if let Some(newest) = db.newest_day()? {
+                    if newest.as_str() < today {
+                        log::warn!(
+                            "database {} holds counters of {newest}, before today {today}: the collector was not running at midnight; rolling over now",
+                            url.path.display()
+                        );
+                        rollovers.push_back(yesterday.to_string());
+                    }
+                }
+            }
+        }
+        let mut store = Store {
+            url: url.clone(),
+            db: Some(db),
+            pending: Aggregate::new(),
+            rollovers,
+            retry_at: None,
+            retry_pause: FIRST_RETRY,
+            failing_since: None,
+            rollover_script: rollover_script.clone(),
+        };
+        store.try_flush()?;
+        stores.push(StoreHandle(store));
+    }
+    Ok(stores)
+}
+
+/// A store opened at start, to be moved into the committer thread.
+pub struct StoreHandle(Store);
+
+/// The outcome of the committer thread.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything received was written.
+    AllWritten,
+    /// Some counters could not be written before shutdown.
+    Lost { datagrams: u64 },
+}
+
+/// Run the committer until [`Request::Shutdown`] (or until the receiver is
+/// gone).
+pub fn run(stores: Vec<StoreHandle>, requests: Receiver<Request>) -> Outcome {
+    let mut stores: Vec<Store> = stores.into_iter().map(|h| h.0).collect();
+    loop {
+        let wait = stores
+            .iter()
+            .filter_map(|s| s.retry_at)
+            .min()
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(3600));
+        let first = match requests.recv_timeout(wait) {
+            Ok(r) => Some(r),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => Some(Request::Shutdown),
+        };
+        // Take everything that is already queued, so that a backlog becomes
+        // one transaction instead of many.
+        let mut shutdown = false;
+        for request in first.into_iter().chain(requests.try_iter()) {
+            match request {
+                Request::Counters(agg) => add_to_all(&mut stores, agg),
+                Request::Rollover { completed } => {
+                    for s in &mut stores {
+                        s.rollovers.push_back(completed.clone());
+                    }
+                }
+                Request::DevelopmentRollover { today, yesterday } => {
+                    log::info!("development rollover: counters of {today} become {yesterday}'s");
+                    for s in &mut stores {
+                        s.pending.relabel_day(&today, &yesterday);
+                        if let Some(db) = s.db.as_mut() {
+                            if let Err(e) = db.relabel_day(&today, &yesterday) {
+                                log::error!(
+                                    "development rollover of {}: {e}",
+                                    s.url.path.display()
+                                );
+                            }
+                        }
+                        s.rollovers.push_back(yesterday.clone());
+                    }
+                }
+                Request::Shutdown => shutdown = true,
+            }
+        }
+        let now = Instant::now();
+        for s in &mut stores {
+            s.flush(now);
+        }
+        if shutdown {
+            return finish(stores);
+        }
+    }
+}
+
+fn add_to_all(stores: &mut [Store], agg: Aggregate) {
+    if let Some((last, others)) = stores.split_last_mut() {
+        for s in others {
+            s.pending.merge(agg.clone());
+        }
+        last.pending.merge(agg);
+    }
+}
+
+/// Shutdown: keep trying for a while, then report what could not be written.
+fn finish(mut stores: Vec<Store>) -> Outcome {
+    let deadline = Instant::now() + SHUTDOWN_PATIENCE;
+    loop {
+        let mut all_done = true;
+        for s in &mut stores {
+            s.retry_at = None;
+            all_done &= s.flush(Instant::now());
+        }
+        if all_done {
+            return Outcome::AllWritten;
+        }
+        if Instant::now() >= deadline {
+            let mut lost = 0;
+            for s in &stores {
+                if !s.pending.is_empty() {
+                    log::error!(
+                        "giving up on {}: {} datagrams received since the last successful write are lost",
+                        s.url.path.display(),
+                        s.pending.datagrams()
+                    );
+                    lost = lost.max(s.pending.datagrams());
+                }
+            }
+            return Outcome::Lost { datagrams: lost };
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use tlsrpt_store::FetcherDb;
+
+    const D: &str = r#"{"d":"a.example","pr":"r","policies":[{"policy-type":9,"t":0,"f":0}]}"#;
+
+    fn counters(day: &str, n: usize) -> Aggregate {
+        let mut a = Aggregate::new();
+        let d = tlsrpt_datagram::parse(D.as_bytes()).unwrap();
+        for _ in 0..n {
+            a.add(day, &d);
+        }
+        a
+    }
+
+    fn total(db: &FetcherDb, day: &str) -> i64 {
+        let (p, _) = db.details(day, "a.example").unwrap();
+        p.iter().map(|r| r.total).sum()
+    }
+
+    #[test]
+    fn new_installation_gets_a_yesterday_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let url =
+            StorageUrl::parse(&format!("sqlite://{}/c.sqlite", dir.path().display())).unwrap();
+        open_stores(std::slice::from_ref(&url), "2026-11-22", "2026-11-21", None).unwrap();
+        let y = FetcherDb::open(&yesterday_path(&url.path)).unwrap();
+        assert_eq!(y.completed_day().unwrap().as_deref(), Some("2026-11-21"));
+    }
+
+    #[test]
+    fn counters_before_and_after_midnight_land_in_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let url =
+            StorageUrl::parse(&format!("sqlite://{}/c.sqlite", dir.path().display())).unwrap();
+        let stores =
+            open_stores(std::slice::from_ref(&url), "2026-11-21", "2026-11-20", None).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let t = std::thread::spawn(move || run(stores, rx));
+        tx.send(Request::Counters(counters("2026-11-21", 3)))
+            .unwrap();
+        tx.send(Request::Rollover {
+            completed: "2026-11-21".into(),
+        })
+        .unwrap();
+        tx.send(Request::Counters(counters("2026-11-22", 2)))
+            .unwrap();
+        tx.send(Request::Shutdown).unwrap();
+        assert_eq!(t.join().unwrap(), Outcome::AllWritten);
+        let y = FetcherDb::open(&yesterday_path(&url.path)).unwrap();
+        assert_eq!(y.completed_day().unwrap().as_deref(), Some("2026-11-21"));
+        assert_eq!(total(&y, "2026-11-21"), 3);
+        let (today, _) = CollectorDb::open(&url.path).unwrap();
+        assert_eq!(today.newest_day().unwrap().as_deref(), Some("2026-11-22"));
+    }
+
+    #[test]
+    fn a_locked_database_keeps_counters_until_it_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let url =
+            StorageUrl::parse(&format!("sqlite://{}/c.sqlite", dir.path().display())).unwrap();
+        let stores =
+            open_stores(std::slice::from_ref(&url), "2026-11-21", "2026-11-20", None).unwrap();
+        // Another process holds an exclusive lock on the file.
+        let locker = rusqlite::Connection::open(&url.path).unwrap();
+        locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let (tx, rx) = mpsc::channel();
+        let t = std::thread::spawn(move || run(stores, rx));
+        for _ in 0..5 {
+            tx.send(Request::Counters(counters("2026-11-21", 10)))
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(2500));
+        locker.execute_batch("COMMIT").unwrap();
+        drop(locker);
+        tx.send(Request::Shutdown).unwrap();
+        assert_eq!(t.join().unwrap(), Outcome::AllWritten);
+        let conn = rusqlite::Connection::open(&url.path).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT sum(cntrtotal) FROM finalresults", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 50);
+    }
+}

@@ -1,0 +1,163 @@
+//! The TLSRPT collector (`tlsrpt-collectd`): the second stage of the TLSRPT
+//! flow, between the MTA's datagrams and the store the fetcher reads.
+//!
+//! ```text
+//! socket --> receiver (parse, aggregate) --channel--> committer --> SQLite
+//!                                                         \--> rollover at UTC midnight
+//! ```
+//!
+//! - [`socket`]: the datagram socket, its permissions, the kernel queue check.
+//! - [`receiver`]: the thread that drains the socket; it never waits for disk.
+//! - [`committer`]: the thread that owns the stores and retries failed writes.
+//! - [`refused`]: counting and logging of invalid datagrams without log floods.
+
+pub mod committer;
+pub mod receiver;
+pub mod refused;
+pub mod socket;
+
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use mailtls_common::clock::{self, Clock};
+use receiver::{Receiver, ReceiverSettings, SignalFlags};
+use refused::Refused;
+use socket::{CollectorSocket, Permissions};
+use tlsrpt_store::StorageUrl;
+
+/// Exit codes of the upstream collectd, kept so that service managers and
+/// scripts read ours the same way.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const USAGE: i32 = 2;
+    pub const DB_SETUP_FAILURE: i32 = 3;
+    pub const WRONG_DB_VERSION: i32 = 4;
+    pub const SHUTDOWN_STORE: i32 = 6;
+    pub const SOCKET: i32 = 7;
+}
+
+/// Everything the collector needs, already validated.
+#[derive(Debug, Clone)]
+pub struct CollectdConfig {
+    pub storage: Vec<StorageUrl>,
+    pub socket: PathBuf,
+    pub permissions: Permissions,
+    /// `sockettimeout`: counters reach the database at most this long after
+    /// their datagram arrived.
+    pub socket_timeout: Duration,
+    /// `max_uncommited_datagrams`.
+    pub max_uncommitted: u64,
+    pub rollover_script: Option<String>,
+    pub dump_path: Option<PathBuf>,
+}
+
+/// Run the collector until SIGTERM or SIGINT; returns the exit code.
+pub fn run(config: CollectdConfig, clock: &dyn Clock) -> i32 {
+    log::info!("TLSRPT collectd starting");
+    socket::check_queue_length();
+
+    let now = clock.now();
+    let today = clock::day_string(now.date_naive());
+    let yesterday = clock::day_string(now.date_naive().pred_opt().expect("date in range"));
+    let stores = match committer::open_stores(
+        &config.storage,
+        &today,
+        &yesterday,
+        config.rollover_script.clone(),
+    ) {
+        Ok(stores) => stores,
+        Err(e) => {
+            log::error!("{e}");
+            return match e {
+                tlsrpt_store::StoreError::WrongPurpose { .. } => exit::WRONG_DB_VERSION,
+                _ => exit::DB_SETUP_FAILURE,
+            };
+        }
+    };
+
+    let flags = SignalFlags::default();
+    if let Err(e) = register_signals(&flags) {
+        log::error!("cannot install signal handlers: {e}");
+        return exit::SOCKET;
+    }
+
+    let socket = match CollectorSocket::bind(&config.socket, &config.permissions) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("{e}");
+            return exit::SOCKET;
+        }
+    };
+    log::info!("listening on socket {}", config.socket.display());
+
+    let (tx, rx) = mpsc::channel();
+    let committer = std::thread::Builder::new()
+        .name("committer".into())
+        .spawn(move || {
+            lower_own_priority();
+            committer::run(stores, rx)
+        })
+        .expect("spawn committer thread");
+
+    let receiver = Receiver::new(
+        socket,
+        flags,
+        clock,
+        tx,
+        ReceiverSettings {
+            max_uncommitted: config.max_uncommitted.max(1),
+            commit_after: config.socket_timeout,
+        },
+        Refused::new(config.dump_path.clone(), Instant::now()),
+    );
+    receiver.run();
+    match committer.join() {
+        Ok(committer::Outcome::AllWritten) => {
+            log::info!("all counters written; exiting");
+            exit::OK
+        }
+        Ok(committer::Outcome::Lost { .. }) => exit::SHUTDOWN_STORE,
+        Err(_) => {
+            log::error!("the database writer crashed");
+            exit::SHUTDOWN_STORE
+        }
+    }
+}
+
+/// Nice value of the committer thread. Writing can wait; reading cannot,
+/// because the kernel drops datagrams once its short queue is full. On a busy
+/// host this lets the receiver win the CPU whenever both are runnable.
+const COMMITTER_NICE: i32 = 10;
+
+/// Lower the priority of the calling thread (on Linux, setpriority with a
+/// thread id affects only that thread; raising the nice value needs no
+/// privilege).
+fn lower_own_priority() {
+    // SAFETY: plain system calls on our own thread id.
+    let rc = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, COMMITTER_NICE)
+    };
+    if rc != 0 {
+        log::debug!(
+            "cannot lower the committer's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Route SIGTERM/SIGINT/SIGUSR2/SIGHUP to flags that the receiver checks
+/// after every read; the signal itself interrupts a waiting read.
+fn register_signals(flags: &SignalFlags) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+    for (signal, flag) in [
+        (SIGTERM, &flags.terminate),
+        (SIGINT, &flags.terminate),
+        (SIGUSR2, &flags.rollover),
+        (SIGHUP, &flags.reopen_log),
+    ] {
+        signal_hook::flag::register(signal, Arc::clone(flag))?;
+    }
+    Ok(())
+}

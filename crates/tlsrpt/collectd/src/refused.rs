@@ -1,0 +1,170 @@
+//! Accounting for datagrams that cannot be counted, and for those counted
+//! with a repair, without flooding the log: the first of each kind in a
+//! period is logged in full (and dumped to `dump_path_for_invalid_datagram`),
+//! the rest only as numbers in one summary line per period.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tlsrpt_datagram::Invalid;
+
+/// How often the summary of refused datagrams is logged.
+pub const SUMMARY_PERIOD: Duration = Duration::from_secs(60);
+
+/// Longest excerpt of a bad datagram in the log.
+const EXCERPT: usize = 200;
+
+/// Refused and repaired datagrams of the current period.
+pub struct Refused {
+    dump_path: Option<PathBuf>,
+    period_start: Instant,
+    /// Refused datagrams per category in this period.
+    refused: BTreeMap<&'static str, u64>,
+    /// Counted after replacing invalid UTF-8 in this period.
+    repaired_utf8: u64,
+    /// Counted although `t` disagreed with the failure details.
+    count_mismatch: u64,
+    /// Everything refused since start.
+    pub total_refused: u64,
+}
+
+impl Refused {
+    pub fn new(dump_path: Option<PathBuf>, now: Instant) -> Refused {
+        Refused {
+            dump_path,
+            period_start: now,
+            refused: BTreeMap::new(),
+            repaired_utf8: 0,
+            count_mismatch: 0,
+            total_refused: 0,
+        }
+    }
+
+    /// A datagram that cannot be counted.
+    pub fn refuse(&mut self, error: &Invalid, bytes: &[u8]) {
+        self.total_refused += 1;
+        let seen = self.refused.entry(error.category()).or_insert(0);
+        *seen += 1;
+        if *seen == 1 {
+            // Dump outside the log macro: its arguments are not evaluated when
+            // the level is disabled.
+            let dumped = self.dump(bytes);
+            log::error!(
+                "refused an invalid datagram ({error}), {} bytes: {}{}; further ones of this kind are only counted until the next summary",
+                bytes.len(),
+                excerpt(bytes),
+                dumped
+            );
+        }
+    }
+
+    /// A datagram counted after its invalid UTF-8 was replaced.
+    pub fn repaired_utf8(&mut self, bytes: &[u8]) {
+        self.repaired_utf8 += 1;
+        if self.repaired_utf8 == 1 {
+            log::warn!(
+                "datagram with invalid UTF-8 counted with the bad bytes replaced by U+FFFD: {}",
+                excerpt(bytes)
+            );
+        }
+    }
+
+    /// A datagram whose failure count `t` disagreed with its details.
+    pub fn count_mismatch(&mut self, bytes: &[u8]) {
+        self.count_mismatch += 1;
+        if self.count_mismatch == 1 {
+            log::warn!(
+                "datagram whose failure count t differs from its failure details counted anyway: {}",
+                excerpt(bytes)
+            );
+        }
+    }
+
+    /// Log the summary of the period if it is over, and start a new one.
+    pub fn maybe_summarize(&mut self, now: Instant) {
+        if now.duration_since(self.period_start) < SUMMARY_PERIOD {
+            return;
+        }
+        self.summarize();
+        self.period_start = now;
+    }
+
+    /// Log what this period saw beyond the first of each kind.
+    pub fn summarize(&mut self) {
+        let refused: u64 = self.refused.values().sum();
+        if refused > 0 {
+            let kinds: Vec<String> = self
+                .refused
+                .iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect();
+            log::error!(
+                "refused {refused} invalid datagrams in the last {} s ({}); {} since start",
+                SUMMARY_PERIOD.as_secs(),
+                kinds.join(", "),
+                self.total_refused
+            );
+        }
+        if self.repaired_utf8 > 1 {
+            log::warn!(
+                "counted {} datagrams with invalid UTF-8 replaced in the last {} s",
+                self.repaired_utf8,
+                SUMMARY_PERIOD.as_secs()
+            );
+        }
+        if self.count_mismatch > 1 {
+            log::warn!(
+                "counted {} datagrams whose failure count t differed from their details in the last {} s",
+                self.count_mismatch,
+                SUMMARY_PERIOD.as_secs()
+            );
+        }
+        self.refused.clear();
+        self.repaired_utf8 = 0;
+        self.count_mismatch = 0;
+    }
+
+    /// Write the datagram to the dump file (replacing the previous one, as
+    /// upstream does) and say so for the log line.
+    fn dump(&self, bytes: &[u8]) -> String {
+        let Some(path) = &self.dump_path else {
+            return String::new();
+        };
+        match std::fs::write(path, bytes) {
+            Ok(()) => format!(" (saved to {})", path.display()),
+            Err(e) => format!(" (could not save it to {}: {e})", path.display()),
+        }
+    }
+}
+
+/// A printable excerpt of a datagram for the log.
+fn excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(EXCERPT)]);
+    let mut out: String = text.escape_debug().collect();
+    if bytes.len() > EXCERPT {
+        out.push_str("...");
+    }
+    format!("\"{out}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_category_and_dumps_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let dump = dir.path().join("bad");
+        let mut r = Refused::new(Some(dump.clone()), Instant::now());
+        let err = tlsrpt_datagram::parse(b"garbage").unwrap_err();
+        r.refuse(&err, b"garbage");
+        r.refuse(&err, b"garbage2");
+        assert_eq!(r.total_refused, 2);
+        assert_eq!(r.refused["invalid JSON"], 2);
+        assert_eq!(std::fs::read(&dump).unwrap(), b"garbage");
+        r.summarize();
+        assert!(r.refused.is_empty());
+        assert_eq!(r.total_refused, 2);
+    }
+}

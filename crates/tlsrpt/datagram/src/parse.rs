@@ -1,0 +1,409 @@
+//! From the bytes of one datagram to a validated [`Delivery`].
+//!
+//! The protocol (libtlsrpt datagram protocol version 1) is described in
+//! `shared/spec/tlsrpt-interfaces.md` section 1. What is counted, and how it
+//! is spelled, follows the upstream collectd (section 2): the policy key is the
+//! policy object without `t`, `f` and `failure-details`, written as Python's
+//! `json.dumps` text; each failure detail is counted by its own JSON text.
+//!
+//! Where the upstream collectd would count half a datagram or crash (missing
+//! keys, wrong types, `null`), the datagram is refused as a whole instead, so
+//! that a bad sender can never corrupt the counters of good ones.
+
+use serde_json::{Map, Value};
+
+use crate::pyjson;
+
+/// The datagram protocol version this collector understands.
+pub const PROTOCOL_VERSION: &str = "1";
+
+/// Policy types of the datagram protocol and their RFC 8460 names.
+pub const POLICY_TYPES: [(i64, &str); 3] = [(1, "tlsa"), (2, "sts"), (9, "no-policy-found")];
+
+/// One delivery attempt as the collector counts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The policy domain, normalised: lower case, one trailing dot removed.
+    pub domain: String,
+    /// The TLSRPT TXT record the MTA found, verbatim.
+    pub record: String,
+    pub policies: Vec<PolicyResult>,
+    /// Bytes that were not UTF-8 were replaced by U+FFFD (a remote server's
+    /// EHLO text can bring them in; libtlsrpt copies them through unchecked).
+    pub replaced_invalid_utf8: bool,
+    /// A policy whose `t` differs from the number of failure details it carries;
+    /// counted anyway, as upstream does, but worth a log line.
+    pub failure_count_mismatch: bool,
+}
+
+/// The result of one evaluated policy within a delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyResult {
+    /// Python `json.dumps` text of the policy without `t`, `f`, `failure-details`.
+    pub policy_json: String,
+    /// The final result `f`: true when the session failed.
+    pub failed: bool,
+    /// Python `json.dumps` text of each failure detail, in received order.
+    pub failures: Vec<String>,
+}
+
+/// Why a datagram cannot be counted. The variant names are the categories in
+/// which the collector counts and reports refused datagrams.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("not JSON: {0}")]
+    Json(String),
+    #[error("not a JSON object but {0}")]
+    NotAnObject(&'static str),
+    #[error("unsupported datagram protocol version {0} (expected \"1\")")]
+    ProtocolVersion(String),
+    #[error("missing key {0}")]
+    MissingKey(String),
+    #[error("key {key} has the wrong type: expected {expected}")]
+    WrongType { key: String, expected: &'static str },
+    #[error("key {key} has an invalid value: {value}")]
+    BadValue { key: String, value: String },
+}
+
+impl Invalid {
+    /// A short, stable category name for counting refused datagrams.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Invalid::Json(_) => "invalid JSON",
+            Invalid::NotAnObject(_) => "not an object",
+            Invalid::ProtocolVersion(_) => "wrong protocol version",
+            Invalid::MissingKey(_) => "missing key",
+            Invalid::WrongType { .. } => "wrong type",
+            Invalid::BadValue { .. } => "invalid value",
+        }
+    }
+}
+
+/// Normalise a domain as upstream does: lower case, and one single trailing
+/// dot removed (but not from `..`-endings or the root `.`).
+pub fn normalize_domain(domain: &str) -> String {
+    let lower = domain.to_lowercase();
+    if lower.ends_with('.') && !lower.ends_with("..") && lower != "." {
+        lower[..lower.len() - 1].to_string()
+    } else {
+        lower
+    }
+}
+
+/// Parse and validate one datagram.
+pub fn parse(bytes: &[u8]) -> Result<Delivery, Invalid> {
+    let (text, replaced_invalid_utf8) = match std::str::from_utf8(bytes) {
+        Ok(text) => (std::borrow::Cow::Borrowed(text), false),
+        Err(_) => (String::from_utf8_lossy(bytes), true),
+    };
+    if let Some(mut delivery) = crate::fast::parse_str(&text) {
+        delivery.replaced_invalid_utf8 = replaced_invalid_utf8;
+        return Ok(delivery);
+    }
+    parse_text(&text, replaced_invalid_utf8)
+}
+
+/// The reference reader: build the JSON tree with serde_json, then validate.
+/// Decides every datagram the single-pass reader in [`crate::fast`] declines.
+pub fn parse_reference(bytes: &[u8]) -> Result<Delivery, Invalid> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse_text(text, false),
+        Err(_) => parse_text(&String::from_utf8_lossy(bytes), true),
+    }
+}
+
+fn parse_text(text: &str, replaced_invalid_utf8: bool) -> Result<Delivery, Invalid> {
+    // serde_json refuses nesting deeper than 128 levels, so a hostile payload
+    // cannot exhaust the stack.
+    let value: Value = serde_json::from_str(text).map_err(|e| Invalid::Json(e.to_string()))?;
+    let Value::Object(top) = value else {
+        return Err(Invalid::NotAnObject(type_name(&value)));
+    };
+    match top.get("dpv") {
+        None => {}
+        Some(Value::String(v)) if v == PROTOCOL_VERSION => {}
+        Some(Value::String(v)) => return Err(Invalid::ProtocolVersion(format!("{v:?}"))),
+        Some(other) => return Err(Invalid::ProtocolVersion(pyjson::dumps(other))),
+    }
+    let domain = required_str(&top, "d")?;
+    let record = required_str(&top, "pr")?;
+    let policies = match top.get("policies") {
+        None => return Err(Invalid::MissingKey("policies".into())),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(wrong_type("policies", "array")),
+    };
+    let mut failure_count_mismatch = false;
+    let mut results = Vec::with_capacity(policies.len());
+    for (index, policy) in policies.iter().enumerate() {
+        let Value::Object(policy) = policy else {
+            return Err(wrong_type(&format!("policies[{index}]"), "object"));
+        };
+        let (result, mismatch) = parse_policy(index, policy)?;
+        failure_count_mismatch |= mismatch;
+        results.push(result);
+    }
+    Ok(Delivery {
+        domain: normalize_domain(domain),
+        record: record.to_string(),
+        policies: results,
+        replaced_invalid_utf8,
+        failure_count_mismatch,
+    })
+}
+
+fn parse_policy(
+    index: usize,
+    policy: &Map<String, Value>,
+) -> Result<(PolicyResult, bool), Invalid> {
+    let at = |key: &str| format!("policies[{index}].{key}");
+    match policy.get("policy-type") {
+        None => return Err(Invalid::MissingKey(at("policy-type"))),
+        Some(Value::Number(n)) => {
+            let known = n
+                .as_i64()
+                .is_some_and(|t| POLICY_TYPES.iter().any(|(code, _)| *code == t));
+            if !known {
+                return Err(Invalid::BadValue {
+                    key: at("policy-type"),
+                    value: n.to_string(),
+                });
+            }
+        }
+        Some(_) => return Err(wrong_type(&at("policy-type"), "integer")),
+    }
+    if let Some(v) = policy.get("policy-domain") {
+        if !v.is_string() {
+            return Err(wrong_type(&at("policy-domain"), "string"));
+        }
+    }
+    for key in ["policy-string", "mx-host"] {
+        if let Some(v) = policy.get(key) {
+            if !v.as_array().is_some_and(|a| a.iter().all(Value::is_string)) {
+                return Err(wrong_type(&at(key), "array of strings"));
+            }
+        }
+    }
+    let failed = match policy.get("f") {
+        None => return Err(Invalid::MissingKey(at("f"))),
+        Some(v) => match v.as_i64() {
+            Some(0) => false,
+            Some(1) => true,
+            _ => {
+                return Err(Invalid::BadValue {
+                    key: at("f"),
+                    value: pyjson::dumps(v),
+                })
+            }
+        },
+    };
+    let details: &[Value] = match policy.get("failure-details") {
+        None => &[],
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(wrong_type(&at("failure-details"), "array")),
+    };
+    let mut failures = Vec::with_capacity(details.len());
+    for (i, detail) in details.iter().enumerate() {
+        let at_detail = |key: &str| format!("policies[{index}].failure-details[{i}]{key}");
+        let Value::Object(detail_map) = detail else {
+            return Err(wrong_type(&at_detail(""), "object"));
+        };
+        match detail_map.get("c") {
+            None => return Err(Invalid::MissingKey(at_detail(".c"))),
+            Some(c) if c.is_i64() => {}
+            Some(_) => return Err(wrong_type(&at_detail(".c"), "integer")),
+        }
+        for key in ["s", "n", "h", "r", "a", "f"] {
+            if detail_map.get(key).is_some_and(|v| !v.is_string()) {
+                return Err(wrong_type(&at_detail(&format!(".{key}")), "string"));
+            }
+        }
+        failures.push(pyjson::dumps(detail));
+    }
+    let mismatch = match policy.get("t") {
+        None => false,
+        Some(t) => match t.as_u64() {
+            Some(n) => n != details.len() as u64,
+            None => return Err(wrong_type(&at("t"), "non-negative integer")),
+        },
+    };
+    let mut key = Map::with_capacity(policy.len());
+    for (k, v) in policy {
+        if !matches!(k.as_str(), "t" | "f" | "failure-details") {
+            key.insert(k.clone(), v.clone());
+        }
+    }
+    let result = PolicyResult {
+        policy_json: pyjson::dumps(&Value::Object(key)),
+        failed,
+        failures,
+    };
+    Ok((result, mismatch))
+}
+
+fn required_str<'a>(top: &'a Map<String, Value>, key: &str) -> Result<&'a str, Invalid> {
+    match top.get(key) {
+        None => Err(Invalid::MissingKey(key.into())),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(wrong_type(key, "string")),
+    }
+}
+
+fn wrong_type(key: &str, expected: &'static str) -> Invalid {
+    Invalid::WrongType {
+        key: key.to_string(),
+        expected,
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE_2: &str = r#"{"dpv": "1","d": "example.com","pr": "v=TLSRPTv1;rua=mailto:tlsrpt@example.com","policies":[{"policy-type":1,"policy-domain": "company-y.example","policy-string":["3 0 1 1F"],"failure-details":[{"c":204,"s": "1.2.3.4","n": "mailin.example.com","h": "tes-ehlo.example.com","r": "11.22.33.55","a": "This is additional information","f": "999 TEST ERROR"}],"t":1,"f":1}]}"#;
+
+    #[test]
+    fn policy_key_drops_counters_and_failures_and_uses_python_spacing() {
+        let d = parse(EXAMPLE_2.as_bytes()).unwrap();
+        assert_eq!(d.domain, "example.com");
+        assert_eq!(d.policies.len(), 1);
+        let p = &d.policies[0];
+        assert!(p.failed);
+        assert_eq!(
+            p.policy_json,
+            r#"{"policy-type": 1, "policy-domain": "company-y.example", "policy-string": ["3 0 1 1F"]}"#
+        );
+        assert_eq!(
+            p.failures,
+            vec![
+                r#"{"c": 204, "s": "1.2.3.4", "n": "mailin.example.com", "h": "tes-ehlo.example.com", "r": "11.22.33.55", "a": "This is additional information", "f": "999 TEST ERROR"}"#
+            ]
+        );
+        assert!(!d.failure_count_mismatch);
+    }
+
+    #[test]
+    fn domains_are_normalised_like_upstream() {
+        assert_eq!(
+            normalize_domain("Mixed.Case.Example."),
+            "mixed.case.example"
+        );
+        assert_eq!(normalize_domain("a.example.."), "a.example..");
+        assert_eq!(normalize_domain("."), ".");
+        assert_eq!(normalize_domain("EXAMPLE"), "example");
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_and_still_counted() {
+        let mut bytes = br#"{"d":"x.example","pr":"v=TLSRPTv1;rua=mailto:a@b","policies":[{"policy-type":9,"failure-details":[{"c":201,"h":"mx "#.to_vec();
+        bytes.extend_from_slice(&[0xff, 0xfe]);
+        bytes.extend_from_slice(br#""}],"t":1,"f":1}]}"#);
+        let d = parse(&bytes).unwrap();
+        assert!(d.replaced_invalid_utf8);
+        assert_eq!(
+            d.policies[0].failures[0],
+            r#"{"c": 201, "h": "mx \ufffd\ufffd"}"#
+        );
+    }
+
+    #[test]
+    fn refuses_what_upstream_would_count_half_or_crash_on() {
+        let cases: &[(&str, &str)] = &[
+            ("null", "not an object"),
+            ("[1,2]", "not an object"),
+            ("{", "invalid JSON"),
+            (
+                r#"{"dpv":"2","d":"a","pr":"r","policies":[]}"#,
+                "wrong protocol version",
+            ),
+            (
+                r#"{"dpv":1,"d":"a","pr":"r","policies":[]}"#,
+                "wrong protocol version",
+            ),
+            (r#"{"pr":"r","policies":[]}"#, "missing key"),
+            (r#"{"d":"a","policies":[]}"#, "missing key"),
+            (r#"{"d":"a","pr":"r"}"#, "missing key"),
+            (r#"{"d":7,"pr":"r","policies":[]}"#, "wrong type"),
+            (r#"{"d":"a","pr":"r","policies":{}}"#, "wrong type"),
+            (r#"{"d":"a","pr":"r","policies":[{"f":0}]}"#, "missing key"),
+            (
+                r#"{"d":"a","pr":"r","policies":[{"policy-type":"1","f":0}]}"#,
+                "wrong type",
+            ),
+            (
+                r#"{"d":"a","pr":"r","policies":[{"policy-type":3,"f":0}]}"#,
+                "invalid value",
+            ),
+            (
+                r#"{"d":"a","pr":"r","policies":[{"policy-type":9}]}"#,
+                "missing key",
+            ),
+            (
+                r#"{"d":"a","pr":"r","policies":[{"policy-type":9,"f":2}]}"#,
+                "invalid value",
+            ),
+            (
+                r#"{"d":"a","pr":"r","policies":[{"policy-type":9,"f":0,"mx-host":"x"}]}"#,
+                "wrong type",
+            ),
+            (
+                r#"{"d":"a","pr":"r","policies":[{"policy-type":9,"f":1,"failure-details":[{"s":"1"}]}]}"#,
+                "missing key",
+            ),
+            (
+                r#"{"d":"a","pr":"r","policies":[{"policy-type":9,"f":1,"failure-details":[{"c":201,"s":1}]}]}"#,
+                "wrong type",
+            ),
+            (
+                r#"{"d":"a","pr":"r","policies":[{"policy-type":9,"f":1,"t":-1}]}"#,
+                "wrong type",
+            ),
+        ];
+        for (text, category) in cases {
+            let err = parse(text.as_bytes()).expect_err(text);
+            assert_eq!(err.category(), *category, "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let text = format!(
+            r#"{{"d":"a","pr":"r","policies":[{{"policy-type":9,"f":0,"x":{}1{}}}]}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(
+            parse(text.as_bytes()).unwrap_err().category(),
+            "invalid JSON"
+        );
+    }
+
+    #[test]
+    fn t_mismatch_is_counted_but_flagged() {
+        let d = parse(br#"{"d":"a","pr":"r","policies":[{"policy-type":9,"t":3,"f":1}]}"#).unwrap();
+        assert!(d.failure_count_mismatch);
+        assert!(d.policies[0].failed);
+    }
+
+    #[test]
+    fn unknown_policy_keys_stay_in_the_key_in_received_order() {
+        let d = parse(
+            br#"{"d":"a","pr":"r","policies":[{"z":[1.5,true],"f":0,"policy-type":9,"t":0}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            d.policies[0].policy_json,
+            r#"{"z": [1.5, true], "policy-type": 9}"#
+        );
+    }
+}

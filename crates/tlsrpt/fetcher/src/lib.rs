@@ -1,0 +1,167 @@
+//! The fetcher protocol v1 (`shared/spec/tlsrpt-interfaces.md` section 3):
+//! how a reportd, locally or through `ssh host tlsrpt-fetcher`, reads one
+//! completed day from a collector's store.
+//!
+//! `DAY` alone prints the domain list:
+//! ```text
+//! TLSRPT FETCHER v1devel-c domain list
+//! 2026-11-22 00:49:28        (fetcher's UTC time)
+//! 2026-11-21                 (newest completed day in the store)
+//! example.com
+//! .
+//! ```
+//! `DAY DOMAIN` prints one JSON object with the counters of that domain, as
+//! Python's `json.dumps(..., indent=4)` writes it. The reportd aggregates
+//! several fetchers by the policy and failure strings, so they are passed
+//! through exactly as stored.
+
+use std::io::{self, Write};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::{Map, Value};
+use tlsrpt_datagram::pyjson;
+use tlsrpt_store::{FailureRow, PolicyRow};
+
+/// First line of a domain list in protocol v1, verbatim from upstream.
+pub const VERSION_LINE: &str = "TLSRPT FETCHER v1devel-c domain list";
+
+/// The time format of the second line.
+pub const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
+
+/// Check that `day` is a `YYYY-MM-DD` date, the only form the store uses.
+pub fn parse_day(day: &str) -> Result<NaiveDate, String> {
+    let parsed = NaiveDate::parse_from_str(day, "%Y-%m-%d")
+        .map_err(|_| format!("invalid day {day:?}: expected YYYY-MM-DD"))?;
+    if parsed.format("%Y-%m-%d").to_string() != day {
+        return Err(format!("invalid day {day:?}: expected YYYY-MM-DD"));
+    }
+    Ok(parsed)
+}
+
+/// Write the domain list answer. `completed_day` is `None` when the store has
+/// no completed day yet: the line is then left empty, which a reportd reads
+/// as "not ready" (the upstream fetcher omits the line and shifts the
+/// protocol instead).
+pub fn write_domain_list(
+    out: &mut impl Write,
+    now: DateTime<Utc>,
+    completed_day: Option<&str>,
+    domains: &[String],
+) -> io::Result<()> {
+    let mut text = String::with_capacity(64 + domains.iter().map(|d| d.len() + 1).sum::<usize>());
+    text.push_str(VERSION_LINE);
+    text.push('\n');
+    text.push_str(&now.format(TIME_FORMAT).to_string());
+    text.push('\n');
+    text.push_str(completed_day.unwrap_or(""));
+    text.push('\n');
+    for domain in domains {
+        text.push_str(domain);
+        text.push('\n');
+    }
+    text.push_str(".\n");
+    out.write_all(text.as_bytes())
+}
+
+/// The details answer for one domain (with a trailing newline).
+pub fn render_details(domain: &str, policies: &[PolicyRow], failures: &[FailureRow]) -> String {
+    let mut by_record: Map<String, Value> = Map::new();
+    for row in policies {
+        let entry = counters(&mut by_record, &row.record, &row.policy);
+        add(entry, "cntrtotal", row.total);
+        add(entry, "cntrfailure", row.failed);
+    }
+    for row in failures {
+        // A failure row without its policy row cannot come from a collector,
+        // but if a hand-edited file has one, report it rather than crash.
+        let entry = counters(&mut by_record, &row.record, &row.policy);
+        let failures = entry
+            .get_mut("failures")
+            .and_then(Value::as_object_mut)
+            .expect("failures is an object");
+        add(failures, &row.reason, row.count);
+    }
+    let mut top = Map::new();
+    top.insert("d".into(), Value::from(domain));
+    top.insert("policies".into(), Value::Object(by_record));
+    let mut text = pyjson::dumps_indent(&Value::Object(top), 4);
+    text.push('\n');
+    text
+}
+
+/// The counter object of one (record, policy), created empty on first use.
+fn counters<'a>(
+    by_record: &'a mut Map<String, Value>,
+    record: &str,
+    policy: &str,
+) -> &'a mut Map<String, Value> {
+    let per_record = by_record
+        .entry(record.to_string())
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(per_record) = per_record else {
+        unreachable!("records map to objects")
+    };
+    let entry = per_record.entry(policy.to_string()).or_insert_with(|| {
+        let mut m = Map::new();
+        m.insert("cntrtotal".into(), Value::from(0));
+        m.insert("cntrfailure".into(), Value::from(0));
+        m.insert("failures".into(), Value::Object(Map::new()));
+        Value::Object(m)
+    });
+    let Value::Object(entry) = entry else {
+        unreachable!("policies map to objects")
+    };
+    entry
+}
+
+fn add(map: &mut Map<String, Value>, key: &str, n: i64) {
+    let old = map.get(key).and_then(Value::as_i64).unwrap_or(0);
+    map.insert(key.to_string(), Value::from(old + n));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn domain_list_has_the_v1_header_and_dot() {
+        let mut out = Vec::new();
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 0, 59, 18).unwrap();
+        write_domain_list(&mut out, now, Some("2026-11-21"), &["a.example".into()]).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "TLSRPT FETCHER v1devel-c domain list\n2026-11-22 00:59:18\n2026-11-21\na.example\n.\n"
+        );
+    }
+
+    #[test]
+    fn details_group_by_record_and_policy() {
+        let p = |policy: &str, total, failed| PolicyRow {
+            record: "r".into(),
+            policy: policy.into(),
+            total,
+            failed,
+        };
+        let text = render_details(
+            "a.example",
+            &[p("{\"policy-type\": 9}", 2, 1)],
+            &[FailureRow {
+                record: "r".into(),
+                policy: "{\"policy-type\": 9}".into(),
+                reason: "{\"c\": 201}".into(),
+                count: 1,
+            }],
+        );
+        let expected = "{\n    \"d\": \"a.example\",\n    \"policies\": {\n        \"r\": {\n            \"{\\\"policy-type\\\": 9}\": {\n                \"cntrtotal\": 2,\n                \"cntrfailure\": 1,\n                \"failures\": {\n                    \"{\\\"c\\\": 201}\": 1\n                }\n            }\n        }\n    }\n}\n";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn days_must_be_iso_dates() {
+        assert!(parse_day("2026-11-21").is_ok());
+        for bad in ["2026-11-31", "2026-1-1", "yesterday", "", "2026-11-21x"] {
+            assert!(parse_day(bad).is_err(), "{bad}");
+        }
+    }
+}
