@@ -22,9 +22,9 @@ pub fn command() -> Command {
             "Send COUNT datagrams to a collector socket at RATE per second, the way libtlsrpt \
              sends them: non-blocking, so a datagram that finds the receive queue full is lost \
              (counted as refused). Each datagram carries one policy for a domain drawn from \
-             DOMAINS distinct domains, with a random policy type and, for about one in five, a \
-             failure detail; so the sum of the collector's cntrtotal equals the number of \
-             datagrams it counted.",
+             DOMAINS distinct domains; each domain has a fixed policy (TLSA, MTA-STS or none) \
+             and about one delivery in five fails with a random result type. The sum of the \
+             collector's cntrtotal therefore equals the number of datagrams it counted.",
         )
         .arg(
             Arg::new("socket")
@@ -99,8 +99,10 @@ pub fn main(matches: &ArgMatches) -> i32 {
             return 1;
         }
     };
-    let datagrams = varied_datagrams(count.min(20_000) as usize, domains, seed);
-    let r = send_paced(&sender, &datagrams, count, rate);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let r = send_paced(&sender, count, rate, || {
+        random_attempt(&mut rng, domains).to_datagram()
+    });
     if matches.get_flag("json") {
         println!(
             "{{\"attempted\": {}, \"accepted\": {}, \"refused\": {}, \"errors\": {}, \"seconds\": {:.3}}}",
@@ -125,18 +127,15 @@ pub fn main(matches: &ArgMatches) -> i32 {
     0
 }
 
-/// `n` distinct datagrams for `domains` domains, reproducible from `seed`.
-pub fn varied_datagrams(n: usize, domains: u64, seed: u64) -> Vec<Vec<u8>> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..n.max(1))
-        .map(|_| random_attempt(&mut rng, domains).to_datagram())
-        .collect()
-}
-
-fn random_attempt(rng: &mut StdRng, domains: u64) -> DeliveryAttempt {
+/// A random delivery attempt to one of `domains` domains. As in real
+/// traffic, what belongs to a domain is fixed (its policy type, policy, MX
+/// hosts, TLSRPT record), and what varies is the outcome: about one delivery
+/// in five fails, with a random result type, at one of the domain's two MX
+/// addresses. So each domain sends a handful of distinct datagrams.
+pub fn random_attempt(rng: &mut StdRng, domains: u64) -> DeliveryAttempt {
     let d = rng.gen_range(0..domains);
     let domain = format!("d{d}.example");
-    let policy_type = match rng.gen_range(0..3) {
+    let policy_type = match d % 3 {
         0 => PolicyType::Tlsa,
         1 => PolicyType::Sts,
         _ => PolicyType::NoPolicyFound,
@@ -144,7 +143,7 @@ fn random_attempt(rng: &mut StdRng, domains: u64) -> DeliveryAttempt {
     let mut policy = Policy::new(policy_type);
     if policy_type != PolicyType::NoPolicyFound {
         policy.policy_domain = Some(domain.clone());
-        policy.mx_hosts = vec![format!("mx{}.{domain}", rng.gen_range(1..3))];
+        policy.mx_hosts = vec![format!("mx1.{domain}"), format!("mx2.{domain}")];
         policy.policy_strings = match policy_type {
             PolicyType::Sts => vec![
                 "version: STSv1".into(),
@@ -152,15 +151,19 @@ fn random_attempt(rng: &mut StdRng, domains: u64) -> DeliveryAttempt {
                 format!("mx: *.{domain}"),
                 "max_age: 86400".into(),
             ],
-            _ => vec![format!("3 1 1 {:064X}", rng.gen::<u128>())],
+            _ => vec![format!(
+                "3 1 1 {:064X}",
+                u128::from(d).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)
+            )],
         };
     }
     if rng.gen_range(0..5) == 0 {
         let mut detail =
             FailureDetail::new(ResultType::ALL[rng.gen_range(0..ResultType::ALL.len())]);
+        let mx = rng.gen_range(1..3);
         detail.sending_mta_ip = Some("192.0.2.1".into());
-        detail.receiving_ip = Some(format!("198.51.100.{}", rng.gen_range(1..255)));
-        detail.receiving_mx_hostname = Some(format!("mx1.{domain}"));
+        detail.receiving_ip = Some(format!("198.51.{}.{mx}", d % 256));
+        detail.receiving_mx_hostname = Some(format!("mx{mx}.{domain}"));
         policy.failures.push(detail);
         policy.failed = true;
     }
@@ -171,9 +174,14 @@ fn random_attempt(rng: &mut StdRng, domains: u64) -> DeliveryAttempt {
     }
 }
 
-/// Send `count` datagrams (cycling through `datagrams`) at `rate` per second
-/// (0: unpaced), never blocking.
-pub fn send_paced(sender: &Sender, datagrams: &[Vec<u8>], count: u64, rate: u64) -> LoadResult {
+/// Send `count` datagrams made by `next` at `rate` per second (0: unpaced),
+/// never blocking.
+pub fn send_paced(
+    sender: &Sender,
+    count: u64,
+    rate: u64,
+    mut next: impl FnMut() -> Vec<u8>,
+) -> LoadResult {
     // Fine-grained sleeps: the default 50 µs timer slack would turn a 20 µs
     // pause into bursts that no receiver could absorb.
     // SAFETY: prctl with PR_SET_TIMERSLACK only changes this thread's slack.
@@ -192,9 +200,9 @@ pub fn send_paced(sender: &Sender, datagrams: &[Vec<u8>], count: u64, rate: u64)
                 continue;
             }
         }
-        let bytes = &datagrams[(r.attempted % datagrams.len() as u64) as usize];
+        let bytes = next();
         r.attempted += 1;
-        match sender.send_raw(bytes) {
+        match sender.send_raw(&bytes) {
             Ok(()) => r.accepted += 1,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => r.refused += 1,
             Err(_) => r.errors += 1,

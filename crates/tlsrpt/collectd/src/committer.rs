@@ -42,7 +42,8 @@ struct Store {
     db: Option<CollectorDb>,
     pending: Aggregate,
     rollovers: VecDeque<String>,
-    retry_at: Option<Instant>,
+    /// No write before this instant (pause after a failure).
+    not_before: Option<Instant>,
     retry_pause: Duration,
     failing_since: Option<Instant>,
     rollover_script: Option<String>,
@@ -63,7 +64,7 @@ impl Store {
         if self.is_idle() {
             return true;
         }
-        if self.retry_at.is_some_and(|t| now < t) {
+        if self.not_before.is_some_and(|t| now < t) {
             return false;
         }
         match self.try_flush() {
@@ -75,7 +76,7 @@ impl Store {
                         since.elapsed().as_secs_f64()
                     );
                 }
-                self.retry_at = None;
+                self.not_before = None;
                 self.retry_pause = FIRST_RETRY;
                 true
             }
@@ -95,7 +96,7 @@ impl Store {
                         self.pending.len()
                     );
                 }
-                self.retry_at = Some(now + self.retry_pause);
+                self.not_before = Some(now + self.retry_pause);
                 self.retry_pause = (self.retry_pause * 2).min(MAX_RETRY);
                 false
             }
@@ -237,7 +238,7 @@ pub fn open_stores(
             db: Some(db),
             pending: Aggregate::new(),
             rollovers,
-            retry_at: None,
+            not_before: None,
             retry_pause: FIRST_RETRY,
             failing_since: None,
             rollover_script: rollover_script.clone(),
@@ -267,7 +268,8 @@ pub fn run(stores: Vec<StoreHandle>, requests: Receiver<Request>) -> Outcome {
     loop {
         let wait = stores
             .iter()
-            .filter_map(|s| s.retry_at)
+            .filter(|s| !s.is_idle())
+            .filter_map(|s| s.not_before)
             .min()
             .map(|t| t.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(3600));
@@ -330,7 +332,7 @@ fn finish(mut stores: Vec<Store>) -> Outcome {
     loop {
         let mut all_done = true;
         for s in &mut stores {
-            s.retry_at = None;
+            s.not_before = None;
             all_done &= s.flush(Instant::now());
         }
         if all_done {

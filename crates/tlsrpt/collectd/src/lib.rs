@@ -2,26 +2,30 @@
 //! flow, between the MTA's datagrams and the store the fetcher reads.
 //!
 //! ```text
-//! socket --> receiver (parse, aggregate) --channel--> committer --> SQLite
-//!                                                         \--> rollover at UTC midnight
+//! socket --> receiver --raw chunks--> aggregator --counters--> committer --> SQLite
+//!            (recv only)              (parse, count per day)     (rollover at UTC midnight)
 //! ```
 //!
 //! - [`socket`]: the datagram socket, its permissions, the kernel queue check.
-//! - [`receiver`]: the thread that drains the socket; it never waits for disk.
+//! - [`receiver`]: the thread that drains the socket and does nothing else.
+//! - [`aggregator`]: the thread that parses and counts in memory.
 //! - [`committer`]: the thread that owns the stores and retries failed writes.
 //! - [`refused`]: counting and logging of invalid datagrams without log floods.
 
+pub mod aggregator;
 pub mod committer;
 pub mod receiver;
 pub mod refused;
+mod sched;
 pub mod socket;
 
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use aggregator::{Aggregator, AggregatorSettings};
 use mailtls_common::clock::{self, Clock};
-use receiver::{Receiver, ReceiverSettings, SignalFlags};
+use receiver::{Receiver, SignalFlags};
 use refused::Refused;
 use socket::{CollectorSocket, Permissions};
 use tlsrpt_store::StorageUrl;
@@ -91,27 +95,46 @@ pub fn run(config: CollectdConfig, clock: &dyn Clock) -> i32 {
     };
     log::info!("listening on socket {}", config.socket.display());
 
-    let (tx, rx) = mpsc::channel();
+    let (to_committer, requests) = mpsc::channel();
     let committer = std::thread::Builder::new()
         .name("committer".into())
         .spawn(move || {
-            lower_own_priority();
-            committer::run(stores, rx)
+            sched::background(COMMITTER_NICE);
+            committer::run(stores, requests)
         })
         .expect("spawn committer thread");
 
-    let receiver = Receiver::new(
-        socket,
-        flags,
-        clock,
-        tx,
-        ReceiverSettings {
+    let (to_aggregator, inputs) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
+    let (recycle, recycled) = mpsc::channel();
+    let receiver = Receiver::new(socket, flags, clock, to_aggregator, recycled);
+    let aggregator = Aggregator::new(
+        inputs,
+        recycle,
+        to_committer,
+        AggregatorSettings {
             max_uncommitted: config.max_uncommitted.max(1),
             commit_after: config.socket_timeout,
         },
         Refused::new(config.dump_path.clone(), Instant::now()),
+        receiver.day().to_string(),
     );
-    receiver.run();
+    let aggregator = std::thread::Builder::new()
+        .name("aggregator".into())
+        .spawn(move || {
+            sched::background(AGGREGATOR_NICE);
+            aggregator.run()
+        })
+        .expect("spawn aggregator thread");
+
+    sched::latency_sensitive();
+    let received = receiver.run();
+    match aggregator.join() {
+        Ok((counted, refused)) => log::info!(
+            "received {received} datagrams: {counted} counted, {} refused",
+            refused.total_refused
+        ),
+        Err(_) => log::error!("the aggregator crashed"),
+    }
     match committer.join() {
         Ok(committer::Outcome::AllWritten) => {
             log::info!("all counters written; exiting");
@@ -125,27 +148,16 @@ pub fn run(config: CollectdConfig, clock: &dyn Clock) -> i32 {
     }
 }
 
-/// Nice value of the committer thread. Writing can wait; reading cannot,
-/// because the kernel drops datagrams once its short queue is full. On a busy
-/// host this lets the receiver win the CPU whenever both are runnable.
+/// Nice values of the threads behind the receiver. Counting and writing can
+/// wait; reading cannot, because the kernel drops datagrams once its short
+/// queue is full. On a busy host this lets the receiver win the CPU whenever
+/// they compete.
+const AGGREGATOR_NICE: i32 = 5;
 const COMMITTER_NICE: i32 = 10;
 
-/// Lower the priority of the calling thread (on Linux, setpriority with a
-/// thread id affects only that thread; raising the nice value needs no
-/// privilege).
-fn lower_own_priority() {
-    // SAFETY: plain system calls on our own thread id.
-    let rc = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, COMMITTER_NICE)
-    };
-    if rc != 0 {
-        log::debug!(
-            "cannot lower the committer's priority: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
+/// Chunks of raw datagrams that may wait for the aggregator (each at most
+/// 256 datagrams or 128 KiB): a bound on memory if counting falls behind.
+const CHUNKS_IN_FLIGHT: usize = 16;
 
 /// Route SIGTERM/SIGINT/SIGUSR2/SIGHUP to flags that the receiver checks
 /// after every read; the signal itself interrupts a waiting read.

@@ -1,20 +1,18 @@
-//! The hot path: drain the socket, parse, count into an in-memory aggregate,
-//! and hand the aggregate to the committer. Nothing here touches a disk or
-//! waits for a lock (the hand-over is a channel send), so the kernel queue is
-//! emptied as fast as datagrams arrive whatever the database is doing.
+//! The hot path: empty the socket as fast as datagrams arrive, and nothing
+//! else. Raw datagrams are copied into chunks that the aggregator thread
+//! parses and counts; the receiver does no parsing, touches no disk and takes
+//! no lock, so it needs so little CPU that even on a busy host it is back in
+//! `recv` before the kernel's short queue (`net.unix.max_dgram_qlen`) fills.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{Receiver as ChannelReceiver, SyncSender};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tlsrpt_datagram::{parse, Aggregate, Invalid};
-
-use crate::committer::Request;
-use crate::refused::Refused;
-use crate::socket::{CollectorSocket, MAX_DATAGRAM};
 use mailtls_common::clock::{day_string, next_midnight, Clock};
+
+use crate::socket::{CollectorSocket, MAX_DATAGRAM};
 
 /// Signals the receiver reacts to, set by signal handlers. A signal also
 /// interrupts the receiver's read, so it is seen at once.
@@ -25,27 +23,92 @@ pub struct SignalFlags {
     pub reopen_log: Arc<AtomicBool>,
 }
 
-pub struct ReceiverSettings {
-    /// Hand the aggregate over after this many datagrams.
-    pub max_uncommitted: u64,
-    /// Hand the aggregate over at the latest this long after its first datagram.
-    pub commit_after: Duration,
+/// Raw datagrams in the order received.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    data: Vec<u8>,
+    /// (end offset in `data`, length as sent): a datagram longer than
+    /// [`MAX_DATAGRAM`] is stored truncated and reported as such.
+    items: Vec<(usize, usize)>,
 }
+
+impl Chunk {
+    /// Hand a chunk over at this many datagrams...
+    const MAX_ITEMS: usize = 256;
+    /// ...or when the next datagram would not fit into this many bytes (a
+    /// chunk grows only for a single datagram larger than that).
+    const MAX_BYTES: usize = 128 * 1024;
+
+    /// Empty the chunk, keeping its memory for the next use.
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.items.clear();
+    }
+
+    fn with_capacity() -> Chunk {
+        Chunk {
+            data: Vec::with_capacity(Chunk::MAX_BYTES),
+            items: Vec::with_capacity(Chunk::MAX_ITEMS),
+        }
+    }
+
+    fn has_room_for(&self, len: usize) -> bool {
+        self.items.len() < Chunk::MAX_ITEMS && self.data.len() + len <= Chunk::MAX_BYTES
+    }
+
+    fn push(&mut self, bytes: &[u8], sent_len: usize) {
+        self.data.extend_from_slice(bytes);
+        self.items.push((self.data.len(), sent_len));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Each datagram's stored bytes and the length it had when sent.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], usize)> {
+        let mut start = 0;
+        self.items.iter().map(move |&(end, sent)| {
+            let bytes = &self.data[start..end];
+            start = end;
+            (bytes, sent)
+        })
+    }
+}
+
+/// What the receiver passes on, in order.
+#[derive(Debug)]
+pub enum Input {
+    Datagrams(Chunk),
+    /// UTC midnight has passed: what follows belongs to `day`.
+    NewDay(String),
+    /// SIGUSR2: development rollover of the counters of `today`.
+    DevelopmentRollover {
+        today: String,
+    },
+    /// SIGTERM/SIGINT: everything has been passed on.
+    Finish,
+}
+
+/// While a chunk waits to be handed over, read with this timeout so that a
+/// quiet socket hands it over soon; otherwise with the socket's default.
+const PENDING_READ_TIMEOUT: Duration = Duration::from_millis(2);
 
 pub struct Receiver<'a> {
     socket: CollectorSocket,
     flags: SignalFlags,
     clock: &'a dyn Clock,
-    committer: Sender<Request>,
-    settings: ReceiverSettings,
-    refused: Refused,
-    batch: Aggregate,
-    batch_since: Option<Instant>,
+    out: SyncSender<Input>,
+    /// Chunks the aggregator has emptied, to be filled again: no allocation
+    /// and no page faults on the hot path once they exist.
+    recycled: ChannelReceiver<Chunk>,
+    chunk: Chunk,
     day: String,
     midnight: DateTime<Utc>,
     buf: Vec<u8>,
-    /// Datagrams counted since start.
-    pub counted: u64,
+    short_timeout: bool,
+    /// Datagrams received since start.
+    pub received: u64,
 }
 
 impl<'a> Receiver<'a> {
@@ -53,144 +116,119 @@ impl<'a> Receiver<'a> {
         socket: CollectorSocket,
         flags: SignalFlags,
         clock: &'a dyn Clock,
-        committer: Sender<Request>,
-        settings: ReceiverSettings,
-        refused: Refused,
+        out: SyncSender<Input>,
+        recycled: ChannelReceiver<Chunk>,
     ) -> Receiver<'a> {
         let now = clock.now();
         Receiver {
             socket,
             flags,
             clock,
-            committer,
-            settings,
-            refused,
-            batch: Aggregate::new(),
-            batch_since: None,
+            out,
+            recycled,
+            chunk: Chunk::with_capacity(),
             day: day_string(now.date_naive()),
             midnight: next_midnight(now),
             buf: vec![0; MAX_DATAGRAM],
-            counted: 0,
+            short_timeout: false,
+            received: 0,
         }
     }
 
-    /// Receive until SIGTERM/SIGINT; then drain what the kernel already
-    /// accepted, hand everything over and ask the committer to finish.
-    pub fn run(mut self) -> Refused {
+    /// The day the receiver starts in.
+    pub fn day(&self) -> &str {
+        &self.day
+    }
+
+    /// Receive until SIGTERM/SIGINT; then remove the socket, read what the
+    /// kernel had already accepted, and pass everything on.
+    pub fn run(mut self) -> u64 {
         while !self.flags.terminate.load(Ordering::Relaxed) {
             match self.socket.recv(&mut self.buf, true) {
-                Ok(Some(len)) => {
+                Ok(Some(len)) => self.take(len),
+                Ok(None) => {
                     self.check_midnight();
-                    self.count(len);
+                    self.hand_over();
                 }
-                Ok(None) => self.check_midnight(),
                 Err(e) => {
                     log::error!("reading from socket {}: {e}", self.socket.path().display());
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
-            if self
-                .batch_since
-                .is_some_and(|t| t.elapsed() >= self.settings.commit_after)
-            {
-                self.hand_over();
-            }
+            self.adjust_timeout();
             if self.flags.reopen_log.swap(false, Ordering::Relaxed) {
                 mailtls_common::logging::reopen();
             }
             if self.flags.rollover.swap(false, Ordering::Relaxed) {
-                self.development_rollover();
+                self.hand_over();
+                let today = self.day.clone();
+                self.send(Input::DevelopmentRollover { today });
             }
-            self.refused.maybe_summarize(Instant::now());
         }
         log::info!("terminating: removing the socket and reading what is still queued");
         self.socket.unlink();
         while let Ok(Some(len)) = self.socket.recv(&mut self.buf, false) {
-            self.check_midnight();
-            self.count(len);
+            self.take(len);
         }
         self.check_midnight();
         self.hand_over();
-        let _ = self.committer.send(Request::Shutdown);
-        log::info!(
-            "received and counted {} datagrams since start",
-            self.counted
-        );
-        self.refused.summarize();
-        self.refused
+        self.send(Input::Finish);
+        self.received
     }
 
-    fn count(&mut self, len: usize) {
-        if len > self.buf.len() {
-            let error = Invalid::Json(format!(
-                "datagram of {len} bytes is larger than the maximum of {MAX_DATAGRAM}"
-            ));
-            self.refused.refuse(&error, &self.buf);
-            return;
+    fn take(&mut self, len: usize) {
+        self.check_midnight();
+        self.received += 1;
+        let stored = len.min(self.buf.len());
+        if !self.chunk.has_room_for(stored) {
+            self.hand_over();
         }
-        let bytes = &self.buf[..len];
-        match parse(bytes) {
-            Ok(delivery) => {
-                if delivery.replaced_invalid_utf8 {
-                    self.refused.repaired_utf8(bytes);
-                }
-                if delivery.failure_count_mismatch {
-                    self.refused.count_mismatch(bytes);
-                }
-                if log::log_enabled!(log::Level::Debug) {
-                    log::debug!(
-                        "datagram for {}: {}",
-                        delivery.domain,
-                        String::from_utf8_lossy(bytes)
-                    );
-                }
-                self.batch.add(&self.day, &delivery);
-                self.counted += 1;
-                if self.batch_since.is_none() {
-                    self.batch_since = Some(Instant::now());
-                }
-                if self.batch.datagrams() >= self.settings.max_uncommitted {
-                    self.hand_over();
-                }
-            }
-            Err(error) => self.refused.refuse(&error, bytes),
-        }
+        self.chunk.push(&self.buf[..stored], len);
     }
 
-    /// At the first moment after UTC midnight: hand over the old day's
-    /// counters and ask for the rollover, before counting anything new.
+    /// At the first moment after UTC midnight, before taking anything new.
     fn check_midnight(&mut self) {
         let now = self.clock.now();
         if now < self.midnight {
             return;
         }
-        let completed = std::mem::replace(&mut self.day, day_string(now.date_naive()));
+        self.hand_over();
+        self.day = day_string(now.date_naive());
         self.midnight = next_midnight(now);
-        self.hand_over();
-        log::info!("UTC midnight: day {completed} is complete");
-        self.send(Request::Rollover { completed });
-    }
-
-    fn development_rollover(&mut self) {
-        self.hand_over();
-        let today = self.day.clone();
-        let yesterday = day_string(self.clock.today().pred_opt().expect("date in range"));
-        log::info!("SIGUSR2: development rollover, counters of {today} become {yesterday}'s");
-        self.send(Request::DevelopmentRollover { today, yesterday });
+        self.send(Input::NewDay(self.day.clone()));
     }
 
     fn hand_over(&mut self) {
-        self.batch_since = None;
-        if self.batch.is_empty() {
-            return;
+        if !self.chunk.is_empty() {
+            let next = self
+                .recycled
+                .try_recv()
+                .unwrap_or_else(|_| Chunk::with_capacity());
+            let chunk = std::mem::replace(&mut self.chunk, next);
+            self.send(Input::Datagrams(chunk));
         }
-        let batch = std::mem::take(&mut self.batch);
-        self.send(Request::Counters(batch));
     }
 
-    fn send(&self, request: Request) {
-        if self.committer.send(request).is_err() {
-            log::error!("the database writer has stopped; counters cannot be saved");
+    /// Short read timeout while a chunk is pending, the long default when
+    /// not: one system call on each change, none per datagram.
+    fn adjust_timeout(&mut self) {
+        let want_short = !self.chunk.is_empty();
+        if want_short != self.short_timeout {
+            let timeout = if want_short {
+                PENDING_READ_TIMEOUT
+            } else {
+                crate::socket::READ_TIMEOUT
+            };
+            if let Err(e) = self.socket.set_read_timeout(timeout) {
+                log::warn!("cannot change the socket read timeout: {e}");
+            }
+            self.short_timeout = want_short;
+        }
+    }
+
+    fn send(&self, input: Input) {
+        if self.out.send(input).is_err() {
+            log::error!("the aggregator has stopped; datagrams cannot be counted");
         }
     }
 }

@@ -41,12 +41,13 @@ impl Refused {
         }
     }
 
-    /// A datagram that cannot be counted.
-    pub fn refuse(&mut self, error: &Invalid, bytes: &[u8]) {
-        self.total_refused += 1;
+    /// `n` identical datagrams that cannot be counted.
+    pub fn refuse(&mut self, error: &Invalid, bytes: &[u8], n: u64) {
+        self.total_refused += n;
         let seen = self.refused.entry(error.category()).or_insert(0);
-        *seen += 1;
-        if *seen == 1 {
+        let first = *seen == 0;
+        *seen += n;
+        if first {
             // Dump outside the log macro: its arguments are not evaluated when
             // the level is disabled.
             let dumped = self.dump(bytes);
@@ -59,10 +60,11 @@ impl Refused {
         }
     }
 
-    /// A datagram counted after its invalid UTF-8 was replaced.
-    pub fn repaired_utf8(&mut self, bytes: &[u8]) {
-        self.repaired_utf8 += 1;
-        if self.repaired_utf8 == 1 {
+    /// `n` identical datagrams counted after their invalid UTF-8 was replaced.
+    pub fn repaired_utf8(&mut self, bytes: &[u8], n: u64) {
+        let first = self.repaired_utf8 == 0;
+        self.repaired_utf8 += n;
+        if first {
             log::warn!(
                 "datagram with invalid UTF-8 counted with the bad bytes replaced by U+FFFD: {}",
                 excerpt(bytes)
@@ -70,10 +72,11 @@ impl Refused {
         }
     }
 
-    /// A datagram whose failure count `t` disagreed with its details.
-    pub fn count_mismatch(&mut self, bytes: &[u8]) {
-        self.count_mismatch += 1;
-        if self.count_mismatch == 1 {
+    /// `n` identical datagrams whose failure count `t` disagreed with their details.
+    pub fn count_mismatch(&mut self, bytes: &[u8], n: u64) {
+        let first = self.count_mismatch == 0;
+        self.count_mismatch += n;
+        if first {
             log::warn!(
                 "datagram whose failure count t differs from its failure details counted anyway: {}",
                 excerpt(bytes)
@@ -158,8 +161,8 @@ mod tests {
         let dump = dir.path().join("bad");
         let mut r = Refused::new(Some(dump.clone()), Instant::now());
         let err = tlsrpt_datagram::parse(b"garbage").unwrap_err();
-        r.refuse(&err, b"garbage");
-        r.refuse(&err, b"garbage2");
+        r.refuse(&err, b"garbage", 1);
+        r.refuse(&err, b"garbage2", 1);
         assert_eq!(r.total_refused, 2);
         assert_eq!(r.refused["invalid JSON"], 2);
         assert_eq!(std::fs::read(&dump).unwrap(), b"garbage");

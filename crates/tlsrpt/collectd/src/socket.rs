@@ -135,6 +135,11 @@ impl CollectorSocket {
         }
     }
 
+    /// Change how long a waiting read blocks.
+    pub fn set_read_timeout(&self, timeout: std::time::Duration) -> io::Result<()> {
+        self.socket.set_read_timeout(Some(timeout))
+    }
+
     /// Remove the socket file so that senders fail at once instead of
     /// queueing into a socket nobody will read; what is already queued can
     /// still be read.

@@ -8,7 +8,7 @@
 //! what keeps the collector's memory bounded while the database is slow or
 //! unavailable.
 
-use std::collections::HashMap;
+use hashbrown::{Equivalent, HashMap};
 
 use crate::parse::Delivery;
 
@@ -20,6 +20,25 @@ pub struct PolicyKey {
     pub domain: String,
     pub record: String,
     pub policy: String,
+}
+
+/// A [`PolicyKey`] made of borrowed parts, to look a key up without
+/// allocating; it hashes exactly like the owned key.
+#[derive(Hash)]
+struct PolicyKeyRef<'a> {
+    day: &'a str,
+    domain: &'a str,
+    record: &'a str,
+    policy: &'a str,
+}
+
+impl Equivalent<PolicyKey> for PolicyKeyRef<'_> {
+    fn equivalent(&self, key: &PolicyKey) -> bool {
+        self.policy == key.policy
+            && self.domain == key.domain
+            && self.record == key.record
+            && self.day == key.day
+    }
 }
 
 /// The counters of one [`PolicyKey`].
@@ -57,22 +76,38 @@ impl Aggregate {
 
     /// Count one delivery attempt received on `day`.
     pub fn add(&mut self, day: &str, delivery: &Delivery) {
-        self.datagrams += 1;
+        self.add_n(day, delivery, 1);
+    }
+
+    /// Count `n` identical delivery attempts received on `day`.
+    pub fn add_n(&mut self, day: &str, delivery: &Delivery, n: u64) {
+        self.datagrams += n;
         for policy in &delivery.policies {
-            let key = PolicyKey {
-                day: day.to_string(),
-                domain: delivery.domain.clone(),
-                record: delivery.record.clone(),
-                policy: policy.policy_json.clone(),
+            let lookup = PolicyKeyRef {
+                day,
+                domain: &delivery.domain,
+                record: &delivery.record,
+                policy: &policy.policy_json,
             };
-            let counts = self.counts.entry(key).or_default();
-            counts.total += 1;
-            counts.failed += u64::from(policy.failed);
+            let counts = match self.counts.get_mut(&lookup) {
+                Some(counts) => counts,
+                None => {
+                    let key = PolicyKey {
+                        day: day.to_string(),
+                        domain: delivery.domain.clone(),
+                        record: delivery.record.clone(),
+                        policy: policy.policy_json.clone(),
+                    };
+                    self.counts.entry(key).or_default()
+                }
+            };
+            counts.total += n;
+            counts.failed += n * u64::from(policy.failed);
             for detail in &policy.failures {
-                match counts.failures.get_mut(detail) {
-                    Some(n) => *n += 1,
+                match counts.failures.get_mut(detail.as_str()) {
+                    Some(c) => *c += n,
                     None => {
-                        counts.failures.insert(detail.clone(), 1);
+                        counts.failures.insert(detail.clone(), n);
                     }
                 }
             }

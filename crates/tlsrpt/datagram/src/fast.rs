@@ -7,6 +7,8 @@
 //! keys inside a policy, numbers beyond 64 bits): the reference reader then
 //! decides, so both always agree. A property test checks that agreement.
 
+use std::borrow::Cow;
+
 use crate::parse::{normalize_domain, Delivery, PolicyResult, POLICY_TYPES, PROTOCOL_VERSION};
 use crate::pyjson;
 
@@ -50,7 +52,10 @@ impl<'a> Reader<'a> {
 
     /// Iterate the members of an object: calls `member` with each key, the
     /// reader positioned at the value.
-    fn object(&mut self, mut member: impl FnMut(&mut Self, String) -> Option<()>) -> Option<()> {
+    fn object(
+        &mut self,
+        mut member: impl FnMut(&mut Self, Cow<'a, str>) -> Option<()>,
+    ) -> Option<()> {
         self.eat(b'{')?;
         if self.peek()? == b'}' {
             self.pos += 1;
@@ -94,30 +99,26 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A JSON string, unescaped.
-    fn string(&mut self) -> Option<String> {
+    /// A JSON string, unescaped; borrowed from the input when it has no
+    /// escapes (the common case: no allocation).
+    fn string(&mut self) -> Option<Cow<'a, str>> {
         self.eat(b'"')?;
         let start = self.pos;
-        // Fast case: no escapes.
-        while let Some(&b) = self.s.get(self.pos) {
-            match b {
-                b'"' => {
-                    let out = self.text[start..self.pos].to_string();
-                    self.pos += 1;
-                    return Some(out);
-                }
-                b'\\' => break,
-                0..=0x1f => return None,
-                _ => self.pos += 1,
-            }
+        let end = start + memchr::memchr2(b'"', b'\\', &self.s[start..])?;
+        if self.s[start..end].iter().any(|&b| b < 0x20) {
+            return None;
         }
-        let mut out = self.text[start..self.pos].to_string();
+        self.pos = end + 1;
+        if self.s[end] == b'"' {
+            return Some(Cow::Borrowed(&self.text[start..end]));
+        }
+        self.pos = end;
+        let mut out = self.text[start..end].to_string();
         loop {
-            let b = *self.s.get(self.pos)?;
-            match b {
+            match *self.s.get(self.pos)? {
                 b'"' => {
                     self.pos += 1;
-                    return Some(out);
+                    return Some(Cow::Owned(out));
                 }
                 b'\\' => {
                     let e = *self.s.get(self.pos + 1)?;
@@ -151,17 +152,15 @@ impl<'a> Reader<'a> {
                         _ => return None,
                     }
                 }
-                0..=0x1f => return None,
                 _ => {
-                    // Copy a run of plain characters at once.
-                    let run_start = self.pos;
-                    while let Some(&c) = self.s.get(self.pos) {
-                        if c == b'"' || c == b'\\' || c < 0x20 {
-                            break;
-                        }
-                        self.pos += 1;
+                    // Copy the run up to the next quote or escape at once.
+                    let run = self.pos;
+                    let stop = run + memchr::memchr2(b'"', b'\\', &self.s[run..])?;
+                    if self.s[run..stop].iter().any(|&b| b < 0x20) {
+                        return None;
                     }
-                    out.push_str(&self.text[run_start..self.pos]);
+                    out.push_str(&self.text[run..stop]);
+                    self.pos = stop;
                 }
             }
         }
@@ -241,7 +240,7 @@ impl<'a> Reader<'a> {
             }
             b'{' => {
                 out.push('{');
-                let mut keys: Vec<String> = Vec::new();
+                let mut keys: Vec<Cow<'a, str>> = Vec::new();
                 self.object(|r, key| {
                     if keys.contains(&key) {
                         return None; // duplicate: the reference reader decides
@@ -303,14 +302,14 @@ impl<'a> Reader<'a> {
         let mut policies = None;
         let mut mismatch = false;
         self.object(|r, key| {
-            match key.as_str() {
+            match &*key {
                 "dpv" => {
                     if r.string()? != PROTOCOL_VERSION {
                         return None;
                     }
                 }
                 "d" => domain = Some(r.string()?),
-                "pr" => record = Some(r.string()?),
+                "pr" => record = Some(r.string()?.into_owned()),
                 "policies" => {
                     let mut list = Vec::new();
                     mismatch = false;
@@ -342,7 +341,7 @@ impl<'a> Reader<'a> {
     fn policy(&mut self) -> Option<(PolicyResult, bool)> {
         let mut json = String::with_capacity(128);
         json.push('{');
-        let mut keys: Vec<String> = Vec::with_capacity(8);
+        let mut keys: Vec<Cow<'a, str>> = Vec::with_capacity(8);
         let mut policy_type = None;
         let mut failed = None;
         let mut count = None;
@@ -351,7 +350,7 @@ impl<'a> Reader<'a> {
             if keys.contains(&key) {
                 return None;
             }
-            match key.as_str() {
+            match &*key {
                 "f" => {
                     failed = Some(match r.integer()? {
                         0 => false,
@@ -374,7 +373,7 @@ impl<'a> Reader<'a> {
                     }
                     pyjson::write_str(&mut json, &key);
                     json.push_str(": ");
-                    match key.as_str() {
+                    match &*key {
                         "policy-type" => {
                             let t = r.integer()?;
                             POLICY_TYPES.iter().find(|(code, _)| *code == t)?;
@@ -426,7 +425,7 @@ impl<'a> Reader<'a> {
     fn failure_detail(&mut self) -> Option<String> {
         let mut json = String::with_capacity(128);
         json.push('{');
-        let mut keys: Vec<String> = Vec::with_capacity(8);
+        let mut keys: Vec<Cow<'a, str>> = Vec::with_capacity(8);
         self.object(|r, key| {
             if keys.contains(&key) {
                 return None;
@@ -436,7 +435,7 @@ impl<'a> Reader<'a> {
             }
             pyjson::write_str(&mut json, &key);
             json.push_str(": ");
-            match key.as_str() {
+            match &*key {
                 "c" => json.push_str(&r.integer()?.to_string()),
                 "s" | "n" | "h" | "r" | "a" | "f" => {
                     if r.peek()? != b'"' {

@@ -27,6 +27,13 @@ pub fn dumps_indent(value: &Value, indent: usize) -> String {
 /// Append a JSON string literal with Python's `ensure_ascii` escaping.
 pub fn write_str(out: &mut String, s: &str) {
     out.push('"');
+    if s.bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
