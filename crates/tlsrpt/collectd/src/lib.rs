@@ -59,6 +59,13 @@ pub struct CollectdConfig {
 /// Run the collector until SIGTERM or SIGINT; returns the exit code.
 pub fn run(config: CollectdConfig, clock: &dyn Clock) -> i32 {
     log::info!("TLSRPT collectd starting");
+    // First of all, so that a SIGTERM during a long start-up (a rollover of
+    // a big database) still ends in a clean shutdown.
+    let flags = SignalFlags::default();
+    if let Err(e) = register_signals(&flags) {
+        log::error!("cannot install signal handlers: {e}");
+        return exit::SOCKET;
+    }
     socket::check_queue_length();
 
     let now = clock.now();
@@ -79,12 +86,6 @@ pub fn run(config: CollectdConfig, clock: &dyn Clock) -> i32 {
             };
         }
     };
-
-    let flags = SignalFlags::default();
-    if let Err(e) = register_signals(&flags) {
-        log::error!("cannot install signal handlers: {e}");
-        return exit::SOCKET;
-    }
 
     let socket = match CollectorSocket::bind(&config.socket, &config.permissions) {
         Ok(s) => s,
