@@ -5,9 +5,3 @@
 //! done in the crates named after the stages of the data flows.
 
 pub mod programs;
-
-/// mimalloc instead of glibc malloc: the collector's receiver allocates what
-/// its committer thread frees, and glibc's per-thread arenas make such
-/// cross-thread frees take a lock that the receiver then waits for.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

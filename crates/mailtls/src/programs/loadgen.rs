@@ -58,6 +58,12 @@ pub fn command() -> Command {
                 .help("Number of distinct recipient domains"),
         )
         .arg(
+            Arg::new("sequential")
+                .long("sequential")
+                .action(clap::ArgAction::SetTrue)
+                .help("Take the domains in turn instead of at random, so that every domain appears before any repeats"),
+        )
+        .arg(
             Arg::new("seed")
                 .long("seed")
                 .value_name("N")
@@ -99,9 +105,17 @@ pub fn main(matches: &ArgMatches) -> i32 {
             return 1;
         }
     };
+    let sequential = matches.get_flag("sequential");
     let mut rng = StdRng::seed_from_u64(seed);
+    let mut sent = 0u64;
     let r = send_paced(&sender, count, rate, || {
-        random_attempt(&mut rng, domains).to_datagram()
+        let domain = if sequential {
+            sent % domains
+        } else {
+            rng.gen_range(0..domains)
+        };
+        sent += 1;
+        random_attempt(&mut rng, domain).to_datagram()
     });
     if matches.get_flag("json") {
         println!(
@@ -127,13 +141,12 @@ pub fn main(matches: &ArgMatches) -> i32 {
     0
 }
 
-/// A random delivery attempt to one of `domains` domains. As in real
+/// A random delivery attempt to domain number `d`. As in real
 /// traffic, what belongs to a domain is fixed (its policy type, policy, MX
 /// hosts, TLSRPT record), and what varies is the outcome: about one delivery
 /// in five fails, with a random result type, at one of the domain's two MX
 /// addresses. So each domain sends a handful of distinct datagrams.
-pub fn random_attempt(rng: &mut StdRng, domains: u64) -> DeliveryAttempt {
-    let d = rng.gen_range(0..domains);
+pub fn random_attempt(rng: &mut StdRng, d: u64) -> DeliveryAttempt {
     let domain = format!("d{d}.example");
     let policy_type = match d % 3 {
         0 => PolicyType::Tlsa,

@@ -28,7 +28,7 @@ const RAW_DISTINCT_LIMIT: usize = 4096;
 
 /// Distinct keys in memory at which counters are handed over at once, to
 /// keep memory small on days with very many domains.
-const MAX_KEYS_IN_MEMORY: usize = 10_000;
+const MAX_KEYS_IN_MEMORY: usize = 4_000;
 
 pub struct AggregatorSettings {
     /// Hand the aggregate over after this many datagrams.
