@@ -186,11 +186,8 @@ impl Aggregator {
         for (bytes, n) in self.raw.drain() {
             match parse(&bytes) {
                 Ok(delivery) => {
-                    if delivery.replaced_invalid_utf8 {
-                        self.refused.repaired_utf8(&bytes, n);
-                    }
-                    if delivery.failure_count_mismatch {
-                        self.refused.count_mismatch(&bytes, n);
+                    for kind in delivery.warnings() {
+                        self.refused.warn(kind, &bytes, n);
                     }
                     if log::log_enabled!(log::Level::Debug) {
                         log::debug!(

@@ -21,10 +21,8 @@ pub struct Refused {
     period_start: Instant,
     /// Refused datagrams per category in this period.
     refused: BTreeMap<&'static str, u64>,
-    /// Counted after replacing invalid UTF-8 in this period.
-    repaired_utf8: u64,
-    /// Counted although `t` disagreed with the failure details.
-    count_mismatch: u64,
+    /// Datagrams counted despite a problem, per kind, in this period.
+    warned: BTreeMap<&'static str, u64>,
     /// Everything refused since start.
     pub total_refused: u64,
 }
@@ -35,8 +33,7 @@ impl Refused {
             dump_path,
             period_start: now,
             refused: BTreeMap::new(),
-            repaired_utf8: 0,
-            count_mismatch: 0,
+            warned: BTreeMap::new(),
             total_refused: 0,
         }
     }
@@ -60,25 +57,15 @@ impl Refused {
         }
     }
 
-    /// `n` identical datagrams counted after their invalid UTF-8 was replaced.
-    pub fn repaired_utf8(&mut self, bytes: &[u8], n: u64) {
-        let first = self.repaired_utf8 == 0;
-        self.repaired_utf8 += n;
+    /// `n` identical datagrams counted despite a problem of kind `kind`.
+    pub fn warn(&mut self, kind: &'static str, bytes: &[u8], n: u64) {
+        let seen = self.warned.entry(kind).or_insert(0);
+        let first = *seen == 0;
+        *seen += n;
         if first {
+            let dumped = self.dump(bytes);
             log::warn!(
-                "datagram with invalid UTF-8 counted with the bad bytes replaced by U+FFFD: {}",
-                excerpt(bytes)
-            );
-        }
-    }
-
-    /// `n` identical datagrams whose failure count `t` disagreed with their details.
-    pub fn count_mismatch(&mut self, bytes: &[u8], n: u64) {
-        let first = self.count_mismatch == 0;
-        self.count_mismatch += n;
-        if first {
-            log::warn!(
-                "datagram whose failure count t differs from its failure details counted anyway: {}",
+                "counted a datagram despite: {kind}: {}{dumped}; further ones are only counted until the next summary",
                 excerpt(bytes)
             );
         }
@@ -109,23 +96,20 @@ impl Refused {
                 self.total_refused
             );
         }
-        if self.repaired_utf8 > 1 {
+        if !self.warned.is_empty() {
+            let kinds: Vec<String> = self
+                .warned
+                .iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect();
             log::warn!(
-                "counted {} datagrams with invalid UTF-8 replaced in the last {} s",
-                self.repaired_utf8,
-                SUMMARY_PERIOD.as_secs()
-            );
-        }
-        if self.count_mismatch > 1 {
-            log::warn!(
-                "counted {} datagrams whose failure count t differed from their details in the last {} s",
-                self.count_mismatch,
-                SUMMARY_PERIOD.as_secs()
+                "counted datagrams with problems in the last {} s ({})",
+                SUMMARY_PERIOD.as_secs(),
+                kinds.join(", ")
             );
         }
         self.refused.clear();
-        self.repaired_utf8 = 0;
-        self.count_mismatch = 0;
+        self.warned.clear();
     }
 
     /// Write the datagram to the dump file (replacing the previous one, as

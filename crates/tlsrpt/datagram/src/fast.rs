@@ -9,7 +9,9 @@
 
 use std::borrow::Cow;
 
-use crate::parse::{normalize_domain, Delivery, PolicyResult, POLICY_TYPES, PROTOCOL_VERSION};
+use crate::parse::{
+    check_domain, normalize_domain, Delivery, PolicyResult, POLICY_TYPES, PROTOCOL_VERSION,
+};
 use crate::pyjson;
 
 /// Nesting beyond this is left to the reference reader, whose own limit
@@ -329,12 +331,15 @@ impl<'a> Reader<'a> {
             }
             Some(())
         })?;
+        let domain = normalize_domain(&domain?);
+        check_domain(&domain).ok()?;
         Some(Delivery {
-            domain: normalize_domain(&domain?),
+            domain,
             record: record?,
             policies: policies?,
             replaced_invalid_utf8: false,
             failure_count_mismatch: mismatch,
+            unexpected_version: None,
         })
     }
 

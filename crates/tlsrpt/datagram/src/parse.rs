@@ -34,6 +34,26 @@ pub struct Delivery {
     /// A policy whose `t` differs from the number of failure details it carries;
     /// counted anyway, as upstream does, but worth a log line.
     pub failure_count_mismatch: bool,
+    /// A `dpv` other than `"1"` (as JSON text): counted anyway, as upstream
+    /// does, since a newer libtlsrpt may only have added keys.
+    pub unexpected_version: Option<String>,
+}
+
+impl Delivery {
+    /// What was odd about this counted datagram, as short names for the log.
+    pub fn warnings(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.replaced_invalid_utf8 {
+            out.push("invalid UTF-8 replaced");
+        }
+        if self.failure_count_mismatch {
+            out.push("failure count t differs from the failure details");
+        }
+        if self.unexpected_version.is_some() {
+            out.push("unknown protocol version dpv");
+        }
+        out
+    }
 }
 
 /// The result of one evaluated policy within a delivery attempt.
@@ -55,8 +75,6 @@ pub enum Invalid {
     Json(String),
     #[error("not a JSON object but {0}")]
     NotAnObject(&'static str),
-    #[error("unsupported datagram protocol version {0} (expected \"1\")")]
-    ProtocolVersion(String),
     #[error("missing key {0}")]
     MissingKey(String),
     #[error("key {key} has the wrong type: expected {expected}")]
@@ -71,7 +89,6 @@ impl Invalid {
         match self {
             Invalid::Json(_) => "invalid JSON",
             Invalid::NotAnObject(_) => "not an object",
-            Invalid::ProtocolVersion(_) => "wrong protocol version",
             Invalid::MissingKey(_) => "missing key",
             Invalid::WrongType { .. } => "wrong type",
             Invalid::BadValue { .. } => "invalid value",
@@ -88,6 +105,24 @@ pub fn normalize_domain(domain: &str) -> String {
     } else {
         lower
     }
+}
+
+/// Refuse domains that would break the line-based fetcher protocol or be
+/// taken for an option by a fetcher: empty, `.`, a leading `-`, whitespace
+/// or control characters. (Upstream stores them, and then its reportd gives
+/// up on the whole day's domain list.)
+pub fn check_domain(domain: &str) -> Result<(), Invalid> {
+    let bad = domain.is_empty()
+        || domain == "."
+        || domain.starts_with('-')
+        || domain.chars().any(|c| c.is_whitespace() || c.is_control());
+    if bad {
+        return Err(Invalid::BadValue {
+            key: "d".into(),
+            value: pyjson::dumps(&Value::from(domain)),
+        });
+    }
+    Ok(())
 }
 
 /// Parse and validate one datagram.
@@ -119,13 +154,13 @@ fn parse_text(text: &str, replaced_invalid_utf8: bool) -> Result<Delivery, Inval
     let Value::Object(top) = value else {
         return Err(Invalid::NotAnObject(type_name(&value)));
     };
-    match top.get("dpv") {
-        None => {}
-        Some(Value::String(v)) if v == PROTOCOL_VERSION => {}
-        Some(Value::String(v)) => return Err(Invalid::ProtocolVersion(format!("{v:?}"))),
-        Some(other) => return Err(Invalid::ProtocolVersion(pyjson::dumps(other))),
-    }
-    let domain = required_str(&top, "d")?;
+    let unexpected_version = match top.get("dpv") {
+        None => None,
+        Some(Value::String(v)) if v == PROTOCOL_VERSION => None,
+        Some(other) => Some(pyjson::dumps(other)),
+    };
+    let domain = normalize_domain(required_str(&top, "d")?);
+    check_domain(&domain)?;
     let record = required_str(&top, "pr")?;
     let policies = match top.get("policies") {
         None => return Err(Invalid::MissingKey("policies".into())),
@@ -143,11 +178,12 @@ fn parse_text(text: &str, replaced_invalid_utf8: bool) -> Result<Delivery, Inval
         results.push(result);
     }
     Ok(Delivery {
-        domain: normalize_domain(domain),
+        domain,
         record: record.to_string(),
         policies: results,
         replaced_invalid_utf8,
         failure_count_mismatch,
+        unexpected_version,
     })
 }
 
@@ -322,14 +358,14 @@ mod tests {
             ("null", "not an object"),
             ("[1,2]", "not an object"),
             ("{", "invalid JSON"),
+            (r#"{"d":"","pr":"r","policies":[]}"#, "invalid value"),
+            (r#"{"d":".","pr":"r","policies":[]}"#, "invalid value"),
             (
-                r#"{"dpv":"2","d":"a","pr":"r","policies":[]}"#,
-                "wrong protocol version",
+                r#"{"d":"-x.example","pr":"r","policies":[]}"#,
+                "invalid value",
             ),
-            (
-                r#"{"dpv":1,"d":"a","pr":"r","policies":[]}"#,
-                "wrong protocol version",
-            ),
+            (r#"{"d":"a\nb","pr":"r","policies":[]}"#, "invalid value"),
+            (r#"{"d":"a b","pr":"r","policies":[]}"#, "invalid value"),
             (r#"{"pr":"r","policies":[]}"#, "missing key"),
             (r#"{"d":"a","policies":[]}"#, "missing key"),
             (r#"{"d":"a","pr":"r"}"#, "missing key"),
@@ -386,6 +422,19 @@ mod tests {
             parse(text.as_bytes()).unwrap_err().category(),
             "invalid JSON"
         );
+    }
+
+    #[test]
+    fn other_protocol_versions_are_counted_with_a_warning_like_upstream() {
+        let d =
+            parse(br#"{"dpv":"2","d":"a","pr":"r","policies":[{"policy-type":9,"f":0}]}"#).unwrap();
+        assert_eq!(d.unexpected_version.as_deref(), Some("\"2\""));
+        assert_eq!(d.warnings(), ["unknown protocol version dpv"]);
+        let d =
+            parse(br#"{"dpv":1,"d":"a","pr":"r","policies":[{"policy-type":9,"f":0}]}"#).unwrap();
+        assert_eq!(d.unexpected_version.as_deref(), Some("1"));
+        let d = parse(br#"{"dpv":"1","d":"a","pr":"r","policies":[]}"#).unwrap();
+        assert!(d.warnings().is_empty());
     }
 
     #[test]

@@ -78,8 +78,13 @@ fn policy() -> impl Strategy<Value = Policy> {
         )
 }
 
+/// Domains as MTAs report them: any case, non-ASCII labels, a trailing dot.
+fn domain() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9äÖ😀][a-zA-Z0-9äÖ.-]{0,20}\\.?"
+}
+
 fn attempt() -> impl Strategy<Value = DeliveryAttempt> {
-    (text(), text(), prop::collection::vec(policy(), 0..3)).prop_map(
+    (domain(), text(), prop::collection::vec(policy(), 0..3)).prop_map(
         |(domain, record, policies)| DeliveryAttempt {
             domain,
             record,
