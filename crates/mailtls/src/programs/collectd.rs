@@ -78,13 +78,10 @@ pub fn command() -> Command {
 }
 
 pub fn main(matches: &ArgMatches) -> i32 {
-    let settings = match super::settings(&SPEC, matches) {
+    let settings = match super::start(&SPEC, "tlsrpt_collectd", matches) {
         Ok(s) => s,
         Err(code) => return code,
     };
-    if let Err(code) = super::init_logging("tlsrpt_collectd", SPEC.name, &settings) {
-        return code;
-    }
     let config = match config_from(&settings) {
         Ok(c) => c,
         Err(e) => {

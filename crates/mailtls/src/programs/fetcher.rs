@@ -78,13 +78,10 @@ pub fn command() -> Command {
 }
 
 pub fn main(matches: &ArgMatches) -> i32 {
-    let settings = match super::settings(&SPEC, matches) {
+    let settings = match super::start(&SPEC, "tlsrpt_fetcher", matches) {
         Ok(s) => s,
         Err(code) => return code,
     };
-    if let Err(code) = super::init_logging("tlsrpt_fetcher", SPEC.name, &settings) {
-        return code;
-    }
     let day = matches.get_one::<String>("day").expect("required");
     if let Err(e) = tlsrpt_fetcher::parse_day(day) {
         log::error!("{e}");

@@ -10,32 +10,24 @@ pub mod run;
 use clap::ArgMatches;
 use mailtls_common::config::{self, ProgramSpec, Settings};
 
-/// Resolve a program's settings, or print the error the way a command-line
-/// user needs it and return the usage exit code.
-pub(crate) fn settings(spec: &ProgramSpec, matches: &ArgMatches) -> Result<Settings, i32> {
-    config::resolve(spec, matches, &config::process_env()).map_err(|e| {
+/// Resolve a program's settings and set up its logging from the common
+/// `logfilename` and `log_level` settings, then log every setting with its
+/// source. On failure the error has been printed and the usage exit code is
+/// returned.
+pub(crate) fn start(
+    spec: &ProgramSpec,
+    component: &'static str,
+    matches: &ArgMatches,
+) -> Result<Settings, i32> {
+    let fail = |e: &dyn std::fmt::Display| {
         eprintln!("{}: {e}", spec.name);
         2
-    })
-}
-
-/// Set up logging from the common `logfilename` and `log_level` settings.
-pub(crate) fn init_logging(
-    component: &'static str,
-    program: &str,
-    settings: &Settings,
-) -> Result<(), i32> {
-    let level =
-        mailtls_common::logging::parse_level(settings.get_str("log_level")).map_err(|e| {
-            eprintln!("{program}: {e}");
-            2
-        })?;
-    mailtls_common::logging::init(component, settings.get_str("logfilename"), level).map_err(
-        |e| {
-            eprintln!("{program}: {e}");
-            2
-        },
-    )?;
+    };
+    let settings = config::resolve(spec, matches, &config::process_env()).map_err(|e| fail(&e))?;
+    let level = mailtls_common::logging::parse_level(settings.get_str("log_level"))
+        .map_err(|e| fail(&e))?;
+    mailtls_common::logging::init(component, settings.get_str("logfilename"), level)
+        .map_err(|e| fail(&e))?;
     settings.log();
-    Ok(())
+    Ok(settings)
 }

@@ -84,28 +84,18 @@ impl Refused {
     pub fn summarize(&mut self) {
         let refused: u64 = self.refused.values().sum();
         if refused > 0 {
-            let kinds: Vec<String> = self
-                .refused
-                .iter()
-                .map(|(k, n)| format!("{k}: {n}"))
-                .collect();
             log::error!(
                 "refused {refused} invalid datagrams in the last {} s ({}); {} since start",
                 SUMMARY_PERIOD.as_secs(),
-                kinds.join(", "),
+                per_kind(&self.refused),
                 self.total_refused
             );
         }
         if !self.warned.is_empty() {
-            let kinds: Vec<String> = self
-                .warned
-                .iter()
-                .map(|(k, n)| format!("{k}: {n}"))
-                .collect();
             log::warn!(
                 "counted datagrams with problems in the last {} s ({})",
                 SUMMARY_PERIOD.as_secs(),
-                kinds.join(", ")
+                per_kind(&self.warned)
             );
         }
         self.refused.clear();
@@ -123,6 +113,12 @@ impl Refused {
             Err(e) => format!(" (could not save it to {}: {e})", path.display()),
         }
     }
+}
+
+/// `kind: count, ...` for a summary line.
+fn per_kind(counts: &BTreeMap<&'static str, u64>) -> String {
+    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    parts.join(", ")
 }
 
 /// A printable excerpt of a datagram for the log.
