@@ -100,6 +100,7 @@ pub fn run(config: CollectdConfig, clock: &dyn Clock) -> i32 {
     let committer = std::thread::Builder::new()
         .name("committer".into())
         .spawn(move || {
+            leave_signals_to_the_receiver();
             sched::background(COMMITTER_NICE);
             committer::run(stores, requests)
         })
@@ -122,6 +123,7 @@ pub fn run(config: CollectdConfig, clock: &dyn Clock) -> i32 {
     let aggregator = std::thread::Builder::new()
         .name("aggregator".into())
         .spawn(move || {
+            leave_signals_to_the_receiver();
             sched::background(AGGREGATOR_NICE);
             aggregator.run()
         })
@@ -160,15 +162,33 @@ const COMMITTER_NICE: i32 = 10;
 /// 256 datagrams or 128 KiB): a bound on memory if counting falls behind.
 const CHUNKS_IN_FLIGHT: usize = 16;
 
+const HANDLED_SIGNALS: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGUSR2, libc::SIGHUP];
+
+/// Block the handled signals in the calling thread, so that the kernel
+/// delivers them to the receiver, whose waiting read they then interrupt.
+/// (Child processes start with an empty mask again: Rust's spawn resets it.)
+fn leave_signals_to_the_receiver() {
+    // SAFETY: sigset operations on a local set, and pthread_sigmask on the
+    // calling thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in HANDLED_SIGNALS {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// Route SIGTERM/SIGINT/SIGUSR2/SIGHUP to flags that the receiver checks
 /// after every read; the signal itself interrupts a waiting read.
 fn register_signals(flags: &SignalFlags) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+    let [term, int, usr2, hup] = HANDLED_SIGNALS;
     for (signal, flag) in [
-        (SIGTERM, &flags.terminate),
-        (SIGINT, &flags.terminate),
-        (SIGUSR2, &flags.rollover),
-        (SIGHUP, &flags.reopen_log),
+        (term, &flags.terminate),
+        (int, &flags.terminate),
+        (usr2, &flags.rollover),
+        (hup, &flags.reopen_log),
     ] {
         signal_hook::flag::register(signal, Arc::clone(flag))?;
     }
