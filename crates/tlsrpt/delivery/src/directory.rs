@@ -1,0 +1,104 @@
+//! `directory:` destinations: the report stored as a file, for archives,
+//! tests and other programs to pick up.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use tempfile::NamedTempFile;
+
+use crate::Outcome;
+
+/// Writes the uncompressed report JSON into one directory.
+///
+/// The file is `tlsrpt-DOMAIN-REPORTID.json`. The upstream names it
+/// `tlsrpt-DOMAIN-N-RANDOM.json` (N its database row) and so leaves one more
+/// file behind for every attempt that it repeats; our name depends only on
+/// the report, so an attempt made again replaces the file with the same
+/// content. Two destinations that name the same directory share the file.
+/// Characters that do not belong in a file name are percent-encoded, which
+/// keeps names of different reports different.
+///
+/// The file appears complete or not at all: it is written under a temporary
+/// name in the same directory, flushed to disk, and renamed.
+#[derive(Debug, Clone)]
+pub struct Directory {
+    path: PathBuf,
+}
+
+impl Directory {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Directory { path: path.into() }
+    }
+
+    /// The file that [`store`](Self::store) writes for this report.
+    pub fn file_for(&self, report_domain: &str, report_id: &str) -> PathBuf {
+        self.path.join(format!(
+            "tlsrpt-{}-{}.json",
+            file_name_safe(report_domain),
+            file_name_safe(report_id)
+        ))
+    }
+
+    /// Every failure (missing directory, permissions, full disk) is
+    /// [`Outcome::RetryLater`]: all of them are the operator's to fix.
+    pub fn store(&self, report_domain: &str, report_id: &str, report_json: &[u8]) -> Outcome {
+        let target = self.file_for(report_domain, report_id);
+        match write_atomically(&self.path, &target, report_json) {
+            Ok(()) => Outcome::Delivered(format!("stored as {}", target.display())),
+            Err(err) => Outcome::RetryLater(format!("cannot store {}: {err}", target.display())),
+        }
+    }
+}
+
+fn write_atomically(directory: &Path, target: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut file = NamedTempFile::new_in(directory)?;
+    file.write_all(contents)?;
+    file.as_file().sync_all()?;
+    file.persist(target).map_err(|err| err.error)?;
+    // The rename itself must survive a crash before the destination is
+    // recorded as delivered.
+    File::open(directory)?.sync_all()
+}
+
+/// Keeps letters, digits and `-_.:@+=` and percent-encodes every other byte
+/// (`%` and `/` included).
+fn file_name_safe(text: &str) -> String {
+    let mut safe = String::with_capacity(text.len());
+    for &byte in text.as_bytes() {
+        match byte {
+            b'a'..=b'z'
+            | b'A'..=b'Z'
+            | b'0'..=b'9'
+            | b'-'
+            | b'_'
+            | b'.'
+            | b':'
+            | b'@'
+            | b'+'
+            | b'=' => safe.push(char::from(byte)),
+            _ => safe.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    safe
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_readable_and_cannot_escape_the_directory() {
+        let directory = Directory::new("/var/spool/tlsrpt");
+        assert_eq!(
+            directory.file_for("example.com", "2026-11-21T00:00:00Z_idx1_example.com"),
+            Path::new(
+                "/var/spool/tlsrpt/tlsrpt-example.com-2026-11-21T00:00:00Z_idx1_example.com.json"
+            )
+        );
+        assert_eq!(
+            directory.file_for("../x", "a/b%c"),
+            Path::new("/var/spool/tlsrpt/tlsrpt-..%2Fx-a%2Fb%25c.json")
+        );
+    }
+}

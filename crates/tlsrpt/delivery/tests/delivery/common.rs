@@ -1,0 +1,83 @@
+//! What several tests share: the sample report, the oracles' paths, and
+//! running a command with the checks every test wants.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, UNIX_EPOCH};
+
+use tlsrpt_delivery::{gzip, ReportMail};
+
+/// A complete RFC 8460 section 4 report, `policy-domain` present in every
+/// policy (parsedmarc refuses reports without it).
+pub const REPORT_JSON: &str = r#"{"organization-name": "Example Org", "date-range": {"start-datetime": "2026-11-21T00:00:00Z", "end-datetime": "2026-11-21T23:59:59Z"}, "contact-info": "tlsrpt-noreply@example.net", "report-id": "2026-11-21T00:00:00Z_idx1_example.com", "policies": [{"policy": {"policy-type": "sts", "policy-string": ["version: STSv1", "mode: testing", "mx: *.mail.example.com", "max_age: 86400"], "policy-domain": "example.com", "mx-host": ["*.mail.example.com"]}, "summary": {"total-successful-session-count": 5, "total-failure-session-count": 2}, "failure-details": [{"result-type": "certificate-expired", "sending-mta-ip": "192.0.2.1", "receiving-mx-hostname": "mx1.mail.example.com", "receiving-ip": "198.51.100.7", "failed-session-count": 2}]}, {"policy": {"policy-type": "no-policy-found", "policy-domain": "example.com"}, "summary": {"total-successful-session-count": 1, "total-failure-session-count": 0}}]}"#;
+
+pub const REPORT_ID: &str = "2026-11-21T00:00:00Z_idx1_example.com";
+pub const SENDER: &str = "tlsrpt-noreply@example.net";
+pub const RECIPIENT: &str = "tlsrpt@example.com";
+pub const ATTACHMENT_NAME: &str = "example.net!example.com!1795219200!1795305599!1.json.gz";
+
+pub fn gzip_report() -> Vec<u8> {
+    gzip(REPORT_JSON.as_bytes(), -1).unwrap()
+}
+
+/// The sample report as a mail to [`RECIPIENT`], unsigned.
+pub fn render_mail(gzip_report: &[u8]) -> Vec<u8> {
+    ReportMail {
+        sender: SENDER,
+        recipient: RECIPIENT,
+        report_domain: "example.com",
+        submitter: "example.net",
+        report_id: REPORT_ID,
+        organization_name: "Example Org",
+        attachment_name: ATTACHMENT_NAME,
+        gzip_report,
+        date: UNIX_EPOCH + Duration::from_secs(1_795_306_000),
+    }
+    .render()
+    .unwrap()
+}
+
+/// The Python of `.venv`, where `scripts/setup-oracle` puts dkimpy and
+/// parsedmarc. Missing is a failure, never a skip.
+pub fn venv_python() -> PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../.venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup-oracle (scripts/test does)",
+        python.display()
+    );
+    python
+}
+
+/// Runs a program with `input` on stdin; panics with its stderr unless it
+/// exits 0, and returns its stdout.
+pub fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str], input: &[u8]) -> String {
+    let program = program.as_ref();
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start {program:?}: {err}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{program:?} {args:?} failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A private key made by the `openssl` command: `genpkey` arguments.
+pub fn openssl_key(directory: &Path, name: &str, genpkey_args: &[&str]) -> PathBuf {
+    let path = directory.join(name);
+    let mut args = vec!["genpkey"];
+    args.extend_from_slice(genpkey_args);
+    args.extend_from_slice(&["-out", path.to_str().unwrap()]);
+    run("openssl", &args, b"");
+    path
+}
