@@ -42,6 +42,29 @@ fn vectors_through_collector_and_fetcher_match_the_upstream_reference() {
     );
     assert_eq!(ours[2..], theirs[2..], "day, domains and the final dot");
 
+    // The bulk answer carries the same details, one compact line per domain.
+    let (code, bulk, err) =
+        run_fetcher(&fetcher_bin(), &c.storage_url(), &["--bulk", "2026-11-21"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = bulk.lines().collect();
+    assert_eq!(lines[0], "TLSRPT FETCHER v1devel-c bulk");
+    assert_eq!(lines[2], "2026-11-21");
+    assert_eq!(lines.last(), Some(&"."));
+    assert_eq!(lines.len(), 3 + 2 + 1, "{bulk}");
+    for line in &lines[3..5] {
+        let bulk_details: serde_json::Value = serde_json::from_str(line).unwrap();
+        let domain = bulk_details["d"].as_str().unwrap();
+        let expected: serde_json::Value =
+            serde_json::from_slice(&reference(&format!("fetcher-details-{domain}.json"))).unwrap();
+        assert_eq!(bulk_details, expected, "bulk line of {domain}");
+    }
+    let (code, _, _) = run_fetcher(
+        &fetcher_bin(),
+        &c.storage_url(),
+        &["--bulk", "2026-11-21", "example.com"],
+    );
+    assert_eq!(code, 2, "--bulk and DOMAIN exclude each other");
+
     for domain in ["example.com", "mixed.case.example"] {
         let (code, details, err) =
             run_fetcher(&fetcher_bin(), &c.storage_url(), &["2026-11-21", domain]);

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use clap::{Arg, ArgMatches, Command};
 use mailtls_common::config::{add_options, Kind, OptionSpec, ProgramSpec};
-use tlsrpt_store::{yesterday_path, FetcherDb, StoreError};
+use tlsrpt_store::{yesterday_path, FetcherDb, StoreError, VisitError};
 
 const OPTIONS: [OptionSpec; 3] = [
     OptionSpec { name: "storage", kind: Kind::Str, default: "", help: "Storage URL of the collector, e.g. sqlite:///var/lib/tlsrpt/collectd.sqlite; the completed day is read from FILE.yesterday. Only the first of several comma-separated URLs is used" },
@@ -51,6 +51,13 @@ Exit status: 0 success, 1 output could not be written (e.g. the reader went
 away), 2 usage or configuration error, 3 the completed-day database does not
 exist or cannot be read, 4 the file is not a tlsrpt-collectd database.
 
+Bulk answers (mailtls extension): with --bulk instead of DOMAIN the answer
+starts with the line `TLSRPT FETCHER v1devel-c bulk`, the time and day lines
+as in the domain list, then one line per domain holding that domain's details
+JSON in compact form, then a line `.`. A reportd asks for it to fetch a whole
+day in one call; an upstream fetcher refuses the option, and the reportd then
+falls back to one call per domain.
+
 Examples:
   tlsrpt-fetcher --storage sqlite:///var/lib/tlsrpt/collectd.sqlite 2026-11-21
   tlsrpt-fetcher --storage sqlite:///var/lib/tlsrpt/collectd.sqlite 2026-11-21 example.com
@@ -72,6 +79,15 @@ pub fn command() -> Command {
                 Arg::new("domain")
                     .value_name("DOMAIN")
                     .help("Domain whose details to print; without it, print the list of domains"),
+            )
+            .arg(
+                Arg::new("bulk")
+                    .long("bulk")
+                    .action(clap::ArgAction::SetTrue)
+                    .conflicts_with("domain")
+                    .help(
+                        "Print every domain's details in one answer (mailtls extension, see below)",
+                    ),
             ),
         &SPEC,
     )
@@ -104,8 +120,15 @@ pub fn main(matches: &ArgMatches) -> i32 {
             ignored.url
         );
     }
-    let domain = matches.get_one::<String>("domain");
-    match answer(&yesterday_path(&url.path), day, domain.map(String::as_str)) {
+    let request = match (
+        matches.get_flag("bulk"),
+        matches.get_one::<String>("domain"),
+    ) {
+        (true, _) => Request::Bulk,
+        (false, Some(domain)) => Request::Details(domain),
+        (false, None) => Request::DomainList,
+    };
+    match answer(&yesterday_path(&url.path), day, request) {
         Ok(()) => exit::OK,
         Err(Failure::Store(e)) => {
             log::error!("{e}");
@@ -126,22 +149,47 @@ enum Failure {
     Output(std::io::Error),
 }
 
-fn answer(path: &Path, day: &str, domain: Option<&str>) -> Result<(), Failure> {
+/// What the reportd asked for.
+enum Request<'a> {
+    DomainList,
+    Details(&'a str),
+    Bulk,
+}
+
+fn answer(path: &Path, day: &str, request: Request) -> Result<(), Failure> {
     let db = FetcherDb::open(path).map_err(Failure::Store)?;
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    match domain {
-        None => {
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let now = || {
+        mailtls_common::clock::from_env()
+            .map(|clock| clock.now())
+            .map_err(|e| Failure::Output(std::io::Error::other(e)))
+    };
+    match request {
+        Request::DomainList => {
             let completed = db.completed_day().map_err(Failure::Store)?;
             let domains = db.domains(day).map_err(Failure::Store)?;
             log::info!("domain list for {day}: {} domains", domains.len());
-            let now = mailtls_common::clock::from_env()
-                .map_err(|e| Failure::Output(std::io::Error::other(e)))?
-                .now();
-            tlsrpt_fetcher::write_domain_list(&mut out, now, completed.as_deref(), &domains)
+            tlsrpt_fetcher::write_domain_list(&mut out, now()?, completed.as_deref(), &domains)
                 .map_err(Failure::Output)?;
         }
-        Some(domain) => {
+        Request::Bulk => {
+            let completed = db.completed_day().map_err(Failure::Store)?;
+            tlsrpt_fetcher::write_bulk_header(&mut out, now()?, completed.as_deref())
+                .map_err(Failure::Output)?;
+            let mut domains = 0;
+            db.for_each_domain(day, |domain, policies, failures| {
+                domains += 1;
+                tlsrpt_fetcher::write_bulk_domain(&mut out, domain, policies, failures)
+            })
+            .map_err(|e| match e {
+                VisitError::Store(e) => Failure::Store(e),
+                VisitError::Visitor(e) => Failure::Output(e),
+            })?;
+            tlsrpt_fetcher::write_bulk_end(&mut out).map_err(Failure::Output)?;
+            log::info!("bulk answer for {day}: {domains} domains");
+        }
+        Request::Details(domain) => {
             let (policies, failures) = db.details(day, domain).map_err(Failure::Store)?;
             log::info!("details for {domain} on {day}: {} policies", policies.len());
             let text = tlsrpt_fetcher::render_details(domain, &policies, &failures);

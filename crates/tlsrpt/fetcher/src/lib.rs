@@ -25,6 +25,13 @@ use tlsrpt_store::{FailureRow, PolicyRow};
 /// First line of a domain list in protocol v1, verbatim from upstream.
 pub const VERSION_LINE: &str = "TLSRPT FETCHER v1devel-c domain list";
 
+/// First line of a bulk answer: our extension for large sites, asked for
+/// with `--bulk`. It streams every domain's details in one call instead of
+/// one process per domain. An upstream fetcher refuses the option, which
+/// tells a reportd to fall back to protocol v1; an upstream reportd never
+/// asks for it.
+pub const BULK_VERSION_LINE: &str = "TLSRPT FETCHER v1devel-c bulk";
+
 /// The time format of the second line.
 pub const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
 
@@ -49,12 +56,7 @@ pub fn write_domain_list(
     domains: &[String],
 ) -> io::Result<()> {
     let mut text = String::with_capacity(64 + domains.iter().map(|d| d.len() + 1).sum::<usize>());
-    text.push_str(VERSION_LINE);
-    text.push('\n');
-    text.push_str(&now.format(TIME_FORMAT).to_string());
-    text.push('\n');
-    text.push_str(completed_day.unwrap_or(""));
-    text.push('\n');
+    push_header(&mut text, VERSION_LINE, now, completed_day);
     for domain in domains {
         text.push_str(domain);
         text.push('\n');
@@ -63,8 +65,56 @@ pub fn write_domain_list(
     out.write_all(text.as_bytes())
 }
 
+/// The three header lines shared by the domain list and the bulk answer.
+fn push_header(text: &mut String, version: &str, now: DateTime<Utc>, completed_day: Option<&str>) {
+    text.push_str(version);
+    text.push('\n');
+    text.push_str(&now.format(TIME_FORMAT).to_string());
+    text.push('\n');
+    text.push_str(completed_day.unwrap_or(""));
+    text.push('\n');
+}
+
+/// Write the bulk answer: the header lines (with [`BULK_VERSION_LINE`]),
+/// then one line per domain holding the same JSON object as the details
+/// answer in compact form, then a line `.`. Streams: one domain in memory at
+/// a time.
+pub fn write_bulk_header(
+    out: &mut impl Write,
+    now: DateTime<Utc>,
+    completed_day: Option<&str>,
+) -> io::Result<()> {
+    let mut text = String::with_capacity(80);
+    push_header(&mut text, BULK_VERSION_LINE, now, completed_day);
+    out.write_all(text.as_bytes())
+}
+
+/// One domain's line of a bulk answer.
+pub fn write_bulk_domain(
+    out: &mut impl Write,
+    domain: &str,
+    policies: &[PolicyRow],
+    failures: &[FailureRow],
+) -> io::Result<()> {
+    let mut line = pyjson::dumps(&details_value(domain, policies, failures));
+    line.push('\n');
+    out.write_all(line.as_bytes())
+}
+
+/// The end of a bulk answer.
+pub fn write_bulk_end(out: &mut impl Write) -> io::Result<()> {
+    out.write_all(b".\n")
+}
+
 /// The details answer for one domain (with a trailing newline).
 pub fn render_details(domain: &str, policies: &[PolicyRow], failures: &[FailureRow]) -> String {
+    let mut text = pyjson::dumps_indent(&details_value(domain, policies, failures), 4);
+    text.push('\n');
+    text
+}
+
+/// `{"d": DOMAIN, "policies": {RECORD: {POLICY: {cntrtotal, cntrfailure, failures}}}}`
+fn details_value(domain: &str, policies: &[PolicyRow], failures: &[FailureRow]) -> Value {
     let mut by_record: Map<String, Value> = Map::new();
     for row in policies {
         let entry = counters(&mut by_record, &row.record, &row.policy);
@@ -84,9 +134,7 @@ pub fn render_details(domain: &str, policies: &[PolicyRow], failures: &[FailureR
     let mut top = Map::new();
     top.insert("d".into(), Value::from(domain));
     top.insert("policies".into(), Value::Object(by_record));
-    let mut text = pyjson::dumps_indent(&Value::Object(top), 4);
-    text.push('\n');
-    text
+    Value::Object(top)
 }
 
 /// The counter object of one (record, policy), created empty on first use.
@@ -155,6 +203,26 @@ mod tests {
         );
         let expected = "{\n    \"d\": \"a.example\",\n    \"policies\": {\n        \"r\": {\n            \"{\\\"policy-type\\\": 9}\": {\n                \"cntrtotal\": 2,\n                \"cntrfailure\": 1,\n                \"failures\": {\n                    \"{\\\"c\\\": 201}\": 1\n                }\n            }\n        }\n    }\n}\n";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn bulk_lines_hold_the_details_in_compact_form() {
+        let mut out = Vec::new();
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 0, 59, 18).unwrap();
+        write_bulk_header(&mut out, now, Some("2026-11-21")).unwrap();
+        let policy = PolicyRow {
+            record: "r".into(),
+            policy: "{\"policy-type\": 9}".into(),
+            total: 3,
+            failed: 0,
+        };
+        write_bulk_domain(&mut out, "a.example", &[policy], &[]).unwrap();
+        write_bulk_end(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "TLSRPT FETCHER v1devel-c bulk\n2026-11-22 00:59:18\n2026-11-21\n\
+             {\"d\": \"a.example\", \"policies\": {\"r\": {\"{\\\"policy-type\\\": 9}\": {\"cntrtotal\": 3, \"cntrfailure\": 0, \"failures\": {}}}}}\n.\n"
+        );
     }
 
     #[test]

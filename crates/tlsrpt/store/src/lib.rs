@@ -273,6 +273,15 @@ impl CollectorDb {
     }
 }
 
+/// A failure of the callback of [`FetcherDb::for_each_domain`].
+#[derive(Debug, thiserror::Error)]
+pub enum VisitError<E> {
+    #[error(transparent)]
+    Store(StoreError),
+    #[error(transparent)]
+    Visitor(E),
+}
+
 /// One `finalresults` row of a domain, as the fetcher reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyRow {
@@ -392,6 +401,93 @@ impl FetcherDb {
     }
 }
 
+impl FetcherDb {
+    /// Call `visit` with each domain of `day` and its rows, in domain order,
+    /// reading both tables once (two ordered scans merged), so that a bulk
+    /// answer for many thousand domains costs two queries, not two per domain.
+    pub fn for_each_domain<E>(
+        &self,
+        day: &str,
+        mut visit: impl FnMut(&str, &[PolicyRow], &[FailureRow]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), VisitError<E>> {
+        let err = |e| VisitError::Store(sql_err(&self.path)(e));
+        let mut policies = self
+            .conn
+            .prepare(
+                "SELECT domain, tlsrptrecord, policy, cntrtotal, cntrfailure FROM finalresults \
+                 WHERE day = ?1 ORDER BY domain, tlsrptrecord, policy",
+            )
+            .map_err(err)?;
+        let mut failures = self
+            .conn
+            .prepare(
+                "SELECT domain, tlsrptrecord, policy, reason, cntr FROM failures \
+                 WHERE day = ?1 ORDER BY domain, tlsrptrecord, policy, reason",
+            )
+            .map_err(err)?;
+        let mut policy_rows = policies
+            .query_map([day], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    PolicyRow {
+                        record: r.get(1)?,
+                        policy: r.get(2)?,
+                        total: r.get(3)?,
+                        failed: r.get(4)?,
+                    },
+                ))
+            })
+            .map_err(err)?
+            .peekable();
+        let mut failure_rows = failures
+            .query_map([day], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    FailureRow {
+                        record: r.get(1)?,
+                        policy: r.get(2)?,
+                        reason: r.get(3)?,
+                        count: r.get(4)?,
+                    },
+                ))
+            })
+            .map_err(err)?
+            .peekable();
+        let (mut these_policies, mut these_failures) = (Vec::new(), Vec::new());
+        while let Some(first) = policy_rows.next() {
+            let (domain, row) = first.map_err(err)?;
+            these_policies.clear();
+            these_policies.push(row);
+            while let Some(Ok((next, _))) = policy_rows.peek() {
+                if *next != domain {
+                    break;
+                }
+                let (_, row) = policy_rows.next().expect("peeked").map_err(err)?;
+                these_policies.push(row);
+            }
+            these_failures.clear();
+            // Failures of domains without policy rows cannot come from a
+            // collector; they are skipped like the fetcher's per-domain query
+            // would never be asked for them.
+            while let Some(Ok((next, _))) = failure_rows.peek() {
+                if *next > domain {
+                    break;
+                }
+                let (next, row) = failure_rows.next().expect("peeked").map_err(err)?;
+                if next == domain {
+                    these_failures.push(row);
+                }
+            }
+            if let Some(Err(_)) = failure_rows.peek() {
+                let e = failure_rows.next().expect("peeked").expect_err("an error");
+                return Err(err(e));
+            }
+            visit(&domain, &these_policies, &these_failures).map_err(VisitError::Visitor)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,6 +523,29 @@ mod tests {
         assert_eq!((p[0].total, p[0].failed), (3, 3));
         assert_eq!(fl[0].reason, r#"{"c": 201}"#);
         assert_eq!(fl[0].count, 3);
+    }
+
+    #[test]
+    fn every_domain_is_visited_once_with_the_same_rows_as_details() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let (mut db, _) = CollectorDb::open(&path).unwrap();
+        let other = D.replace("a.example", "b.example");
+        let third = r#"{"d":"c.example","pr":"r","policies":[{"policy-type":2,"t":0,"f":0}]}"#;
+        db.write(&agg("2026-11-21", &[D, &other, third, D]))
+            .unwrap();
+        db.write(&agg("2026-11-20", &[D])).unwrap();
+        db.rollover("2026-11-21").unwrap();
+        let f = FetcherDb::open(&yesterday_path(&path)).unwrap();
+        let mut seen = Vec::new();
+        f.for_each_domain("2026-11-21", |domain, policies, failures| {
+            let (p, fl) = f.details("2026-11-21", domain).unwrap();
+            assert_eq!((policies, failures), (&p[..], &fl[..]), "{domain}");
+            seen.push(domain.to_string());
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(seen, ["a.example", "b.example", "c.example"]);
     }
 
     #[test]
