@@ -1,0 +1,616 @@
+//! Running one configured fetcher command and reading its answer (fetcher
+//! protocol v1, interfaces spec section 3):
+//!
+//! ```text
+//! FETCHER DAY          -> version line, fetcher's UTC time, newest complete day, domains..., "."
+//! FETCHER DAY DOMAIN   -> {"d": DOMAIN, "policies": {...}}
+//! ```
+//!
+//! The command is split on whitespace as upstream does (`fetcher.split()`,
+//! no shell quoting), so configurations such as `ssh host tlsrpt-fetcher`
+//! mean the same in both implementations. Unlike upstream, every run has a
+//! time limit after which the command's whole process group is killed (an
+//! `ssh` to a dead host must not stall the daemon), a bounded output, and
+//! its exit status checked.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::pytime;
+
+/// The first line of a v1 domain list.
+pub const VERSION_LINE_V1: &str = "TLSRPT FETCHER v1devel-c domain list";
+/// The format of the fetcher's time line.
+pub const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
+/// The day upstream probes fetchers with at start: long past, so the
+/// answer is a header and an empty list.
+pub const PROBE_DAY: NaiveDate = NaiveDate::from_ymd_opt(1999, 1, 1).expect("a valid day");
+/// Upstream's limit on a details answer (`TLSRPT_MAX_READ_FETCHER`).
+pub const DEFAULT_MAX_OUTPUT: usize = 16 * 1024 * 1024;
+/// Upstream's time limit for the probe.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much of the command's standard error goes into a reason.
+const STDERR_TAIL_BYTES: usize = 1000;
+
+/// Bounds on one fetcher run.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// After this the command's process group is killed.
+    pub timeout: Duration,
+    /// More standard output than this is refused and the command killed.
+    pub max_output: usize,
+}
+
+/// The three header lines of a domain list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The fetcher's clock (UTC) when it answered.
+    pub fetcher_time: NaiveDateTime,
+    /// The newest day the fetcher has complete; `None` when it has none
+    /// yet (upstream's fetcher then leaves the line out).
+    pub available_day: Option<NaiveDate>,
+}
+
+impl Header {
+    /// Our clock minus the fetcher's, for the `max_collectd_timediff`
+    /// warning.
+    pub fn clock_difference(&self, now: DateTime<Utc>) -> chrono::Duration {
+        now.naive_utc() - self.fetcher_time
+    }
+}
+
+/// What a domain-list run gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListAnswer {
+    /// The complete list for the requested day.
+    Ok {
+        header: Header,
+        domains: Vec<String>,
+    },
+    /// The fetcher has not completed the requested day yet.
+    NotReady(Header),
+    /// No usable answer (the reason says why); worth another try.
+    RetryLater(String),
+}
+
+/// What a domain-details run gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DetailsAnswer {
+    /// The answer's `policies` object as compact JSON text, as the
+    /// database stores it.
+    Ok(String),
+    RetryLater(String),
+}
+
+/// One configured fetcher command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetcher {
+    words: Vec<String>,
+}
+
+impl Fetcher {
+    /// The command split on whitespace; `None` when it names no program
+    /// (upstream refuses to start with an empty fetcher).
+    pub fn new(configured: &str) -> Option<Fetcher> {
+        let words: Vec<String> = configured.split_whitespace().map(str::to_owned).collect();
+        (!words.is_empty()).then_some(Fetcher { words })
+    }
+
+    /// The domain list of `day`.
+    pub fn domain_list(&self, day: NaiveDate, limits: Limits) -> ListAnswer {
+        match self.run(&[pytime::day(day)], limits) {
+            Ok(output) => parse_domain_list(&output, day),
+            Err(reason) => ListAnswer::RetryLater(reason),
+        }
+    }
+
+    /// The details of `domain` on `day`.
+    pub fn details(&self, day: NaiveDate, domain: &str, limits: Limits) -> DetailsAnswer {
+        match self.run(&[pytime::day(day), domain.to_owned()], limits) {
+            Ok(output) => parse_details(&output, domain),
+            Err(reason) => DetailsAnswer::RetryLater(reason),
+        }
+    }
+
+    /// The start-up check: asks for the list of [`PROBE_DAY`] and returns
+    /// what is wrong with the answer, in words for the log (empty when all
+    /// is well). A clock more than `max_timediff` away from ours is a
+    /// finding, too.
+    pub fn probe(&self, max_timediff: Duration) -> Vec<String> {
+        let limits = Limits {
+            timeout: PROBE_TIMEOUT,
+            max_output: DEFAULT_MAX_OUTPUT,
+        };
+        let output = match self.run(&[pytime::day(PROBE_DAY)], limits) {
+            Ok(output) => output,
+            Err(reason) => return vec![reason],
+        };
+        let header = match parse_domain_list(&output, PROBE_DAY) {
+            ListAnswer::Ok { header, domains } if domains.is_empty() => header,
+            ListAnswer::Ok { header, domains } => {
+                let mut findings = clock_findings(&header, max_timediff);
+                findings.push(format!(
+                    "listed {} domains for {PROBE_DAY}, expected none",
+                    domains.len()
+                ));
+                return findings;
+            }
+            ListAnswer::NotReady(header) => header,
+            ListAnswer::RetryLater(reason) => return vec![reason],
+        };
+        clock_findings(&header, max_timediff)
+    }
+
+    /// Runs the command with `args` appended; its standard output, or why
+    /// there is none worth reading.
+    fn run(&self, args: &[String], limits: Limits) -> Result<Vec<u8>, String> {
+        let name = self.words.join(" ");
+        let mut child = Command::new(&self.words[0])
+            .args(&self.words[1..])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .map_err(|err| format!("cannot start `{name}`: {err}"))?;
+        let group = Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32"));
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+
+        enum Event {
+            Exited(std::io::Result<ExitStatus>),
+            Stdout(std::io::Result<Vec<u8>>),
+            Stderr(Vec<u8>),
+        }
+        let deadline = Instant::now() + limits.timeout;
+        let (tx, rx) = mpsc::channel();
+        let (mut status, mut output, mut errors, mut timed_out) = (None, None, Vec::new(), false);
+        thread::scope(|scope| {
+            let sender = tx.clone();
+            scope.spawn(move || {
+                let mut data = Vec::new();
+                let read = (&mut stdout)
+                    .take(limits.max_output as u64 + 1)
+                    .read_to_end(&mut data);
+                if data.len() > limits.max_output {
+                    // Nobody reads the rest: stop the writer now.
+                    let _ = killpg(group, Signal::SIGKILL);
+                }
+                let _ = sender.send(Event::Stdout(read.map(|_| data)));
+            });
+            let sender = tx.clone();
+            scope.spawn(move || {
+                let _ = sender.send(Event::Stderr(read_tail(&mut stderr)));
+            });
+            scope.spawn(move || {
+                let _ = tx.send(Event::Exited(child.wait()));
+            });
+            // All three must end: the output pipes may be held open by the
+            // command's children after it exited.
+            for _ in 0..3 {
+                let event =
+                    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(event) => event,
+                        Err(_) => {
+                            timed_out = true;
+                            let _ = killpg(group, Signal::SIGKILL);
+                            rx.recv().expect("every reader and the waiter answer")
+                        }
+                    };
+                match event {
+                    Event::Exited(result) => status = Some(result),
+                    Event::Stdout(result) => output = Some(result),
+                    Event::Stderr(tail) => errors = tail,
+                }
+            }
+        });
+
+        let errors = String::from_utf8_lossy(&errors);
+        let errors = errors.trim();
+        let errors = if errors.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", errors.replace('\n', " | "))
+        };
+        if timed_out {
+            return Err(format!(
+                "`{name}` did not finish within {} s and was killed{errors}",
+                limits.timeout.as_secs_f64()
+            ));
+        }
+        let output = output
+            .expect("the reader answered")
+            .map_err(|err| format!("cannot read the output of `{name}`: {err}"))?;
+        if output.len() > limits.max_output {
+            return Err(format!(
+                "`{name}` wrote more than {} bytes and was killed",
+                limits.max_output
+            ));
+        }
+        match status.expect("the waiter answered") {
+            Ok(status) if status.success() => Ok(output),
+            Ok(status) => Err(match status.code() {
+                Some(code) => format!("`{name}` exited with status {code}{errors}"),
+                None => format!("`{name}` ended by {status}{errors}"),
+            }),
+            Err(err) => Err(format!("cannot wait for `{name}`: {err}")),
+        }
+    }
+}
+
+/// Reads `reader` to its end, keeping the last [`STDERR_TAIL_BYTES`].
+fn read_tail(reader: &mut impl Read) -> Vec<u8> {
+    let mut tail = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n @ 1..) = reader.read(&mut buf) {
+        tail.extend_from_slice(&buf[..n]);
+        if tail.len() > STDERR_TAIL_BYTES {
+            tail.drain(..tail.len() - STDERR_TAIL_BYTES);
+        }
+    }
+    tail
+}
+
+fn clock_findings(header: &Header, max_timediff: Duration) -> Vec<String> {
+    let difference = header.clock_difference(Utc::now());
+    if difference.abs().to_std().unwrap_or(Duration::MAX) > max_timediff {
+        vec![format!(
+            "its clock ({}) is {} s away from ours, more than max_collectd_timediff {} s",
+            header.fetcher_time,
+            difference.num_seconds(),
+            max_timediff.as_secs()
+        )]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Reads a v1 domain list asked for `day`.
+pub fn parse_domain_list(output: &[u8], day: NaiveDate) -> ListAnswer {
+    let Ok(text) = std::str::from_utf8(output) else {
+        return ListAnswer::RetryLater("the domain list is not UTF-8".into());
+    };
+    // Upstream reads lines and strips trailing white space (so "\r\n" too).
+    let mut lines = text.lines().map(str::trim_end);
+    match lines.next() {
+        Some(VERSION_LINE_V1) => {}
+        Some(other) => {
+            return ListAnswer::RetryLater(format!(
+                "unsupported protocol version line {other:?}, expected {VERSION_LINE_V1:?}"
+            ))
+        }
+        None => return ListAnswer::RetryLater("empty answer".into()),
+    }
+    let time_line = lines.next().unwrap_or_default();
+    let Ok(fetcher_time) = NaiveDateTime::parse_from_str(time_line, TIME_FORMAT) else {
+        return ListAnswer::RetryLater(format!(
+            "bad time line {time_line:?}, expected UTC time as YYYY-MM-DD HH:MM:SS"
+        ));
+    };
+    let mut header = Header {
+        fetcher_time,
+        available_day: None,
+    };
+    match lines.next() {
+        // No day complete yet: the fetcher leaves the line out.
+        Some(".") => return ListAnswer::NotReady(header),
+        Some(line) => match pytime::parse_day(line) {
+            Some(available) => header.available_day = Some(available),
+            None => {
+                return ListAnswer::RetryLater(format!(
+                    "bad available-day line {line:?}, expected YYYY-MM-DD"
+                ))
+            }
+        },
+        None => return ListAnswer::RetryLater("no available-day line".into()),
+    }
+    if header.available_day < Some(day) {
+        return ListAnswer::NotReady(header);
+    }
+    let mut domains = Vec::new();
+    for line in lines {
+        match line {
+            "." => return ListAnswer::Ok { header, domains },
+            "" => {
+                return ListAnswer::RetryLater(format!(
+                    "empty line after {} domains in the domain list",
+                    domains.len()
+                ))
+            }
+            domain => domains.push(domain.to_owned()),
+        }
+    }
+    // An ssh connection that broke mid-list looks like this.
+    ListAnswer::RetryLater(format!(
+        "incomplete domain list: no final '.' after {} domains",
+        domains.len()
+    ))
+}
+
+/// Reads a details answer asked for `domain`.
+pub fn parse_details(output: &[u8], domain: &str) -> DetailsAnswer {
+    let value: serde_json::Value = match serde_json::from_slice(output) {
+        Ok(value) => value,
+        Err(err) => {
+            return DetailsAnswer::RetryLater(format!("invalid JSON in the details: {err}"))
+        }
+    };
+    match (value.get("d"), value.get("policies")) {
+        (Some(serde_json::Value::String(got)), Some(policies @ serde_json::Value::Object(_))) => {
+            if got == domain {
+                DetailsAnswer::Ok(policies.to_string())
+            } else {
+                DetailsAnswer::RetryLater(format!(
+                    "asked for the details of {domain} but got those of {got}"
+                ))
+            }
+        }
+        _ => DetailsAnswer::RetryLater(
+            "the details are not an object with a string \"d\" and an object \"policies\"".into(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn limits() -> Limits {
+        Limits {
+            timeout: Duration::from_secs(20),
+            max_output: DEFAULT_MAX_OUTPUT,
+        }
+    }
+
+    fn day(d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, d).unwrap()
+    }
+
+    /// A fetcher running `script` with `sh` (not executed directly: a file
+    /// just written may still be open for writing in a parallel test's
+    /// child, and exec would fail with ETXTBSY).
+    fn fetcher(dir: &tempfile::TempDir, name: &str, script: &str) -> Fetcher {
+        let path = dir.path().join(name);
+        std::fs::write(&path, script).unwrap();
+        Fetcher::new(&format!("sh  {}\t--opt", path.display())).unwrap()
+    }
+
+    const GOOD: &str = r#"
+[ "$1" = --opt ] || exit 9
+if [ $# = 2 ]; then
+  echo 'TLSRPT FETCHER v1devel-c domain list'
+  date -u '+%Y-%m-%d %H:%M:%S'
+  echo 2026-11-21
+  [ "$2" = 1999-01-01 ] || printf 'a.example\r\nMixed.Example\n'
+  echo .
+  echo 'ignored after the dot'
+else
+  [ "$2" = 2026-11-21 ] || exit 8
+  printf '{"d": "%s", "policies": {"v=TLSRPTv1; rua=mailto:r@x": {"{\\"policy-type\\": 9}": {"cntrtotal": 2, "cntrfailure": 0, "failures": {}}}}}' "$3"
+fi
+"#;
+
+    #[test]
+    fn a_good_fetcher_lists_domains_and_details() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = fetcher(&dir, "good", GOOD);
+        match good.domain_list(day(21), limits()) {
+            ListAnswer::Ok { header, domains } => {
+                assert_eq!(domains, ["a.example", "Mixed.Example"]);
+                assert_eq!(header.available_day, Some(day(21)));
+                assert!(header.clock_difference(Utc::now()).num_seconds().abs() < 60);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            good.details(day(21), "a.example", limits()),
+            DetailsAnswer::Ok(
+                r#"{"v=TLSRPTv1; rua=mailto:r@x":{"{\"policy-type\": 9}":{"cntrtotal":2,"cntrfailure":0,"failures":{}}}}"#
+                    .into()
+            )
+        );
+        assert_eq!(good.probe(Duration::from_secs(10)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_command_is_split_on_white_space_only() {
+        assert_eq!(Fetcher::new(" \t "), None);
+        assert_eq!(
+            Fetcher::new("ssh  'host one' tlsrpt-fetcher")
+                .unwrap()
+                .words,
+            ["ssh", "'host", "one'", "tlsrpt-fetcher"]
+        );
+    }
+
+    fn retry_reason(answer: ListAnswer) -> String {
+        match answer {
+            ListAnswer::RetryLater(reason) => reason,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_domain_lists_are_retried_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = "echo 'TLSRPT FETCHER v1devel-c domain list'; echo '2026-11-22 00:49:28'; ";
+        let cases = [
+            (
+                "version",
+                "echo 'TLSRPT FETCHER v2 domain list'; echo .",
+                "unsupported protocol version line",
+            ),
+            (
+                "nodot",
+                &format!("{header} echo 2026-11-21; echo a.example") as &str,
+                "no final '.' after 1 domains",
+            ),
+            (
+                "blank",
+                &format!("{header} echo 2026-11-21; echo a.example; echo; echo .") as &str,
+                "empty line after 1 domains",
+            ),
+            (
+                "time",
+                "echo 'TLSRPT FETCHER v1devel-c domain list'; echo yesterday; echo .",
+                "bad time line \"yesterday\"",
+            ),
+            (
+                "dayline",
+                &format!("{header} echo soon; echo .") as &str,
+                "bad available-day line \"soon\"",
+            ),
+            ("garbage", "printf 'TLSRPT \\377\\n'", "not UTF-8"),
+            ("empty", "true", "empty answer"),
+            (
+                "status",
+                &format!("{header} echo 2026-11-21; echo .; echo broken pipe >&2; exit 255")
+                    as &str,
+                "exited with status 255: broken pipe",
+            ),
+            (
+                "missing",
+                "exec /nonexistent/fetcher",
+                "exited with status 127",
+            ),
+        ];
+        for (name, script, expected) in cases {
+            let reason = retry_reason(fetcher(&dir, name, script).domain_list(day(21), limits()));
+            assert!(reason.contains(expected), "{name}: {reason}");
+        }
+        let unknown = Fetcher::new("/nonexistent/fetcher").unwrap();
+        let reason = retry_reason(unknown.domain_list(day(21), limits()));
+        assert!(
+            reason.starts_with("cannot start `/nonexistent/fetcher`"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_day_not_complete_yet_is_not_ready() {
+        let header = b"TLSRPT FETCHER v1devel-c domain list\n2026-11-22 00:49:28\n";
+        let fetcher_time =
+            NaiveDateTime::parse_from_str("2026-11-22 00:49:28", TIME_FORMAT).unwrap();
+        assert_eq!(
+            parse_domain_list(
+                &[&header[..], b"2026-11-20\na.example\n.\n"].concat(),
+                day(21)
+            ),
+            ListAnswer::NotReady(Header {
+                fetcher_time,
+                available_day: Some(day(20))
+            })
+        );
+        // A collector that has never completed a day leaves the line out.
+        assert_eq!(
+            parse_domain_list(&[&header[..], b".\n"].concat(), day(21)),
+            ListAnswer::NotReady(Header {
+                fetcher_time,
+                available_day: None
+            })
+        );
+        // A newer day than asked for is fine: the list is of the day asked for.
+        assert!(matches!(
+            parse_domain_list(&[&header[..], b"2026-11-22\n.\n"].concat(), day(21)),
+            ListAnswer::Ok { domains, .. } if domains.is_empty()
+        ));
+    }
+
+    #[test]
+    fn a_hanging_fetcher_and_its_children_are_killed_at_the_time_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = Limits {
+            timeout: SECOND,
+            ..limits()
+        };
+        // The second one exits at once, but its child keeps the output open.
+        for (name, script) in [
+            ("hang", "echo started; exec sleep 60"),
+            ("orphan", "sleep 60 & echo started"),
+        ] {
+            let start = Instant::now();
+            let reason = retry_reason(fetcher(&dir, name, script).domain_list(day(21), short));
+            assert!(start.elapsed() < Duration::from_secs(10), "{name}");
+            assert!(
+                reason.contains("did not finish within 1 s and was killed"),
+                "{name}: {reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn too_much_output_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = Limits {
+            max_output: 1000,
+            ..limits()
+        };
+        let start = Instant::now();
+        let answer =
+            fetcher(&dir, "yes", "exec yes a.example").details(day(21), "a.example", small);
+        assert!(start.elapsed() < Duration::from_secs(10));
+        assert_eq!(
+            answer,
+            DetailsAnswer::RetryLater(format!(
+                "`sh {} --opt` wrote more than 1000 bytes and was killed",
+                dir.path().join("yes").display()
+            ))
+        );
+    }
+
+    #[test]
+    fn bad_details_are_retried_with_a_reason() {
+        let cases: [(&[u8], &str); 5] = [
+            (
+                br#"{"d": "b.example", "policies": {}}"#,
+                "asked for the details of a.example but got those of b.example",
+            ),
+            (b"{\"d\": \"a.example\"", "invalid JSON"),
+            (br#"{"d": "a.example", "policies": []}"#, "not an object"),
+            (br#"["a.example"]"#, "not an object"),
+            (b"", "invalid JSON"),
+        ];
+        for (output, expected) in cases {
+            match parse_details(output, "a.example") {
+                DetailsAnswer::RetryLater(reason) => assert!(reason.contains(expected), "{reason}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_probe_reports_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("status", "exit 3", "exited with status 3"),
+            ("version", "echo 'TLSRPT FETCHER v0'", "unsupported protocol version line \"TLSRPT FETCHER v0\""),
+            ("time", "echo 'TLSRPT FETCHER v1devel-c domain list'; echo now; echo .", "bad time line \"now\""),
+            ("nodot", "echo 'TLSRPT FETCHER v1devel-c domain list'; date -u '+%Y-%m-%d %H:%M:%S'; echo 2026-11-21", "no final '.'"),
+            ("clock", "echo 'TLSRPT FETCHER v1devel-c domain list'; echo '2001-01-01 00:00:00'; echo 2026-11-21; echo .", "its clock (2001-01-01 00:00:00) is"),
+            ("listing", "echo 'TLSRPT FETCHER v1devel-c domain list'; date -u '+%Y-%m-%d %H:%M:%S'; echo 2026-11-21; echo a.example; echo .", "listed 1 domains for 1999-01-01"),
+        ];
+        for (name, script, expected) in cases {
+            let findings = fetcher(&dir, name, script).probe(Duration::from_secs(10));
+            assert_eq!(findings.len(), 1, "{name}: {findings:?}");
+            assert!(findings[0].contains(expected), "{name}: {findings:?}");
+        }
+        // A fresh collector without a complete day is fine.
+        let fresh = fetcher(
+            &dir,
+            "fresh",
+            "echo 'TLSRPT FETCHER v1devel-c domain list'; date -u '+%Y-%m-%d %H:%M:%S'; echo .",
+        );
+        assert_eq!(fresh.probe(Duration::from_secs(10)), Vec::<String>::new());
+    }
+}
