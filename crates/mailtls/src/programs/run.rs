@@ -109,7 +109,7 @@ fn print_banner(dir: &Path, config: &CollectdConfig, log_file: &Path) {
         dir.display()
     );
     println!();
-    println!("Send test traffic:   mailtls loadgen --socket {socket} --count 1000");
+    println!("Send test traffic:    mailtls loadgen --socket {socket} --count 1000 --rate 1000");
     println!(
         "Read a completed day: tlsrpt-fetcher --storage {} YYYY-MM-DD",
         storage.url
