@@ -12,7 +12,10 @@
 //!   the daemon can act on.
 //! - [`pytime`]: timestamps as upstream's Python `sqlite3` stores them, so
 //!   that both implementations' `nexttry < ?` comparisons agree.
+//! - [`schedule`]: when to try again (fetch retries, delivery backoff) and
+//!   how first deliveries are spread over the day.
 
 pub mod db;
 pub mod fetch;
 pub mod pytime;
+pub mod schedule;
