@@ -591,23 +591,9 @@ fn parse_day(text: String) -> Result<NaiveDate> {
 mod tests {
     use super::*;
     use chrono::TimeZone;
-    use std::process::Command;
 
     fn python(code: &str, db: &Path) -> String {
-        let out = Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../.venv/bin/python"
-        ))
-        .args(["-c", code])
-        .arg(db)
-        .output()
-        .expect("the upstream's virtualenv is at /work/main/.venv");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        crate::python(code, &[db])
     }
 
     fn t(h: u32, m: u32) -> DateTime<Utc> {

@@ -19,3 +19,23 @@ pub mod db;
 pub mod fetch;
 pub mod pytime;
 pub mod schedule;
+
+/// The upstream's Python (scripts/setup-oracle installs it in .venv), for
+/// tests that check our files against what upstream's sqlite3 reads and writes.
+#[cfg(test)]
+pub(crate) fn python(code: &str, args: &[&std::path::Path]) -> String {
+    let out = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../.venv/bin/python"
+    ))
+    .args(["-c", code])
+    .args(args)
+    .output()
+    .expect("the upstream oracle in .venv: run scripts/setup-oracle");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -38,22 +38,9 @@ pub fn parse_day(text: &str) -> Option<NaiveDate> {
 mod tests {
     use super::*;
     use chrono::TimeZone;
-    use std::process::Command;
 
     fn python(code: &str) -> String {
-        let out = Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../.venv/bin/python"
-        ))
-        .args(["-c", code])
-        .output()
-        .expect("the upstream's virtualenv is at /work/main/.venv");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        crate::python(code, &[])
     }
 
     #[test]
