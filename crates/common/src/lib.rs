@@ -10,9 +10,11 @@
 //!   a log file that can be reopened on SIGHUP.
 //! - [`pidfile`]: a pid file removed again on exit.
 //! - [`clock`]: the injectable UTC clock that decides days and deadlines.
+//! - [`process`]: child processes that die with the daemon.
 
 pub mod clock;
 pub mod config;
 pub mod ini;
 pub mod logging;
 pub mod pidfile;
+pub mod process;

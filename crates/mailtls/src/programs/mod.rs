@@ -5,7 +5,9 @@
 pub mod collectd;
 pub mod fetcher;
 pub mod loadgen;
+pub mod reportd;
 pub mod run;
+pub mod tlsrptctl;
 
 use clap::ArgMatches;
 use mailtls_common::config::{self, ProgramSpec, Settings};

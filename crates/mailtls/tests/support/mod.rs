@@ -1,7 +1,12 @@
 //! Shared helpers of the integration tests: the programs under test, the
-//! shared test vectors, the upstream oracle, and a collector started in a
-//! private directory.
+//! shared test vectors, the upstream oracle, a collector started in a
+//! private directory, a private Postfix ([`postfix`]) and an SMTP sink
+//! ([`smtp_sink`]).
 #![allow(dead_code)] // each test binary uses a different part of this module
+
+pub mod postfix;
+pub mod reportd;
+pub mod smtp_sink;
 
 use std::io::Read;
 use std::os::unix::net::UnixDatagram;

@@ -6,6 +6,8 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::process::CommandExt;
+
+use mailtls_common::process::KillWithParent;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -76,6 +78,7 @@ impl CommandLine {
             .stdout(stdout)
             .stderr(stderr)
             .process_group(0)
+            .kill_with_parent()
             .spawn()
         {
             Ok(child) => child,

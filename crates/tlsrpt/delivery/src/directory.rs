@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
@@ -20,7 +21,8 @@ use crate::Outcome;
 /// keeps names of different reports different.
 ///
 /// The file appears complete or not at all: it is written under a temporary
-/// name in the same directory, flushed to disk, and renamed.
+/// name in the same directory and renamed, and is on disk before the
+/// delivery counts as done.
 #[derive(Debug, Clone)]
 pub struct Directory {
     path: PathBuf,
@@ -43,22 +45,55 @@ impl Directory {
     /// Every failure (missing directory, permissions, full disk) is
     /// [`Outcome::RetryLater`]: all of them are the operator's to fix.
     pub fn store(&self, report_domain: &str, report_id: &str, report_json: &[u8]) -> Outcome {
+        match self.store_unsynced(report_domain, report_id, report_json) {
+            Outcome::Delivered(text) => match self.sync() {
+                Ok(()) => Outcome::Delivered(text),
+                Err(err) => Outcome::RetryLater(format!(
+                    "cannot flush {} to disk: {err}",
+                    self.path.display()
+                )),
+            },
+            other => other,
+        }
+    }
+
+    /// [`store`](Self::store) without waiting for the disk: for many
+    /// reports at once, followed by one [`sync`](Self::sync) before any of
+    /// them is recorded as delivered.
+    pub fn store_unsynced(
+        &self,
+        report_domain: &str,
+        report_id: &str,
+        report_json: &[u8],
+    ) -> Outcome {
         let target = self.file_for(report_domain, report_id);
         match write_atomically(&self.path, &target, report_json) {
             Ok(()) => Outcome::Delivered(format!("stored as {}", target.display())),
             Err(err) => Outcome::RetryLater(format!("cannot store {}: {err}", target.display())),
         }
     }
+
+    /// Flushes everything written to the directory's file system to disk
+    /// (`syncfs`): one wait for a whole batch of files instead of one per
+    /// file.
+    pub fn sync(&self) -> std::io::Result<()> {
+        let directory = File::open(&self.path)?;
+        // SAFETY: syncfs only reads the descriptor, which lives until the
+        // end of this function.
+        if unsafe { libc::syncfs(directory.as_raw_fd()) } == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        directory.sync_all()
+    }
 }
 
+/// Writes under a temporary name and renames, so the file appears
+/// complete or not at all.
 fn write_atomically(directory: &Path, target: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut file = NamedTempFile::new_in(directory)?;
     file.write_all(contents)?;
-    file.as_file().sync_all()?;
     file.persist(target).map_err(|err| err.error)?;
-    // The rename itself must survive a crash before the destination is
-    // recorded as delivered.
-    File::open(directory)?.sync_all()
+    Ok(())
 }
 
 /// Keeps letters, digits and `-_.:@+=` and percent-encodes every other byte

@@ -93,6 +93,9 @@ pub struct Delivery {
     pub domain: String,
     pub day: NaiveDate,
     pub retries: i64,
+    /// When the destination row was made (with its report), for the
+    /// retry window.
+    pub created: Option<DateTime<Utc>>,
 }
 
 /// How a delivery attempt ended.
@@ -133,6 +136,30 @@ pub struct StatusCount {
     pub day: Option<String>,
     pub status: Option<String>,
     pub count: i64,
+}
+
+/// One stored report and the state of its deliveries, for `tlsrptctl`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReport {
+    pub r_id: i64,
+    pub day: String,
+    pub domain: String,
+    pub uniqid: i64,
+    /// NULL in reports an upstream reportd made.
+    pub tlsrptrecord: Option<String>,
+    pub report: String,
+    pub destinations: Vec<DestinationState>,
+}
+
+/// One destination of a report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationState {
+    pub destination: String,
+    /// `None` while a delivery is pending; `sending`, `sent`, `timedout`,
+    /// `failed` (or upstream's `unknownrua`).
+    pub status: Option<String>,
+    pub retries: i64,
+    pub nexttry: Option<String>,
 }
 
 /// The counts `tlsrptctl status` shows.
@@ -194,6 +221,34 @@ impl ReportdDb {
         Ok(ReportdDb { conn })
     }
 
+    /// Opens an existing database for `tlsrptctl`: read-only unless
+    /// `write` (re-sending a report), never creating one, and only a
+    /// reportd database.
+    pub fn open_existing(path: &Path, write: bool) -> Result<ReportdDb> {
+        let flags = if write {
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+        } else {
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+        };
+        let conn =
+            Connection::open_with_flags(path, flags | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let row: Option<(i64, String)> = conn
+            .query_row("SELECT version, purpose FROM dbversion", [], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()
+            .map_err(|_| DbError::ForeignTables)?;
+        match row {
+            Some((_, purpose)) if purpose != PURPOSE => {
+                Err(DbError::ForeignPurpose { found: purpose })
+            }
+            Some((SCHEMA_VERSION, _)) => Ok(ReportdDb { conn }),
+            Some((version, _)) => Err(DbError::WrongVersion(version)),
+            None => Err(DbError::ForeignTables),
+        }
+    }
+
     /// Creates the fetch jobs of `day`, one per configured fetcher command
     /// (numbered from 1, due at once), unless the day has jobs already.
     /// Returns whether it created them.
@@ -203,7 +258,7 @@ impl ReportdDb {
         fetchers: &[String],
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let exists: bool = tx.query_row(
             "SELECT count(*) > 0 FROM fetchjobs WHERE day=?",
             [pytime::day(day)],
@@ -254,7 +309,7 @@ impl ReportdDb {
         domains: &[String],
         now: DateTime<Utc>,
     ) -> Result<usize> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let mut added = 0;
         {
             let mut insert = tx.prepare(
@@ -385,6 +440,25 @@ impl ReportdDb {
         .collect()
     }
 
+    /// The domains with fetched data on `day`.
+    pub fn fetched_domains(&self, day: NaiveDate) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT DISTINCT domain FROM reportdata WHERE day=? AND data IS NOT NULL ORDER BY domain",
+        )?;
+        let rows = stmt.query_map([pytime::day(day)], |row| row.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Marks a day and domain whose data gave no report (status
+    /// `unusable`), so it is not tried again at every loop.
+    pub fn mark_unreportable(&self, day: NaiveDate, domain: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE reportdata SET status='unusable' WHERE day=? AND domain=? AND status='fetched'",
+            params![pytime::day(day), domain],
+        )?;
+        Ok(())
+    }
+
     /// The fetched details (`policies` JSON texts) of one day and domain,
     /// one per fetcher that delivered them, in fetcher order.
     pub fn details_of(&self, day: NaiveDate, domain: &str) -> Result<Vec<String>> {
@@ -409,7 +483,7 @@ impl ReportdDb {
         render: impl FnOnce(i64) -> String,
         destinations: &[(String, DateTime<Utc>)],
     ) -> Result<i64> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let uniqid: i64 = tx.query_row(
             "SELECT COUNT(*)+1 FROM reports WHERE day=? AND domain=?",
             params![pytime::day(day), domain],
@@ -454,8 +528,8 @@ impl ReportdDb {
 
     fn deliveries(&self, condition: &str, args: impl rusqlite::Params) -> Result<Vec<Delivery>> {
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT destination, d_r_id, uniqid, report, domain, day, destinations.retries \
-             FROM destinations JOIN reports ON r_id=d_r_id WHERE {condition} \
+            "SELECT destination, d_r_id, uniqid, report, domain, day, destinations.retries, \
+             destinations.its FROM destinations JOIN reports ON r_id=d_r_id WHERE {condition} \
              ORDER BY nexttry, d_r_id, destination"
         ))?;
         let rows = stmt.query_map(args, |row| {
@@ -467,16 +541,18 @@ impl ReportdDb {
                 row.get(4)?,
                 row.get(5)?,
                 row.get(6)?,
+                row.get::<_, Option<String>>(7)?,
             ))
         })?;
         rows.map(|row| {
-            let (destination, r_id, uniqid, report, domain, day, retries): (
+            let (destination, r_id, uniqid, report, domain, day, retries, created): (
                 _,
                 _,
                 _,
                 _,
                 _,
                 String,
+                _,
                 _,
             ) = row?;
             Ok(Delivery {
@@ -487,6 +563,7 @@ impl ReportdDb {
                 domain,
                 day: parse_day(day)?,
                 retries,
+                created: created.as_deref().and_then(parse_sqlite_timestamp),
             })
         })
         .collect()
@@ -529,7 +606,7 @@ impl ReportdDb {
     /// `keep_days` old).
     pub fn clean_up(&mut self, now: DateTime<Utc>, keep_days: i64) -> Result<CleanedUp> {
         let now = pytime::timestamp(now);
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let old = "julianday(?1)-julianday(day)>?2";
         let cleaned = CleanedUp {
             fetchjobs: tx.execute(&format!("DELETE FROM fetchjobs WHERE {old}"), params![now, keep_days])?,
@@ -542,6 +619,171 @@ impl ReportdDb {
         };
         tx.commit()?;
         Ok(cleaned)
+    }
+
+    /// Runs `work` in one transaction: everything it writes is committed
+    /// together, or nothing when it fails (one disk sync instead of one per
+    /// row, which matters for thousands of reports).
+    pub fn in_transaction<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("BEGIN")?;
+        match work(self) {
+            Ok(value) => {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(value)
+            }
+            Err(err) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(err)
+            }
+        }
+    }
+
+    /// Stores a bulk answer: every domain with its details, and the fetch
+    /// job marked done, in one transaction. Returns the number of new
+    /// domains.
+    pub fn store_bulk(
+        &mut self,
+        job: &FetchJob,
+        details: &[(String, String)],
+        now: DateTime<Utc>,
+    ) -> Result<usize> {
+        let tx = self.conn.savepoint()?;
+        let mut added = 0;
+        {
+            let mut insert = tx.prepare(
+                "INSERT OR IGNORE INTO reportdata \
+                 (day, domain, data, fetcherindex, fetcher, retries, status, nexttry) \
+                 VALUES (?,?,?,?,?,0,'fetched',?)",
+            )?;
+            for (domain, data) in details {
+                added += insert.execute(params![
+                    pytime::day(job.day),
+                    domain,
+                    data,
+                    job.fetcher_index,
+                    job.fetcher,
+                    pytime::timestamp(now)
+                ])?;
+            }
+        }
+        set_fetch_job_status(&tx, job, "ok")?;
+        tx.commit()?;
+        Ok(added)
+    }
+
+    /// The earliest `nexttry` of all pending work (fetch jobs, details,
+    /// deliveries), to know how long the daemon may sleep.
+    pub fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
+        let text: Option<String> = self.conn.query_row(
+            "SELECT min(t) FROM (\
+             SELECT min(nexttry) AS t FROM fetchjobs WHERE status IS NULL \
+             UNION ALL SELECT min(nexttry) FROM reportdata WHERE data IS NULL AND status IS NULL \
+             AND day NOT IN (SELECT day FROM fetchjobs WHERE status IS NULL) \
+             UNION ALL SELECT min(nexttry) FROM destinations WHERE status IS NULL)",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(text.as_deref().and_then(pytime::parse_timestamp))
+    }
+
+    /// Whether fetch jobs exist for `day`.
+    pub fn has_fetch_jobs(&self, day: NaiveDate) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) > 0 FROM fetchjobs WHERE day=?",
+            [pytime::day(day)],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// Reports with their destinations, optionally of one day and/or one
+    /// domain, in the order they were made.
+    pub fn reports(
+        &self,
+        day: Option<NaiveDate>,
+        domain: Option<&str>,
+    ) -> Result<Vec<StoredReport>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT r_id, day, domain, uniqid, tlsrptrecord, report FROM reports \
+             WHERE (?1 IS NULL OR day=?1) AND (?2 IS NULL OR domain=?2) ORDER BY r_id",
+        )?;
+        let rows = stmt.query_map(params![day.map(pytime::day), domain], |row| {
+            Ok(StoredReport {
+                r_id: row.get(0)?,
+                day: row.get(1)?,
+                domain: row.get(2)?,
+                uniqid: row.get(3)?,
+                tlsrptrecord: row.get(4)?,
+                report: row.get(5)?,
+                destinations: Vec::new(),
+            })
+        })?;
+        let mut reports = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        for report in &mut reports {
+            report.destinations = self.destinations_of(report.r_id)?;
+        }
+        Ok(reports)
+    }
+
+    /// One report by its `r_id`.
+    pub fn report(&self, r_id: i64) -> Result<Option<StoredReport>> {
+        let mut report = self
+            .conn
+            .query_row(
+                "SELECT r_id, day, domain, uniqid, tlsrptrecord, report FROM reports WHERE r_id=?",
+                [r_id],
+                |row| {
+                    Ok(StoredReport {
+                        r_id: row.get(0)?,
+                        day: row.get(1)?,
+                        domain: row.get(2)?,
+                        uniqid: row.get(3)?,
+                        tlsrptrecord: row.get(4)?,
+                        report: row.get(5)?,
+                        destinations: Vec::new(),
+                    })
+                },
+            )
+            .optional()?;
+        if let Some(report) = &mut report {
+            report.destinations = self.destinations_of(report.r_id)?;
+        }
+        Ok(report)
+    }
+
+    fn destinations_of(&self, r_id: i64) -> Result<Vec<DestinationState>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT destination, status, retries, nexttry FROM destinations \
+             WHERE d_r_id=? ORDER BY destination",
+        )?;
+        let rows = stmt.query_map([r_id], |row| {
+            Ok(DestinationState {
+                destination: row.get(0)?,
+                status: row.get(1)?,
+                retries: row.get(2)?,
+                nexttry: row.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Queues report `r_id` again for all its destinations, or for one:
+    /// due at `now`, with a fresh retry count. A delivery in progress is
+    /// left alone. Returns the destinations queued.
+    pub fn resend(
+        &self,
+        r_id: i64,
+        destination: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare(
+            "UPDATE destinations SET status=NULL, retries=0, nexttry=?1 \
+             WHERE d_r_id=?2 AND (?3 IS NULL OR destination=?3) \
+             AND (status IS NULL OR status<>'sending') RETURNING destination",
+        )?;
+        let rows = stmt.query_map(params![pytime::timestamp(now), r_id, destination], |row| {
+            row.get(0)
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Rows per day and status of the three tables `tlsrptctl status`
@@ -581,6 +823,13 @@ fn set_fetch_job_status(conn: &Connection, job: &FetchJob, status: &str) -> Resu
         params![status, pytime::day(job.day), job.fetcher_index],
     )?;
     Ok(())
+}
+
+/// SQLite's `CURRENT_TIMESTAMP` form, `2026-11-22 00:49:28` (UTC).
+fn parse_sqlite_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S")
+        .ok()
+        .map(|t| t.and_utc())
 }
 
 fn parse_day(text: String) -> Result<NaiveDate> {
@@ -875,6 +1124,8 @@ mod tests {
             .unwrap();
         assert!(db.due_deliveries(t(3, 0)).unwrap().is_empty());
         let due = db.due_deliveries(t(3, 1)).unwrap();
+        let created = due[0].created.expect("its is set");
+        assert!((Utc::now() - created).num_seconds().abs() < 60, "{created}");
         assert_eq!(
             due,
             [Delivery {
@@ -885,6 +1136,7 @@ mod tests {
                 domain: "a.example".into(),
                 day: day(21),
                 retries: 0,
+                created: Some(created),
             }]
         );
         due.into_iter().next().unwrap()

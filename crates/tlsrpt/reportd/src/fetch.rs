@@ -15,6 +15,8 @@
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
+
+use mailtls_common::process::KillWithParent;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -28,6 +30,9 @@ use crate::pytime;
 
 /// The first line of a v1 domain list.
 pub const VERSION_LINE_V1: &str = "TLSRPT FETCHER v1devel-c domain list";
+/// The first line of a bulk answer (mailtls extension, `FETCHER --bulk
+/// DAY`): every domain's details in one run, one JSON line per domain.
+pub const BULK_VERSION_LINE: &str = "TLSRPT FETCHER v1devel-c bulk";
 /// The format of the fetcher's time line.
 pub const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
 /// The day upstream probes fetchers with at start: long past, so the
@@ -90,6 +95,23 @@ pub enum DetailsAnswer {
     RetryLater(String),
 }
 
+/// What a bulk run (`FETCHER --bulk DAY`) gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BulkAnswer {
+    /// Every domain of the day with its details (the `policies` object as
+    /// JSON text, as the database stores it).
+    Ok {
+        header: Header,
+        details: Vec<(String, String)>,
+    },
+    NotReady(Header),
+    /// The fetcher ignored `--bulk` and answered with a v1 domain list.
+    List(ListAnswer),
+    /// No usable answer. The fetcher may not know `--bulk` (upstream's
+    /// refuses unknown options), or it failed: the caller tries v1.
+    RetryLater(String),
+}
+
 /// One configured fetcher command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetcher {
@@ -112,6 +134,15 @@ impl Fetcher {
         }
     }
 
+    /// All domains of `day` with their details in one run (mailtls
+    /// extension, negotiated through the answer's version line).
+    pub fn bulk(&self, day: NaiveDate, limits: Limits) -> BulkAnswer {
+        match self.run(&["--bulk".to_owned(), pytime::day(day)], limits) {
+            Ok(output) => parse_bulk(&output, day),
+            Err(reason) => BulkAnswer::RetryLater(reason),
+        }
+    }
+
     /// The details of `domain` on `day`.
     pub fn details(&self, day: NaiveDate, domain: &str, limits: Limits) -> DetailsAnswer {
         match self.run(&[pytime::day(day), domain.to_owned()], limits) {
@@ -122,9 +153,9 @@ impl Fetcher {
 
     /// The start-up check: asks for the list of [`PROBE_DAY`] and returns
     /// what is wrong with the answer, in words for the log (empty when all
-    /// is well). A clock more than `max_timediff` away from ours is a
+    /// is well). A clock more than `max_timediff` away from `now()` is a
     /// finding, too.
-    pub fn probe(&self, max_timediff: Duration) -> Vec<String> {
+    pub fn probe(&self, now: &dyn Fn() -> DateTime<Utc>, max_timediff: Duration) -> Vec<String> {
         let limits = Limits {
             timeout: PROBE_TIMEOUT,
             max_output: DEFAULT_MAX_OUTPUT,
@@ -136,7 +167,7 @@ impl Fetcher {
         let header = match parse_domain_list(&output, PROBE_DAY) {
             ListAnswer::Ok { header, domains } if domains.is_empty() => header,
             ListAnswer::Ok { header, domains } => {
-                let mut findings = clock_findings(&header, max_timediff);
+                let mut findings = clock_findings(&header, now(), max_timediff);
                 findings.push(format!(
                     "listed {} domains for {PROBE_DAY}, expected none",
                     domains.len()
@@ -146,7 +177,7 @@ impl Fetcher {
             ListAnswer::NotReady(header) => header,
             ListAnswer::RetryLater(reason) => return vec![reason],
         };
-        clock_findings(&header, max_timediff)
+        clock_findings(&header, now(), max_timediff)
     }
 
     /// Runs the command with `args` appended; its standard output, or why
@@ -160,6 +191,7 @@ impl Fetcher {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
+            .kill_with_parent()
             .spawn()
             .map_err(|err| format!("cannot start `{name}`: {err}"))?;
         let group = Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32"));
@@ -260,8 +292,8 @@ fn read_tail(reader: &mut impl Read) -> Vec<u8> {
     tail
 }
 
-fn clock_findings(header: &Header, max_timediff: Duration) -> Vec<String> {
-    let difference = header.clock_difference(Utc::now());
+fn clock_findings(header: &Header, now: DateTime<Utc>, max_timediff: Duration) -> Vec<String> {
+    let difference = header.clock_difference(now);
     if difference.abs().to_std().unwrap_or(Duration::MAX) > max_timediff {
         vec![format!(
             "its clock ({}) is {} s away from ours, more than max_collectd_timediff {} s",
@@ -276,46 +308,15 @@ fn clock_findings(header: &Header, max_timediff: Duration) -> Vec<String> {
 
 /// Reads a v1 domain list asked for `day`.
 pub fn parse_domain_list(output: &[u8], day: NaiveDate) -> ListAnswer {
-    let Ok(text) = std::str::from_utf8(output) else {
-        return ListAnswer::RetryLater("the domain list is not UTF-8".into());
+    let mut lines = match answer_lines(output) {
+        Ok(lines) => lines,
+        Err(reason) => return ListAnswer::RetryLater(reason),
     };
-    // Upstream reads lines and strips trailing white space (so "\r\n" too).
-    let mut lines = text.lines().map(str::trim_end);
-    match lines.next() {
-        Some(VERSION_LINE_V1) => {}
-        Some(other) => {
-            return ListAnswer::RetryLater(format!(
-                "unsupported protocol version line {other:?}, expected {VERSION_LINE_V1:?}"
-            ))
-        }
-        None => return ListAnswer::RetryLater("empty answer".into()),
-    }
-    let time_line = lines.next().unwrap_or_default();
-    let Ok(fetcher_time) = NaiveDateTime::parse_from_str(time_line, TIME_FORMAT) else {
-        return ListAnswer::RetryLater(format!(
-            "bad time line {time_line:?}, expected UTC time as YYYY-MM-DD HH:MM:SS"
-        ));
+    let header = match parse_header(&mut lines, VERSION_LINE_V1, day) {
+        Ok(HeaderCheck::Ready(header)) => header,
+        Ok(HeaderCheck::NotReady(header)) => return ListAnswer::NotReady(header),
+        Err(reason) => return ListAnswer::RetryLater(reason),
     };
-    let mut header = Header {
-        fetcher_time,
-        available_day: None,
-    };
-    match lines.next() {
-        // No day complete yet: the fetcher leaves the line out.
-        Some(".") => return ListAnswer::NotReady(header),
-        Some(line) => match pytime::parse_day(line) {
-            Some(available) => header.available_day = Some(available),
-            None => {
-                return ListAnswer::RetryLater(format!(
-                    "bad available-day line {line:?}, expected YYYY-MM-DD"
-                ))
-            }
-        },
-        None => return ListAnswer::RetryLater("no available-day line".into()),
-    }
-    if header.available_day < Some(day) {
-        return ListAnswer::NotReady(header);
-    }
     let mut domains = Vec::new();
     for line in lines {
         match line {
@@ -334,6 +335,114 @@ pub fn parse_domain_list(output: &[u8], day: NaiveDate) -> ListAnswer {
         "incomplete domain list: no final '.' after {} domains",
         domains.len()
     ))
+}
+
+/// Reads the answer to `FETCHER --bulk DAY`: a bulk answer from a fetcher
+/// that has the extension, or a plain v1 domain list from one that ignored
+/// the option.
+pub fn parse_bulk(output: &[u8], day: NaiveDate) -> BulkAnswer {
+    let mut lines = match answer_lines(output) {
+        Ok(lines) => lines,
+        Err(reason) => return BulkAnswer::RetryLater(reason),
+    };
+    if lines.clone().next() == Some(VERSION_LINE_V1) {
+        return BulkAnswer::List(parse_domain_list(output, day));
+    }
+    let header = match parse_header(&mut lines, BULK_VERSION_LINE, day) {
+        Ok(HeaderCheck::Ready(header)) => header,
+        Ok(HeaderCheck::NotReady(header)) => return BulkAnswer::NotReady(header),
+        Err(reason) => return BulkAnswer::RetryLater(reason),
+    };
+    let mut details = Vec::new();
+    for line in lines {
+        if line == "." {
+            return BulkAnswer::Ok { header, details };
+        }
+        let domain = match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(value) => value.get("d").and_then(|d| d.as_str()).map(str::to_owned),
+            Err(err) => {
+                return BulkAnswer::RetryLater(format!(
+                    "invalid JSON in line {} of the bulk answer: {err}",
+                    details.len() + 4
+                ))
+            }
+        };
+        let Some(domain) = domain else {
+            return BulkAnswer::RetryLater(format!(
+                "line {} of the bulk answer has no string \"d\"",
+                details.len() + 4
+            ));
+        };
+        match parse_details(line.as_bytes(), &domain) {
+            DetailsAnswer::Ok(policies) => details.push((domain, policies)),
+            DetailsAnswer::RetryLater(reason) => {
+                return BulkAnswer::RetryLater(format!("domain {domain}: {reason}"))
+            }
+        }
+    }
+    BulkAnswer::RetryLater(format!(
+        "incomplete bulk answer: no final '.' after {} domains",
+        details.len()
+    ))
+}
+
+type Lines<'a> = std::iter::Map<std::str::Lines<'a>, fn(&str) -> &str>;
+
+fn answer_lines(output: &[u8]) -> Result<Lines<'_>, String> {
+    let text = std::str::from_utf8(output).map_err(|_| "the answer is not UTF-8".to_owned())?;
+    // Upstream reads lines and strips trailing white space (so "\r\n" too).
+    Ok(text.lines().map(str::trim_end as fn(&str) -> &str))
+}
+
+enum HeaderCheck {
+    Ready(Header),
+    NotReady(Header),
+}
+
+/// Reads the version, time and available-day lines.
+fn parse_header(
+    lines: &mut Lines<'_>,
+    version: &str,
+    day: NaiveDate,
+) -> Result<HeaderCheck, String> {
+    match lines.next() {
+        Some(line) if line == version => {}
+        Some(other) => {
+            return Err(format!(
+                "unsupported protocol version line {other:?}, expected {version:?}"
+            ))
+        }
+        None => return Err("empty answer".into()),
+    }
+    let time_line = lines.next().unwrap_or_default();
+    let Ok(fetcher_time) = NaiveDateTime::parse_from_str(time_line, TIME_FORMAT) else {
+        return Err(format!(
+            "bad time line {time_line:?}, expected UTC time as YYYY-MM-DD HH:MM:SS"
+        ));
+    };
+    let mut header = Header {
+        fetcher_time,
+        available_day: None,
+    };
+    match lines.next() {
+        // No day complete yet: upstream's fetcher leaves the line out, ours
+        // leaves it empty.
+        Some("") => return Ok(HeaderCheck::NotReady(header)),
+        Some(".") => return Ok(HeaderCheck::NotReady(header)),
+        Some(line) => match pytime::parse_day(line) {
+            Some(available) => header.available_day = Some(available),
+            None => {
+                return Err(format!(
+                    "bad available-day line {line:?}, expected YYYY-MM-DD"
+                ))
+            }
+        },
+        None => return Err("no available-day line".into()),
+    }
+    if header.available_day < Some(day) {
+        return Ok(HeaderCheck::NotReady(header));
+    }
+    Ok(HeaderCheck::Ready(header))
 }
 
 /// Reads a details answer asked for `domain`.
@@ -420,7 +529,10 @@ fi
                     .into()
             )
         );
-        assert_eq!(good.probe(Duration::from_secs(10)), Vec::<String>::new());
+        assert_eq!(
+            good.probe(&Utc::now, Duration::from_secs(10)),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
@@ -601,7 +713,7 @@ fi
             ("listing", "echo 'TLSRPT FETCHER v1devel-c domain list'; date -u '+%Y-%m-%d %H:%M:%S'; echo 2026-11-21; echo a.example; echo .", "listed 1 domains for 1999-01-01"),
         ];
         for (name, script, expected) in cases {
-            let findings = fetcher(&dir, name, script).probe(Duration::from_secs(10));
+            let findings = fetcher(&dir, name, script).probe(&Utc::now, Duration::from_secs(10));
             assert_eq!(findings.len(), 1, "{name}: {findings:?}");
             assert!(findings[0].contains(expected), "{name}: {findings:?}");
         }
@@ -611,6 +723,9 @@ fi
             "fresh",
             "echo 'TLSRPT FETCHER v1devel-c domain list'; date -u '+%Y-%m-%d %H:%M:%S'; echo .",
         );
-        assert_eq!(fresh.probe(Duration::from_secs(10)), Vec::<String>::new());
+        assert_eq!(
+            fresh.probe(&Utc::now, Duration::from_secs(10)),
+            Vec::<String>::new()
+        );
     }
 }

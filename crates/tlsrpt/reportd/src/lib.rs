@@ -1,6 +1,12 @@
-//! The report daemon's state and its fetch jobs (`tlsrpt-reportd`, the
-//! collector -> **fetcher -> reportd** part of the TLSRPT flow, RFC 8460).
+//! `tlsrpt-reportd`: the collector -> **fetcher -> reportd -> destinations**
+//! part of the TLSRPT flow (RFC 8460), one module per stage.
 //!
+//! - [`config`]: the daemon's configuration and upstream's start-up checks.
+//! - [`daemon`]: the main loop: new day, fetch jobs, details, reports,
+//!   deliveries.
+//! - [`reports`]: one domain's fetched details become its reports and
+//!   their destinations.
+//! - [`deliver`]: one report to one destination.
 //! - [`db`]: the reportd SQLite database, file-compatible with upstream's
 //!   tlsrpt-reportd 0.6.0 so that an installation keeps its state (and
 //!   `tlsrptctl status` keeps working) when it switches implementation.
@@ -15,9 +21,13 @@
 //! - [`schedule`]: when to try again (fetch retries, delivery backoff) and
 //!   how first deliveries are spread over the day.
 
+pub mod config;
+pub mod daemon;
 pub mod db;
+pub mod deliver;
 pub mod fetch;
 pub mod pytime;
+pub mod reports;
 pub mod schedule;
 
 /// The upstream's Python (scripts/setup-oracle installs it in .venv), for

@@ -34,6 +34,14 @@ pub fn parse_day(text: &str) -> Option<NaiveDate> {
         .filter(|d| day(*d) == text)
 }
 
+/// A stored timestamp back (either implementation's form, with or without
+/// microseconds); `None` when it is not one.
+pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%:z")
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

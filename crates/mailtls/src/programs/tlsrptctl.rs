@@ -1,0 +1,508 @@
+//! `tlsrptctl` / `mailtls tlsrptctl`: look into and steer tlsrpt-reportd.
+//! `status` and `maptest` as upstream (reading the reportd's options from
+//! the same places), plus `list`, `show`, `resend` and `render`.
+
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use mailtls_common::config::{self, add_options, OptionSpec, ProgramSpec, Settings};
+use serde_json::{json, Value};
+use tlsrpt_report::maps::DestinationMaps;
+use tlsrpt_report::record::parse_record;
+use tlsrpt_report::report::ReportingOrganization;
+use tlsrpt_reportd::db::{ReportdDb, StatusCount, StoredReport};
+use tlsrpt_reportd::reports::make_reports;
+
+use super::reportd;
+
+/// Exit codes.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const FAILED: i32 = 1;
+    pub const USAGE: i32 = 2;
+}
+
+/// A program spec with only `keep` of the reportd's options; the others
+/// may stand in the shared `[tlsrpt_reportd]` section and are skipped
+/// (upstream's `ignore_other_options`).
+fn spec_keeping(keep: &[&str]) -> &'static ProgramSpec {
+    let options: Vec<OptionSpec> = reportd::OPTIONS
+        .iter()
+        .filter(|o| keep.contains(&o.name))
+        .cloned()
+        .collect();
+    let ignored: Vec<&'static str> = reportd::OPTIONS
+        .iter()
+        .map(|o| o.name)
+        .filter(|name| !keep.contains(name))
+        .collect();
+    Box::leak(Box::new(ProgramSpec {
+        name: "tlsrptctl",
+        section: reportd::SPEC.section,
+        env_prefix: reportd::SPEC.env_prefix,
+        default_config_file: reportd::SPEC.default_config_file,
+        options: Box::leak(options.into_boxed_slice()),
+        ignored: Box::leak(ignored.into_boxed_slice()),
+    }))
+}
+
+const DB_ONLY: &[&str] = &["dbname"];
+const MAPS: &[&str] = &[
+    "tlsrpt_record_map",
+    "mail_destination_map",
+    "http_upload_map",
+];
+const RENDER: &[&str] = &[
+    "dbname",
+    "organization_name",
+    "contact_info",
+    "tlsrpt_record_map",
+    "mail_destination_map",
+    "http_upload_map",
+];
+
+fn json_flag() -> Arg {
+    Arg::new("json")
+        .long("json")
+        .action(ArgAction::SetTrue)
+        .help("Print JSON instead of text")
+}
+
+pub fn command() -> Command {
+    Command::new("tlsrptctl")
+        .about("Show and steer what tlsrpt-reportd does")
+        .long_about(
+            "Show and steer what tlsrpt-reportd does. A drop-in replacement for the \
+             tlsrptctl of sys4's tlsrpt-reporter: it reads the reportd's options (dbname, \
+             the maps) from the same command line options, TLSRPT_REPORTD_* environment \
+             variables and [tlsrpt_reportd] config file section.",
+        )
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand(
+            add_options(
+                Command::new("status")
+                    .about("Fetch jobs, domain data and deliveries per day and status")
+                    .arg(json_flag()),
+                spec_keeping(DB_ONLY),
+            ),
+        )
+        .subcommand(
+            add_options(
+                Command::new("maptest")
+                    .about("Show a record's destinations before and after the destination maps")
+                    .arg(Arg::new("domain").value_name("DOMAIN").required(true).help("Report domain"))
+                    .arg(
+                        Arg::new("tlsrpt_record")
+                            .value_name("RECORD")
+                            .required(true)
+                            .help("TLSRPT record, e.g. 'v=TLSRPTv1;rua=mailto:tlsrpt@example.com'"),
+                    ),
+                spec_keeping(MAPS),
+            ),
+        )
+        .subcommand(
+            add_options(
+                Command::new("list")
+                    .about("Reports with the state of each destination")
+                    .arg(Arg::new("day").long("day").value_name("YYYY-MM-DD").help("Only this day"))
+                    .arg(Arg::new("domain").long("domain").value_name("DOMAIN").help("Only this domain"))
+                    .arg(json_flag()),
+                spec_keeping(DB_ONLY),
+            ),
+        )
+        .subcommand(
+            add_options(
+                Command::new("show")
+                    .about("One report's JSON and destinations")
+                    .arg(Arg::new("report").value_name("ID").required(true).help("The report's number (list shows it) or its report-id"))
+                    .arg(json_flag()),
+                spec_keeping(DB_ONLY),
+            ),
+        )
+        .subcommand(
+            add_options(
+                Command::new("resend")
+                    .about("Queue a report again for all its destinations, or one; the running reportd sends it within interval_main_loop")
+                    .arg(Arg::new("report").value_name("ID").required(true).help("The report's number or report-id"))
+                    .arg(Arg::new("destination").long("destination").value_name("DEST").help("Only this destination, e.g. mailto:tlsrpt@example.com")),
+                spec_keeping(DB_ONLY),
+            ),
+        )
+        .subcommand(
+            add_options(
+                Command::new("render")
+                    .about("Dry run: write a day's reports, as the reportd would make them from the fetched data, into a directory; nothing is stored or sent")
+                    .arg(Arg::new("day").value_name("YYYY-MM-DD").required(true))
+                    .arg(Arg::new("directory").value_name("DIR").required(true))
+                    .arg(json_flag()),
+                spec_keeping(RENDER),
+            ),
+        )
+}
+
+pub fn main(matches: &ArgMatches) -> i32 {
+    let (name, sub) = matches.subcommand().expect("a subcommand is required");
+    let keep = match name {
+        "status" | "list" | "show" | "resend" => DB_ONLY,
+        "maptest" => MAPS,
+        "render" => RENDER,
+        _ => unreachable!("clap knows the subcommands"),
+    };
+    let settings = match config::resolve(spec_keeping(keep), sub, &config::process_env()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tlsrptctl: {e}");
+            return exit::USAGE;
+        }
+    };
+    let json = sub
+        .try_get_one::<bool>("json")
+        .ok()
+        .flatten()
+        .copied()
+        .unwrap_or(false);
+    let result = match name {
+        "status" => status(&settings, json),
+        "maptest" => maptest(&settings, sub),
+        "list" => list(&settings, sub, json),
+        "show" => show(&settings, sub, json),
+        "resend" => resend(&settings, sub),
+        "render" => render(&settings, sub, json),
+        _ => unreachable!("clap knows the subcommands"),
+    };
+    match result {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("tlsrptctl {name}: {e}");
+            exit::FAILED
+        }
+    }
+}
+
+fn open(settings: &Settings, write: bool) -> Result<ReportdDb, String> {
+    let dbname = settings.get_str("dbname");
+    if dbname.is_empty() {
+        return Err("no reportd database: set dbname (--dbname, TLSRPT_REPORTD_DBNAME or [tlsrpt_reportd] dbname in /etc/tlsrpt/reportd.cfg)".into());
+    }
+    if !Path::new(dbname).exists() {
+        return Err(format!(
+            "{dbname} does not exist (has tlsrpt-reportd run with this dbname?)"
+        ));
+    }
+    ReportdDb::open_existing(Path::new(dbname), write).map_err(|e| format!("{dbname}: {e}"))
+}
+
+fn py(value: &Option<String>) -> &str {
+    value.as_deref().unwrap_or("None")
+}
+
+fn status(settings: &Settings, json: bool) -> Result<(), String> {
+    let status = open(settings, false)?.status().map_err(|e| e.to_string())?;
+    let sections = [
+        ("Fetchjobs", "fetchjobs", &status.fetchjobs),
+        ("Reports", "reportdata", &status.reportdata),
+        ("Destinations", "destinations", &status.destinations),
+    ];
+    if json {
+        let counts = |rows: &[StatusCount]| -> Value {
+            rows.iter()
+                .map(|r| json!({"day": r.day, "status": r.status, "count": r.count}))
+                .collect()
+        };
+        let mut out = serde_json::Map::new();
+        for (_, key, rows) in sections {
+            out.insert(key.into(), counts(rows));
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&Value::Object(out)).expect("JSON")
+        );
+        return Ok(());
+    }
+    // Upstream's layout: Python's print() of the three columns.
+    for (header, _, rows) in sections {
+        println!("###  {header}  ###");
+        for row in rows.iter() {
+            println!("{}   {}   {}", py(&row.day), py(&row.status), row.count);
+        }
+        println!();
+    }
+    Ok(())
+}
+
+/// Python's `repr` of a list of strings, as upstream prints it.
+fn py_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|s| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'")))
+        .collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+fn maptest(settings: &Settings, sub: &ArgMatches) -> Result<(), String> {
+    let domain = sub.get_one::<String>("domain").expect("required");
+    let record = sub.get_one::<String>("tlsrpt_record").expect("required");
+    println!("Domain: {domain}");
+    println!("Record: {record}");
+    let path = |name: &str| {
+        Some(settings.get_str(name))
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let maps = DestinationMaps::from_files(
+        path("tlsrpt_record_map").as_deref(),
+        path("mail_destination_map").as_deref(),
+        path("http_upload_map").as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
+    let parsed =
+        parse_record(record).map_err(|e| format!("the record gives no destinations: {e}"))?;
+    for skipped in &parsed.skipped {
+        println!("Skipped rua: {skipped}");
+    }
+    let initial: Vec<String> = parsed
+        .destinations
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    println!(
+        "Initial recipients before mapping : {} recipients:  {}",
+        initial.len(),
+        py_list(&initial)
+    );
+    let trace = maps.explain(domain, &parsed.destinations);
+    for step in &trace.steps {
+        println!("  {step}");
+    }
+    for dropped in &trace.dropped {
+        println!("  dropped {}: {}", dropped.destination, dropped.reason);
+    }
+    println!(
+        "Resulting recipients after mapping : {} recipients:  {}",
+        trace.destinations.len(),
+        py_list(&trace.destinations)
+    );
+    Ok(())
+}
+
+fn parse_day(text: &str) -> Result<NaiveDate, String> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|_| format!("{text:?} is not a day: expected YYYY-MM-DD"))
+}
+
+fn report_id(report: &StoredReport) -> String {
+    serde_json::from_str::<Value>(&report.report)
+        .ok()
+        .and_then(|v| v.get("report-id")?.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn report_json(report: &StoredReport, with_report: bool) -> Value {
+    let mut value = json!({
+        "id": report.r_id,
+        "day": report.day,
+        "domain": report.domain,
+        "report_id": report_id(report),
+        "tlsrpt_record": report.tlsrptrecord,
+        "destinations": report.destinations.iter().map(|d| json!({
+            "destination": d.destination,
+            "status": d.status.as_deref().unwrap_or("pending"),
+            "retries": d.retries,
+            "nexttry": d.nexttry,
+        })).collect::<Vec<_>>(),
+    });
+    if with_report {
+        value["report"] =
+            serde_json::from_str(&report.report).unwrap_or(Value::String(report.report.clone()));
+    }
+    value
+}
+
+fn list(settings: &Settings, sub: &ArgMatches, json: bool) -> Result<(), String> {
+    let day = sub
+        .get_one::<String>("day")
+        .map(|d| parse_day(d))
+        .transpose()?;
+    let domain = sub.get_one::<String>("domain").map(String::as_str);
+    let reports = open(settings, false)?
+        .reports(day, domain)
+        .map_err(|e| e.to_string())?;
+    if json {
+        let all: Vec<Value> = reports.iter().map(|r| report_json(r, false)).collect();
+        println!("{}", serde_json::to_string_pretty(&all).expect("JSON"));
+        return Ok(());
+    }
+    println!(
+        "{:>6}  {:10}  {:30}  {:10}  {:>7}  DESTINATION",
+        "ID", "DAY", "DOMAIN", "STATUS", "RETRIES"
+    );
+    for report in &reports {
+        if report.destinations.is_empty() {
+            println!(
+                "{:>6}  {:10}  {:30}  {:10}  {:>7}  (none)",
+                report.r_id, report.day, report.domain, "-", "-"
+            );
+        }
+        for d in &report.destinations {
+            let status = d.status.as_deref().unwrap_or("pending");
+            println!(
+                "{:>6}  {:10}  {:30}  {:10}  {:>7}  {}",
+                report.r_id, report.day, report.domain, status, d.retries, d.destination
+            );
+        }
+    }
+    println!("{} report(s)", reports.len());
+    Ok(())
+}
+
+/// A report by number or by report-id.
+fn find(db: &ReportdDb, id: &str) -> Result<StoredReport, String> {
+    if let Ok(r_id) = id.parse::<i64>() {
+        return db
+            .report(r_id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no report number {r_id}"));
+    }
+    let day = id.get(..10).and_then(|d| parse_day(d).ok());
+    db.reports(day, None)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|r| report_id(r) == id)
+        .ok_or_else(|| format!("no report with report-id {id:?}"))
+}
+
+fn show(settings: &Settings, sub: &ArgMatches, json: bool) -> Result<(), String> {
+    let db = open(settings, false)?;
+    let report = find(&db, sub.get_one::<String>("report").expect("required"))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report_json(&report, true)).expect("JSON")
+        );
+        return Ok(());
+    }
+    println!(
+        "Report {} for {} on {}",
+        report.r_id, report.domain, report.day
+    );
+    println!("Report-ID: {}", report_id(&report));
+    println!(
+        "Record: {}",
+        report
+            .tlsrptrecord
+            .as_deref()
+            .unwrap_or("(not stored by upstream reportd)")
+    );
+    for d in &report.destinations {
+        println!(
+            "Destination: {}  status {}  retries {}  next try {}",
+            d.destination,
+            d.status.as_deref().unwrap_or("pending"),
+            d.retries,
+            d.nexttry.as_deref().unwrap_or("-")
+        );
+    }
+    let pretty = serde_json::from_str::<Value>(&report.report)
+        .map(|v| serde_json::to_string_pretty(&v).expect("JSON"))
+        .unwrap_or(report.report.clone());
+    println!("{pretty}");
+    Ok(())
+}
+
+fn resend(settings: &Settings, sub: &ArgMatches) -> Result<(), String> {
+    let db = open(settings, true)?;
+    let report = find(&db, sub.get_one::<String>("report").expect("required"))?;
+    let destination = sub.get_one::<String>("destination").map(String::as_str);
+    if report.destinations.is_empty() {
+        return Err(format!(
+            "report {} has no destinations (its record gave none; see the reportd log)",
+            report.r_id
+        ));
+    }
+    if let Some(wanted) = destination {
+        if !report.destinations.iter().any(|d| d.destination == wanted) {
+            return Err(format!(
+                "report {} has no destination {wanted:?}; it has: {}",
+                report.r_id,
+                report
+                    .destinations
+                    .iter()
+                    .map(|d| d.destination.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    let now = mailtls_common::clock::from_env()?.now();
+    let queued = db
+        .resend(report.r_id, destination, now)
+        .map_err(|e| e.to_string())?;
+    if queued.is_empty() {
+        return Err(format!(
+            "report {}: nothing queued (a delivery is in progress right now)",
+            report.r_id
+        ));
+    }
+    for d in queued {
+        println!(
+            "queued report {} ({}) for {d}",
+            report.r_id,
+            report_id(&report)
+        );
+    }
+    Ok(())
+}
+
+fn render(settings: &Settings, sub: &ArgMatches, json: bool) -> Result<(), String> {
+    let day = parse_day(sub.get_one::<String>("day").expect("required"))?;
+    let directory = PathBuf::from(sub.get_one::<String>("directory").expect("required"));
+    std::fs::create_dir_all(&directory).map_err(|e| format!("{}: {e}", directory.display()))?;
+    let db = open(settings, false)?;
+    let path = |name: &str| {
+        Some(settings.get_str(name))
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let maps = DestinationMaps::from_files(
+        path("tlsrpt_record_map").as_deref(),
+        path("mail_destination_map").as_deref(),
+        path("http_upload_map").as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
+    let organization = ReportingOrganization {
+        name: settings.get_str("organization_name").to_string(),
+        contact_info: settings.get_str("contact_info").to_string(),
+    };
+    let domains = db.fetched_domains(day).map_err(|e| e.to_string())?;
+    if domains.is_empty() {
+        return Err(format!("no fetched data for {day} in the reportd database"));
+    }
+    let mut summary = Vec::new();
+    for domain in &domains {
+        let fetched = db.details_of(day, domain).map_err(|e| e.to_string())?;
+        let outcome = make_reports(day, domain, &fetched, &organization, &maps);
+        for warning in &outcome.warnings {
+            eprintln!("warning: {warning}");
+        }
+        for report in outcome.reports {
+            let file = directory.join(format!("{}.json", report.report_id));
+            std::fs::write(&file, &report.json).map_err(|e| format!("{}: {e}", file.display()))?;
+            if !json {
+                println!("{}  -> {}", file.display(), report.destinations.join(", "));
+            }
+            summary.push(json!({"file": file, "domain": domain, "report_id": report.report_id, "destinations": report.destinations}));
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary).expect("JSON"));
+    } else {
+        println!(
+            "{} report(s) for {} domain(s) written; nothing was sent",
+            summary.len(),
+            domains.len()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! tlsrpt-reportd and tlsrptctl end to end: a real collector's completed
+//! day, real fetcher processes, reports in a `directory:` destination, by
+//! mail through a real Postfix, and by HTTPS.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use serde_json::Value;
+use support::reportd::{collected_day, reportd_bin, tlsrptctl_bin, Reportd};
+use support::{fetcher_bin, vectors};
+
+/// The libtlsrpt vectors plus a domain with two records and one with a
+/// record that names no usable destination, and the number of policies
+/// the collector counts from them.
+fn vector_datagrams() -> (Vec<Vec<u8>>, i64) {
+    let mut datagrams: Vec<Vec<u8>> = vectors().into_iter().map(|(_, bytes)| bytes).collect();
+    for (domain, record) in [
+        ("two.example", "v=TLSRPTv1;rua=mailto:a@two.example"),
+        ("two.example", "v=TLSRPTv1;rua=https://two.example/tlsrpt"),
+        (
+            "badrecord.example",
+            "v=TLSRPTv1;rua=ftp://badrecord.example",
+        ),
+    ] {
+        datagrams.push(
+            format!(r#"{{"dpv":"1","d":"{domain}","pr":"{record}","policies":[{{"policy-type":9,"t":0,"f":0}}]}}"#)
+                .into_bytes(),
+        );
+    }
+    let policies = datagrams
+        .iter()
+        .map(|d| {
+            let v: Value = serde_json::from_slice(String::from_utf8_lossy(d).as_bytes()).unwrap();
+            v["policies"].as_array().map_or(0, |p| p.len() as i64)
+        })
+        .sum();
+    (datagrams, policies)
+}
+
+fn our_fetcher(storage: &str) -> String {
+    format!("{} --storage {storage}", fetcher_bin().display())
+}
+
+fn ctl(reportd: &Reportd, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(tlsrptctl_bin())
+        .args(args)
+        .arg(format!("--config_file={}", reportd.config.display()))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn domains_of(reports: &[Value]) -> BTreeSet<String> {
+    reports
+        .iter()
+        .map(|r| {
+            let id = r["report-id"].as_str().unwrap();
+            id.splitn(3, '_').nth(2).unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_collected_day_becomes_reports_in_a_directory_and_tlsrptctl_shows_them() {
+    let (datagrams, policies) = vector_datagrams();
+    let collector = collected_day(&datagrams, policies);
+    let mut reportd = Reportd::prepare(&reportd_bin(), &our_fetcher(&collector.storage_url()), &[]);
+    let map = reportd.write_file("record.map", ". REPLACE directory:OUTDIR\n");
+    let mut config = std::fs::read_to_string(&reportd.config).unwrap();
+    config.push_str(&format!("tlsrpt_record_map = {}\n", map.display()));
+    std::fs::write(&reportd.config, config).unwrap();
+    reportd.start();
+    let expected_domains: BTreeSet<String> = support::run_fetcher(
+        &fetcher_bin(),
+        &collector.storage_url(),
+        &[&chrono::Utc::now()
+            .date_naive()
+            .pred_opt()
+            .unwrap()
+            .to_string()],
+    )
+    .1
+    .lines()
+    .skip(3)
+    .filter(|l| *l != ".")
+    .map(str::to_owned)
+    .collect();
+    assert!(expected_domains.len() >= 4, "{expected_domains:?}");
+    // A record without a usable rua gets its report, sent nowhere.
+    let mut expected_domains = expected_domains;
+    assert!(expected_domains.remove("badrecord.example"));
+    let out = reportd.out.clone();
+    reportd.wait_for(60, "every domain's report in the directory", |_| {
+        domains_of(&Reportd::reports_in(&out)) == expected_domains
+    });
+    reportd.wait_for(20, "every destination recorded as sent", |r| {
+        r.try_query("SELECT count(*) FROM destinations WHERE status IS NOT 'sent'")
+            .ok()
+            == Some(vec!["0".into()])
+    });
+    assert!(
+        reportd.log_text().contains("bad TLSRPT record on day"),
+        "{}",
+        reportd.log_text()
+    );
+    assert_eq!(
+        reportd.query("SELECT count(*) FROM reports LEFT JOIN destinations ON r_id=d_r_id WHERE domain='badrecord.example' AND destination IS NULL"),
+        ["1"]
+    );
+    let reports = Reportd::reports_in(&out);
+    // Two records, two reports.
+    assert_eq!(reports.len(), expected_domains.len() + 1);
+    for report in &reports {
+        for policy in report["policies"].as_array().unwrap() {
+            assert!(policy["policy"]["policy-domain"].is_string(), "{report}");
+        }
+        assert!(!report.to_string().contains("null"), "{report}");
+    }
+    // The bulk extension of our fetcher was used: one run for the list.
+    assert!(
+        reportd.log_text().contains("in one bulk answer"),
+        "{}",
+        reportd.log_text()
+    );
+
+    let (code, text, err) = ctl(&reportd, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("###  Destinations  ###"), "{text}");
+    assert!(
+        text.contains(&format!("   sent   {}", reports.len())),
+        "{text}"
+    );
+    let (code, text, err) = ctl(&reportd, &["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let status: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(status["destinations"][0]["status"], "sent");
+    assert_eq!(status["destinations"][0]["count"], reports.len());
+
+    let (code, text, err) = ctl(&reportd, &["list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        reports.len() + 1,
+        "badrecord.example has a report too"
+    );
+    let first_id = listed[0]["report_id"].as_str().unwrap().to_string();
+    let (code, text, err) = ctl(&reportd, &["show", &first_id, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let shown: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(shown["report"]["report-id"], first_id.as_str());
+
+    // Re-send one report: it is delivered again (the same file).
+    let (code, _, err) = ctl(&reportd, &["resend", "1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("report 1 has no destinations"), "{err}");
+    let (code, text, err) = ctl(&reportd, &["resend", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("queued report 2"), "{text}");
+    reportd.wait_for(20, "the re-sent report", |r| {
+        r.log_text().matches("report 2 for ").count() >= 2
+            && r.try_query("SELECT status FROM destinations WHERE d_r_id=2")
+                .ok()
+                == Some(vec!["sent".into()])
+    });
+    assert!(reportd.terminate().success(), "{}", reportd.log_text());
+
+    // Dry run: the same reports, rendered without the daemon.
+    let dry = reportd.dir.path().join("dry");
+    let day = chrono::Utc::now()
+        .date_naive()
+        .pred_opt()
+        .unwrap()
+        .to_string();
+    let (code, text, err) = ctl(&reportd, &["render", &day, dry.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("nothing was sent"), "{text}");
+    let rendered = Reportd::reports_in(&dry);
+    assert_eq!(
+        rendered.len(),
+        reports.len() + 1,
+        "badrecord.example's report too"
+    );
+    let mut a: Vec<String> = rendered
+        .iter()
+        .filter(|r| {
+            !r["report-id"]
+                .as_str()
+                .unwrap()
+                .ends_with("_badrecord.example")
+        })
+        .map(Value::to_string)
+        .collect();
+    let mut b: Vec<String> = reports.iter().map(Value::to_string).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+}

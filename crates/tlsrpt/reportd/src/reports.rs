@@ -1,0 +1,206 @@
+//! The reports stage: one day's fetched details of one domain (from every
+//! fetcher) become its RFC 8460 reports, one per TLSRPT record, each with
+//! the destinations its record and the destination maps give.
+//!
+//! Pure: the caller reads the details from the database and stores what
+//! comes out.
+
+use chrono::NaiveDate;
+use tlsrpt_report::details::DomainDetails;
+use tlsrpt_report::maps::DestinationMaps;
+use tlsrpt_report::record::parse_record;
+use tlsrpt_report::report::{build_reports, ReportingOrganization};
+
+/// A report ready to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewReport {
+    pub record: String,
+    pub report_id: String,
+    /// The report JSON as it is sent.
+    pub json: String,
+    /// Where it goes after the maps; empty when the record gives nothing
+    /// usable (the report is kept, for `tlsrptctl`, but sent nowhere).
+    pub destinations: Vec<String>,
+}
+
+/// The reports of one day and domain, and what the operator should read
+/// in the log about them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DomainOutcome {
+    pub reports: Vec<NewReport>,
+    /// Problems that cost data or destinations, one line each.
+    pub warnings: Vec<String>,
+    /// What the maps did, one line each.
+    pub notes: Vec<String>,
+}
+
+/// Builds the reports of `domain` on `day` from the `policies` JSON texts
+/// that the fetchers delivered (one per fetcher).
+pub fn make_reports(
+    day: NaiveDate,
+    domain: &str,
+    fetched: &[String],
+    organization: &ReportingOrganization,
+    maps: &DestinationMaps,
+) -> DomainOutcome {
+    let mut outcome = DomainOutcome::default();
+    let mut details = DomainDetails::new(domain);
+    for policies in fetched {
+        let answer = format!(
+            "{{\"d\": {}, \"policies\": {policies}}}",
+            serde_json::Value::from(domain)
+        );
+        match DomainDetails::from_fetcher_json(&answer).and_then(|d| details.merge(d)) {
+            Ok(()) => {}
+            Err(err) => outcome.warnings.push(format!(
+                "one fetcher's data for {domain} on {day} left out: {err}"
+            )),
+        }
+    }
+    let built = build_reports(day, &details, organization);
+    for skipped in built.skipped {
+        outcome
+            .warnings
+            .push(format!("{domain} on {day}: {skipped}"));
+    }
+    for report in built.reports {
+        let destinations = match parse_record(&report.record) {
+            Ok(record) => {
+                for uri in &record.skipped {
+                    outcome.warnings.push(format!(
+                        "{domain} on {day}: rua destination {uri} skipped in record {:?}",
+                        report.record
+                    ));
+                }
+                let trace = maps.explain(domain, &record.destinations);
+                for step in &trace.steps {
+                    outcome.notes.push(format!("{domain} on {day}: {step}"));
+                }
+                for dropped in &trace.dropped {
+                    outcome.warnings.push(format!(
+                        "{domain} on {day}: destination {} dropped: {}",
+                        dropped.destination, dropped.reason
+                    ));
+                }
+                trace.destinations
+            }
+            Err(err) => {
+                outcome.warnings.push(format!(
+                    "bad TLSRPT record on day {day} for domain {domain}: {:?}: {err}; the report is kept but sent nowhere",
+                    report.record
+                ));
+                Vec::new()
+            }
+        };
+        outcome.reports.push(NewReport {
+            record: report.record.clone(),
+            report_id: report.report_id.to_string(),
+            json: report.to_json_text(),
+            destinations,
+        });
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn org() -> ReportingOrganization {
+        ReportingOrganization {
+            name: "Example Org".into(),
+            contact_info: "tlsrpt@example.net".into(),
+        }
+    }
+
+    fn day() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 21).unwrap()
+    }
+
+    const POLICY: &str = r#"{\"policy-type\": 9}"#;
+
+    fn policies(record: &str, total: u64) -> String {
+        format!(
+            r#"{{"{record}": {{"{POLICY}": {{"cntrtotal": {total}, "cntrfailure": 0, "failures": {{}}}}}}}}"#
+        )
+    }
+
+    #[test]
+    fn fetchers_are_summed_and_each_record_gets_its_report() {
+        let maps = DestinationMaps::default();
+        let outcome = make_reports(
+            day(),
+            "a.example",
+            &[
+                policies("v=TLSRPTv1;rua=mailto:r@a.example", 2),
+                policies("v=TLSRPTv1;rua=mailto:r@a.example", 3),
+                policies("v=TLSRPTv1;rua=https://r.a.example/x,mailto:s@a.example", 1),
+            ],
+            &org(),
+            &maps,
+        );
+        assert_eq!(outcome.warnings, Vec::<String>::new());
+        assert_eq!(outcome.reports.len(), 2);
+        let first: serde_json::Value = serde_json::from_str(&outcome.reports[0].json).unwrap();
+        assert_eq!(
+            first["policies"][0]["summary"]["total-successful-session-count"],
+            5
+        );
+        assert_eq!(first["policies"][0]["policy"]["policy-domain"], "a.example");
+        assert_eq!(outcome.reports[0].destinations, ["mailto:r@a.example"]);
+        assert_eq!(
+            outcome.reports[1].destinations,
+            ["https://r.a.example/x", "mailto:s@a.example"]
+        );
+        assert_ne!(outcome.reports[0].report_id, outcome.reports[1].report_id);
+        assert_eq!(first["report-id"], outcome.reports[0].report_id.as_str());
+    }
+
+    #[test]
+    fn a_bad_record_keeps_the_report_without_destinations() {
+        let outcome = make_reports(
+            day(),
+            "a.example",
+            &[policies("v=TLSRPTv1;rua=ftp://x", 1)],
+            &org(),
+            &DestinationMaps::default(),
+        );
+        assert_eq!(outcome.reports.len(), 1);
+        assert!(outcome.reports[0].destinations.is_empty());
+        assert!(
+            outcome.warnings[0].contains("bad TLSRPT record"),
+            "{:?}",
+            outcome.warnings
+        );
+    }
+
+    #[test]
+    fn maps_redirect_and_say_so() {
+        let maps = DestinationMaps::from_texts(". REPLACE directory:/srv/reports", "", "").unwrap();
+        let outcome = make_reports(
+            day(),
+            "a.example",
+            &[policies("v=TLSRPTv1;rua=mailto:r@a.example", 1)],
+            &org(),
+            &maps,
+        );
+        assert_eq!(outcome.reports[0].destinations, ["directory:/srv/reports"]);
+        assert_eq!(outcome.notes.len(), 1, "{:?}", outcome.notes);
+    }
+
+    #[test]
+    fn unusable_fetcher_data_is_left_out_with_a_warning() {
+        let outcome = make_reports(
+            day(),
+            "a.example",
+            &[
+                "[1, 2]".into(),
+                policies("v=TLSRPTv1;rua=mailto:r@a.example", 4),
+            ],
+            &org(),
+            &DestinationMaps::default(),
+        );
+        assert_eq!(outcome.reports.len(), 1);
+        assert_eq!(outcome.warnings.len(), 1, "{:?}", outcome.warnings);
+    }
+}
