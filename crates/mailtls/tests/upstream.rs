@@ -982,3 +982,140 @@ fn ours_takes_over_the_upstream_database_mid_day() {
 fn upstream_takes_over_our_database_mid_day() {
     take_over(&collectd_bin(), &upstream("tlsrpt-collectd"));
 }
+
+// ---------------------------------------------------------------------------
+// Reportd
+
+/// The domain a report is about, from its report-id (ours:
+/// `DAY_HASH_DOMAIN`, upstream's: `DAYT00:00:00Z_idxN_DOMAIN`).
+fn report_domain(report: &Value) -> String {
+    let id = report["report-id"].as_str().unwrap();
+    id.splitn(3, '_').nth(2).unwrap().to_string()
+}
+
+/// A report with the documented differences taken out: the report-id, and
+/// upstream's missing `policy-domain` of no-policy-found policies and its
+/// empty ones (we write the report domain there).
+fn comparable(report: &Value, domain: &str) -> Value {
+    let mut report = report.clone();
+    let map = report.as_object_mut().unwrap();
+    map.remove("report-id");
+    for policy in map["policies"].as_array_mut().unwrap() {
+        let p = policy["policy"].as_object_mut().unwrap();
+        match p.get("policy-domain") {
+            None => {
+                assert_eq!(p["policy-type"], "no-policy-found", "{p:?}");
+                p.insert("policy-domain".into(), domain.into());
+            }
+            Some(Value::String(empty)) if empty.is_empty() => {
+                p.insert("policy-domain".into(), domain.into());
+            }
+            Some(_) => {}
+        }
+    }
+    canonical_report(&report)
+}
+
+/// Runs `program` (a reportd) with `fetcher` until `count` reports are in
+/// its directory destination; returns them by domain, canonical, and the
+/// log.
+fn reports_by(
+    program: &Path,
+    fetcher: &str,
+    count: usize,
+) -> (BTreeMap<String, BTreeSet<String>>, String) {
+    let mut reportd = support::reportd::Reportd::prepare(
+        program,
+        fetcher,
+        &[
+            ("min_wait_domainlist", "0"),
+            ("max_wait_domainlist", "1"),
+            ("min_wait_domaindetails", "0"),
+            ("max_wait_domaindetails", "1"),
+        ],
+    );
+    let map = reportd.write_file("record.map", ". REPLACE directory:OUTDIR\n");
+    let mut config = std::fs::read_to_string(&reportd.config).unwrap();
+    config.push_str(&format!("tlsrpt_record_map = {}\n", map.display()));
+    std::fs::write(&reportd.config, config).unwrap();
+    reportd.start();
+    let out = reportd.out.clone();
+    let complete = |out: &Path| -> Option<Vec<Value>> {
+        let mut reports = Vec::new();
+        for entry in std::fs::read_dir(out).ok()? {
+            let path = entry.ok()?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                reports.push(serde_json::from_slice(&std::fs::read(path).ok()?).ok()?);
+            }
+        }
+        (reports.len() >= count).then_some(reports)
+    };
+    reportd.wait_for(
+        60,
+        &format!("{count} reports from {}", program.display()),
+        |_| complete(&out).is_some(),
+    );
+    let reports = complete(&out).unwrap();
+    assert!(reportd.terminate().success(), "{}", reportd.log_text());
+    assert_eq!(reports.len(), count, "{}", reportd.log_text());
+    let mut by_domain: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for report in &reports {
+        let domain = report_domain(report);
+        by_domain
+            .entry(domain.clone())
+            .or_default()
+            .insert(comparable(report, &domain).to_string());
+    }
+    (by_domain, reportd.log_text())
+}
+
+/// The same datagrams through both whole pipelines (collectd, fetcher,
+/// reportd) give the same reports, apart from the documented fixes; our
+/// reportd also reads the upstream fetcher (which has no bulk answers) and
+/// makes the same reports from it.
+#[test]
+fn our_reportd_makes_the_same_reports_as_the_upstream_pipeline() {
+    let pair = collect_in_both(&all_datagrams());
+    let conn = rusqlite::Connection::open_with_flags(
+        pair.ours.yesterday(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let count: usize = conn
+        .query_row(
+            "SELECT count(*) FROM (SELECT DISTINCT domain, tlsrptrecord FROM finalresults)",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap() as usize;
+    assert!(count >= 20, "{count} reports expected");
+    let upstream_fetcher = format!(
+        "{} --storage={}",
+        upstream("tlsrpt-fetcher").display(),
+        storage(&pair.theirs.db)
+    );
+    let our_fetcher = format!(
+        "{} --storage={}",
+        fetcher_bin().display(),
+        storage(&pair.ours.db)
+    );
+    let (theirs, _) = reports_by(&upstream("tlsrpt-reportd"), &upstream_fetcher, count);
+    let (ours, log) = reports_by(&support::reportd::reportd_bin(), &our_fetcher, count);
+    assert!(log.contains("in one bulk answer"), "{log}");
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>()
+    );
+    for (domain, reports) in &theirs {
+        let only_ours: Vec<&String> = ours[domain].difference(reports).collect();
+        let only_theirs: Vec<&String> = reports.difference(&ours[domain]).collect();
+        assert!(
+            only_ours.is_empty() && only_theirs.is_empty(),
+            "reports of {domain} differ:\nonly ours: {only_ours:#?}\nonly upstream's: {only_theirs:#?}"
+        );
+    }
+    let (ours_v1, log) = reports_by(&support::reportd::reportd_bin(), &upstream_fetcher, count);
+    assert!(log.contains("gives no bulk answers"), "{log}");
+    assert!(!log.contains("in one bulk answer"), "{log}");
+    assert_eq!(ours_v1, ours, "with the upstream fetcher");
+}

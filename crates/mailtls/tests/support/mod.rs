@@ -1,9 +1,10 @@
 //! Shared helpers of the integration tests: the programs under test, the
 //! shared test vectors, the upstream oracle, a collector started in a
-//! private directory, a private Postfix ([`postfix`]) and an SMTP sink
-//! ([`smtp_sink`]).
+//! private directory, a private Postfix ([`postfix`]), an SMTP sink
+//! ([`smtp_sink`]) and an HTTPS server for uploads ([`https_sink`]).
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod https_sink;
 pub mod postfix;
 pub mod reportd;
 pub mod smtp_sink;

@@ -8,7 +8,7 @@
 use chrono::NaiveDate;
 use tlsrpt_report::details::DomainDetails;
 use tlsrpt_report::maps::DestinationMaps;
-use tlsrpt_report::record::parse_record;
+use tlsrpt_report::record::{parse_record, RecordError};
 use tlsrpt_report::report::{build_reports, ReportingOrganization};
 
 /// A report ready to be stored.
@@ -64,15 +64,24 @@ pub fn make_reports(
             .push(format!("{domain} on {day}: {skipped}"));
     }
     for report in built.reports {
-        let destinations = match parse_record(&report.record) {
-            Ok(record) => {
-                for uri in &record.skipped {
+        // A version 1 record whose rua URIs are all unusable still goes
+        // through the maps: the record map matches the report domain and
+        // may replace or add destinations (as upstream, which takes such
+        // URIs as they are).
+        let parsed = match parse_record(&report.record) {
+            Ok(record) => Ok((record.destinations, record.skipped)),
+            Err(RecordError::NoUsableDestination { skipped }) => Ok((Vec::new(), skipped)),
+            Err(err) => Err(err),
+        };
+        let destinations = match parsed {
+            Ok((destinations, skipped)) => {
+                for uri in &skipped {
                     outcome.warnings.push(format!(
                         "{domain} on {day}: rua destination {uri} skipped in record {:?}",
                         report.record
                     ));
                 }
-                let trace = maps.explain(domain, &record.destinations);
+                let trace = maps.explain(domain, &destinations);
                 for step in &trace.steps {
                     outcome.notes.push(format!("{domain} on {day}: {step}"));
                 }
@@ -80,6 +89,12 @@ pub fn make_reports(
                     outcome.warnings.push(format!(
                         "{domain} on {day}: destination {} dropped: {}",
                         dropped.destination, dropped.reason
+                    ));
+                }
+                if trace.destinations.is_empty() {
+                    outcome.warnings.push(format!(
+                        "{domain} on {day}: the record {:?} gives no usable destination; the report is kept but sent nowhere",
+                        report.record
                     ));
                 }
                 trace.destinations
@@ -158,20 +173,44 @@ mod tests {
 
     #[test]
     fn a_bad_record_keeps_the_report_without_destinations() {
-        let outcome = make_reports(
+        for record in [
+            "v=TLSRPTv1;rua=ftp://x",
+            "v=TLSRPTv2;rua=mailto:r@a.example",
+        ] {
+            let outcome = make_reports(
+                day(),
+                "a.example",
+                &[policies(record, 1)],
+                &org(),
+                &DestinationMaps::default(),
+            );
+            assert_eq!(outcome.reports.len(), 1);
+            assert!(outcome.reports[0].destinations.is_empty());
+            assert!(
+                outcome.warnings.iter().any(|w| w.contains("sent nowhere")),
+                "{:?}",
+                outcome.warnings
+            );
+        }
+        // The record map can still send it somewhere; not a record that
+        // is no TLSRPT record at all.
+        let maps = DestinationMaps::from_texts(". REPLACE directory:/srv/r", "", "").unwrap();
+        let mapped = make_reports(
             day(),
             "a.example",
             &[policies("v=TLSRPTv1;rua=ftp://x", 1)],
             &org(),
-            &DestinationMaps::default(),
+            &maps,
         );
-        assert_eq!(outcome.reports.len(), 1);
-        assert!(outcome.reports[0].destinations.is_empty());
-        assert!(
-            outcome.warnings[0].contains("bad TLSRPT record"),
-            "{:?}",
-            outcome.warnings
+        assert_eq!(mapped.reports[0].destinations, ["directory:/srv/r"]);
+        let refused = make_reports(
+            day(),
+            "a.example",
+            &[policies("v=TLSRPTv2;rua=mailto:r@a.example", 1)],
+            &org(),
+            &maps,
         );
+        assert!(refused.reports[0].destinations.is_empty());
     }
 
     #[test]

@@ -1,0 +1,298 @@
+//! A local HTTPS server for report uploads (RFC 8460 section 5.4): a
+//! throwaway CA made at test time, a certificate for 127.0.0.1 and
+//! localhost signed by it (the CA file is what a reportd's `tls_ca_file`
+//! points at), and a server on 127.0.0.1 that records every request and
+//! answers as the test's plan says.
+//!
+//! One thread accepts, one thread per connection; one request per
+//! connection (every answer says `Connection: close`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+
+/// A CA and a server certificate for 127.0.0.1 and localhost.
+pub struct TestCa {
+    /// The CA certificate, PEM.
+    pub ca_file: PathBuf,
+    pub server_config: Arc<ServerConfig>,
+}
+
+impl TestCa {
+    /// Writes the CA to `directory/test-ca.pem`.
+    pub fn new(directory: &Path) -> TestCa {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "mailtls reportd test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let server_key = KeyPair::generate().unwrap();
+        let server_params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
+
+        let ca_file = directory.join("test-ca.pem");
+        std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server_config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![server_cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
+            )
+            .unwrap();
+        TestCa {
+            ca_file,
+            server_config: Arc::new(server_config),
+        }
+    }
+}
+
+/// What the server does with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Answer with this status at once.
+    Status(u16),
+    /// Say nothing for this long, then close the connection unanswered.
+    Silence(Duration),
+}
+
+/// One request as received, and what was done with it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// 0 for the first request the server received, and so on.
+    pub index: usize,
+    pub method: String,
+    pub path: String,
+    pub content_type: Option<String>,
+    /// The body as sent.
+    pub body: Vec<u8>,
+    /// The answer the plan chose.
+    pub answer: Answer,
+    /// When the request was complete.
+    pub received: Instant,
+}
+
+impl Request {
+    /// The body, gunzipped; `Err` with the reason when it is not gzip or
+    /// not UTF-8.
+    pub fn gunzipped(&self) -> Result<String, String> {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&self.body[..])
+            .read_to_string(&mut text)
+            .map_err(|e| e.to_string())?;
+        Ok(text)
+    }
+}
+
+type Plan = dyn Fn(&Request) -> Answer + Send + Sync;
+
+struct Shared {
+    requests: Mutex<Vec<Request>>,
+    /// Connections that ended before a complete request (TLS or HTTP).
+    broken: Mutex<Vec<String>>,
+    plan: Box<Plan>,
+    stop: AtomicBool,
+    config: Arc<ServerConfig>,
+}
+
+impl Shared {
+    fn requests(&self) -> MutexGuard<'_, Vec<Request>> {
+        self.requests.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running server; dropping it stops accepting connections.
+pub struct HttpsSink {
+    port: u16,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl HttpsSink {
+    /// Listens on 127.0.0.1 (an ephemeral port). `plan` decides each
+    /// answer; it runs on the connection's thread after the request is read
+    /// and before anything is answered, so it may also look at the world
+    /// at that moment. The request is recorded before `plan` runs (its
+    /// `answer` field then set to the plan's choice).
+    pub fn start(
+        ca: &TestCa,
+        plan: impl Fn(&Request) -> Answer + Send + Sync + 'static,
+    ) -> HttpsSink {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shared = Arc::new(Shared {
+            requests: Mutex::new(Vec::new()),
+            broken: Mutex::new(Vec::new()),
+            plan: Box::new(plan),
+            stop: AtomicBool::new(false),
+            config: ca.server_config.clone(),
+        });
+        let acceptor = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("https-sink-{port}"))
+                .spawn(move || {
+                    for stream in listener.incoming() {
+                        if shared.stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let Ok(stream) = stream else { continue };
+                        let shared = shared.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("https-sink-connection".into())
+                            .spawn(move || connection(stream, &shared));
+                    }
+                })
+                .unwrap()
+        };
+        HttpsSink {
+            port,
+            shared,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Every request received so far, in order.
+    pub fn requests(&self) -> Vec<Request> {
+        self.shared.requests().clone()
+    }
+
+    /// Why connections ended without a complete request.
+    pub fn broken(&self) -> Vec<String> {
+        self.shared
+            .broken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for HttpsSink {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+fn connection(tcp: TcpStream, shared: &Shared) {
+    if shared.stop.load(Ordering::SeqCst) {
+        return;
+    }
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut tls = StreamOwned::new(ServerConnection::new(shared.config.clone()).unwrap(), tcp);
+    let request = match read_request(&mut tls) {
+        Ok(request) => request,
+        Err(reason) => {
+            shared
+                .broken
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(reason);
+            return;
+        }
+    };
+    let index = {
+        let mut requests = shared.requests();
+        let index = requests.len();
+        requests.push(Request {
+            index,
+            answer: Answer::Silence(Duration::ZERO),
+            ..request
+        });
+        index
+    };
+    let snapshot = shared.requests()[index].clone();
+    let answer = (shared.plan)(&snapshot);
+    shared.requests()[index].answer = answer;
+    match answer {
+        Answer::Status(status) => {
+            let body = format!("test server says {status}");
+            let text = format!(
+                "HTTP/1.1 {status} Test\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tls.write_all(text.as_bytes());
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+        Answer::Silence(duration) => {
+            std::thread::sleep(duration);
+        }
+    }
+}
+
+fn read_request(stream: &mut impl Read) -> Result<Request, String> {
+    let mut reader = BufReader::new(stream);
+    let mut request_line = String::new();
+    reader
+        .read_line(&mut request_line)
+        .map_err(|e| format!("request line: {e}"))?;
+    let mut parts = request_line.split_whitespace();
+    let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
+        return Err(format!("bad request line {request_line:?}"));
+    };
+    let (method, path) = (method.to_owned(), path.to_owned());
+    let mut content_type = None;
+    let mut content_length = None;
+    loop {
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .map_err(|e| format!("header: {e}"))?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("bad header line {line:?}"))?;
+        match name.to_ascii_lowercase().as_str() {
+            "content-type" => content_type = Some(value.trim().to_owned()),
+            "content-length" => {
+                content_length = Some(
+                    value
+                        .trim()
+                        .parse::<usize>()
+                        .map_err(|e| format!("Content-Length {value:?}: {e}"))?,
+                )
+            }
+            _ => {}
+        }
+    }
+    let length = content_length.ok_or("no Content-Length")?;
+    let mut body = vec![0; length];
+    reader
+        .read_exact(&mut body)
+        .map_err(|e| format!("body: {e}"))?;
+    Ok(Request {
+        index: 0,
+        method,
+        path,
+        content_type,
+        body,
+        answer: Answer::Silence(Duration::ZERO),
+        received: Instant::now(),
+    })
+}
