@@ -21,7 +21,7 @@ fn vector_datagrams() -> (Vec<Vec<u8>>, i64) {
         ("two.example", "v=TLSRPTv1;rua=https://two.example/tlsrpt"),
         (
             "badrecord.example",
-            "v=TLSRPTv1;rua=ftp://badrecord.example",
+            "v=TLSRPTv2;rua=mailto:r@badrecord.example",
         ),
     ] {
         datagrams.push(
@@ -201,4 +201,111 @@ fn a_collected_day_becomes_reports_in_a_directory_and_tlsrptctl_shows_them() {
     a.sort();
     b.sort();
     assert_eq!(a, b);
+}
+
+/// A report datagram for `domain` whose record asks for mail to
+/// `r@domain`.
+fn mail_datagram(domain: &str) -> Vec<u8> {
+    format!(
+        r#"{{"dpv":"1","d":"{domain}","pr":"v=TLSRPTv1;rua=mailto:r@{domain}","policies":[{{"policy-type":9,"t":0,"f":0}}]}}"#
+    )
+    .into_bytes()
+}
+
+/// SIGKILL while a report mail is being handed over, restart: every
+/// destination ends up with exactly one mail. The cut-off attempt dies
+/// with the daemon (its process does not outlive it), its delivery is
+/// recorded as started, and the restarted daemon makes it again; the
+/// deliveries that were recorded as done are not repeated.
+#[test]
+fn kill_9_during_delivery_neither_loses_nor_duplicates_a_report() {
+    let domains: Vec<String> = (1..=5).map(|i| format!("d{i}.example")).collect();
+    let datagrams: Vec<Vec<u8>> = domains.iter().map(|d| mail_datagram(d)).collect();
+    let collector = collected_day(&datagrams, domains.len() as i64);
+    let mut reportd = Reportd::prepare(&reportd_bin(), &our_fetcher(&collector.storage_url()), &[]);
+    let delivered = reportd.dir.path().join("delivered");
+    std::fs::create_dir(&delivered).unwrap();
+    let counter = reportd.dir.path().join("attempts");
+    // The second attempt hangs (exec: the sleeping process is the
+    // delivery command itself).
+    let script = reportd.write_file(
+        "sendmail.sh",
+        &format!(
+            "msg=$(mktemp {dir}/msg.XXXXXX)\n\
+             cat > \"$msg\"\n\
+             echo x >> {counter}\n\
+             if [ \"$(wc -l < {counter})\" -eq 2 ]; then exec sleep 120; fi\n\
+             mv \"$msg\" {delivered}/\n",
+            dir = reportd.dir.path().display(),
+            counter = counter.display(),
+            delivered = delivered.display()
+        ),
+    );
+    let mut config = std::fs::read_to_string(&reportd.config).unwrap();
+    config.push_str(&format!(
+        "sendmail_script = sh {}\nsendmail_timeout = 300\n",
+        script.display()
+    ));
+    std::fs::write(&reportd.config, config).unwrap();
+    reportd.start();
+    reportd.wait_for(30, "the hanging second delivery", |r| {
+        std::fs::read_to_string(&counter).is_ok_and(|c| c.lines().count() == 2)
+            && r.try_query("SELECT count(*) FROM destinations WHERE status='sending'")
+                .ok()
+                == Some(vec!["1".into()])
+    });
+    assert_eq!(std::fs::read_dir(&delivered).unwrap().count(), 1);
+    let sleeper = Command::new("pgrep")
+        .args(["-f", "^sleep 120"])
+        .output()
+        .unwrap();
+    assert!(!sleeper.stdout.is_empty(), "the hanging delivery runs");
+    reportd.kill9();
+    // The cut-off attempt dies with the daemon.
+    support::wait_until(10, "the delivery command to die with the daemon", || {
+        let ours = Command::new("pgrep")
+            .args(["-f", "^sleep 120"])
+            .output()
+            .unwrap();
+        // Other tests do not run `sleep 120`.
+        ours.stdout.is_empty()
+    });
+    assert_eq!(
+        reportd.query("SELECT count(*) FROM destinations WHERE status='sent'"),
+        ["1"]
+    );
+
+    reportd.start();
+    reportd.wait_for(30, "every destination sent", |r| {
+        r.try_query("SELECT count(*) FROM destinations WHERE status='sent'")
+            .ok()
+            == Some(vec![domains.len().to_string()])
+    });
+    assert!(reportd.terminate().success(), "{}", reportd.log_text());
+    assert!(
+        reportd
+            .log_text()
+            .contains("the previous run stopped during this delivery"),
+        "{}",
+        reportd.log_text()
+    );
+    let mut recipients: Vec<String> = std::fs::read_dir(&delivered)
+        .unwrap()
+        .map(|e| {
+            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("To: "))
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    recipients.sort();
+    let expected: Vec<String> = domains.iter().map(|d| format!("<r@{d}>")).collect();
+    assert_eq!(recipients, expected, "one mail per destination");
+    // Six attempts for five mails: the one cut off was made again.
+    assert_eq!(
+        std::fs::read_to_string(&counter).unwrap().lines().count(),
+        6
+    );
 }
