@@ -309,3 +309,138 @@ fn kill_9_during_delivery_neither_loses_nor_duplicates_a_report() {
         6
     );
 }
+
+/// Two fetchers, one of which hangs: each of its runs is killed at the
+/// time limit, retried, and given up after max_retries_domainlist; the
+/// other fetcher's data makes the reports meanwhile, and the start-up
+/// probe does not hold the daemon up.
+#[test]
+fn a_hung_fetcher_is_killed_retried_and_given_up_without_blocking_the_others() {
+    let datagrams = vec![mail_datagram("alive.example")];
+    let collector = collected_day(&datagrams, 1);
+    let mut reportd = Reportd::prepare(&reportd_bin(), "", &[]);
+    let hang = reportd.write_file("hang.sh", "exec sleep 60\n");
+    let mut config = std::fs::read_to_string(&reportd.config).unwrap().replace(
+        "fetchers = \n",
+        &format!(
+            "fetchers = {}, sh {}\n",
+            our_fetcher(&collector.storage_url()),
+            hang.display()
+        ),
+    );
+    config.push_str(
+        "max_collectd_timeout = 1\nmax_retries_domainlist = 1\nmin_wait_domainlist = 0\nmax_wait_domainlist = 1\n",
+    );
+    let map = reportd.write_file("record.map", ". REPLACE directory:OUTDIR\n");
+    config.push_str(&format!("tlsrpt_record_map = {}\n", map.display()));
+    std::fs::write(&reportd.config, config).unwrap();
+    let started = std::time::Instant::now();
+    reportd.start();
+    let out = reportd.out.clone();
+    reportd.wait_for(25, "the report from the live fetcher", |_| {
+        Reportd::reports_in(&out).len() == 1
+    });
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert_eq!(
+        reportd.query("SELECT fetcherindex || ' ' || status || ' ' || retries FROM fetchjobs ORDER BY fetcherindex"),
+        ["1 ok 0", "2 timedout 1"]
+    );
+    let log = reportd.log_text();
+    assert!(
+        log.contains("did not finish within 1 s and was killed"),
+        "{log}"
+    );
+    assert!(
+        log.contains("giving up after max_retries_domainlist = 1"),
+        "{log}"
+    );
+    assert!(reportd.terminate().success(), "{log}");
+}
+
+/// `tlsrptctl maptest` gives the same destinations as upstream's for
+/// every match type and action.
+#[test]
+fn maptest_agrees_with_upstream() {
+    let reportd = Reportd::prepare(&reportd_bin(), "unused", &[]);
+    let record_map = reportd.write_file(
+        "record.map",
+        "# record map\nreplaced.example REPLACE mailto:new@replaced.example\n.appended.example APPEND https://extra.example/r\ndropped.example DISCARD\n",
+    );
+    let mail_map = reportd.write_file(
+        "mail.map",
+        "regexp:^mailto:(.*)@old\\.example$ REGEXP ^mailto:(.*)@old\\.example$ mailto:\\1@new.example\nspam.example DISCARD\n",
+    );
+    let http_map = reportd.write_file(
+        "http.map",
+        "insecure.example REPLACE https://secure.example/upload\n",
+    );
+    let cases = [
+        (
+            "replaced.example",
+            "v=TLSRPTv1;rua=mailto:a@replaced.example",
+        ),
+        (
+            "sub.appended.example",
+            "v=TLSRPTv1;rua=mailto:a@x.example,https://y.example/r",
+        ),
+        ("dropped.example", "v=TLSRPTv1;rua=mailto:a@dropped.example"),
+        (
+            "other.example",
+            "v=TLSRPTv1; rua=mailto:someone@old.example,mailto:x@spam.example",
+        ),
+        (
+            "web.example",
+            "v=TLSRPTv1;rua=https://insecure.example/r,mailto:tlsrpt@web.example",
+        ),
+    ];
+    let result_line = |out: &str| -> String {
+        out.lines()
+            .find(|l| l.starts_with("Resulting recipients after mapping"))
+            .unwrap_or_else(|| panic!("{out}"))
+            .to_string()
+    };
+    for (domain, record) in cases {
+        let maps = [
+            format!("--tlsrpt_record_map={}", record_map.display()),
+            format!("--mail_destination_map={}", mail_map.display()),
+            format!("--http_upload_map={}", http_map.display()),
+        ];
+        let ours = Command::new(tlsrptctl_bin())
+            .args(["maptest", domain, record])
+            .args(&maps)
+            .output()
+            .unwrap();
+        let theirs = Command::new(support::upstream("tlsrptctl"))
+            .args(["maptest", domain, record])
+            .args(&maps)
+            .output()
+            .unwrap();
+        assert!(
+            ours.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ours.stderr)
+        );
+        assert!(
+            theirs.status.success(),
+            "{}",
+            String::from_utf8_lossy(&theirs.stderr)
+        );
+        assert_eq!(
+            result_line(&String::from_utf8_lossy(&ours.stdout)),
+            result_line(&String::from_utf8_lossy(&theirs.stdout)),
+            "{domain} {record}"
+        );
+    }
+    // A documented fix: a percent-encoded mailto address is decoded
+    // (RFC 8460 section 3: the rua URIs are URIs); upstream keeps "%2B".
+    let ours = Command::new(tlsrptctl_bin())
+        .args([
+            "maptest",
+            "x.example",
+            "v=TLSRPTv1;rua=mailto:tls%2Brpt@x.example",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&ours.stdout);
+    assert!(text.contains("['mailto:tls+rpt@x.example']"), "{text}");
+}

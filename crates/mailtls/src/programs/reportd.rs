@@ -50,7 +50,7 @@ pub const OPTIONS: [OptionSpec; 43] = [
     OptionSpec { name: "sendmail_timeout", kind: Kind::Int, default: "10", help: "Seconds sendmail_script (or an SMTP submission) may take" },
     OptionSpec { name: "spread_out_delivery", kind: Kind::Int, default: "36000", help: "Seconds over which the first deliveries of a day's reports are spread (RFC 8460 section 4.1)" },
     OptionSpec { name: "interval_main_loop", kind: Kind::Int, default: "300", help: "Longest sleep of the main loop, in seconds" },
-    OptionSpec { name: "max_collectd_timeout", kind: Kind::Int, default: "10", help: "Seconds one fetcher run may take before it is killed and retried (a bulk run: 60 times this)" },
+    OptionSpec { name: "max_collectd_timeout", kind: Kind::Int, default: "10", help: "Seconds one fetcher run may take before it is killed and retried (a bulk run may take 60 times this, but may not pause its output for longer)" },
     OptionSpec { name: "max_collectd_timediff", kind: Kind::Int, default: "10", help: "Warn when a fetcher's clock differs from ours by more seconds" },
     OptionSpec { name: "max_retries_delivery", kind: Kind::Int, default: "5", help: "Retries of a failed delivery. Unless this or a *_wait_delivery option is set, failed deliveries are retried with backoff for 24 hours (RFC 8460 section 5.5)" },
     OptionSpec { name: "min_wait_delivery", kind: Kind::Int, default: "300", help: "Least seconds between delivery attempts (when set: upstream's fixed rule)" },
@@ -140,8 +140,9 @@ pub fn main(matches: &ArgMatches) -> i32 {
         Err(code) => return code,
     };
     log::info!("TLSRPT reportd starting");
-    let clock = match mailtls_common::clock::from_env() {
-        Ok(c) => c,
+    // Leaked: it lives as long as the process, and the probe threads need it.
+    let clock: &'static dyn Clock = match mailtls_common::clock::from_env() {
+        Ok(c) => Box::leak(c),
         Err(e) => {
             log::error!("{e}");
             return exit::USAGE;
@@ -158,7 +159,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
         }
     };
     let _pid = PidFile::create(settings.get_str("pidfilename"));
-    probe_fetchers(&config, clock.as_ref());
+    probe_fetchers(&config, clock);
     let db = match ReportdDb::open(&config.dbname) {
         Ok(db) => db,
         Err(e) => {
@@ -167,7 +168,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
         }
     };
     log::info!("database {} looks OK", config.dbname.display());
-    let mut reportd = Reportd::new(config, db, deliverer, clock.as_ref());
+    let mut reportd = Reportd::new(config, db, deliverer, clock);
     let stopper = reportd.stopper();
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
@@ -199,34 +200,25 @@ pub fn main(matches: &ArgMatches) -> i32 {
 }
 
 /// Upstream's start-up test of each fetcher (day 1999-01-01): problems are
-/// logged, not fatal, because a remote collector may come up later.
-fn probe_fetchers(config: &ReportdConfig, clock: &dyn Clock) {
-    let now = || clock.now();
-    std::thread::scope(|scope| {
-        let probes: Vec<_> = config
-            .fetchers
-            .iter()
-            .enumerate()
-            .map(|(index, command)| {
-                let now = &now;
-                scope.spawn(move || {
-                    let findings = Fetcher::new(command)
-                        .map(|f| f.probe(now, config.max_collectd_timediff))
-                        .unwrap_or_else(|| vec!["empty command".into()]);
-                    (index + 1, command, findings)
-                })
-            })
-            .collect();
-        for probe in probes {
-            let (index, command, findings) = probe.join().expect("probe threads do not panic");
+/// logged, not fatal, because a remote collector may come up later. The
+/// tests run in the background (upstream waits up to 30 s for each), so a
+/// hung fetcher does not hold up the start.
+fn probe_fetchers(config: &ReportdConfig, clock: &'static dyn Clock) {
+    for (index, command) in config.fetchers.iter().enumerate() {
+        let (index, command) = (index + 1, command.clone());
+        let max_timediff = config.max_collectd_timediff;
+        std::thread::spawn(move || {
+            let findings = Fetcher::new(&command)
+                .map(|f| f.probe(&|| clock.now(), max_timediff))
+                .unwrap_or_else(|| vec!["empty command".into()]);
             if findings.is_empty() {
                 log::info!("fetcher {index} `{command}` answers as expected");
             }
             for finding in findings {
                 log::error!("test of fetcher {index} `{command}` failed: {finding}");
             }
-        }
-    });
+        });
+    }
 }
 
 fn non_empty(settings: &Settings, name: &str) -> Option<String> {

@@ -33,7 +33,8 @@ use crate::reports::make_reports;
 use crate::schedule::{random_wait, Spread};
 
 /// A bulk answer covers a whole day: it may take this many times as long
-/// as one ordinary fetcher run, and be this large.
+/// as one ordinary fetcher run (but may not stall for longer than one run
+/// may take), and be this large.
 const BULK_TIME_FACTOR: u32 = 60;
 const BULK_MAX_OUTPUT: usize = 1 << 30;
 /// Reports made per database transaction.
@@ -192,6 +193,7 @@ impl<'c> Reportd<'c> {
         Limits {
             timeout: self.cfg.fetcher_timeout,
             max_output: DEFAULT_MAX_OUTPUT,
+            idle_timeout: None,
         }
     }
 
@@ -214,6 +216,7 @@ impl<'c> Reportd<'c> {
             let bulk_limits = Limits {
                 timeout: limits.timeout * BULK_TIME_FACTOR,
                 max_output: BULK_MAX_OUTPUT,
+                idle_timeout: Some(limits.timeout),
             };
             let try_bulk = self.cfg.fetcher_bulk
                 && !self
@@ -491,6 +494,7 @@ impl<'c> Reportd<'c> {
                 }
                 Ok(())
             })?;
+            let batch_started = Instant::now();
             let mut outcomes = Vec::with_capacity(batch.len());
             let mut directories: HashMap<std::path::PathBuf, Directory> = HashMap::new();
             for delivery in batch {
@@ -502,6 +506,7 @@ impl<'c> Reportd<'c> {
                     .or_insert_with(|| Directory::new(path));
                 outcomes.push(self.deliverer.store_unsynced(delivery, directory));
             }
+            let written = batch_started.elapsed();
             for (path, directory) in &directories {
                 if let Err(err) = directory.sync() {
                     let reason = format!("cannot flush {} to disk: {err}", path.display());
@@ -512,6 +517,12 @@ impl<'c> Reportd<'c> {
                     }
                 }
             }
+            log::debug!(
+                "stored {} report file(s): written in {:.3} s, on disk after {:.3} s",
+                batch.len(),
+                written.as_secs_f64(),
+                batch_started.elapsed().as_secs_f64()
+            );
             let recorded: Vec<DeliveryOutcome> = batch
                 .iter()
                 .zip(outcomes)

@@ -38,6 +38,12 @@ const DDL: [&str; 6] = [
     "INSERT INTO dbversion(version, installdate, purpose)  VALUES(1,strftime('%Y-%m-%d %H-%M-%f','now'),'TLSRPT-Reportd-DB-devel-2024-10-28')",
 ];
 
+/// An index upstream lacks: each new report counts its day's and domain's
+/// reports, which without it scans the whole table (quadratic time, 30 s
+/// for 10 000 domains). Upstream's queries and checks ignore it.
+const REPORTS_INDEX: &str =
+    "CREATE INDEX IF NOT EXISTS mailtls_reports_day_domain ON reports(day, domain)";
+
 /// Upstream's wait for a lock held by another writer (Python's default).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -217,6 +223,7 @@ impl ReportdDb {
                 tx.execute(statement, [])?;
             }
         }
+        tx.execute(REPORTS_INDEX, [])?;
         tx.commit()?;
         Ok(ReportdDb { conn })
     }
@@ -423,11 +430,15 @@ impl ReportdDb {
         Ok(())
     }
 
-    /// The (day, domain) pairs with some fetched data, none still pending
-    /// and no report yet: upstream's condition for making the reports.
+    /// The (day, domain) pairs with some fetched data, none still pending,
+    /// every fetch job of the day ended, and no report yet. (Upstream needs
+    /// no fetch job condition: it fetches details only after all lists are
+    /// in. A bulk answer brings details with the list, and another fetcher
+    /// may still add to the same domain.)
     pub fn ready_for_report(&self) -> Result<Vec<(NaiveDate, String)>> {
         let mut stmt = self.conn.prepare(
             "SELECT DISTINCT day, domain FROM reportdata WHERE status='fetched' \
+             AND day NOT IN (SELECT day FROM fetchjobs WHERE status IS NULL) \
              AND NOT (day, domain) IN (SELECT day, domain FROM reportdata WHERE status IS NULL) \
              AND NOT (day, domain) IN (SELECT day, domain FROM reports) \
              ORDER BY day, domain",
@@ -885,7 +896,7 @@ mod tests {
         let theirs = ours.with_file_name("upstream.sqlite");
         let dump = "import sqlite3, sys\n\
             c = sqlite3.connect(sys.argv[1])\n\
-            print(c.execute(\"SELECT group_concat(sql, ';') FROM sqlite_master\").fetchone()[0])\n\
+            print(c.execute(\"SELECT group_concat(sql, ';') FROM sqlite_master WHERE name NOT LIKE 'mailtls_%'\").fetchone()[0])\n\
             print(c.execute('SELECT version, purpose FROM dbversion').fetchall())";
         python(
             "import sqlite3, sys, types\n\

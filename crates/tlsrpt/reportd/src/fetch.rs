@@ -52,6 +52,9 @@ pub struct Limits {
     pub timeout: Duration,
     /// More standard output than this is refused and the command killed.
     pub max_output: usize,
+    /// A command that writes nothing for this long is killed, too: a
+    /// long bulk answer may take minutes, a hung one should not.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// The three header lines of a domain list.
@@ -159,6 +162,7 @@ impl Fetcher {
         let limits = Limits {
             timeout: PROBE_TIMEOUT,
             max_output: DEFAULT_MAX_OUTPUT,
+            idle_timeout: None,
         };
         let output = match self.run(&[pytime::day(PROBE_DAY)], limits) {
             Ok(output) => output,
@@ -204,20 +208,32 @@ impl Fetcher {
             Stderr(Vec<u8>),
         }
         let deadline = Instant::now() + limits.timeout;
+        let last_output = std::sync::Mutex::new(Instant::now());
         let (tx, rx) = mpsc::channel();
         let (mut status, mut output, mut errors, mut timed_out) = (None, None, Vec::new(), false);
         thread::scope(|scope| {
             let sender = tx.clone();
+            let activity = &last_output;
             scope.spawn(move || {
                 let mut data = Vec::new();
-                let read = (&mut stdout)
-                    .take(limits.max_output as u64 + 1)
-                    .read_to_end(&mut data);
-                if data.len() > limits.max_output {
-                    // Nobody reads the rest: stop the writer now.
-                    let _ = killpg(group, Signal::SIGKILL);
-                }
-                let _ = sender.send(Event::Stdout(read.map(|_| data)));
+                let mut chunk = vec![0u8; 64 * 1024];
+                let read = loop {
+                    match stdout.read(&mut chunk) {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => {
+                            data.extend_from_slice(&chunk[..n]);
+                            *activity.lock().expect("not poisoned") = Instant::now();
+                            if data.len() > limits.max_output {
+                                // Nobody reads the rest: stop the writer now.
+                                let _ = killpg(group, Signal::SIGKILL);
+                                break Ok(());
+                            }
+                        }
+                        Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(err) => break Err(err),
+                    }
+                };
+                let _ = sender.send(Event::Stdout(read.map(|()| data)));
             });
             let sender = tx.clone();
             scope.spawn(move || {
@@ -228,16 +244,28 @@ impl Fetcher {
             });
             // All three must end: the output pipes may be held open by the
             // command's children after it exited.
-            for _ in 0..3 {
-                let event =
-                    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                        Ok(event) => event,
-                        Err(_) => {
-                            timed_out = true;
-                            let _ = killpg(group, Signal::SIGKILL);
-                            rx.recv().expect("every reader and the waiter answer")
+            let mut answered = 0;
+            while answered < 3 {
+                let mut wait = deadline.saturating_duration_since(Instant::now());
+                if let Some(idle) = limits.idle_timeout {
+                    let quiet_until = *last_output.lock().expect("not poisoned") + idle;
+                    wait = wait.min(quiet_until.saturating_duration_since(Instant::now()));
+                }
+                let event = match rx.recv_timeout(wait) {
+                    Ok(event) => event,
+                    Err(_) => {
+                        let now = Instant::now();
+                        let idle_for = now - *last_output.lock().expect("not poisoned");
+                        if now < deadline && limits.idle_timeout.is_some_and(|idle| idle_for < idle)
+                        {
+                            continue; // output came meanwhile
                         }
-                    };
+                        timed_out = true;
+                        let _ = killpg(group, Signal::SIGKILL);
+                        rx.recv().expect("every reader and the waiter answer")
+                    }
+                };
+                answered += 1;
                 match event {
                     Event::Exited(result) => status = Some(result),
                     Event::Stdout(result) => output = Some(result),
@@ -254,10 +282,17 @@ impl Fetcher {
             format!(": {}", errors.replace('\n', " | "))
         };
         if timed_out {
-            return Err(format!(
-                "`{name}` did not finish within {} s and was killed{errors}",
-                limits.timeout.as_secs_f64()
-            ));
+            let idle_for = last_output.lock().expect("not poisoned").elapsed();
+            return Err(match limits.idle_timeout {
+                Some(idle) if idle_for >= idle && Instant::now() < deadline => format!(
+                    "`{name}` wrote nothing for {} s and was killed{errors}",
+                    idle.as_secs_f64()
+                ),
+                _ => format!(
+                    "`{name}` did not finish within {} s and was killed{errors}",
+                    limits.timeout.as_secs_f64()
+                ),
+            });
         }
         let output = output
             .expect("the reader answered")
@@ -479,6 +514,7 @@ mod tests {
         Limits {
             timeout: Duration::from_secs(20),
             max_output: DEFAULT_MAX_OUTPUT,
+            idle_timeout: None,
         }
     }
 
@@ -659,6 +695,30 @@ fi
                 "{name}: {reason}"
             );
         }
+    }
+
+    #[test]
+    fn a_long_answer_may_take_its_time_but_not_stall() {
+        let dir = tempfile::tempdir().unwrap();
+        let idle = Limits {
+            timeout: Duration::from_secs(20),
+            idle_timeout: Some(SECOND),
+            ..limits()
+        };
+        let slow = "echo 'TLSRPT FETCHER v1devel-c domain list'; date -u '+%Y-%m-%d %H:%M:%S'; echo 2026-11-21; \
+                    for d in a b c d e; do sleep 0.4; echo $d.example; done; echo .";
+        match fetcher(&dir, "slow", slow).domain_list(day(21), idle) {
+            ListAnswer::Ok { domains, .. } => assert_eq!(domains.len(), 5),
+            other => panic!("{other:?}"),
+        }
+        let start = Instant::now();
+        let stalled = "echo 'TLSRPT FETCHER v1devel-c domain list'; exec sleep 30";
+        let reason = retry_reason(fetcher(&dir, "stalled", stalled).domain_list(day(21), idle));
+        assert!(start.elapsed() < Duration::from_secs(10));
+        assert!(
+            reason.contains("wrote nothing for 1 s and was killed"),
+            "{reason}"
+        );
     }
 
     #[test]
