@@ -444,3 +444,52 @@ fn maptest_agrees_with_upstream() {
     let text = String::from_utf8_lossy(&ours.stdout);
     assert!(text.contains("['mailto:tls+rpt@x.example']"), "{text}");
 }
+
+/// The README's first command: `mailtls run` starts the collector and the
+/// report daemon in a local directory, says where everything is, and
+/// stops cleanly on SIGTERM.
+#[test]
+fn mailtls_run_starts_everything_and_stops_cleanly() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(support::mailtls_bin())
+        .args(["run", "--dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = dir.path().join("tlsrpt-collectd.socket");
+    support::wait_until(20, "the collector's socket", || socket.exists());
+    support::send(&socket, &mail_datagram("run.example"));
+    let db = dir.path().join("reportd.sqlite");
+    support::wait_until(20, "the report daemon's fetch job", || {
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT count(*) FROM fetchjobs WHERE status='ok'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .is_ok_and(|n| n == 1)
+    });
+    support::signal(&child, libc::SIGTERM);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let mut banner = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut banner)
+        .unwrap();
+    assert!(
+        banner.contains(&format!("TLSRPT collector socket   {}", socket.display())),
+        "{banner}"
+    );
+    assert!(banner.contains("(written there, not sent)"), "{banner}");
+    assert!(banner.contains("smtp_tlsrpt_socket_name"), "{banner}");
+    assert!(!socket.exists(), "the socket is removed at exit");
+    assert_eq!(support::total_count(&dir.path().join("collectd.sqlite")), 1);
+}

@@ -1115,7 +1115,7 @@ fn our_reportd_makes_the_same_reports_as_the_upstream_pipeline() {
         );
     }
     let (ours_v1, log) = reports_by(&support::reportd::reportd_bin(), &upstream_fetcher, count);
-    assert!(log.contains("gives no bulk answers"), "{log}");
+    assert!(log.contains("gave no bulk answer"), "{log}");
     assert!(!log.contains("in one bulk answer"), "{log}");
     assert_eq!(ours_v1, ours, "with the upstream fetcher");
 }

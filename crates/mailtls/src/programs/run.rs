@@ -1,6 +1,8 @@
 //! `mailtls run`: everything built so far, on embedded SQLite, with a default
-//! configuration in a local directory and no root needed. Prints where the
-//! socket is and how to point Postfix at it.
+//! configuration in a local directory and no root needed: the TLSRPT
+//! collector, and the report daemon writing the daily reports into a local
+//! directory (nothing is sent anywhere). Prints where the socket is and how
+//! to point Postfix at it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,6 +10,14 @@ use std::time::Duration;
 use clap::{Arg, ArgMatches, Command};
 use tlsrpt_collectd::socket::Permissions;
 use tlsrpt_collectd::CollectdConfig;
+use tlsrpt_delivery::{HttpScript, HttpTransport, MailTransport, Sendmail};
+use tlsrpt_report::maps::DestinationMaps;
+use tlsrpt_report::report::ReportingOrganization;
+use tlsrpt_reportd::config::{FetchRetry, ReportdConfig};
+use tlsrpt_reportd::daemon::Reportd;
+use tlsrpt_reportd::db::ReportdDb;
+use tlsrpt_reportd::deliver::Deliverer;
+use tlsrpt_reportd::schedule::DeliveryRetry;
 
 pub fn command() -> Command {
     Command::new("run")
@@ -17,9 +27,11 @@ pub fn command() -> Command {
         .long_about(
             "Start the mailtls services with a default configuration: the TLSRPT collector \
              listening on DIR/tlsrpt-collectd.socket and counting into DIR/collectd.sqlite \
-             (embedded SQLite). Prints where everything is and how to point Postfix and the \
-             fetcher at it; stops cleanly on Ctrl-C or SIGTERM. For production, run the \
-             programs (tlsrpt-collectd, ...) with their own configuration files instead.",
+             (embedded SQLite), and the report daemon, which after each UTC midnight makes \
+             the RFC 8460 reports of the completed day and writes them into DIR/reports \
+             instead of sending them. Prints where everything is and how to point Postfix \
+             at it; stops cleanly on Ctrl-C or SIGTERM. For production, run the programs \
+             (tlsrpt-collectd, tlsrpt-reportd, ...) with their own configuration files.",
         )
         .arg(
             Arg::new("dir")
@@ -65,9 +77,113 @@ pub fn main(matches: &ArgMatches) -> i32 {
         return 1;
     }
     let config = default_config(&dir);
-    print_banner(&dir, &config, &log_file);
+    let reports = dir.join("reports");
+    let reportd = match start_reportd(&dir, &config, &reports) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mailtls run: report daemon: {e}");
+            return 1;
+        }
+    };
+    print_banner(&dir, &config, &log_file, &reports);
     let clock = mailtls_common::clock::SystemClock;
-    tlsrpt_collectd::run(config, &clock)
+    let code = tlsrpt_collectd::run(config, &clock);
+    reportd.0.stop();
+    let _ = reportd.1.join();
+    code
+}
+
+/// The report daemon on a thread: fetching from the collector above with
+/// our fetcher, every report into `reports`.
+fn start_reportd(
+    dir: &Path,
+    collector: &CollectdConfig,
+    reports: &Path,
+) -> Result<(tlsrpt_reportd::daemon::Stopper, std::thread::JoinHandle<()>), String> {
+    std::fs::create_dir_all(reports).map_err(|e| format!("{}: {e}", reports.display()))?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let fetcher = format!(
+        "{} fetcher --storage {}",
+        exe.display(),
+        collector.storage[0].url
+    );
+    let maps = DestinationMaps::from_texts(
+        &format!(". REPLACE directory:{}", reports.display()),
+        "",
+        "",
+    )
+    .map_err(|e| e.to_string())?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let contact_info = format!("tlsrpt@{host}");
+    let config = ReportdConfig {
+        dbname: dir.join("reportd.sqlite"),
+        fetchers: vec![fetcher],
+        fetcher_bulk: true,
+        organization: ReportingOrganization {
+            name: format!("mailtls on {host}"),
+            contact_info: contact_info.clone(),
+        },
+        submitter: host.to_lowercase(),
+        sender_address: contact_info,
+        keep_days: 10,
+        compression_level: -1,
+        debug_send_mail_dest: None,
+        debug_send_http_dest: None,
+        debug_send_file_dest: None,
+        maps,
+        spread_out_delivery: 1,
+        interval_main_loop: Duration::from_secs(300),
+        fetcher_timeout: Duration::from_secs(10),
+        max_collectd_timediff: Duration::from_secs(10),
+        delivery_retry: DeliveryRetry::default(),
+        domainlist_retry: FetchRetry {
+            max_retries: 5,
+            min_wait: 30,
+            max_wait: 300,
+        },
+        domaindetails_retry: FetchRetry {
+            max_retries: 5,
+            min_wait: 30,
+            max_wait: 300,
+        },
+    };
+    // Never used (every report goes into the directory), but required.
+    let deliverer = Deliverer {
+        organization_name: config.organization.name.clone(),
+        submitter: config.submitter.clone(),
+        sender_address: config.sender_address.clone(),
+        compression_level: -1,
+        mail: MailTransport::Sendmail(
+            Sendmail::new(Sendmail::DEFAULT_COMMAND, Duration::from_secs(10))
+                .map_err(|e| e.to_string())?,
+        ),
+        dkim: None,
+        http: HttpTransport::Script(
+            HttpScript::new(HttpScript::DEFAULT_COMMAND, Duration::from_secs(10))
+                .map_err(|e| e.to_string())?,
+        ),
+        debug_send_mail_dest: None,
+        debug_send_http_dest: None,
+        debug_send_file_dest: None,
+    };
+    let db =
+        ReportdDb::open(&config.dbname).map_err(|e| format!("{}: {e}", config.dbname.display()))?;
+    let clock: &'static mailtls_common::clock::SystemClock = &mailtls_common::clock::SystemClock;
+    let mut reportd = Reportd::new(config, db, deliverer, clock);
+    let stopper = reportd.stopper();
+    let handle = std::thread::Builder::new()
+        .name("reportd".into())
+        .spawn(move || {
+            if let Err(e) = reportd.run() {
+                log::error!("report daemon stopped: {e}");
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok((stopper, handle))
 }
 
 /// The collector's configuration under `dir`.
@@ -87,7 +203,7 @@ pub fn default_config(dir: &Path) -> CollectdConfig {
     }
 }
 
-fn print_banner(dir: &Path, config: &CollectdConfig, log_file: &Path) {
+fn print_banner(dir: &Path, config: &CollectdConfig, log_file: &Path, reports: &Path) {
     let socket = config.socket.display();
     let storage = &config.storage[0];
     println!("mailtls is running (Ctrl-C to stop)");
@@ -97,6 +213,14 @@ fn print_banner(dir: &Path, config: &CollectdConfig, log_file: &Path) {
     println!(
         "  completed days            {}",
         tlsrpt_store::yesterday_path(&storage.path).display()
+    );
+    println!(
+        "  daily reports (RFC 8460)  {} (written there, not sent)",
+        reports.display()
+    );
+    println!(
+        "  report state              {}",
+        dir.join("reportd.sqlite").display()
     );
     println!("  log                       {}", log_file.display());
     println!("  web UI                    none yet (the PostTLS dashboard is not built yet)");
@@ -113,6 +237,10 @@ fn print_banner(dir: &Path, config: &CollectdConfig, log_file: &Path) {
     println!(
         "Read a completed day: tlsrpt-fetcher --storage {} YYYY-MM-DD",
         storage.url
+    );
+    println!(
+        "Report status:        tlsrptctl status --dbname {}",
+        dir.join("reportd.sqlite").display()
     );
     println!();
 }

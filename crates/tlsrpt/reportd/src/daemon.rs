@@ -87,7 +87,7 @@ pub struct Reportd<'c> {
     events: (Sender<Event>, Receiver<Event>),
     /// Fetcher commands whose worker is busy.
     busy: HashSet<String>,
-    /// Fetcher commands that refused or ignored `--bulk`.
+    /// Fetcher commands that ignored `--bulk` (answered with a v1 list).
     no_bulk: Arc<std::sync::Mutex<HashSet<String>>>,
     workers: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
@@ -678,16 +678,16 @@ fn fetch_list(
                 return list(answer);
             }
             BulkAnswer::RetryLater(reason) => {
+                // Upstream's fetcher refuses the option; the failure may
+                // also be passing (a collector that has not rolled over
+                // yet), so the next job asks for bulk again: one process
+                // more per day.
                 let answer = fetcher.domain_list(job.day, limits);
                 if matches!(answer, ListAnswer::Ok { .. } | ListAnswer::NotReady(_)) {
                     log::info!(
-                        "fetcher `{}` gives no bulk answers ({reason}); asking it once per domain",
+                        "fetcher `{}` gave no bulk answer ({reason}); asking it once per domain",
                         job.fetcher
                     );
-                    no_bulk
-                        .lock()
-                        .expect("not poisoned")
-                        .insert(job.fetcher.clone());
                 }
                 return list(answer);
             }
