@@ -226,6 +226,7 @@ fn kill_9_during_delivery_neither_loses_nor_duplicates_a_report() {
     let delivered = reportd.dir.path().join("delivered");
     std::fs::create_dir(&delivered).unwrap();
     let counter = reportd.dir.path().join("attempts");
+    let pid_file = reportd.dir.path().join("hanging.pid");
     // The second attempt hangs (exec: the sleeping process is the
     // delivery command itself).
     let script = reportd.write_file(
@@ -234,11 +235,12 @@ fn kill_9_during_delivery_neither_loses_nor_duplicates_a_report() {
             "msg=$(mktemp {dir}/msg.XXXXXX)\n\
              cat > \"$msg\"\n\
              echo x >> {counter}\n\
-             if [ \"$(wc -l < {counter})\" -eq 2 ]; then exec sleep 120; fi\n\
+             if [ \"$(wc -l < {counter})\" -eq 2 ]; then echo $$ > {pid}; exec sleep 120; fi\n\
              mv \"$msg\" {delivered}/\n",
             dir = reportd.dir.path().display(),
             counter = counter.display(),
-            delivered = delivered.display()
+            delivered = delivered.display(),
+            pid = pid_file.display()
         ),
     );
     let mut config = std::fs::read_to_string(&reportd.config).unwrap();
@@ -249,27 +251,45 @@ fn kill_9_during_delivery_neither_loses_nor_duplicates_a_report() {
     std::fs::write(&reportd.config, config).unwrap();
     reportd.start();
     reportd.wait_for(30, "the hanging second delivery", |r| {
-        std::fs::read_to_string(&counter).is_ok_and(|c| c.lines().count() == 2)
+        std::fs::read_to_string(&pid_file).is_ok_and(|p| p.ends_with('\n'))
             && r.try_query("SELECT count(*) FROM destinations WHERE status='sending'")
                 .ok()
                 == Some(vec!["1".into()])
     });
     assert_eq!(std::fs::read_dir(&delivered).unwrap().count(), 1);
-    let sleeper = Command::new("pgrep")
-        .args(["-f", "^sleep 120"])
-        .output()
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
         .unwrap();
-    assert!(!sleeper.stdout.is_empty(), "the hanging delivery runs");
+    let state = |pid: u32| -> Option<String> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        Some(
+            status
+                .lines()
+                .filter(|l| {
+                    l.starts_with("State:") || l.starts_with("PPid:") || l.starts_with("Name:")
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+    };
+    assert!(state(pid).is_some(), "the hanging delivery runs");
     reportd.kill9();
-    // The cut-off attempt dies with the daemon.
-    support::wait_until(10, "the delivery command to die with the daemon", || {
-        let ours = Command::new("pgrep")
-            .args(["-f", "^sleep 120"])
-            .output()
-            .unwrap();
-        // Other tests do not run `sleep 120`.
-        ours.stdout.is_empty()
-    });
+    // The cut-off attempt dies with the daemon (gone, or a zombie nobody
+    // has reaped yet).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match state(pid) {
+            None => break,
+            Some(s) if s.contains("State:\tZ") => break,
+            Some(s) => assert!(
+                std::time::Instant::now() < deadline,
+                "still running after the daemon died: {s}"
+            ),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_eq!(
         reportd.query("SELECT count(*) FROM destinations WHERE status='sent'"),
         ["1"]

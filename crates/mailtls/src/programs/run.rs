@@ -102,6 +102,7 @@ fn start_reportd(
 ) -> Result<(tlsrpt_reportd::daemon::Stopper, std::thread::JoinHandle<()>), String> {
     std::fs::create_dir_all(reports).map_err(|e| format!("{}: {e}", reports.display()))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let yesterday = tlsrpt_store::yesterday_path(&collector.storage[0].path);
     let fetcher = format!(
         "{} fetcher --storage {}",
         exe.display(),
@@ -178,6 +179,12 @@ fn start_reportd(
     let handle = std::thread::Builder::new()
         .name("reportd".into())
         .spawn(move || {
+            // The collector makes its files as it starts; a fetch before
+            // that would fail and wait for its retry (minutes).
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !yesterday.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             if let Err(e) = reportd.run() {
                 log::error!("report daemon stopped: {e}");
             }

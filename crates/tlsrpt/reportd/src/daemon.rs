@@ -87,7 +87,8 @@ pub struct Reportd<'c> {
     events: (Sender<Event>, Receiver<Event>),
     /// Fetcher commands whose worker is busy.
     busy: HashSet<String>,
-    /// Fetcher commands that ignored `--bulk` (answered with a v1 list).
+    /// Fetcher commands that ignored `--bulk` (answered with a v1 list) or
+    /// refused it as an unknown option.
     no_bulk: Arc<std::sync::Mutex<HashSet<String>>>,
     workers: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
@@ -688,6 +689,14 @@ fn fetch_list(
                         "fetcher `{}` gave no bulk answer ({reason}); asking it once per domain",
                         job.fetcher
                     );
+                    // Upstream's argparse says so plainly: no need to ask
+                    // again (and fill its log) every day.
+                    if reason.contains("unrecognized arguments: --bulk") {
+                        no_bulk
+                            .lock()
+                            .expect("not poisoned")
+                            .insert(job.fetcher.clone());
+                    }
                 }
                 return list(answer);
             }
