@@ -1,7 +1,7 @@
 //! `mailtls`: one binary with a subcommand per program.
 
 use clap::Command;
-use mailtls::programs::{collectd, fetcher, loadgen, reportd, run, tlsrptctl};
+use mailtls::programs::{collectd, fetcher, loadgen, posttls, reportd, run, tlsrptctl};
 
 fn main() {
     let cli = Command::new("mailtls")
@@ -20,6 +20,7 @@ fn main() {
         .subcommand(fetcher::command().name("fetcher"))
         .subcommand(reportd::command().name("reportd"))
         .subcommand(tlsrptctl::command())
+        .subcommand(posttls::command())
         .subcommand(loadgen::command())
         .subcommand(loadgen::sink_command().hide(true));
     let matches = cli.get_matches();
@@ -29,6 +30,7 @@ fn main() {
         Some(("fetcher", m)) => fetcher::main(m),
         Some(("reportd", m)) => reportd::main(m),
         Some(("tlsrptctl", m)) => tlsrptctl::main(m),
+        Some(("posttls", m)) => posttls::main(m),
         Some(("loadgen", m)) => loadgen::main(m),
         Some(("count-sink", m)) => loadgen::sink_main(m),
         _ => unreachable!("clap requires a known subcommand"),

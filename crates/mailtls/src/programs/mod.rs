@@ -5,6 +5,7 @@
 pub mod collectd;
 pub mod fetcher;
 pub mod loadgen;
+pub mod posttls;
 pub mod reportd;
 pub mod run;
 pub mod tlsrptctl;
@@ -32,4 +33,53 @@ pub(crate) fn start(
         .map_err(|e| fail(&e))?;
     settings.log();
     Ok(settings)
+}
+
+/// The SMTP relay `relay` (`HOST`, `HOST:PORT` or `[ADDRESS]:PORT`) with
+/// the program's `smtp_security`, `smtp_user` and `smtp_password_file`
+/// options: how report mail (reportd) and notifications (PostTLS) are
+/// submitted when a relay is configured.
+pub(crate) fn smtp_transport(
+    settings: &Settings,
+    relay: &str,
+    timeout: std::time::Duration,
+    trust: &tlsrpt_delivery::TrustAnchors,
+) -> Result<tlsrpt_delivery::Smtp, String> {
+    use tlsrpt_delivery::{Smtp, SmtpCredentials, SmtpSecurity};
+    let security = match settings.get_str("smtp_security") {
+        "starttls" => SmtpSecurity::StartTls,
+        "tls" => SmtpSecurity::ImplicitTls,
+        "plain" => SmtpSecurity::Plaintext,
+        other => {
+            return Err(format!(
+                "smtp_security {other:?} is not one of starttls, tls, plain"
+            ))
+        }
+    };
+    let (host, port) = match relay.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') || host.starts_with('[') => (
+            host.trim_start_matches('[').trim_end_matches(']'),
+            port.parse::<u16>()
+                .map_err(|_| format!("smtp_relay {relay:?}: bad port {port:?}"))?,
+        ),
+        _ => (relay, security.default_port()),
+    };
+    let credentials = match Some(settings.get_str("smtp_user"))
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+    {
+        None => None,
+        Some(user) => {
+            let file = Some(settings.get_str("smtp_password_file"))
+                .filter(|f| !f.is_empty())
+                .ok_or("smtp_user is set but smtp_password_file is not")?;
+            let password = std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read smtp_password_file {file}: {e}"))?;
+            Some(SmtpCredentials {
+                user,
+                password: password.trim_end_matches(['\r', '\n']).to_string(),
+            })
+        }
+    };
+    Smtp::new(host, port, security, credentials, timeout, trust).map_err(|e| e.to_string())
 }

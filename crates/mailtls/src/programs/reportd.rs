@@ -11,8 +11,7 @@ use mailtls_common::config::{add_options, Kind, OptionSpec, ProgramSpec, Setting
 use mailtls_common::pidfile::PidFile;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tlsrpt_delivery::{
-    DkimSigner, HttpScript, HttpTransport, HttpsPost, MailTransport, Sendmail, Smtp,
-    SmtpCredentials, SmtpSecurity, TrustAnchors,
+    DkimSigner, HttpScript, HttpTransport, HttpsPost, MailTransport, Sendmail, TrustAnchors,
 };
 use tlsrpt_report::maps::DestinationMaps;
 use tlsrpt_report::report::{submitter_domain, ReportingOrganization};
@@ -281,9 +280,12 @@ pub fn config_from(settings: &Settings) -> Result<(ReportdConfig, Deliverer), St
             Sendmail::new(settings.get_str("sendmail_script"), sendmail_timeout)
                 .map_err(|e| e.to_string())?,
         ),
-        Some(relay) => {
-            MailTransport::Smtp(smtp_from(settings, &relay, sendmail_timeout, &trust()?)?)
-        }
+        Some(relay) => MailTransport::Smtp(super::smtp_transport(
+            settings,
+            &relay,
+            sendmail_timeout,
+            &trust()?,
+        )?),
     };
     let http_timeout = seconds(settings, "http_timeout");
     let http = if settings.source("http_script") == Source::Def {
@@ -385,44 +387,4 @@ pub fn config_from(settings: &Settings) -> Result<(ReportdConfig, Deliverer), St
         debug_send_file_dest,
     };
     Ok((config, deliverer))
-}
-
-fn smtp_from(
-    settings: &Settings,
-    relay: &str,
-    timeout: Duration,
-    trust: &TrustAnchors,
-) -> Result<Smtp, String> {
-    let security = match settings.get_str("smtp_security") {
-        "starttls" => SmtpSecurity::StartTls,
-        "tls" => SmtpSecurity::ImplicitTls,
-        "plain" => SmtpSecurity::Plaintext,
-        other => {
-            return Err(format!(
-                "smtp_security {other:?} is not one of starttls, tls, plain"
-            ))
-        }
-    };
-    let (host, port) = match relay.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') || host.starts_with('[') => (
-            host.trim_start_matches('[').trim_end_matches(']'),
-            port.parse::<u16>()
-                .map_err(|_| format!("smtp_relay {relay:?}: bad port {port:?}"))?,
-        ),
-        _ => (relay, security.default_port()),
-    };
-    let credentials = match non_empty(settings, "smtp_user") {
-        None => None,
-        Some(user) => {
-            let file = non_empty(settings, "smtp_password_file")
-                .ok_or("smtp_user is set but smtp_password_file is not")?;
-            let password = std::fs::read_to_string(&file)
-                .map_err(|e| format!("cannot read smtp_password_file {file}: {e}"))?;
-            Some(SmtpCredentials {
-                user,
-                password: password.trim_end_matches(['\r', '\n']).to_string(),
-            })
-        }
-    };
-    Smtp::new(host, port, security, credentials, timeout, trust).map_err(|e| e.to_string())
 }

@@ -1,0 +1,337 @@
+//! `mailtls posttls` / `posttls`: mandatory outbound TLS with the sender in
+//! control. `scan` makes one pass over the queue (for cron, with a lock
+//! against overlapping runs); `worker` scans every `scan_interval` seconds.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{ArgMatches, Command};
+use mailtls_common::config::{add_options, Kind, OptionSpec, ProgramSpec, Settings};
+use mailtls_common::pidfile::PidFile;
+use posttls_notify::Templates;
+use posttls_policy::{DomainSet, OwnSenders};
+use posttls_postfix::Postfix;
+use posttls_scanner::{Mailer, ScanConfig, ScanReport, Scanner};
+use posttls_store::Store;
+use posttls_token::SecretKey;
+use tlsrpt_delivery::{MailTransport, Outcome, Sendmail, TrustAnchors};
+
+pub const OPTIONS: [OptionSpec; 26] = [
+    OptionSpec { name: "database", kind: Kind::Str, default: "/var/lib/posttls/posttls.sqlite", help: "SQLite database of messages, notifications, actions and the audit log" },
+    OptionSpec { name: "instance", kind: Kind::Str, default: "", help: "Name of this Postfix instance, bound into every link (default: the host name)" },
+    OptionSpec { name: "postfix_config_dir", kind: Kind::Str, default: "", help: "Postfix configuration directory (-c) of the instance to watch; empty: the default instance" },
+    OptionSpec { name: "postfix_command_dir", kind: Kind::Str, default: "/usr/sbin", help: "Where postqueue, postcat, postsuper and sendmail are" },
+    OptionSpec { name: "command_timeout", kind: Kind::Int, default: "30", help: "Seconds a Postfix command may take" },
+    OptionSpec { name: "own_domains", kind: Kind::Str, default: "", help: "Comma-separated sender domains of our organisation (exact, or .suffix for subdomains). Only their senders are told, and only for mail submitted locally or with SMTP AUTH" },
+    OptionSpec { name: "mandatory_domains", kind: Kind::Str, default: "", help: "Comma-separated recipient domains that are never sent unencrypted (exact or .suffix); more can be added in the web UI" },
+    OptionSpec { name: "organization_name", kind: Kind::Str, default: "", help: "Named in notifications" },
+    OptionSpec { name: "notification_from", kind: Kind::Str, default: "", help: "From address of notifications, e.g. postmaster@example.org" },
+    OptionSpec { name: "sendmail_script", kind: Kind::Str, default: "sendmail -i -t", help: "Command that takes a notification on standard input (split into words, no shell); unused when smtp_relay is set. Must not depend on the failing TLS: e.g. local delivery" },
+    OptionSpec { name: "smtp_relay", kind: Kind::Str, default: "", help: "Send notifications by SMTP to HOST or HOST:PORT instead" },
+    OptionSpec { name: "smtp_security", kind: Kind::Str, default: "starttls", help: "starttls (port 587), tls (465) or plain (25, no AUTH)" },
+    OptionSpec { name: "smtp_user", kind: Kind::Str, default: "", help: "SMTP AUTH user" },
+    OptionSpec { name: "smtp_password_file", kind: Kind::Str, default: "", help: "File holding the SMTP AUTH password" },
+    OptionSpec { name: "tls_ca_file", kind: Kind::Str, default: "", help: "Extra CA certificates (PEM) for the SMTP relay" },
+    OptionSpec { name: "base_url", kind: Kind::Str, default: "", help: "Address of the PostTLS web pages as senders reach them, e.g. https://posttls.example.org" },
+    OptionSpec { name: "secret_key_file", kind: Kind::Str, default: "/var/lib/posttls/secret.key", help: "Key that signs the links (created, mode 0600, when missing); the web process needs the same file" },
+    OptionSpec { name: "link_lifetime", kind: Kind::Int, default: "432000", help: "Seconds a link in a notification works (default 5 days, Postfix's maximal_queue_lifetime)" },
+    OptionSpec { name: "scan_interval", kind: Kind::Int, default: "60", help: "Seconds between queue scans of the worker" },
+    OptionSpec { name: "reminder_interval", kind: Kind::Int, default: "14400", help: "Seconds between reminders about a message still waiting; 0: no reminders" },
+    OptionSpec { name: "max_reminders", kind: Kind::Int, default: "3", help: "Reminders per message at most (the original reminded every 30 minutes forever)" },
+    OptionSpec { name: "template_dir", kind: Kind::Str, default: "", help: "Directory with replacements for the notification templates subject.txt.j2, notification.txt.j2, notification.html.j2" },
+    OptionSpec { name: "lock_file", kind: Kind::Str, default: "/run/posttls/scan.lock", help: "Lock that keeps scans from overlapping" },
+    OptionSpec { name: "pidfilename", kind: Kind::Str, default: "", help: "PID file of the worker" },
+    OptionSpec { name: "logfilename", kind: Kind::Str, default: "", help: "Log file (in addition to standard error); reopened on SIGHUP" },
+    OptionSpec { name: "log_level", kind: Kind::Str, default: "info", help: "Log level: debug, info, warn, error, critical, or a number" },
+];
+
+pub const SPEC: ProgramSpec = ProgramSpec {
+    name: "posttls",
+    section: "posttls",
+    env_prefix: "POSTTLS_",
+    default_config_file: "/etc/mailtls/posttls.cfg",
+    options: &OPTIONS,
+    ignored: &[],
+};
+
+const LONG_ABOUT: &str = "\
+PostTLS lets a Postfix site require TLS for all outgoing mail while the \
+sender stays in control: when a recipient's server cannot do TLS and \
+Postfix defers the message, the sender is told (once, plus a few reminders) \
+and chooses \"send unencrypted\" or \"delete\" on a confirmation page. \
+Recipients in mandatory-TLS domains are never sent unencrypted.
+
+Every option can also be set as POSTTLS_<NAME> in the environment or in the \
+[posttls] section of the config file; the command line wins over the \
+environment, which wins over the file.";
+
+pub fn command() -> Command {
+    let sub = |name: &'static str, about: &'static str| {
+        add_options(Command::new(name).about(about), &SPEC)
+    };
+    Command::new("posttls")
+        .about("Mandatory outbound TLS with the sender in control")
+        .long_about(LONG_ABOUT)
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand(sub(
+            "scan",
+            "One pass over the queue: classify, notify (for cron; locked against overlaps)",
+        ))
+        .subcommand(sub(
+            "worker",
+            "Scan every scan_interval seconds until SIGTERM",
+        ))
+}
+
+pub fn main(matches: &ArgMatches) -> i32 {
+    let (name, sub) = matches.subcommand().expect("a subcommand is required");
+    let settings = match super::start(&SPEC, "posttls", sub) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let setup = match Setup::from(&settings) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("{e}");
+            return 2;
+        }
+    };
+    match name {
+        "scan" => setup.scan_once(&settings),
+        "worker" => setup.worker(&settings),
+        _ => unreachable!("clap knows the subcommands"),
+    }
+}
+
+/// Sends notifications through the configured path.
+struct TransportMailer(MailTransport, String);
+
+impl Mailer for TransportMailer {
+    fn send(&self, to: &str, message: &[u8]) -> Result<(), String> {
+        match self.0.send(&self.1, to, message) {
+            Outcome::Delivered(_) => Ok(()),
+            Outcome::RetryLater(why) | Outcome::Permanent(why) => Err(why),
+        }
+    }
+}
+
+/// Everything built from the settings.
+struct Setup {
+    config: ScanConfig,
+    postfix: Postfix,
+    templates: Templates,
+    key: SecretKey,
+    mailer: TransportMailer,
+    database: PathBuf,
+}
+
+fn required(settings: &Settings, name: &str, example: &str) -> Result<String, String> {
+    let value = settings.get_str(name);
+    if value.is_empty() {
+        return Err(format!("{name} is not set (e.g. {name} = {example}; option --{name}, POSTTLS_{} or [posttls] {name})", name.to_uppercase()));
+    }
+    Ok(value.to_string())
+}
+
+fn seconds(settings: &Settings, name: &str) -> Result<Duration, String> {
+    let value = settings.get_int(name);
+    u64::try_from(value)
+        .map(Duration::from_secs)
+        .map_err(|_| format!("{name} must not be negative, not {value}"))
+}
+
+impl Setup {
+    fn from(settings: &Settings) -> Result<Setup, String> {
+        let own_domains = DomainSet::parse_list(&required(
+            settings,
+            "own_domains",
+            "example.org, .example.org",
+        )?)
+        .map_err(|e| format!("own_domains: {e}"))?;
+        let mandatory = DomainSet::parse_list(settings.get_str("mandatory_domains"))
+            .map_err(|e| format!("mandatory_domains: {e}"))?;
+        let notification_from = required(settings, "notification_from", "postmaster@example.org")?;
+        let base_url = required(settings, "base_url", "https://posttls.example.org")?;
+        let instance = match settings.get_str("instance") {
+            "" => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into()),
+            name => name.to_string(),
+        };
+        let reminder = seconds(settings, "reminder_interval")?;
+        let config = ScanConfig {
+            instance,
+            own: OwnSenders {
+                domains: own_domains,
+            },
+            mandatory,
+            organization: settings.get_str("organization_name").to_string(),
+            notification_from: notification_from.clone(),
+            base_url,
+            link_lifetime: seconds(settings, "link_lifetime")?,
+            reminder_interval: (!reminder.is_zero()).then_some(reminder),
+            max_reminders: u32::try_from(settings.get_int("max_reminders")).unwrap_or(0),
+        };
+        let config_dir = Some(settings.get_str("postfix_config_dir"))
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from);
+        let postfix = Postfix::new(
+            config_dir,
+            PathBuf::from(settings.get_str("postfix_command_dir")),
+            seconds(settings, "command_timeout")?,
+        );
+        let template_dir = Some(settings.get_str("template_dir")).filter(|d| !d.is_empty());
+        let templates = Templates::load(template_dir.map(Path::new)).map_err(|e| e.to_string())?;
+        let key_file = PathBuf::from(settings.get_str("secret_key_file"));
+        let key = SecretKey::load_or_create(&key_file).map_err(|e| e.to_string())?;
+        let timeout = seconds(settings, "command_timeout")?;
+        let transport = match settings.get_str("smtp_relay") {
+            "" => MailTransport::Sendmail(
+                Sendmail::new(settings.get_str("sendmail_script"), timeout)
+                    .map_err(|e| e.to_string())?,
+            ),
+            relay => {
+                let ca = Some(settings.get_str("tls_ca_file"))
+                    .filter(|f| !f.is_empty())
+                    .map(Path::new);
+                let trust = TrustAnchors::load(ca).map_err(|e| e.to_string())?;
+                MailTransport::Smtp(super::smtp_transport(settings, relay, timeout, &trust)?)
+            }
+        };
+        Ok(Setup {
+            config,
+            postfix,
+            templates,
+            key,
+            mailer: TransportMailer(transport, notification_from),
+            database: PathBuf::from(settings.get_str("database")),
+        })
+    }
+
+    fn scan(&self, store: &mut Store) -> Result<ScanReport, String> {
+        let mut scanner = Scanner {
+            config: &self.config,
+            store,
+            postfix: &self.postfix,
+            templates: &self.templates,
+            key: &self.key,
+            mailer: &self.mailer,
+        };
+        let report = scanner
+            .scan(chrono::Utc::now())
+            .map_err(|e| e.to_string())?;
+        for problem in &report.problems {
+            log::warn!("{problem}");
+        }
+        log::info!(
+            "scan: {} queued, {} waiting for TLS, {} notified, {} reminded, {} ignored, {} gone, {:.3} s",
+            report.queued,
+            report.tls_deferred,
+            report.notified,
+            report.reminded,
+            report.ignored,
+            report.gone,
+            report.elapsed.as_secs_f64()
+        );
+        Ok(report)
+    }
+
+    fn open_store(&self) -> Result<Store, String> {
+        Store::open(&self.database).map_err(|e| format!("{}: {e}", self.database.display()))
+    }
+
+    fn scan_once(&self, settings: &Settings) -> i32 {
+        let lock_path = settings.get_str("lock_file");
+        let _lock = match ScanLock::take(Path::new(lock_path)) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                log::warn!("another scan holds {lock_path}; not scanning now");
+                return 0;
+            }
+            Err(e) => {
+                log::error!("lock {lock_path}: {e}");
+                return 1;
+            }
+        };
+        let result = self
+            .open_store()
+            .and_then(|mut store| self.scan(&mut store));
+        match result {
+            Ok(_) => 0,
+            Err(e) => {
+                log::error!("{e}");
+                1
+            }
+        }
+    }
+
+    fn worker(&self, settings: &Settings) -> i32 {
+        let _pid = PidFile::create(settings.get_str("pidfilename"));
+        let mut store = match self.open_store() {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("{e}");
+                return 1;
+            }
+        };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
+                log::error!("cannot handle signals: {e}");
+                return 1;
+            }
+        }
+        let interval = seconds(settings, "scan_interval")
+            .unwrap_or(Duration::from_secs(60))
+            .max(Duration::from_secs(1));
+        log::info!(
+            "PostTLS worker started, scanning every {} s",
+            interval.as_secs()
+        );
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Err(e) = self.scan(&mut store) {
+                log::error!("scan failed: {e}");
+            }
+            let until = std::time::Instant::now() + interval;
+            while std::time::Instant::now() < until
+                && !stop.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        log::info!("PostTLS worker stopped");
+        0
+    }
+}
+
+/// An exclusive `flock` on the lock file, held while the value lives (the
+/// kernel releases it when the file is closed).
+struct ScanLock {
+    _file: std::fs::File,
+}
+
+impl ScanLock {
+    fn take(path: &Path) -> std::io::Result<Option<ScanLock>> {
+        use std::os::fd::AsRawFd;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            Ok(Some(ScanLock { _file: file }))
+        } else {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                Ok(None)
+            } else {
+                Err(err)
+            }
+        }
+    }
+}

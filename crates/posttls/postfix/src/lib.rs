@@ -1,0 +1,371 @@
+//! The Postfix commands PostTLS runs, behind one small interface.
+//!
+//! Every command runs from an argv array (never a shell), with queue ids
+//! that [`posttls_queue::QueueId`] has validated (so an id can never be an
+//! option such as `-` or `--help`), with `-c CONFIG_DIR` for multi-instance
+//! setups, a time limit, and its exit status checked. `postsuper` exits 0
+//! even when nothing matched, so its summary line is read to know how many
+//! messages it acted on.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mailtls_common::process::KillWithParent;
+use posttls_queue::QueueId;
+
+/// `postqueue`'s exit status when the mail system is down (EX_UNAVAILABLE).
+const EX_UNAVAILABLE: i32 = 69;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PostfixError {
+    #[error("cannot run {command}: {source}")]
+    Start {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{command} did not finish within {seconds} s and was killed")]
+    Timeout { command: String, seconds: u64 },
+    #[error("the mail system is down ({command}: {stderr})")]
+    MailSystemDown { command: String, stderr: String },
+    #[error("{command} failed ({status}): {stderr}")]
+    Failed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+/// The envelope of a queued message (`postcat -e`), as far as PostTLS
+/// needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Envelope {
+    pub sender: String,
+    /// `recipient:` records: still pending.
+    pub recipients: Vec<String>,
+    /// `done_recipient:` records.
+    pub done_recipients: Vec<String>,
+    /// `named_attribute: rewrite_context=local`: submitted on this host
+    /// (sendmail/postdrop), not received from outside.
+    pub local_submission: bool,
+    /// `named_attribute: sasl_username=...`: an authenticated submission.
+    pub sasl_username: Option<String>,
+}
+
+impl Envelope {
+    /// Reads `postcat -e` output. Unknown records are ignored.
+    pub fn parse(output: &str) -> Envelope {
+        let mut envelope = Envelope::default();
+        for line in output.lines() {
+            let Some((name, value)) = line.split_once(": ") else {
+                continue;
+            };
+            let value = value.trim();
+            match name.trim() {
+                "sender" => envelope.sender = value.to_string(),
+                "recipient" => envelope.recipients.push(value.to_string()),
+                "done_recipient" => envelope.done_recipients.push(value.to_string()),
+                "named_attribute" => match value.split_once('=') {
+                    Some(("rewrite_context", "local")) => envelope.local_submission = true,
+                    Some(("sasl_username", user)) if !user.is_empty() => {
+                        envelope.sasl_username = Some(user.to_string())
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        envelope
+    }
+}
+
+/// One Postfix instance's commands.
+#[derive(Debug, Clone)]
+pub struct Postfix {
+    /// `-c DIR`; `None` for the default instance.
+    pub config_dir: Option<PathBuf>,
+    /// Where postqueue, postcat, postsuper and sendmail live.
+    pub command_dir: PathBuf,
+    pub timeout: Duration,
+}
+
+/// What a command printed.
+struct Output {
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Postfix {
+    pub fn new(config_dir: Option<PathBuf>, command_dir: PathBuf, timeout: Duration) -> Postfix {
+        Postfix {
+            config_dir,
+            command_dir,
+            timeout,
+        }
+    }
+
+    /// `postqueue -j`: one JSON object per queued message and line.
+    pub fn queue_json(&self) -> Result<Vec<u8>, PostfixError> {
+        Ok(self.run("postqueue", &["-j"], None)?.stdout)
+    }
+
+    /// `postcat -e -q ID`: the envelope records.
+    pub fn envelope(&self, id: &QueueId) -> Result<Envelope, PostfixError> {
+        let output = self.run("postcat", &["-e", "-q", id.as_str()], None)?;
+        Ok(Envelope::parse(&String::from_utf8_lossy(&output.stdout)))
+    }
+
+    /// `postcat -h -q ID`: the message's header block.
+    pub fn headers(&self, id: &QueueId) -> Result<Vec<u8>, PostfixError> {
+        Ok(self
+            .run("postcat", &["-h", "-q", id.as_str()], None)?
+            .stdout)
+    }
+
+    /// `postcat -bh -q ID`: exactly the message content (headers and
+    /// body), for re-injection.
+    pub fn content(&self, id: &QueueId) -> Result<Vec<u8>, PostfixError> {
+        Ok(self
+            .run("postcat", &["-bh", "-q", id.as_str()], None)?
+            .stdout)
+    }
+
+    /// `postsuper -h ID`: puts the message on hold; returns how many
+    /// messages Postfix says it held (0 or 1).
+    pub fn hold(&self, id: &QueueId) -> Result<usize, PostfixError> {
+        self.postsuper(&["-h", id.as_str()], "Placed on hold")
+    }
+
+    /// `postsuper -H ID`: releases it from hold.
+    pub fn unhold(&self, id: &QueueId) -> Result<usize, PostfixError> {
+        self.postsuper(&["-H", id.as_str()], "Released from hold")
+    }
+
+    /// `postsuper -d ID [QUEUE]`: deletes it (only from `queue` if given).
+    pub fn delete(&self, id: &QueueId, queue: Option<&str>) -> Result<usize, PostfixError> {
+        let mut args = vec!["-d", id.as_str()];
+        if let Some(queue) = queue {
+            args.push(queue);
+        }
+        self.postsuper(&args, "Deleted")
+    }
+
+    /// `postsuper -e ID` (Postfix >= 3.5): expire now, so it bounces to the
+    /// sender with its delay reason.
+    pub fn expire(&self, id: &QueueId) -> Result<usize, PostfixError> {
+        self.postsuper(&["-e", id.as_str()], "Forced expiration")
+    }
+
+    /// `postqueue -i ID`: try the message again now.
+    pub fn retry(&self, id: &QueueId) -> Result<(), PostfixError> {
+        self.run("postqueue", &["-i", id.as_str()], None)
+            .map(|_| ())
+    }
+
+    /// `sendmail -i -f SENDER -- RECIPIENT...` with `message` on standard
+    /// input (the instance's own sendmail, `-C` for another instance).
+    pub fn sendmail(
+        &self,
+        sender: &str,
+        recipients: &[String],
+        message: &[u8],
+    ) -> Result<(), PostfixError> {
+        let mut args: Vec<&str> = vec!["-i", "-f", sender, "--"];
+        args.extend(recipients.iter().map(String::as_str));
+        self.run("sendmail", &args, Some(message)).map(|_| ())
+    }
+
+    fn postsuper(&self, args: &[&str], summary: &str) -> Result<usize, PostfixError> {
+        let output = self.run("postsuper", args, None)?;
+        Ok(summary_count(&output.stderr, summary))
+    }
+
+    /// Runs `program` from the command directory with `-c DIR` first (`-C`
+    /// for sendmail) and `args` after.
+    fn run(
+        &self,
+        program: &str,
+        args: &[&str],
+        input: Option<&[u8]>,
+    ) -> Result<Output, PostfixError> {
+        let path = self.command_dir.join(program);
+        let mut command = Command::new(&path);
+        if let Some(dir) = &self.config_dir {
+            command
+                .arg(if program == "sendmail" { "-C" } else { "-c" })
+                .arg(dir);
+        }
+        command
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_with_parent();
+        let shown = format!("{} {}", path.display(), args.join(" "));
+        let mut child = command.spawn().map_err(|source| PostfixError::Start {
+            command: shown.clone(),
+            source,
+        })?;
+        let deadline = Instant::now() + self.timeout;
+        let (stdout, stderr, status) = std::thread::scope(|scope| {
+            if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+                scope.spawn(move || {
+                    use std::io::Write;
+                    let _ = stdin.write_all(input);
+                });
+            }
+            let mut out = child.stdout.take().expect("piped");
+            let mut err = child.stderr.take().expect("piped");
+            let reader = scope.spawn(move || {
+                let mut data = Vec::new();
+                let _ = out.read_to_end(&mut data);
+                data
+            });
+            let err_reader = scope.spawn(move || {
+                let mut data = Vec::new();
+                let _ = err.read_to_end(&mut data);
+                data
+            });
+            let status = loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => break Some(status),
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break None;
+                    }
+                }
+            };
+            (
+                reader.join().expect("reader"),
+                err_reader.join().expect("reader"),
+                status,
+            )
+        });
+        let stderr = String::from_utf8_lossy(&stderr).trim().to_string();
+        match status {
+            None => Err(PostfixError::Timeout {
+                command: shown,
+                seconds: self.timeout.as_secs(),
+            }),
+            Some(status) if status.success() => Ok(Output { stdout, stderr }),
+            Some(status) if status.code() == Some(EX_UNAVAILABLE) && program == "postqueue" => {
+                Err(PostfixError::MailSystemDown {
+                    command: shown,
+                    stderr,
+                })
+            }
+            Some(status) => Err(PostfixError::Failed {
+                command: shown,
+                status: status.to_string(),
+                stderr,
+            }),
+        }
+    }
+}
+
+/// The count in a postsuper summary such as `postsuper: Placed on hold: 1
+/// message` (0 when the line is missing: nothing matched).
+fn summary_count(stderr: &str, summary: &str) -> usize {
+    let wanted = format!("{summary}: ");
+    stderr
+        .lines()
+        .filter_map(|line| line.split_once(&wanted).map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<usize>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_tell_local_and_authenticated_submissions() {
+        let local = Envelope::parse(
+            "*** ENVELOPE RECORDS deferred/4A0AF98C232 ***\n\
+             message_size:             324             193               1               0             324               0\n\
+             message_arrival_time: Sun Nov 22 03:00:00 2026\n\
+             named_attribute: rewrite_context=local\n\
+             sender: alice@example.test\n\
+             original_recipient: bob@notls.example\n\
+             recipient: bob@notls.example\n\
+             done_recipient: carol@ok.example\n",
+        );
+        assert_eq!(local.sender, "alice@example.test");
+        assert_eq!(local.recipients, ["bob@notls.example"]);
+        assert_eq!(local.done_recipients, ["carol@ok.example"]);
+        assert!(local.local_submission);
+        assert_eq!(local.sasl_username, None);
+        let remote = Envelope::parse(
+            "named_attribute: rewrite_context=remote\nnamed_attribute: sasl_username=alice\nsender: alice@example.test\n",
+        );
+        assert!(!remote.local_submission);
+        assert_eq!(remote.sasl_username.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn postsuper_summaries_are_counted() {
+        assert_eq!(
+            summary_count(
+                "postsuper: 4A0AF98C232: placed on hold\npostsuper: Placed on hold: 1 message\n",
+                "Placed on hold"
+            ),
+            1
+        );
+        assert_eq!(
+            summary_count("postsuper: Deleted: 2 messages\n", "Deleted"),
+            2
+        );
+        assert_eq!(summary_count("", "Deleted"), 0);
+    }
+
+    #[test]
+    fn commands_run_with_argv_and_the_config_dir_and_fail_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        // A fake postsuper that prints its argv, one per line.
+        let fake = dir.path().join("postsuper");
+        std::fs::write(&fake, "#!/bin/sh\nfor a in \"$@\"; do echo \"$a\" >> \"$(dirname \"$0\")/argv\"; done\necho 'postsuper: Placed on hold: 1 message' >&2\n").unwrap();
+        std::fs::write(
+            dir.path().join("postqueue"),
+            "#!/bin/sh\necho 'Queue report unavailable - mail system is down' >&2\nexit 69\n",
+        )
+        .unwrap();
+        for name in ["postsuper", "postqueue"] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                dir.path().join(name),
+                std::fs::Permissions::from_mode(0o755),
+            )
+            .unwrap();
+        }
+        let postfix = Postfix::new(
+            Some("/etc/postfix-out".into()),
+            dir.path().to_path_buf(),
+            Duration::from_secs(10),
+        );
+        let id: QueueId = "4A0AF98C232".parse().unwrap();
+        assert_eq!(postfix.hold(&id).unwrap(), 1);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("argv")).unwrap(),
+            "-c\n/etc/postfix-out\n-h\n4A0AF98C232\n"
+        );
+        assert!(matches!(
+            postfix.queue_json(),
+            Err(PostfixError::MailSystemDown { .. })
+        ));
+        let missing = Postfix::new(None, "/nonexistent".into(), Duration::from_secs(1));
+        assert!(matches!(
+            missing.queue_json(),
+            Err(PostfixError::Start { .. })
+        ));
+    }
+}

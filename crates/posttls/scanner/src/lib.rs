@@ -1,0 +1,388 @@
+//! The scanner stage of PostTLS: one pass over the Postfix queue.
+//!
+//! ```text
+//! postqueue -j --> parse --> classify each pending recipient's delay reason
+//!   --> own sender? (domain, then postcat -e: local or authenticated submission)
+//!   --> decide (mandatory domains never releasable)
+//!   --> store (message, recipients) --> notify: first notice, reminders
+//! messages no longer queued --> gone
+//! ```
+//!
+//! Only messages with at least one TLS-failed pending recipient cost more
+//! than parsing: `postcat` runs once per such message when it is first
+//! seen (its evidence and subject are stored), never again.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone, Utc};
+use posttls_classify::{classify, Classification};
+use posttls_notify::{
+    build_mail, subject_of, Notification, NotificationKind, RecipientLine, Templates,
+};
+use posttls_policy::{decide, Decision, DomainSet, OwnSenders, SubmissionEvidence};
+use posttls_postfix::{Postfix, PostfixError};
+use posttls_queue::{parse_queue, QueuedMessage};
+use posttls_store::{MessageState, SeenMessage, SeenRecipient, Store, StoreError};
+use posttls_token::{Action, ActionToken, SecretKey};
+
+/// Sends a finished notification mail to one address.
+pub trait Mailer {
+    fn send(&self, to: &str, message: &[u8]) -> Result<(), String>;
+}
+
+/// What the scanner needs to know.
+pub struct ScanConfig {
+    /// This Postfix instance's name, bound into every token.
+    pub instance: String,
+    pub own: OwnSenders,
+    /// Configured mandatory-TLS domains (the UI-managed ones come from the
+    /// store).
+    pub mandatory: DomainSet,
+    pub organization: String,
+    pub notification_from: String,
+    /// Where the confirmation pages are, e.g. `https://posttls.example.org`.
+    pub base_url: String,
+    pub link_lifetime: Duration,
+    /// Time between notices about the same message; `None`: no reminders.
+    pub reminder_interval: Option<Duration>,
+    /// At most this many reminders (the original reminded every 30 minutes
+    /// forever).
+    pub max_reminders: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error(transparent)]
+    Postfix(#[from] PostfixError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    pub queued: usize,
+    /// Messages waiting for a sender's decision.
+    pub tls_deferred: usize,
+    pub notified: usize,
+    pub reminded: usize,
+    /// Messages with a TLS failure that are not ours to notify about.
+    pub ignored: usize,
+    pub gone: usize,
+    /// Lines of the queue listing that could not be read, notifications
+    /// that could not be sent: one line each, for the log.
+    pub problems: Vec<String>,
+    pub elapsed: Duration,
+}
+
+pub struct Scanner<'a> {
+    pub config: &'a ScanConfig,
+    pub store: &'a mut Store,
+    pub postfix: &'a Postfix,
+    pub templates: &'a Templates,
+    pub key: &'a SecretKey,
+    pub mailer: &'a dyn Mailer,
+}
+
+/// The delay reasons of a queue repeat; classify each text once per pass.
+#[derive(Default)]
+struct ClassifyCache(RefCell<HashMap<String, Classification>>);
+
+impl ClassifyCache {
+    fn get(&self, reason: &str) -> Classification {
+        if let Some(c) = self.0.borrow().get(reason) {
+            return c.clone();
+        }
+        let c = classify(reason);
+        self.0.borrow_mut().insert(reason.to_string(), c.clone());
+        c
+    }
+}
+
+impl Scanner<'_> {
+    /// One pass at time `now`.
+    pub fn scan(&mut self, now: DateTime<Utc>) -> Result<ScanReport, ScanError> {
+        let started = Instant::now();
+        let listing = self.postfix.queue_json()?;
+        let scan = parse_queue(listing.as_slice());
+        let mut report = ScanReport {
+            queued: scan.messages.len(),
+            ..ScanReport::default()
+        };
+        for (line, error) in &scan.errors {
+            report
+                .problems
+                .push(format!("postqueue -j line {line}: {error}"));
+        }
+        let mut mandatory = self.config.mandatory.clone();
+        for domain in self.store.mandatory_domains()? {
+            let _ = mandatory.insert(&domain);
+        }
+        let cache = ClassifyCache::default();
+        let now_s = now.timestamp();
+        for message in &scan.messages {
+            let has_tls_failure = message.pending_recipients().any(|r| {
+                r.delay_reason
+                    .as_deref()
+                    .is_some_and(|reason| matches!(cache.get(reason), Classification::Tls(_)))
+            });
+            if !has_tls_failure || message.is_null_sender() {
+                continue;
+            }
+            if let Err(err) = self.one_message(message, &mandatory, &cache, now, &mut report) {
+                report
+                    .problems
+                    .push(format!("message {}: {err}", message.queue_id));
+            }
+        }
+        let gone = self.store.mark_missing_gone(&self.config.instance, now_s)?;
+        report.gone = gone.len();
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    fn one_message(
+        &mut self,
+        message: &QueuedMessage,
+        mandatory: &DomainSet,
+        cache: &ClassifyCache,
+        now: DateTime<Utc>,
+        report: &mut ScanReport,
+    ) -> Result<(), ScanError> {
+        let now_s = now.timestamp();
+        let known = self.store.find_message(
+            &self.config.instance,
+            message.queue_id.as_str(),
+            message.arrival_time,
+        )?;
+        // Evidence and subject: once per message, from postcat.
+        let (own, subject) = match &known {
+            Some(row) => (row.own_sender, row.subject.clone()),
+            None if !self.config.own.domains.contains_address(&message.sender) => (false, None),
+            None => {
+                let envelope = self.postfix.envelope(&message.queue_id)?;
+                let evidence = SubmissionEvidence {
+                    local_submission: envelope.local_submission,
+                    sasl_username: envelope.sasl_username,
+                };
+                let own = self.config.own.is_own(&message.sender, &evidence);
+                let subject = if own {
+                    subject_of(&self.postfix.headers(&message.queue_id)?)
+                } else {
+                    None
+                };
+                (own, subject)
+            }
+        };
+        let decision = decide(message, |reason| cache.get(reason), own, mandatory);
+        let notice = match decision {
+            Decision::Ignore(reason) => {
+                report.ignored += 1;
+                if known.is_none() {
+                    log::info!(
+                        "{} from {}: TLS deferral ignored ({})",
+                        message.queue_id,
+                        message.sender,
+                        reason.short_name()
+                    );
+                }
+                self.store.saw_message(
+                    &self.seen(message, subject.as_deref(), own, MessageState::Ignored),
+                    now_s,
+                )?;
+                return Ok(());
+            }
+            Decision::Notify(notice) => notice,
+        };
+        report.tls_deferred += 1;
+        let (id, new) = self.store.saw_message(
+            &self.seen(message, subject.as_deref(), own, MessageState::Deferred),
+            now_s,
+        )?;
+        let mut recipients: Vec<SeenRecipient> = notice
+            .tls_failed
+            .iter()
+            .map(|(r, failure)| SeenRecipient {
+                address: r.address.clone(),
+                delay_reason: r.delay_reason.clone(),
+                tls_kind: Some(failure.kind.short_name().to_string()),
+                mandatory: notice.mandatory.iter().any(|m| m.address == r.address),
+            })
+            .collect();
+        recipients.extend(notice.other_pending.iter().map(|r| SeenRecipient {
+            address: r.address.clone(),
+            delay_reason: r.delay_reason.clone(),
+            tls_kind: None,
+            mandatory: false,
+        }));
+        self.store.set_pending_recipients(id, &recipients)?;
+        let stored = self.store.message(id)?.expect("just stored");
+        if stored.state != MessageState::Deferred {
+            return Ok(()); // released or deleted already: nothing to ask
+        }
+
+        let sent: Vec<i64> = self
+            .store
+            .notifications(id)?
+            .iter()
+            .filter(|n| n.outcome == "sent")
+            .map(|n| n.at)
+            .collect();
+        let kind = match (sent.last(), self.config.reminder_interval) {
+            (None, _) => NotificationKind::First,
+            (Some(&last), Some(interval))
+                if sent.len() <= self.config.max_reminders as usize
+                    && now_s - last >= interval.as_secs() as i64 =>
+            {
+                NotificationKind::Reminder
+            }
+            _ => return Ok(()),
+        };
+        if new {
+            log::info!(
+                "{} from {}: {} recipient(s) wait for TLS ({} may be released)",
+                message.queue_id,
+                message.sender,
+                notice.tls_failed.len(),
+                notice.releasable.len()
+            );
+        }
+        let words = |address: &str| {
+            notice
+                .tls_failed
+                .iter()
+                .find(|(r, _)| r.address == address)
+                .map(|(_, f)| f.kind.plain_words().to_string())
+                .unwrap_or_default()
+        };
+        let releasable: Vec<String> = notice
+            .releasable
+            .iter()
+            .map(|r| r.address.clone())
+            .collect();
+        let expires =
+            now + chrono::Duration::from_std(self.config.link_lifetime).unwrap_or_default();
+        let link = |action: Action| -> Option<String> {
+            if releasable.is_empty() {
+                return None;
+            }
+            let token = ActionToken::new(
+                &self.config.instance,
+                message.queue_id.as_str(),
+                message.arrival_time,
+                &message.sender,
+                &releasable,
+                action,
+                expires.timestamp(),
+            );
+            token
+                .sign(self.key)
+                .ok()
+                .map(|t| format!("{}/confirm/{t}", self.config.base_url.trim_end_matches('/')))
+        };
+        let notification = Notification {
+            kind,
+            to: message.sender.clone(),
+            from: self.config.notification_from.clone(),
+            organization: self.config.organization.clone(),
+            queue_id: message.queue_id.to_string(),
+            subject: subject.clone(),
+            sent: Utc.timestamp_opt(message.arrival_time, 0).single().unwrap_or(now),
+            failed: releasable
+                .iter()
+                .map(|a| RecipientLine {
+                    address: a.clone(),
+                    reason: words(a),
+                })
+                .collect(),
+            mandatory: notice
+                .mandatory
+                .iter()
+                .map(|r| RecipientLine {
+                    address: r.address.clone(),
+                    reason: words(&r.address),
+                })
+                .collect(),
+            mandatory_action: "Postfix keeps trying to deliver it encrypted; if that does not succeed, you get it back as undeliverable.".into(),
+            release_url: link(Action::Release),
+            delete_url: link(Action::Delete),
+            links_expire: Some(expires),
+        };
+        let outcome = self
+            .templates
+            .render(&notification)
+            .map_err(|e| e.to_string())
+            .and_then(|rendered| {
+                let message_id = format!(
+                    "posttls.{}.{}.{}@{}",
+                    message.queue_id,
+                    message.arrival_time,
+                    sent.len(),
+                    self.config.instance
+                );
+                build_mail(&notification, &rendered, &message_id, now).map_err(|e| e.to_string())
+            })
+            .and_then(|mail| self.mailer.send(&message.sender, &mail));
+        match outcome {
+            Ok(()) => {
+                self.store.record_notification(
+                    id,
+                    kind.as_str(),
+                    &message.sender,
+                    "sent",
+                    now_s,
+                )?;
+                self.store.audit(
+                    "scanner",
+                    None,
+                    Some(id),
+                    &format!("notified_{}", kind.as_str()),
+                    &format!(
+                        "told {} about {} recipient(s)",
+                        message.sender,
+                        notice.tls_failed.len()
+                    ),
+                    now_s,
+                )?;
+                match kind {
+                    NotificationKind::Reminder => report.reminded += 1,
+                    _ => report.notified += 1,
+                }
+            }
+            Err(reason) => {
+                self.store.record_notification(
+                    id,
+                    kind.as_str(),
+                    &message.sender,
+                    &format!("failed: {reason}"),
+                    now_s,
+                )?;
+                report.problems.push(format!(
+                    "{}: notification to {} failed: {reason}",
+                    message.queue_id, message.sender
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn seen<'m>(
+        &'m self,
+        message: &'m QueuedMessage,
+        subject: Option<&'m str>,
+        own: bool,
+        state: MessageState,
+    ) -> SeenMessage<'m> {
+        SeenMessage {
+            instance: &self.config.instance,
+            queue_id: message.queue_id.as_str(),
+            arrival_time: message.arrival_time,
+            sender: &message.sender,
+            subject,
+            own_sender: own,
+            state,
+        }
+    }
+}

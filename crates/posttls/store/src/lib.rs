@@ -1,0 +1,860 @@
+//! PostTLS state in one SQLite file, shared by the privileged worker (which
+//! scans the queue, sends notifications and carries out actions) and the
+//! unprivileged web process (which shows state and records requests).
+//!
+//! The database runs in WAL mode so that the web process reads while the
+//! worker writes. Times are Unix seconds (UTC). A message is identified by
+//! instance, queue id AND arrival time: Postfix reuses queue ids (unless
+//! `enable_long_queue_ids = yes`), so an id alone could point a later
+//! request at another sender's message.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// The schema version in `meta`.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE messages(
+    id INTEGER PRIMARY KEY,
+    instance TEXT NOT NULL,
+    queue_id TEXT NOT NULL,
+    arrival_time INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    subject TEXT,
+    own_sender INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    UNIQUE(instance, queue_id, arrival_time));
+CREATE INDEX messages_state ON messages(state, last_seen);
+CREATE TABLE recipients(
+    message_id INTEGER NOT NULL REFERENCES messages(id),
+    address TEXT NOT NULL,
+    delay_reason TEXT,
+    tls_kind TEXT,
+    mandatory INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY(message_id, address));
+CREATE TABLE notifications(
+    id INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL REFERENCES messages(id),
+    kind TEXT NOT NULL,
+    sent_to TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    outcome TEXT NOT NULL);
+CREATE INDEX notifications_message ON notifications(message_id);
+CREATE TABLE tokens_used(
+    token_id TEXT PRIMARY KEY,
+    message_id INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    ip TEXT);
+CREATE TABLE actions(
+    id INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL REFERENCES messages(id),
+    action TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    ip TEXT,
+    requested_at INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    result TEXT,
+    new_queue_id TEXT,
+    finished_at INTEGER);
+CREATE INDEX actions_state ON actions(state, id);
+CREATE TABLE audit(
+    id INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    ip TEXT,
+    message_id INTEGER,
+    event TEXT NOT NULL,
+    detail TEXT NOT NULL);
+CREATE TABLE admins(name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, created INTEGER NOT NULL);
+CREATE TABLE sessions(id TEXT PRIMARY KEY, admin TEXT NOT NULL, created INTEGER NOT NULL, expires INTEGER NOT NULL);
+CREATE TABLE mandatory_domains(domain TEXT PRIMARY KEY, added_by TEXT NOT NULL, added_at INTEGER NOT NULL);
+";
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("not a PostTLS database (no meta table with a schema version)")]
+    Foreign,
+    #[error("PostTLS database schema version {0}; this program knows version {SCHEMA_VERSION}")]
+    WrongVersion(i64),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A message's place in the PostTLS life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageState {
+    /// Deferred for TLS reasons; the sender has been (or is being) told.
+    Deferred,
+    /// Seen, but nothing for us to do (not our sender, or not TLS).
+    Ignored,
+    /// The TLS-failed recipients were released (sent without mandatory TLS).
+    Released,
+    /// Deleted at the sender's or an admin's request.
+    Deleted,
+    /// No longer in the queue (delivered, expired or removed otherwise).
+    Gone,
+}
+
+impl MessageState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageState::Deferred => "deferred",
+            MessageState::Ignored => "ignored",
+            MessageState::Released => "released",
+            MessageState::Deleted => "deleted",
+            MessageState::Gone => "gone",
+        }
+    }
+
+    fn parse(text: &str) -> MessageState {
+        match text {
+            "deferred" => MessageState::Deferred,
+            "released" => MessageState::Released,
+            "deleted" => MessageState::Deleted,
+            "gone" => MessageState::Gone,
+            _ => MessageState::Ignored,
+        }
+    }
+}
+
+/// What the scanner saw of one queued message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenMessage<'a> {
+    pub instance: &'a str,
+    pub queue_id: &'a str,
+    pub arrival_time: i64,
+    pub sender: &'a str,
+    pub subject: Option<&'a str>,
+    pub own_sender: bool,
+    pub state: MessageState,
+}
+
+/// One pending recipient as the scanner saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenRecipient {
+    pub address: String,
+    pub delay_reason: Option<String>,
+    /// The TLS failure class (`posttls-classify` short name), if any.
+    pub tls_kind: Option<String>,
+    /// In a mandatory-TLS domain: never released.
+    pub mandatory: bool,
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRow {
+    pub id: i64,
+    pub instance: String,
+    pub queue_id: String,
+    pub arrival_time: i64,
+    pub sender: String,
+    pub subject: Option<String>,
+    pub own_sender: bool,
+    pub state: MessageState,
+    pub first_seen: i64,
+    pub last_seen: i64,
+}
+
+/// A stored recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientRow {
+    pub address: String,
+    pub delay_reason: Option<String>,
+    pub tls_kind: Option<String>,
+    pub mandatory: bool,
+    /// `pending`, `released`, `deleted`, `returned` or `gone`.
+    pub state: String,
+}
+
+/// A notification sent (or attempted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationRow {
+    pub kind: String,
+    pub sent_to: String,
+    pub at: i64,
+    pub outcome: String,
+}
+
+/// A requested action on a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionRow {
+    pub id: i64,
+    pub message_id: i64,
+    pub action: String,
+    pub requested_by: String,
+    pub ip: Option<String>,
+    pub requested_at: i64,
+    pub state: String,
+    pub result: Option<String>,
+    pub new_queue_id: Option<String>,
+    pub finished_at: Option<i64>,
+}
+
+/// An audit log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub at: i64,
+    pub actor: String,
+    pub ip: Option<String>,
+    pub message_id: Option<i64>,
+    pub event: String,
+    pub detail: String,
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+fn message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
+    Ok(MessageRow {
+        id: row.get(0)?,
+        instance: row.get(1)?,
+        queue_id: row.get(2)?,
+        arrival_time: row.get(3)?,
+        sender: row.get(4)?,
+        subject: row.get(5)?,
+        own_sender: row.get(6)?,
+        state: MessageState::parse(&row.get::<_, String>(7)?),
+        first_seen: row.get(8)?,
+        last_seen: row.get(9)?,
+    })
+}
+
+const MESSAGE_COLUMNS: &str =
+    "id, instance, queue_id, arrival_time, sender, subject, own_sender, state, first_seen, last_seen";
+
+impl Store {
+    /// Opens (creating when new) the database at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        let tables: i64 = conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type='table'",
+            [],
+            |r| r.get(0),
+        )?;
+        if tables == 0 {
+            conn.execute_batch(&format!(
+                "BEGIN; {SCHEMA} INSERT INTO meta VALUES('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
+            ))?;
+        }
+        let version: Option<String> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key='schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|_| StoreError::Foreign)?;
+        match version.as_deref().map(str::parse::<i64>) {
+            Some(Ok(SCHEMA_VERSION)) => Ok(Store { conn }),
+            Some(Ok(other)) => Err(StoreError::WrongVersion(other)),
+            _ => Err(StoreError::Foreign),
+        }
+    }
+
+    /// Runs `work` in one transaction.
+    pub fn in_transaction<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match work(self) {
+            Ok(value) => {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(value)
+            }
+            Err(err) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(err)
+            }
+        }
+    }
+
+    /// Records a sighting of a queued message: new, or seen again. A
+    /// message already released or deleted keeps that state. Returns the
+    /// message's id and whether it is new.
+    pub fn saw_message(&self, seen: &SeenMessage<'_>, now: i64) -> Result<(i64, bool)> {
+        let existing: Option<(i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT id, state FROM messages WHERE instance=? AND queue_id=? AND arrival_time=?",
+                params![seen.instance, seen.queue_id, seen.arrival_time],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match existing {
+            Some((id, state)) => {
+                let keep = matches!(
+                    MessageState::parse(&state),
+                    MessageState::Released | MessageState::Deleted
+                );
+                let state = if keep {
+                    state
+                } else {
+                    seen.state.as_str().to_string()
+                };
+                self.conn.execute(
+                    "UPDATE messages SET last_seen=?, state=?, subject=coalesce(?, subject) WHERE id=?",
+                    params![now, state, seen.subject, id],
+                )?;
+                Ok((id, false))
+            }
+            None => {
+                self.conn.execute(
+                    "INSERT INTO messages(instance, queue_id, arrival_time, sender, subject, own_sender, state, first_seen, last_seen) \
+                     VALUES(?,?,?,?,?,?,?,?,?)",
+                    params![
+                        seen.instance,
+                        seen.queue_id,
+                        seen.arrival_time,
+                        seen.sender,
+                        seen.subject,
+                        seen.own_sender,
+                        seen.state.as_str(),
+                        now,
+                        now
+                    ],
+                )?;
+                Ok((self.conn.last_insert_rowid(), true))
+            }
+        }
+    }
+
+    /// Replaces the pending recipients of a message with what the queue
+    /// shows now; recipients no longer listed are `gone` (delivered or
+    /// bounced), unless an action already settled them.
+    pub fn set_pending_recipients(
+        &self,
+        message_id: i64,
+        recipients: &[SeenRecipient],
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE recipients SET state='gone' WHERE message_id=? AND state='pending'",
+            [message_id],
+        )?;
+        let mut upsert = self.conn.prepare_cached(
+            "INSERT INTO recipients(message_id, address, delay_reason, tls_kind, mandatory, state) VALUES(?,?,?,?,?,'pending') \
+             ON CONFLICT(message_id, address) DO UPDATE SET delay_reason=excluded.delay_reason, tls_kind=excluded.tls_kind, \
+             mandatory=excluded.mandatory, state=CASE WHEN state IN ('pending', 'gone') THEN 'pending' ELSE state END",
+        )?;
+        for r in recipients {
+            upsert.execute(params![
+                message_id,
+                r.address,
+                r.delay_reason,
+                r.tls_kind,
+                r.mandatory
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Messages in `Deferred` state not seen at `scan_time` (the scan that
+    /// just ended) have left the queue: they become `Gone` and are returned.
+    pub fn mark_missing_gone(&self, instance: &str, scan_time: i64) -> Result<Vec<MessageRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "UPDATE messages SET state='gone' WHERE instance=? AND state='deferred' AND last_seen<? RETURNING {MESSAGE_COLUMNS}"
+        ))?;
+        let rows = stmt.query_map(params![instance, scan_time], message_row)?;
+        let gone = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        for message in &gone {
+            self.conn.execute(
+                "UPDATE recipients SET state='gone' WHERE message_id=? AND state='pending'",
+                [message.id],
+            )?;
+        }
+        Ok(gone)
+    }
+
+    /// The message with this instance, queue id and arrival time.
+    pub fn find_message(
+        &self,
+        instance: &str,
+        queue_id: &str,
+        arrival_time: i64,
+    ) -> Result<Option<MessageRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE instance=? AND queue_id=? AND arrival_time=?"),
+                params![instance, queue_id, arrival_time],
+                message_row,
+            )
+            .optional()?)
+    }
+
+    pub fn message(&self, id: i64) -> Result<Option<MessageRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id=?"),
+                [id],
+                message_row,
+            )
+            .optional()?)
+    }
+
+    /// Messages in a state, newest first, at most `limit`.
+    pub fn messages_in(&self, state: MessageState, limit: i64) -> Result<Vec<MessageRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE state=? ORDER BY arrival_time DESC, id DESC LIMIT ?"
+        ))?;
+        let rows = stmt.query_map(params![state.as_str(), limit], message_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn recipients(&self, message_id: i64) -> Result<Vec<RecipientRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT address, delay_reason, tls_kind, mandatory, state FROM recipients WHERE message_id=? ORDER BY address",
+        )?;
+        let rows = stmt.query_map([message_id], |r| {
+            Ok(RecipientRow {
+                address: r.get(0)?,
+                delay_reason: r.get(1)?,
+                tls_kind: r.get(2)?,
+                mandatory: r.get(3)?,
+                state: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn set_recipient_state(&self, message_id: i64, address: &str, state: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE recipients SET state=? WHERE message_id=? AND address=?",
+            params![state, message_id, address],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_message_state(&self, message_id: i64, state: MessageState) -> Result<()> {
+        self.conn.execute(
+            "UPDATE messages SET state=? WHERE id=?",
+            params![state.as_str(), message_id],
+        )?;
+        Ok(())
+    }
+
+    pub fn record_notification(
+        &self,
+        message_id: i64,
+        kind: &str,
+        sent_to: &str,
+        outcome: &str,
+        now: i64,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO notifications(message_id, kind, sent_to, at, outcome) VALUES(?,?,?,?,?)",
+            params![message_id, kind, sent_to, now, outcome],
+        )?;
+        Ok(())
+    }
+
+    /// Notifications of a message, oldest first.
+    pub fn notifications(&self, message_id: i64) -> Result<Vec<NotificationRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT kind, sent_to, at, outcome FROM notifications WHERE message_id=? ORDER BY id",
+        )?;
+        let rows = stmt.query_map([message_id], |r| {
+            Ok(NotificationRow {
+                kind: r.get(0)?,
+                sent_to: r.get(1)?,
+                at: r.get(2)?,
+                outcome: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Marks a token used; false when it was used before (single use).
+    pub fn use_token(
+        &self,
+        token_id: &str,
+        message_id: i64,
+        action: &str,
+        ip: Option<&str>,
+        now: i64,
+    ) -> Result<bool> {
+        let inserted = self.conn.execute(
+            "INSERT OR IGNORE INTO tokens_used(token_id, message_id, action, at, ip) VALUES(?,?,?,?,?)",
+            params![token_id, message_id, action, now, ip],
+        )?;
+        Ok(inserted == 1)
+    }
+
+    /// Queues an action for the worker; returns its id.
+    pub fn request_action(
+        &self,
+        message_id: i64,
+        action: &str,
+        requested_by: &str,
+        ip: Option<&str>,
+        now: i64,
+    ) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO actions(message_id, action, requested_by, ip, requested_at, state) VALUES(?,?,?,?,?,'queued')",
+            params![message_id, action, requested_by, ip, now],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// The oldest queued action, marked `running`.
+    pub fn take_action(&self) -> Result<Option<ActionRow>> {
+        let mut stmt = self.conn.prepare(
+            "UPDATE actions SET state='running' WHERE id=(SELECT min(id) FROM actions WHERE state='queued') \
+             RETURNING id, message_id, action, requested_by, ip, requested_at, state, result, new_queue_id, finished_at",
+        )?;
+        Ok(stmt.query_row([], action_row).optional()?)
+    }
+
+    pub fn finish_action(
+        &self,
+        id: i64,
+        state: &str,
+        result: &str,
+        new_queue_id: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE actions SET state=?, result=?, new_queue_id=?, finished_at=? WHERE id=?",
+            params![state, result, new_queue_id, now, id],
+        )?;
+        Ok(())
+    }
+
+    pub fn action(&self, id: i64) -> Result<Option<ActionRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, message_id, action, requested_by, ip, requested_at, state, result, new_queue_id, finished_at \
+                 FROM actions WHERE id=?",
+                [id],
+                action_row,
+            )
+            .optional()?)
+    }
+
+    /// Actions on a message, oldest first.
+    pub fn actions_of(&self, message_id: i64) -> Result<Vec<ActionRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, message_id, action, requested_by, ip, requested_at, state, result, new_queue_id, finished_at \
+             FROM actions WHERE message_id=? ORDER BY id",
+        )?;
+        let rows = stmt.query_map([message_id], action_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn audit(
+        &self,
+        actor: &str,
+        ip: Option<&str>,
+        message_id: Option<i64>,
+        event: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO audit(at, actor, ip, message_id, event, detail) VALUES(?,?,?,?,?,?)",
+            params![now, actor, ip, message_id, event, detail],
+        )?;
+        Ok(())
+    }
+
+    /// The newest audit entries, at most `limit`.
+    pub fn audit_log(&self, limit: i64) -> Result<Vec<AuditRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT at, actor, ip, message_id, event, detail FROM audit ORDER BY id DESC LIMIT ?",
+        )?;
+        let rows = stmt.query_map([limit], |r| {
+            Ok(AuditRow {
+                at: r.get(0)?,
+                actor: r.get(1)?,
+                ip: r.get(2)?,
+                message_id: r.get(3)?,
+                event: r.get(4)?,
+                detail: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Mandatory-TLS domains managed in the web UI (the configured ones are
+    /// added by the caller).
+    pub fn mandatory_domains(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT domain FROM mandatory_domains ORDER BY domain")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn add_mandatory_domain(&self, domain: &str, added_by: &str, now: i64) -> Result<bool> {
+        Ok(self.conn.execute(
+            "INSERT OR IGNORE INTO mandatory_domains(domain, added_by, added_at) VALUES(?,?,?)",
+            params![domain, added_by, now],
+        )? == 1)
+    }
+
+    pub fn remove_mandatory_domain(&self, domain: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM mandatory_domains WHERE domain=?", [domain])?
+            == 1)
+    }
+
+    pub fn set_admin(&self, name: &str, password_hash: &str, now: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO admins(name, password_hash, created) VALUES(?,?,?) \
+             ON CONFLICT(name) DO UPDATE SET password_hash=excluded.password_hash",
+            params![name, password_hash, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn admin_password_hash(&self, name: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT password_hash FROM admins WHERE name=?",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn create_session(&self, id: &str, admin: &str, now: i64, expires: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO sessions(id, admin, created, expires) VALUES(?,?,?,?)",
+            params![id, admin, now, expires],
+        )?;
+        Ok(())
+    }
+
+    /// The admin of a live session.
+    pub fn session_admin(&self, id: &str, now: i64) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT admin FROM sessions WHERE id=? AND expires>?",
+                params![id, now],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn end_session(&self, id: &str) -> Result<()> {
+        self.conn.execute("DELETE FROM sessions WHERE id=?", [id])?;
+        Ok(())
+    }
+}
+
+fn action_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ActionRow> {
+    Ok(ActionRow {
+        id: r.get(0)?,
+        message_id: r.get(1)?,
+        action: r.get(2)?,
+        requested_by: r.get(3)?,
+        ip: r.get(4)?,
+        requested_at: r.get(5)?,
+        state: r.get(6)?,
+        result: r.get(7)?,
+        new_queue_id: r.get(8)?,
+        finished_at: r.get(9)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("posttls.sqlite")).unwrap();
+        (dir, store)
+    }
+
+    fn seen(queue_id: &str, arrival_time: i64) -> SeenMessage<'_> {
+        SeenMessage {
+            instance: "mx1",
+            queue_id,
+            arrival_time,
+            sender: "alice@example.org",
+            subject: Some("Hello"),
+            own_sender: true,
+            state: MessageState::Deferred,
+        }
+    }
+
+    fn rcpt(address: &str) -> SeenRecipient {
+        SeenRecipient {
+            address: address.into(),
+            delay_reason: Some("TLS is required, but was not offered by host x[1.2.3.4]".into()),
+            tls_kind: Some("not_offered".into()),
+            mandatory: false,
+        }
+    }
+
+    #[test]
+    fn a_reused_queue_id_is_another_message() {
+        let (_dir, store) = store();
+        let (a, new_a) = store.saw_message(&seen("4A0AF98C232", 100), 1000).unwrap();
+        let (again, new_again) = store.saw_message(&seen("4A0AF98C232", 100), 1060).unwrap();
+        let (b, new_b) = store.saw_message(&seen("4A0AF98C232", 200), 1060).unwrap();
+        assert!(new_a && !new_again && new_b);
+        assert_eq!(a, again);
+        assert_ne!(a, b);
+        assert_eq!(store.message(a).unwrap().unwrap().last_seen, 1060);
+    }
+
+    #[test]
+    fn recipients_follow_the_queue_and_settled_ones_keep_their_state() {
+        let (_dir, store) = store();
+        let (id, _) = store.saw_message(&seen("A1", 1), 10).unwrap();
+        store
+            .set_pending_recipients(id, &[rcpt("a@x"), rcpt("b@x"), rcpt("c@x")])
+            .unwrap();
+        store.set_recipient_state(id, "c@x", "released").unwrap();
+        // b was delivered meanwhile; c released.
+        store.set_pending_recipients(id, &[rcpt("a@x")]).unwrap();
+        let states: Vec<(String, String)> = store
+            .recipients(id)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.address, r.state))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("a@x".into(), "pending".into()),
+                ("b@x".into(), "gone".into()),
+                ("c@x".into(), "released".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn messages_missing_from_a_scan_are_gone_but_settled_ones_keep_their_state() {
+        let (_dir, store) = store();
+        let (kept, _) = store.saw_message(&seen("K", 1), 10).unwrap();
+        let (left, _) = store.saw_message(&seen("L", 1), 10).unwrap();
+        let (released, _) = store.saw_message(&seen("R", 1), 10).unwrap();
+        store
+            .set_message_state(released, MessageState::Released)
+            .unwrap();
+        store.saw_message(&seen("K", 1), 20).unwrap();
+        let gone: Vec<i64> = store
+            .mark_missing_gone("mx1", 20)
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(gone, [left]);
+        assert_eq!(
+            store.message(kept).unwrap().unwrap().state,
+            MessageState::Deferred
+        );
+        assert_eq!(
+            store.message(released).unwrap().unwrap().state,
+            MessageState::Released
+        );
+        // A released message seen again stays released.
+        store.saw_message(&seen("R", 1), 30).unwrap();
+        assert_eq!(
+            store.message(released).unwrap().unwrap().state,
+            MessageState::Released
+        );
+    }
+
+    #[test]
+    fn tokens_are_single_use_and_actions_are_taken_once() {
+        let (_dir, store) = store();
+        let (id, _) = store.saw_message(&seen("A1", 1), 10).unwrap();
+        assert!(store
+            .use_token("t1", id, "release", Some("192.0.2.1"), 11)
+            .unwrap());
+        assert!(!store
+            .use_token("t1", id, "release", Some("192.0.2.1"), 12)
+            .unwrap());
+        let action = store
+            .request_action(id, "release", "token", Some("192.0.2.1"), 11)
+            .unwrap();
+        let taken = store.take_action().unwrap().unwrap();
+        assert_eq!((taken.id, taken.state.as_str()), (action, "running"));
+        assert_eq!(store.take_action().unwrap(), None);
+        store
+            .finish_action(action, "done", "released", Some("B2"), 12)
+            .unwrap();
+        assert_eq!(
+            store
+                .action(action)
+                .unwrap()
+                .unwrap()
+                .new_queue_id
+                .as_deref(),
+            Some("B2")
+        );
+    }
+
+    #[test]
+    fn notifications_audit_domains_admins_and_sessions() {
+        let (_dir, store) = store();
+        let (id, _) = store.saw_message(&seen("A1", 1), 10).unwrap();
+        store
+            .record_notification(id, "first", "alice@example.org", "sent", 10)
+            .unwrap();
+        assert_eq!(store.notifications(id).unwrap().len(), 1);
+        store
+            .audit(
+                "admin:root",
+                Some("::1"),
+                Some(id),
+                "delete",
+                "deleted by admin",
+                11,
+            )
+            .unwrap();
+        assert_eq!(store.audit_log(10).unwrap()[0].event, "delete");
+        assert!(store
+            .add_mandatory_domain("bank.example", "root", 1)
+            .unwrap());
+        assert!(!store
+            .add_mandatory_domain("bank.example", "root", 1)
+            .unwrap());
+        assert_eq!(store.mandatory_domains().unwrap(), ["bank.example"]);
+        assert!(store.remove_mandatory_domain("bank.example").unwrap());
+        store.set_admin("root", "$argon2id$x", 1).unwrap();
+        assert_eq!(
+            store.admin_password_hash("root").unwrap().as_deref(),
+            Some("$argon2id$x")
+        );
+        store.create_session("s1", "root", 1, 100).unwrap();
+        assert_eq!(
+            store.session_admin("s1", 50).unwrap().as_deref(),
+            Some("root")
+        );
+        assert_eq!(store.session_admin("s1", 100).unwrap(), None);
+    }
+
+    #[test]
+    fn a_foreign_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE notes(x);")
+            .unwrap();
+        assert!(matches!(Store::open(&path), Err(StoreError::Foreign)));
+    }
+}
