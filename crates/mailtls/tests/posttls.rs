@@ -1,0 +1,283 @@
+//! PostTLS against a real Postfix instance: TLS required for all mail, a
+//! receiving server without STARTTLS, notifications captured by an SMTP
+//! sink.
+
+mod support;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::postfix::{Options, Postfix};
+use support::smtp_sink::SmtpSink;
+
+/// A port where nothing listens: deliveries there fail before TLS.
+fn dead_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+struct Lab {
+    /// The receiving server: no STARTTLS.
+    _receiver: SmtpSink,
+    /// Where notifications arrive.
+    notifications: SmtpSink,
+    postfix: Postfix,
+    /// An smtpd of the instance for mail from "outside".
+    smtpd_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn start() -> Lab {
+        let receiver = SmtpSink::start();
+        let notifications = SmtpSink::start();
+        let smtpd_port = dead_port();
+        let postfix = Postfix::start(
+            Options::new(receiver.port())
+                .tls_security_level("encrypt")
+                .main_cf(&format!(
+                    "transport_maps = inline:{{nontls.example=smtp:[127.0.0.1]:{}}}",
+                    dead_port()
+                ))
+                .main_cf("mynetworks = 127.0.0.0/8")
+                .master_cf(&format!(
+                    "127.0.0.1:{smtpd_port} inet n - n - - smtpd -o smtpd_recipient_restrictions=permit_mynetworks,reject -o local_header_rewrite_clients="
+                )),
+        );
+        Lab {
+            _receiver: receiver,
+            notifications,
+            postfix,
+            smtpd_port,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Submits a message locally (sendmail): our own user.
+    fn submit(&self, from: &str, to: &[&str], subject: &str) {
+        let mut args = vec!["-f", from, "--"];
+        args.extend_from_slice(to);
+        let message = format!(
+            "From: {from}\nTo: {}\nSubject: {subject}\n\nHello.\n",
+            to.join(", ")
+        );
+        self.postfix.sendmail(&args, message.as_bytes());
+    }
+
+    /// Sends a message into the instance over SMTP, unauthenticated: mail
+    /// relayed from outside. (The listener does not count 127.0.0.1 as a
+    /// local client, as `local_header_rewrite_clients` does by default.)
+    fn relay(&self, from: &str, to: &str) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.smtpd_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let read = |s: &mut TcpStream| {
+            let mut buf = [0u8; 4096];
+            let n = std::io::Read::read(s, &mut buf).unwrap();
+            String::from_utf8_lossy(&buf[..n]).to_string()
+        };
+        assert!(read(&mut s).starts_with("220"));
+        for (line, code) in [
+            ("EHLO outside.example".to_string(), "250"),
+            (format!("MAIL FROM:<{from}>"), "250"),
+            (format!("RCPT TO:<{to}>"), "250"),
+            ("DATA".to_string(), "354"),
+            (
+                format!("From: {from}\r\nSubject: relayed\r\n\r\nHi.\r\n."),
+                "250",
+            ),
+        ] {
+            s.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+            let answer = read(&mut s);
+            assert!(
+                answer.starts_with(code),
+                "{line}: {answer}\n{}",
+                self.postfix.maillog()
+            );
+        }
+        let _ = s.write_all(b"QUIT\r\n");
+    }
+
+    /// Waits until every queued message has a delay reason for each
+    /// recipient: all deliveries have been tried once.
+    fn wait_deferred(&self, count: usize) -> Vec<Value> {
+        self.postfix
+            .wait_queue(Duration::from_secs(30), "deferred messages", |q| {
+                q.len() == count
+                    && q.iter().all(|m| {
+                        m["queue_name"] == "deferred"
+                            && m["recipients"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .all(|r| r["delay_reason"].is_string())
+                    })
+            })
+    }
+
+    fn scan(&self) -> String {
+        let out = Command::new(support::mailtls_bin())
+            .args(["posttls", "scan"])
+            .arg(format!(
+                "--database={}",
+                self.dir.path().join("posttls.sqlite").display()
+            ))
+            .arg(format!(
+                "--postfix_config_dir={}",
+                self.postfix.config_dir().display()
+            ))
+            .arg("--instance=lab")
+            .arg("--own_domains=example.org")
+            .arg("--mandatory_domains=bank.example")
+            .arg("--organization_name=Example Org")
+            .arg("--notification_from=postmaster@example.org")
+            .arg("--base_url=https://posttls.example.org")
+            .arg(format!(
+                "--secret_key_file={}",
+                self.dir.path().join("secret.key").display()
+            ))
+            .arg(format!(
+                "--lock_file={}",
+                self.dir.path().join("scan.lock").display()
+            ))
+            .arg(format!(
+                "--smtp_relay=127.0.0.1:{}",
+                self.notifications.port()
+            ))
+            .arg("--smtp_security=plain")
+            .arg("--log_level=info")
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "posttls scan failed:\n{log}");
+        log
+    }
+
+    fn db_rows(&self, sql: &str) -> Vec<String> {
+        let conn = rusqlite::Connection::open(self.dir.path().join("posttls.sqlite")).unwrap();
+        let mut stmt = conn.prepare(sql).unwrap();
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    }
+}
+
+/// One message deferred for missing STARTTLS gives its sender exactly one
+/// notification, however often the queue is scanned; the links are signed
+/// tokens, not queue ids. A deferral for another reason, mail relayed from
+/// outside (even with our domain as sender) and mail from another domain
+/// give none.
+#[test]
+fn a_tls_deferral_notifies_our_sender_once_and_nothing_else_does() {
+    let lab = Lab::start();
+    lab.submit(
+        "alice@example.org",
+        &["bob@notls.example"],
+        "=?UTF-8?Q?Gr=C3=BC=C3=9Fe?= and figures",
+    );
+    lab.submit(
+        "carol@example.org",
+        &["dave@nontls.example"],
+        "not a TLS problem",
+    );
+    lab.submit(
+        "erin@other.example",
+        &["bob@notls.example"],
+        "not our domain",
+    );
+    lab.relay("alice@example.org", "frank@notls.example");
+    let queue = lab.wait_deferred(4);
+    let reasons: Vec<String> = queue
+        .iter()
+        .map(|m| {
+            m["recipients"][0]["delay_reason"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("TLS is required, but was not offered")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("Connection refused")),
+        "{reasons:?}"
+    );
+
+    let log = lab.scan();
+    let mails = lab.notifications.wait_for(1, Duration::from_secs(10));
+    assert_eq!(mails.len(), 1, "{log}");
+    let mail = &mails[0];
+    assert_eq!(mail.recipients, ["alice@example.org"]);
+    assert_eq!(mail.sender, "postmaster@example.org");
+    let text = mail.text();
+    assert!(text.contains("Auto-Submitted: auto-generated"), "{text}");
+    let parsed = mail_text(&mail.data);
+    assert!(parsed.contains("Grüße and figures"), "{parsed}");
+    assert!(parsed.contains("bob@notls.example"), "{parsed}");
+    assert!(
+        parsed.contains("does not support encryption") || parsed.contains("encrypt"),
+        "{parsed}"
+    );
+    let links: Vec<&str> = parsed
+        .split_whitespace()
+        .filter(|w| w.starts_with("https://posttls.example.org/confirm/"))
+        .collect();
+    assert_eq!(links.len(), 2, "{parsed}");
+    assert_ne!(links[0], links[1]);
+    let queue_id = queue
+        .iter()
+        .find(|m| {
+            m["sender"] == "alice@example.org"
+                && m["recipients"][0]["address"] == "bob@notls.example"
+        })
+        .unwrap()["queue_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        links.iter().all(|l| !l.contains(&queue_id)),
+        "links carry tokens, not the queue id"
+    );
+
+    // Scanning again tells nobody anything new.
+    lab.scan();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(lab.notifications.messages().len(), 1);
+    assert_eq!(
+        lab.db_rows("SELECT sender || ' ' || state FROM messages ORDER BY sender"),
+        ["alice@example.org deferred", "alice@example.org ignored", "erin@other.example ignored"],
+        "the relayed message and the other domain's are recorded as ignored; carol's has no TLS failure"
+    );
+    assert!(
+        log.contains("TLS deferral ignored (not_own_sender)"),
+        "{log}"
+    );
+}
+
+/// The text of a mail's body parts, decoded (quoted-printable, base64).
+fn mail_text(raw: &[u8]) -> String {
+    let out = Command::new(support::repo().join(".venv/bin/python"))
+        .args([
+            "-c",
+            "import email, email.policy, sys\n\
+             m = email.message_from_bytes(sys.stdin.buffer.read(), policy=email.policy.default)\n\
+             print(m['Subject'])\n\
+             for part in m.walk():\n    \
+                 if part.get_content_maintype() == 'text': print(part.get_content())",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(raw)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
