@@ -16,7 +16,7 @@ use posttls_store::Store;
 use posttls_token::SecretKey;
 use tlsrpt_delivery::{MailTransport, Outcome, Sendmail, TrustAnchors};
 
-pub const OPTIONS: [OptionSpec; 26] = [
+pub const OPTIONS: [OptionSpec; 30] = [
     OptionSpec { name: "database", kind: Kind::Str, default: "/var/lib/posttls/posttls.sqlite", help: "SQLite database of messages, notifications, actions and the audit log" },
     OptionSpec { name: "instance", kind: Kind::Str, default: "", help: "Name of this Postfix instance, bound into every link (default: the host name)" },
     OptionSpec { name: "postfix_config_dir", kind: Kind::Str, default: "", help: "Postfix configuration directory (-c) of the instance to watch; empty: the default instance" },
@@ -39,6 +39,10 @@ pub const OPTIONS: [OptionSpec; 26] = [
     OptionSpec { name: "reminder_interval", kind: Kind::Int, default: "14400", help: "Seconds between reminders about a message still waiting; 0: no reminders" },
     OptionSpec { name: "max_reminders", kind: Kind::Int, default: "3", help: "Reminders per message at most (the original reminded every 30 minutes forever)" },
     OptionSpec { name: "template_dir", kind: Kind::Str, default: "", help: "Directory with replacements for the notification templates subject.txt.j2, notification.txt.j2, notification.html.j2" },
+    OptionSpec { name: "release_listener", kind: Kind::Str, default: "127.0.0.1:10026", help: "SMTP listener of the instance that sends with opportunistic TLS (content_filter to a transport with smtp_tls_security_level=may; see README): released recipients are re-injected there" },
+    OptionSpec { name: "reinject_listener", kind: Kind::Str, default: "127.0.0.1:10027", help: "SMTP listener of the instance with the normal (mandatory TLS) path: when a released message has other pending recipients, their copy is re-injected there" },
+    OptionSpec { name: "listen", kind: Kind::Str, default: "127.0.0.1:8025", help: "Address of the web pages (confirmation pages and admin dashboard); put a TLS-terminating proxy in front" },
+    OptionSpec { name: "cookie_secure", kind: Kind::Int, default: "1", help: "Mark the admin session cookie Secure (needs HTTPS in front); 0 only for tests on plain HTTP" },
     OptionSpec { name: "lock_file", kind: Kind::Str, default: "/run/posttls/scan.lock", help: "Lock that keeps scans from overlapping" },
     OptionSpec { name: "pidfilename", kind: Kind::Str, default: "", help: "PID file of the worker" },
     OptionSpec { name: "logfilename", kind: Kind::Str, default: "", help: "Log file (in addition to standard error); reopened on SIGHUP" },
