@@ -21,12 +21,14 @@ fn dead_port() -> u16 {
 
 struct Lab {
     /// The receiving server: no STARTTLS.
-    _receiver: SmtpSink,
+    receiver: SmtpSink,
     /// Where notifications arrive.
     notifications: SmtpSink,
     postfix: Postfix,
     /// An smtpd of the instance for mail from "outside".
     smtpd_port: u16,
+    release_port: u16,
+    normal_port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -35,9 +37,21 @@ impl Lab {
         let receiver = SmtpSink::start();
         let notifications = SmtpSink::start();
         let smtpd_port = dead_port();
+        let (release_port, normal_port) = (dead_port(), dead_port());
         let postfix = Postfix::start(
             Options::new(receiver.port())
                 .tls_security_level("encrypt")
+                // The two re-injection listeners of shared/spec/postfix.md:
+                // released recipients go out with opportunistic TLS, the
+                // others on the normal path.
+                .master_cf("smtp_may unix - - n - - smtp -o smtp_tls_security_level=may")
+                .master_cf(&format!(
+                    "127.0.0.1:{release_port} inet n - n - - smtpd -o content_filter=smtp_may:[127.0.0.1]:{} -o smtpd_recipient_restrictions=permit_mynetworks,reject",
+                    receiver.port()
+                ))
+                .master_cf(&format!(
+                    "127.0.0.1:{normal_port} inet n - n - - smtpd -o smtpd_recipient_restrictions=permit_mynetworks,reject"
+                ))
                 .main_cf(&format!(
                     "transport_maps = inline:{{nontls.example=smtp:[127.0.0.1]:{}}}",
                     dead_port()
@@ -48,10 +62,12 @@ impl Lab {
                 )),
         );
         Lab {
-            _receiver: receiver,
+            receiver,
             notifications,
             postfix,
             smtpd_port,
+            release_port,
+            normal_port,
             dir: tempfile::tempdir().unwrap(),
         }
     }
@@ -147,12 +163,66 @@ impl Lab {
                 self.notifications.port()
             ))
             .arg("--smtp_security=plain")
+            .arg(format!(
+                "--release_listener=127.0.0.1:{}",
+                self.release_port
+            ))
+            .arg(format!(
+                "--reinject_listener=127.0.0.1:{}",
+                self.normal_port
+            ))
             .arg("--log_level=info")
             .output()
             .unwrap();
         let log = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "posttls scan failed:\n{log}");
         log
+    }
+
+    /// What the web process does once a sender confirmed: a queued
+    /// request (the web flow itself is tested with its own crate and in
+    /// the browser test).
+    fn request(&self, queue_id: &str, action: &str) -> i64 {
+        let conn = rusqlite::Connection::open(self.dir.path().join("posttls.sqlite")).unwrap();
+        let message: i64 = conn
+            .query_row(
+                "SELECT id FROM messages WHERE queue_id=?",
+                [queue_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        conn.execute(
+            "INSERT INTO actions(message_id, action, requested_by, ip, requested_at, state) VALUES(?, ?, 'sender test', '127.0.0.1', 0, 'queued')",
+            rusqlite::params![message, action],
+        )
+        .unwrap();
+        conn.last_insert_rowid()
+    }
+
+    fn action(&self, id: i64) -> (String, String, Option<String>) {
+        let conn = rusqlite::Connection::open(self.dir.path().join("posttls.sqlite")).unwrap();
+        conn.query_row(
+            "SELECT state, result, new_queue_id FROM actions WHERE id=?",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap()
+    }
+
+    fn queue_id_of(&self, queue: &[Value], recipient: &str) -> String {
+        queue
+            .iter()
+            .find(|m| {
+                m["recipients"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r["address"] == recipient)
+            })
+            .unwrap_or_else(|| panic!("no message for {recipient}: {queue:?}"))["queue_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     fn db_rows(&self, sql: &str) -> Vec<String> {
@@ -280,4 +350,122 @@ fn mail_text(raw: &[u8]) -> String {
         .unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// The sender's choices carried out against the real queue: a release
+/// sends the message to the TLS-failed recipient over the opportunistic
+/// path and removes the original; with another pending recipient, that
+/// one keeps its normal delivery in a copy of its own; a delete removes
+/// the message; a recipient in a mandatory-TLS domain is never released.
+#[test]
+fn releases_and_deletes_act_on_the_real_queue_and_mandatory_domains_are_kept() {
+    let lab = Lab::start();
+    lab.submit("alice@example.org", &["bob@notls.example"], "release me");
+    lab.submit(
+        "alice@example.org",
+        &["carl@notls.example", "dave@nontls.example"],
+        "mixed",
+    );
+    lab.submit("alice@example.org", &["erin@notls.example"], "delete me");
+    lab.submit("alice@example.org", &["frank@bank.example"], "mandatory");
+    let queue = lab.wait_deferred(4);
+    let single = lab.queue_id_of(&queue, "bob@notls.example");
+    let mixed = lab.queue_id_of(&queue, "carl@notls.example");
+    let doomed = lab.queue_id_of(&queue, "erin@notls.example");
+    let mandatory = lab.queue_id_of(&queue, "frank@bank.example");
+    lab.scan();
+    let notes = lab.notifications.wait_for(4, Duration::from_secs(10));
+    let mandatory_note = notes
+        .iter()
+        .map(|m| mail_text(&m.data))
+        .find(|t| t.contains("frank@bank.example"))
+        .unwrap();
+    assert!(
+        mandatory_note.contains("Never sent unencrypted"),
+        "{mandatory_note}"
+    );
+    assert!(
+        !mandatory_note.contains("/confirm/"),
+        "no links when nothing may be released: {mandatory_note}"
+    );
+
+    let release = lab.request(&single, "release");
+    let release_mixed = lab.request(&mixed, "release");
+    let delete = lab.request(&doomed, "delete");
+    let refused = lab.request(&mandatory, "release");
+    lab.scan();
+
+    let (state, result, new_id) = lab.action(release);
+    assert_eq!(state, "done", "{result}");
+    assert!(new_id.is_some(), "{result}");
+    let (state, result, _) = lab.action(release_mixed);
+    assert_eq!(state, "done", "{result}");
+    assert!(
+        result.contains("the other recipients keep their normal delivery"),
+        "{result}"
+    );
+    let (state, result, _) = lab.action(delete);
+    assert_eq!(
+        (state.as_str(), result.as_str()),
+        ("done", "the message was deleted")
+    );
+    let (state, result, _) = lab.action(refused);
+    assert_eq!(state, "refused");
+    assert!(result.contains("domain requires encryption"), "{result}");
+
+    // Delivered in plain text to exactly the released recipients.
+    let delivered = lab.receiver.wait_for(2, Duration::from_secs(30));
+    let mut got: Vec<Vec<String>> = delivered.iter().map(|m| m.recipients.clone()).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            vec!["bob@notls.example".to_string()],
+            vec!["carl@notls.example".to_string()]
+        ]
+    );
+    assert!(delivered
+        .iter()
+        .any(|m| m.text().contains("Subject: release me")));
+
+    // The queue: originals gone; dave waits in his own copy (normal path,
+    // still refused), frank's message untouched and not on hold.
+    let queue = lab.postfix.wait_queue(
+        Duration::from_secs(30),
+        "the queue after the actions",
+        |q| {
+            q.len() == 2
+                && q.iter()
+                    .all(|m| m["recipients"][0]["delay_reason"].is_string())
+        },
+    );
+    let ids: Vec<&str> = queue
+        .iter()
+        .map(|m| m["queue_id"].as_str().unwrap())
+        .collect();
+    for original in [&single, &mixed, &doomed] {
+        assert!(
+            !ids.contains(&original.as_str()),
+            "{original} still queued: {queue:?}"
+        );
+    }
+    assert!(ids.contains(&mandatory.as_str()));
+    let dave = queue
+        .iter()
+        .find(|m| m["recipients"][0]["address"] == "dave@nontls.example")
+        .unwrap();
+    assert_eq!(dave["recipients"].as_array().unwrap().len(), 1);
+    assert_eq!(dave["sender"], "alice@example.org");
+    assert!(queue.iter().all(|m| m["queue_name"] != "hold"), "{queue:?}");
+    assert_eq!(
+        lab.db_rows("SELECT queue_id || ' ' || state FROM messages WHERE queue_id IN ('X') OR state IN ('released', 'deleted') ORDER BY state, queue_id")
+            .len(),
+        3
+    );
+    // A second release of the same message is refused, not repeated.
+    let again = lab.request(&single, "release");
+    lab.scan();
+    let (state, result, _) = lab.action(again);
+    assert_eq!(state, "refused", "{result}");
+    assert_eq!(lab.receiver.messages().len(), 2);
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{ArgMatches, Command};
 use mailtls_common::config::{add_options, Kind, OptionSpec, ProgramSpec, Settings};
 use mailtls_common::pidfile::PidFile;
+use posttls_actions::{Executor, ReinjectPaths};
 use posttls_notify::Templates;
 use posttls_policy::{DomainSet, OwnSenders};
 use posttls_postfix::Postfix;
@@ -128,6 +129,7 @@ struct Setup {
     key: SecretKey,
     mailer: TransportMailer,
     database: PathBuf,
+    paths: ReinjectPaths,
 }
 
 fn required(settings: &Settings, name: &str, example: &str) -> Result<String, String> {
@@ -210,6 +212,11 @@ impl Setup {
             key,
             mailer: TransportMailer(transport, notification_from),
             database: PathBuf::from(settings.get_str("database")),
+            paths: ReinjectPaths {
+                release: settings.get_str("release_listener").to_string(),
+                normal: settings.get_str("reinject_listener").to_string(),
+                timeout,
+            },
         })
     }
 
@@ -241,6 +248,25 @@ impl Setup {
         Ok(report)
     }
 
+    /// Carries out every queued action; returns how many.
+    fn act(&self, store: &Store) -> Result<usize, String> {
+        let executor = Executor {
+            postfix: &self.postfix,
+            store,
+            instance: &self.config.instance,
+            mandatory: &self.config.mandatory,
+            paths: &self.paths,
+        };
+        let mut done = 0;
+        while let Some(action) = store.take_action().map_err(|e| e.to_string())? {
+            executor
+                .execute(&action, chrono::Utc::now().timestamp())
+                .map_err(|e| e.to_string())?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
     fn open_store(&self) -> Result<Store, String> {
         Store::open(&self.database).map_err(|e| format!("{}: {e}", self.database.display()))
     }
@@ -258,9 +284,10 @@ impl Setup {
                 return 1;
             }
         };
-        let result = self
-            .open_store()
-            .and_then(|mut store| self.scan(&mut store));
+        let result = self.open_store().and_then(|mut store| {
+            self.act(&store)?;
+            self.scan(&mut store)
+        });
         match result {
             Ok(_) => 0,
             Err(e) => {
@@ -297,11 +324,15 @@ impl Setup {
             if let Err(e) = self.scan(&mut store) {
                 log::error!("scan failed: {e}");
             }
+            // Requests from the web pages are carried out within a second.
             let until = std::time::Instant::now() + interval;
             while std::time::Instant::now() < until
                 && !stop.load(std::sync::atomic::Ordering::SeqCst)
             {
-                std::thread::sleep(Duration::from_millis(100));
+                if let Err(e) = self.act(&store) {
+                    log::error!("actions: {e}");
+                }
+                std::thread::sleep(Duration::from_millis(500));
             }
         }
         log::info!("PostTLS worker stopped");
