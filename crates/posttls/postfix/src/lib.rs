@@ -117,6 +117,13 @@ impl Postfix {
         Ok(Envelope::parse(&String::from_utf8_lossy(&output.stdout)))
     }
 
+    /// `postcat -e -h -q ID`: the envelope and the header block in one
+    /// run (the scanner needs both for every new message).
+    pub fn envelope_and_headers(&self, id: &QueueId) -> Result<(Envelope, Vec<u8>), PostfixError> {
+        let output = self.run("postcat", &["-e", "-h", "-q", id.as_str()], None)?;
+        Ok(split_envelope_and_headers(&output.stdout))
+    }
+
     /// `postcat -h -q ID`: the message's header block.
     pub fn headers(&self, id: &QueueId) -> Result<Vec<u8>, PostfixError> {
         Ok(self
@@ -232,17 +239,22 @@ impl Postfix {
                 let _ = err.read_to_end(&mut data);
                 data
             });
-            let status = loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => break Some(status),
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(5))
-                    }
-                    _ => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break None;
-                    }
+            // A waiter thread, so the answer comes the moment the command
+            // exits (no polling delay on every one of thousands of calls).
+            let pid =
+                nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32"));
+            let (exited, exit) = std::sync::mpsc::channel();
+            scope.spawn(move || {
+                let _ = exited.send(child.wait());
+            });
+            let status = match exit.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(Ok(status)) => Some(status),
+                Ok(Err(_)) => None,
+                Err(_) => {
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    let _ = exit.recv();
+                    None
                 }
             };
             (
@@ -271,6 +283,28 @@ impl Postfix {
             }),
         }
     }
+}
+
+/// Splits `postcat -e -h` output at its section markers: the envelope
+/// records before `*** MESSAGE CONTENTS`, the header lines after it (up to
+/// the next `***` marker).
+fn split_envelope_and_headers(output: &[u8]) -> (Envelope, Vec<u8>) {
+    let text = String::from_utf8_lossy(output);
+    let mut envelope_text = String::new();
+    let mut headers = Vec::new();
+    let mut in_headers = false;
+    for line in text.split_inclusive('\n') {
+        if line.starts_with("*** ") {
+            in_headers = line.starts_with("*** MESSAGE CONTENTS");
+            continue;
+        }
+        if in_headers {
+            headers.extend_from_slice(line.as_bytes());
+        } else {
+            envelope_text.push_str(line);
+        }
+    }
+    (Envelope::parse(&envelope_text), headers)
 }
 
 /// The count in a postsuper summary such as `postsuper: Placed on hold: 1
@@ -310,6 +344,21 @@ mod tests {
         );
         assert!(!remote.local_submission);
         assert_eq!(remote.sasl_username.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn envelope_and_headers_come_apart_at_the_markers() {
+        let (envelope, headers) = split_envelope_and_headers(
+            b"*** ENVELOPE RECORDS deferred/4A0AF98C232 ***\nnamed_attribute: rewrite_context=local\nsender: alice@example.test\nrecipient: bob@notls.example\n\
+              *** MESSAGE CONTENTS deferred/4A0AF98C232 ***\nsender: forged@header.example\nSubject: Hello\n\n\
+              *** HEADER EXTRACTED deferred/4A0AF98C232 ***\n*** MESSAGE FILE END deferred/4A0AF98C232 ***\n",
+        );
+        assert_eq!(envelope.sender, "alice@example.test");
+        assert!(envelope.local_submission);
+        assert_eq!(
+            headers,
+            b"sender: forged@header.example\nSubject: Hello\n\n"
+        );
     }
 
     #[test]

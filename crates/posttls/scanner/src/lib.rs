@@ -27,6 +27,9 @@ use posttls_queue::{parse_queue, QueuedMessage};
 use posttls_store::{MessageState, SeenMessage, SeenRecipient, Store, StoreError};
 use posttls_token::{Action, ActionToken, SecretKey};
 
+/// Longest time the scan holds the database's write lock at once.
+const BATCH_TIME: Duration = Duration::from_millis(200);
+
 /// Sends a finished notification mail to one address.
 pub trait Mailer {
     fn send(&self, to: &str, message: &[u8]) -> Result<(), String>;
@@ -122,7 +125,16 @@ impl Scanner<'_> {
         }
         let cache = ClassifyCache::default();
         let now_s = now.timestamp();
+        // Batched writes; short batches, so that the web process is never
+        // locked out for long.
+        self.store.begin_batch()?;
+        let mut batch_started = Instant::now();
         for message in &scan.messages {
+            if batch_started.elapsed() > BATCH_TIME {
+                self.store.end_batch()?;
+                self.store.begin_batch()?;
+                batch_started = Instant::now();
+            }
             let has_tls_failure = message.pending_recipients().any(|r| {
                 r.delay_reason
                     .as_deref()
@@ -138,6 +150,7 @@ impl Scanner<'_> {
             }
         }
         let gone = self.store.mark_missing_gone(&self.config.instance, now_s)?;
+        self.store.end_batch()?;
         report.gone = gone.len();
         report.elapsed = started.elapsed();
         Ok(report)
@@ -162,18 +175,13 @@ impl Scanner<'_> {
             Some(row) => (row.own_sender, row.subject.clone()),
             None if !self.config.own.domains.contains_address(&message.sender) => (false, None),
             None => {
-                let envelope = self.postfix.envelope(&message.queue_id)?;
+                let (envelope, headers) = self.postfix.envelope_and_headers(&message.queue_id)?;
                 let evidence = SubmissionEvidence {
                     local_submission: envelope.local_submission,
                     sasl_username: envelope.sasl_username,
                 };
                 let own = self.config.own.is_own(&message.sender, &evidence);
-                let subject = if own {
-                    subject_of(&self.postfix.headers(&message.queue_id)?)
-                } else {
-                    None
-                };
-                (own, subject)
+                (own, own.then(|| subject_of(&headers)).flatten())
             }
         };
         let decision = decide(message, |reason| cache.get(reason), own, mandatory);

@@ -241,6 +241,9 @@ impl Store {
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        // In WAL mode NORMAL loses nothing when a process dies, only the
+        // last transactions on power loss, and saves a disk sync per write.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
         let tables: i64 = conn.query_row(
             "SELECT count(*) FROM sqlite_master WHERE type='table'",
@@ -280,6 +283,21 @@ impl Store {
                 Err(err)
             }
         }
+    }
+
+    /// Starts a batch of writes (one transaction) for [`end_batch`]: a
+    /// scan of thousands of messages commits a few times, not thousands.
+    ///
+    /// [`end_batch`]: Self::end_batch
+    pub fn begin_batch(&self) -> Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    /// Commits the batch begun with [`begin_batch`](Self::begin_batch).
+    pub fn end_batch(&self) -> Result<()> {
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
     }
 
     /// Records a sighting of a queued message: new, or seen again. A
@@ -856,5 +874,83 @@ mod tests {
             .execute_batch("CREATE TABLE notes(x);")
             .unwrap();
         assert!(matches!(Store::open(&path), Err(StoreError::Foreign)));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// For the web process (posttls-web): reading back a token's use, so that a
+// confirmation page can say "this link was already used" without using it.
+// ---------------------------------------------------------------------------
+
+/// A recorded use of a single-use token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenUseRow {
+    pub token_id: String,
+    pub message_id: i64,
+    pub action: String,
+    pub at: i64,
+    pub ip: Option<String>,
+}
+
+impl Store {
+    /// The use of `token_id` recorded by [`Store::use_token`], if any. Reads
+    /// only: a GET of a confirmation page calls it.
+    pub fn token_use(&self, token_id: &str) -> Result<Option<TokenUseRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT token_id, message_id, action, at, ip FROM tokens_used WHERE token_id=?",
+                [token_id],
+                |r| {
+                    Ok(TokenUseRow {
+                        token_id: r.get(0)?,
+                        message_id: r.get(1)?,
+                        action: r.get(2)?,
+                        at: r.get(3)?,
+                        ip: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+}
+
+#[cfg(test)]
+mod web_tests {
+    use super::*;
+
+    #[test]
+    fn a_token_use_reads_back_and_unused_tokens_are_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("posttls.sqlite")).unwrap();
+        let (id, _) = store
+            .saw_message(
+                &SeenMessage {
+                    instance: "mx1",
+                    queue_id: "A1",
+                    arrival_time: 1,
+                    sender: "alice@example.org",
+                    subject: None,
+                    own_sender: true,
+                    state: MessageState::Deferred,
+                },
+                10,
+            )
+            .unwrap();
+        assert_eq!(store.token_use("t1").unwrap(), None);
+        assert!(store
+            .use_token("t1", id, "release", Some("192.0.2.1"), 11)
+            .unwrap());
+        assert_eq!(
+            store.token_use("t1").unwrap(),
+            Some(TokenUseRow {
+                token_id: "t1".into(),
+                message_id: id,
+                action: "release".into(),
+                at: 11,
+                ip: Some("192.0.2.1".into()),
+            })
+        );
+        assert_eq!(store.token_use("t2").unwrap(), None);
     }
 }

@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""PostTLS scan benchmark: `posttls scan` over a queue of N deferred messages.
+
+The queue is a recorded `postqueue -j` listing (generated here: most
+messages deferred for missing STARTTLS, some for other TLS failures, some
+for connection refused, some with several recipients, most from our own
+senders), served by stand-in postqueue/postcat commands so that the numbers
+are the scanner's own and not Postfix's. Two timed passes:
+
+  first   every message is new: envelope and subject read (postcat, one
+          process each), every notification built, signed and handed to the
+          notification command (a stand-in that reads and discards it);
+  steady  the same queue again: everything known, every decision made
+          again (who waits, who is told, reminders due), nothing to send.
+
+Target (issue 4): scanning 10 000 deferred messages and deciding all
+notifications in under 2 seconds (the steady pass; the first pass is
+dominated by the one postcat and one notification per new message).
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAILTLS = os.path.join(ROOT, "target", "release", "mailtls")
+
+REASONS = [
+    (60, "TLS is required, but was not offered by host mx.{d}[192.0.2.{n}]"),
+    (4, "Server certificate not verified"),
+    (3, "delivery temporarily suspended: TLS is required, but was not offered by host mx.{d}[192.0.2.{n}]"),
+    (3, "Cannot start TLS: handshake failure"),
+    (20, "connect to mx.{d}[192.0.2.{n}]:25: Connection refused"),
+    (10, "host mx.{d}[192.0.2.{n}] said: 450 4.2.0 Mailbox busy (in reply to RCPT TO command)"),
+]
+
+
+def pick_reason(rng, domain):
+    total = sum(w for w, _ in REASONS)
+    x = rng.randrange(total)
+    for weight, text in REASONS:
+        if x < weight:
+            return text.format(d=domain, n=rng.randrange(1, 250))
+        x -= weight
+    raise AssertionError
+
+
+def listing(n, seed=4):
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        own = rng.random() < 0.8
+        sender = f"user{i % 500}@{'example.org' if own else 'elsewhere.example'}"
+        recipients = []
+        for j in range(1 if rng.random() < 0.85 else rng.randrange(2, 5)):
+            domain = f"d{rng.randrange(2000)}.example"
+            recipients.append({"address": f"r{j}@{domain}", "delay_reason": pick_reason(rng, domain)})
+        queue_id = "%011X" % (0x1000000000 + i)
+        lines.append(json.dumps({
+            "queue_name": "deferred", "queue_id": queue_id, "arrival_time": 1795300000 + i,
+            "message_size": 2000 + i % 3000, "forced_expire": False, "sender": sender,
+            "recipients": recipients}, separators=(",", ":")))
+    return "\n".join(lines) + "\n"
+
+
+def stand_ins(bindir, listing_file):
+    """postqueue, postcat and a notification sink, as small shell scripts."""
+    scripts = {
+        "postqueue": f'#!/bin/sh\nexec cat {listing_file}\n',
+        # -e: a local submission; -h: a subject.
+        "postcat": '#!/bin/sh\nfor a in "$@"; do case "$a" in -e) printf "named_attribute: rewrite_context=local\\nsender: x\\n"; exit 0;; -h) printf "Subject: Quarterly report\\n\\n"; exit 0;; esac; done\nexit 1\n',
+        "sink": '#!/bin/sh\nexec cat > /dev/null\n',
+    }
+    for name, text in scripts.items():
+        path = os.path.join(bindir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o755)
+
+
+def scan(work, bindir):
+    cmd = [MAILTLS, "posttls", "scan",
+           f"--database={work}/posttls.sqlite", f"--postfix_command_dir={bindir}",
+           "--instance=bench", "--own_domains=example.org", "--mandatory_domains=.bank.example",
+           "--notification_from=postmaster@example.org", "--base_url=https://posttls.example.org",
+           f"--secret_key_file={work}/secret.key", f"--lock_file={work}/scan.lock",
+           f"--sendmail_script={bindir}/sink", "--reminder_interval=0", "--log_level=info"]
+    start = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if out.returncode != 0:
+        sys.exit(f"posttls scan failed:\n{out.stderr[-3000:]}")
+    summary = [line for line in out.stderr.splitlines() if " scan: " in line]
+    return elapsed, summary[-1].split(" scan: ", 1)[1] if summary else "?"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=10000)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--json", help="write the figures here")
+    args = ap.parse_args()
+    if not os.path.exists(MAILTLS):
+        sys.exit(f"{MAILTLS} is missing: run cargo build --release first (bench/run posttls does)")
+    results = {"messages": args.messages, "first": [], "steady": []}
+    for rep in range(args.reps):
+        work = tempfile.mkdtemp(prefix="posttls-bench-")
+        try:
+            bindir = os.path.join(work, "bin")
+            os.mkdir(bindir)
+            listing_file = os.path.join(work, "queue.jsonl")
+            with open(listing_file, "w") as f:
+                f.write(listing(args.messages))
+            stand_ins(bindir, listing_file)
+            first, first_summary = scan(work, bindir)
+            steady, steady_summary = scan(work, bindir)
+            results["first"].append(first)
+            results["steady"].append(steady)
+            print(f"  rep {rep + 1}: first pass {first:6.2f} s ({first_summary})")
+            print(f"  rep {rep + 1}: steady     {steady:6.2f} s ({steady_summary})")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    print()
+    print(f"posttls scan over {args.messages} deferred messages (median of {args.reps}, whole process):")
+    print(f"  first pass (all new: postcat, notifications sent): {med(results['first']):.2f} s")
+    print(f"  steady pass (all known, every decision again):      {med(results['steady']):.2f} s")
+    target = med(results["steady"]) < 2.0
+    print(f"  target: under 2 s for scanning and deciding: {med(results['steady']):.2f} s {'PASS' if target else 'MISS'}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
