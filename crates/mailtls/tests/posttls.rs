@@ -319,7 +319,7 @@ fn a_tls_deferral_notifies_our_sender_once_and_nothing_else_does() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(lab.notifications.messages().len(), 1);
     assert_eq!(
-        lab.db_rows("SELECT sender || ' ' || state FROM messages ORDER BY sender"),
+        lab.db_rows("SELECT sender || ' ' || state FROM messages ORDER BY sender, state"),
         ["alice@example.org deferred", "alice@example.org ignored", "erin@other.example ignored"],
         "the relayed message and the other domain's are recorded as ignored; carol's has no TLS failure"
     );
@@ -411,7 +411,10 @@ fn releases_and_deletes_act_on_the_real_queue_and_mandatory_domains_are_kept() {
     );
     let (state, result, _) = lab.action(refused);
     assert_eq!(state, "refused");
-    assert!(result.contains("domain requires encryption"), "{result}");
+    assert!(
+        result.contains("returned to its sender: its recipients require encryption"),
+        "{result}"
+    );
 
     // Delivered in plain text to exactly the released recipients.
     let delivered = lab.receiver.wait_for(2, Duration::from_secs(30));
@@ -428,8 +431,9 @@ fn releases_and_deletes_act_on_the_real_queue_and_mandatory_domains_are_kept() {
         .iter()
         .any(|m| m.text().contains("Subject: release me")));
 
-    // The queue: originals gone; dave waits in his own copy (normal path,
-    // still refused), frank's message untouched and not on hold.
+    // The queue: originals gone (frank's returned: its bounce to alice now
+    // waits for TLS itself); dave waits in his own copy (normal path,
+    // still refused); nothing left on hold.
     let queue = lab.postfix.wait_queue(
         Duration::from_secs(30),
         "the queue after the actions",
@@ -443,24 +447,27 @@ fn releases_and_deletes_act_on_the_real_queue_and_mandatory_domains_are_kept() {
         .iter()
         .map(|m| m["queue_id"].as_str().unwrap())
         .collect();
-    for original in [&single, &mixed, &doomed] {
+    for original in [&single, &mixed, &doomed, &mandatory] {
         assert!(
             !ids.contains(&original.as_str()),
             "{original} still queued: {queue:?}"
         );
     }
-    assert!(ids.contains(&mandatory.as_str()));
     let dave = queue
         .iter()
         .find(|m| m["recipients"][0]["address"] == "dave@nontls.example")
         .unwrap();
     assert_eq!(dave["recipients"].as_array().unwrap().len(), 1);
     assert_eq!(dave["sender"], "alice@example.org");
+    let bounce = queue
+        .iter()
+        .find(|m| m["sender"] == "MAILER-DAEMON")
+        .expect("frank's message bounced");
+    assert_eq!(bounce["recipients"][0]["address"], "alice@example.org");
     assert!(queue.iter().all(|m| m["queue_name"] != "hold"), "{queue:?}");
     assert_eq!(
-        lab.db_rows("SELECT queue_id || ' ' || state FROM messages WHERE queue_id IN ('X') OR state IN ('released', 'deleted') ORDER BY state, queue_id")
-            .len(),
-        3
+        lab.db_rows("SELECT state FROM messages WHERE state IN ('released', 'deleted', 'returned') ORDER BY state"),
+        ["deleted", "released", "released", "returned"]
     );
     // A second release of the same message is refused, not repeated.
     let again = lab.request(&single, "release");

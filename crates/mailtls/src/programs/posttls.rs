@@ -12,12 +12,12 @@ use posttls_actions::{Executor, ReinjectPaths};
 use posttls_notify::Templates;
 use posttls_policy::{DomainSet, OwnSenders};
 use posttls_postfix::Postfix;
-use posttls_scanner::{Mailer, ScanConfig, ScanReport, Scanner};
+use posttls_scanner::{Mailer, MandatoryPolicy, ScanConfig, ScanReport, Scanner};
 use posttls_store::Store;
 use posttls_token::SecretKey;
 use tlsrpt_delivery::{MailTransport, Outcome, Sendmail, TrustAnchors};
 
-pub const OPTIONS: [OptionSpec; 30] = [
+pub const OPTIONS: [OptionSpec; 32] = [
     OptionSpec { name: "database", kind: Kind::Str, default: "/var/lib/posttls/posttls.sqlite", help: "SQLite database of messages, notifications, actions and the audit log" },
     OptionSpec { name: "instance", kind: Kind::Str, default: "", help: "Name of this Postfix instance, bound into every link (default: the host name)" },
     OptionSpec { name: "postfix_config_dir", kind: Kind::Str, default: "", help: "Postfix configuration directory (-c) of the instance to watch; empty: the default instance" },
@@ -39,6 +39,8 @@ pub const OPTIONS: [OptionSpec; 30] = [
     OptionSpec { name: "scan_interval", kind: Kind::Int, default: "60", help: "Seconds between queue scans of the worker" },
     OptionSpec { name: "reminder_interval", kind: Kind::Int, default: "14400", help: "Seconds between reminders about a message still waiting; 0: no reminders" },
     OptionSpec { name: "max_reminders", kind: Kind::Int, default: "3", help: "Reminders per message at most (the original reminded every 30 minutes forever)" },
+    OptionSpec { name: "mandatory_policy", kind: Kind::Str, default: "return", help: "A message whose waiting recipients are all in mandatory-TLS domains: return (postsuper -e: it bounces to the sender now), delete (postsuper -d, as the original PostTLS), or wait (until it expires); the sender is told" },
+    OptionSpec { name: "queue_lifetime", kind: Kind::Int, default: "432000", help: "Postfix's maximal_queue_lifetime in seconds: a message that leaves the queue this old expired, and its sender is told" },
     OptionSpec { name: "template_dir", kind: Kind::Str, default: "", help: "Directory with replacements for the notification templates subject.txt.j2, notification.txt.j2, notification.html.j2" },
     OptionSpec { name: "release_listener", kind: Kind::Str, default: "127.0.0.1:10026", help: "SMTP listener of the instance that sends with opportunistic TLS (content_filter to a transport with smtp_tls_security_level=may; see README): released recipients are re-injected there" },
     OptionSpec { name: "reinject_listener", kind: Kind::Str, default: "127.0.0.1:10027", help: "SMTP listener of the instance with the normal (mandatory TLS) path: when a released message has other pending recipients, their copy is re-injected there" },
@@ -178,6 +180,14 @@ impl Setup {
             link_lifetime: seconds(settings, "link_lifetime")?,
             reminder_interval: (!reminder.is_zero()).then_some(reminder),
             max_reminders: u32::try_from(settings.get_int("max_reminders")).unwrap_or(0),
+            mandatory_policy: MandatoryPolicy::parse(settings.get_str("mandatory_policy"))
+                .ok_or_else(|| {
+                    format!(
+                        "mandatory_policy {:?} is not one of return, delete, wait",
+                        settings.get_str("mandatory_policy")
+                    )
+                })?,
+            queue_lifetime: seconds(settings, "queue_lifetime")?,
         };
         let config_dir = Some(settings.get_str("postfix_config_dir"))
             .filter(|d| !d.is_empty())

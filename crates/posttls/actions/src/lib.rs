@@ -122,6 +122,12 @@ impl Executor<'_> {
             MessageState::Deleted => {
                 return Ok(Outcome::Refused("the message was already deleted".into()))
             }
+            MessageState::Returned => {
+                return Ok(Outcome::Refused(
+                    "the message was returned to its sender: its recipients require encryption"
+                        .into(),
+                ))
+            }
             MessageState::Gone => {
                 return Ok(Outcome::Refused(
                     "the message is no longer in the queue (delivered, expired or removed)".into(),

@@ -162,7 +162,7 @@ impl Postfix {
     /// `postsuper -e ID` (Postfix >= 3.5): expire now, so it bounces to the
     /// sender with its delay reason.
     pub fn expire(&self, id: &QueueId) -> Result<usize, PostfixError> {
-        self.postsuper(&["-e", id.as_str()], "Forced expiration")
+        self.postsuper(&["-e", id.as_str()], "Force-expired")
     }
 
     /// `postqueue -i ID`: try the message again now.

@@ -24,7 +24,7 @@ use posttls_notify::{
 use posttls_policy::{decide, Decision, DomainSet, OwnSenders, SubmissionEvidence};
 use posttls_postfix::{Postfix, PostfixError};
 use posttls_queue::{parse_queue, QueuedMessage};
-use posttls_store::{MessageState, SeenMessage, SeenRecipient, Store, StoreError};
+use posttls_store::{MessageRow, MessageState, SeenMessage, SeenRecipient, Store, StoreError};
 use posttls_token::{Action, ActionToken, SecretKey};
 
 /// Longest time the scan holds the database's write lock at once.
@@ -53,6 +53,36 @@ pub struct ScanConfig {
     /// At most this many reminders (the original reminded every 30 minutes
     /// forever).
     pub max_reminders: u32,
+    /// What happens to a message whose waiting recipients are all in
+    /// mandatory-TLS domains.
+    pub mandatory_policy: MandatoryPolicy,
+    /// Postfix's `maximal_queue_lifetime`: a message that leaves the queue
+    /// this old has expired (and bounced) rather than been delivered.
+    pub queue_lifetime: Duration,
+}
+
+/// The fate of a message that may never be sent unencrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MandatoryPolicy {
+    /// Return it to the sender now (`postsuper -e`: Postfix bounces it
+    /// with the delay reason).
+    Return,
+    /// Delete it (`postsuper -d`) and tell the sender, as the original
+    /// PostTLS did.
+    Delete,
+    /// Leave it: Postfix keeps trying encrypted until it expires.
+    Wait,
+}
+
+impl MandatoryPolicy {
+    pub fn parse(text: &str) -> Option<MandatoryPolicy> {
+        match text {
+            "return" => Some(MandatoryPolicy::Return),
+            "delete" => Some(MandatoryPolicy::Delete),
+            "wait" => Some(MandatoryPolicy::Wait),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +182,9 @@ impl Scanner<'_> {
         let gone = self.store.mark_missing_gone(&self.config.instance, now_s)?;
         self.store.end_batch()?;
         report.gone = gone.len();
+        for message in &gone {
+            self.note_expiry(message, now, &mut report)?;
+        }
         report.elapsed = started.elapsed();
         Ok(report)
     }
@@ -230,6 +263,57 @@ impl Scanner<'_> {
         if stored.state != MessageState::Deferred {
             return Ok(()); // released or deleted already: nothing to ask
         }
+        let only_mandatory = notice.releasable.is_empty() && notice.other_pending.is_empty();
+        let mandatory_action = match self.config.mandatory_policy {
+            MandatoryPolicy::Return if only_mandatory => {
+                match self.postfix.expire(&message.queue_id) {
+                    Ok(1) => {
+                        // Bounce it now rather than at the next queue run.
+                        if let Err(err) = self.postfix.retry(&message.queue_id) {
+                            log::warn!(
+                                "{}: expired, but could not be retried now: {err}",
+                                message.queue_id
+                            );
+                        }
+                        self.store.set_message_state(id, MessageState::Returned)?;
+                        Some("it is being returned to you as undeliverable.")
+                    }
+                    Ok(_) => return Ok(()), // gone meanwhile
+                    Err(err) => {
+                        report
+                            .problems
+                            .push(format!("{}: could not return it: {err}", message.queue_id));
+                        None
+                    }
+                }
+            }
+            MandatoryPolicy::Delete if only_mandatory => {
+                match self.postfix.delete(&message.queue_id, None) {
+                    Ok(1) => {
+                        self.store.set_message_state(id, MessageState::Deleted)?;
+                        Some("it was deleted.")
+                    }
+                    Ok(_) => return Ok(()),
+                    Err(err) => {
+                        report
+                            .problems
+                            .push(format!("{}: could not delete it: {err}", message.queue_id));
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let Some(action) = mandatory_action {
+            self.store.audit(
+                "scanner",
+                None,
+                Some(id),
+                "mandatory_policy",
+                &format!("all waiting recipients require TLS: {action}"),
+                now_s,
+            )?;
+        }
 
         let sent: Vec<i64> = self
             .store
@@ -239,6 +323,7 @@ impl Scanner<'_> {
             .map(|n| n.at)
             .collect();
         let kind = match (sent.last(), self.config.reminder_interval) {
+            _ if mandatory_action.is_some() => NotificationKind::Mandatory,
             (None, _) => NotificationKind::First,
             (Some(&last), Some(interval))
                 if sent.len() <= self.config.max_reminders as usize
@@ -313,32 +398,46 @@ impl Scanner<'_> {
                     reason: words(&r.address),
                 })
                 .collect(),
-            mandatory_action: "Postfix keeps trying to deliver it encrypted; if that does not succeed, you get it back as undeliverable.".into(),
-            release_url: link(Action::Release),
-            delete_url: link(Action::Delete),
+            mandatory_action: mandatory_action
+                .unwrap_or("Postfix keeps trying to deliver it encrypted; if that does not succeed, you get it back as undeliverable.")
+                .into(),
+            release_url: if mandatory_action.is_some() { None } else { link(Action::Release) },
+            delete_url: if mandatory_action.is_some() { None } else { link(Action::Delete) },
             links_expire: Some(expires),
         };
+        self.send_notification(id, &notification, sent.len(), now, report)
+    }
+
+    /// Renders, sends and records one notification (a failed send is
+    /// recorded and tried again at the next scan).
+    fn send_notification(
+        &self,
+        id: i64,
+        notification: &Notification,
+        sequence: usize,
+        now: DateTime<Utc>,
+        report: &mut ScanReport,
+    ) -> Result<(), ScanError> {
+        let now_s = now.timestamp();
+        let kind = notification.kind;
         let outcome = self
             .templates
-            .render(&notification)
+            .render(notification)
             .map_err(|e| e.to_string())
             .and_then(|rendered| {
                 let message_id = format!(
-                    "posttls.{}.{}.{}@{}",
-                    message.queue_id,
-                    message.arrival_time,
-                    sent.len(),
-                    self.config.instance
+                    "posttls.{}.{id}.{sequence}@{}",
+                    notification.queue_id, self.config.instance
                 );
-                build_mail(&notification, &rendered, &message_id, now).map_err(|e| e.to_string())
+                build_mail(notification, &rendered, &message_id, now).map_err(|e| e.to_string())
             })
-            .and_then(|mail| self.mailer.send(&message.sender, &mail));
+            .and_then(|mail| self.mailer.send(&notification.to, &mail));
         match outcome {
             Ok(()) => {
                 self.store.record_notification(
                     id,
                     kind.as_str(),
-                    &message.sender,
+                    &notification.to,
                     "sent",
                     now_s,
                 )?;
@@ -349,8 +448,8 @@ impl Scanner<'_> {
                     &format!("notified_{}", kind.as_str()),
                     &format!(
                         "told {} about {} recipient(s)",
-                        message.sender,
-                        notice.tls_failed.len()
+                        notification.to,
+                        notification.failed.len() + notification.mandatory.len()
                     ),
                     now_s,
                 )?;
@@ -363,17 +462,77 @@ impl Scanner<'_> {
                 self.store.record_notification(
                     id,
                     kind.as_str(),
-                    &message.sender,
+                    &notification.to,
                     &format!("failed: {reason}"),
                     now_s,
                 )?;
                 report.problems.push(format!(
                     "{}: notification to {} failed: {reason}",
-                    message.queue_id, message.sender
+                    notification.queue_id, notification.to
                 ));
             }
         }
         Ok(())
+    }
+
+    /// A message the sender was told about left the queue as old as
+    /// Postfix lets messages get: it expired and bounced, undelivered to
+    /// the recipients that waited for TLS. Say so. (One that leaves
+    /// earlier was delivered, or removed by an admin.)
+    fn note_expiry(
+        &self,
+        message: &MessageRow,
+        now: DateTime<Utc>,
+        report: &mut ScanReport,
+    ) -> Result<(), ScanError> {
+        let age = now.timestamp() - message.arrival_time;
+        let margin = 3600;
+        if !message.own_sender || age + margin < self.config.queue_lifetime.as_secs() as i64 {
+            return Ok(());
+        }
+        let notifications = self.store.notifications(message.id)?;
+        if !notifications.iter().any(|n| n.outcome == "sent")
+            || notifications.iter().any(|n| n.kind == "expired")
+        {
+            return Ok(());
+        }
+        let recipients = self.store.recipients(message.id)?;
+        let line = |r: &posttls_store::RecipientRow| RecipientLine {
+            address: r.address.clone(),
+            reason: r
+                .tls_kind
+                .as_deref()
+                .and_then(posttls_classify::TlsFailureKind::from_short_name)
+                .map(|k| k.plain_words().to_string())
+                .unwrap_or_default(),
+        };
+        let notification = Notification {
+            kind: NotificationKind::Expired,
+            to: message.sender.clone(),
+            from: self.config.notification_from.clone(),
+            organization: self.config.organization.clone(),
+            queue_id: message.queue_id.clone(),
+            subject: message.subject.clone(),
+            sent: Utc
+                .timestamp_opt(message.arrival_time, 0)
+                .single()
+                .unwrap_or(now),
+            failed: recipients
+                .iter()
+                .filter(|r| r.tls_kind.is_some() && !r.mandatory)
+                .map(line)
+                .collect(),
+            mandatory: recipients
+                .iter()
+                .filter(|r| r.tls_kind.is_some() && r.mandatory)
+                .map(line)
+                .collect(),
+            mandatory_action: "it expired undelivered.".into(),
+            release_url: None,
+            delete_url: None,
+            links_expire: None,
+        };
+        self.send_notification(message.id, &notification, notifications.len(), now, report)
     }
 
     fn seen<'m>(

@@ -103,6 +103,9 @@ pub enum MessageState {
     Released,
     /// Deleted at the sender's or an admin's request.
     Deleted,
+    /// Returned to the sender (expired at once) because its TLS-failed
+    /// recipients are all in mandatory-TLS domains.
+    Returned,
     /// No longer in the queue (delivered, expired or removed otherwise).
     Gone,
 }
@@ -114,6 +117,7 @@ impl MessageState {
             MessageState::Ignored => "ignored",
             MessageState::Released => "released",
             MessageState::Deleted => "deleted",
+            MessageState::Returned => "returned",
             MessageState::Gone => "gone",
         }
     }
@@ -123,6 +127,7 @@ impl MessageState {
             "deferred" => MessageState::Deferred,
             "released" => MessageState::Released,
             "deleted" => MessageState::Deleted,
+            "returned" => MessageState::Returned,
             "gone" => MessageState::Gone,
             _ => MessageState::Ignored,
         }
@@ -316,7 +321,7 @@ impl Store {
             Some((id, state)) => {
                 let keep = matches!(
                     MessageState::parse(&state),
-                    MessageState::Released | MessageState::Deleted
+                    MessageState::Released | MessageState::Deleted | MessageState::Returned
                 );
                 let state = if keep {
                     state
