@@ -476,3 +476,56 @@ fn releases_and_deletes_act_on_the_real_queue_and_mandatory_domains_are_kept() {
     assert_eq!(state, "refused", "{result}");
     assert_eq!(lab.receiver.messages().len(), 2);
 }
+
+/// `posttls scan` from cron does not overlap a scan still running: it sees
+/// the lock, says so and leaves the queue alone.
+#[test]
+fn an_overlapping_scan_steps_aside() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let lock_path = dir.path().join("scan.lock");
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    // SAFETY: flock on our own descriptor.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    // A Postfix command dir whose postqueue would show that it ran.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(
+        bin.join("postqueue"),
+        format!("#!/bin/sh\ntouch {}/ran\n", dir.path().display()),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            bin.join("postqueue"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+    }
+    let out = Command::new(support::mailtls_bin())
+        .args(["posttls", "scan"])
+        .arg(format!(
+            "--database={}",
+            dir.path().join("posttls.sqlite").display()
+        ))
+        .arg(format!("--postfix_command_dir={}", bin.display()))
+        .arg("--own_domains=example.org")
+        .arg("--notification_from=postmaster@example.org")
+        .arg("--base_url=https://posttls.example.org")
+        .arg(format!(
+            "--secret_key_file={}",
+            dir.path().join("secret.key").display()
+        ))
+        .arg(format!("--lock_file={}", lock_path.display()))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("another scan holds"), "{log}");
+    assert!(
+        !dir.path().join("ran").exists(),
+        "the queue was read although another scan runs"
+    );
+    drop(lock);
+}
