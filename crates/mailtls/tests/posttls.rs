@@ -529,3 +529,88 @@ fn an_overlapping_scan_steps_aside() {
     );
     drop(lock);
 }
+
+/// A message the sender was told about that leaves the queue as old as
+/// Postfix keeps messages has expired: the sender hears that it was not
+/// delivered. (Stand-in Postfix commands: the timing cannot be had from a
+/// real instance in a test.)
+#[test]
+fn the_sender_hears_when_a_message_expires() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let listing = dir.path().join("queue.jsonl");
+    let sent = dir.path().join("sent");
+    std::fs::create_dir(&sent).unwrap();
+    let arrival = chrono::Utc::now().timestamp() - 5 * 86400 + 600;
+    std::fs::write(
+        &listing,
+        format!(
+            r#"{{"queue_name":"deferred","queue_id":"4A0AF98C232","arrival_time":{arrival},"message_size":300,"forced_expire":false,"sender":"alice@example.org","recipients":[{{"address":"bob@notls.example","delay_reason":"TLS is required, but was not offered by host mx.notls.example[192.0.2.1]"}}]}}"#
+        ) + "\n",
+    )
+    .unwrap();
+    for (name, text) in [
+        ("postqueue", format!("#!/bin/sh\ncat {}\n", listing.display())),
+        (
+            "postcat",
+            "#!/bin/sh\nprintf '*** ENVELOPE RECORDS deferred/4A0AF98C232 ***\\nnamed_attribute: rewrite_context=local\\n*** MESSAGE CONTENTS deferred/4A0AF98C232 ***\\nSubject: Contract\\n\\n'\n".to_string(),
+        ),
+        ("sink", format!("#!/bin/sh\ncat > $(mktemp {}/mail.XXXXXX)\n", sent.display())),
+    ] {
+        std::fs::write(bin.join(name), text).unwrap();
+        std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let scan = || {
+        let out = Command::new(support::mailtls_bin())
+            .args(["posttls", "scan"])
+            .arg(format!(
+                "--database={}",
+                dir.path().join("posttls.sqlite").display()
+            ))
+            .arg(format!("--postfix_command_dir={}", bin.display()))
+            .arg("--own_domains=example.org")
+            .arg("--notification_from=postmaster@example.org")
+            .arg("--base_url=https://posttls.example.org")
+            .arg(format!(
+                "--secret_key_file={}",
+                dir.path().join("secret.key").display()
+            ))
+            .arg(format!(
+                "--lock_file={}",
+                dir.path().join("scan.lock").display()
+            ))
+            .arg(format!("--sendmail_script={}", bin.join("sink").display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mails = || -> Vec<String> {
+        let mut texts: Vec<String> = std::fs::read_dir(&sent)
+            .unwrap()
+            .map(|e| mail_text(&std::fs::read(e.unwrap().path()).unwrap()))
+            .collect();
+        texts.sort();
+        texts
+    };
+    scan();
+    assert_eq!(mails().len(), 1);
+    // Postfix gives up on it: it leaves the queue.
+    std::fs::write(&listing, "").unwrap();
+    scan();
+    scan();
+    let texts = mails();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    let expired = texts
+        .iter()
+        .find(|t| t.starts_with("Not delivered:"))
+        .expect("an expiry note");
+    assert!(expired.contains("Contract"), "{expired}");
+    assert!(expired.contains("bob@notls.example"), "{expired}");
+    assert!(!expired.contains("/confirm/"), "{expired}");
+}

@@ -171,10 +171,18 @@ impl Setup {
         let config = ScanConfig {
             instance,
             own: OwnSenders {
-                domains: own_domains,
+                domains: own_domains.clone(),
             },
             mandatory,
-            organization: settings.get_str("organization_name").to_string(),
+            // Named in every notification: the first own domain when unset.
+            organization: match settings.get_str("organization_name") {
+                "" => own_domains
+                    .entries()
+                    .first()
+                    .map(|d| d.trim_start_matches('.').to_string())
+                    .unwrap_or_default(),
+                name => name.to_string(),
+            },
             notification_from: notification_from.clone(),
             base_url,
             link_lifetime: seconds(settings, "link_lifetime")?,

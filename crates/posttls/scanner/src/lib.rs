@@ -154,7 +154,6 @@ impl Scanner<'_> {
             let _ = mandatory.insert(&domain);
         }
         let cache = ClassifyCache::default();
-        let now_s = now.timestamp();
         // Batched writes; short batches, so that the web process is never
         // locked out for long.
         self.store.begin_batch()?;
@@ -179,7 +178,19 @@ impl Scanner<'_> {
                     .push(format!("message {}: {err}", message.queue_id));
             }
         }
-        let gone = self.store.mark_missing_gone(&self.config.instance, now_s)?;
+        let queued: std::collections::HashSet<(String, i64)> = scan
+            .messages
+            .iter()
+            .map(|m| (m.queue_id.to_string(), m.arrival_time))
+            .collect();
+        // A listing with a line that could not be read proves nothing
+        // about the messages it did not show.
+        let gone = if scan.errors.is_empty() {
+            self.store
+                .mark_missing_gone(&self.config.instance, &queued)?
+        } else {
+            Vec::new()
+        };
         self.store.end_batch()?;
         report.gone = gone.len();
         for message in &gone {

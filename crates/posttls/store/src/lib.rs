@@ -384,19 +384,32 @@ impl Store {
         Ok(())
     }
 
-    /// Messages in `Deferred` state not seen at `scan_time` (the scan that
-    /// just ended) have left the queue: they become `Gone` and are returned.
-    pub fn mark_missing_gone(&self, instance: &str, scan_time: i64) -> Result<Vec<MessageRow>> {
+    /// Messages of `instance` in `Deferred` state that are not in the
+    /// queue any more (`queued`: queue id and arrival time of every message
+    /// the scan listed) become `Gone` and are returned.
+    pub fn mark_missing_gone(
+        &self,
+        instance: &str,
+        queued: &std::collections::HashSet<(String, i64)>,
+    ) -> Result<Vec<MessageRow>> {
         let mut stmt = self.conn.prepare(&format!(
-            "UPDATE messages SET state='gone' WHERE instance=? AND state='deferred' AND last_seen<? RETURNING {MESSAGE_COLUMNS}"
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE instance=? AND state='deferred'"
         ))?;
-        let rows = stmt.query_map(params![instance, scan_time], message_row)?;
-        let gone = rows.collect::<rusqlite::Result<Vec<_>>>()?;
-        for message in &gone {
+        let rows = stmt.query_map(params![instance], message_row)?;
+        let mut gone = Vec::new();
+        for row in rows {
+            let mut message = row?;
+            if queued.contains(&(message.queue_id.clone(), message.arrival_time)) {
+                continue;
+            }
+            self.conn
+                .execute("UPDATE messages SET state='gone' WHERE id=?", [message.id])?;
             self.conn.execute(
                 "UPDATE recipients SET state='gone' WHERE message_id=? AND state='pending'",
                 [message.id],
             )?;
+            message.state = MessageState::Gone;
+            gone.push(message);
         }
         Ok(gone)
     }
@@ -778,7 +791,12 @@ mod tests {
             .unwrap();
         store.saw_message(&seen("K", 1), 20).unwrap();
         let gone: Vec<i64> = store
-            .mark_missing_gone("mx1", 20)
+            .mark_missing_gone(
+                "mx1",
+                &[("K".to_string(), 1), ("R".to_string(), 1)]
+                    .into_iter()
+                    .collect(),
+            )
             .unwrap()
             .iter()
             .map(|m| m.id)
