@@ -614,3 +614,100 @@ fn the_sender_hears_when_a_message_expires() {
     assert!(expired.contains("bob@notls.example"), "{expired}");
     assert!(!expired.contains("/confirm/"), "{expired}");
 }
+
+/// A minimal HTTP/1.1 exchange with the web process: status line and body.
+fn http(port: u16, method: &str, path: &str, form: Option<&str>) -> (u16, String) {
+    use std::io::Read;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let body = form.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let status = answer.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, answer)
+}
+
+/// The whole flow with the real programs: the scanner's notification, its
+/// "Send unencrypted" link opened in the web process (`posttls web`), the
+/// confirmation POSTed, the worker's pass carrying it out against Postfix,
+/// the message delivered in plain text, and the page saying so.
+#[test]
+fn the_link_in_the_notification_releases_the_message_through_the_web_pages() {
+    let lab = Lab::start();
+    lab.submit("alice@example.org", &["bob@notls.example"], "via the web");
+    let queue = lab.wait_deferred(1);
+    let queue_id = lab.queue_id_of(&queue, "bob@notls.example");
+    lab.scan();
+    let note = mail_text(&lab.notifications.wait_for(1, Duration::from_secs(10))[0].data);
+    let release_link = note
+        .split_whitespace()
+        .find(|w| w.starts_with("https://posttls.example.org/confirm/"))
+        .unwrap()
+        .to_string();
+    let path = release_link.trim_start_matches("https://posttls.example.org");
+
+    let port = dead_port();
+    let mut web = Command::new(support::mailtls_bin())
+        .args(["posttls", "web"])
+        .arg(format!(
+            "--database={}",
+            lab.dir.path().join("posttls.sqlite").display()
+        ))
+        .arg(format!(
+            "--secret_key_file={}",
+            lab.dir.path().join("secret.key").display()
+        ))
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg("--instance=lab")
+        .arg("--base_url=https://posttls.example.org")
+        .arg("--mandatory_domains=bank.example")
+        .arg("--cookie_secure=0")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    support::wait_until(20, "the web process", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+
+    let (status, page) = http(port, "GET", path, None);
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("bob@notls.example") && page.contains("via the web"),
+        "{page}"
+    );
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+    // Opening the link did nothing.
+    assert_eq!(lab.db_rows("SELECT count(*) || '' FROM actions"), ["0"]);
+    let (status, answer) = http(port, "POST", path, Some(&format!("csrf={csrf}")));
+    assert_eq!(status, 303, "{answer}");
+    assert_eq!(lab.db_rows("SELECT state FROM actions"), ["queued"]);
+
+    lab.scan(); // the worker's pass
+    let delivered = lab.receiver.wait_for(1, Duration::from_secs(30));
+    assert_eq!(delivered[0].recipients, ["bob@notls.example"]);
+    lab.postfix
+        .wait_queue(Duration::from_secs(30), "the original to be gone", |q| {
+            q.iter().all(|m| m["queue_id"] != queue_id.as_str())
+        });
+    let (status, page) = http(port, "GET", path, None);
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.to_lowercase()
+            .contains("sent without mandatory encryption"),
+        "{page}"
+    );
+    // The link worked once.
+    let (status, _) = http(port, "POST", path, Some(&format!("csrf={csrf}")));
+    assert_eq!(status, 409);
+    support::signal(&web, libc::SIGTERM);
+    assert!(web.wait().unwrap().success());
+}

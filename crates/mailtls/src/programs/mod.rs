@@ -6,6 +6,7 @@ pub mod collectd;
 pub mod fetcher;
 pub mod loadgen;
 pub mod posttls;
+pub mod posttls_web;
 pub mod reportd;
 pub mod run;
 pub mod tlsrptctl;

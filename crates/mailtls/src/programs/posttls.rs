@@ -17,7 +17,7 @@ use posttls_store::Store;
 use posttls_token::SecretKey;
 use tlsrpt_delivery::{MailTransport, Outcome, Sendmail, TrustAnchors};
 
-pub const OPTIONS: [OptionSpec; 32] = [
+pub const OPTIONS: [OptionSpec; 33] = [
     OptionSpec { name: "database", kind: Kind::Str, default: "/var/lib/posttls/posttls.sqlite", help: "SQLite database of messages, notifications, actions and the audit log" },
     OptionSpec { name: "instance", kind: Kind::Str, default: "", help: "Name of this Postfix instance, bound into every link (default: the host name)" },
     OptionSpec { name: "postfix_config_dir", kind: Kind::Str, default: "", help: "Postfix configuration directory (-c) of the instance to watch; empty: the default instance" },
@@ -45,6 +45,7 @@ pub const OPTIONS: [OptionSpec; 32] = [
     OptionSpec { name: "release_listener", kind: Kind::Str, default: "127.0.0.1:10026", help: "SMTP listener of the instance that sends with opportunistic TLS (content_filter to a transport with smtp_tls_security_level=may; see README): released recipients are re-injected there" },
     OptionSpec { name: "reinject_listener", kind: Kind::Str, default: "127.0.0.1:10027", help: "SMTP listener of the instance with the normal (mandatory TLS) path: when a released message has other pending recipients, their copy is re-injected there" },
     OptionSpec { name: "listen", kind: Kind::Str, default: "127.0.0.1:8025", help: "Address of the web pages (confirmation pages and admin dashboard); put a TLS-terminating proxy in front" },
+    OptionSpec { name: "trusted_proxies", kind: Kind::Str, default: "", help: "Comma-separated addresses of reverse proxies in front of the web pages whose X-Forwarded-For names the client (audit log, login throttle); empty: the peer address" },
     OptionSpec { name: "cookie_secure", kind: Kind::Int, default: "1", help: "Mark the admin session cookie Secure (needs HTTPS in front); 0 only for tests on plain HTTP" },
     OptionSpec { name: "lock_file", kind: Kind::Str, default: "/run/posttls/scan.lock", help: "Lock that keeps scans from overlapping" },
     OptionSpec { name: "pidfilename", kind: Kind::Str, default: "", help: "PID file of the worker" },
@@ -83,12 +84,13 @@ pub fn command() -> Command {
         .arg_required_else_help(true)
         .subcommand(sub(
             "scan",
-            "One pass over the queue: classify, notify (for cron; locked against overlaps)",
+            "Carry out queued requests, then one pass over the queue: classify, notify (for cron; locked against overlaps)",
         ))
         .subcommand(sub(
             "worker",
             "Scan every scan_interval seconds until SIGTERM",
         ))
+        .subcommands(super::posttls_web::subcommands())
 }
 
 pub fn main(matches: &ArgMatches) -> i32 {
@@ -97,6 +99,10 @@ pub fn main(matches: &ArgMatches) -> i32 {
         Ok(s) => s,
         Err(code) => return code,
     };
+    // The web process needs none of the scanner's settings.
+    if let Some(code) = super::posttls_web::run(name, sub, &settings) {
+        return code;
+    }
     let setup = match Setup::from(&settings) {
         Ok(s) => s,
         Err(e) => {

@@ -1,0 +1,320 @@
+//! `mailtls posttls web` and `mailtls posttls adduser NAME`: the web pages
+//! (confirmation pages and admin dashboard, [`posttls_web`]) and the admin
+//! accounts they log in with.
+//!
+//! The web process needs no privileges: it reads the token key and reads
+//! and writes the PostTLS database (tokens used, requested actions, audit,
+//! sessions), never a Postfix command. The worker carries out what it
+//! records.
+
+use std::io::BufRead;
+use std::net::IpAddr;
+use std::path::Path;
+
+use clap::{Arg, ArgMatches, Command};
+use mailtls_common::config::{add_options, Settings, Value};
+use posttls_policy::DomainSet;
+use posttls_store::Store;
+use posttls_token::SecretKey;
+use posttls_web::WebConfig;
+
+/// Shortest admin password accepted by `adduser`.
+pub const MIN_PASSWORD_LEN: usize = 12;
+
+/// The `web` and `adduser` subcommands of `mailtls posttls`, with the
+/// program's options: `posttls::command()` adds them with
+/// `.subcommands(posttls_web::subcommands())`.
+pub fn subcommands() -> [Command; 2] {
+    let spec = &super::posttls::SPEC;
+    [
+        add_options(
+            Command::new("web").about(
+                "Serve the confirmation pages and the admin dashboard on `listen` until SIGTERM \
+                 (needs no root: it only records requests for the worker)",
+            ),
+            spec,
+        ),
+        add_options(
+            Command::new("adduser")
+                .about("Create admin NAME or give it a new password, read as one line from standard input")
+                .arg(
+                    Arg::new("admin")
+                        .value_name("NAME")
+                        .required(true)
+                        .help("Admin name: 1 to 64 letters, digits, '.', '_', '@' or '-' (not first)"),
+                ),
+            spec,
+        ),
+    ]
+}
+
+/// Runs subcommand `name` if it is `web` or `adduser` (`None` for the
+/// others): `posttls::main()` calls it with the resolved settings before it
+/// builds the scanner's setup, which the web process does not need.
+pub fn run(name: &str, sub: &ArgMatches, settings: &Settings) -> Option<i32> {
+    match name {
+        "web" => Some(web(settings)),
+        "adduser" => {
+            let admin = sub.get_one::<String>("admin").expect("clap requires NAME");
+            Some(adduser(settings, admin))
+        }
+        _ => None,
+    }
+}
+
+/// `mailtls posttls web`: serve until SIGTERM/SIGINT. Exit status 0 after a
+/// clean stop, 1 when it cannot start or serve, 2 for bad settings.
+pub fn web(settings: &Settings) -> i32 {
+    let config = match web_config(settings) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("{e}");
+            return 2;
+        }
+    };
+    let key = match SecretKey::load_or_create(Path::new(settings.get_str("secret_key_file"))) {
+        Ok(k) => k,
+        Err(e) => {
+            log::error!("{e}");
+            return 1;
+        }
+    };
+    reopen_log_on_sighup();
+    match posttls_web::serve(config, Path::new(settings.get_str("database")), key) {
+        Ok(()) => 0,
+        Err(e) => {
+            log::error!("{e}");
+            1
+        }
+    }
+}
+
+/// The web settings: `listen`, `instance`, `base_url`, `organization_name`,
+/// `cookie_secure`, `mandatory_domains`, and `trusted_proxies` when the
+/// option table has it.
+pub fn web_config(settings: &Settings) -> Result<WebConfig, String> {
+    let mandatory_domains = DomainSet::parse_list(settings.get_str("mandatory_domains"))
+        .map_err(|e| format!("mandatory_domains: {e}"))?;
+    let trusted_proxies = match settings.iter().find(|s| s.name == "trusted_proxies") {
+        Some(setting) => match &setting.value {
+            Value::Str(list) => list
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    p.parse::<IpAddr>()
+                        .map_err(|_| format!("trusted_proxies: {p:?} is not an IP address"))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            Value::Int(_) => return Err("trusted_proxies must be a list of addresses".into()),
+        },
+        None => Vec::new(),
+    };
+    let secure_cookies = settings.get_int("cookie_secure") != 0;
+    if !secure_cookies {
+        log::warn!("cookie_secure = 0: the admin session cookie is sent over plain HTTP too; use this for tests only");
+    }
+    Ok(WebConfig {
+        listen: settings.get_str("listen").to_string(),
+        instance: instance_name(settings),
+        base_url: settings.get_str("base_url").to_string(),
+        organization: settings.get_str("organization_name").to_string(),
+        secure_cookies,
+        mandatory_domains,
+        trusted_proxies,
+    })
+}
+
+/// `instance`, or the host name when it is empty (as the worker does: the
+/// two must agree, or no link verifies).
+fn instance_name(settings: &Settings) -> String {
+    match settings.get_str("instance") {
+        "" => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into()),
+        name => name.to_string(),
+    }
+}
+
+fn reopen_log_on_sighup() {
+    match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                for _ in signals.forever() {
+                    mailtls_common::logging::reopen();
+                }
+            });
+        }
+        Err(e) => log::warn!("cannot handle SIGHUP (log reopening): {e}"),
+    }
+}
+
+/// `mailtls posttls adduser NAME`: create admin NAME, or give it a new
+/// password, read as one line from standard input (`echo "$PW" |` or a
+/// file; nothing is asked twice). Exit status 0 when saved, 1 when the
+/// database cannot be written, 2 for a bad name or password.
+pub fn adduser(settings: &Settings, name: &str) -> i32 {
+    if unsafe { libc::isatty(0) } == 1 {
+        eprintln!("Password for admin {name} (one line; it is shown as you type, so prefer piping it in):");
+    }
+    adduser_from(settings, name, &mut std::io::stdin().lock())
+}
+
+/// [`adduser`] with the password from `input`.
+pub fn adduser_from(settings: &Settings, name: &str, input: &mut impl BufRead) -> i32 {
+    if let Err(e) = check_admin_name(name) {
+        eprintln!("posttls adduser: {e}");
+        return 2;
+    }
+    let mut line = String::new();
+    if let Err(e) = input.read_line(&mut line) {
+        eprintln!("posttls adduser: cannot read the password from standard input: {e}");
+        return 2;
+    }
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        eprintln!(
+            "posttls adduser: the password (one line on standard input) must have at least {MIN_PASSWORD_LEN} characters"
+        );
+        return 2;
+    }
+    let hash = posttls_auth::hash_password(password);
+    let database = settings.get_str("database");
+    let saved = Store::open(Path::new(database)).and_then(|store| {
+        let now = chrono::Utc::now().timestamp();
+        store.set_admin(name, &hash, now)?;
+        store.audit("adduser", None, None, "admin_password_set", name, now)
+    });
+    match saved {
+        Ok(()) => {
+            println!(
+                "admin {name} saved in {database}; sign in at {}/admin",
+                settings.get_str("base_url").trim_end_matches('/')
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("posttls adduser: {database}: {e}");
+            1
+        }
+    }
+}
+
+/// Admin names: 1 to 64 letters, digits and `._@-`, not starting with `-`
+/// (the login form looks up nothing else).
+pub fn check_admin_name(name: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&name.len())
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "admin name {name:?}: use 1 to 64 letters, digits, '.', '_', '@' or '-' (not first)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mailtls_common::config::{add_options, resolve};
+
+    fn settings(args: &[&str]) -> Settings {
+        let command = add_options(clap::Command::new("web"), &super::super::posttls::SPEC);
+        let matches = command
+            .try_get_matches_from(std::iter::once("web").chain(args.iter().copied()))
+            .unwrap();
+        resolve(&super::super::posttls::SPEC, &matches, &[]).unwrap()
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        let command = clap::Command::new("posttls").subcommands(subcommands());
+        let matches = command
+            .clone()
+            .try_get_matches_from(["posttls", "adduser", "root", "--database=/tmp/x.sqlite"])
+            .unwrap();
+        let (name, sub) = matches.subcommand().unwrap();
+        assert_eq!(name, "adduser");
+        assert_eq!(sub.get_one::<String>("admin").unwrap(), "root");
+        let settings = resolve(&super::super::posttls::SPEC, sub, &[]).unwrap();
+        assert_eq!(settings.get_str("database"), "/tmp/x.sqlite");
+        assert!(command
+            .clone()
+            .try_get_matches_from(["posttls", "adduser"])
+            .is_err());
+        let matches = command
+            .try_get_matches_from(["posttls", "web", "--listen=127.0.0.1:9"])
+            .unwrap();
+        let (name, sub) = matches.subcommand().unwrap();
+        assert_eq!(name, "web");
+        let settings = resolve(&super::super::posttls::SPEC, sub, &[]).unwrap();
+        assert_eq!(web_config(&settings).unwrap().listen, "127.0.0.1:9");
+        assert_eq!(run("scan", sub, &settings), None);
+    }
+
+    #[test]
+    fn web_settings() {
+        let s = settings(&[
+            "--listen=127.0.0.1:9999",
+            "--instance=mx1",
+            "--base_url=https://mail.example.org/posttls",
+            "--organization_name=Example Org",
+            "--mandatory_domains=bank.example, .gov.example",
+            "--cookie_secure=0",
+        ]);
+        let config = web_config(&s).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9999");
+        assert_eq!(config.instance, "mx1");
+        assert_eq!(config.base_url, "https://mail.example.org/posttls");
+        assert_eq!(config.organization, "Example Org");
+        assert!(!config.secure_cookies);
+        assert_eq!(
+            config.mandatory_domains.entries(),
+            [".gov.example", "bank.example"]
+        );
+        let defaults = web_config(&settings(&[])).unwrap();
+        assert!(defaults.secure_cookies, "Secure cookies by default");
+        assert_eq!(defaults.listen, "127.0.0.1:8025");
+        assert!(!defaults.instance.is_empty());
+        assert!(web_config(&settings(&["--mandatory_domains=a@b"])).is_err());
+    }
+
+    #[test]
+    fn adduser_reads_one_line_and_hashes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("posttls.sqlite");
+        let s = settings(&[&format!("--database={}", db.display())]);
+        let mut input = "a long enough password\nignored second line\n".as_bytes();
+        assert_eq!(adduser_from(&s, "root", &mut input), 0);
+        let store = Store::open(&db).unwrap();
+        let hash = store.admin_password_hash("root").unwrap().unwrap();
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        assert!(posttls_auth::verify_password(
+            &hash,
+            "a long enough password"
+        ));
+        assert_eq!(store.audit_log(1).unwrap()[0].event, "admin_password_set");
+        // A new password replaces the old one; CRLF is not part of it.
+        assert_eq!(
+            adduser_from(&s, "root", &mut "another password!\r\n".as_bytes()),
+            0
+        );
+        let hash = store.admin_password_hash("root").unwrap().unwrap();
+        assert!(posttls_auth::verify_password(&hash, "another password!"));
+
+        assert_eq!(adduser_from(&s, "root", &mut "short\n".as_bytes()), 2);
+        assert_eq!(adduser_from(&s, "root", &mut "".as_bytes()), 2);
+        for bad in ["", "--help", "-", "a b", "$(id)", "a\nb", "<b>"] {
+            assert_eq!(
+                adduser_from(&s, bad, &mut "a long enough password\n".as_bytes()),
+                2,
+                "{bad:?}"
+            );
+            assert_eq!(store.admin_password_hash(bad).unwrap(), None);
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The web stage of PostTLS: the page behind each link of a notification
+//! mail, and the admin dashboard.
+//!
+//! ```text
+//! notification link --GET--> /confirm/{token}: verify token, find the message,
+//!                            show details + one POST form (CSRF)      (changes nothing)
+//!                   --POST-> verify token + CSRF, re-check binding, single use,
+//!                            store.request_action(...) + audit  --303--> GET: the action's state
+//! privileged worker (not here) takes the queued action, re-checks, runs Postfix,
+//!                            sets queued -> running -> done/refused/failed
+//! admin --> /admin/login (argon2, throttled) --> /admin (messages, actions, audit)
+//!       --> /admin/messages/{id}/release|delete, /admin/domains (CSRF bound to the session)
+//! ```
+//!
+//! This process never runs a Postfix command and needs no privileges: it
+//! verifies requests and records them in the store ([`posttls_store`]),
+//! where the worker picks them up. Every GET only reads: mail scanners
+//! that open every link in a mail must not release or delete anything.
+//!
+//! Modules follow the request path: [`confirm`] (the sender's page),
+//! [`admin`] (login, dashboard, actions, domains), [`view`] (stored rows in
+//! the words a person reads), [`pages`] (templates, embedded at build time,
+//! auto-escaped, and the security headers of every response).
+
+pub mod admin;
+pub mod confirm;
+pub mod pages;
+pub mod view;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::Router;
+use posttls_auth::LoginThrottle;
+use posttls_policy::DomainSet;
+use posttls_store::{Store, StoreError};
+use posttls_token::SecretKey;
+
+/// The largest request body accepted: the forms have a few short fields.
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// How long an admin session lasts.
+pub const SESSION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(8 * 3600);
+
+/// Failed-login records kept at most (see [`LoginThrottle::new`]).
+const THROTTLE_ENTRIES: usize = 100_000;
+
+/// What the web process needs to know.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// `ADDRESS:PORT` to listen on (plain HTTP; a TLS-terminating proxy goes
+    /// in front).
+    pub listen: String,
+    /// This Postfix instance's name, as bound into the tokens.
+    pub instance: String,
+    /// Where senders reach the pages, e.g. `https://posttls.example.org` or
+    /// `https://mail.example.org/posttls`. Its path, if any, is where the
+    /// routes are served (the proxy passes the path on unchanged).
+    pub base_url: String,
+    /// Named on the pages.
+    pub organization: String,
+    /// Mark cookies `Secure` (and name them `__Host-...`); off only for
+    /// plain-HTTP tests.
+    pub secure_cookies: bool,
+    /// The configured mandatory-TLS domains; the ones added in the UI are in
+    /// the store.
+    pub mandatory_domains: DomainSet,
+    /// Peers whose `X-Forwarded-For` is believed (the reverse proxy). The
+    /// client address of a request from anyone else is the peer address.
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+/// Problems that stop the web process or a request.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {listen}: {source}")]
+    Listen {
+        listen: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("base_url {0:?} is not an http(s) address such as https://posttls.example.org")]
+    BaseUrl(String),
+    #[error("page template: {0}")]
+    Template(#[from] minijinja::Error),
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// The shared state of all requests.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    config: WebConfig,
+    /// The path part of `base_url`, without a trailing slash ("" for none).
+    prefix: String,
+    store: Mutex<Store>,
+    key: SecretKey,
+    pages: pages::Pages,
+    throttle: Mutex<LoginThrottle>,
+    /// Login attempts are checked one at a time, so that parallel guesses
+    /// cannot all pass the throttle before the first failure is counted.
+    login_gate: tokio::sync::Mutex<()>,
+    /// A hash to verify against for unknown user names, so that the answer
+    /// takes as long as for a known one.
+    dummy_hash: OnceLock<String>,
+}
+
+impl AppState {
+    /// The state for `config`, with an open store and the token key.
+    ///
+    /// # Errors
+    /// [`WebError::BaseUrl`] for a `base_url` that is not an http(s)
+    /// address, [`WebError::Template`] if a built-in template is broken.
+    pub fn new(config: WebConfig, store: Store, key: SecretKey) -> Result<AppState, WebError> {
+        let prefix = url_path_prefix(&config.base_url)?;
+        Ok(AppState(Arc::new(Inner {
+            pages: pages::Pages::new(&prefix, &config.organization)?,
+            prefix,
+            config,
+            store: Mutex::new(store),
+            key,
+            throttle: Mutex::new(LoginThrottle::new(THROTTLE_ENTRIES)),
+            login_gate: tokio::sync::Mutex::new(()),
+            dummy_hash: OnceLock::new(),
+        })))
+    }
+
+    pub fn config(&self) -> &WebConfig {
+        &self.0.config
+    }
+
+    pub(crate) fn key(&self) -> &SecretKey {
+        &self.0.key
+    }
+
+    pub(crate) fn pages(&self) -> &pages::Pages {
+        &self.0.pages
+    }
+
+    /// The path prefix of every route ("" or "/something").
+    pub(crate) fn prefix(&self) -> &str {
+        &self.0.prefix
+    }
+
+    /// Runs `work` with the store on a blocking thread (SQLite may wait up
+    /// to its busy timeout for the worker's writes).
+    pub(crate) async fn with_store<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, WebError> {
+        let inner = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut store = inner.store.lock().unwrap_or_else(|e| e.into_inner());
+            work(&mut store)
+        })
+        .await
+        .map_err(|e| WebError::Task(e.to_string()))?
+        .map_err(WebError::from)
+    }
+
+    pub(crate) fn throttle(&self) -> std::sync::MutexGuard<'_, LoginThrottle> {
+        self.0.throttle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn login_gate(&self) -> &tokio::sync::Mutex<()> {
+        &self.0.login_gate
+    }
+
+    /// A hash of nothing anybody types, made once on first use.
+    pub(crate) fn dummy_hash(&self) -> &str {
+        self.0
+            .dummy_hash
+            .get_or_init(|| posttls_auth::hash_password("posttls: no such admin"))
+    }
+
+    /// The configured mandatory domains plus the ones in the store. An entry
+    /// in the store that is not a domain (only possible by editing the
+    /// database) is skipped.
+    pub(crate) fn mandatory_with(&self, stored: &[String]) -> DomainSet {
+        let mut set = self.0.config.mandatory_domains.clone();
+        for entry in stored {
+            let _ = set.insert(entry);
+        }
+        set
+    }
+}
+
+/// The path of `base_url` (`https://host/posttls/` gives `/posttls`).
+fn url_path_prefix(base_url: &str) -> Result<String, WebError> {
+    if base_url.is_empty() {
+        return Ok(String::new());
+    }
+    let bad = || WebError::BaseUrl(base_url.to_owned());
+    let rest = base_url
+        .strip_prefix("https://")
+        .or_else(|| base_url.strip_prefix("http://"))
+        .ok_or_else(bad)?;
+    let path = rest.find('/').map_or("", |i| &rest[i..]);
+    let path = path.trim_end_matches('/');
+    let path_char = |c: char| c.is_ascii_alphanumeric() || "/-._~".contains(c);
+    if !path.chars().all(path_char) || path.contains("//") {
+        return Err(bad());
+    }
+    Ok(path.to_owned())
+}
+
+/// All routes, with the security headers and the body limit; under the path
+/// of `base_url`.
+pub fn router(state: AppState) -> Router {
+    let routes = Router::new()
+        .route("/confirm/{token}", get(confirm::show).post(confirm::submit))
+        .route("/admin", get(admin::dashboard))
+        .route("/admin/login", get(admin::login_page).post(admin::login))
+        .route("/admin/logout", post(admin::logout))
+        .route("/admin/messages/{id}/{action}", post(admin::message_action))
+        .route(
+            "/admin/domains",
+            get(admin::domains_page).post(admin::domains_change),
+        )
+        .route("/static/style.css", get(pages::stylesheet))
+        .route("/static/favicon.svg", get(pages::favicon))
+        .route("/", get(pages::home));
+    let prefix = state.prefix().to_owned();
+    let routes = if prefix.is_empty() {
+        routes
+    } else {
+        Router::new().nest(&prefix, routes)
+    };
+    routes
+        .fallback(pages::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(pages::security_headers))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then finishes
+/// the requests in progress.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// The web process: opens the store and serves `config.listen` on a
+/// runtime with two worker threads until SIGTERM or SIGINT; requests in
+/// progress are finished before it returns.
+///
+/// # Errors
+/// A store that cannot be opened, an address that cannot be bound, or a bad
+/// `base_url`.
+pub fn serve(config: WebConfig, store_path: &Path, key: SecretKey) -> Result<(), WebError> {
+    let store = Store::open(store_path)?;
+    let listen = config.listen.clone();
+    let state = AppState::new(config, store, key)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .map_err(|source| WebError::Listen {
+                listen: listen.clone(),
+                source,
+            })?;
+        log::info!(
+            "PostTLS web pages on http://{}{}/ (admin: {}/admin)",
+            listener.local_addr()?,
+            state.prefix(),
+            state.prefix()
+        );
+        serve_on(listener, state, shutdown_signal()).await?;
+        log::info!("PostTLS web pages stopped");
+        Ok(())
+    })
+}
+
+/// Completes at the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        log::error!("cannot handle SIGTERM/SIGINT; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM: stopping"),
+        _ = int.recv() => log::info!("SIGINT: stopping"),
+    }
+}
+
+/// The current time, Unix seconds.
+pub(crate) fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The client's address: the peer, or for a trusted proxy the last
+/// `X-Forwarded-For` entry (the one the proxy added). `None` when the
+/// server was not started with connection info (in-process tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl ClientIp {
+    /// The address as recorded in the store and the audit log.
+    pub fn text(&self) -> Option<String> {
+        self.0.map(|ip| ip.to_string())
+    }
+
+    /// The throttle key: the address, or its /64 network for IPv6 (one host
+    /// has many addresses).
+    pub fn throttle_key(&self) -> String {
+        match self.0 {
+            Some(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+                let s = v6.segments();
+                format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+            Some(IpAddr::V6(v6)) => format!("ip:{}", v6.to_ipv4_mapped().expect("mapped")),
+            Some(ip) => format!("ip:{ip}"),
+            None => "ip:unknown".into(),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        Ok(ClientIp(match peer {
+            Some(ip) if state.config().trusted_proxies.contains(&ip) => {
+                forwarded_for(&parts.headers).or(Some(ip))
+            }
+            other => other,
+        }))
+    }
+}
+
+/// The last address of the last `X-Forwarded-For` header.
+fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .next_back()?
+        .to_str()
+        .ok()?
+        .rsplit(',')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_paths() {
+        assert_eq!(url_path_prefix("").unwrap(), "");
+        assert_eq!(url_path_prefix("https://p.example").unwrap(), "");
+        assert_eq!(url_path_prefix("https://p.example/").unwrap(), "");
+        assert_eq!(
+            url_path_prefix("http://127.0.0.1:8025/posttls/").unwrap(),
+            "/posttls"
+        );
+        for bad in [
+            "p.example",
+            "ftp://p.example",
+            "https://p.example/a b",
+            "https://p.example/?x",
+            "https://p.example//x",
+        ] {
+            assert!(url_path_prefix(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn throttle_keys_group_ipv6_networks() {
+        let key = |s: &str| ClientIp(Some(s.parse().unwrap())).throttle_key();
+        assert_eq!(key("192.0.2.7"), "ip:192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:3:4:5:6"), "ip:2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2::9"), key("2001:db8:1:2:ffff::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), "ip:192.0.2.7");
+        assert_eq!(ClientIp(None).throttle_key(), "ip:unknown");
+    }
+
+    #[test]
+    fn forwarded_for_takes_the_proxys_entry() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "203.0.113.9, 198.51.100.2".parse().unwrap(),
+        );
+        assert_eq!(
+            forwarded_for(&headers),
+            Some("198.51.100.2".parse().unwrap())
+        );
+        headers.insert("x-forwarded-for", "garbage".parse().unwrap());
+        assert_eq!(forwarded_for(&headers), None);
+    }
+}
