@@ -472,9 +472,15 @@ fn maptest_agrees_with_upstream() {
 fn mailtls_run_starts_everything_and_stops_cleanly() {
     use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
+    let web_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = Command::new(support::mailtls_bin())
         .args(["run", "--dir"])
         .arg(dir.path())
+        .arg(format!("--web=127.0.0.1:{web_port}"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -494,6 +500,23 @@ fn mailtls_run_starts_everything_and_stops_cleanly() {
             })
             .is_ok_and(|n| n == 1)
     });
+    // The PostTLS web pages answer; the dashboard wants a login.
+    support::wait_until(20, "the web pages", || {
+        std::net::TcpStream::connect(("127.0.0.1", web_port)).is_ok()
+    });
+    let mut web = std::net::TcpStream::connect(("127.0.0.1", web_port)).unwrap();
+    std::io::Write::write_all(
+        &mut web,
+        b"GET /admin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    web.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    assert!(
+        answer.to_lowercase().contains("location: /admin/login"),
+        "{answer}"
+    );
     support::signal(&child, libc::SIGTERM);
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
@@ -509,6 +532,12 @@ fn mailtls_run_starts_everything_and_stops_cleanly() {
         "{banner}"
     );
     assert!(banner.contains("(written there, not sent)"), "{banner}");
+    assert!(
+        banner.contains(&format!(
+            "web UI (PostTLS)          http://127.0.0.1:{web_port}/admin"
+        )),
+        "{banner}"
+    );
     assert!(banner.contains("smtp_tlsrpt_socket_name"), "{banner}");
     assert!(!socket.exists(), "the socket is removed at exit");
     assert_eq!(support::total_count(&dir.path().join("collectd.sqlite")), 1);

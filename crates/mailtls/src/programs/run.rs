@@ -31,7 +31,10 @@ pub fn command() -> Command {
              the RFC 8460 reports of the completed day and writes them into DIR/reports \
              instead of sending them. Prints where everything is and how to point Postfix \
              at it; stops cleanly on Ctrl-C or SIGTERM. For production, run the programs \
-             (tlsrpt-collectd, tlsrpt-reportd, ...) with their own configuration files.",
+             (tlsrpt-collectd, tlsrpt-reportd, ...) with their own configuration files. \
+             The PostTLS web pages (admin dashboard) listen on --web with their \
+             database in DIR; the PostTLS worker needs a Postfix instance and is \
+             started separately (mailtls posttls worker).",
         )
         .arg(
             Arg::new("dir")
@@ -39,6 +42,13 @@ pub fn command() -> Command {
                 .value_name("DIR")
                 .default_value("run")
                 .help("Directory for the socket, databases and log (created if missing)"),
+        )
+        .arg(
+            Arg::new("web")
+                .long("web")
+                .value_name("ADDRESS:PORT")
+                .default_value("127.0.0.1:8025")
+                .help("Where the PostTLS web pages (admin dashboard, confirmation pages) listen"),
         )
         .arg(
             Arg::new("log_level")
@@ -85,12 +95,53 @@ pub fn main(matches: &ArgMatches) -> i32 {
             return 1;
         }
     };
-    print_banner(&dir, &config, &log_file, &reports);
+    let web_listen = matches.get_one::<String>("web").expect("default").clone();
+    let web = match start_web(&dir, &web_listen) {
+        Ok(web) => web,
+        Err(e) => {
+            eprintln!("mailtls run: PostTLS web pages: {e}");
+            return 1;
+        }
+    };
+    print_banner(&dir, &config, &log_file, &reports, &web_listen);
     let clock = mailtls_common::clock::SystemClock;
     let code = tlsrpt_collectd::run(config, &clock);
     reportd.0.stop();
     let _ = reportd.1.join();
+    // The web pages stop on the same SIGTERM/SIGINT.
+    let _ = web.join();
     code
+}
+
+/// The PostTLS web pages on a thread, on DIR/posttls.sqlite, plain HTTP
+/// on loopback. (The PostTLS worker needs a Postfix queue and its
+/// privileges, so it is not started here.)
+fn start_web(dir: &Path, listen: &str) -> Result<std::thread::JoinHandle<()>, String> {
+    let key = posttls_token::SecretKey::load_or_create(&dir.join("posttls-secret.key"))
+        .map_err(|e| e.to_string())?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let config = posttls_web::WebConfig {
+        listen: listen.to_string(),
+        instance: host.clone(),
+        base_url: format!("http://{listen}"),
+        organization: format!("mailtls on {host}"),
+        secure_cookies: false,
+        mandatory_domains: posttls_policy::DomainSet::new(),
+        trusted_proxies: Vec::new(),
+    };
+    let store = dir.join("posttls.sqlite");
+    // Checked now, so that a broken database stops the start visibly.
+    posttls_store::Store::open(&store).map_err(|e| format!("{}: {e}", store.display()))?;
+    std::thread::Builder::new()
+        .name("posttls-web".into())
+        .spawn(move || {
+            if let Err(e) = posttls_web::serve(config, &store, key) {
+                log::error!("PostTLS web pages stopped: {e}");
+            }
+        })
+        .map_err(|e| e.to_string())
 }
 
 /// The report daemon on a thread: fetching from the collector above with
@@ -210,7 +261,7 @@ pub fn default_config(dir: &Path) -> CollectdConfig {
     }
 }
 
-fn print_banner(dir: &Path, config: &CollectdConfig, log_file: &Path, reports: &Path) {
+fn print_banner(dir: &Path, config: &CollectdConfig, log_file: &Path, reports: &Path, web: &str) {
     let socket = config.socket.display();
     let storage = &config.storage[0];
     println!("mailtls is running (Ctrl-C to stop)");
@@ -230,7 +281,7 @@ fn print_banner(dir: &Path, config: &CollectdConfig, log_file: &Path, reports: &
         dir.join("reportd.sqlite").display()
     );
     println!("  log                       {}", log_file.display());
-    println!("  web UI                    none yet (the PostTLS dashboard is not built yet)");
+    println!("  web UI (PostTLS)          http://{web}/admin");
     println!();
     println!("Point Postfix (>= 3.10) at the collector, in main.cf:");
     println!("  smtp_tlsrpt_enable = yes");
@@ -248,6 +299,10 @@ fn print_banner(dir: &Path, config: &CollectdConfig, log_file: &Path, reports: &
     println!(
         "Report status:        tlsrptctl status --dbname {}",
         dir.join("reportd.sqlite").display()
+    );
+    println!(
+        "Web UI admin:         mailtls posttls adduser --database {} NAME   (password on standard input)",
+        dir.join("posttls.sqlite").display()
     );
     println!();
 }
