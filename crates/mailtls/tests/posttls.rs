@@ -134,6 +134,11 @@ impl Lab {
     }
 
     fn scan(&self) -> String {
+        self.scan_with(&[])
+    }
+
+    /// A scan with some options changed (given later, they win).
+    fn scan_with(&self, extra: &[String]) -> String {
         let out = Command::new(support::mailtls_bin())
             .args(["posttls", "scan"])
             .arg(format!(
@@ -172,6 +177,7 @@ impl Lab {
                 self.normal_port
             ))
             .arg("--log_level=info")
+            .args(extra)
             .output()
             .unwrap();
         let log = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -710,4 +716,46 @@ fn the_link_in_the_notification_releases_the_message_through_the_web_pages() {
     assert_eq!(status, 409);
     support::signal(&web, libc::SIGTERM);
     assert!(web.wait().unwrap().success());
+}
+
+/// When the re-injection fails (here: the release listener is down), the
+/// copy already made for the other recipients is deleted, the original is
+/// taken off hold, and the request ends as failed with the reason: the
+/// queue is as it was, and a later attempt can succeed.
+#[test]
+fn a_failed_release_leaves_the_queue_as_it_was() {
+    let lab = Lab::start();
+    lab.submit(
+        "alice@example.org",
+        &["bob@notls.example", "dave@nontls.example"],
+        "mixed",
+    );
+    let queue = lab.wait_deferred(1);
+    let original = lab.queue_id_of(&queue, "bob@notls.example");
+    lab.scan();
+    let release = lab.request(&original, "release");
+    lab.scan_with(&[format!("--release_listener=127.0.0.1:{}", dead_port())]);
+    let (state, result, new_id) = lab.action(release);
+    assert_eq!(state, "failed", "{result}");
+    assert!(
+        result.contains("the message is back in the queue as it was"),
+        "{result}"
+    );
+    assert_eq!(new_id, None);
+    let queue = lab.postfix.wait_queue(
+        Duration::from_secs(30),
+        "the original, deferred again",
+        |q| q.len() == 1 && q[0]["queue_name"] == "deferred",
+    );
+    assert_eq!(queue[0]["queue_id"], original.as_str());
+    assert_eq!(queue[0]["recipients"].as_array().unwrap().len(), 2);
+    assert_eq!(lab.db_rows("SELECT state FROM messages"), ["deferred"]);
+    // Asked again with the listener up, it goes through.
+    let again = lab.request(&original, "release");
+    lab.scan();
+    assert_eq!(lab.action(again).0, "done");
+    assert_eq!(
+        lab.receiver.wait_for(1, Duration::from_secs(30))[0].recipients,
+        ["bob@notls.example"]
+    );
 }
