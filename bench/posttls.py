@@ -7,15 +7,16 @@ for connection refused, some with several recipients, most from our own
 senders), served by stand-in postqueue/postcat commands so that the numbers
 are the scanner's own and not Postfix's. Two timed passes:
 
-  first   every message is new: envelope and subject read (postcat, one
-          process each), every notification built, signed and handed to the
-          notification command (a stand-in that reads and discards it);
+  first   every message is new: envelopes and subjects read (postcat, 500
+          messages per run), every decision stored, then every notification
+          built, signed and handed to the notification command (a stand-in
+          that reads and discards it, one process per mail);
   steady  the same queue again: everything known, every decision made
           again (who waits, who is told, reminders due), nothing to send.
 
 Target (issue 4): scanning 10 000 deferred messages and deciding all
-notifications in under 2 seconds (the steady pass; the first pass is
-dominated by the one postcat and one notification per new message).
+notifications in under 2 seconds (both passes up to the decisions; sending
+the first pass's notifications is one command or SMTP transaction each).
 """
 
 import argparse
@@ -73,8 +74,9 @@ def stand_ins(bindir, listing_file):
     """postqueue, postcat and a notification sink, as small shell scripts."""
     scripts = {
         "postqueue": f'#!/bin/sh\nexec cat {listing_file}\n',
-        # -e: a local submission; -h: a subject.
-        "postcat": '#!/bin/sh\nfor a in "$@"; do case "$a" in -e) printf "named_attribute: rewrite_context=local\\nsender: x\\n"; exit 0;; -h) printf "Subject: Quarterly report\\n\\n"; exit 0;; esac; done\nexit 1\n',
+        # -e -h -q ID...: for each id a local submission and a subject,
+        # with postcat's section markers.
+        "postcat": '#!/bin/sh\nq=0\nfor a in "$@"; do case "$a" in -q) q=1;; -*) ;; *) if [ $q = 1 ]; then printf "*** ENVELOPE RECORDS deferred/%s ***\\nnamed_attribute: rewrite_context=local\\nsender: x\\n*** MESSAGE CONTENTS deferred/%s ***\\nSubject: Quarterly report\\n\\n*** HEADER EXTRACTED deferred/%s ***\\n*** MESSAGE FILE END deferred/%s ***\\n" "$a" "$a" "$a" "$a"; fi;; esac; done\n',
         "sink": '#!/bin/sh\nexec cat > /dev/null\n',
     }
     for name, text in scripts.items():
@@ -97,7 +99,9 @@ def scan(work, bindir):
     if out.returncode != 0:
         sys.exit(f"posttls scan failed:\n{out.stderr[-3000:]}")
     summary = [line for line in out.stderr.splitlines() if " scan: " in line]
-    return elapsed, summary[-1].split(" scan: ", 1)[1] if summary else "?"
+    text = summary[-1].split(" scan: ", 1)[1] if summary else "?"
+    decided = float(text.split("decided in ", 1)[1].split(" s", 1)[0]) if "decided in " in text else float("nan")
+    return elapsed, decided, text
 
 
 def main():
@@ -108,7 +112,7 @@ def main():
     args = ap.parse_args()
     if not os.path.exists(MAILTLS):
         sys.exit(f"{MAILTLS} is missing: run cargo build --release first (bench/run posttls does)")
-    results = {"messages": args.messages, "first": [], "steady": []}
+    results = {"messages": args.messages, "first": [], "first_decided": [], "steady": []}
     for rep in range(args.reps):
         work = tempfile.mkdtemp(prefix="posttls-bench-")
         try:
@@ -118,9 +122,10 @@ def main():
             with open(listing_file, "w") as f:
                 f.write(listing(args.messages))
             stand_ins(bindir, listing_file)
-            first, first_summary = scan(work, bindir)
-            steady, steady_summary = scan(work, bindir)
+            first, first_decided, first_summary = scan(work, bindir)
+            steady, _, steady_summary = scan(work, bindir)
             results["first"].append(first)
+            results["first_decided"].append(first_decided)
             results["steady"].append(steady)
             print(f"  rep {rep + 1}: first pass {first:6.2f} s ({first_summary})")
             print(f"  rep {rep + 1}: steady     {steady:6.2f} s ({steady_summary})")
@@ -129,10 +134,11 @@ def main():
     med = lambda xs: sorted(xs)[len(xs) // 2]
     print()
     print(f"posttls scan over {args.messages} deferred messages (median of {args.reps}, whole process):")
-    print(f"  first pass (all new: postcat, notifications sent): {med(results['first']):.2f} s")
-    print(f"  steady pass (all known, every decision again):      {med(results['steady']):.2f} s")
-    target = med(results["steady"]) < 2.0
-    print(f"  target: under 2 s for scanning and deciding: {med(results['steady']):.2f} s {'PASS' if target else 'MISS'}")
+    print(f"  first pass, all new: decided (queue read, postcat, classify, decide, stored): {med(results['first_decided']):.2f} s")
+    print(f"  first pass, all new: with every notification sent:                          {med(results['first']):.2f} s")
+    print(f"  steady pass, all known, every decision again:                               {med(results['steady']):.2f} s")
+    worst = max(med(results["first_decided"]), med(results["steady"]))
+    print(f"  target: under 2 s for scanning and deciding all notifications: {worst:.2f} s {'PASS' if worst < 2.0 else 'MISS'}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -333,6 +333,11 @@ fn a_tls_deferral_notifies_our_sender_once_and_nothing_else_does() {
         log.contains("TLS deferral ignored (not_own_sender)"),
         "{log}"
     );
+    // Both new messages from our domain were read with one postcat run.
+    assert!(
+        log.contains("envelopes of 2 new message(s) read in 1 postcat run(s): 2 found"),
+        "{log}"
+    );
 }
 
 /// The text of a mail's body parts, decoded (quoted-printable, base64).

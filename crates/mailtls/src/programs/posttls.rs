@@ -260,13 +260,14 @@ impl Setup {
             log::warn!("{problem}");
         }
         log::info!(
-            "scan: {} queued, {} waiting for TLS, {} notified, {} reminded, {} ignored, {} gone, {:.3} s",
+            "scan: {} queued, {} waiting for TLS, {} notified, {} reminded, {} ignored, {} gone, decided in {:.3} s, {:.3} s in all",
             report.queued,
             report.tls_deferred,
             report.notified,
             report.reminded,
             report.ignored,
             report.gone,
+            report.decided.as_secs_f64(),
             report.elapsed.as_secs_f64()
         );
         Ok(report)

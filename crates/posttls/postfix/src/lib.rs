@@ -124,6 +124,19 @@ impl Postfix {
         Ok(split_envelope_and_headers(&output.stdout))
     }
 
+    /// `postcat -e -h -q ID...`: envelope and header block of many
+    /// messages in one run, by queue id. A message that left the queue
+    /// meanwhile makes postcat stop; the caller then asks one by one.
+    pub fn envelopes_and_headers(
+        &self,
+        ids: &[&QueueId],
+    ) -> Result<std::collections::HashMap<String, (Envelope, Vec<u8>)>, PostfixError> {
+        let mut args = vec!["-e", "-h", "-q"];
+        args.extend(ids.iter().map(|id| id.as_str()));
+        let output = self.run("postcat", &args, None)?;
+        Ok(split_files(&output.stdout))
+    }
+
     /// `postcat -h -q ID`: the message's header block.
     pub fn headers(&self, id: &QueueId) -> Result<Vec<u8>, PostfixError> {
         Ok(self
@@ -285,6 +298,39 @@ impl Postfix {
     }
 }
 
+/// Splits the output of `postcat -e -h` for several queue files into the
+/// files, by queue id (the part after the `/` of `*** ENVELOPE RECORDS
+/// deferred/ID ***`).
+fn split_files(output: &[u8]) -> std::collections::HashMap<String, (Envelope, Vec<u8>)> {
+    let text = String::from_utf8_lossy(output);
+    let mut files = std::collections::HashMap::new();
+    let mut current: Option<(String, String)> = None;
+    let mut finish = |current: &mut Option<(String, String)>| {
+        if let Some((id, body)) = current.take() {
+            files.insert(id, split_envelope_and_headers(body.as_bytes()));
+        }
+    };
+    for line in text.split_inclusive('\n') {
+        if let Some(rest) = line.strip_prefix("*** ENVELOPE RECORDS ") {
+            finish(&mut current);
+            let id = rest
+                .trim_end()
+                .trim_end_matches("***")
+                .trim()
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            current = Some((id, String::new()));
+        }
+        if let Some((_, body)) = current.as_mut() {
+            body.push_str(line);
+        }
+    }
+    finish(&mut current);
+    files
+}
+
 /// Splits `postcat -e -h` output at its section markers: the envelope
 /// records before `*** MESSAGE CONTENTS`, the header lines after it (up to
 /// the next `***` marker).
@@ -359,6 +405,23 @@ mod tests {
             headers,
             b"sender: forged@header.example\nSubject: Hello\n\n"
         );
+    }
+
+    #[test]
+    fn several_files_come_apart_by_queue_id() {
+        let files = split_files(
+            b"*** ENVELOPE RECORDS deferred/AAA111 ***\nnamed_attribute: rewrite_context=local\nsender: a@x\n\
+              *** MESSAGE CONTENTS deferred/AAA111 ***\nSubject: one\n\n*** HEADER EXTRACTED deferred/AAA111 ***\n\
+              *** MESSAGE FILE END deferred/AAA111 ***\n\
+              *** ENVELOPE RECORDS deferred/BBB222 ***\nsender: b@x\n*** MESSAGE CONTENTS deferred/BBB222 ***\nSubject: two\n\n\
+              *** HEADER EXTRACTED deferred/BBB222 ***\n*** MESSAGE FILE END deferred/BBB222 ***\n",
+        );
+        assert_eq!(files.len(), 2);
+        assert!(files["AAA111"].0.local_submission);
+        assert_eq!(files["AAA111"].1, b"Subject: one\n\n");
+        assert_eq!(files["BBB222"].0.sender, "b@x");
+        assert!(!files["BBB222"].0.local_submission);
+        assert_eq!(files["BBB222"].1, b"Subject: two\n\n");
     }
 
     #[test]

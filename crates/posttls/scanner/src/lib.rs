@@ -107,7 +107,31 @@ pub struct ScanReport {
     /// Lines of the queue listing that could not be read, notifications
     /// that could not be sent: one line each, for the log.
     pub problems: Vec<String>,
+    /// Until every decision was made and stored (before notifications
+    /// were sent).
+    pub decided: Duration,
     pub elapsed: Duration,
+}
+
+/// Envelope evidence and header block of new messages, by queue id.
+type Evidence = HashMap<String, (posttls_postfix::Envelope, Vec<u8>)>;
+
+/// Queue ids per `postcat` run.
+const POSTCAT_BATCH: usize = 500;
+
+/// What one pass knows before it looks at each message.
+struct Pass<'p> {
+    mandatory: &'p DomainSet,
+    cache: &'p ClassifyCache,
+    evidence: &'p Evidence,
+    now: DateTime<Utc>,
+}
+
+/// A notification decided on, to be sent once all decisions are stored.
+struct Outgoing {
+    message_id: i64,
+    notification: Notification,
+    sequence: usize,
 }
 
 pub struct Scanner<'a> {
@@ -154,25 +178,37 @@ impl Scanner<'_> {
             let _ = mandatory.insert(&domain);
         }
         let cache = ClassifyCache::default();
+        let candidates: Vec<&QueuedMessage> = scan
+            .messages
+            .iter()
+            .filter(|message| {
+                !message.is_null_sender()
+                    && message.pending_recipients().any(|r| {
+                        r.delay_reason.as_deref().is_some_and(|reason| {
+                            matches!(cache.get(reason), Classification::Tls(_))
+                        })
+                    })
+            })
+            .collect();
+        let evidence = self.gather_evidence(&candidates, &mut report)?;
+        let mut outbox = Vec::new();
+        let pass = Pass {
+            mandatory: &mandatory,
+            cache: &cache,
+            evidence: &evidence,
+            now,
+        };
         // Batched writes; short batches, so that the web process is never
         // locked out for long.
         self.store.begin_batch()?;
         let mut batch_started = Instant::now();
-        for message in &scan.messages {
+        for message in candidates {
             if batch_started.elapsed() > BATCH_TIME {
                 self.store.end_batch()?;
                 self.store.begin_batch()?;
                 batch_started = Instant::now();
             }
-            let has_tls_failure = message.pending_recipients().any(|r| {
-                r.delay_reason
-                    .as_deref()
-                    .is_some_and(|reason| matches!(cache.get(reason), Classification::Tls(_)))
-            });
-            if !has_tls_failure || message.is_null_sender() {
-                continue;
-            }
-            if let Err(err) = self.one_message(message, &mandatory, &cache, now, &mut report) {
+            if let Err(err) = self.one_message(message, &pass, &mut report, &mut outbox) {
                 report
                     .problems
                     .push(format!("message {}: {err}", message.queue_id));
@@ -191,23 +227,82 @@ impl Scanner<'_> {
         } else {
             Vec::new()
         };
-        self.store.end_batch()?;
         report.gone = gone.len();
         for message in &gone {
-            self.note_expiry(message, now, &mut report)?;
+            self.note_expiry(message, now, &mut outbox)?;
         }
+        self.store.end_batch()?;
+        report.decided = started.elapsed();
+        self.store.begin_batch()?;
+        let mut batch_started = Instant::now();
+        for outgoing in outbox {
+            if batch_started.elapsed() > BATCH_TIME {
+                self.store.end_batch()?;
+                self.store.begin_batch()?;
+                batch_started = Instant::now();
+            }
+            self.send_notification(outgoing, now, &mut report)?;
+        }
+        self.store.end_batch()?;
         report.elapsed = started.elapsed();
         Ok(report)
+    }
+
+    /// Envelope evidence and headers of the candidates that are new and
+    /// from one of our domains, read with a few `postcat` runs instead of
+    /// one per message.
+    fn gather_evidence(
+        &self,
+        candidates: &[&QueuedMessage],
+        report: &mut ScanReport,
+    ) -> Result<Evidence, ScanError> {
+        let mut needed = Vec::new();
+        for message in candidates {
+            if self.config.own.domains.contains_address(&message.sender)
+                && self
+                    .store
+                    .find_message(
+                        &self.config.instance,
+                        message.queue_id.as_str(),
+                        message.arrival_time,
+                    )?
+                    .is_none()
+            {
+                needed.push(&message.queue_id);
+            }
+        }
+        let mut evidence = Evidence::new();
+        for chunk in needed.chunks(POSTCAT_BATCH) {
+            match self.postfix.envelopes_and_headers(chunk) {
+                Ok(files) => evidence.extend(files),
+                // A message that left meanwhile stops postcat: the rest
+                // is read one by one.
+                Err(err) => report.problems.push(format!(
+                    "postcat of {} messages at once: {err}",
+                    chunk.len()
+                )),
+            }
+        }
+        if !needed.is_empty() {
+            log::info!(
+                "envelopes of {} new message(s) read in {} postcat run(s): {} found",
+                needed.len(),
+                needed.len().div_ceil(POSTCAT_BATCH),
+                evidence.len()
+            );
+        }
+        Ok(evidence)
     }
 
     fn one_message(
         &mut self,
         message: &QueuedMessage,
-        mandatory: &DomainSet,
-        cache: &ClassifyCache,
-        now: DateTime<Utc>,
+        pass: &Pass<'_>,
         report: &mut ScanReport,
+        outbox: &mut Vec<Outgoing>,
     ) -> Result<(), ScanError> {
+        let (mandatory, cache, evidence, now) =
+            (pass.mandatory, pass.cache, pass.evidence, pass.now);
         let now_s = now.timestamp();
         let known = self.store.find_message(
             &self.config.instance,
@@ -219,7 +314,10 @@ impl Scanner<'_> {
             Some(row) => (row.own_sender, row.subject.clone()),
             None if !self.config.own.domains.contains_address(&message.sender) => (false, None),
             None => {
-                let (envelope, headers) = self.postfix.envelope_and_headers(&message.queue_id)?;
+                let (envelope, headers) = match evidence.get(message.queue_id.as_str()) {
+                    Some(found) => found.clone(),
+                    None => self.postfix.envelope_and_headers(&message.queue_id)?,
+                };
                 let evidence = SubmissionEvidence {
                     local_submission: envelope.local_submission,
                     sasl_username: envelope.sasl_username,
@@ -416,19 +514,28 @@ impl Scanner<'_> {
             delete_url: if mandatory_action.is_some() { None } else { link(Action::Delete) },
             links_expire: Some(expires),
         };
-        self.send_notification(id, &notification, sent.len(), now, report)
+        outbox.push(Outgoing {
+            message_id: id,
+            notification,
+            sequence: sent.len(),
+        });
+        Ok(())
     }
 
     /// Renders, sends and records one notification (a failed send is
     /// recorded and tried again at the next scan).
     fn send_notification(
         &self,
-        id: i64,
-        notification: &Notification,
-        sequence: usize,
+        outgoing: Outgoing,
         now: DateTime<Utc>,
         report: &mut ScanReport,
     ) -> Result<(), ScanError> {
+        let Outgoing {
+            message_id: id,
+            notification,
+            sequence,
+        } = outgoing;
+        let notification = &notification;
         let now_s = now.timestamp();
         let kind = notification.kind;
         let outcome = self
@@ -494,7 +601,7 @@ impl Scanner<'_> {
         &self,
         message: &MessageRow,
         now: DateTime<Utc>,
-        report: &mut ScanReport,
+        outbox: &mut Vec<Outgoing>,
     ) -> Result<(), ScanError> {
         let age = now.timestamp() - message.arrival_time;
         let margin = 3600;
@@ -543,7 +650,12 @@ impl Scanner<'_> {
             delete_url: None,
             links_expire: None,
         };
-        self.send_notification(message.id, &notification, notifications.len(), now, report)
+        outbox.push(Outgoing {
+            message_id: message.id,
+            notification,
+            sequence: notifications.len(),
+        });
+        Ok(())
     }
 
     fn seen<'m>(
