@@ -541,81 +541,120 @@ fn an_overlapping_scan_steps_aside() {
     drop(lock);
 }
 
-/// A message the sender was told about that leaves the queue as old as
-/// Postfix keeps messages has expired: the sender hears that it was not
-/// delivered. (Stand-in Postfix commands: the timing cannot be had from a
-/// real instance in a test.)
-#[test]
-fn the_sender_hears_when_a_message_expires() {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let listing = dir.path().join("queue.jsonl");
-    let sent = dir.path().join("sent");
-    std::fs::create_dir(&sent).unwrap();
-    let arrival = chrono::Utc::now().timestamp() - 5 * 86400 + 600;
-    std::fs::write(
-        &listing,
-        format!(
-            r#"{{"queue_name":"deferred","queue_id":"4A0AF98C232","arrival_time":{arrival},"message_size":300,"forced_expire":false,"sender":"alice@example.org","recipients":[{{"address":"bob@notls.example","delay_reason":"TLS is required, but was not offered by host mx.notls.example[192.0.2.1]"}}]}}"#
-        ) + "\n",
-    )
-    .unwrap();
-    for (name, text) in [
-        ("postqueue", format!("#!/bin/sh\ncat {}\n", listing.display())),
-        (
-            "postcat",
-            "#!/bin/sh\nprintf '*** ENVELOPE RECORDS deferred/4A0AF98C232 ***\\nnamed_attribute: rewrite_context=local\\n*** MESSAGE CONTENTS deferred/4A0AF98C232 ***\\nSubject: Contract\\n\\n'\n".to_string(),
-        ),
-        ("sink", format!("#!/bin/sh\ncat > $(mktemp {}/mail.XXXXXX)\n", sent.display())),
-    ] {
-        std::fs::write(bin.join(name), text).unwrap();
-        std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+/// Stand-in Postfix commands for what a real instance cannot show in a
+/// test's time (expiry, reminders): `postqueue` prints a listing the test
+/// writes, `postcat` shows every message as a local submission with the
+/// subject "Contract", and notifications land as files.
+struct StandIn {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    listing: std::path::PathBuf,
+    sent: std::path::PathBuf,
+}
+
+impl StandIn {
+    fn new() -> StandIn {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        let listing = dir.path().join("queue.jsonl");
+        let sent = dir.path().join("sent");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::create_dir(&sent).unwrap();
+        std::fs::write(&listing, "").unwrap();
+        for (name, text) in [
+            ("postqueue", format!("#!/bin/sh\ncat {}\n", listing.display())),
+            (
+                "postcat",
+                "#!/bin/sh\nq=0\nfor a in \"$@\"; do case \"$a\" in -q) q=1;; -*) ;; *) [ $q = 1 ] && printf '*** ENVELOPE RECORDS deferred/%s ***\\nnamed_attribute: rewrite_context=local\\n*** MESSAGE CONTENTS deferred/%s ***\\nSubject: Contract\\n\\n' \"$a\" \"$a\";; esac; done\nexit 0\n".to_string(),
+            ),
+            ("sink", format!("#!/bin/sh\ncat > $(mktemp {}/mail.XXXXXX)\n", sent.display())),
+        ] {
+            std::fs::write(bin.join(name), text).unwrap();
+            std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        StandIn {
+            dir,
+            bin,
+            listing,
+            sent,
+        }
     }
-    let scan = || {
-        let out = Command::new(support::mailtls_bin())
-            .args(["posttls", "scan"])
+
+    /// The queue: one deferred message from alice to bob, arrived at
+    /// `arrival`.
+    fn queue_one(&self, arrival: i64) {
+        std::fs::write(
+            &self.listing,
+            format!(
+                r#"{{"queue_name":"deferred","queue_id":"4A0AF98C232","arrival_time":{arrival},"message_size":300,"forced_expire":false,"sender":"alice@example.org","recipients":[{{"address":"bob@notls.example","delay_reason":"TLS is required, but was not offered by host mx.notls.example[192.0.2.1]"}}]}}"#
+            ) + "\n",
+        )
+        .unwrap();
+    }
+
+    fn command(&self, subcommand: &str, extra: &[&str]) -> Command {
+        let mut command = Command::new(support::mailtls_bin());
+        command
+            .args(["posttls", subcommand])
             .arg(format!(
                 "--database={}",
-                dir.path().join("posttls.sqlite").display()
+                self.dir.path().join("posttls.sqlite").display()
             ))
-            .arg(format!("--postfix_command_dir={}", bin.display()))
+            .arg(format!("--postfix_command_dir={}", self.bin.display()))
             .arg("--own_domains=example.org")
             .arg("--notification_from=postmaster@example.org")
             .arg("--base_url=https://posttls.example.org")
             .arg(format!(
                 "--secret_key_file={}",
-                dir.path().join("secret.key").display()
+                self.dir.path().join("secret.key").display()
             ))
             .arg(format!(
                 "--lock_file={}",
-                dir.path().join("scan.lock").display()
+                self.dir.path().join("scan.lock").display()
             ))
-            .arg(format!("--sendmail_script={}", bin.join("sink").display()))
-            .output()
-            .unwrap();
+            .arg(format!(
+                "--sendmail_script={}",
+                self.bin.join("sink").display()
+            ))
+            .args(extra);
+        command
+    }
+
+    fn scan(&self, extra: &[&str]) {
+        let out = self.command("scan", extra).output().unwrap();
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-    };
-    let mails = || -> Vec<String> {
-        let mut texts: Vec<String> = std::fs::read_dir(&sent)
+    }
+
+    /// The notifications sent so far, decoded, sorted.
+    fn mails(&self) -> Vec<String> {
+        let mut texts: Vec<String> = std::fs::read_dir(&self.sent)
             .unwrap()
             .map(|e| mail_text(&std::fs::read(e.unwrap().path()).unwrap()))
             .collect();
         texts.sort();
         texts
-    };
-    scan();
-    assert_eq!(mails().len(), 1);
+    }
+}
+
+/// A message the sender was told about that leaves the queue as old as
+/// Postfix keeps messages has expired: the sender hears that it was not
+/// delivered.
+#[test]
+fn the_sender_hears_when_a_message_expires() {
+    let lab = StandIn::new();
+    lab.queue_one(chrono::Utc::now().timestamp() - 5 * 86400 + 600);
+    lab.scan(&[]);
+    assert_eq!(lab.mails().len(), 1);
     // Postfix gives up on it: it leaves the queue.
-    std::fs::write(&listing, "").unwrap();
-    scan();
-    scan();
-    let texts = mails();
+    std::fs::write(&lab.listing, "").unwrap();
+    lab.scan(&[]);
+    lab.scan(&[]);
+    let texts = lab.mails();
     assert_eq!(texts.len(), 2, "{texts:?}");
     let expired = texts
         .iter()
@@ -624,6 +663,63 @@ fn the_sender_hears_when_a_message_expires() {
     assert!(expired.contains("Contract"), "{expired}");
     assert!(expired.contains("bob@notls.example"), "{expired}");
     assert!(!expired.contains("/confirm/"), "{expired}");
+}
+
+/// Reminders come after `reminder_interval`, at most `max_reminders` of
+/// them (the original reminded every 30 minutes for as long as the message
+/// waited).
+#[test]
+fn reminders_are_spaced_and_capped() {
+    let lab = StandIn::new();
+    lab.queue_one(chrono::Utc::now().timestamp() - 60);
+    let options = ["--reminder_interval=1", "--max_reminders=2"];
+    lab.scan(&options);
+    lab.scan(&options); // too early for a reminder
+    assert_eq!(lab.mails().len(), 1);
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(1100));
+        lab.scan(&options);
+    }
+    let texts = lab.mails();
+    assert_eq!(texts.len(), 3, "one notice and two reminders: {texts:?}");
+    assert_eq!(
+        texts.iter().filter(|t| t.starts_with("Reminder:")).count(),
+        2
+    );
+    // Every notice has fresh working links.
+    assert!(texts
+        .iter()
+        .all(|t| t.contains("https://posttls.example.org/confirm/")));
+}
+
+/// The daemon scans every `scan_interval` seconds without cron, and stops
+/// cleanly on SIGTERM.
+#[test]
+fn the_worker_scans_on_its_own_and_stops_on_sigterm() {
+    let lab = StandIn::new();
+    let mut worker = lab
+        .command("worker", &["--scan_interval=1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(lab.mails().is_empty());
+    // A message arrives; the next scan tells its sender.
+    lab.queue_one(chrono::Utc::now().timestamp());
+    support::wait_until(10, "the worker's notification", || lab.mails().len() == 1);
+    support::signal(&worker, libc::SIGTERM);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
 }
 
 /// A minimal HTTP/1.1 exchange with the web process: status line and body.
