@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use mailtls_common::clock::{day_string, next_midnight, Clock};
 
-use crate::socket::{CollectorSocket, MAX_DATAGRAM};
+use crate::socket::{CollectorSocket, RecvBatch};
 
 /// Signals the receiver reacts to, set by signal handlers. A signal also
 /// interrupts the receiver's read, so it is seen at once.
@@ -105,7 +105,7 @@ pub struct Receiver<'a> {
     chunk: Chunk,
     day: String,
     midnight: DateTime<Utc>,
-    buf: Vec<u8>,
+    batch: RecvBatch,
     short_timeout: bool,
     /// Datagrams received since start.
     pub received: u64,
@@ -129,7 +129,7 @@ impl<'a> Receiver<'a> {
             chunk: Chunk::with_capacity(),
             day: day_string(now.date_naive()),
             midnight: next_midnight(now),
-            buf: vec![0; MAX_DATAGRAM],
+            batch: RecvBatch::new(),
             short_timeout: false,
             received: 0,
         }
@@ -144,12 +144,12 @@ impl<'a> Receiver<'a> {
     /// kernel had already accepted, and pass everything on.
     pub fn run(mut self) -> u64 {
         while !self.flags.terminate.load(Ordering::Relaxed) {
-            match self.socket.recv(&mut self.buf, true) {
-                Ok(Some(len)) => self.take(len),
-                Ok(None) => {
+            match self.socket.recv_batch(&mut self.batch, true) {
+                Ok(0) => {
                     self.check_midnight();
                     self.hand_over();
                 }
+                Ok(n) => self.take_batch(n),
                 Err(e) => {
                     log::error!("reading from socket {}: {e}", self.socket.path().display());
                     std::thread::sleep(Duration::from_millis(100));
@@ -167,8 +167,8 @@ impl<'a> Receiver<'a> {
         }
         log::info!("terminating: removing the socket and reading what is still queued");
         self.socket.unlink();
-        while let Ok(Some(len)) = self.socket.recv(&mut self.buf, false) {
-            self.take(len);
+        while let Ok(n @ 1..) = self.socket.recv_batch(&mut self.batch, false) {
+            self.take_batch(n);
         }
         self.check_midnight();
         self.hand_over();
@@ -176,14 +176,18 @@ impl<'a> Receiver<'a> {
         self.received
     }
 
-    fn take(&mut self, len: usize) {
+    /// The `n` datagrams of one batch: all read at the same instant, so
+    /// one look at the clock serves them all.
+    fn take_batch(&mut self, n: usize) {
         self.check_midnight();
-        self.received += 1;
-        let stored = len.min(self.buf.len());
-        if !self.chunk.has_room_for(stored) {
-            self.hand_over();
+        self.received += n as u64;
+        for i in 0..n {
+            let (data, len) = self.batch.get(i);
+            if !self.chunk.has_room_for(data.len()) {
+                pass_on(&mut self.chunk, &self.recycled, &self.out);
+            }
+            self.chunk.push(data, len);
         }
-        self.chunk.push(&self.buf[..stored], len);
     }
 
     /// At the first moment after UTC midnight, before taking anything new.
@@ -199,14 +203,7 @@ impl<'a> Receiver<'a> {
     }
 
     fn hand_over(&mut self) {
-        if !self.chunk.is_empty() {
-            let next = self
-                .recycled
-                .try_recv()
-                .unwrap_or_else(|_| Chunk::with_capacity());
-            let chunk = std::mem::replace(&mut self.chunk, next);
-            self.send(Input::Datagrams(chunk));
-        }
+        pass_on(&mut self.chunk, &self.recycled, &self.out);
     }
 
     /// Short read timeout while a chunk is pending, the long default when
@@ -230,5 +227,20 @@ impl<'a> Receiver<'a> {
         if self.out.send(input).is_err() {
             log::error!("the aggregator has stopped; datagrams cannot be counted");
         }
+    }
+}
+
+/// Sends a non-empty chunk to the aggregator and takes a recycled (or new)
+/// one in its place.
+fn pass_on(chunk: &mut Chunk, recycled: &ChannelReceiver<Chunk>, out: &SyncSender<Input>) {
+    if chunk.is_empty() {
+        return;
+    }
+    let next = recycled
+        .try_recv()
+        .unwrap_or_else(|_| Chunk::with_capacity());
+    let full = std::mem::replace(chunk, next);
+    if out.send(Input::Datagrams(full)).is_err() {
+        log::error!("the aggregator has stopped; datagrams cannot be counted");
     }
 }

@@ -12,6 +12,78 @@ use std::path::{Path, PathBuf};
 pub const MAX_DATAGRAM: usize = 256 * 1024;
 
 /// Longest wait for a datagram before the receiver looks at the clock.
+/// Slots of a [`RecvBatch`]: more than the kernel's default queue of 10.
+pub const BATCH_SLOTS: usize = 32;
+
+/// Buffers for [`CollectorSocket::recv_batch`], made once and reused.
+pub struct RecvBatch {
+    slots: Vec<Vec<u8>>,
+    iovecs: Vec<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
+}
+
+// SAFETY: the raw pointers in `iovecs` and `headers` only ever point into
+// `slots` and `iovecs` of the same value, which moves with them.
+unsafe impl Send for RecvBatch {}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        RecvBatch::new()
+    }
+}
+
+impl RecvBatch {
+    pub fn new() -> RecvBatch {
+        let mut slots: Vec<Vec<u8>> = (0..BATCH_SLOTS).map(|_| vec![0u8; MAX_DATAGRAM]).collect();
+        let iovecs: Vec<libc::iovec> = slots
+            .iter_mut()
+            .map(|slot| libc::iovec {
+                iov_base: slot.as_mut_ptr().cast(),
+                iov_len: slot.len(),
+            })
+            .collect();
+        // SAFETY: an all-zero mmsghdr is a valid empty header.
+        let headers = (0..BATCH_SLOTS)
+            .map(|_| unsafe { std::mem::zeroed::<libc::mmsghdr>() })
+            .collect();
+        RecvBatch {
+            slots,
+            iovecs,
+            headers,
+        }
+    }
+
+    /// Points every header at its slot (the kernel changes the lengths).
+    fn prepare(&mut self) {
+        for (i, header) in self.headers.iter_mut().enumerate() {
+            self.iovecs[i].iov_base = self.slots[i].as_mut_ptr().cast();
+            self.iovecs[i].iov_len = self.slots[i].len();
+            header.msg_hdr.msg_iov = &mut self.iovecs[i];
+            header.msg_hdr.msg_iovlen = 1;
+            header.msg_hdr.msg_name = std::ptr::null_mut();
+            header.msg_hdr.msg_namelen = 0;
+            header.msg_hdr.msg_control = std::ptr::null_mut();
+            header.msg_hdr.msg_controllen = 0;
+            header.msg_hdr.msg_flags = 0;
+            header.msg_len = 0;
+        }
+    }
+
+    /// The datagram in slot `i` (truncated to the slot) and its real length.
+    pub fn get(&self, i: usize) -> (&[u8], usize) {
+        let len = self.headers[i].msg_len as usize;
+        (&self.slots[i][..len.min(MAX_DATAGRAM)], len)
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
 pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Below this `net.unix.max_dgram_qlen`, short bursts from a busy MTA are
@@ -107,29 +179,37 @@ impl CollectorSocket {
         &self.path
     }
 
-    /// Read one datagram, waiting at most the socket's receive timeout when
-    /// `wait` is true. `Ok(None)` when nothing arrived (timeout, empty queue,
-    /// or a signal interrupted the wait); `Ok(Some(len))` with `len` the full
-    /// datagram length, which exceeds `buf.len()` when it was truncated.
-    pub fn recv(&self, buf: &mut [u8], wait: bool) -> io::Result<Option<usize>> {
-        let flags = libc::MSG_TRUNC | if wait { 0 } else { libc::MSG_DONTWAIT };
-        // SAFETY: buf is valid for writes of buf.len() bytes; MSG_TRUNC
-        // makes the kernel return the real length of a longer datagram.
+    /// Receive up to `batch.len()` datagrams with one system call
+    /// (`recvmmsg`): when `wait`, block (up to the read timeout) for the
+    /// first and take what else is queued already; otherwise take only
+    /// what is queued. Returns how many arrived; their real lengths (even
+    /// when longer than a slot) come from [`RecvBatch::get`].
+    pub fn recv_batch(&self, batch: &mut RecvBatch, wait: bool) -> io::Result<usize> {
+        let flags = libc::MSG_TRUNC
+            | if wait {
+                libc::MSG_WAITFORONE
+            } else {
+                libc::MSG_DONTWAIT
+            };
+        batch.prepare();
+        // SAFETY: every header points at its own iovec, which points at a
+        // slot buffer of the length it states; all live as long as `batch`.
         let n = unsafe {
-            libc::recv(
+            libc::recvmmsg(
                 self.socket.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
+                batch.headers.as_mut_ptr(),
+                batch.headers.len() as libc::c_uint,
                 flags,
+                std::ptr::null_mut(),
             )
         };
         if n >= 0 {
-            return Ok(Some(n as usize));
+            return Ok(n as usize);
         }
         let e = io::Error::last_os_error();
         match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => {
-                Ok(None)
+                Ok(0)
             }
             _ => Err(e),
         }
@@ -242,18 +322,32 @@ mod tests {
         let mut sock = CollectorSocket::bind(&path, &perms).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o620);
-        let mut buf = [0u8; 16];
-        assert_eq!(sock.recv(&mut buf, false).unwrap(), None);
-        assert_eq!(sock.recv(&mut buf, true).unwrap(), None, "times out");
-        UnixDatagram::unbound()
-            .unwrap()
-            .send_to(b"0123456789abcdefXYZ", &path)
-            .unwrap();
+        let mut batch = RecvBatch::new();
+        assert_eq!(sock.recv_batch(&mut batch, false).unwrap(), 0);
+        assert_eq!(sock.recv_batch(&mut batch, true).unwrap(), 0, "times out");
+        let sender = UnixDatagram::unbound().unwrap();
+        sender.send_to(b"first", &path).unwrap();
+        sender.send_to(&vec![b'x'; MAX_DATAGRAM + 5], &path).ok();
+        sender.send_to(b"third", &path).unwrap();
+        let n = sock.recv_batch(&mut batch, true).unwrap();
+        let got: Vec<(Vec<u8>, usize)> = (0..n)
+            .map(|i| {
+                let (data, len) = batch.get(i);
+                (data.to_vec(), len)
+            })
+            .collect();
         assert_eq!(
-            sock.recv(&mut buf, true).unwrap(),
-            Some(19),
-            "reports the untruncated length"
+            got[0],
+            (b"first".to_vec(), 5),
+            "one call takes all that is queued"
         );
+        assert_eq!(got.last().unwrap(), &(b"third".to_vec(), 5));
+        if n == 3 {
+            // An oversized datagram (when the kernel took it) is truncated
+            // to its slot and reports its real length.
+            assert_eq!(got[1].0.len(), MAX_DATAGRAM);
+            assert_eq!(got[1].1, MAX_DATAGRAM + 5);
+        }
         sock.unlink();
         assert!(!path.exists());
     }
