@@ -241,22 +241,27 @@ fn py_list(items: &[String]) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
-fn maptest(settings: &Settings, sub: &ArgMatches) -> Result<(), String> {
-    let domain = sub.get_one::<String>("domain").expect("required");
-    let record = sub.get_one::<String>("tlsrpt_record").expect("required");
-    println!("Domain: {domain}");
-    println!("Record: {record}");
+/// The three destination maps, as the reportd reads them.
+fn load_maps(settings: &Settings) -> Result<DestinationMaps, String> {
     let path = |name: &str| {
         Some(settings.get_str(name))
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    let maps = DestinationMaps::from_files(
+    DestinationMaps::from_files(
         path("tlsrpt_record_map").as_deref(),
         path("mail_destination_map").as_deref(),
         path("http_upload_map").as_deref(),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())
+}
+
+fn maptest(settings: &Settings, sub: &ArgMatches) -> Result<(), String> {
+    let domain = sub.get_one::<String>("domain").expect("required");
+    let record = sub.get_one::<String>("tlsrpt_record").expect("required");
+    println!("Domain: {domain}");
+    println!("Record: {record}");
+    let maps = load_maps(settings)?;
     let parsed =
         parse_record(record).map_err(|e| format!("the record gives no destinations: {e}"))?;
     for skipped in &parsed.skipped {
@@ -460,17 +465,7 @@ fn render(settings: &Settings, sub: &ArgMatches, json: bool) -> Result<(), Strin
     let directory = PathBuf::from(sub.get_one::<String>("directory").expect("required"));
     std::fs::create_dir_all(&directory).map_err(|e| format!("{}: {e}", directory.display()))?;
     let db = open(settings, false)?;
-    let path = |name: &str| {
-        Some(settings.get_str(name))
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let maps = DestinationMaps::from_files(
-        path("tlsrpt_record_map").as_deref(),
-        path("mail_destination_map").as_deref(),
-        path("http_upload_map").as_deref(),
-    )
-    .map_err(|e| e.to_string())?;
+    let maps = load_maps(settings)?;
     let organization = ReportingOrganization {
         name: settings.get_str("organization_name").to_string(),
         contact_info: settings.get_str("contact_info").to_string(),
