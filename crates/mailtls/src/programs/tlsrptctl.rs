@@ -298,10 +298,7 @@ fn parse_day(text: &str) -> Result<NaiveDate, String> {
 }
 
 fn report_id(report: &StoredReport) -> String {
-    serde_json::from_str::<Value>(&report.report)
-        .ok()
-        .and_then(|v| v.get("report-id")?.as_str().map(str::to_owned))
-        .unwrap_or_default()
+    report.report_id().unwrap_or_default()
 }
 
 fn report_json(report: &StoredReport, with_report: bool) -> Value {

@@ -157,6 +157,23 @@ pub struct StoredReport {
     pub destinations: Vec<DestinationState>,
 }
 
+impl StoredReport {
+    /// The `report-id` of the stored JSON (ours or an upstream reportd's);
+    /// `None` when the text holds none.
+    pub fn report_id(&self) -> Option<String> {
+        report_id_of(&self.report)
+    }
+}
+
+/// The `report-id` of a stored report's JSON text.
+pub fn report_id_of(report: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(report)
+        .ok()?
+        .get("report-id")?
+        .as_str()
+        .map(str::to_owned)
+}
+
 /// One destination of a report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DestinationState {
@@ -717,17 +734,7 @@ impl ReportdDb {
             "SELECT r_id, day, domain, uniqid, tlsrptrecord, report FROM reports \
              WHERE (?1 IS NULL OR day=?1) AND (?2 IS NULL OR domain=?2) ORDER BY r_id",
         )?;
-        let rows = stmt.query_map(params![day.map(pytime::day), domain], |row| {
-            Ok(StoredReport {
-                r_id: row.get(0)?,
-                day: row.get(1)?,
-                domain: row.get(2)?,
-                uniqid: row.get(3)?,
-                tlsrptrecord: row.get(4)?,
-                report: row.get(5)?,
-                destinations: Vec::new(),
-            })
-        })?;
+        let rows = stmt.query_map(params![day.map(pytime::day), domain], stored_report)?;
         let mut reports = rows.collect::<rusqlite::Result<Vec<_>>>()?;
         for report in &mut reports {
             report.destinations = self.destinations_of(report.r_id)?;
@@ -742,17 +749,7 @@ impl ReportdDb {
             .query_row(
                 "SELECT r_id, day, domain, uniqid, tlsrptrecord, report FROM reports WHERE r_id=?",
                 [r_id],
-                |row| {
-                    Ok(StoredReport {
-                        r_id: row.get(0)?,
-                        day: row.get(1)?,
-                        domain: row.get(2)?,
-                        uniqid: row.get(3)?,
-                        tlsrptrecord: row.get(4)?,
-                        report: row.get(5)?,
-                        destinations: Vec::new(),
-                    })
-                },
+                stored_report,
             )
             .optional()?;
         if let Some(report) = &mut report {
@@ -826,6 +823,20 @@ impl ReportdDb {
             )?,
         })
     }
+}
+
+/// A `reports` row (`r_id, day, domain, uniqid, tlsrptrecord, report`),
+/// its destinations still to be read.
+fn stored_report(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredReport> {
+    Ok(StoredReport {
+        r_id: row.get(0)?,
+        day: row.get(1)?,
+        domain: row.get(2)?,
+        uniqid: row.get(3)?,
+        tlsrptrecord: row.get(4)?,
+        report: row.get(5)?,
+        destinations: Vec::new(),
+    })
 }
 
 fn set_fetch_job_status(conn: &Connection, job: &FetchJob, status: &str) -> Result<()> {

@@ -39,15 +39,12 @@ struct StoredReportInfo {
 
 impl StoredReportInfo {
     fn of(delivery: &Delivery) -> StoredReportInfo {
-        let report_id = serde_json::from_str::<serde_json::Value>(&delivery.report)
-            .ok()
-            .and_then(|json| json.get("report-id")?.as_str().map(str::to_owned))
-            .unwrap_or_else(|| {
-                format!(
-                    "{}_idx{}_{}",
-                    delivery.day, delivery.uniqid, delivery.domain
-                )
-            });
+        let report_id = crate::db::report_id_of(&delivery.report).unwrap_or_else(|| {
+            format!(
+                "{}_idx{}_{}",
+                delivery.day, delivery.uniqid, delivery.domain
+            )
+        });
         let ours = report_id
             .strip_prefix(&format!("{}_", delivery.day))
             .and_then(|rest| rest.split_once('_'))
