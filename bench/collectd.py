@@ -2,12 +2,19 @@
 """Collector benchmark: datagram loss under paced non-blocking load.
 
 For each rate, the same load (mailtls loadgen: non-blocking sends like
-libtlsrpt) goes to three receivers in interleaved repetitions:
+libtlsrpt) goes to these receivers in interleaved repetitions:
 
-  floor     mailtls count-sink: receives and counts, nothing else; the least
-            loss this machine allows
-  mailtls   our tlsrpt-collectd
-  upstream  the Python tlsrpt-collectd 0.6.0 (from .venv)
+  floor      mailtls count-sink: receives and counts, nothing else; the least
+             loss this machine allows a normal process
+  floor-rt   the same at real-time priority (when permitted): the least loss
+             this machine allows at all
+  mailtls    our tlsrpt-collectd as installed: its receiver thread takes
+             real-time priority when permitted (receiver_priority=realtime)
+  mailtls-normal  ours with receiver_priority=normal
+  upstream   the Python tlsrpt-collectd 0.6.0 (from .venv)
+
+Real-time priority needs root, CAP_SYS_NICE or RLIMIT_RTPRIO >= 1; without
+it floor-rt is left out and mailtls runs as mailtls-normal does.
 
 Loss is what the sender attempted minus what ends up counted in the database
 (or by the sink): datagrams the kernel refused because the receiver's queue
@@ -62,13 +69,17 @@ class Receiver:
         self.kind = kind
         self.sock = os.path.join(workdir, "s")
         self.db = os.path.join(workdir, "c.sqlite")
-        if kind == "floor":
+        if kind.startswith("floor"):
             cmd = [os.path.join(BIN, "mailtls"), "count-sink", "--socket", self.sock]
-        elif kind == "mailtls":
+            if kind == "floor-rt":
+                cmd.append("--realtime")
+        elif kind.startswith("mailtls"):
             cmd = [os.path.join(BIN, "tlsrpt-collectd")]
+            if kind == "mailtls-normal":
+                cmd.append("--receiver_priority=normal")
         else:
             cmd = [os.path.join(VENV, "tlsrpt-collectd")]
-        if kind != "floor":
+        if not kind.startswith("floor"):
             cmd += [f"--storage=sqlite://{self.db}", f"--socketname={self.sock}",
                     "--log_level=error"]
         env = dict(os.environ)
@@ -80,7 +91,7 @@ class Receiver:
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         out, _ = self.proc.communicate(timeout=60)
-        if self.kind == "floor":
+        if self.kind.startswith("floor"):
             return int(out.decode().strip() or 0)
         return sum_counts(self.db)
 
@@ -109,6 +120,16 @@ def one_run(kind, rate, seconds, seed):
         "loss_pct": 100.0 * (attempted - counted) / attempted,
         "lost_after_accept": sent["accepted"] - counted,
     }
+
+
+# Differences printed: ours against the floor of the same scheduling class.
+DIFFS = [("mailtls", "floor"), ("mailtls", "floor-rt"), ("mailtls-normal", "floor")]
+
+
+def realtime_permitted():
+    """Whether this user may give a thread real-time priority."""
+    probe = "import os; os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))"
+    return subprocess.run([sys.executable, "-c", probe], stderr=subprocess.DEVNULL).returncode == 0
 
 
 def busy_core():
@@ -159,12 +180,20 @@ def main():
     ap.add_argument("--quick", action="store_true", help="one repetition, one second")
     ap.add_argument("--no-upstream", action="store_true")
     ap.add_argument("--scenarios", default="quiet,busy", help="quiet, busy or both (default)")
+    ap.add_argument("--kinds", help="only these receivers, e.g. floor,mailtls (upstream: see --no-upstream)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
     if args.quick:
         args.reps, args.seconds = 1, 1
     rates = [int(x) for x in args.rates.split(",")]
-    kinds = ["floor", "mailtls"]
+    kinds = ["floor", "mailtls", "mailtls-normal"]
+    if realtime_permitted():
+        kinds.insert(1, "floor-rt")
+    else:
+        print("real-time priority not permitted here: floor-rt left out, mailtls runs at normal "
+              "priority", file=sys.stderr)
+    if args.kinds:
+        kinds = [k for k in kinds if k in args.kinds.split(",")]
     if not args.no_upstream:
         if os.path.exists(os.path.join(VENV, "tlsrpt-collectd")):
             kinds.append("upstream")
@@ -199,11 +228,13 @@ def main():
     print("Median loss in % of datagrams sent (kernel refusals + accepted but not counted):")
     for name in scenarios:
         print(f"\n  {name} machine" + (" (one core kept busy by another process)" if name == "busy" else ""))
-        print("    rate/s   " + "".join(f"{k:>11}" for k in kinds) + "   mailtls-floor")
+        diffs = [(a, b) for a, b in DIFFS if a in kinds and b in kinds]
+        print("    rate/s " + "".join(f"{k:>15}" for k in kinds)
+              + "".join(f"{a + ' - ' + b:>26}" for a, b in diffs))
         for rate in rates:
             row = report["scenarios"][name][f"{rate}"]
-            print(f"    {rate:6}   " + "".join(f"{row[k]:10.2f}%" for k in kinds)
-                  + f"   {row['mailtls'] - row['floor']:+10.2f} pp")
+            print(f"    {rate:6} " + "".join(f"{row[k]:14.2f}%" for k in kinds)
+                  + "".join(f"{row[a] - row[b]:+23.2f} pp" for a, b in diffs))
         lost = report["scenarios"][name + "_lost_after_accept"]
         if "upstream" in kinds:
             print("    accepted by the kernel but never counted (all reps): "

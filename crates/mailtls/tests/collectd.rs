@@ -273,6 +273,8 @@ fn bad_input_is_refused_without_losing_good_datagrams_or_flooding_the_log() {
     deep.extend(std::iter::repeat_n(b']', 5000));
     deep.extend_from_slice(b"}]}");
     let huge = vec![b'x'; 200 * 1024];
+    // Beyond the collector's maximum of 256 KiB: refused, not truncated.
+    let too_long = vec![b' '; 300 * 1024];
     let bad: Vec<Vec<u8>> = vec![
         b"null".to_vec(),
         b"".to_vec(),
@@ -287,6 +289,7 @@ fn bad_input_is_refused_without_losing_good_datagrams_or_flooding_the_log() {
         vec![0xff, 0x00, 0x13, 0x37, 0xfe],
         deep,
         huge,
+        too_long,
     ];
     for _ in 0..20 {
         for b in &bad {
@@ -451,4 +454,79 @@ fn fetcher_exit_codes_say_what_is_wrong() {
     let storage = format!("sqlite://{}/other.sqlite", dir.path().display());
     let (code, _, err) = run_fetcher(&fetcher_bin(), &storage, &["2026-11-21"]);
     assert_eq!(code, 4, "{err}");
+}
+
+/// Scheduling policy of each thread of a process, by thread name.
+fn thread_policies(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap();
+        let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+        // Fields after the command name start at field 3; `policy` is field 41.
+        let after_name = stat.rsplit_once(')').unwrap().1;
+        let policy = after_name.split_whitespace().nth(41 - 3).unwrap();
+        out.push((name.trim().to_string(), policy.parse().unwrap()));
+    }
+    out.sort();
+    out
+}
+
+/// Whether this process may give a thread real-time priority (tried on a
+/// thread of its own, which then ends).
+fn realtime_permitted() -> bool {
+    std::thread::spawn(|| {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: changes the policy of this short-lived thread only.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 }
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn the_receiver_takes_real_time_priority_when_permitted_and_only_the_receiver() {
+    let expect = |c: &Collector, receiver: i32| {
+        let expected = [
+            ("aggregator".to_string(), libc::SCHED_BATCH),
+            ("committer".to_string(), libc::SCHED_BATCH),
+            ("tlsrpt-collectd".to_string(), receiver),
+        ];
+        // The threads set their own policy as they start.
+        let settled = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while thread_policies(c.child.id()) != expected && std::time::Instant::now() < settled {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(thread_policies(c.child.id()), expected);
+    };
+    let mut c = Collector::start(&[], &[]);
+    let receiver = if realtime_permitted() {
+        wait_until(10, "the real-time log line", || {
+            c.log_text().contains("real-time priority (SCHED_FIFO 1)")
+        });
+        libc::SCHED_FIFO
+    } else {
+        wait_until(10, "the advice to permit real-time priority", || {
+            c.log_text().contains("LimitRTPRIO=1")
+        });
+        libc::SCHED_OTHER
+    };
+    expect(&c, receiver);
+    assert!(c.terminate().success());
+
+    let mut c = Collector::start(&["--receiver_priority=normal"], &[]);
+    expect(&c, libc::SCHED_OTHER);
+    assert!(c.terminate().success());
+
+    let out = std::process::Command::new(collectd_bin())
+        .args(["--storage=sqlite:///tmp/x.sqlite", "--socketname=/tmp/s"])
+        .arg("--receiver_priority=high")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("receiver_priority must be realtime or normal"),
+        "{err}"
+    );
 }

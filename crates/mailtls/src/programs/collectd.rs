@@ -10,7 +10,7 @@ use mailtls_common::pidfile::PidFile;
 use tlsrpt_collectd::socket::{parse_mode, Permissions};
 use tlsrpt_collectd::{exit, CollectdConfig};
 
-const OPTIONS: [OptionSpec; 13] = [
+const OPTIONS: [OptionSpec; 14] = [
     OptionSpec { name: "storage", kind: Kind::Str, default: "", help: "Storage URL(s), comma-separated, e.g. sqlite:///var/lib/tlsrpt/collectd.sqlite. Completed days are kept beside each file as FILE.yesterday" },
     OptionSpec { name: "socketname", kind: Kind::Str, default: "", help: "Path of the unix datagram socket that the MTA sends to (Postfix: smtp_tlsrpt_socket_name)" },
     OptionSpec { name: "socketuser", kind: Kind::Str, default: "", help: "User (name or number) to own the socket" },
@@ -24,6 +24,7 @@ const OPTIONS: [OptionSpec; 13] = [
     OptionSpec { name: "log_level", kind: Kind::Str, default: "warn", help: "Log level: debug, info, warn, error, critical, or a number" },
     OptionSpec { name: "daily_rollover_script", kind: Kind::Str, default: "", help: "Command started after each UTC midnight rollover, with the storage URL and the path of the completed day's database as two extra arguments" },
     OptionSpec { name: "dump_path_for_invalid_datagram", kind: Kind::Str, default: "", help: "File to save an invalid datagram to, for inspection (the first of each kind per minute)" },
+    OptionSpec { name: "receiver_priority", kind: Kind::Str, default: "realtime", help: "mailtls extension. realtime: the thread that reads the socket runs at real-time priority when permitted (root, CAP_SYS_NICE or systemd LimitRTPRIO=1), so that a busy host does not make the kernel drop datagrams; normal: never" },
 ];
 
 pub const SPEC: ProgramSpec = ProgramSpec {
@@ -152,5 +153,14 @@ pub fn config_from(settings: &Settings) -> Result<CollectdConfig, String> {
         max_uncommitted: max_uncommitted as u64,
         rollover_script: non_empty("daily_rollover_script"),
         dump_path: non_empty("dump_path_for_invalid_datagram").map(PathBuf::from),
+        realtime_receiver: match settings.get_str("receiver_priority") {
+            "realtime" => true,
+            "normal" => false,
+            other => {
+                return Err(format!(
+                    "receiver_priority must be realtime or normal, not {other:?}"
+                ))
+            }
+        },
     })
 }

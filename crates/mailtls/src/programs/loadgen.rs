@@ -240,6 +240,12 @@ pub fn sink_command() -> Command {
                 .required(true)
                 .help("Socket path to bind (replaced if it exists)"),
         )
+        .arg(
+            Arg::new("realtime")
+                .long("realtime")
+                .action(clap::ArgAction::SetTrue)
+                .help("Receive at real-time priority, as the collector does when permitted"),
+        )
 }
 
 pub fn sink_main(matches: &ArgMatches) -> i32 {
@@ -256,6 +262,12 @@ pub fn sink_main(matches: &ArgMatches) -> i32 {
     for signal in [signal_hook_consts::SIGTERM, signal_hook_consts::SIGINT] {
         if let Err(e) = signal_hook_flag(signal, &term) {
             eprintln!("count-sink: {e}");
+            return 1;
+        }
+    }
+    if matches.get_flag("realtime") {
+        if let Err(e) = tlsrpt_collectd::sched::realtime() {
+            eprintln!("count-sink: real-time priority not permitted: {e}");
             return 1;
         }
     }

@@ -258,6 +258,7 @@ pub fn default_config(dir: &Path) -> CollectdConfig {
         max_uncommitted: 1000,
         rollover_script: None,
         dump_path: Some(dir.join("invalid-datagram.bin")),
+        realtime_receiver: true,
     }
 }
 

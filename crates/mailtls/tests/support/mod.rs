@@ -85,8 +85,11 @@ pub fn mailtls_bin() -> PathBuf {
 
 /// Send one datagram, retrying briefly while the receiver's queue is full
 /// (tests want every datagram delivered; loss is the benchmark's business).
+/// The send buffer is raised so that datagrams beyond the collector's
+/// maximum (256 KiB) can be sent too.
 pub fn send(socket: &Path, bytes: &[u8]) {
     let s = UnixDatagram::unbound().unwrap();
+    raise_send_buffer(&s);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match s.send_to(bytes, socket) {
@@ -97,6 +100,24 @@ pub fn send(socket: &Path, bytes: &[u8]) {
             Err(e) => panic!("send to {}: {e}", socket.display()),
         }
     }
+}
+
+/// As large a send buffer as the kernel allows an unprivileged process
+/// (`net.core.wmem_max`, doubled: about 416 KiB by default).
+pub fn raise_send_buffer(s: &UnixDatagram) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 1 << 20;
+    // SAFETY: setsockopt reads a c_int from a valid pointer.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_SNDBUF: {}", std::io::Error::last_os_error());
 }
 
 /// Wait until `cond` holds, or panic after `secs` seconds with `what`.

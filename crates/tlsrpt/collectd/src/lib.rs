@@ -2,12 +2,13 @@
 //! flow, between the MTA's datagrams and the store the fetcher reads.
 //!
 //! ```text
-//! socket --> receiver --raw chunks--> aggregator --counters--> committer --> SQLite
-//!            (recv only)              (parse, count per day)     (rollover at UTC midnight)
+//! socket --> receiver --raw tallies--> aggregator --counters--> committer --> SQLite
+//!            (recv, tally bytes)      (parse, count per day)     (rollover at UTC midnight)
 //! ```
 //!
 //! - [`socket`]: the datagram socket, its permissions, the kernel queue check.
-//! - [`receiver`]: the thread that drains the socket and does nothing else.
+//! - [`receiver`]: the thread that drains the socket and tallies raw datagrams.
+//! - [`tally`]: raw datagrams counted by their bytes, and when counts are due.
 //! - [`aggregator`]: the thread that parses and counts in memory.
 //! - [`committer`]: the thread that owns the stores and retries failed writes.
 //! - [`refused`]: counting and logging of invalid datagrams without log floods.
@@ -16,18 +17,20 @@ pub mod aggregator;
 pub mod committer;
 pub mod receiver;
 pub mod refused;
-mod sched;
+pub mod sched;
 pub mod socket;
+pub mod tally;
 
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use aggregator::{Aggregator, AggregatorSettings};
+use aggregator::Aggregator;
 use mailtls_common::clock::{self, Clock};
 use receiver::{Receiver, SignalFlags};
 use refused::Refused;
 use socket::{CollectorSocket, Permissions};
+use tally::CommitSchedule;
 use tlsrpt_store::StorageUrl;
 
 /// Exit codes of the upstream collectd, kept so that service managers and
@@ -54,6 +57,8 @@ pub struct CollectdConfig {
     pub max_uncommitted: u64,
     pub rollover_script: Option<String>,
     pub dump_path: Option<PathBuf>,
+    /// Try real-time priority for the receiver (see [`sched::realtime`]).
+    pub realtime_receiver: bool,
 }
 
 /// Run the collector until SIGTERM or SIGINT; returns the exit code.
@@ -106,17 +111,18 @@ pub fn run(config: CollectdConfig, clock: &dyn Clock) -> i32 {
         })
         .expect("spawn committer thread");
 
-    let (to_aggregator, inputs) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
+    let (to_aggregator, inputs) = mpsc::channel();
     let (recycle, recycled) = mpsc::channel();
-    let receiver = Receiver::new(socket, flags, clock, to_aggregator, recycled);
+    let schedule = CommitSchedule::new(
+        config.max_uncommitted,
+        config.socket_timeout,
+        Instant::now(),
+    );
+    let receiver = Receiver::new(socket, flags, clock, schedule, to_aggregator, recycled);
     let aggregator = Aggregator::new(
         inputs,
         recycle,
         to_committer,
-        AggregatorSettings {
-            max_uncommitted: config.max_uncommitted.max(1),
-            commit_after: config.socket_timeout,
-        },
         Refused::new(config.dump_path.clone(), Instant::now()),
         receiver.day().to_string(),
     );
@@ -129,8 +135,8 @@ pub fn run(config: CollectdConfig, clock: &dyn Clock) -> i32 {
         })
         .expect("spawn aggregator thread");
 
-    sched::latency_sensitive();
-    let received = receiver.run();
+    let guard = receiver_priority(config.realtime_receiver);
+    let received = receiver.run(guard);
     match aggregator.join() {
         Ok((counted, refused)) => log::info!(
             "received {received} datagrams: {counted} counted, {} refused",
@@ -151,16 +157,33 @@ pub fn run(config: CollectdConfig, clock: &dyn Clock) -> i32 {
     }
 }
 
+/// Give the calling thread (the receiver) real-time priority when asked and
+/// permitted, watched by a guard; otherwise normal priority tuned for
+/// wake-ups.
+fn receiver_priority(realtime: bool) -> Option<sched::RealtimeGuard> {
+    if realtime {
+        match sched::realtime() {
+            Ok(()) => {
+                log::info!("the receiver runs at real-time priority (SCHED_FIFO 1)");
+                return Some(sched::RealtimeGuard::new(Instant::now()));
+            }
+            Err(e) => log::info!(
+                "the receiver runs at normal priority: real-time priority is not permitted ({e}). \
+                 On a busy host it loses fewer datagrams with it: run the collector with \
+                 LimitRTPRIO=1 in its systemd unit, or as root"
+            ),
+        }
+    }
+    sched::latency_sensitive();
+    None
+}
+
 /// Nice values of the threads behind the receiver. Counting and writing can
 /// wait; reading cannot, because the kernel drops datagrams once its short
 /// queue is full. On a busy host this lets the receiver win the CPU whenever
 /// they compete.
 const AGGREGATOR_NICE: i32 = 5;
 const COMMITTER_NICE: i32 = 10;
-
-/// Chunks of raw datagrams that may wait for the aggregator (each at most
-/// 256 datagrams or 128 KiB): a bound on memory if counting falls behind.
-const CHUNKS_IN_FLIGHT: usize = 16;
 
 const HANDLED_SIGNALS: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGUSR2, libc::SIGHUP];
 

@@ -1,18 +1,22 @@
-//! The hot path: empty the socket as fast as datagrams arrive, and nothing
-//! else. Raw datagrams are copied into chunks that the aggregator thread
-//! parses and counts; the receiver does no parsing, touches no disk and takes
-//! no lock, so it needs so little CPU that even on a busy host it is back in
-//! `recv` before the kernel's short queue (`net.unix.max_dgram_qlen`) fills.
+//! The hot path: empty the socket as fast as datagrams arrive. The receiver
+//! only tallies raw datagrams by their bytes (see [`crate::tally`]) and
+//! hands a tally to the aggregator when counts are due at the database or
+//! the tally is full, a few times a second at most. It does no parsing,
+//! touches no disk, takes no lock and never waits for another thread, so even
+//! on a busy host it is back in `recv` before the kernel's short queue
+//! (`net.unix.max_dgram_qlen`) fills.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver as ChannelReceiver, SyncSender};
+use std::sync::mpsc::{Receiver as ChannelReceiver, Sender};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use mailtls_common::clock::{day_string, next_midnight, Clock};
 
+use crate::sched::RealtimeGuard;
 use crate::socket::{CollectorSocket, RecvBatch};
+use crate::tally::{CommitSchedule, Tally};
 
 /// Signals the receiver reacts to, set by signal handlers. A signal also
 /// interrupts the receiver's read, so it is seen at once.
@@ -23,90 +27,42 @@ pub struct SignalFlags {
     pub reopen_log: Arc<AtomicBool>,
 }
 
-/// Raw datagrams in the order received.
-#[derive(Debug, Default)]
-pub struct Chunk {
-    data: Vec<u8>,
-    /// (end offset in `data`, length as sent): a datagram longer than
-    /// [`MAX_DATAGRAM`] is stored truncated and reported as such.
-    items: Vec<(usize, usize)>,
-}
-
-impl Chunk {
-    /// Hand a chunk over at this many datagrams...
-    const MAX_ITEMS: usize = 256;
-    /// ...or when the next datagram would not fit into this many bytes (a
-    /// chunk grows only for a single datagram larger than that).
-    const MAX_BYTES: usize = 128 * 1024;
-
-    /// Empty the chunk, keeping its memory for the next use.
-    pub fn clear(&mut self) {
-        self.data.clear();
-        self.items.clear();
-    }
-
-    fn with_capacity() -> Chunk {
-        Chunk {
-            data: Vec::with_capacity(Chunk::MAX_BYTES),
-            items: Vec::with_capacity(Chunk::MAX_ITEMS),
-        }
-    }
-
-    fn has_room_for(&self, len: usize) -> bool {
-        self.items.len() < Chunk::MAX_ITEMS && self.data.len() + len <= Chunk::MAX_BYTES
-    }
-
-    fn push(&mut self, bytes: &[u8], sent_len: usize) {
-        self.data.extend_from_slice(bytes);
-        self.items.push((self.data.len(), sent_len));
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
-    /// Each datagram's stored bytes and the length it had when sent.
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], usize)> {
-        let mut start = 0;
-        self.items.iter().map(move |&(end, sent)| {
-            let bytes = &self.data[start..end];
-            start = end;
-            (bytes, sent)
-        })
-    }
-}
-
 /// What the receiver passes on, in order.
 #[derive(Debug)]
 pub enum Input {
-    Datagrams(Chunk),
+    /// Datagrams to parse and count; `commit` when the counts are due at
+    /// the database (see [`CommitSchedule`]).
+    Datagrams { tally: Tally, commit: bool },
     /// UTC midnight has passed: what follows belongs to `day`.
     NewDay(String),
     /// SIGUSR2: development rollover of the counters of `today`.
-    DevelopmentRollover {
-        today: String,
-    },
+    DevelopmentRollover { today: String },
     /// SIGTERM/SIGINT: everything has been passed on.
     Finish,
 }
 
-/// While a chunk waits to be handed over, read with this timeout so that a
-/// quiet socket hands it over soon; otherwise with the socket's default.
-const PENDING_READ_TIMEOUT: Duration = Duration::from_millis(2);
+/// Tallies handed over but not yet returned by the aggregator, beyond which
+/// a full tally is kept and grows instead: should the aggregator fall behind
+/// (starved of CPU), memory then grows only with new distinct datagrams.
+const TALLIES_IN_FLIGHT: usize = 4;
 
 pub struct Receiver<'a> {
     socket: CollectorSocket,
     flags: SignalFlags,
     clock: &'a dyn Clock,
-    out: SyncSender<Input>,
-    /// Chunks the aggregator has emptied, to be filled again: no allocation
-    /// and no page faults on the hot path once they exist.
-    recycled: ChannelReceiver<Chunk>,
-    chunk: Chunk,
+    /// Unbounded, so that handing over never blocks; [`TALLIES_IN_FLIGHT`]
+    /// bounds what it holds.
+    out: Sender<Input>,
+    /// Tallies the aggregator has emptied, to be filled again: no
+    /// allocation for the map once they exist.
+    recycled: ChannelReceiver<Tally>,
+    spares: Vec<Tally>,
+    in_flight: usize,
+    tally: Tally,
+    schedule: CommitSchedule,
     day: String,
     midnight: DateTime<Utc>,
     batch: RecvBatch,
-    short_timeout: bool,
     /// Datagrams received since start.
     pub received: u64,
 }
@@ -116,8 +72,9 @@ impl<'a> Receiver<'a> {
         socket: CollectorSocket,
         flags: SignalFlags,
         clock: &'a dyn Clock,
-        out: SyncSender<Input>,
-        recycled: ChannelReceiver<Chunk>,
+        schedule: CommitSchedule,
+        out: Sender<Input>,
+        recycled: ChannelReceiver<Tally>,
     ) -> Receiver<'a> {
         let now = clock.now();
         Receiver {
@@ -126,11 +83,13 @@ impl<'a> Receiver<'a> {
             clock,
             out,
             recycled,
-            chunk: Chunk::with_capacity(),
+            spares: Vec::new(),
+            in_flight: 0,
+            tally: Tally::default(),
+            schedule,
             day: day_string(now.date_naive()),
             midnight: next_midnight(now),
             batch: RecvBatch::new(),
-            short_timeout: false,
             received: 0,
         }
     }
@@ -142,25 +101,25 @@ impl<'a> Receiver<'a> {
 
     /// Receive until SIGTERM/SIGINT; then remove the socket, read what the
     /// kernel had already accepted, and pass everything on.
-    pub fn run(mut self) -> u64 {
+    pub fn run(mut self, mut guard: Option<RealtimeGuard>) -> u64 {
         while !self.flags.terminate.load(Ordering::Relaxed) {
             match self.socket.recv_batch(&mut self.batch, true) {
-                Ok(0) => {
-                    self.check_midnight();
-                    self.hand_over();
+                Ok(n) => {
+                    let now = self.take_batch(n);
+                    if let Some(guard) = &mut guard {
+                        guard.check(now);
+                    }
                 }
-                Ok(n) => self.take_batch(n),
                 Err(e) => {
                     log::error!("reading from socket {}: {e}", self.socket.path().display());
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
-            self.adjust_timeout();
             if self.flags.reopen_log.swap(false, Ordering::Relaxed) {
                 mailtls_common::logging::reopen();
             }
             if self.flags.rollover.swap(false, Ordering::Relaxed) {
-                self.hand_over();
+                self.hand_over(true);
                 let today = self.day.clone();
                 self.send(Input::DevelopmentRollover { today });
             }
@@ -171,23 +130,32 @@ impl<'a> Receiver<'a> {
             self.take_batch(n);
         }
         self.check_midnight();
-        self.hand_over();
+        self.hand_over(true);
         self.send(Input::Finish);
         self.received
     }
 
-    /// The `n` datagrams of one batch: all read at the same instant, so
-    /// one look at the clock serves them all.
-    fn take_batch(&mut self, n: usize) {
+    /// The `n` datagrams of one batch (none after a timeout or a signal):
+    /// all read at the same instant, so one look at each clock serves them
+    /// all. Returns that instant.
+    fn take_batch(&mut self, n: usize) -> Instant {
         self.check_midnight();
         self.received += n as u64;
         for i in 0..n {
             let (data, len) = self.batch.get(i);
-            if !self.chunk.has_room_for(data.len()) {
-                pass_on(&mut self.chunk, &self.recycled, &self.out);
-            }
-            self.chunk.push(data, len);
+            self.tally.add(data, len);
         }
+        let now = Instant::now();
+        self.schedule.arrived(n as u64, now);
+        if self.schedule.is_due(now) {
+            self.hand_over(true);
+        } else if self.tally.is_full() {
+            self.take_back_returned();
+            if self.in_flight < TALLIES_IN_FLIGHT {
+                self.hand_over(false);
+            }
+        }
+        now
     }
 
     /// At the first moment after UTC midnight, before taking anything new.
@@ -196,30 +164,33 @@ impl<'a> Receiver<'a> {
         if now < self.midnight {
             return;
         }
-        self.hand_over();
+        self.hand_over(true);
         self.day = day_string(now.date_naive());
         self.midnight = next_midnight(now);
         self.send(Input::NewDay(self.day.clone()));
     }
 
-    fn hand_over(&mut self) {
-        pass_on(&mut self.chunk, &self.recycled, &self.out);
+    /// Pass the tally on (even if empty when `commit`, so that the
+    /// aggregator commits what it holds) and start a new one.
+    fn hand_over(&mut self, commit: bool) {
+        if commit {
+            self.schedule.committed(Instant::now());
+        }
+        if self.tally.is_empty() && !commit {
+            return;
+        }
+        self.take_back_returned();
+        let next = self.spares.pop().unwrap_or_default();
+        let tally = std::mem::replace(&mut self.tally, next);
+        self.in_flight += 1;
+        self.send(Input::Datagrams { tally, commit });
     }
 
-    /// Short read timeout while a chunk is pending, the long default when
-    /// not: one system call on each change, none per datagram.
-    fn adjust_timeout(&mut self) {
-        let want_short = !self.chunk.is_empty();
-        if want_short != self.short_timeout {
-            let timeout = if want_short {
-                PENDING_READ_TIMEOUT
-            } else {
-                crate::socket::READ_TIMEOUT
-            };
-            if let Err(e) = self.socket.set_read_timeout(timeout) {
-                log::warn!("cannot change the socket read timeout: {e}");
-            }
-            self.short_timeout = want_short;
+    /// Take back the tallies the aggregator has emptied.
+    fn take_back_returned(&mut self) {
+        while let Ok(tally) = self.recycled.try_recv() {
+            self.in_flight -= 1;
+            self.spares.push(tally);
         }
     }
 
@@ -227,20 +198,5 @@ impl<'a> Receiver<'a> {
         if self.out.send(input).is_err() {
             log::error!("the aggregator has stopped; datagrams cannot be counted");
         }
-    }
-}
-
-/// Sends a non-empty chunk to the aggregator and takes a recycled (or new)
-/// one in its place.
-fn pass_on(chunk: &mut Chunk, recycled: &ChannelReceiver<Chunk>, out: &SyncSender<Input>) {
-    if chunk.is_empty() {
-        return;
-    }
-    let next = recycled
-        .try_recv()
-        .unwrap_or_else(|_| Chunk::with_capacity());
-    let full = std::mem::replace(chunk, next);
-    if out.send(Input::Datagrams(full)).is_err() {
-        log::error!("the aggregator has stopped; datagrams cannot be counted");
     }
 }
