@@ -105,11 +105,27 @@ def loadgen(sock, rate, seconds, seed, domains=1000, extra=()):
     return json.loads(out)
 
 
+def cpu_times():
+    """The machine's CPU time counters (/proc/stat), in ticks."""
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:]]
+
+
+def steal_pct(before, after):
+    """Share of CPU time the hypervisor gave to others (steal) between two
+    readings: on a virtual machine, a sign that the host was busy and the
+    figures are noisy."""
+    d = [b - a for a, b in zip(before, after)]
+    return 100.0 * d[7] / max(1, sum(d))
+
+
 def one_run(kind, rate, seconds, seed):
     with tempfile.TemporaryDirectory(prefix="mailtls-bench-") as d:
         r = Receiver(kind, d)
         try:
+            before = cpu_times()
             sent = loadgen(r.sock, rate, seconds, seed)
+            steal = steal_pct(before, cpu_times())
         finally:
             counted = r.stop()
     attempted = sent["attempted"]
@@ -119,6 +135,7 @@ def one_run(kind, rate, seconds, seed):
         "counted": counted,
         "loss_pct": 100.0 * (attempted - counted) / attempted,
         "lost_after_accept": sent["accepted"] - counted,
+        "steal_pct": steal,
     }
 
 
@@ -144,8 +161,9 @@ def scenario(name, kinds, rates, reps, seconds):
             for kind in kinds:
                 r = one_run(kind, rate, seconds, seed=rep + 1)
                 results.setdefault((rate, kind), []).append(r)
-                print(f"  {name:5} {rate:6}/s rep {rep + 1} {kind:8} loss {r['loss_pct']:6.2f}%"
-                      f" (refused {r['refused']}, lost after accept {r['lost_after_accept']})",
+                print(f"  {name:5} {rate:6}/s rep {rep + 1} {kind:14} loss {r['loss_pct']:6.2f}%"
+                      f" (refused {r['refused']}, lost after accept {r['lost_after_accept']},"
+                      f" host steal {r['steal_pct']:.1f}%)",
                       file=sys.stderr, flush=True)
     return results
 
@@ -218,6 +236,8 @@ def main():
                         for kind in kinds}
             for rate in rates
         }
+        report["scenarios"][name + "_steal_pct"] = statistics.median(
+            r["steal_pct"] for runs in res.values() for r in runs)
         report["scenarios"][name + "_lost_after_accept"] = {
             f"{rate}": {kind: sum(r["lost_after_accept"] for r in res[(rate, kind)]) for kind in kinds}
             for rate in rates
@@ -227,7 +247,8 @@ def main():
     print()
     print("Median loss in % of datagrams sent (kernel refusals + accepted but not counted):")
     for name in scenarios:
-        print(f"\n  {name} machine" + (" (one core kept busy by another process)" if name == "busy" else ""))
+        print(f"\n  {name} machine" + (" (one core kept busy by another process)" if name == "busy" else "")
+              + f"; median host steal during the runs {report['scenarios'][name + '_steal_pct']:.1f}%")
         diffs = [(a, b) for a, b in DIFFS if a in kinds and b in kinds]
         print("    rate/s " + "".join(f"{k:>15}" for k in kinds)
               + "".join(f"{a + ' - ' + b:>26}" for a, b in diffs))

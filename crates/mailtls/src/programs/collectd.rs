@@ -47,8 +47,12 @@ variables and database files.
 
 The socket is drained on one thread and the database written on another, so a \
 slow or locked database never makes the kernel drop datagrams; counters wait \
-in memory and the write is retried. At UTC midnight the database is moved to \
-FILE.yesterday and a fresh one started.
+in memory and the write is retried. The thread that reads the socket runs at \
+real-time priority when permitted (root, CAP_SYS_NICE or systemd \
+LimitRTPRIO=1; see receiver_priority), because the kernel queues only \
+net.unix.max_dgram_qlen datagrams and a busy host otherwise makes it drop \
+some. At UTC midnight the database is moved to FILE.yesterday and a fresh one \
+started.
 
 Every option can also be set as TLSRPT_COLLECTD_<NAME> in the environment or \
 in the [tlsrpt_collectd] section of the config file; the command line wins \
