@@ -488,6 +488,50 @@ fn releases_and_deletes_act_on_the_real_queue_and_mandatory_domains_are_kept() {
     assert_eq!(lab.receiver.messages().len(), 2);
 }
 
+/// With `mandatory_policy = delete`, a message whose only waiting
+/// recipients are in mandatory-TLS domains is deleted from the real queue
+/// at once, without a bounce; its sender is told so, without links, and the
+/// audit log says why.
+#[test]
+fn mandatory_policy_delete_removes_the_message_and_tells_the_sender() {
+    let lab = Lab::start();
+    lab.submit("alice@example.org", &["frank@bank.example"], "mandatory");
+    let queue = lab.wait_deferred(1);
+    let id = lab.queue_id_of(&queue, "frank@bank.example");
+    let log = lab.scan_with(&["--mandatory_policy=delete".to_string()]);
+
+    let notes = lab.notifications.wait_for(1, Duration::from_secs(10));
+    let note = mail_text(&notes[0].data);
+    assert_eq!(notes[0].recipients, ["alice@example.org"]);
+    assert!(
+        note.contains("will not be sent to them unencrypted"),
+        "{note}"
+    );
+    assert!(note.contains("it was deleted."), "{note}");
+    assert!(note.contains("frank@bank.example"), "{note}");
+    assert!(!note.contains("/confirm/"), "no links: {note}");
+
+    // Gone, and no bounce queued in its place.
+    lab.postfix.wait_queue_empty(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(lab.postfix.postqueue_json(), Vec::<Value>::new(), "{log}");
+    assert_eq!(
+        lab.db_rows(&format!(
+            "SELECT state FROM messages WHERE queue_id = '{id}'"
+        )),
+        ["deleted"]
+    );
+    assert_eq!(
+        lab.db_rows("SELECT detail FROM audit WHERE event = 'mandatory_policy'"),
+        ["all waiting recipients require TLS: it was deleted."]
+    );
+
+    // A later scan neither finds it nor writes again.
+    lab.scan_with(&["--mandatory_policy=delete".to_string()]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(lab.notifications.messages().len(), 1);
+}
+
 /// `posttls scan` from cron does not overlap a scan still running: it sees
 /// the lock, says so and leaves the queue alone.
 #[test]
