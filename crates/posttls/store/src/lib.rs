@@ -555,6 +555,10 @@ impl Store {
         Ok(stmt.query_row([], action_row).optional()?)
     }
 
+    /// Records how an action ended. A `failed` action (something went
+    /// wrong and the queue was put back as it was) gives back the link that
+    /// requested it, so that the sender can simply try again; a `refused`
+    /// one does not, since asking again would be refused again.
     pub fn finish_action(
         &self,
         id: i64,
@@ -567,6 +571,16 @@ impl Store {
             "UPDATE actions SET state=?, result=?, new_queue_id=?, finished_at=? WHERE id=?",
             params![state, result, new_queue_id, now, id],
         )?;
+        if state == "failed" {
+            // The link's use and its request are recorded in one transaction
+            // with the same time (see the web's confirm handler).
+            self.conn.execute(
+                "DELETE FROM tokens_used WHERE rowid IN (SELECT t.rowid FROM tokens_used t \
+                 JOIN actions a ON a.message_id = t.message_id AND a.action = t.action \
+                 AND a.requested_at = t.at WHERE a.id = ?)",
+                [id],
+            )?;
+        }
         Ok(())
     }
 

@@ -1487,3 +1487,46 @@ async fn a_request_the_worker_refused_is_shown_and_other_links_still_work() {
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
     assert_eq!(lab.actions().len(), 2);
 }
+
+#[tokio::test]
+async fn a_link_whose_request_failed_can_be_used_again() {
+    let lab = lab();
+    let release = lab.token(Action::Release);
+    let path = format!("/confirm/{release}");
+    let page = lab.get(&path, None).await;
+    let reply = lab
+        .post(&path, &format!("csrf={}", page.csrf()), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER);
+    let taken = lab.store.take_action().unwrap().unwrap();
+    lab.store
+        .finish_action(
+            taken.id,
+            "failed",
+            "the release listener refused the message; the message is back in the queue as it was",
+            None,
+            now(),
+        )
+        .unwrap();
+    // The page says what happened and offers the button again.
+    let page = lab.get(&path, None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body.contains("the release listener refused"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("<form"), "{}", page.body);
+    let reply = lab
+        .post(&path, &format!("csrf={}", page.csrf()), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
+    assert_eq!(lab.actions().len(), 2);
+    assert_eq!(lab.actions()[1].2, "queued");
+    // Used again, it is spent again while its request stands.
+    let reply = lab
+        .post(&path, &format!("csrf={}", page.csrf()), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+    assert_eq!(lab.actions().len(), 2);
+}
