@@ -236,6 +236,9 @@ def main():
                         for kind in kinds}
             for rate in rates
         }
+        report["scenarios"][name + "_runs"] = {
+            f"{rate}": {kind: res[(rate, kind)] for kind in kinds} for rate in rates
+        }
         report["scenarios"][name + "_steal_pct"] = statistics.median(
             r["steal_pct"] for runs in res.values() for r in runs)
         report["scenarios"][name + "_lost_after_accept"] = {
