@@ -364,6 +364,44 @@ pub struct CsrfForm {
     pub csrf: String,
 }
 
+/// A form that carries a CSRF token.
+trait WithCsrf {
+    fn csrf(&self) -> &str;
+}
+
+impl WithCsrf for CsrfForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+impl WithCsrf for DomainForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// The checks before any admin form is acted on, in this order: a body too
+/// large gets its own page, no valid session the login page, a missing or
+/// wrong CSRF token the refusal. Returns the admin and the form.
+async fn admin_post<F: WithCsrf>(
+    app: &AppState,
+    headers: &HeaderMap,
+    form: Result<Form<F>, FormRejection>,
+    form_name: &str,
+) -> Result<(Admin, F), Response> {
+    if let Err(rejection) = &form {
+        if let Some(page) = crate::pages::body_too_large(app, rejection) {
+            return Err(page);
+        }
+    }
+    let admin = require_admin(app, headers).await?;
+    match form {
+        Ok(Form(f)) if admin.csrf_ok(app, form_name, f.csrf()) => Ok((admin, f)),
+        _ => Err(csrf_refused(app)),
+    }
+}
+
 /// `POST /admin/logout`.
 pub async fn logout(
     State(app): State<AppState>,
@@ -371,18 +409,10 @@ pub async fn logout(
     headers: HeaderMap,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
-    if let Err(rejection) = &form {
-        if let Some(page) = crate::pages::body_too_large(&app, rejection) {
-            return page;
-        }
-    }
-    let admin = match require_admin(&app, &headers).await {
-        Ok(a) => a,
-        Err(r) => return r,
+    let admin = match admin_post(&app, &headers, form, FORM_LOGOUT).await {
+        Ok((admin, _)) => admin,
+        Err(page) => return page,
     };
-    if !form.is_ok_and(|Form(f)| admin.csrf_ok(&app, FORM_LOGOUT, &f.csrf)) {
-        return csrf_refused(&app);
-    }
     let digest = admin.session.digest();
     let actor = admin.actor();
     let ip = ip.text();
@@ -539,18 +569,10 @@ pub async fn message_action(
     path: Result<Path<(i64, String)>, PathRejection>,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
-    if let Err(rejection) = &form {
-        if let Some(page) = crate::pages::body_too_large(&app, rejection) {
-            return page;
-        }
-    }
-    let admin = match require_admin(&app, &headers).await {
-        Ok(a) => a,
-        Err(r) => return r,
+    let admin = match admin_post(&app, &headers, form, FORM_MESSAGE).await {
+        Ok((admin, _)) => admin,
+        Err(page) => return page,
     };
-    if !form.is_ok_and(|Form(f)| admin.csrf_ok(&app, FORM_MESSAGE, &f.csrf)) {
-        return csrf_refused(&app);
-    }
     let (id, action) = match path {
         Ok(Path((id, action))) if action == "release" || action == "delete" => (id, action),
         _ => return crate::pages::not_found(State(app)).await,
@@ -698,18 +720,9 @@ pub async fn domains_change(
     headers: HeaderMap,
     form: Result<Form<DomainForm>, FormRejection>,
 ) -> Response {
-    if let Err(rejection) = &form {
-        if let Some(page) = crate::pages::body_too_large(&app, rejection) {
-            return page;
-        }
-    }
-    let admin = match require_admin(&app, &headers).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let form = match form {
-        Ok(Form(f)) if admin.csrf_ok(&app, FORM_DOMAINS, &f.csrf) => f,
-        _ => return csrf_refused(&app),
+    let (admin, form) = match admin_post(&app, &headers, form, FORM_DOMAINS).await {
+        Ok(posted) => posted,
+        Err(page) => return page,
     };
     let entry = match form.op.as_str() {
         "add" => {
