@@ -251,6 +251,15 @@ impl Lab {
         self.post("/admin/login", &form, Some(&cookie)).await
     }
 
+    /// What the worker does with the next queued action: takes it and
+    /// records how it ended.
+    fn worker_finishes_next(&self, state: &str, result: &str) {
+        let taken = self.store.take_action().unwrap().unwrap();
+        self.store
+            .finish_action(taken.id, state, result, None, now())
+            .unwrap();
+    }
+
     fn actions(&self) -> Vec<(String, String, String)> {
         self.store
             .actions_of(self.message_id)
@@ -1280,16 +1289,7 @@ async fn admins_release_and_delete_with_the_sessions_csrf_token() {
     assert!(dashboard.body.contains("http-equiv=\"refresh\""));
 
     // After the worker failed it, the admin may delete.
-    let taken = lab.store.take_action().unwrap().unwrap();
-    lab.store
-        .finish_action(
-            taken.id,
-            "failed",
-            "the release listener refused the message",
-            None,
-            now(),
-        )
-        .unwrap();
+    lab.worker_finishes_next("failed", "the release listener refused the message");
     let reply = lab
         .post(&delete, &format!("csrf={csrf}"), Some(&session))
         .await;
@@ -1452,16 +1452,7 @@ async fn a_request_the_worker_refused_is_shown_and_other_links_still_work() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
-    let taken = lab.store.take_action().unwrap().unwrap();
-    lab.store
-        .finish_action(
-            taken.id,
-            "refused",
-            "the message is <not> in the queue as it was",
-            None,
-            now(),
-        )
-        .unwrap();
+    lab.worker_finishes_next("refused", "the message is <not> in the queue as it was");
     let page = lab.get(&format!("/confirm/{release}"), None).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(
@@ -1498,16 +1489,10 @@ async fn a_link_whose_request_failed_can_be_used_again() {
         .post(&path, &format!("csrf={}", page.csrf()), None)
         .await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
-    let taken = lab.store.take_action().unwrap().unwrap();
-    lab.store
-        .finish_action(
-            taken.id,
-            "failed",
-            "the release listener refused the message; the message is back in the queue as it was",
-            None,
-            now(),
-        )
-        .unwrap();
+    lab.worker_finishes_next(
+        "failed",
+        "the release listener refused the message; the message is back in the queue as it was",
+    );
     // The page says what happened and offers the button again.
     let page = lab.get(&path, None).await;
     assert_eq!(page.status, StatusCode::OK);

@@ -68,11 +68,6 @@ impl Tally {
         }
     }
 
-    /// Datagrams counted, valid or not.
-    pub fn datagrams(&self) -> u64 {
-        self.datagrams
-    }
-
     pub fn is_empty(&self) -> bool {
         self.datagrams == 0
     }
@@ -169,7 +164,7 @@ mod tests {
             t.add(b"a", 1);
         }
         t.add(b"bb", 2);
-        assert_eq!(t.datagrams(), 4);
+        assert_eq!(t.datagrams, 4);
         assert_eq!(t.bytes, 3);
         let (items, too_long) = t.drain();
         let mut items: Vec<_> = items.collect();
@@ -186,7 +181,7 @@ mod tests {
         t.add(b"xxxx", 10);
         t.add(b"yyyy", 20);
         t.add(b"ok", 2);
-        assert_eq!(t.datagrams(), 3);
+        assert_eq!(t.datagrams, 3);
         let (items, too_long) = t.drain();
         assert_eq!(items.count(), 1);
         assert_eq!(too_long.count, 2);
