@@ -27,9 +27,25 @@ struct Lab {
     postfix: Postfix,
     /// An smtpd of the instance for mail from "outside".
     smtpd_port: u16,
-    release_port: u16,
-    normal_port: u16,
     dir: tempfile::TempDir,
+}
+
+/// The re-injection listeners of the README: smtpd services on UNIX-domain
+/// sockets under private/, which put what they receive on hold, accept
+/// XFORWARD from the worker and apply no address mappings again. The
+/// released recipients' copy goes out with opportunistic TLS to `relay`.
+fn reinjection_listeners(options: Options, relay: u16) -> Options {
+    let common = "-o mynetworks=127.0.0.0/8 -o smtpd_client_restrictions= \
+        -o smtpd_relay_restrictions=permit_mynetworks,reject -o smtpd_recipient_restrictions=permit_mynetworks,reject \
+        -o smtpd_end_of_data_restrictions=check_client_access,static:HOLD \
+        -o smtpd_authorized_xforward_hosts=127.0.0.0/8 \
+        -o receive_override_options=no_unknown_recipient_checks,no_header_body_checks,no_milters,no_address_mappings";
+    options
+        .master_cf("smtp_may unix - - n - - smtp -o smtp_tls_security_level=may")
+        .master_cf(&format!(
+            "posttls-release unix - - n - - smtpd -o content_filter=smtp_may:[127.0.0.1]:{relay} {common}"
+        ))
+        .master_cf(&format!("posttls-reinject unix - - n - - smtpd {common}"))
 }
 
 impl Lab {
@@ -37,21 +53,9 @@ impl Lab {
         let receiver = SmtpSink::start();
         let notifications = SmtpSink::start();
         let smtpd_port = dead_port();
-        let (release_port, normal_port) = (dead_port(), dead_port());
         let postfix = Postfix::start(
-            Options::new(receiver.port())
+            reinjection_listeners(Options::new(receiver.port()), receiver.port())
                 .tls_security_level("encrypt")
-                // The two re-injection listeners of shared/spec/postfix.md:
-                // released recipients go out with opportunistic TLS, the
-                // others on the normal path.
-                .master_cf("smtp_may unix - - n - - smtp -o smtp_tls_security_level=may")
-                .master_cf(&format!(
-                    "127.0.0.1:{release_port} inet n - n - - smtpd -o content_filter=smtp_may:[127.0.0.1]:{} -o smtpd_recipient_restrictions=permit_mynetworks,reject",
-                    receiver.port()
-                ))
-                .master_cf(&format!(
-                    "127.0.0.1:{normal_port} inet n - n - - smtpd -o smtpd_recipient_restrictions=permit_mynetworks,reject"
-                ))
                 .main_cf(&format!(
                     "transport_maps = inline:{{nontls.example=smtp:[127.0.0.1]:{}}}",
                     dead_port()
@@ -66,8 +70,6 @@ impl Lab {
             notifications,
             postfix,
             smtpd_port,
-            release_port,
-            normal_port,
             dir: tempfile::tempdir().unwrap(),
         }
     }
@@ -168,14 +170,6 @@ impl Lab {
                 self.notifications.port()
             ))
             .arg("--smtp_security=plain")
-            .arg(format!(
-                "--release_listener=127.0.0.1:{}",
-                self.release_port
-            ))
-            .arg(format!(
-                "--reinject_listener=127.0.0.1:{}",
-                self.normal_port
-            ))
             .arg("--log_level=info")
             .args(extra)
             .output()
@@ -188,21 +182,36 @@ impl Lab {
     /// What the web process does once a sender confirmed: a queued
     /// request (the web flow itself is tested with its own crate and in
     /// the browser test).
+    /// The request approves the recipients the notification offered.
     fn request(&self, queue_id: &str, action: &str) -> i64 {
+        let offered = self.db_rows(&format!(
+            "SELECT r.address FROM recipients r JOIN messages m ON m.id = r.message_id \
+             WHERE m.queue_id = '{queue_id}' AND r.state = 'pending' AND r.tls_kind IS NOT NULL AND r.mandatory = 0"
+        ));
+        self.request_for(queue_id, action, &offered)
+    }
+
+    /// A request that approves `recipients`.
+    fn request_for(&self, queue_id: &str, action: &str, recipients: &[String]) -> i64 {
+        let store = posttls_store::Store::open(&self.dir.path().join("posttls.sqlite")).unwrap();
         let conn = rusqlite::Connection::open(self.dir.path().join("posttls.sqlite")).unwrap();
         let message: i64 = conn
             .query_row(
-                "SELECT id FROM messages WHERE queue_id=?",
+                "SELECT id FROM messages WHERE queue_id=? ORDER BY id DESC",
                 [queue_id],
                 |r| r.get(0),
             )
             .unwrap();
-        conn.execute(
-            "INSERT INTO actions(message_id, action, requested_by, ip, requested_at, state) VALUES(?, ?, 'sender test', '127.0.0.1', 0, 'queued')",
-            rusqlite::params![message, action],
-        )
-        .unwrap();
-        conn.last_insert_rowid()
+        store
+            .request_action(
+                message,
+                action.parse().unwrap(),
+                "sender test",
+                Some("127.0.0.1"),
+                recipients,
+                0,
+            )
+            .unwrap()
     }
 
     fn action(&self, id: i64) -> (String, String, Option<String>) {
@@ -573,6 +582,8 @@ fn an_overlapping_scan_steps_aside() {
             dir.path().join("secret.key").display()
         ))
         .arg(format!("--lock_file={}", lock_path.display()))
+        .arg("--release_listener=/nonexistent/posttls-release")
+        .arg("--reinject_listener=/nonexistent/posttls-reinject")
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
@@ -657,6 +668,9 @@ impl StandIn {
                 "--lock_file={}",
                 self.dir.path().join("scan.lock").display()
             ))
+            // Stand-ins have no postconf to find the queue directory.
+            .arg("--release_listener=/nonexistent/posttls-release")
+            .arg("--reinject_listener=/nonexistent/posttls-reinject")
             .arg(format!(
                 "--sendmail_script={}",
                 self.bin.join("sink").display()
@@ -863,10 +877,10 @@ fn the_link_in_the_notification_releases_the_message_through_the_web_pages() {
     assert!(web.wait().unwrap().success());
 }
 
-/// When the re-injection fails (here: the release listener is down), the
-/// copy already made for the other recipients is deleted, the original is
-/// taken off hold, and the request ends as failed with the reason: the
-/// queue is as it was, and a later attempt can succeed.
+/// When a re-injection listener is not there, the request fails before
+/// the queue is touched, with the reason: the queue is as it was, and a
+/// later attempt can succeed. (Failures half-way are undone: see the kill
+/// tests.)
 #[test]
 fn a_failed_release_leaves_the_queue_as_it_was() {
     let lab = Lab::start();
@@ -879,13 +893,10 @@ fn a_failed_release_leaves_the_queue_as_it_was() {
     let original = lab.queue_id_of(&queue, "bob@notls.example");
     lab.scan();
     let release = lab.request(&original, "release");
-    lab.scan_with(&[format!("--release_listener=127.0.0.1:{}", dead_port())]);
+    lab.scan_with(&["--release_listener=/nonexistent/posttls-release".to_string()]);
     let (state, result, new_id) = lab.action(release);
     assert_eq!(state, "failed", "{result}");
-    assert!(
-        result.contains("the message is back in the queue as it was"),
-        "{result}"
-    );
+    assert!(result.contains("the message was not touched"), "{result}");
     assert_eq!(new_id, None);
     let queue = lab.postfix.wait_queue(
         Duration::from_secs(30),
@@ -903,4 +914,274 @@ fn a_failed_release_leaves_the_queue_as_it_was() {
         lab.receiver.wait_for(1, Duration::from_secs(30))[0].recipients,
         ["bob@notls.example"]
     );
+}
+
+/// Wrappers around the real Postfix commands, for `postfix_command_dir`:
+/// each runs the real command, and the worker that called it is killed
+/// with SIGKILL before or after the Nth command matching a pattern.
+struct KillSwitch {
+    dir: tempfile::TempDir,
+}
+
+impl KillSwitch {
+    fn new() -> KillSwitch {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        for name in ["postqueue", "postcat", "postsuper", "postconf", "sendmail"] {
+            let script = format!(
+                "#!/bin/sh\n\
+                 line=\"$(basename \"$0\") $*\"\n\
+                 check() {{\n\
+                 \x20 [ -f {d}/kill-$1 ] || return 0\n\
+                 \x20 read n pattern < {d}/kill-$1\n\
+                 \x20 case \"$line\" in $pattern) ;; *) return 0;; esac\n\
+                 \x20 c=$(( $(cat {d}/count-$1 2>/dev/null || echo 0) + 1 )); echo $c > {d}/count-$1\n\
+                 \x20 if [ $c -eq $n ]; then rm -f {d}/kill-$1 {d}/count-$1; echo \"$line\" > {d}/killed; kill -9 $PPID; sleep 5; exit 1; fi\n\
+                 }}\n\
+                 check before\n\
+                 /usr/sbin/{name} \"$@\"\n\
+                 rc=$?\n\
+                 check after\n\
+                 exit $rc\n"
+            );
+            let path = dir.path().join(name);
+            std::fs::write(&path, script).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        KillSwitch { dir }
+    }
+
+    fn option(&self) -> String {
+        format!("--postfix_command_dir={}", self.dir.path().display())
+    }
+
+    /// Kill the caller `when` ("before" or "after") the `nth` command that
+    /// matches the shell `pattern`, e.g. `postsuper * -h *`.
+    fn arm(&self, when: &str, nth: u32, pattern: &str) {
+        let _ = std::fs::remove_file(self.dir.path().join("killed"));
+        std::fs::write(
+            self.dir.path().join(format!("kill-{when}")),
+            format!("{nth} {pattern}\n"),
+        )
+        .unwrap();
+    }
+
+    /// The command line at which the caller was killed.
+    fn killed_at(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("killed"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+}
+
+impl Lab {
+    /// A scan that may die: its exit status and log.
+    fn scan_output(&self, extra: &[String]) -> (std::process::ExitStatus, String) {
+        let out = Command::new(support::mailtls_bin())
+            .args(["posttls", "scan"])
+            .arg(format!(
+                "--database={}",
+                self.dir.path().join("posttls.sqlite").display()
+            ))
+            .arg(format!(
+                "--postfix_config_dir={}",
+                self.postfix.config_dir().display()
+            ))
+            .arg("--instance=lab")
+            .arg("--own_domains=example.org")
+            .arg("--mandatory_domains=bank.example")
+            .arg("--notification_from=postmaster@example.org")
+            .arg("--base_url=https://posttls.example.org")
+            .arg(format!(
+                "--secret_key_file={}",
+                self.dir.path().join("secret.key").display()
+            ))
+            .arg(format!(
+                "--lock_file={}",
+                self.dir.path().join("scan.lock").display()
+            ))
+            .arg(format!(
+                "--smtp_relay=127.0.0.1:{}",
+                self.notifications.port()
+            ))
+            .arg("--smtp_security=plain")
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Nothing is left on hold.
+    fn assert_nothing_held(&self) {
+        let queue = self.postfix.postqueue_json();
+        assert!(
+            queue.iter().all(|m| m["queue_name"] != "hold"),
+            "left on hold: {queue:?}"
+        );
+    }
+
+    /// The messages the receiver got with `subject`.
+    fn received(&self, subject: &str) -> Vec<support::smtp_sink::Message> {
+        self.receiver
+            .messages()
+            .into_iter()
+            .filter(|m| m.text().contains(&format!("Subject: {subject}\r\n")))
+            .collect()
+    }
+
+    /// Submits a message and waits until each of its recipients was tried.
+    fn submit_deferred(&self, to: &[&str], subject: &str) -> String {
+        self.submit("alice@example.org", to, subject);
+        let queue =
+            self.postfix
+                .wait_queue(Duration::from_secs(30), "the new message deferred", |q| {
+                    q.iter().any(|m| {
+                        let recipients = m["recipients"].as_array().unwrap();
+                        m["queue_name"] == "deferred"
+                            && recipients.iter().any(|r| r["address"] == to[0])
+                            && recipients.iter().all(|r| r["delay_reason"].is_string())
+                    })
+                });
+        self.queue_id_of(&queue, to[0])
+    }
+}
+
+fn killed_by_sigkill(status: std::process::ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal() == Some(libc::SIGKILL)
+}
+
+/// A worker killed with SIGKILL at each step of a release, then started
+/// again, finishes or undoes what it was doing: the approved recipient gets
+/// exactly one copy, the TLS-failed recipient nobody approved and the one
+/// waiting for another reason never get a plaintext copy (they wait in a
+/// copy of their own on the normal path), nothing of ours is left on hold,
+/// and the action is settled with an outcome the sender's page shows.
+#[test]
+fn a_release_killed_at_each_step_is_finished_or_undone_after_a_restart() {
+    let lab = Lab::start();
+    let switch = KillSwitch::new();
+    let kill_points = [
+        ("after", 1, "postsuper * -h * deferred"),
+        // Before the check of the first copy: it was just accepted.
+        ("before", 2, "postcat * -e -q *"),
+        // Both copies accepted, the original still held.
+        ("before", 3, "postcat * -e -q *"),
+        ("after", 1, "postsuper * -d * hold"),
+        ("after", 1, "postsuper * -H *"),
+    ];
+    for (n, (when, nth, pattern)) in kill_points.into_iter().enumerate() {
+        let subject = format!("kill point {n}");
+        let (a, b, d) = (
+            format!("a{n}@notls.example"),
+            format!("b{n}@notls.example"),
+            format!("d{n}@nontls.example"),
+        );
+        let original = lab.submit_deferred(&[&a, &b, &d], &subject);
+        lab.scan();
+        // The sender approved a only (b was deferred for another reason
+        // when the notification was made, say).
+        let action = lab.request_for(&original, "release", std::slice::from_ref(&a));
+        switch.arm(when, nth, pattern);
+        let (status, log) = lab.scan_output(&[switch.option()]);
+        assert!(
+            killed_by_sigkill(status),
+            "kill point {n} not reached ({status}):\n{log}"
+        );
+        let killed_at = switch.killed_at();
+        // Restarted: it settles what the dead one left.
+        let log = lab.scan();
+        let (state, result, new_id) = lab.action(action);
+        assert_eq!(
+            state, "done",
+            "kill point {n} ({killed_at}): {result}\n{log}"
+        );
+        assert!(
+            result.contains(&format!("sent without mandatory encryption to {a}")),
+            "{result}"
+        );
+        assert!(
+            result.contains(&format!("{b}: the request did not approve this recipient")),
+            "{result}"
+        );
+        assert!(new_id.is_some());
+        lab.receiver.wait_for(n + 1, Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(1500));
+        let mine = lab.received(&subject);
+        assert_eq!(
+            mine.iter()
+                .map(|m| m.recipients.clone())
+                .collect::<Vec<_>>(),
+            [vec![a.clone()]],
+            "kill point {n} ({killed_at}): exactly one copy, to the approved recipient only"
+        );
+        lab.assert_nothing_held();
+        let queue = lab.postfix.postqueue_json();
+        assert!(
+            queue.iter().all(|m| m["queue_id"] != original.as_str()),
+            "kill point {n}: the original is still queued: {queue:?}"
+        );
+        let kept: Vec<&Value> = queue
+            .iter()
+            .filter(|m| {
+                m["recipients"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r["address"] == b.as_str() || r["address"] == d.as_str())
+            })
+            .collect();
+        assert_eq!(
+            kept.len(),
+            1,
+            "kill point {n}: b and d wait in one copy: {queue:?}"
+        );
+        assert_eq!(kept[0]["recipients"].as_array().unwrap().len(), 2);
+        eprintln!("kill point {n} ({when} {killed_at}): settled as {state}: {result}");
+    }
+    assert_eq!(lab.receiver.messages().len(), kill_points.len());
+}
+
+/// The same for a delete: killed after the hold or after the deletion,
+/// the restarted worker leaves the message deleted, nothing on hold, and
+/// the request done.
+#[test]
+fn a_delete_killed_at_each_step_is_finished_or_undone_after_a_restart() {
+    let lab = Lab::start();
+    let switch = KillSwitch::new();
+    for (n, pattern) in ["postsuper * -h *", "postsuper * -d * hold"]
+        .into_iter()
+        .enumerate()
+    {
+        let a = format!("a{n}@notls.example");
+        let original = lab.submit_deferred(&[&a], &format!("delete {n}"));
+        lab.scan();
+        let action = lab.request(&original, "delete");
+        switch.arm("after", 1, pattern);
+        let (status, log) = lab.scan_output(&[switch.option()]);
+        assert!(
+            killed_by_sigkill(status),
+            "kill point {n} not reached ({status}):\n{log}"
+        );
+        let log = lab.scan();
+        let (state, result, _) = lab.action(action);
+        assert_eq!(
+            (state.as_str(), result.as_str()),
+            ("done", "the message was deleted"),
+            "{log}"
+        );
+        lab.assert_nothing_held();
+        assert!(lab
+            .postfix
+            .postqueue_json()
+            .iter()
+            .all(|m| m["queue_id"] != original.as_str()));
+        eprintln!("delete kill point {n} (after {pattern}): {state}: {result}");
+    }
+    assert!(lab.receiver.messages().is_empty());
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{ArgMatches, Command};
 use mailtls_common::config::{add_options, Kind, OptionSpec, ProgramSpec, Settings};
 use mailtls_common::pidfile::PidFile;
-use posttls_actions::{Executor, ReinjectPaths};
+use posttls_actions::{Executor, Listeners};
 use posttls_notify::Templates;
 use posttls_policy::{DomainSet, OwnSenders};
 use posttls_postfix::Postfix;
@@ -17,7 +17,7 @@ use posttls_store::Store;
 use posttls_token::SecretKey;
 use tlsrpt_delivery::{MailTransport, Outcome, Sendmail, TrustAnchors};
 
-pub const OPTIONS: [OptionSpec; 33] = [
+pub const OPTIONS: [OptionSpec; 34] = [
     OptionSpec { name: "database", kind: Kind::Str, default: "/var/lib/posttls/posttls.sqlite", help: "SQLite database of messages, notifications, actions and the audit log" },
     OptionSpec { name: "instance", kind: Kind::Str, default: "", help: "Name of this Postfix instance, bound into every link (default: the host name)" },
     OptionSpec { name: "postfix_config_dir", kind: Kind::Str, default: "", help: "Postfix configuration directory (-c) of the instance to watch; empty: the default instance" },
@@ -42,8 +42,9 @@ pub const OPTIONS: [OptionSpec; 33] = [
     OptionSpec { name: "mandatory_policy", kind: Kind::Str, default: "return", help: "A message whose waiting recipients are all in mandatory-TLS domains: return (postsuper -e: it bounces to the sender now), delete (postsuper -d, as the original PostTLS), or wait (until it expires); the sender is told" },
     OptionSpec { name: "queue_lifetime", kind: Kind::Int, default: "432000", help: "Postfix's maximal_queue_lifetime in seconds: a message that leaves the queue this old expired, and its sender is told" },
     OptionSpec { name: "template_dir", kind: Kind::Str, default: "", help: "Directory with replacements for the notification templates subject.txt.j2, notification.txt.j2, notification.html.j2" },
-    OptionSpec { name: "release_listener", kind: Kind::Str, default: "127.0.0.1:10026", help: "SMTP listener of the instance that sends with opportunistic TLS (content_filter to a transport with smtp_tls_security_level=may; see README): released recipients are re-injected there" },
-    OptionSpec { name: "reinject_listener", kind: Kind::Str, default: "127.0.0.1:10027", help: "SMTP listener of the instance with the normal (mandatory TLS) path: when a released message has other pending recipients, their copy is re-injected there" },
+    OptionSpec { name: "release_listener", kind: Kind::Str, default: "private/posttls-release", help: "UNIX-domain socket of the instance's smtpd that sends with opportunistic TLS and puts what it receives on hold (master.cf service posttls-release; see README); relative to the queue directory. Released recipients are re-injected there" },
+    OptionSpec { name: "reinject_listener", kind: Kind::Str, default: "private/posttls-reinject", help: "UNIX-domain socket of the instance's smtpd with the normal (mandatory TLS) path that puts what it receives on hold (master.cf service posttls-reinject); relative to the queue directory. When a released message has other pending recipients, their copy is re-injected there" },
+    OptionSpec { name: "audit_retention", kind: Kind::Int, default: "400", help: "Days the audit log is kept; older entries are deleted by the worker (0: kept forever)" },
     OptionSpec { name: "listen", kind: Kind::Str, default: "127.0.0.1:8025", help: "Address of the web pages (confirmation pages and admin dashboard); put a TLS-terminating proxy in front" },
     OptionSpec { name: "trusted_proxies", kind: Kind::Str, default: "", help: "Comma-separated addresses of reverse proxies in front of the web pages whose X-Forwarded-For names the client (audit log, login throttle); empty: the peer address" },
     OptionSpec { name: "cookie_secure", kind: Kind::Int, default: "1", help: "Mark the admin session cookie Secure (needs HTTPS in front); 0 only for tests on plain HTTP" },
@@ -137,7 +138,8 @@ struct Setup {
     key: SecretKey,
     mailer: TransportMailer,
     database: PathBuf,
-    paths: ReinjectPaths,
+    listeners: Listeners,
+    audit_retention: Option<Duration>,
 }
 
 fn required(settings: &Settings, name: &str, example: &str) -> Result<String, String> {
@@ -216,6 +218,12 @@ impl Setup {
         let key_file = PathBuf::from(settings.get_str("secret_key_file"));
         let key = SecretKey::load_or_create(&key_file).map_err(|e| e.to_string())?;
         let timeout = seconds(settings, "command_timeout")?;
+        let listeners = Listeners {
+            release: listener(&postfix, settings, "release_listener")?,
+            keep: listener(&postfix, settings, "reinject_listener")?,
+            timeout,
+        };
+        let retention = seconds(settings, "audit_retention")?;
         let transport = match settings.get_str("smtp_relay") {
             "" => MailTransport::Sendmail(
                 Sendmail::new(settings.get_str("sendmail_script"), timeout)
@@ -236,16 +244,13 @@ impl Setup {
             key,
             mailer: TransportMailer(transport, notification_from),
             database: PathBuf::from(settings.get_str("database")),
-            paths: ReinjectPaths {
-                release: settings.get_str("release_listener").to_string(),
-                normal: settings.get_str("reinject_listener").to_string(),
-                timeout,
-            },
+            listeners,
+            audit_retention: (!retention.is_zero()).then(|| retention * 86400),
         })
     }
 
-    fn scan(&self, store: &mut Store) -> Result<ScanReport, String> {
-        let mut scanner = Scanner {
+    fn scan(&self, store: &Store) -> Result<ScanReport, String> {
+        let scanner = Scanner {
             config: &self.config,
             store,
             postfix: &self.postfix,
@@ -273,23 +278,47 @@ impl Setup {
         Ok(report)
     }
 
-    /// Carries out every queued action; returns how many.
+    /// Settles the actions a dead worker left running, then carries out
+    /// every queued action that is due; returns how many were taken.
     fn act(&self, store: &Store) -> Result<usize, String> {
         let executor = Executor {
             postfix: &self.postfix,
             store,
             instance: &self.config.instance,
+            own: &self.config.own,
             mandatory: &self.config.mandatory,
-            paths: &self.paths,
+            listeners: &self.listeners,
         };
-        let mut done = 0;
-        while let Some(action) = store.take_action().map_err(|e| e.to_string())? {
+        let now = || chrono::Utc::now().timestamp();
+        for action in store.running_actions().map_err(|e| e.to_string())? {
             executor
-                .execute(&action, chrono::Utc::now().timestamp())
+                .recover(&action, now())
+                .map_err(|e| e.to_string())?;
+        }
+        let mut done = 0;
+        while let Some(action) = store.take_action(now()).map_err(|e| e.to_string())? {
+            executor
+                .execute(&action, now())
                 .map_err(|e| e.to_string())?;
             done += 1;
         }
         Ok(done)
+    }
+
+    /// Deletes audit entries older than `audit_retention`.
+    fn prune_audit(&self, store: &Store) {
+        let Some(retention) = self.audit_retention else {
+            return;
+        };
+        let before = chrono::Utc::now().timestamp() - retention.as_secs() as i64;
+        match store.prune_audit(before) {
+            Ok(0) => {}
+            Ok(n) => log::info!(
+                "audit log: {n} entries older than {} days deleted",
+                retention.as_secs() / 86400
+            ),
+            Err(e) => log::error!("audit log: pruning failed: {e}"),
+        }
     }
 
     fn open_store(&self) -> Result<Store, String> {
@@ -309,9 +338,10 @@ impl Setup {
                 return 1;
             }
         };
-        let result = self.open_store().and_then(|mut store| {
+        let result = self.open_store().and_then(|store| {
             self.act(&store)?;
-            self.scan(&mut store)
+            self.prune_audit(&store);
+            self.scan(&store)
         });
         match result {
             Ok(_) => 0,
@@ -324,7 +354,24 @@ impl Setup {
 
     fn worker(&self, settings: &Settings) -> i32 {
         let _pid = PidFile::create(settings.get_str("pidfilename"));
-        let mut store = match self.open_store() {
+        // One worker per instance and database: actions left running are
+        // settled by the one that holds the lock (a cron `posttls scan`
+        // steps aside while the worker runs).
+        let lock_path = settings.get_str("lock_file");
+        let _lock = match ScanLock::take(Path::new(lock_path)) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                log::error!(
+                    "another PostTLS worker or scan holds {lock_path}; not starting a second one"
+                );
+                return 1;
+            }
+            Err(e) => {
+                log::error!("lock {lock_path}: {e}");
+                return 1;
+            }
+        };
+        let store = match self.open_store() {
             Ok(s) => s,
             Err(e) => {
                 log::error!("{e}");
@@ -346,7 +393,8 @@ impl Setup {
             interval.as_secs()
         );
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            if let Err(e) = self.scan(&mut store) {
+            self.prune_audit(&store);
+            if let Err(e) = self.scan(&store) {
                 log::error!("scan failed: {e}");
             }
             // Requests from the web pages are carried out within a second.
@@ -363,6 +411,28 @@ impl Setup {
         log::info!("PostTLS worker stopped");
         0
     }
+}
+
+/// The socket of a re-injection listener: a path, relative to the
+/// instance's queue directory unless absolute. A TCP listener is refused:
+/// any local process could relay through it with TLS optional.
+fn listener(postfix: &Postfix, settings: &Settings, name: &str) -> Result<PathBuf, String> {
+    let value = settings.get_str(name);
+    if value.is_empty() || (value.contains(':') && !value.contains('/')) {
+        return Err(format!(
+            "{name} = {value:?}: give the UNIX-domain socket of an smtpd service under Postfix's private/ directory \
+             (e.g. {name} = private/posttls-release), not a TCP address: a TCP listener lets any local process send \
+             mail with TLS optional. See README, \"The re-injection listeners\"."
+        ));
+    }
+    let path = PathBuf::from(value);
+    if path.is_absolute() {
+        return Ok(path);
+    }
+    let queue_directory = postfix
+        .postconf("queue_directory")
+        .map_err(|e| format!("{name}: the queue directory is needed to find {value}: {e}"))?;
+    Ok(Path::new(&queue_directory).join(path))
 }
 
 /// An exclusive `flock` on the lock file, held while the value lives (the

@@ -8,7 +8,7 @@
 //! records.
 
 use std::io::BufRead;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use clap::{Arg, ArgMatches, Command};
@@ -72,6 +72,9 @@ pub fn web(settings: &Settings) -> i32 {
             return 2;
         }
     };
+    if let Some(warning) = proxy_warning(&config) {
+        log::warn!("{warning}");
+    }
     let key = match SecretKey::load_or_create(Path::new(settings.get_str("secret_key_file"))) {
         Ok(k) => k,
         Err(e) => {
@@ -122,6 +125,34 @@ pub fn web_config(settings: &Settings) -> Result<WebConfig, String> {
         mandatory_domains,
         trusted_proxies,
     })
+}
+
+/// The warning for `listen` on loopback without `trusted_proxies`: behind
+/// a reverse proxy on this host every client then has the proxy's address,
+/// so one stranger's failed logins throttle every admin's. Only a warning:
+/// without a proxy (the quick start) the setting is right.
+fn proxy_warning(config: &WebConfig) -> Option<String> {
+    if !config.trusted_proxies.is_empty() || !is_loopback(&config.listen) {
+        return None;
+    }
+    Some(format!(
+        "listen = {} is a loopback address and trusted_proxies is empty: behind a reverse \
+         proxy every client appears as the proxy's address, so one stranger's failed logins \
+         lock every admin out of the login. If a proxy on this host forwards to these \
+         pages, set trusted_proxies = 127.0.0.1 (and ::1 if it connects over IPv6) and have \
+         it send X-Forwarded-For with the client's address",
+        config.listen
+    ))
+}
+
+/// Whether `listen` (`ADDRESS:PORT`) is a loopback address.
+fn is_loopback(listen: &str) -> bool {
+    match listen.parse::<SocketAddr>() {
+        Ok(addr) => addr.ip().to_canonical().is_loopback(),
+        Err(_) => listen
+            .rsplit_once(':')
+            .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost")),
+    }
 }
 
 /// `instance`, or the host name when it is empty (as the worker does: the
@@ -281,6 +312,45 @@ mod tests {
         assert_eq!(defaults.listen, "127.0.0.1:8025");
         assert!(!defaults.instance.is_empty());
         assert!(web_config(&settings(&["--mandatory_domains=a@b"])).is_err());
+    }
+
+    #[test]
+    fn loopback_without_trusted_proxies_is_warned_about() {
+        let config = |args: &[&str]| web_config(&settings(args)).unwrap();
+        let warning = proxy_warning(&config(&[])).expect("the default listen is loopback");
+        assert!(warning.contains("listen = 127.0.0.1:8025"), "{warning}");
+        assert!(
+            warning.contains("set trusted_proxies = 127.0.0.1"),
+            "{warning}"
+        );
+        assert!(warning.contains("X-Forwarded-For"), "{warning}");
+        for listen in [
+            "[::1]:8025",
+            "127.0.0.2:80",
+            "localhost:8025",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            let arg = format!("--listen={listen}");
+            assert!(proxy_warning(&config(&[&arg])).is_some(), "{listen}");
+        }
+        for quiet in [
+            &["--trusted_proxies=127.0.0.1"][..],
+            &["--trusted_proxies=::1, 127.0.0.1"],
+            &["--listen=192.0.2.1:8025"],
+            &["--listen=[2001:db8::1]:8025"],
+            &["--listen=0.0.0.0:8025"],
+            &["--listen=web.example:8025"],
+        ] {
+            let config = config(quiet);
+            assert_eq!(proxy_warning(&config), None, "{quiet:?}");
+        }
+        assert_eq!(
+            config(&["--trusted_proxies=::1, 127.0.0.1"]).trusted_proxies,
+            [
+                "::1".parse::<IpAddr>().unwrap(),
+                "127.0.0.1".parse().unwrap()
+            ]
+        );
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! after the first dozen, since every further failure keeps the delay at 15
 //! minutes.
 //!
-//! The web layer keeps one throttle for user names and one for client
-//! addresses (for IPv6, the /64 network, since one host has many
-//! addresses), and for each login attempt:
+//! The web layer keys the throttle by user name and by client address (for
+//! IPv6 the /64 network, since whoever has one address of it usually has
+//! them all; an IPv4-mapped address as IPv4), and for each login attempt:
 //!
 //! 1. if [`LoginThrottle::delay_for`] is non-zero for the user or the
 //!    address, refuses the attempt with "try again in N seconds" without
@@ -19,7 +19,8 @@
 //!    record between guesses at other accounts).
 //!
 //! The throttle has no clock: the caller passes `now`, which makes it
-//! testable and keeps it pure. Memory is bounded by `max_entries`.
+//! testable and keeps it pure. Memory is bounded by `max_entries` and
+//! [`MAX_KEY_LEN`].
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -36,6 +37,11 @@ pub const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
 
 /// After this long without a failure, a key's failures are forgotten.
 pub const FORGET_AFTER: Duration = Duration::from_secs(3600);
+
+/// Keys are cut to this many bytes: a "user name" is whatever a client
+/// submits, and must not make each entry kilobytes long. Longer keys that
+/// share their first bytes share an entry, which only makes them wait more.
+pub const MAX_KEY_LEN: usize = 128;
 
 /// Failed login counts per key (a user name or a client address).
 #[derive(Debug)]
@@ -63,7 +69,7 @@ impl LoginThrottle {
     /// oldest last failure is dropped: memory stays bounded whatever an
     /// attacker sends, and the keys dropped first are the ones closest to
     /// being forgotten anyway. Each entry takes about 100 bytes plus its
-    /// key, so 100 000 is a reasonable size.
+    /// key (at most [`MAX_KEY_LEN`]), so 100 000 is a reasonable size.
     pub fn new(max_entries: usize) -> Self {
         LoginThrottle {
             max_entries: max_entries.max(1),
@@ -73,6 +79,7 @@ impl LoginThrottle {
 
     /// Count a failed login of `key` at `now`.
     pub fn record_failure(&mut self, key: &str, now: Instant) {
+        let key = capped(key);
         if let Some(entry) = self.entries.get_mut(key) {
             if entry.forgotten(now) {
                 entry.failures = 0;
@@ -96,7 +103,7 @@ impl LoginThrottle {
 
     /// Forget the failures of `key` after a successful login.
     pub fn record_success(&mut self, key: &str) {
-        self.entries.remove(key);
+        self.entries.remove(capped(key));
     }
 
     /// How long `key` must still wait at `now` before its next attempt is
@@ -104,7 +111,7 @@ impl LoginThrottle {
     /// [`FIRST_DELAY`] doubling with each failure up to [`MAX_DELAY`],
     /// counted from the last failure.
     pub fn delay_for(&self, key: &str, now: Instant) -> Duration {
-        match self.entries.get(key) {
+        match self.entries.get(capped(key)) {
             Some(entry) if !entry.forgotten(now) => delay_after(entry.failures)
                 .saturating_sub(now.saturating_duration_since(entry.last_failure)),
             _ => Duration::ZERO,
@@ -124,6 +131,15 @@ impl LoginThrottle {
             self.entries.remove(&key);
         }
     }
+}
+
+/// `key` cut to at most [`MAX_KEY_LEN`] bytes, at a character boundary.
+fn capped(key: &str) -> &str {
+    let mut end = key.len().min(MAX_KEY_LEN);
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    &key[..end]
 }
 
 /// The full delay after `failures` failures.
@@ -277,6 +293,34 @@ mod tests {
             throttle.record_failure(&format!("spray-{i}"), now + i * S);
         }
         assert_eq!(throttle.entries.len(), 3);
+    }
+
+    #[test]
+    fn long_keys_are_stored_cut() {
+        let t0 = Instant::now();
+        let mut throttle = LoginThrottle::new(10);
+        let long = format!("user:{}", "x".repeat(16 * 1024));
+        fail(&mut throttle, &long, 5, t0);
+        assert_eq!(throttle.entries.len(), 1);
+        assert!(throttle.entries.keys().all(|k| k.len() == MAX_KEY_LEN));
+        assert_eq!(throttle.delay_for(&long, t0), 2 * S);
+        // Another long key with the same first bytes shares the entry.
+        let other = format!("{long}y");
+        assert_eq!(throttle.delay_for(&other, t0), 2 * S);
+        throttle.record_success(&other);
+        assert!(throttle.entries.is_empty());
+
+        // A cut never splits a character (ü is two bytes).
+        let unicode = format!("user:{}", "ü".repeat(100));
+        throttle.record_failure(&unicode, t0);
+        let stored = throttle.entries.keys().next().unwrap();
+        assert_eq!(stored.len(), MAX_KEY_LEN - 1);
+        assert!(unicode.starts_with(stored.as_str()));
+        // Short keys are exact, up to the limit.
+        let limit = "k".repeat(MAX_KEY_LEN);
+        fail(&mut throttle, &limit, 5, t0);
+        assert_eq!(throttle.delay_for(&limit, t0), 2 * S);
+        assert_eq!(throttle.delay_for(&limit[1..], t0), Duration::ZERO);
     }
 
     #[test]

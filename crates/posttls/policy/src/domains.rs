@@ -1,7 +1,9 @@
 //! Sets of mail domains: our own sender domains, and the mandatory-TLS
-//! recipient domains.
+//! recipient domains, compared as IDNA A-labels.
 
 use std::collections::HashSet;
+
+use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
 
 /// A set of domains, each entry either exact (`example.com`: that domain
 /// only) or a parent (`.example.com`: every subdomain, not the domain
@@ -13,14 +15,17 @@ use std::collections::HashSet;
 /// table: list both `example.com` and `.example.com` for a domain and all
 /// its subdomains.
 ///
-/// Comparison ignores ASCII case and one trailing dot (`Example.COM.` is
-/// `example.com`). Internationalised names are compared as written: Postfix
-/// shows addresses as they were submitted, and IDNA conversion is not needed
-/// for the configured domains of one organisation.
+/// Entries and looked-up domains are compared as IDNA A-labels (UTS 46
+/// ToASCII, non-transitional like Postfix's default
+/// `midna_domain_transitional = no`), ignoring case and one trailing dot:
+/// `bücher.example`, `BÜCHER.example.` and `xn--bcher-kva.example` are one
+/// domain, so a mandatory-TLS domain cannot be bypassed by writing a
+/// recipient's domain in the other form.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DomainSet {
+    /// A-labels.
     exact: HashSet<String>,
-    /// Parent entries, stored without their leading dot.
+    /// Parent entries, A-labels stored without their leading dot.
     parents: HashSet<String>,
 }
 
@@ -52,20 +57,26 @@ impl DomainSet {
         Ok(set)
     }
 
-    /// Add one entry, `example.com` or `.example.com`. Returns whether it
-    /// was new.
+    /// Add one entry, `example.com` or `.example.com`, in Unicode or
+    /// A-label form. Returns whether it was new.
     pub fn insert(&mut self, entry: &str) -> Result<bool, DomainError> {
         let trimmed = entry.trim();
         let (is_parent, name) = match trimmed.strip_prefix('.') {
             Some(rest) => (true, rest),
             None => (false, trimmed),
         };
-        let name = normalize(name).ok_or(DomainError::Empty)?;
+        let invalid = |why| DomainError::Invalid {
+            entry: entry.to_owned(),
+            why,
+        };
+        let name = a_label(name).ok_or_else(|| {
+            invalid("it has no IDNA A-label (bad Punycode, or characters IDNA does not allow)")
+        })?;
+        if name.is_empty() {
+            return Err(DomainError::Empty);
+        }
         if let Some(why) = invalid_reason(&name) {
-            return Err(DomainError::Invalid {
-                entry: entry.to_owned(),
-                why,
-            });
+            return Err(invalid(why));
         }
         Ok(if is_parent {
             self.parents.insert(name)
@@ -75,9 +86,10 @@ impl DomainSet {
     }
 
     /// Whether `domain` is in the set: listed exactly, or below a listed
-    /// parent.
+    /// parent. A domain without an A-label form is never in it: Postfix
+    /// cannot look it up in DNS either, so no mail goes there.
     pub fn contains_domain(&self, domain: &str) -> bool {
-        let Some(domain) = normalize(domain) else {
+        let Some(domain) = a_label(domain).filter(|d| !d.is_empty()) else {
             return false;
         };
         if self.exact.contains(&domain) {
@@ -94,8 +106,9 @@ impl DomainSet {
         address_domain(address).is_some_and(|d| self.contains_domain(d))
     }
 
-    /// The entries, sorted, parents with their leading dot: for display
-    /// and for writing the set back.
+    /// The entries as A-labels (`xn--bcher-kva.example` for
+    /// `bücher.example`), sorted, parents with their leading dot: for
+    /// display and for writing the set back.
     pub fn entries(&self) -> Vec<String> {
         let mut entries: Vec<String> = self
             .exact
@@ -125,20 +138,36 @@ pub fn address_domain(address: &str) -> Option<&str> {
         .filter(|d| !d.is_empty())
 }
 
-/// Lower case, without one trailing dot; `None` when nothing is left.
-fn normalize(domain: &str) -> Option<String> {
-    let domain = domain.strip_suffix('.').unwrap_or(domain);
-    (!domain.is_empty()).then(|| domain.to_ascii_lowercase())
+/// The A-label form of `domain` (UTS 46 ToASCII: mapped to lower case,
+/// Unicode labels Punycode-encoded, `xn--` labels checked), without one
+/// trailing dot; `None` when the conversion fails. The dot is stripped
+/// after the conversion, so that a trailing `。` (mapped to `.`) counts too.
+///
+/// Hyphen positions and lengths are not checked (real host names such as
+/// `r1---sn-abc.example` break the hyphen rules), nor are ASCII characters:
+/// [`invalid_reason`] judges entries, and a looked-up name with odd
+/// characters just matches no entry.
+fn a_label(domain: &str) -> Option<String> {
+    let ascii = Uts46::new()
+        .to_ascii(
+            domain.as_bytes(),
+            AsciiDenyList::EMPTY,
+            Hyphens::Allow,
+            DnsLength::Ignore,
+        )
+        .ok()?;
+    Some(ascii.strip_suffix('.').unwrap_or(&ascii).to_owned())
 }
 
-/// Labels of letters (any script), digits, `-` and `_`, none empty.
+/// Labels of ASCII letters, digits, `-` and `_`, none empty (of an A-label
+/// form, where any other letter is Punycode).
 fn invalid_reason(name: &str) -> Option<&'static str> {
     if name.split('.').any(str::is_empty) {
         return Some("empty label");
     }
     if !name
-        .chars()
-        .all(|c| c == '.' || c == '-' || c == '_' || c.is_alphanumeric())
+        .bytes()
+        .all(|b| b == b'.' || b == b'-' || b == b'_' || b.is_ascii_alphanumeric())
     {
         return Some("only letters, digits, '-', '_' and '.' are allowed");
     }
@@ -215,6 +244,95 @@ mod tests {
         assert!(set.contains_address("kunde@bücher.example"));
     }
 
+    #[test]
+    fn internationalised_names_compare_as_a_labels() {
+        let unicode = DomainSet::parse_list("bücher.example").unwrap();
+        let ascii = DomainSet::parse_list("XN--BCHER-KVA.example.").unwrap();
+        assert_eq!(unicode, ascii);
+        assert_eq!(unicode.entries(), ["xn--bcher-kva.example"]);
+        for set in [&unicode, &ascii] {
+            for probe in [
+                "bücher.example",
+                "xn--bcher-kva.example",
+                "BÜCHER.example",
+                "Bücher.EXAMPLE.",
+                "bu\u{308}cher.example", // decomposed: u + combining diaeresis
+                "ｂüｃｈｅｒ.example",   // full-width letters
+                "bücher\u{3002}example", // ideographic full stop
+                "bücher.example\u{3002}", // ... as the root dot
+            ] {
+                assert!(set.contains_domain(probe), "{probe}");
+                assert!(set.contains_address(&format!("kunde@{probe}")), "{probe}");
+            }
+            assert!(!set.contains_domain("bucher.example"));
+            assert!(!set.contains_domain("laden.bücher.example"), "exact only");
+        }
+
+        let mut set = DomainSet::new();
+        assert_eq!(set.insert("bücher.example"), Ok(true));
+        assert_eq!(set.insert("BÜCHER.EXAMPLE."), Ok(false));
+        assert_eq!(set.insert("xn--bcher-kva.example"), Ok(false));
+        assert_eq!(set.len(), 1);
+
+        // Non-transitional: ß is its own letter, not "ss".
+        let strasse = DomainSet::parse_list("straße.example").unwrap();
+        assert_eq!(strasse.entries(), ["xn--strae-oqa.example"]);
+        assert!(!strasse.contains_address("a@STRASSE.example"));
+        assert!(strasse.contains_address("a@xn--strae-oqa.example"));
+    }
+
+    #[test]
+    fn internationalised_parent_entries() {
+        for entry in [
+            ".bücher.example",
+            ".BÜCHER.example",
+            ".xn--bcher-kva.example",
+        ] {
+            let set = DomainSet::parse_list(entry).unwrap();
+            assert_eq!(set.entries(), [".xn--bcher-kva.example"], "{entry}");
+            for probe in [
+                "laden.bücher.example",
+                "Laden.BÜCHER.example.",
+                "laden.xn--bcher-kva.example",
+                "straße.bücher.example",
+                "xn--strae-oqa.xn--bcher-kva.example",
+            ] {
+                assert!(set.contains_domain(probe), "{entry}: {probe}");
+            }
+            assert!(!set.contains_domain("bücher.example"), "{entry}");
+            assert!(!set.contains_domain("xn--bcher-kva.example"), "{entry}");
+            assert!(!set.contains_domain("laden-bücher.example"), "{entry}");
+        }
+    }
+
+    #[test]
+    fn names_without_an_a_label_are_refused_and_never_match() {
+        let set = DomainSet::parse_list(".example, example").unwrap();
+        for bad in [
+            "xn--abc-.example",       // Punycode of plain ASCII
+            "xn--bcher-kva-.example", // broken Punycode
+            "\u{308}a.example",       // starts with a combining mark
+            "a\u{200D}b.example",     // joiner out of context
+            "\u{5D0}a.example",       // mixes right-to-left and left-to-right
+            "bücher\u{FFFD}.example", // disallowed code point
+        ] {
+            let Err(DomainError::Invalid { why, .. }) = DomainSet::new().insert(bad) else {
+                panic!("{bad:?} accepted");
+            };
+            assert!(why.contains("IDNA"), "{bad:?}: {why}");
+            assert!(DomainSet::parse_list(&format!("ok.example {bad}")).is_err());
+            assert!(!set.contains_domain(bad), "{bad:?}");
+            assert!(!set.contains_address(&format!("kunde@{bad}")), "{bad:?}");
+        }
+        // Mapped to a character that is not allowed: refused by the
+        // character rule, after the conversion.
+        assert!(matches!(
+            DomainSet::new().insert("a\u{FF20}b.example"), // full-width @
+            Err(DomainError::Invalid { .. })
+        ));
+        assert_eq!(DomainSet::new().insert("\u{3002}"), Err(DomainError::Empty));
+    }
+
     proptest! {
         #[test]
         fn exact_entries_match_themselves_only(
@@ -223,6 +341,8 @@ mod tests {
             upper in any::<bool>(),
             dot in any::<bool>(),
         ) {
+            // An "xn--" label must be valid Punycode.
+            prop_assume!(!labels.iter().any(|l| l.starts_with("xn--")));
             let domain = labels.join(".");
             let set = DomainSet::parse_list(&domain).unwrap();
             let mut probe = if upper { domain.to_ascii_uppercase() } else { domain.clone() };
@@ -237,6 +357,7 @@ mod tests {
             labels in proptest::collection::vec("[a-z0-9-]{1,10}", 1..4),
             subs in proptest::collection::vec("[a-zA-Z0-9]{1,10}", 1..4),
         ) {
+            prop_assume!(!labels.iter().any(|l| l.starts_with("xn--")));
             let domain = labels.join(".");
             let set = DomainSet::parse_list(&format!(".{domain}")).unwrap();
             prop_assert!(!set.contains_domain(&domain));

@@ -150,6 +150,34 @@ fn multi_recipient_message_splits_per_recipient() {
 }
 
 #[test]
+fn mandatory_domains_hold_in_either_idna_form() {
+    let mandatory = DomainSet::parse_list("bücher.example .xn--strae-oqa.example").unwrap();
+    let mut aliased = recipient("clerk@elsewhere.example", Some(NOT_OFFERED));
+    aliased.orig_address = Some("info@BÜCHER.example".into());
+    let m = message(
+        "alice@example.com",
+        vec![
+            recipient("bob@xn--bcher-kva.example", Some(NOT_OFFERED)),
+            recipient("carol@amt.straße.example", Some(NOT_OFFERED)),
+            recipient("dave@bucher.example", Some(NOT_OFFERED)),
+            aliased,
+        ],
+    );
+    let Decision::Notify(notice) = decide(&m, classify, true, &mandatory) else {
+        panic!()
+    };
+    assert_eq!(
+        addresses(&notice.mandatory),
+        [
+            "bob@xn--bcher-kva.example",
+            "carol@amt.straße.example",
+            "clerk@elsewhere.example"
+        ]
+    );
+    assert_eq!(addresses(&notice.releasable), ["dave@bucher.example"]);
+}
+
+#[test]
 fn requiretls_messages_are_never_releasable() {
     let m = message(
         "alice@example.com",

@@ -39,12 +39,16 @@ pub enum PostfixError {
 }
 
 /// The envelope of a queued message (`postcat -e`), as far as PostTLS
-/// needs it.
+/// needs it: who submitted it, for whom, and the ESMTP parameters a copy
+/// must carry again (RFC 3461 DSN, RFC 6152 8BITMIME, RFC 6531 SMTPUTF8).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Envelope {
+    /// The queue the file is in (`hold`, `deferred`, `active`, ...), from
+    /// postcat's `*** ENVELOPE RECORDS QUEUE/ID ***` line.
+    pub queue_name: Option<String>,
     pub sender: String,
-    /// `recipient:` records: still pending.
-    pub recipients: Vec<String>,
+    /// `recipient:` records: still pending, with their DSN parameters.
+    pub recipients: Vec<EnvelopeRecipient>,
     /// `done_recipient:` records.
     pub done_recipients: Vec<String>,
     /// `named_attribute: rewrite_context=local`: submitted on this host
@@ -52,25 +56,89 @@ pub struct Envelope {
     pub local_submission: bool,
     /// `named_attribute: sasl_username=...`: an authenticated submission.
     pub sasl_username: Option<String>,
+    /// `named_attribute: envelope_id=...`: the DSN ENVID (decoded).
+    pub envelope_id: Option<String>,
+    /// `named_attribute: ret_flags=N`: the DSN RET (1 FULL, 2 HDRS).
+    pub ret_flags: u32,
+    /// `named_attribute: encoding=8bit`: submitted with BODY=8BITMIME.
+    pub eight_bit: bool,
+    /// The sendopts field of the `message_size:` record (Postfix
+    /// `sendopts.h`): SMTPUTF8 flags in bits 0-3, REQUIRETLS above.
+    pub sendopts: u32,
+    /// `named_attribute: log_ident=...`: the XFORWARD IDENT the message was
+    /// submitted with (PostTLS marks its copies so).
+    pub log_ident: Option<String>,
 }
+
+/// A pending recipient with its DSN parameters (RFC 3461 section 4).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvelopeRecipient {
+    pub address: String,
+    /// `named_attribute: notify_flags=N`: NEVER 1, SUCCESS 2, FAILURE 4,
+    /// DELAY 8; 0 when the submission gave none.
+    pub notify_flags: u32,
+    /// `named_attribute: dsn_orig_rcpt=TYPE;ADDRESS`: the ORCPT (decoded).
+    pub dsn_orig_rcpt: Option<String>,
+}
+
+/// SMTPUTF8 was requested (`SOPT_SMTPUTF8_REQUESTED`).
+pub const SENDOPTS_SMTPUTF8_REQUESTED: u32 = 1;
+/// The SMTPUTF8 flags; every other sendopts bit is a sending option this
+/// program does not know (REQUIRETLS in Postfix 3.11 and later).
+pub const SENDOPTS_SMTPUTF8_MASK: u32 = 0xf;
 
 impl Envelope {
     /// Reads `postcat -e` output. Unknown records are ignored.
     pub fn parse(output: &str) -> Envelope {
         let mut envelope = Envelope::default();
+        // Per-recipient attributes come before their recipient record.
+        let mut next = EnvelopeRecipient::default();
         for line in output.lines() {
-            let Some((name, value)) = line.split_once(": ") else {
+            if let Some(rest) = line.strip_prefix("*** ENVELOPE RECORDS ") {
+                envelope.queue_name = rest
+                    .split('/')
+                    .next()
+                    .filter(|q| !q.is_empty() && !q.contains(' '))
+                    .map(str::to_string);
+                continue;
+            }
+            let Some((name, value)) = line.split_once(':') else {
                 continue;
             };
             let value = value.trim();
             match name.trim() {
+                "message_size" => {
+                    envelope.sendopts = value
+                        .split_whitespace()
+                        .nth(5)
+                        .and_then(|f| f.parse().ok())
+                        .unwrap_or(0)
+                }
                 "sender" => envelope.sender = value.to_string(),
-                "recipient" => envelope.recipients.push(value.to_string()),
-                "done_recipient" => envelope.done_recipients.push(value.to_string()),
+                "recipient" => {
+                    next.address = value.to_string();
+                    envelope.recipients.push(std::mem::take(&mut next));
+                }
+                "done_recipient" => {
+                    envelope.done_recipients.push(value.to_string());
+                    next = EnvelopeRecipient::default();
+                }
                 "named_attribute" => match value.split_once('=') {
                     Some(("rewrite_context", "local")) => envelope.local_submission = true,
                     Some(("sasl_username", user)) if !user.is_empty() => {
                         envelope.sasl_username = Some(user.to_string())
+                    }
+                    Some(("envelope_id", id)) if !id.is_empty() => {
+                        envelope.envelope_id = Some(id.to_string())
+                    }
+                    Some(("ret_flags", flags)) => envelope.ret_flags = flags.parse().unwrap_or(0),
+                    Some(("encoding", "8bit")) => envelope.eight_bit = true,
+                    Some(("log_ident", ident)) if !ident.is_empty() => {
+                        envelope.log_ident = Some(ident.to_string())
+                    }
+                    Some(("notify_flags", flags)) => next.notify_flags = flags.parse().unwrap_or(0),
+                    Some(("dsn_orig_rcpt", orcpt)) if !orcpt.is_empty() => {
+                        next.dsn_orig_rcpt = Some(orcpt.to_string())
                     }
                     _ => {}
                 },
@@ -78,6 +146,18 @@ impl Envelope {
             }
         }
         envelope
+    }
+
+    /// Whether the message asked for a sending option beyond SMTPUTF8
+    /// (REQUIRETLS, RFC 8689): such a message is never sent without
+    /// verified TLS.
+    pub fn has_unknown_sendopts(&self) -> bool {
+        self.sendopts & !SENDOPTS_SMTPUTF8_MASK != 0
+    }
+
+    /// The pending recipients' addresses.
+    pub fn recipient_addresses(&self) -> impl Iterator<Item = &str> {
+        self.recipients.iter().map(|r| r.address.as_str())
     }
 }
 
@@ -158,9 +238,33 @@ impl Postfix {
         self.postsuper(&["-h", id.as_str()], "Placed on hold")
     }
 
+    /// `postsuper -h ID deferred`: puts the message on hold only if it is
+    /// in the deferred queue (not while it is being delivered).
+    pub fn hold_deferred(&self, id: &QueueId) -> Result<usize, PostfixError> {
+        self.postsuper(&["-h", id.as_str(), "deferred"], "Placed on hold")
+    }
+
     /// `postsuper -H ID`: releases it from hold.
     pub fn unhold(&self, id: &QueueId) -> Result<usize, PostfixError> {
         self.postsuper(&["-H", id.as_str()], "Released from hold")
+    }
+
+    /// `postconf -hP SERVICE/unix/NAME`: a parameter that master.cf sets
+    /// for one UNIX-domain service with `-o` (empty when it sets none).
+    pub fn service_setting(&self, service: &str, name: &str) -> Result<String, PostfixError> {
+        let output = self.run(
+            "postconf",
+            &["-hP", &format!("{service}/unix/{name}")],
+            None,
+        )?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    }
+
+    /// `postconf -h NAME` (`-c DIR` for another instance): a parameter's
+    /// value.
+    pub fn postconf(&self, name: &str) -> Result<String, PostfixError> {
+        let output = self.run("postconf", &["-h", name], None)?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
     }
 
     /// `postsuper -d ID [QUEUE]`: deletes it (only from `queue` if given).
@@ -381,7 +485,11 @@ mod tests {
              done_recipient: carol@ok.example\n",
         );
         assert_eq!(local.sender, "alice@example.test");
-        assert_eq!(local.recipients, ["bob@notls.example"]);
+        assert_eq!(
+            local.recipient_addresses().collect::<Vec<_>>(),
+            ["bob@notls.example"]
+        );
+        assert_eq!(local.queue_name.as_deref(), Some("deferred"));
         assert_eq!(local.done_recipients, ["carol@ok.example"]);
         assert!(local.local_submission);
         assert_eq!(local.sasl_username, None);
@@ -390,6 +498,55 @@ mod tests {
         );
         assert!(!remote.local_submission);
         assert_eq!(remote.sasl_username.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn envelopes_carry_dsn_8bitmime_smtputf8_and_the_copy_marker() {
+        // As postcat -e of Postfix 3.7 printed it for a message submitted
+        // with XFORWARD IDENT, RET=HDRS ENVID BODY=8BITMIME SMTPUTF8 and
+        // per-recipient NOTIFY/ORCPT.
+        let envelope = Envelope::parse(
+            "*** ENVELOPE RECORDS hold/AB43198C8D8 ***\n\
+             message_size:             179             823               2              22             179               1\n\
+             content_filter: smtp_may:\n\
+             named_attribute: log_ident=posttls.7.release\n\
+             named_attribute: rewrite_context=remote\n\
+             named_attribute: envelope_id=xyz+q\n\
+             named_attribute: ret_flags=2\n\
+             sender: alice@example.org\n\
+             named_attribute: encoding=8bit\n\
+             named_attribute: notify_flags=10\n\
+             named_attribute: dsn_orig_rcpt=rfc822;Bob@NoTLS.example\n\
+             original_recipient: bob@notls.example\n\
+             recipient: bob@notls.example\n\
+             named_attribute: notify_flags=1\n\
+             original_recipient: jörg@notls.example\n\
+             recipient: jörg@notls.example\n",
+        );
+        assert_eq!(envelope.queue_name.as_deref(), Some("hold"));
+        assert_eq!(envelope.log_ident.as_deref(), Some("posttls.7.release"));
+        assert_eq!(envelope.envelope_id.as_deref(), Some("xyz+q"));
+        assert_eq!(envelope.ret_flags, 2);
+        assert!(envelope.eight_bit);
+        assert_eq!(envelope.sendopts, SENDOPTS_SMTPUTF8_REQUESTED);
+        assert!(!envelope.has_unknown_sendopts());
+        assert_eq!(
+            envelope.recipients,
+            [
+                EnvelopeRecipient {
+                    address: "bob@notls.example".into(),
+                    notify_flags: 10,
+                    dsn_orig_rcpt: Some("rfc822;Bob@NoTLS.example".into()),
+                },
+                EnvelopeRecipient {
+                    address: "jörg@notls.example".into(),
+                    notify_flags: 1,
+                    dsn_orig_rcpt: None,
+                },
+            ]
+        );
+        let requiretls = Envelope::parse("message_size: 1 2 1 0 1 32\n");
+        assert!(requiretls.has_unknown_sendopts());
     }
 
     #[test]

@@ -136,7 +136,7 @@ struct Outgoing {
 
 pub struct Scanner<'a> {
     pub config: &'a ScanConfig,
-    pub store: &'a mut Store,
+    pub store: &'a Store,
     pub postfix: &'a Postfix,
     pub templates: &'a Templates,
     pub key: &'a SecretKey,
@@ -160,7 +160,7 @@ impl ClassifyCache {
 
 impl Scanner<'_> {
     /// One pass at time `now`.
-    pub fn scan(&mut self, now: DateTime<Utc>) -> Result<ScanReport, ScanError> {
+    pub fn scan(&self, now: DateTime<Utc>) -> Result<ScanReport, ScanError> {
         let started = Instant::now();
         let listing = self.postfix.queue_json()?;
         let scan = parse_queue(listing.as_slice());
@@ -200,12 +200,12 @@ impl Scanner<'_> {
         };
         // Batched writes; short batches, so that the web process is never
         // locked out for long.
-        self.store.begin_batch()?;
+        let mut batch = self.store.transaction()?;
         let mut batch_started = Instant::now();
         for message in candidates {
             if batch_started.elapsed() > BATCH_TIME {
-                self.store.end_batch()?;
-                self.store.begin_batch()?;
+                batch.commit()?;
+                batch = self.store.transaction()?;
                 batch_started = Instant::now();
             }
             if let Err(err) = self.one_message(message, &pass, &mut report, &mut outbox) {
@@ -231,19 +231,19 @@ impl Scanner<'_> {
         for message in &gone {
             self.note_expiry(message, now, &mut outbox)?;
         }
-        self.store.end_batch()?;
+        batch.commit()?;
         report.decided = started.elapsed();
-        self.store.begin_batch()?;
+        let mut batch = self.store.transaction()?;
         let mut batch_started = Instant::now();
         for outgoing in outbox {
             if batch_started.elapsed() > BATCH_TIME {
-                self.store.end_batch()?;
-                self.store.begin_batch()?;
+                batch.commit()?;
+                batch = self.store.transaction()?;
                 batch_started = Instant::now();
             }
             self.send_notification(outgoing, now, &mut report)?;
         }
-        self.store.end_batch()?;
+        batch.commit()?;
         report.elapsed = started.elapsed();
         Ok(report)
     }
@@ -295,7 +295,7 @@ impl Scanner<'_> {
     }
 
     fn one_message(
-        &mut self,
+        &self,
         message: &QueuedMessage,
         pass: &Pass<'_>,
         report: &mut ScanReport,

@@ -13,8 +13,17 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-/// The schema version in `meta`.
-pub const SCHEMA_VERSION: i64 = 1;
+mod journal;
+mod states;
+
+pub use journal::{ActionCopy, ActionRecipient};
+pub use states::{
+    ActionKind, ActionState, CopyRole, MessageState, Phase, RecipientOutcome, RecipientState,
+    UnknownValue,
+};
+
+/// The schema version in `meta`: the number of the last migration.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64 + 1;
 
 const SCHEMA: &str = "
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -78,6 +87,43 @@ CREATE TABLE sessions(id TEXT PRIMARY KEY, admin TEXT NOT NULL, created INTEGER 
 CREATE TABLE mandatory_domains(domain TEXT PRIMARY KEY, added_by TEXT NOT NULL, added_at INTEGER NOT NULL);
 ";
 
+/// The schema changes after version 1, in order: migration `i` takes a
+/// database from version `i + 1` to `i + 2`. Each runs in the transaction
+/// that also records the new version.
+const MIGRATIONS: &[&str] = &[
+    // 2: the journal of running actions, the recipients a request
+    // approved, the copies a release made, and a time before which a
+    // postponed action is not taken again.
+    "
+    ALTER TABLE actions ADD COLUMN phase TEXT;
+    ALTER TABLE actions ADD COLUMN not_before INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE actions ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE action_recipients(
+        action_id INTEGER NOT NULL REFERENCES actions(id),
+        address TEXT NOT NULL,
+        approved INTEGER NOT NULL,
+        outcome TEXT,
+        why TEXT,
+        PRIMARY KEY(action_id, address));
+    CREATE TABLE action_copies(
+        action_id INTEGER NOT NULL REFERENCES actions(id),
+        role TEXT NOT NULL,
+        marker TEXT NOT NULL,
+        recipients TEXT NOT NULL,
+        queue_id TEXT,
+        PRIMARY KEY(action_id, role));
+    CREATE INDEX audit_at ON audit(at);
+    -- Requests of version 1 recorded no recipients: they approved the
+    -- releasable recipients known then.
+    INSERT INTO action_recipients(action_id, address, approved)
+        SELECT a.id, r.address, 1 FROM actions a JOIN recipients r ON r.message_id = a.message_id
+        WHERE a.action = 'release' AND a.state IN ('queued', 'running')
+        AND r.state = 'pending' AND r.tls_kind IS NOT NULL AND r.mandatory = 0;
+    -- A version 1 worker that died may have left the original on hold.
+    UPDATE actions SET phase = 'hold' WHERE state = 'running';
+    ",
+];
+
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -91,48 +137,6 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
-
-/// A message's place in the PostTLS life cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageState {
-    /// Deferred for TLS reasons; the sender has been (or is being) told.
-    Deferred,
-    /// Seen, but nothing for us to do (not our sender, or not TLS).
-    Ignored,
-    /// The TLS-failed recipients were released (sent without mandatory TLS).
-    Released,
-    /// Deleted at the sender's or an admin's request.
-    Deleted,
-    /// Returned to the sender (expired at once) because its TLS-failed
-    /// recipients are all in mandatory-TLS domains.
-    Returned,
-    /// No longer in the queue (delivered, expired or removed otherwise).
-    Gone,
-}
-
-impl MessageState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MessageState::Deferred => "deferred",
-            MessageState::Ignored => "ignored",
-            MessageState::Released => "released",
-            MessageState::Deleted => "deleted",
-            MessageState::Returned => "returned",
-            MessageState::Gone => "gone",
-        }
-    }
-
-    fn parse(text: &str) -> MessageState {
-        match text {
-            "deferred" => MessageState::Deferred,
-            "released" => MessageState::Released,
-            "deleted" => MessageState::Deleted,
-            "returned" => MessageState::Returned,
-            "gone" => MessageState::Gone,
-            _ => MessageState::Ignored,
-        }
-    }
-}
 
 /// What the scanner saw of one queued message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,8 +183,7 @@ pub struct RecipientRow {
     pub delay_reason: Option<String>,
     pub tls_kind: Option<String>,
     pub mandatory: bool,
-    /// `pending`, `released`, `deleted`, `returned` or `gone`.
-    pub state: String,
+    pub state: RecipientState,
 }
 
 /// A notification sent (or attempted).
@@ -197,11 +200,13 @@ pub struct NotificationRow {
 pub struct ActionRow {
     pub id: i64,
     pub message_id: i64,
-    pub action: String,
+    pub action: ActionKind,
     pub requested_by: String,
     pub ip: Option<String>,
     pub requested_at: i64,
-    pub state: String,
+    pub state: ActionState,
+    /// How far a running action got (see [`Phase`]).
+    pub phase: Option<Phase>,
     pub result: Option<String>,
     pub new_queue_id: Option<String>,
     pub finished_at: Option<i64>,
@@ -222,6 +227,42 @@ pub struct Store {
     conn: Connection,
 }
 
+/// An open write transaction of a [`Store`]: rolled back when dropped
+/// without [`commit`](Transaction::commit), and rolled back when the
+/// COMMIT itself fails, so that no error path leaves the write lock held.
+#[must_use = "a transaction rolls back unless committed"]
+pub struct Transaction<'a> {
+    conn: &'a Connection,
+    open: bool,
+}
+
+impl Transaction<'_> {
+    pub fn commit(mut self) -> Result<()> {
+        self.open = false;
+        if let Err(err) = self.conn.execute_batch("COMMIT") {
+            self.rollback();
+            return Err(err.into());
+        }
+        Ok(())
+    }
+
+    fn rollback(&self) {
+        if !self.conn.is_autocommit() {
+            if let Err(err) = self.conn.execute_batch("ROLLBACK") {
+                log::error!("database: rollback failed: {err}");
+            }
+        }
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.rollback();
+        }
+    }
+}
+
 fn message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
     Ok(MessageRow {
         id: row.get(0)?,
@@ -231,7 +272,7 @@ fn message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
         sender: row.get(4)?,
         subject: row.get(5)?,
         own_sender: row.get(6)?,
-        state: MessageState::parse(&row.get::<_, String>(7)?),
+        state: row.get(7)?,
         first_seen: row.get(8)?,
         last_seen: row.get(9)?,
     })
@@ -241,75 +282,96 @@ const MESSAGE_COLUMNS: &str =
     "id, instance, queue_id, arrival_time, sender, subject, own_sender, state, first_seen, last_seen";
 
 impl Store {
-    /// Opens (creating when new) the database at `path`.
+    /// Opens (creating when new, migrating when older) the database at
+    /// `path`.
+    ///
+    /// The connection is defensive: the schema cannot be changed behind
+    /// SQLite's back (`SQLITE_DBCONFIG_DEFENSIVE`) and functions in the
+    /// schema (views, triggers) are not trusted (`trusted_schema = OFF`),
+    /// so a database file written by the unprivileged web process cannot
+    /// make the privileged worker run anything but this program's SQL.
     pub fn open(path: &Path) -> Result<Store> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+        conn.pragma_update(None, "trusted_schema", false)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // In WAL mode NORMAL loses nothing when a process dies, only the
         // last transactions on power loss, and saves a disk sync per write.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
-        let tables: i64 = conn.query_row(
+        let store = Store { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Creates the schema of a new database and brings an older one to
+    /// [`SCHEMA_VERSION`], one migration per transaction.
+    fn migrate(&self) -> Result<()> {
+        let tables: i64 = self.conn.query_row(
             "SELECT count(*) FROM sqlite_master WHERE type='table'",
             [],
             |r| r.get(0),
         )?;
         if tables == 0 {
-            conn.execute_batch(&format!(
-                "BEGIN; {SCHEMA} INSERT INTO meta VALUES('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
-            ))?;
+            let tx = self.transaction()?;
+            self.conn.execute_batch(SCHEMA)?;
+            self.conn
+                .execute("INSERT INTO meta VALUES('schema_version', '1')", [])?;
+            tx.commit()?;
         }
-        let version: Option<String> = conn
-            .query_row(
-                "SELECT value FROM meta WHERE key='schema_version'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|_| StoreError::Foreign)?;
-        match version.as_deref().map(str::parse::<i64>) {
-            Some(Ok(SCHEMA_VERSION)) => Ok(Store { conn }),
-            Some(Ok(other)) => Err(StoreError::WrongVersion(other)),
-            _ => Err(StoreError::Foreign),
-        }
-    }
-
-    /// Runs `work` in one transaction.
-    pub fn in_transaction<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        match work(self) {
-            Ok(value) => {
-                self.conn.execute_batch("COMMIT")?;
-                Ok(value)
+        loop {
+            let version: Option<String> = self
+                .conn
+                .query_row(
+                    "SELECT value FROM meta WHERE key='schema_version'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|_| StoreError::Foreign)?;
+            let version = match version.as_deref().map(str::parse::<i64>) {
+                Some(Ok(v)) if (1..=SCHEMA_VERSION).contains(&v) => v,
+                Some(Ok(other)) => return Err(StoreError::WrongVersion(other)),
+                _ => return Err(StoreError::Foreign),
+            };
+            if version == SCHEMA_VERSION {
+                return Ok(());
             }
-            Err(err) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                Err(err)
-            }
+            let tx = self.transaction()?;
+            let migration = MIGRATIONS[usize::try_from(version - 1).expect("positive")];
+            self.conn.execute_batch(migration)?;
+            self.conn.execute(
+                "UPDATE meta SET value=? WHERE key='schema_version'",
+                [(version + 1).to_string()],
+            )?;
+            tx.commit()?;
         }
     }
 
-    /// Starts a batch of writes (one transaction) for [`end_batch`]: a
-    /// scan of thousands of messages commits a few times, not thousands.
-    ///
-    /// [`end_batch`]: Self::end_batch
-    pub fn begin_batch(&self) -> Result<()> {
+    /// Begins a write transaction; it rolls back unless committed, also
+    /// when the caller returns early with an error or panics.
+    pub fn transaction(&self) -> Result<Transaction<'_>> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(())
+        Ok(Transaction {
+            conn: &self.conn,
+            open: true,
+        })
     }
 
-    /// Commits the batch begun with [`begin_batch`](Self::begin_batch).
-    pub fn end_batch(&self) -> Result<()> {
-        self.conn.execute_batch("COMMIT")?;
-        Ok(())
+    /// Runs `work` in one transaction, committed when it returns `Ok`.
+    pub fn in_transaction<T>(&self, work: impl FnOnce(&Self) -> Result<T>) -> Result<T> {
+        let tx = self.transaction()?;
+        let value = work(self)?;
+        tx.commit()?;
+        Ok(value)
     }
 
     /// Records a sighting of a queued message: new, or seen again. A
     /// message already released or deleted keeps that state. Returns the
     /// message's id and whether it is new.
     pub fn saw_message(&self, seen: &SeenMessage<'_>, now: i64) -> Result<(i64, bool)> {
-        let existing: Option<(i64, String)> = self
+        let existing: Option<(i64, MessageState)> = self
             .conn
             .query_row(
                 "SELECT id, state FROM messages WHERE instance=? AND queue_id=? AND arrival_time=?",
@@ -320,14 +382,10 @@ impl Store {
         match existing {
             Some((id, state)) => {
                 let keep = matches!(
-                    MessageState::parse(&state),
+                    state,
                     MessageState::Released | MessageState::Deleted | MessageState::Returned
                 );
-                let state = if keep {
-                    state
-                } else {
-                    seen.state.as_str().to_string()
-                };
+                let state = if keep { state } else { seen.state };
                 self.conn.execute(
                     "UPDATE messages SET last_seen=?, state=?, subject=coalesce(?, subject) WHERE id=?",
                     params![now, state, seen.subject, id],
@@ -345,7 +403,7 @@ impl Store {
                         seen.sender,
                         seen.subject,
                         seen.own_sender,
-                        seen.state.as_str(),
+                        seen.state,
                         now,
                         now
                     ],
@@ -447,7 +505,7 @@ impl Store {
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE state=? ORDER BY arrival_time DESC, id DESC LIMIT ?"
         ))?;
-        let rows = stmt.query_map(params![state.as_str(), limit], message_row)?;
+        let rows = stmt.query_map(params![state, limit], message_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -467,7 +525,12 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    pub fn set_recipient_state(&self, message_id: i64, address: &str, state: &str) -> Result<()> {
+    pub fn set_recipient_state(
+        &self,
+        message_id: i64,
+        address: &str,
+        state: RecipientState,
+    ) -> Result<()> {
         self.conn.execute(
             "UPDATE recipients SET state=? WHERE message_id=? AND address=?",
             params![state, message_id, address],
@@ -478,7 +541,7 @@ impl Store {
     pub fn set_message_state(&self, message_id: i64, state: MessageState) -> Result<()> {
         self.conn.execute(
             "UPDATE messages SET state=? WHERE id=?",
-            params![state.as_str(), message_id],
+            params![state, message_id],
         )?;
         Ok(())
     }
@@ -530,82 +593,6 @@ impl Store {
         Ok(inserted == 1)
     }
 
-    /// Queues an action for the worker; returns its id.
-    pub fn request_action(
-        &self,
-        message_id: i64,
-        action: &str,
-        requested_by: &str,
-        ip: Option<&str>,
-        now: i64,
-    ) -> Result<i64> {
-        self.conn.execute(
-            "INSERT INTO actions(message_id, action, requested_by, ip, requested_at, state) VALUES(?,?,?,?,?,'queued')",
-            params![message_id, action, requested_by, ip, now],
-        )?;
-        Ok(self.conn.last_insert_rowid())
-    }
-
-    /// The oldest queued action, marked `running`.
-    pub fn take_action(&self) -> Result<Option<ActionRow>> {
-        let mut stmt = self.conn.prepare(
-            "UPDATE actions SET state='running' WHERE id=(SELECT min(id) FROM actions WHERE state='queued') \
-             RETURNING id, message_id, action, requested_by, ip, requested_at, state, result, new_queue_id, finished_at",
-        )?;
-        Ok(stmt.query_row([], action_row).optional()?)
-    }
-
-    /// Records how an action ended. A `failed` action (something went
-    /// wrong and the queue was put back as it was) gives back the link that
-    /// requested it, so that the sender can simply try again; a `refused`
-    /// one does not, since asking again would be refused again.
-    pub fn finish_action(
-        &self,
-        id: i64,
-        state: &str,
-        result: &str,
-        new_queue_id: Option<&str>,
-        now: i64,
-    ) -> Result<()> {
-        self.conn.execute(
-            "UPDATE actions SET state=?, result=?, new_queue_id=?, finished_at=? WHERE id=?",
-            params![state, result, new_queue_id, now, id],
-        )?;
-        if state == "failed" {
-            // The link's use and its request are recorded in one transaction
-            // with the same time (see the web's confirm handler).
-            self.conn.execute(
-                "DELETE FROM tokens_used WHERE rowid IN (SELECT t.rowid FROM tokens_used t \
-                 JOIN actions a ON a.message_id = t.message_id AND a.action = t.action \
-                 AND a.requested_at = t.at WHERE a.id = ?)",
-                [id],
-            )?;
-        }
-        Ok(())
-    }
-
-    pub fn action(&self, id: i64) -> Result<Option<ActionRow>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT id, message_id, action, requested_by, ip, requested_at, state, result, new_queue_id, finished_at \
-                 FROM actions WHERE id=?",
-                [id],
-                action_row,
-            )
-            .optional()?)
-    }
-
-    /// Actions on a message, oldest first.
-    pub fn actions_of(&self, message_id: i64) -> Result<Vec<ActionRow>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, message_id, action, requested_by, ip, requested_at, state, result, new_queue_id, finished_at \
-             FROM actions WHERE message_id=? ORDER BY id",
-        )?;
-        let rows = stmt.query_map([message_id], action_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
     pub fn audit(
         &self,
         actor: &str,
@@ -620,6 +607,13 @@ impl Store {
             params![now, actor, ip, message_id, event, detail],
         )?;
         Ok(())
+    }
+
+    /// Deletes the audit entries older than `before`; returns how many.
+    pub fn prune_audit(&self, before: i64) -> Result<usize> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM audit WHERE at < ?", [before])?)
     }
 
     /// The newest audit entries, at most `limit`.
@@ -664,13 +658,18 @@ impl Store {
             == 1)
     }
 
+    /// Creates an admin or sets a new password; a new password ends the
+    /// admin's sessions (whoever knew the old one is logged out).
     pub fn set_admin(&self, name: &str, password_hash: &str, now: i64) -> Result<()> {
+        let tx = self.transaction()?;
         self.conn.execute(
             "INSERT INTO admins(name, password_hash, created) VALUES(?,?,?) \
              ON CONFLICT(name) DO UPDATE SET password_hash=excluded.password_hash",
             params![name, password_hash, now],
         )?;
-        Ok(())
+        self.conn
+            .execute("DELETE FROM sessions WHERE admin=?", [name])?;
+        tx.commit()
     }
 
     pub fn admin_password_hash(&self, name: &str) -> Result<Option<String>> {
@@ -708,21 +707,6 @@ impl Store {
         self.conn.execute("DELETE FROM sessions WHERE id=?", [id])?;
         Ok(())
     }
-}
-
-fn action_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ActionRow> {
-    Ok(ActionRow {
-        id: r.get(0)?,
-        message_id: r.get(1)?,
-        action: r.get(2)?,
-        requested_by: r.get(3)?,
-        ip: r.get(4)?,
-        requested_at: r.get(5)?,
-        state: r.get(6)?,
-        result: r.get(7)?,
-        new_queue_id: r.get(8)?,
-        finished_at: r.get(9)?,
-    })
 }
 
 #[cfg(test)]
@@ -775,10 +759,12 @@ mod tests {
         store
             .set_pending_recipients(id, &[rcpt("a@x"), rcpt("b@x"), rcpt("c@x")])
             .unwrap();
-        store.set_recipient_state(id, "c@x", "released").unwrap();
+        store
+            .set_recipient_state(id, "c@x", RecipientState::Released)
+            .unwrap();
         // b was delivered meanwhile; c released.
         store.set_pending_recipients(id, &[rcpt("a@x")]).unwrap();
-        let states: Vec<(String, String)> = store
+        let states: Vec<(String, RecipientState)> = store
             .recipients(id)
             .unwrap()
             .into_iter()
@@ -787,9 +773,9 @@ mod tests {
         assert_eq!(
             states,
             [
-                ("a@x".into(), "pending".into()),
-                ("b@x".into(), "gone".into()),
-                ("c@x".into(), "released".into())
+                ("a@x".into(), RecipientState::Pending),
+                ("b@x".into(), RecipientState::Gone),
+                ("c@x".into(), RecipientState::Released)
             ]
         );
     }
@@ -843,13 +829,21 @@ mod tests {
             .use_token("t1", id, "release", Some("192.0.2.1"), 12)
             .unwrap());
         let action = store
-            .request_action(id, "release", "token", Some("192.0.2.1"), 11)
+            .request_action(
+                id,
+                ActionKind::Release,
+                "token",
+                Some("192.0.2.1"),
+                &["b@x".to_string()],
+                11,
+            )
             .unwrap();
-        let taken = store.take_action().unwrap().unwrap();
-        assert_eq!((taken.id, taken.state.as_str()), (action, "running"));
-        assert_eq!(store.take_action().unwrap(), None);
+        let taken = store.take_action(11).unwrap().unwrap();
+        assert_eq!((taken.id, taken.state), (action, ActionState::Running));
+        assert_eq!(store.take_action(11).unwrap(), None);
+        assert_eq!(store.action_recipients(action).unwrap()[0].address, "b@x");
         store
-            .finish_action(action, "done", "released", Some("B2"), 12)
+            .finish_action(action, ActionState::Done, "released", Some("B2"), 12)
             .unwrap();
         assert_eq!(
             store

@@ -5,7 +5,8 @@
 //!   after asking the [`posttls_auth::LoginThrottle`] for the user name and
 //!   the client address: while either must wait, the attempt is refused
 //!   without looking at the password. Attempts are checked one at a time.
-//!   Failures are audited.
+//!   Failures are audited, except for names no admin can have (over 64
+//!   bytes or with control characters), which are only logged.
 //! - The session cookie is `HttpOnly; SameSite=Strict` (and `Secure` with
 //!   `secure_cookies`); the store keeps only the SHA-256 of the session id.
 //! - Every POST carries a CSRF token bound to the session (for the login
@@ -25,7 +26,7 @@ use axum::response::{AppendHeaders, IntoResponse, Redirect, Response};
 use minijinja::context;
 use posttls_auth::{expired_session_cookie, session_cookie, verify_password, SessionId};
 use posttls_policy::DomainSet;
-use posttls_store::MessageState;
+use posttls_store::{ActionKind, MessageState};
 use posttls_token::{csrf_token, verify_csrf};
 use serde::{Deserialize, Serialize};
 
@@ -182,13 +183,52 @@ pub async fn login_page(State(app): State<AppState>, headers: HeaderMap) -> Resp
     }
 }
 
+/// The longest admin name `adduser` accepts, in bytes.
+const MAX_NAME_LEN: usize = 64;
+
 /// Whether a submitted user name could be one (`adduser` allows letters,
 /// digits and `._@-`); anything else is not looked up.
 fn plausible_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
+    (1..=MAX_NAME_LEN).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
+}
+
+/// Whether a submitted name is worth a password check and an audit entry:
+/// not longer than any admin name and without control characters. Others
+/// are refused at once; no admin can have them, so answering faster than
+/// for an unknown name gives nothing away.
+fn bounded_name(name: &str) -> bool {
+    name.len() <= MAX_NAME_LEN && !name.chars().any(char::is_control)
+}
+
+/// A submitted name for the log: quoted and escaped, or only its length
+/// when it is longer than any admin name.
+fn name_for_log(name: &str) -> String {
+    if name.len() <= MAX_NAME_LEN {
+        format!("{name:?}")
+    } else {
+        format!("of {} bytes", name.len())
+    }
+}
+
+/// Counts a failed login against the name and the address.
+fn count_failure(app: &AppState, user_key: &str, ip_key: &str) {
+    let mut throttle = app.throttle();
+    let at = Instant::now();
+    throttle.record_failure(user_key, at);
+    throttle.record_failure(ip_key, at);
+}
+
+/// The answer to every failed login, whatever failed.
+fn wrong_name_or_password(app: &AppState) -> Response {
+    login_form(
+        app,
+        StatusCode::UNAUTHORIZED,
+        Some("Wrong name or password."),
+        Vec::new(),
+    )
 }
 
 /// `POST /admin/login`.
@@ -223,7 +263,8 @@ pub async fn login(
     }
 
     // One attempt at a time, so that parallel guesses cannot all pass the
-    // throttle before the first of them is counted.
+    // throttle before the first of them is counted. The throttle cuts long
+    // keys (posttls_auth::MAX_KEY_LEN).
     let _gate = app.login_gate().lock().await;
     let user_key = format!("user:{}", form.name);
     let ip_key = ip.throttle_key();
@@ -237,8 +278,8 @@ pub async fn login(
     if !wait.is_zero() {
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         log::warn!(
-            "login of {:?} from {} refused: throttled for {seconds} s",
-            form.name,
+            "login of name {} from {} refused: throttled for {seconds} s",
+            name_for_log(&form.name),
             ip.text().unwrap_or_default()
         );
         return login_form(
@@ -249,6 +290,16 @@ pub async fn login(
             )),
             vec![(RETRY_AFTER, seconds.to_string())],
         );
+    }
+
+    if !bounded_name(&form.name) {
+        count_failure(&app, &user_key, &ip_key);
+        log::warn!(
+            "login failed from {}: name {}: no admin has such a name (not audited)",
+            ip.text().as_deref().unwrap_or("?"),
+            name_for_log(&form.name)
+        );
+        return wrong_name_or_password(&app);
     }
 
     let name = form.name.clone();
@@ -274,12 +325,7 @@ pub async fn login(
     let ip_text = ip.text();
     let t = now();
     if !matched {
-        {
-            let mut throttle = app.throttle();
-            let at = Instant::now();
-            throttle.record_failure(&user_key, at);
-            throttle.record_failure(&ip_key, at);
-        }
+        count_failure(&app, &user_key, &ip_key);
         let detail = format!(
             "name {:?}: {}",
             form.name,
@@ -308,12 +354,7 @@ pub async fn login(
         {
             return internal(&app, &err);
         }
-        return login_form(
-            &app,
-            StatusCode::UNAUTHORIZED,
-            Some("Wrong name or password."),
-            Vec::new(),
-        );
+        return wrong_name_or_password(&app);
     }
 
     app.throttle().record_success(&user_key);
@@ -614,7 +655,13 @@ pub async fn message_action(
                     )));
                 }
                 let t = now();
-                let action_id = store.request_action(id, &action, &actor, ip.as_deref(), t)?;
+                let kind = if action == "release" {
+                    ActionKind::Release
+                } else {
+                    ActionKind::Delete
+                };
+                let action_id =
+                    store.request_action(id, kind, &actor, ip.as_deref(), &releasable, t)?;
                 let detail = if action == "release" {
                     format!("action {action_id}, recipients: {}", releasable.join(", "))
                 } else {
@@ -836,5 +883,14 @@ mod tests {
         for bad in ["", "a b", "$(id)", "a\nb", "<b>", &"x".repeat(65)] {
             assert!(!plausible_name(bad), "{bad:?}");
         }
+        for bounded in ["", "root", "a b", "$(id)", "<b>", "Jürgen", &"x".repeat(64)] {
+            assert!(bounded_name(bounded), "{bounded:?}");
+        }
+        let long = "x".repeat(65);
+        for unbounded in [&long, "a\nb", "a\0", "\u{7f}", "a\u{85}b", &"ü".repeat(33)] {
+            assert!(!bounded_name(unbounded), "{unbounded:?}");
+        }
+        assert_eq!(name_for_log("a\nb"), "\"a\\nb\"");
+        assert_eq!(name_for_log(&long), "of 65 bytes");
     }
 }

@@ -19,7 +19,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use minijinja::context;
 use posttls_store::{
-    ActionRow, MessageRow, MessageState, RecipientRow, Store, StoreError, TokenUseRow,
+    ActionKind, ActionRow, ActionState, MessageRow, MessageState, RecipientRow, Store, StoreError,
+    TokenUseRow,
 };
 use posttls_token::{csrf_token, verify_csrf, Action, ActionToken, TokenError};
 use serde::{Deserialize, Serialize};
@@ -99,7 +100,7 @@ fn situation(app: &AppState, token: &ActionToken, l: &Lookup) -> Situation {
     let decided = l
         .actions
         .iter()
-        .any(|a| view::is_active(a) || a.state == "done");
+        .any(|a| view::is_active(a) || a.state == ActionState::Done);
     if decided || message.state != MessageState::Deferred {
         return Situation::Settled;
     }
@@ -262,12 +263,12 @@ fn settled_words(m: &MessageRow, actions: &[ActionRow]) -> (&'static str, &'stat
     let latest = actions
         .iter()
         .rev()
-        .find(|a| view::is_active(a) || a.state == "done");
-    match latest.map(|a| (a.action.as_str(), a.state.as_str())) {
-        Some((_, "queued")) => ("Your request is queued", "The mail server carries it out within a minute or so; this page updates itself."),
-        Some((_, "running")) => ("Your request is being carried out", "This page updates itself."),
-        Some(("release", _)) => ("Your message was sent unencrypted", "The recipients below that could not get it encrypted were sent the message without mandatory encryption."),
-        Some(("delete", _)) => ("Your message was deleted", "The message was removed from the queue; nobody who was still waiting for it receives it."),
+        .find(|a| view::is_active(a) || a.state == ActionState::Done);
+    match latest.map(|a| (a.action, a.state)) {
+        Some((_, ActionState::Queued)) => ("Your request is queued", "The mail server carries it out within a minute or so; this page updates itself."),
+        Some((_, ActionState::Running)) => ("Your request is being carried out", "This page updates itself."),
+        Some((ActionKind::Release, _)) => ("Your message was sent unencrypted", "The recipients below that could not get it encrypted were sent the message without mandatory encryption."),
+        Some((ActionKind::Delete, _)) => ("Your message was deleted", "The message was removed from the queue; nobody who was still waiting for it receives it."),
         _ if !actions.is_empty() && m.state == MessageState::Deferred => (
             "Your request was not carried out",
             "The reason is below. Your message is still in the queue as it was; a reminder mail brings new links, or ask the mail administrator.",
@@ -329,7 +330,7 @@ fn confirmation_page(app: &AppState, token: &ActionToken, text: &str, l: &Lookup
     let failed_before: Vec<ActionView> = l
         .actions
         .iter()
-        .filter(|a| matches!(a.state.as_str(), "failed" | "refused"))
+        .filter(|a| matches!(a.state, ActionState::Failed | ActionState::Refused))
         .map(ActionView::new)
         .collect();
     let title = match token.action {
@@ -408,7 +409,18 @@ pub async fn submit(
                 }
                 let who = format!("sender {}", message.sender);
                 let action = token.action.as_str();
-                let id = store.request_action(message.id, action, &who, ip.as_deref(), t)?;
+                let kind = match token.action {
+                    Action::Release => ActionKind::Release,
+                    _ => ActionKind::Delete,
+                };
+                let id = store.request_action(
+                    message.id,
+                    kind,
+                    &who,
+                    ip.as_deref(),
+                    &token.recipients,
+                    t,
+                )?;
                 let detail = match token.action {
                     Action::Release => format!(
                         "action {id}, token {}, recipients: {}",

@@ -3,7 +3,10 @@
 
 use posttls_classify::TlsFailureKind;
 use posttls_policy::DomainSet;
-use posttls_store::{ActionRow, AuditRow, MessageRow, MessageState, NotificationRow, RecipientRow};
+use posttls_store::{
+    ActionKind, ActionRow, ActionState, AuditRow, MessageRow, MessageState, NotificationRow,
+    RecipientRow, RecipientState,
+};
 use serde::Serialize;
 
 /// A Unix time as `2026-11-21 14:03:05 UTC`.
@@ -30,7 +33,7 @@ pub enum Role {
 /// The role of `r`, with the mandatory domains as they are now (configured
 /// and UI-managed): a domain added after the scan counts at once.
 pub fn role(r: &RecipientRow, mandatory: &DomainSet) -> Role {
-    if r.state != "pending" {
+    if r.state != RecipientState::Pending {
         Role::Settled
     } else if r.tls_kind.is_none() {
         Role::Other
@@ -121,12 +124,14 @@ impl RecipientView {
             Role::Other => "Waiting for another reason than encryption; the mail server keeps \
                             trying as usual."
                 .to_owned(),
-            Role::Settled => match r.state.as_str() {
-                "released" => "Sent without mandatory encryption.",
-                "deleted" => "Deleted: will not receive the message.",
-                "returned" => "Returned to the sender as undeliverable.",
-                "gone" => "No longer waiting (delivered, or returned as undeliverable).",
-                _ => "No longer waiting.",
+            Role::Settled => match r.state {
+                RecipientState::Released => "Sent without mandatory encryption.",
+                RecipientState::Deleted => "Deleted: will not receive the message.",
+                RecipientState::Returned => "Returned to the sender as undeliverable.",
+                RecipientState::Gone => {
+                    "No longer waiting (delivered, or returned as undeliverable)."
+                }
+                RecipientState::Pending => "Waiting.",
             }
             .to_owned(),
         };
@@ -135,7 +140,7 @@ impl RecipientView {
             role,
             words,
             delay_reason: r.delay_reason.clone(),
-            state: r.state.clone(),
+            state: r.state.to_string(),
         }
     }
 }
@@ -189,32 +194,30 @@ pub struct ActionView {
 
 /// Whether an action is waiting for or in the hands of the worker.
 pub fn is_active(a: &ActionRow) -> bool {
-    matches!(a.state.as_str(), "queued" | "running")
+    matches!(a.state, ActionState::Queued | ActionState::Running)
 }
 
 impl ActionView {
     pub fn new(a: &ActionRow) -> ActionView {
         ActionView {
             id: a.id,
-            action: a.action.clone(),
-            action_words: match a.action.as_str() {
-                "release" => "send unencrypted",
-                "delete" => "delete the message",
-                _ => "unknown action",
+            action: a.action.to_string(),
+            action_words: match a.action {
+                ActionKind::Release => "send unencrypted",
+                ActionKind::Delete => "delete the message",
             },
             requested_by: a.requested_by.clone(),
             ip: a.ip.clone(),
             requested_at: time(a.requested_at),
-            state: a.state.clone(),
-            state_words: match a.state.as_str() {
-                "queued" => {
+            state: a.state.to_string(),
+            state_words: match a.state {
+                ActionState::Queued => {
                     "Waiting for the mail server to carry it out (usually within a minute)."
                 }
-                "running" => "Being carried out now.",
-                "done" => "Done.",
-                "refused" => "Not carried out: the mail server's checks refused it.",
-                "failed" => "Failed: the message is in the queue as it was before.",
-                _ => "Unknown state.",
+                ActionState::Running => "Being carried out now.",
+                ActionState::Done => "Done.",
+                ActionState::Refused => "Not carried out: the mail server's checks refused it.",
+                ActionState::Failed => "Failed: the message is in the queue as it was before.",
             },
             result: a.result.clone(),
             new_queue_id: a.new_queue_id.clone(),
@@ -276,7 +279,7 @@ mod tests {
             delay_reason: Some("x".into()),
             tls_kind: tls.then(|| "not_offered".into()),
             mandatory,
-            state: state.into(),
+            state: state.parse().unwrap(),
         }
     }
 

@@ -254,9 +254,9 @@ impl Lab {
     /// What the worker does with the next queued action: takes it and
     /// records how it ended.
     fn worker_finishes_next(&self, state: &str, result: &str) {
-        let taken = self.store.take_action().unwrap().unwrap();
+        let taken = self.store.take_action(now()).unwrap().unwrap();
         self.store
-            .finish_action(taken.id, state, result, None, now())
+            .finish_action(taken.id, state.parse().unwrap(), result, None, now())
             .unwrap();
     }
 
@@ -265,7 +265,7 @@ impl Lab {
             .actions_of(self.message_id)
             .unwrap()
             .into_iter()
-            .map(|a| (a.action, a.requested_by, a.state))
+            .map(|a| (a.action.to_string(), a.requested_by, a.state.to_string()))
             .collect()
     }
 
@@ -451,7 +451,7 @@ async fn a_release_link_shows_the_message_and_only_the_post_requests_the_release
     assert_eq!(lab.actions().len(), 1);
 
     // The worker carries it out: the page shows the result and new queue id.
-    let taken = lab.store.take_action().unwrap().unwrap();
+    let taken = lab.store.take_action(now()).unwrap().unwrap();
     let running = lab.get(&format!("/confirm/{token}"), None).await;
     assert!(
         running.body.contains("Being carried out now"),
@@ -461,7 +461,7 @@ async fn a_release_link_shows_the_message_and_only_the_post_requests_the_release
     lab.store
         .finish_action(
             taken.id,
-            "done",
+            posttls_store::ActionState::Done,
             "sent to bob@notls.example without TLS",
             Some("B7C1D2E3F4"),
             now(),
@@ -1186,10 +1186,67 @@ async fn guessing_from_many_addresses_is_slowed_down_per_user() {
     assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
     // Hostile names are refused like unknown ones and audited escaped.
     lab.peer = "203.0.113.1:1000".parse().unwrap();
-    let reply = lab.try_login("$(id)\n--help", "x").await;
+    let reply = lab.try_login("$(id) \"--help", "x").await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     let last = &lab.store.audit_log(1).unwrap()[0];
-    assert_eq!(last.detail, "name \"$(id)\\n--help\": no such admin");
+    assert_eq!(last.detail, "name \"$(id) \\\"--help\": no such admin");
+}
+
+#[tokio::test]
+async fn names_no_admin_can_have_are_refused_unchecked_but_counted() {
+    let mut lab = lab();
+    let before = lab.snapshot();
+    // Over 64 bytes or with control characters: the page of a wrong
+    // password, and nothing looked up or written (no audit entry).
+    let names = [
+        "x".repeat(65),
+        "y".repeat(15_000),
+        format!("{ADMIN}\n"),
+        "ro\0ot".into(),
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let reply = lab.try_login(name, PASSWORD).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "name {i}");
+        assert!(reply.body.contains("Wrong name or password."), "name {i}");
+    }
+    assert_eq!(lab.snapshot(), before);
+    // They count as failures of the address: the fourth set a delay.
+    let reply = lab.try_login(ADMIN, PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    // Not of the admin's name: from elsewhere it logs in.
+    lab.peer = "198.51.100.1:1000".parse().unwrap();
+    let reply = lab.try_login(ADMIN, PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
+}
+
+#[tokio::test]
+async fn failed_logins_count_per_ipv6_network() {
+    let mut lab = lab();
+    // Four hosts of one /64 share the count (names no admin can have are
+    // refused without a password check, which keeps this quick).
+    for host in 1..=4 {
+        lab.peer = format!("[2001:db8:1:2::{host}]:1000").parse().unwrap();
+        let reply = lab.try_login(&"x".repeat(65), "x").await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    }
+    lab.peer = "[2001:db8:1:2:ffff::9]:1000".parse().unwrap();
+    let reply = lab.try_login(ADMIN, PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    // The next /64 is someone else.
+    lab.peer = "[2001:db8:1:3::1]:1000".parse().unwrap();
+    let reply = lab.try_login(ADMIN, PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
+
+    // An IPv4-mapped address is its IPv4 address. (Another name: the one
+    // above must wait now.)
+    lab.peer = "[::ffff:192.0.2.77]:1000".parse().unwrap();
+    for _ in 1..=4 {
+        let reply = lab.try_login(&"y".repeat(65), "x").await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    }
+    lab.peer = "192.0.2.77:1000".parse().unwrap();
+    let reply = lab.try_login(ADMIN, PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
 }
 
 #[tokio::test]

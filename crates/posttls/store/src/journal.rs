@@ -1,0 +1,277 @@
+//! Requested actions and the journal of a running one.
+//!
+//! The web process records a request ([`Store::request_action`]) with the
+//! recipients it approved. The worker takes it ([`Store::take_action`]),
+//! writes each [`Phase`] before the step it names, notes the copies it
+//! makes ([`Store::add_copy`]) and what became of each recipient, and
+//! finally settles it ([`Store::finish_action`]). A worker that starts (or
+//! begins a pass) finds unsettled actions with [`Store::running_actions`].
+
+use rusqlite::{params, OptionalExtension};
+
+use crate::{ActionKind, ActionRow, ActionState, CopyRole, Phase, RecipientOutcome, Result, Store};
+
+const ACTION_COLUMNS: &str = "id, message_id, action, requested_by, ip, requested_at, state, \
+     phase, result, new_queue_id, finished_at";
+
+fn action_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ActionRow> {
+    Ok(ActionRow {
+        id: r.get(0)?,
+        message_id: r.get(1)?,
+        action: r.get(2)?,
+        requested_by: r.get(3)?,
+        ip: r.get(4)?,
+        requested_at: r.get(5)?,
+        state: r.get(6)?,
+        phase: r.get(7)?,
+        result: r.get(8)?,
+        new_queue_id: r.get(9)?,
+        finished_at: r.get(10)?,
+    })
+}
+
+/// A recipient a request approved, and what the action did with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionRecipient {
+    pub address: String,
+    /// Named by the request; otherwise a recipient the action kept on its
+    /// normal path.
+    pub approved: bool,
+    /// `None` until the action decided.
+    pub outcome: Option<RecipientOutcome>,
+    /// Why, in words for the sender (for recipients not released).
+    pub why: Option<String>,
+}
+
+/// A copy of a released message, re-injected on hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionCopy {
+    pub role: CopyRole,
+    /// The `XFORWARD IDENT` the copy was submitted with: Postfix keeps it
+    /// in the queue file (`log_ident`), so the copy can be found again
+    /// when the worker died before it learnt the queue id.
+    pub marker: String,
+    /// The recipients the copy is for.
+    pub recipients: Vec<String>,
+    /// Its queue id, once the listener named it.
+    pub queue_id: Option<String>,
+}
+
+impl Store {
+    /// Queues an action for the worker; returns its id. `recipients`: the
+    /// recipients the request approved (for a release: the ones the link
+    /// or the admin's page offered).
+    pub fn request_action(
+        &self,
+        message_id: i64,
+        action: ActionKind,
+        requested_by: &str,
+        ip: Option<&str>,
+        recipients: &[String],
+        now: i64,
+    ) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO actions(message_id, action, requested_by, ip, requested_at, state) VALUES(?,?,?,?,?,?)",
+            params![message_id, action, requested_by, ip, now, ActionState::Queued],
+        )?;
+        let id = self.conn.last_insert_rowid();
+        let mut insert = self.conn.prepare_cached(
+            "INSERT OR IGNORE INTO action_recipients(action_id, address, approved) VALUES(?,?,1)",
+        )?;
+        for address in recipients {
+            insert.execute(params![id, address])?;
+        }
+        Ok(id)
+    }
+
+    /// The oldest queued action that is due at `now`, marked running.
+    pub fn take_action(&self, now: i64) -> Result<Option<ActionRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "UPDATE actions SET state=?1, phase=NULL, attempts=attempts+1 WHERE id=(SELECT min(id) FROM actions \
+             WHERE state=?2 AND not_before<=?3) RETURNING {ACTION_COLUMNS}"
+        ))?;
+        Ok(stmt
+            .query_row(
+                params![ActionState::Running, ActionState::Queued, now],
+                action_row,
+            )
+            .optional()?)
+    }
+
+    /// Actions left running (by a worker that died, or whose undo could not
+    /// finish), oldest first.
+    pub fn running_actions(&self) -> Result<Vec<ActionRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {ACTION_COLUMNS} FROM actions WHERE state=? ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([ActionState::Running], action_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// How many times the worker has taken this action.
+    pub fn attempts(&self, id: i64) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT attempts FROM actions WHERE id=?", [id], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// Journals the step a running action is about to take.
+    pub fn set_phase(&self, id: i64, phase: Phase) -> Result<()> {
+        self.conn.execute(
+            "UPDATE actions SET phase=? WHERE id=? AND state=?",
+            params![phase, id, ActionState::Running],
+        )?;
+        Ok(())
+    }
+
+    /// Puts a running action back in the queue, not to be taken before
+    /// `not_before`; its copies and decisions are forgotten.
+    pub fn postpone_action(&self, id: i64, not_before: i64, why: &str) -> Result<()> {
+        let tx = self.transaction()?;
+        self.conn.execute(
+            "UPDATE actions SET state=?, phase=NULL, not_before=?, result=? WHERE id=?",
+            params![ActionState::Queued, not_before, why, id],
+        )?;
+        self.conn
+            .execute("DELETE FROM action_copies WHERE action_id=?", [id])?;
+        self.conn.execute(
+            "DELETE FROM action_recipients WHERE action_id=? AND approved=0",
+            [id],
+        )?;
+        self.conn.execute(
+            "UPDATE action_recipients SET outcome=NULL, why=NULL WHERE action_id=?",
+            [id],
+        )?;
+        tx.commit()
+    }
+
+    /// Records how an action ended. A `failed` action (something went
+    /// wrong and the queue was put back as it was) gives back the link that
+    /// requested it, so that the sender can simply try again; a `refused`
+    /// one does not, since asking again would be refused again.
+    pub fn finish_action(
+        &self,
+        id: i64,
+        state: ActionState,
+        result: &str,
+        new_queue_id: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        let tx = self.transaction()?;
+        self.conn.execute(
+            "UPDATE actions SET state=?, result=?, new_queue_id=?, finished_at=? WHERE id=?",
+            params![state, result, new_queue_id, now, id],
+        )?;
+        if state == ActionState::Failed {
+            // The link's use and its request are recorded in one transaction
+            // with the same time (see the web's confirm handler).
+            self.conn.execute(
+                "DELETE FROM tokens_used WHERE rowid IN (SELECT t.rowid FROM tokens_used t \
+                 JOIN actions a ON a.message_id = t.message_id AND a.action = t.action \
+                 AND a.requested_at = t.at WHERE a.id = ?)",
+                [id],
+            )?;
+        }
+        tx.commit()
+    }
+
+    pub fn action(&self, id: i64) -> Result<Option<ActionRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {ACTION_COLUMNS} FROM actions WHERE id=?"),
+                [id],
+                action_row,
+            )
+            .optional()?)
+    }
+
+    /// Actions on a message, oldest first.
+    pub fn actions_of(&self, message_id: i64) -> Result<Vec<ActionRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {ACTION_COLUMNS} FROM actions WHERE message_id=? ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([message_id], action_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The recipients an action approved, with what it did with each.
+    pub fn action_recipients(&self, action_id: i64) -> Result<Vec<ActionRecipient>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT address, approved, outcome, why FROM action_recipients WHERE action_id=? ORDER BY address",
+        )?;
+        let rows = stmt.query_map([action_id], |r| {
+            Ok(ActionRecipient {
+                address: r.get(0)?,
+                approved: r.get(1)?,
+                outcome: r.get(2)?,
+                why: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records what an action did with a recipient (adding it when the
+    /// request did not name it: a recipient kept on its normal path).
+    pub fn set_recipient_outcome(
+        &self,
+        action_id: i64,
+        address: &str,
+        outcome: RecipientOutcome,
+        why: Option<&str>,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO action_recipients(action_id, address, approved, outcome, why) VALUES(?,?,0,?,?) \
+             ON CONFLICT(action_id, address) DO UPDATE SET outcome=excluded.outcome, why=excluded.why",
+            params![action_id, address, outcome, why],
+        )?;
+        Ok(())
+    }
+
+    /// Journals a copy about to be re-injected.
+    pub fn add_copy(&self, action_id: i64, copy: &ActionCopy) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO action_copies(action_id, role, marker, recipients, queue_id) VALUES(?,?,?,?,?)",
+            params![
+                action_id,
+                copy.role,
+                copy.marker,
+                copy.recipients.join("\n"),
+                copy.queue_id
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Notes the queue id the listener gave a copy.
+    pub fn set_copy_queue_id(&self, action_id: i64, role: CopyRole, queue_id: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE action_copies SET queue_id=? WHERE action_id=? AND role=?",
+            params![queue_id, action_id, role],
+        )?;
+        Ok(())
+    }
+
+    /// The copies journalled for an action.
+    pub fn copies(&self, action_id: i64) -> Result<Vec<ActionCopy>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT role, marker, recipients, queue_id FROM action_copies WHERE action_id=? ORDER BY role",
+        )?;
+        let rows = stmt.query_map([action_id], |r| {
+            let recipients: String = r.get(2)?;
+            Ok(ActionCopy {
+                role: r.get(0)?,
+                marker: r.get(1)?,
+                recipients: recipients
+                    .split('\n')
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                queue_id: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
