@@ -27,6 +27,9 @@ struct Lab {
     postfix: Postfix,
     /// An smtpd of the instance for mail from "outside".
     smtpd_port: u16,
+    /// An smtpd for our own users: 127.0.0.1 counts as local
+    /// (`local_header_rewrite_clients`' default).
+    submission_port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -53,6 +56,7 @@ impl Lab {
         let receiver = SmtpSink::start();
         let notifications = SmtpSink::start();
         let smtpd_port = dead_port();
+        let submission_port = dead_port();
         let postfix = Postfix::start(
             reinjection_listeners(Options::new(receiver.port()), receiver.port())
                 .tls_security_level("encrypt")
@@ -61,6 +65,13 @@ impl Lab {
                     dead_port()
                 ))
                 .main_cf("mynetworks = 127.0.0.0/8")
+                .main_cf("message_size_limit = 40000000")
+                // Long lines reach the receiver as stored, not folded by
+                // Postfix's smtp client.
+                .main_cf("smtp_line_length_limit = 0")
+                .master_cf(&format!(
+                    "127.0.0.1:{submission_port} inet n - n - - smtpd -o smtpd_recipient_restrictions=permit_mynetworks,reject"
+                ))
                 .master_cf(&format!(
                     "127.0.0.1:{smtpd_port} inet n - n - - smtpd -o smtpd_recipient_restrictions=permit_mynetworks,reject -o local_header_rewrite_clients="
                 )),
@@ -70,6 +81,7 @@ impl Lab {
             notifications,
             postfix,
             smtpd_port,
+            submission_port,
             dir: tempfile::tempdir().unwrap(),
         }
     }
@@ -1184,4 +1196,146 @@ fn a_delete_killed_at_each_step_is_finished_or_undone_after_a_restart() {
         eprintln!("delete kill point {n} (after {pattern}): {state}: {result}");
     }
     assert!(lab.receiver.messages().is_empty());
+}
+
+/// One SMTP transaction with the submission listener, with ESMTP
+/// parameters and the content sent with BDAT exactly as given; panics
+/// unless every reply is positive.
+fn submit_smtp(port: u16, mail: &str, rcpts: &[&str], content: &[u8]) {
+    use std::io::{BufRead, BufReader};
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut out = stream.try_clone().unwrap();
+    let mut input = BufReader::new(stream);
+    let mut expect = |what: &str, code: &str| loop {
+        let mut line = String::new();
+        input.read_line(&mut line).unwrap();
+        assert!(line.starts_with(code), "{what}: {line}");
+        if line.as_bytes().get(3) != Some(&b'-') {
+            break;
+        }
+    };
+    expect("greeting", "220");
+    let mut command = |line: &str, code: &str| {
+        out.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        expect(line, code);
+    };
+    command("EHLO client.example.org", "250");
+    command(mail, "250");
+    for rcpt in rcpts {
+        command(rcpt, "250");
+    }
+    out.write_all(format!("BDAT {} LAST\r\n", content.len()).as_bytes())
+        .unwrap();
+    out.write_all(content).unwrap();
+    expect("BDAT", "250");
+    let _ = out.write_all(b"QUIT\r\n");
+}
+
+/// Byte-for-byte equality, reported as lengths and the first difference.
+fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
+    if got != want {
+        let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+        panic!(
+            "{what}: {} bytes received, {} sent, first difference at byte {at}: {:?} vs {:?}",
+            got.len(),
+            want.len(),
+            String::from_utf8_lossy(&got[at..(at + 40).min(got.len())]),
+            String::from_utf8_lossy(&want[at..(at + 40).min(want.len())]),
+        );
+    }
+}
+
+/// The body of a message: what follows the first empty line.
+fn body_of(data: &[u8]) -> &[u8] {
+    let at = data
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header/body separator");
+    &data[at + 4..]
+}
+
+/// A released copy is the message the sender sent: the body byte for byte
+/// (8-bit text and bytes, a 5000-octet line, a line with a lone dot and one
+/// starting with dots), the DSN parameters (RET, ENVID, NOTIFY, ORCPT),
+/// BODY=8BITMIME and SMTPUTF8 with a UTF-8 address, as the receiving server
+/// sees them; and a 20 MB message arrives whole.
+#[test]
+fn a_released_copy_is_the_message_the_sender_sent() {
+    let lab = Lab::start();
+    let mut body = Vec::new();
+    body.extend_from_slice("Grüße aus Zürich, 8-bit UTF-8.\r\n".as_bytes());
+    body.extend_from_slice(b"Latin-1 bytes: \xe9\xe8\xff and a tab\there.\r\n");
+    body.extend_from_slice(&[b'x'; 5000]);
+    body.extend_from_slice(b"\r\n.\r\n..two dots\r\n.one dot\r\nlast line\r\n");
+    let mut content = b"From: alice@example.org\r\nTo: j\xc3\xb6rg@notls.example\r\nSubject: faithful\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n".to_vec();
+    content.extend_from_slice(&body);
+    submit_smtp(
+        lab.submission_port,
+        "MAIL FROM:<alice@example.org> RET=HDRS ENVID=env+2B42=x BODY=8BITMIME SMTPUTF8",
+        &["RCPT TO:<jörg@notls.example> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;J+C3+B6rg@NoTLS.example"],
+        &content,
+    );
+    let queue = lab.wait_deferred(1);
+    let original = lab.queue_id_of(&queue, "jörg@notls.example");
+    lab.scan();
+    lab.request(&original, "release");
+    lab.scan();
+    let got = &lab.receiver.wait_for(1, Duration::from_secs(30))[0];
+    assert_eq!(got.recipients, ["jörg@notls.example"]);
+    assert_eq!(got.sender, "alice@example.org");
+    for param in ["RET=HDRS", "BODY=8BITMIME", "SMTPUTF8"] {
+        assert!(got.mail_params.contains(param), "{param}: {}", got.mail_params);
+    }
+    // ENVID "env+42=x", as xtext.
+    assert!(got.mail_params.contains("ENVID=env+2B42+3Dx"), "{}", got.mail_params);
+    assert!(got.rcpt_params[0].contains("NOTIFY=SUCCESS,DELAY"), "{:?}", got.rcpt_params);
+    assert!(got.rcpt_params[0].contains("ORCPT=rfc822;"), "{:?}", got.rcpt_params);
+    assert!(
+        got.rcpt_params[0].contains("NoTLS.example"),
+        "the original recipient as the sender gave it: {:?}",
+        got.rcpt_params
+    );
+    assert_same_bytes(body_of(&got.data), &body, "the body");
+    let text = got.text();
+    for header in ["Subject: faithful", "Content-Transfer-Encoding: 8bit", "To: jörg@notls.example"] {
+        assert!(text.contains(header), "{header}: {text}");
+    }
+    // The copy was received once by the instance: one more Received line.
+    assert_eq!(text.matches("Received: ").count(), 2, "{text}");
+
+    // 20 MB.
+    let line = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\n";
+    let big: String = std::iter::repeat_n(line, 20_000_000 / line.len()).collect();
+    let message = format!("From: alice@example.org\nTo: bob@notls.example\nSubject: big\n\n{big}");
+    lab.postfix.sendmail(
+        &["-f", "alice@example.org", "--", "bob@notls.example"],
+        message.as_bytes(),
+    );
+    let queue = lab
+        .postfix
+        .wait_queue(Duration::from_secs(60), "the big message deferred", |q| {
+            q.iter().any(|m| {
+                m["recipients"][0]["address"] == "bob@notls.example"
+                    && m["recipients"][0]["delay_reason"].is_string()
+            })
+        });
+    let original = lab.queue_id_of(&queue, "bob@notls.example");
+    let log = lab.scan();
+    assert_eq!(
+        lab.db_rows(&format!("SELECT state FROM messages WHERE queue_id = '{original}'")),
+        ["deferred"],
+        "the scan recorded the big message: {log}\n{queue:?}"
+    );
+    lab.request(&original, "release");
+    lab.scan();
+    let got = &lab.receiver.wait_for(2, Duration::from_secs(60))[1];
+    assert_eq!(got.recipients, ["bob@notls.example"]);
+    assert_same_bytes(
+        body_of(&got.data),
+        big.replace('\n', "\r\n").as_bytes(),
+        "the 20 MB body",
+    );
 }

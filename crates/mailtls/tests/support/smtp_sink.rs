@@ -23,8 +23,13 @@ pub struct Message {
     pub helo: String,
     /// The MAIL FROM address, without angle brackets (empty for `<>`).
     pub sender: String,
+    /// The ESMTP parameters of MAIL FROM (RFC 3461 RET/ENVID, BODY,
+    /// SMTPUTF8, SIZE), as sent.
+    pub mail_params: String,
     /// The accepted RCPT TO addresses, without angle brackets, in order.
     pub recipients: Vec<String>,
+    /// The ESMTP parameters of each accepted RCPT TO (NOTIFY, ORCPT).
+    pub rcpt_params: Vec<String>,
     /// The message as received between DATA and the final dot, dot-unstuffed,
     /// line ends as sent (CRLF from any real client).
     pub data: Vec<u8>,
@@ -229,6 +234,15 @@ fn path_arg(rest: &str) -> Option<String> {
     }
 }
 
+/// What follows the `<path>` of MAIL FROM / RCPT TO: the ESMTP parameters.
+fn params_after_path(rest: &str) -> String {
+    let rest = rest.trim_start();
+    match rest.strip_prefix('<').and_then(|r| r.find('>').map(|end| &r[end + 1..])) {
+        Some(params) => params.trim().to_string(),
+        None => rest.split_once(' ').map(|(_, p)| p.trim().to_string()).unwrap_or_default(),
+    }
+}
+
 fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut out = stream.try_clone()?;
@@ -239,6 +253,8 @@ fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let mut helo = String::new();
     let mut sender: Option<String> = None;
     let mut recipients: Vec<String> = Vec::new();
+    let mut mail_params = String::new();
+    let mut rcpt_params: Vec<String> = Vec::new();
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -259,7 +275,7 @@ fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 sender = None;
                 recipients.clear();
                 reply(&format!(
-                    "250-{HOSTNAME}\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
+                    "250-{HOSTNAME}\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n"
                 ))?;
             }
             "HELO" => {
@@ -277,6 +293,8 @@ fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                     Some(addr) => {
                         sender = Some(addr);
                         recipients.clear();
+                        rcpt_params.clear();
+                        mail_params = params_after_path(&rest[5..]);
                         reply("250 2.1.0 Ok\r\n")?;
                     }
                     None => reply("501 5.5.4 bad MAIL syntax\r\n")?,
@@ -295,6 +313,7 @@ fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                     }
                     Some(addr) => {
                         recipients.push(addr);
+                        rcpt_params.push(params_after_path(&rest[3..]));
                         reply("250 2.1.5 Ok\r\n")?;
                     }
                 }
@@ -330,7 +349,9 @@ fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                     let message = Message {
                         helo: helo.clone(),
                         sender: envelope.0,
+                        mail_params: std::mem::take(&mut mail_params),
                         recipients: envelope.1,
+                        rcpt_params: std::mem::take(&mut rcpt_params),
                         data,
                     };
                     shared.update(|s| s.messages.push(message));

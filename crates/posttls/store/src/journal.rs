@@ -275,3 +275,151 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{ActionCopy, ActionKind, ActionState, CopyRole, MessageState, Phase};
+    use crate::{RecipientOutcome, SeenMessage, Store};
+
+    /// A new store holding one deferred message (queue id `queue_id`).
+    fn store_with_message(queue_id: &str) -> (tempfile::TempDir, Store, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("posttls.sqlite")).unwrap();
+        let message = SeenMessage {
+            instance: "mx1",
+            queue_id,
+            arrival_time: 1,
+            sender: "alice@example.org",
+            subject: None,
+            own_sender: true,
+            state: MessageState::Deferred,
+        };
+        let (id, _) = store.saw_message(&message, 10).unwrap();
+        (dir, store, id)
+    }
+
+    fn release(store: &Store, message_id: i64, approved: &[&str], now: i64) -> i64 {
+        let approved: Vec<String> = approved.iter().map(|a| a.to_string()).collect();
+        store
+            .request_action(
+                message_id,
+                ActionKind::Release,
+                "token",
+                None,
+                &approved,
+                now,
+            )
+            .unwrap()
+    }
+
+    /// A postponed action is not taken before `not_before`; postponing
+    /// forgets its copies and the recipients it added, and resets the
+    /// outcomes of the approved ones.
+    #[test]
+    fn a_postponed_action_waits_and_forgets_its_decisions() {
+        let (_dir, store, id) = store_with_message("A1");
+        let action = release(&store, id, &["a@x"], 10);
+        assert_eq!(store.take_action(10).unwrap().unwrap().id, action);
+        store
+            .set_recipient_outcome(action, "a@x", RecipientOutcome::Released, None)
+            .unwrap();
+        store
+            .set_recipient_outcome(action, "k@x", RecipientOutcome::Kept, Some("mandatory"))
+            .unwrap();
+        let added = &store.action_recipients(action).unwrap()[1];
+        assert_eq!((added.address.as_str(), added.approved), ("k@x", false));
+        let copy = ActionCopy {
+            role: CopyRole::Release,
+            marker: "m".into(),
+            recipients: vec!["a@x".into()],
+            queue_id: None,
+        };
+        store.add_copy(action, &copy).unwrap();
+
+        store.postpone_action(action, 100, "queue busy").unwrap();
+        let postponed = store.action(action).unwrap().unwrap();
+        assert_eq!(postponed.state, ActionState::Queued);
+        assert_eq!(postponed.result.as_deref(), Some("queue busy"));
+        assert!(store.copies(action).unwrap().is_empty());
+        let left = store.action_recipients(action).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(
+            (left[0].address.as_str(), left[0].approved, left[0].outcome),
+            ("a@x", true, None)
+        );
+        assert_eq!(store.take_action(99).unwrap(), None);
+        assert_eq!(store.take_action(100).unwrap().unwrap().id, action);
+        assert_eq!(store.attempts(action).unwrap(), 2);
+    }
+
+    /// Copies round-trip, including an empty recipient list, and get their
+    /// queue id later.
+    #[test]
+    fn copies_round_trip() {
+        let (_dir, store, id) = store_with_message("A1");
+        let action = release(&store, id, &["a@x", "b@x"], 10);
+        let mut released = ActionCopy {
+            role: CopyRole::Release,
+            marker: "posttls-1-release".into(),
+            recipients: vec!["a@x".into(), "b@x".into()],
+            queue_id: None,
+        };
+        let kept = ActionCopy {
+            role: CopyRole::Keep,
+            marker: "posttls-1-keep".into(),
+            recipients: Vec::new(),
+            queue_id: Some("K1".into()),
+        };
+        store.add_copy(action, &released).unwrap();
+        store.add_copy(action, &kept).unwrap();
+        store
+            .set_copy_queue_id(action, CopyRole::Release, "R1")
+            .unwrap();
+        released.queue_id = Some("R1".into());
+        assert_eq!(store.copies(action).unwrap(), [kept, released]);
+    }
+
+    /// `set_phase` changes running actions only, and `running_actions`
+    /// lists those.
+    #[test]
+    fn phases_are_journalled_for_running_actions_only() {
+        let (_dir, store, id) = store_with_message("A1");
+        let running = release(&store, id, &[], 10);
+        let queued = release(&store, id, &[], 10);
+        store.take_action(10).unwrap();
+        store.set_phase(running, Phase::Inject).unwrap();
+        store.set_phase(queued, Phase::Inject).unwrap();
+        assert_eq!(store.action(queued).unwrap().unwrap().phase, None);
+        let listed = store.running_actions().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (listed[0].id, listed[0].phase),
+            (running, Some(Phase::Inject))
+        );
+    }
+
+    /// A failed action gives back the token used for it (same message,
+    /// action and time), not other tokens; a refused one gives back none.
+    #[test]
+    fn a_failed_action_gives_back_its_token_and_a_refused_one_does_not() {
+        let (_dir, store, id) = store_with_message("A1");
+        assert!(store.use_token("t1", id, "release", None, 20).unwrap());
+        assert!(store.use_token("t-other", id, "release", None, 21).unwrap());
+        let failed = release(&store, id, &["a@x"], 20);
+        store.take_action(20).unwrap();
+        store
+            .finish_action(failed, ActionState::Failed, "postsuper failed", None, 30)
+            .unwrap();
+        assert_eq!(store.token_use("t1").unwrap(), None);
+        assert!(store.token_use("t-other").unwrap().is_some());
+
+        assert!(store.use_token("t2", id, "release", None, 40).unwrap());
+        let refused = release(&store, id, &["a@x"], 40);
+        store.take_action(40).unwrap();
+        store
+            .finish_action(refused, ActionState::Refused, "mandatory", None, 41)
+            .unwrap();
+        assert!(store.token_use("t2").unwrap().is_some());
+        assert!(!store.use_token("t2", id, "release", None, 42).unwrap());
+    }
+}

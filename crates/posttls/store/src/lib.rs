@@ -906,6 +906,154 @@ mod tests {
             .unwrap();
         assert!(matches!(Store::open(&path), Err(StoreError::Foreign)));
     }
+
+    /// Creates a database with the version-1 schema at `path`, as a
+    /// version-1 program would have, and returns the raw connection.
+    fn version_1_database(path: &Path) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        conn.execute("INSERT INTO meta VALUES('schema_version','1')", [])
+            .unwrap();
+        conn
+    }
+
+    /// A version-1 database migrates: queued releases approve the TLS-failed,
+    /// non-mandatory pending recipients, and running actions are in `Hold`.
+    #[test]
+    fn a_version_1_database_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.sqlite");
+        version_1_database(&path)
+            .execute_batch(
+                "INSERT INTO messages VALUES(1, 'mx1', 'A1', 1, 'alice@example.org', NULL, 1, 'deferred', 10, 10);
+                 INSERT INTO recipients VALUES(1, 'tls@x', 'no TLS', 'not_offered', 0, 'pending');
+                 INSERT INTO recipients VALUES(1, 'slow@x', 'timeout', NULL, 0, 'pending');
+                 INSERT INTO actions(id, message_id, action, requested_by, requested_at, state)
+                     VALUES(1, 1, 'release', 'token', 11, 'queued');
+                 INSERT INTO actions(id, message_id, action, requested_by, requested_at, state)
+                     VALUES(2, 1, 'delete', 'token', 12, 'running');",
+            )
+            .unwrap();
+        let store = Store::open(&path).unwrap();
+        let version: String = store
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key='schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION.to_string());
+        assert_eq!(
+            store.action_recipients(1).unwrap(),
+            [ActionRecipient {
+                address: "tls@x".into(),
+                approved: true,
+                outcome: None,
+                why: None,
+            }]
+        );
+        let running = store.action(2).unwrap().unwrap();
+        assert_eq!(
+            (running.state, running.phase),
+            (ActionState::Running, Some(Phase::Hold))
+        );
+        assert_eq!(store.action(1).unwrap().unwrap().phase, None);
+    }
+
+    /// A database of a newer schema than this program knows is refused.
+    #[test]
+    fn a_newer_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.sqlite");
+        version_1_database(&path)
+            .execute(
+                "UPDATE meta SET value=? WHERE key='schema_version'",
+                [(SCHEMA_VERSION + 1).to_string()],
+            )
+            .unwrap();
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::WrongVersion(v)) if v == SCHEMA_VERSION + 1
+        ));
+    }
+
+    /// A state word this program does not know is an error, not a default.
+    #[test]
+    fn an_unknown_stored_state_is_an_error() {
+        let (dir, store) = store();
+        let (id, _) = store.saw_message(&seen("A1", 1), 10).unwrap();
+        Connection::open(dir.path().join("posttls.sqlite"))
+            .unwrap()
+            .execute("UPDATE messages SET state='sent' WHERE id=?", [id])
+            .unwrap();
+        assert!(matches!(store.message(id), Err(StoreError::Sqlite(_))));
+    }
+
+    /// A transaction dropped without commit rolls back and releases the
+    /// store; `in_transaction` rolls back when its closure fails.
+    #[test]
+    fn uncommitted_transactions_roll_back() {
+        let (_dir, store) = store();
+        let tx = store.transaction().unwrap();
+        store.audit("root", None, None, "dropped", "", 1).unwrap();
+        drop(tx);
+        assert!(store.audit_log(10).unwrap().is_empty());
+
+        let tx = store.transaction().unwrap();
+        store.audit("root", None, None, "kept", "", 2).unwrap();
+        tx.commit().unwrap();
+
+        let failed = store.in_transaction(|s| {
+            s.audit("root", None, None, "failed", "", 3)?;
+            Err::<(), _>(StoreError::Foreign)
+        });
+        assert!(matches!(failed, Err(StoreError::Foreign)));
+        let events: Vec<String> = store
+            .audit_log(10)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.event)
+            .collect();
+        assert_eq!(events, ["kept"]);
+    }
+
+    /// A new password ends that admin's sessions only.
+    #[test]
+    fn a_new_password_ends_only_that_admins_sessions() {
+        let (_dir, store) = store();
+        store.set_admin("root", "old", 1).unwrap();
+        store.set_admin("other", "hash", 1).unwrap();
+        store.create_session("s-root", "root", 1, 100).unwrap();
+        store.create_session("s-other", "other", 1, 100).unwrap();
+        store.set_admin("root", "new", 2).unwrap();
+        assert_eq!(store.session_admin("s-root", 2).unwrap(), None);
+        assert_eq!(
+            store.session_admin("s-other", 2).unwrap().as_deref(),
+            Some("other")
+        );
+        assert_eq!(
+            store.admin_password_hash("root").unwrap().as_deref(),
+            Some("new")
+        );
+    }
+
+    /// `prune_audit` deletes the entries older than `before` and counts them.
+    #[test]
+    fn pruning_the_audit_log_deletes_only_older_entries() {
+        let (_dir, store) = store();
+        for at in [10, 20, 30] {
+            store.audit("root", None, None, "e", "", at).unwrap();
+        }
+        assert_eq!(store.prune_audit(20).unwrap(), 1);
+        let left: Vec<i64> = store
+            .audit_log(10)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.at)
+            .collect();
+        assert_eq!(left, [30, 20]);
+    }
 }
 
 // ---------------------------------------------------------------------------
