@@ -1339,3 +1339,76 @@ fn a_released_copy_is_the_message_the_sender_sent() {
         "the 20 MB body",
     );
 }
+
+/// The worker trusts nothing the web process wrote: a relayed message
+/// (our domain in its envelope, but not submitted by one of our users)
+/// whose database row was forged to look like ours is neither deleted nor
+/// released; the queue file decides, and the message is left as it was.
+#[test]
+fn forged_rows_do_not_make_the_worker_touch_foreign_mail() {
+    let lab = Lab::start();
+    lab.relay("alice@example.org", "frank@notls.example");
+    let queue = lab.wait_deferred(1);
+    let id = lab.queue_id_of(&queue, "frank@notls.example");
+    lab.scan();
+    assert_eq!(lab.db_rows("SELECT state FROM messages"), ["ignored"]);
+    // What a compromised web process could write.
+    let conn = rusqlite::Connection::open(lab.dir.path().join("posttls.sqlite")).unwrap();
+    conn.execute_batch(
+        "UPDATE messages SET state='deferred', own_sender=1; \
+         INSERT INTO recipients(message_id, address, tls_kind, mandatory, state) \
+         SELECT id, 'frank@notls.example', 'not_offered', 0, 'pending' FROM messages",
+    )
+    .unwrap();
+    let delete = lab.request(&id, "delete");
+    let release = lab.request(&id, "release");
+    let log = lab.scan();
+    for action in [delete, release] {
+        let (state, result, _) = lab.action(action);
+        assert_eq!(state, "refused", "{result}\n{log}");
+        assert!(result.contains("not_own_sender"), "{result}");
+    }
+    let queue = lab.postfix.postqueue_json();
+    assert_eq!(queue.len(), 1, "{queue:?}");
+    assert_eq!(queue[0]["queue_id"], id.as_str());
+    assert_eq!(queue[0]["queue_name"], "deferred", "taken off hold again");
+    assert!(lab.receiver.messages().is_empty());
+}
+
+/// A message being delivered right now (in the active queue) is not acted
+/// on: the request waits, queued, until it is back in the deferred queue.
+#[test]
+fn a_message_being_delivered_is_not_acted_on_until_it_is_deferred_again() {
+    let lab = StandIn::new();
+    lab.queue_one(chrono::Utc::now().timestamp() - 60);
+    lab.scan(&[]);
+    let listing = std::fs::read_to_string(&lab.listing).unwrap();
+    std::fs::write(
+        &lab.listing,
+        listing.replace(r#""queue_name":"deferred""#, r#""queue_name":"active""#),
+    )
+    .unwrap();
+    let store = posttls_store::Store::open(&lab.dir.path().join("posttls.sqlite")).unwrap();
+    let message = store
+        .messages_in(posttls_store::MessageState::Deferred, 1)
+        .unwrap()
+        .remove(0);
+    let action = store
+        .request_action(
+            message.id,
+            posttls_store::ActionKind::Delete,
+            "sender test",
+            None,
+            &[],
+            0,
+        )
+        .unwrap();
+    lab.scan(&[]);
+    let row = store.action(action).unwrap().unwrap();
+    assert_eq!(row.state, posttls_store::ActionState::Queued);
+    assert_eq!(
+        row.result.as_deref(),
+        Some("the message is in the active queue (being delivered right now)")
+    );
+    // The stand-ins have no postsuper: nothing was held or deleted.
+}

@@ -2,15 +2,22 @@
 //!
 //! ```text
 //! postqueue -j --> parse --> classify each pending recipient's delay reason
-//!   --> own sender? (domain, then postcat -e: local or authenticated submission)
+//!   --> own sender? (domain, then postcat -e of the new messages: local or
+//!       authenticated submission)
 //!   --> decide (mandatory domains never releasable)
-//!   --> store (message, recipients) --> notify: first notice, reminders
-//! messages no longer queued --> gone
+//!   --> store (message, recipients), in short write transactions;
+//!       messages no longer queued --> gone
+//!   --> mandatory policy: postsuper -e or -d, then store the outcome
+//!   --> notify: first notice, reminders; store each outcome
 //! ```
 //!
 //! Only messages with at least one TLS-failed pending recipient cost more
-//! than parsing: `postcat` runs once per such message when it is first
+//! than parsing: `postcat` reads each such message once, when it is first
 //! seen (its evidence and subject are stored), never again.
+//!
+//! No Postfix command runs and no mail is sent while a write transaction
+//! is open: the web process writes to the same database and must not wait
+//! for them.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -21,9 +28,9 @@ use posttls_classify::{classify, Classification};
 use posttls_notify::{
     build_mail, subject_of, Notification, NotificationKind, RecipientLine, Templates,
 };
-use posttls_policy::{decide, Decision, DomainSet, OwnSenders, SubmissionEvidence};
+use posttls_policy::{decide, Decision, DomainSet, Notice, OwnSenders, SubmissionEvidence};
 use posttls_postfix::{Postfix, PostfixError};
-use posttls_queue::{parse_queue, QueuedMessage};
+use posttls_queue::{parse_queue, QueueId, QueueScan, QueuedMessage};
 use posttls_store::{MessageRow, MessageState, SeenMessage, SeenRecipient, Store, StoreError};
 use posttls_token::{Action, ActionToken, SecretKey};
 
@@ -134,6 +141,24 @@ struct Outgoing {
     sequence: usize,
 }
 
+/// A stored message whose sender may be told that it waits for TLS.
+struct Deferral<'m> {
+    message: &'m QueuedMessage,
+    /// Its row in the store.
+    id: i64,
+    subject: Option<String>,
+    notice: Notice<'m>,
+}
+
+/// What the write transactions of a pass leave to be done after them.
+#[derive(Default)]
+struct Later<'m> {
+    /// Messages whose waiting recipients all require TLS, to be returned
+    /// or deleted (`mandatory_policy`).
+    mandatory: Vec<Deferral<'m>>,
+    outbox: Vec<Outgoing>,
+}
+
 pub struct Scanner<'a> {
     pub config: &'a ScanConfig,
     pub store: &'a Store,
@@ -191,66 +216,35 @@ impl Scanner<'_> {
             })
             .collect();
         let evidence = self.gather_evidence(&candidates, &mut report)?;
-        let mut outbox = Vec::new();
         let pass = Pass {
             mandatory: &mandatory,
             cache: &cache,
             evidence: &evidence,
             now,
         };
-        // Batched writes; short batches, so that the web process is never
-        // locked out for long.
-        let mut batch = self.store.transaction()?;
-        let mut batch_started = Instant::now();
-        for message in candidates {
-            if batch_started.elapsed() > BATCH_TIME {
-                batch.commit()?;
-                batch = self.store.transaction()?;
-                batch_started = Instant::now();
-            }
-            if let Err(err) = self.one_message(message, &pass, &mut report, &mut outbox) {
+        let mut later = Later::default();
+        self.store_decisions(&candidates, &scan, &pass, &mut report, &mut later)?;
+        for deferral in &later.mandatory {
+            if let Err(err) =
+                self.apply_mandatory_policy(deferral, now, &mut report, &mut later.outbox)
+            {
                 report
                     .problems
-                    .push(format!("message {}: {err}", message.queue_id));
+                    .push(format!("message {}: {err}", deferral.message.queue_id));
             }
         }
-        let queued: std::collections::HashSet<(String, i64)> = scan
-            .messages
-            .iter()
-            .map(|m| (m.queue_id.to_string(), m.arrival_time))
-            .collect();
-        // A listing with a line that could not be read proves nothing
-        // about the messages it did not show.
-        let gone = if scan.errors.is_empty() {
-            self.store
-                .mark_missing_gone(&self.config.instance, &queued)?
-        } else {
-            Vec::new()
-        };
-        report.gone = gone.len();
-        for message in &gone {
-            self.note_expiry(message, now, &mut outbox)?;
-        }
-        batch.commit()?;
         report.decided = started.elapsed();
-        let mut batch = self.store.transaction()?;
-        let mut batch_started = Instant::now();
-        for outgoing in outbox {
-            if batch_started.elapsed() > BATCH_TIME {
-                batch.commit()?;
-                batch = self.store.transaction()?;
-                batch_started = Instant::now();
-            }
+        for outgoing in later.outbox {
             self.send_notification(outgoing, now, &mut report)?;
         }
-        batch.commit()?;
         report.elapsed = started.elapsed();
         Ok(report)
     }
 
     /// Envelope evidence and headers of the candidates that are new and
     /// from one of our domains, read with a few `postcat` runs instead of
-    /// one per message.
+    /// one per message; one by one those that such a run missed. A message
+    /// that cannot be read is left out (and reported).
     fn gather_evidence(
         &self,
         candidates: &[&QueuedMessage],
@@ -272,7 +266,9 @@ impl Scanner<'_> {
             }
         }
         let mut evidence = Evidence::new();
+        let mut runs = 0;
         for chunk in needed.chunks(POSTCAT_BATCH) {
+            runs += 1;
             match self.postfix.envelopes_and_headers(chunk) {
                 Ok(files) => evidence.extend(files),
                 // A message that left meanwhile stops postcat: the rest
@@ -283,27 +279,86 @@ impl Scanner<'_> {
                 )),
             }
         }
+        for id in &needed {
+            if evidence.contains_key(id.as_str()) {
+                continue;
+            }
+            runs += 1;
+            match self.postfix.envelope_and_headers(id) {
+                Ok(found) => {
+                    evidence.insert(id.as_str().to_string(), found);
+                }
+                Err(err) => report.problems.push(format!("message {id}: {err}")),
+            }
+        }
         if !needed.is_empty() {
             log::info!(
-                "envelopes of {} new message(s) read in {} postcat run(s): {} found",
+                "envelopes of {} new message(s) read in {runs} postcat run(s): {} found",
                 needed.len(),
-                needed.len().div_ceil(POSTCAT_BATCH),
                 evidence.len()
             );
         }
         Ok(evidence)
     }
 
-    fn one_message(
+    /// Stores what is decided about each candidate in write transactions
+    /// of about [`BATCH_TIME`] each, so that the web process is never
+    /// locked out for long, and marks the messages no longer queued gone.
+    /// What must not run inside a transaction (Postfix commands, sending
+    /// mail) is left in `later`.
+    fn store_decisions<'m>(
         &self,
-        message: &QueuedMessage,
+        candidates: &[&'m QueuedMessage],
+        scan: &QueueScan,
         pass: &Pass<'_>,
         report: &mut ScanReport,
-        outbox: &mut Vec<Outgoing>,
+        later: &mut Later<'m>,
     ) -> Result<(), ScanError> {
-        let (mandatory, cache, evidence, now) =
-            (pass.mandatory, pass.cache, pass.evidence, pass.now);
-        let now_s = now.timestamp();
+        let mut batch = self.store.transaction()?;
+        let mut batch_started = Instant::now();
+        for &message in candidates {
+            if batch_started.elapsed() > BATCH_TIME {
+                batch.commit()?;
+                batch = self.store.transaction()?;
+                batch_started = Instant::now();
+            }
+            if let Err(err) = self.one_message(message, pass, report, later) {
+                report
+                    .problems
+                    .push(format!("message {}: {err}", message.queue_id));
+            }
+        }
+        let queued: std::collections::HashSet<(String, i64)> = scan
+            .messages
+            .iter()
+            .map(|m| (m.queue_id.to_string(), m.arrival_time))
+            .collect();
+        // A listing with a line that could not be read proves nothing
+        // about the messages it did not show.
+        let gone = if scan.errors.is_empty() {
+            self.store
+                .mark_missing_gone(&self.config.instance, &queued)?
+        } else {
+            Vec::new()
+        };
+        report.gone = gone.len();
+        for message in &gone {
+            self.note_expiry(message, pass.now, &mut later.outbox)?;
+        }
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// Decides about one message and stores the decision; runs inside a
+    /// write transaction.
+    fn one_message<'m>(
+        &self,
+        message: &'m QueuedMessage,
+        pass: &Pass<'_>,
+        report: &mut ScanReport,
+        later: &mut Later<'m>,
+    ) -> Result<(), ScanError> {
+        let now_s = pass.now.timestamp();
         let known = self.store.find_message(
             &self.config.instance,
             message.queue_id.as_str(),
@@ -313,20 +368,26 @@ impl Scanner<'_> {
         let (own, subject) = match &known {
             Some(row) => (row.own_sender, row.subject.clone()),
             None if !self.config.own.domains.contains_address(&message.sender) => (false, None),
-            None => {
-                let (envelope, headers) = match evidence.get(message.queue_id.as_str()) {
-                    Some(found) => found.clone(),
-                    None => self.postfix.envelope_and_headers(&message.queue_id)?,
-                };
-                let evidence = SubmissionEvidence {
-                    local_submission: envelope.local_submission,
-                    sasl_username: envelope.sasl_username,
-                };
-                let own = self.config.own.is_own(&message.sender, &evidence);
-                (own, own.then(|| subject_of(&headers)).flatten())
-            }
+            None => match pass.evidence.get(message.queue_id.as_str()) {
+                Some((envelope, headers)) => {
+                    let evidence = SubmissionEvidence {
+                        local_submission: envelope.local_submission,
+                        sasl_username: envelope.sasl_username.clone(),
+                    };
+                    let own = self.config.own.is_own(&message.sender, &evidence);
+                    (own, own.then(|| subject_of(headers)).flatten())
+                }
+                // postcat could not read it (reported): the next pass tries
+                // again.
+                None => return Ok(()),
+            },
         };
-        let decision = decide(message, |reason| cache.get(reason), own, mandatory);
+        let decision = decide(
+            message,
+            |reason| pass.cache.get(reason),
+            own,
+            pass.mandatory,
+        );
         let notice = match decision {
             Decision::Ignore(reason) => {
                 report.ignored += 1;
@@ -351,97 +412,12 @@ impl Scanner<'_> {
             &self.seen(message, subject.as_deref(), own, MessageState::Deferred),
             now_s,
         )?;
-        let mut recipients: Vec<SeenRecipient> = notice
-            .tls_failed
-            .iter()
-            .map(|(r, failure)| SeenRecipient {
-                address: r.address.clone(),
-                delay_reason: r.delay_reason.clone(),
-                tls_kind: Some(failure.kind.short_name().to_string()),
-                mandatory: notice.mandatory.iter().any(|m| m.address == r.address),
-            })
-            .collect();
-        recipients.extend(notice.other_pending.iter().map(|r| SeenRecipient {
-            address: r.address.clone(),
-            delay_reason: r.delay_reason.clone(),
-            tls_kind: None,
-            mandatory: false,
-        }));
-        self.store.set_pending_recipients(id, &recipients)?;
+        self.store
+            .set_pending_recipients(id, &pending_recipients(&notice))?;
         let stored = self.store.message(id)?.expect("just stored");
         if stored.state != MessageState::Deferred {
             return Ok(()); // released or deleted already: nothing to ask
         }
-        let only_mandatory = notice.releasable.is_empty() && notice.other_pending.is_empty();
-        let mandatory_action = match self.config.mandatory_policy {
-            MandatoryPolicy::Return if only_mandatory => {
-                match self.postfix.expire(&message.queue_id) {
-                    Ok(1) => {
-                        // Bounce it now rather than at the next queue run.
-                        if let Err(err) = self.postfix.retry(&message.queue_id) {
-                            log::warn!(
-                                "{}: expired, but could not be retried now: {err}",
-                                message.queue_id
-                            );
-                        }
-                        self.store.set_message_state(id, MessageState::Returned)?;
-                        Some("it is being returned to you as undeliverable.")
-                    }
-                    Ok(_) => return Ok(()), // gone meanwhile
-                    Err(err) => {
-                        report
-                            .problems
-                            .push(format!("{}: could not return it: {err}", message.queue_id));
-                        None
-                    }
-                }
-            }
-            MandatoryPolicy::Delete if only_mandatory => {
-                match self.postfix.delete(&message.queue_id, None) {
-                    Ok(1) => {
-                        self.store.set_message_state(id, MessageState::Deleted)?;
-                        Some("it was deleted.")
-                    }
-                    Ok(_) => return Ok(()),
-                    Err(err) => {
-                        report
-                            .problems
-                            .push(format!("{}: could not delete it: {err}", message.queue_id));
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
-        if let Some(action) = mandatory_action {
-            self.store.audit(
-                "scanner",
-                None,
-                Some(id),
-                "mandatory_policy",
-                &format!("all waiting recipients require TLS: {action}"),
-                now_s,
-            )?;
-        }
-
-        let sent: Vec<i64> = self
-            .store
-            .notifications(id)?
-            .iter()
-            .filter(|n| n.outcome == "sent")
-            .map(|n| n.at)
-            .collect();
-        let kind = match (sent.last(), self.config.reminder_interval) {
-            _ if mandatory_action.is_some() => NotificationKind::Mandatory,
-            (None, _) => NotificationKind::First,
-            (Some(&last), Some(interval))
-                if sent.len() <= self.config.max_reminders as usize
-                    && now_s - last >= interval.as_secs() as i64 =>
-            {
-                NotificationKind::Reminder
-            }
-            _ => return Ok(()),
-        };
         if new {
             log::info!(
                 "{} from {}: {} recipient(s) wait for TLS ({} may be released)",
@@ -451,6 +427,139 @@ impl Scanner<'_> {
                 notice.releasable.len()
             );
         }
+        let only_mandatory = notice.releasable.is_empty() && notice.other_pending.is_empty();
+        let deferral = Deferral {
+            message,
+            id,
+            subject,
+            notice,
+        };
+        if only_mandatory && self.config.mandatory_policy != MandatoryPolicy::Wait {
+            later.mandatory.push(deferral); // once the batch is committed
+            return Ok(());
+        }
+        self.notify(&deferral, None, pass.now, &mut later.outbox)
+    }
+
+    /// Returns or deletes a message whose waiting recipients all require
+    /// TLS, as `mandatory_policy` says (`return` or `delete`), outside any
+    /// write transaction; then stores the outcome in a short one and
+    /// decides what the sender is told. When Postfix fails, the sender is
+    /// told as with `wait`.
+    fn apply_mandatory_policy(
+        &self,
+        deferral: &Deferral<'_>,
+        now: DateTime<Utc>,
+        report: &mut ScanReport,
+        outbox: &mut Vec<Outgoing>,
+    ) -> Result<(), ScanError> {
+        let action = match self.run_mandatory_policy(&deferral.message.queue_id) {
+            Ok(Some((state, action))) => {
+                self.store.in_transaction(|store| {
+                    store.set_message_state(deferral.id, state)?;
+                    store.audit(
+                        "scanner",
+                        None,
+                        Some(deferral.id),
+                        "mandatory_policy",
+                        &format!("all waiting recipients require TLS: {action}"),
+                        now.timestamp(),
+                    )
+                })?;
+                Some(action)
+            }
+            Ok(None) => return Ok(()), // gone meanwhile
+            Err(problem) => {
+                report.problems.push(problem);
+                None
+            }
+        };
+        self.notify(deferral, action, now, outbox)
+    }
+
+    /// Runs `postsuper -d` (policy `delete`) or `postsuper -e` and
+    /// `postqueue -i` (policy `return`) on a message: its new state and
+    /// what its sender is told happened to it; `None` when it left the
+    /// queue meanwhile.
+    fn run_mandatory_policy(
+        &self,
+        queue_id: &QueueId,
+    ) -> Result<Option<(MessageState, &'static str)>, String> {
+        if self.config.mandatory_policy == MandatoryPolicy::Delete {
+            return match self.postfix.delete(queue_id, None) {
+                Ok(1) => Ok(Some((MessageState::Deleted, "it was deleted."))),
+                Ok(_) => Ok(None),
+                Err(err) => Err(format!("{queue_id}: could not delete it: {err}")),
+            };
+        }
+        match self.postfix.expire(queue_id) {
+            Ok(1) => {
+                // Bounce it now rather than at the next queue run.
+                if let Err(err) = self.postfix.retry(queue_id) {
+                    log::warn!("{queue_id}: expired, but could not be retried now: {err}");
+                }
+                Ok(Some((
+                    MessageState::Returned,
+                    "it is being returned to you as undeliverable.",
+                )))
+            }
+            Ok(_) => Ok(None),
+            Err(err) => Err(format!("{queue_id}: could not return it: {err}")),
+        }
+    }
+
+    /// Decides whether the sender is told about a deferral now (first
+    /// notice, reminder, or what `mandatory_action` did to the message)
+    /// and puts the notification in `outbox`.
+    fn notify(
+        &self,
+        deferral: &Deferral<'_>,
+        mandatory_action: Option<&str>,
+        now: DateTime<Utc>,
+        outbox: &mut Vec<Outgoing>,
+    ) -> Result<(), ScanError> {
+        let sent: Vec<i64> = self
+            .store
+            .notifications(deferral.id)?
+            .iter()
+            .filter(|n| n.outcome == "sent")
+            .map(|n| n.at)
+            .collect();
+        let kind = match (sent.last(), self.config.reminder_interval) {
+            _ if mandatory_action.is_some() => NotificationKind::Mandatory,
+            (None, _) => NotificationKind::First,
+            (Some(&last), Some(interval))
+                if sent.len() <= self.config.max_reminders as usize
+                    && now.timestamp() - last >= interval.as_secs() as i64 =>
+            {
+                NotificationKind::Reminder
+            }
+            _ => return Ok(()),
+        };
+        outbox.push(Outgoing {
+            message_id: deferral.id,
+            notification: self.notification(deferral, kind, mandatory_action, now),
+            sequence: sent.len(),
+        });
+        Ok(())
+    }
+
+    /// The notification of `kind` about a deferral; with links to release
+    /// or delete the message unless `mandatory_action` already acted on
+    /// it or nothing may be released.
+    fn notification(
+        &self,
+        deferral: &Deferral<'_>,
+        kind: NotificationKind,
+        mandatory_action: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Notification {
+        let Deferral {
+            message,
+            subject,
+            notice,
+            ..
+        } = deferral;
         let words = |address: &str| {
             notice
                 .tls_failed
@@ -467,7 +576,7 @@ impl Scanner<'_> {
         let expires =
             now + chrono::Duration::from_std(self.config.link_lifetime).unwrap_or_default();
         let link = |action: Action| -> Option<String> {
-            if releasable.is_empty() {
+            if releasable.is_empty() || mandatory_action.is_some() {
                 return None;
             }
             let token = ActionToken::new(
@@ -484,7 +593,7 @@ impl Scanner<'_> {
                 .ok()
                 .map(|t| format!("{}/confirm/{t}", self.config.base_url.trim_end_matches('/')))
         };
-        let notification = Notification {
+        Notification {
             kind,
             to: message.sender.clone(),
             from: self.config.notification_from.clone(),
@@ -510,20 +619,15 @@ impl Scanner<'_> {
             mandatory_action: mandatory_action
                 .unwrap_or("Postfix keeps trying to deliver it encrypted; if that does not succeed, you get it back as undeliverable.")
                 .into(),
-            release_url: if mandatory_action.is_some() { None } else { link(Action::Release) },
-            delete_url: if mandatory_action.is_some() { None } else { link(Action::Delete) },
+            release_url: link(Action::Release),
+            delete_url: link(Action::Delete),
             links_expire: Some(expires),
-        };
-        outbox.push(Outgoing {
-            message_id: id,
-            notification,
-            sequence: sent.len(),
-        });
-        Ok(())
+        }
     }
 
-    /// Renders, sends and records one notification (a failed send is
-    /// recorded and tried again at the next scan).
+    /// Renders and sends one notification outside any write transaction,
+    /// then records the outcome (a failed send is recorded and tried again
+    /// at the next scan).
     fn send_notification(
         &self,
         outgoing: Outgoing,
@@ -552,25 +656,27 @@ impl Scanner<'_> {
             .and_then(|mail| self.mailer.send(&notification.to, &mail));
         match outcome {
             Ok(()) => {
-                self.store.record_notification(
-                    id,
-                    kind.as_str(),
-                    &notification.to,
-                    "sent",
-                    now_s,
-                )?;
-                self.store.audit(
-                    "scanner",
-                    None,
-                    Some(id),
-                    &format!("notified_{}", kind.as_str()),
-                    &format!(
-                        "told {} about {} recipient(s)",
-                        notification.to,
-                        notification.failed.len() + notification.mandatory.len()
-                    ),
-                    now_s,
-                )?;
+                self.store.in_transaction(|store| {
+                    store.record_notification(
+                        id,
+                        kind.as_str(),
+                        &notification.to,
+                        "sent",
+                        now_s,
+                    )?;
+                    store.audit(
+                        "scanner",
+                        None,
+                        Some(id),
+                        &format!("notified_{}", kind.as_str()),
+                        &format!(
+                            "told {} about {} recipient(s)",
+                            notification.to,
+                            notification.failed.len() + notification.mandatory.len()
+                        ),
+                        now_s,
+                    )
+                })?;
                 match kind {
                     NotificationKind::Reminder => report.reminded += 1,
                     _ => report.notified += 1,
@@ -675,4 +781,26 @@ impl Scanner<'_> {
             state,
         }
     }
+}
+
+/// The pending recipients of a message to store: the TLS-failed ones with
+/// how they failed, then the others.
+fn pending_recipients(notice: &Notice<'_>) -> Vec<SeenRecipient> {
+    let mut recipients: Vec<SeenRecipient> = notice
+        .tls_failed
+        .iter()
+        .map(|(r, failure)| SeenRecipient {
+            address: r.address.clone(),
+            delay_reason: r.delay_reason.clone(),
+            tls_kind: Some(failure.kind.short_name().to_string()),
+            mandatory: notice.mandatory.iter().any(|m| m.address == r.address),
+        })
+        .collect();
+    recipients.extend(notice.other_pending.iter().map(|r| SeenRecipient {
+        address: r.address.clone(),
+        delay_reason: r.delay_reason.clone(),
+        tls_kind: None,
+        mandatory: false,
+    }));
+    recipients
 }
