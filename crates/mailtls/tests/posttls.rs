@@ -153,6 +153,13 @@ impl Lab {
 
     /// A scan with some options changed (given later, they win).
     fn scan_with(&self, extra: &[String]) -> String {
+        let (status, log) = self.scan_output(extra);
+        assert!(status.success(), "posttls scan failed:\n{log}");
+        log
+    }
+
+    /// A scan that may die: its exit status and log.
+    fn scan_output(&self, extra: &[String]) -> (std::process::ExitStatus, String) {
         let out = Command::new(support::mailtls_bin())
             .args(["posttls", "scan"])
             .arg(format!(
@@ -186,15 +193,16 @@ impl Lab {
             .args(extra)
             .output()
             .unwrap();
-        let log = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "posttls scan failed:\n{log}");
-        log
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// What the web process does once a sender confirmed: a queued
-    /// request (the web flow itself is tested with its own crate and in
-    /// the browser test).
-    /// The request approves the recipients the notification offered.
+    /// request that approves the recipients the notification offered (the
+    /// web flow itself is tested with its own crate and in the browser
+    /// test).
     fn request(&self, queue_id: &str, action: &str) -> i64 {
         let offered = self.db_rows(&format!(
             "SELECT r.address FROM recipients r JOIN messages m ON m.id = r.message_id \
@@ -989,45 +997,6 @@ impl KillSwitch {
 }
 
 impl Lab {
-    /// A scan that may die: its exit status and log.
-    fn scan_output(&self, extra: &[String]) -> (std::process::ExitStatus, String) {
-        let out = Command::new(support::mailtls_bin())
-            .args(["posttls", "scan"])
-            .arg(format!(
-                "--database={}",
-                self.dir.path().join("posttls.sqlite").display()
-            ))
-            .arg(format!(
-                "--postfix_config_dir={}",
-                self.postfix.config_dir().display()
-            ))
-            .arg("--instance=lab")
-            .arg("--own_domains=example.org")
-            .arg("--mandatory_domains=bank.example")
-            .arg("--notification_from=postmaster@example.org")
-            .arg("--base_url=https://posttls.example.org")
-            .arg(format!(
-                "--secret_key_file={}",
-                self.dir.path().join("secret.key").display()
-            ))
-            .arg(format!(
-                "--lock_file={}",
-                self.dir.path().join("scan.lock").display()
-            ))
-            .arg(format!(
-                "--smtp_relay=127.0.0.1:{}",
-                self.notifications.port()
-            ))
-            .arg("--smtp_security=plain")
-            .args(extra)
-            .output()
-            .unwrap();
-        (
-            out.status,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
     /// Nothing is left on hold.
     fn assert_nothing_held(&self) {
         let queue = self.postfix.postqueue_json();
@@ -1237,7 +1206,11 @@ fn submit_smtp(port: u16, mail: &str, rcpts: &[&str], content: &[u8]) {
 /// Byte-for-byte equality, reported as lengths and the first difference.
 fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
     if got != want {
-        let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+        let at = got
+            .iter()
+            .zip(want)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(want.len()));
         panic!(
             "{what}: {} bytes received, {} sent, first difference at byte {at}: {:?} vs {:?}",
             got.len(),
@@ -1287,12 +1260,28 @@ fn a_released_copy_is_the_message_the_sender_sent() {
     assert_eq!(got.recipients, ["jörg@notls.example"]);
     assert_eq!(got.sender, "alice@example.org");
     for param in ["RET=HDRS", "BODY=8BITMIME", "SMTPUTF8"] {
-        assert!(got.mail_params.contains(param), "{param}: {}", got.mail_params);
+        assert!(
+            got.mail_params.contains(param),
+            "{param}: {}",
+            got.mail_params
+        );
     }
     // ENVID "env+42=x", as xtext.
-    assert!(got.mail_params.contains("ENVID=env+2B42+3Dx"), "{}", got.mail_params);
-    assert!(got.rcpt_params[0].contains("NOTIFY=SUCCESS,DELAY"), "{:?}", got.rcpt_params);
-    assert!(got.rcpt_params[0].contains("ORCPT=rfc822;"), "{:?}", got.rcpt_params);
+    assert!(
+        got.mail_params.contains("ENVID=env+2B42+3Dx"),
+        "{}",
+        got.mail_params
+    );
+    assert!(
+        got.rcpt_params[0].contains("NOTIFY=SUCCESS,DELAY"),
+        "{:?}",
+        got.rcpt_params
+    );
+    assert!(
+        got.rcpt_params[0].contains("ORCPT=rfc822;"),
+        "{:?}",
+        got.rcpt_params
+    );
     assert!(
         got.rcpt_params[0].contains("NoTLS.example"),
         "the original recipient as the sender gave it: {:?}",
@@ -1300,7 +1289,11 @@ fn a_released_copy_is_the_message_the_sender_sent() {
     );
     assert_same_bytes(body_of(&got.data), &body, "the body");
     let text = got.text();
-    for header in ["Subject: faithful", "Content-Transfer-Encoding: 8bit", "To: jörg@notls.example"] {
+    for header in [
+        "Subject: faithful",
+        "Content-Transfer-Encoding: 8bit",
+        "To: jörg@notls.example",
+    ] {
         assert!(text.contains(header), "{header}: {text}");
     }
     // The copy was received once by the instance: one more Received line.
@@ -1325,7 +1318,9 @@ fn a_released_copy_is_the_message_the_sender_sent() {
     let original = lab.queue_id_of(&queue, "bob@notls.example");
     let log = lab.scan();
     assert_eq!(
-        lab.db_rows(&format!("SELECT state FROM messages WHERE queue_id = '{original}'")),
+        lab.db_rows(&format!(
+            "SELECT state FROM messages WHERE queue_id = '{original}'"
+        )),
         ["deferred"],
         "the scan recorded the big message: {log}\n{queue:?}"
     );

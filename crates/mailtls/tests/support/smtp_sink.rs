@@ -237,9 +237,15 @@ fn path_arg(rest: &str) -> Option<String> {
 /// What follows the `<path>` of MAIL FROM / RCPT TO: the ESMTP parameters.
 fn params_after_path(rest: &str) -> String {
     let rest = rest.trim_start();
-    match rest.strip_prefix('<').and_then(|r| r.find('>').map(|end| &r[end + 1..])) {
+    match rest
+        .strip_prefix('<')
+        .and_then(|r| r.find('>').map(|end| &r[end + 1..]))
+    {
         Some(params) => params.trim().to_string(),
-        None => rest.split_once(' ').map(|(_, p)| p.trim().to_string()).unwrap_or_default(),
+        None => rest
+            .split_once(' ')
+            .map(|(_, p)| p.trim().to_string())
+            .unwrap_or_default(),
     }
 }
 
