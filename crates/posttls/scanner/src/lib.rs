@@ -804,3 +804,158 @@ fn pending_recipients(notice: &Notice<'_>) -> Vec<SeenRecipient> {
     }));
     recipients
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    /// Whether another connection could take the database's write lock now
+    /// (the sqlite3 shell waits for no lock).
+    fn write_lock_free(db: &Path) -> bool {
+        Command::new("sqlite3")
+            .arg(db)
+            .arg("BEGIN IMMEDIATE; COMMIT;")
+            .output()
+            .expect("sqlite3 runs")
+            .status
+            .success()
+    }
+
+    /// Records what it sends, and refuses to send under a write lock.
+    struct Recorder {
+        db: PathBuf,
+        sent: RefCell<Vec<String>>,
+    }
+
+    impl Mailer for Recorder {
+        fn send(&self, to: &str, _message: &[u8]) -> Result<(), String> {
+            if !write_lock_free(&self.db) {
+                return Err("sent inside a write transaction".into());
+            }
+            self.sent.borrow_mut().push(to.to_string());
+            Ok(())
+        }
+    }
+
+    /// Fake Postfix commands that log their arguments to `calls`, and to
+    /// `locked` when they run under a write lock. The queue holds one
+    /// message with a releasable recipient (A) and one whose recipient
+    /// requires TLS (B); postcat shows only the first message it is asked
+    /// for, as when the others left the queue meanwhile.
+    fn fake_postfix(dir: &Path, arrival: i64) {
+        let check = "D=$(dirname \"$0\")\necho \"$(basename \"$0\") $*\" >> \"$D/calls\"\n\
+                     sqlite3 \"$D/posttls.sqlite\" 'BEGIN IMMEDIATE; COMMIT;' >/dev/null 2>&1 \
+                     || echo \"$(basename \"$0\") $*\" >> \"$D/locked\"\n";
+        let scripts = [
+            ("postqueue", "[ \"$1\" = -j ] && cat \"$D/queue.json\"\n"),
+            (
+                "postcat",
+                "printf '*** ENVELOPE RECORDS deferred/%s ***\\nnamed_attribute: rewrite_context=local\\n\
+                 sender: alice@example.org\\n*** MESSAGE CONTENTS deferred/%s ***\\nSubject: about %s\\n\\n' \
+                 \"$4\" \"$4\" \"$4\"\n",
+            ),
+            ("postsuper", "echo 'postsuper: Deleted: 1 message' >&2\n"),
+        ];
+        for (name, body) in scripts {
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{check}{body}")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let line = |id: &str, to: &str| {
+            format!(
+                r#"{{"queue_name": "deferred", "queue_id": "{id}", "arrival_time": {arrival}, "message_size": 324, "forced_expire": false, "sender": "alice@example.org", "recipients": [{{"address": "{to}", "delay_reason": "TLS is required, but was not offered by host 127.0.0.1[127.0.0.1]"}}]}}"#
+            )
+        };
+        std::fs::write(
+            dir.join("queue.json"),
+            format!(
+                "{}\n{}\n",
+                line("4A0AF98C232", "bob@notls.example"),
+                line("4A0AF98C233", "frank@bank.example")
+            ),
+        )
+        .unwrap();
+    }
+
+    fn config() -> ScanConfig {
+        ScanConfig {
+            instance: "postfix".into(),
+            own: OwnSenders {
+                domains: DomainSet::parse_list("example.org").unwrap(),
+            },
+            mandatory: DomainSet::parse_list("bank.example").unwrap(),
+            organization: "Example".into(),
+            notification_from: "postmaster@example.org".into(),
+            base_url: "https://posttls.example.org".into(),
+            link_lifetime: Duration::from_secs(3 * 86400),
+            reminder_interval: None,
+            max_reminders: 0,
+            mandatory_policy: MandatoryPolicy::Delete,
+            queue_lifetime: Duration::from_secs(5 * 86400),
+        }
+    }
+
+    #[test]
+    fn no_postfix_command_and_no_mail_runs_inside_a_write_transaction() {
+        assert!(
+            Command::new("sqlite3").arg("-version").output().is_ok(),
+            "the sqlite3 shell is missing: install Debian's sqlite3 (scripts/test does)"
+        );
+        let dir = std::env::temp_dir().join(format!("posttls-scanner-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let now = Utc::now();
+        let arrival = now.timestamp() - 3600;
+        fake_postfix(&dir, arrival);
+        let db = dir.join("posttls.sqlite");
+        let store = Store::open(&db).unwrap();
+        let mailer = Recorder {
+            db: db.clone(),
+            sent: RefCell::default(),
+        };
+        let scanner = Scanner {
+            config: &config(),
+            store: &store,
+            postfix: &Postfix::new(None, dir.clone(), Duration::from_secs(10)),
+            templates: &Templates::load(None).unwrap(),
+            key: &SecretKey::generate(),
+            mailer: &mailer,
+        };
+        let report = scanner.scan(now).unwrap();
+
+        assert_eq!(report.problems, Vec::<String>::new());
+        assert_eq!((report.tls_deferred, report.notified), (2, 2));
+        assert!(!dir.join("locked").exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("calls")).unwrap(),
+            "postqueue -j\n\
+             postcat -e -h -q 4A0AF98C232 4A0AF98C233\n\
+             postcat -e -h -q 4A0AF98C233\n\
+             postsuper -d 4A0AF98C233\n"
+        );
+        assert_eq!(*mailer.sent.borrow(), ["alice@example.org"; 2]);
+        let deleted = store
+            .find_message("postfix", "4A0AF98C233", arrival)
+            .unwrap()
+            .unwrap();
+        assert_eq!(deleted.state, MessageState::Deleted);
+        assert_eq!(deleted.subject.as_deref(), Some("about 4A0AF98C233"));
+        let kinds: Vec<(String, String)> = store
+            .notifications(deleted.id)
+            .unwrap()
+            .into_iter()
+            .map(|n| (n.kind, n.outcome))
+            .collect();
+        assert_eq!(kinds, [("mandatory".to_string(), "sent".to_string())]);
+        assert!(store
+            .audit_log(10)
+            .unwrap()
+            .iter()
+            .any(|a| a.event == "mandatory_policy"
+                && a.detail == "all waiting recipients require TLS: it was deleted."));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
