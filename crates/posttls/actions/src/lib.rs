@@ -84,6 +84,8 @@ pub enum Outcome {
     Unsettled(String),
 }
 
+const TAKEN_OFF_HOLD: &str = "the message was taken off hold by someone else; nothing was sent";
+
 /// How long a postponed action waits before it is taken again.
 const POSTPONE_SECONDS: i64 = 20;
 /// How often an action is taken (and interrupted) before it fails.
@@ -587,10 +589,7 @@ impl Executor<'_> {
                         return Ok(self.undo_copies(
                             action,
                             message,
-                            Outcome::Failed(
-                                "the message was taken off hold by someone else; nothing was sent"
-                                    .into(),
-                            ),
+                            Outcome::Failed(TAKEN_OFF_HOLD.into()),
                         ))
                     }
                     Err(err) => {
@@ -600,19 +599,14 @@ impl Executor<'_> {
                     }
                 }
             }
-            Ok(original) => {
-                // Not on hold (someone released it, or it is gone): its
-                // recipients keep their normal path; the copies go.
-                if original.queue_name.is_some() {
-                    return Ok(self.undo_copies(
-                        action,
-                        message,
-                        Outcome::Failed(
-                            "the message was taken off hold by someone else; nothing was sent"
-                                .into(),
-                        ),
-                    ));
-                }
+            // Not on hold: someone released it, so its recipients keep
+            // their normal path and the copies go.
+            Ok(_) => {
+                return Ok(self.undo_copies(
+                    action,
+                    message,
+                    Outcome::Failed(TAKEN_OFF_HOLD.into()),
+                ))
             }
             // No queue file: deleted at this phase by the worker that died.
             Err(PostfixError::Failed { .. }) => {}
