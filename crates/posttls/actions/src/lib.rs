@@ -268,12 +268,14 @@ impl Executor<'_> {
         Ok(mandatory)
     }
 
-    /// Holds the message if it waits in the deferred queue; the listing
-    /// entry taken just before (with the delay reasons).
+    /// Holds the message if it waits in the deferred queue and passes
+    /// `check` (a refusal before the queue is touched); the listing entry
+    /// taken just before (with the delay reasons).
     fn hold(
         &self,
         action: &ActionRow,
         message: &MessageRow,
+        check: impl FnOnce(&QueuedMessage) -> Option<Outcome>,
     ) -> Result<Step<QueuedMessage>, ActionError> {
         let id = match Self::queue_id(message) {
             Ok(id) => id,
@@ -298,6 +300,9 @@ impl Executor<'_> {
                     "the message is in the {other} queue (being delivered right now)"
                 ))))
             }
+        }
+        if let Some(refusal) = check(queued) {
+            return Ok(Err(refusal));
         }
         self.store.set_phase(action.id, Phase::Hold)?;
         match self.postfix.hold_deferred(&id) {
@@ -363,7 +368,7 @@ impl Executor<'_> {
     }
 
     fn delete(&self, action: &ActionRow, message: &MessageRow) -> Result<Outcome, ActionError> {
-        let queued = match self.hold(action, message)? {
+        let queued = match self.hold(action, message, |_| None)? {
             Ok(q) => q,
             Err(outcome) => return Ok(outcome),
         };
@@ -442,7 +447,16 @@ impl Executor<'_> {
             .filter(|r| r.approved)
             .map(|r| r.address)
             .collect();
-        let queued = match self.hold(action, message)? {
+        // Every address must be one SMTP can carry before the queue is
+        // touched.
+        let addresses_usable = |queued: &QueuedMessage| {
+            std::iter::once(queued.sender.as_str())
+                .filter(|_| !queued.is_null_sender())
+                .chain(queued.recipients.iter().map(|r| r.address.as_str()))
+                .find_map(|a| smtp::check_address(&plan::internal_form(a)).err())
+                .map(|err| Outcome::Refused(format!("{err}; the message was not touched")))
+        };
+        let queued = match self.hold(action, message, addresses_usable)? {
             Ok(q) => q,
             Err(outcome) => return Ok(outcome),
         };

@@ -299,6 +299,11 @@ pub fn probe(listener: &Path, timeout: Duration) -> Result<(), SubmitError> {
     session.command("QUIT", 221).map(|_| ())
 }
 
+/// Whether SMTP can carry the address (as Postfix keeps it internally).
+pub fn check_address(address: &str) -> Result<(), SubmitError> {
+    smtp_path(address).map(|_| ())
+}
+
 /// The RFC 5321 path of an address as Postfix keeps it internally
 /// (unquoted): the local part quoted when it is not a dot-atom.
 fn smtp_path(address: &str) -> Result<String, SubmitError> {
