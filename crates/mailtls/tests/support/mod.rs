@@ -23,17 +23,14 @@ pub fn repo() -> PathBuf {
         .unwrap()
 }
 
-/// `shared/` beside the repository (or `$MAILTLS_SHARED`).
-pub fn shared() -> PathBuf {
-    match std::env::var_os("MAILTLS_SHARED") {
-        Some(p) => PathBuf::from(p),
-        None => repo().join("../shared"),
-    }
+/// The captured fixtures in the repository (`tests/fixtures/README.md`).
+pub fn fixtures() -> PathBuf {
+    repo().join("tests/fixtures")
 }
 
 /// The datagram vectors captured from real libtlsrpt, by file name.
 pub fn vectors() -> Vec<(String, Vec<u8>)> {
-    let dir = shared().join("vectors/datagrams");
+    let dir = fixtures().join("datagrams");
     let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
         .map(|e| {
@@ -55,7 +52,7 @@ pub fn vectors() -> Vec<(String, Vec<u8>)> {
 
 /// A file of the upstream reference outputs.
 pub fn reference(name: &str) -> Vec<u8> {
-    std::fs::read(shared().join("vectors/reference").join(name)).unwrap()
+    std::fs::read(fixtures().join("reference").join(name)).unwrap()
 }
 
 /// A program of the upstream Python reporter from the oracle venv. The test

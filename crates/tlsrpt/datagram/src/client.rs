@@ -4,7 +4,7 @@
 //!
 //! libtlsrpt's spacing is irregular (`"d": "x"` but `"policy-type":2`); the
 //! collector must not rely on it, but a client that claims to be identical
-//! must reproduce it. Checked against `shared/vectors/datagrams/`.
+//! must reproduce it. Checked against `tests/fixtures/datagrams/`.
 
 use std::io;
 use std::os::unix::net::UnixDatagram;

@@ -7,13 +7,9 @@ use serde_json::Value;
 use tlsrpt_datagram::client::{DeliveryAttempt, FailureDetail, Policy, PolicyType, ResultType};
 use tlsrpt_datagram::parse::parse_reference;
 
+/// The captured datagrams (`tests/fixtures/README.md`).
 fn vector_dir() -> PathBuf {
-    match std::env::var_os("MAILTLS_SHARED") {
-        Some(p) => PathBuf::from(p).join("vectors/datagrams"),
-        None => {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../../shared/vectors/datagrams")
-        }
-    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../tests/fixtures/datagrams")
 }
 
 /// Rebuild the delivery attempt that a vector describes, through the
@@ -71,7 +67,7 @@ fn attempt_from(v: &Value) -> DeliveryAttempt {
 #[test]
 fn client_writes_every_libtlsrpt_vector_byte_for_byte() {
     let mut files: Vec<PathBuf> = std::fs::read_dir(vector_dir())
-        .expect("shared/vectors/datagrams beside the repository")
+        .expect("tests/fixtures/datagrams in the repository")
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();

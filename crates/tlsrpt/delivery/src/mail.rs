@@ -16,7 +16,7 @@ use crate::{Error, Outcome, Sendmail, Smtp};
 /// One report as a mail to one `mailto:` destination (RFC 8460 section 5.3).
 ///
 /// The layout follows the upstream reporter's mail (and so the sample in
-/// `shared/vectors/reference/report-email-example.com.eml`), plus a `Date`
+/// `tests/fixtures/reference/report-email-example.com.eml`), plus a `Date`
 /// header, which RFC 5322 requires and receivers such as parsedmarc expect:
 ///
 /// ```text

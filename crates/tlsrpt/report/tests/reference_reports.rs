@@ -1,5 +1,5 @@
 //! Our reports against the upstream reportd's reports for the same fetcher
-//! answers (`shared/vectors/reference/`): semantically equal, apart from the
+//! answers (`tests/fixtures/reference/`): semantically equal, apart from the
 //! documented differences (report-id, `policy-domain` for no-policy-found).
 
 use std::path::PathBuf;
@@ -10,11 +10,9 @@ use tlsrpt_report::details::DomainDetails;
 use tlsrpt_report::report::{build_reports, Report, ReportId, ReportingOrganization};
 
 fn reference(name: &str) -> String {
-    let dir = match std::env::var_os("MAILTLS_SHARED") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../../shared"),
-    };
-    let path = dir.join("vectors/reference").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../tests/fixtures/reference")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
