@@ -10,7 +10,8 @@
 use std::borrow::Cow;
 
 use crate::parse::{
-    check_domain, normalize_domain, Delivery, PolicyResult, POLICY_TYPES, PROTOCOL_VERSION,
+    check_dns_name, check_domain, normalize_domain, Delivery, PolicyResult, POLICY_TYPES,
+    PROTOCOL_VERSION,
 };
 use crate::pyjson;
 
@@ -389,7 +390,10 @@ impl<'a> Reader<'a> {
                             if r.peek()? != b'"' {
                                 return None;
                             }
+                            let start = json.len();
                             r.value_py(&mut json, 2)?;
+                            let written: String = serde_json::from_str(&json[start..]).ok()?;
+                            check_dns_name(&normalize_domain(&written)).ok()?;
                         }
                         "policy-string" | "mx-host" => {
                             json.push('[');

@@ -22,4 +22,4 @@ pub mod parse;
 pub mod pyjson;
 
 pub use aggregate::{Aggregate, PolicyCounts, PolicyKey};
-pub use parse::{normalize_domain, parse, Delivery, Invalid, PolicyResult};
+pub use parse::{check_dns_name, normalize_domain, parse, Delivery, Invalid, PolicyResult};

