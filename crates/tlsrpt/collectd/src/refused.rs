@@ -103,12 +103,28 @@ impl Refused {
     }
 
     /// Write the datagram to the dump file (replacing the previous one, as
-    /// upstream does) and say so for the log line.
+    /// upstream does) and say so for the log line. The file is private
+    /// (0600: a datagram names other sites' mail servers) and a symbolic
+    /// link there is not followed (the collector may run as root, and the
+    /// content is a stranger's).
     fn dump(&self, bytes: &[u8]) -> String {
         let Some(path) = &self.dump_path else {
             return String::new();
         };
-        match std::fs::write(path, bytes) {
+        let written = || -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            file.write_all(bytes)
+        };
+        match written() {
             Ok(()) => format!(" (saved to {})", path.display()),
             Err(e) => format!(" (could not save it to {}: {e})", path.display()),
         }
@@ -146,8 +162,28 @@ mod tests {
         assert_eq!(r.total_refused, 2);
         assert_eq!(r.refused["invalid JSON"], 2);
         assert_eq!(std::fs::read(&dump).unwrap(), b"garbage");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&dump).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         r.summarize();
         assert!(r.refused.is_empty());
         assert_eq!(r.total_refused, 2);
+    }
+
+    /// A symbolic link at the dump path is not followed: its target keeps
+    /// its content.
+    #[test]
+    fn the_dump_does_not_follow_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("precious");
+        std::fs::write(&target, b"keep me").unwrap();
+        let dump = dir.path().join("bad");
+        std::os::unix::fs::symlink(&target, &dump).unwrap();
+        let r = Refused::new(Some(dump.clone()), Instant::now());
+        let said = r.dump(b"garbage");
+        assert!(said.contains("could not save it"), "{said}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
     }
 }
