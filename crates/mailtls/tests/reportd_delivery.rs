@@ -486,7 +486,8 @@ fn https_upload_is_sent_only_after_a_2xx_and_failures_are_retried() {
         &reportd_bin(),
         &fetchers(&collector),
         &[
-            ("tls_ca_file", &ca_file),
+            ("http_ca_file", &ca_file),
+            ("http_allow_private_addresses", "1"),
             ("http_timeout", "2"),
             ("max_retries_delivery", "5"),
             ("min_wait_delivery", "0"),

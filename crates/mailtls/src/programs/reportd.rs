@@ -25,7 +25,7 @@ use tlsrpt_reportd::fetch::Fetcher;
 use tlsrpt_reportd::schedule::DeliveryRetry;
 
 /// Upstream's options (same names, defaults, order), then ours.
-pub const OPTIONS: [OptionSpec; 43] = [
+pub const OPTIONS: [OptionSpec; 45] = [
     OptionSpec { name: "pidfilename", kind: Kind::Str, default: "", help: "PID file to write" },
     OptionSpec { name: "logfilename", kind: Kind::Str, default: "", help: "Log file (in addition to standard error); reopened on SIGHUP" },
     OptionSpec { name: "log_level", kind: Kind::Str, default: "warn", help: "Log level: debug, info, warn, error, critical, or a number" },
@@ -68,7 +68,9 @@ pub const OPTIONS: [OptionSpec; 43] = [
     OptionSpec { name: "smtp_security", kind: Kind::Str, default: "starttls", help: "mailtls: starttls (port 587), tls (465) or plain (25, no AUTH)" },
     OptionSpec { name: "smtp_user", kind: Kind::Str, default: "", help: "mailtls: SMTP AUTH user" },
     OptionSpec { name: "smtp_password_file", kind: Kind::Str, default: "", help: "mailtls: file holding the SMTP AUTH password" },
-    OptionSpec { name: "tls_ca_file", kind: Kind::Str, default: "", help: "mailtls: extra CA certificates (PEM) trusted for HTTPS uploads and the SMTP relay" },
+    OptionSpec { name: "tls_ca_file", kind: Kind::Str, default: "", help: "mailtls: extra CA certificates (PEM) trusted for the SMTP relay" },
+    OptionSpec { name: "http_ca_file", kind: Kind::Str, default: "", help: "mailtls: extra CA certificates (PEM) trusted for HTTPS uploads (default: the system's roots only)" },
+    OptionSpec { name: "http_allow_private_addresses", kind: Kind::Int, default: "0", help: "mailtls: let HTTPS uploads connect to loopback, private, link-local, unique-local and other non-global addresses (1, for labs and tests); by default a rua=https: destination cannot reach internal services" },
 ];
 
 pub const SPEC: ProgramSpec = ProgramSpec {
@@ -274,6 +276,7 @@ pub fn config_from(settings: &Settings) -> Result<(ReportdConfig, Deliverer), St
 
     let ca_file = map_path("tls_ca_file");
     let trust = || TrustAnchors::load(ca_file.as_deref()).map_err(|e| e.to_string());
+    let http_ca_file = map_path("http_ca_file");
     let sendmail_timeout = seconds(settings, "sendmail_timeout");
     let mail = match non_empty(settings, "smtp_relay") {
         None => MailTransport::Sendmail(
@@ -289,7 +292,11 @@ pub fn config_from(settings: &Settings) -> Result<(ReportdConfig, Deliverer), St
     };
     let http_timeout = seconds(settings, "http_timeout");
     let http = if settings.source("http_script") == Source::Def {
-        HttpTransport::Native(HttpsPost::new(http_timeout, &trust()?))
+        HttpTransport::Native(HttpsPost::new(
+            http_timeout,
+            &TrustAnchors::load(http_ca_file.as_deref()).map_err(|e| e.to_string())?,
+            settings.get_int("http_allow_private_addresses") != 0,
+        ))
     } else {
         HttpTransport::Script(
             HttpScript::new(settings.get_str("http_script"), http_timeout)

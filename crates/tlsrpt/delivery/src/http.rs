@@ -8,6 +8,7 @@ use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use ureq::Agent;
 
 use crate::command::CommandLine;
+use crate::destination_address::GlobalOnly;
 use crate::{Error, Outcome, TrustAnchors};
 
 /// The media type of section 5.4 (and of the section 6.4 registration).
@@ -30,13 +31,15 @@ pub struct HttpsPost {
 
 impl HttpsPost {
     /// `timeout` bounds a whole attempt: resolving, connecting, TLS,
-    /// sending and the answer.
-    pub fn new(timeout: Duration, trust: &TrustAnchors) -> Self {
+    /// sending and the answer. Unless `allow_private_addresses`, only
+    /// global unicast addresses are connected to (see
+    /// [`is_global`](crate::is_global)).
+    pub fn new(timeout: Duration, trust: &TrustAnchors, allow_private_addresses: bool) -> Self {
         let roots: Vec<Certificate<'static>> = trust
             .all()
             .map(|der| Certificate::from_der(der).to_owned())
             .collect();
-        let agent = Agent::config_builder()
+        let config = Agent::config_builder()
             .timeout_global(Some(timeout))
             .https_only(true)
             // Every status is an answer to classify, not an error.
@@ -50,8 +53,16 @@ impl HttpsPost {
                     .root_certs(RootCerts::new_with_certs(&roots))
                     .build(),
             )
-            .build()
-            .into();
+            .build();
+        let agent = if allow_private_addresses {
+            config.into()
+        } else {
+            Agent::with_parts(
+                config,
+                ureq::unversioned::transport::DefaultConnector::default(),
+                GlobalOnly::default(),
+            )
+        };
         HttpsPost { agent }
     }
 
@@ -109,6 +120,9 @@ fn classify_error(url: &str, err: ureq::Error) -> Outcome {
         }
         ureq::Error::BadUri(_) | ureq::Error::Http(_) => {
             Outcome::Permanent(format!("{url}: malformed URL: {err}"))
+        }
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+            Outcome::Permanent(format!("{url}: {io}"))
         }
         _ => Outcome::RetryLater(format!("{url}: {err}")),
     }

@@ -21,6 +21,7 @@
 
 mod command;
 mod compress;
+mod destination_address;
 mod directory;
 mod dkim;
 mod error;
@@ -31,6 +32,7 @@ mod smtp;
 mod trust;
 
 pub use compress::gzip;
+pub use destination_address::is_global;
 pub use directory::Directory;
 pub use dkim::{DkimAlgorithm, DkimSigner};
 pub use error::Error;
