@@ -22,10 +22,11 @@ use tlsrpt_reportd::daemon::Reportd;
 use tlsrpt_reportd::db::ReportdDb;
 use tlsrpt_reportd::deliver::Deliverer;
 use tlsrpt_reportd::fetch::Fetcher;
+use tlsrpt_reportd::reports::Caps;
 use tlsrpt_reportd::schedule::DeliveryRetry;
 
 /// Upstream's options (same names, defaults, order), then ours.
-pub const OPTIONS: [OptionSpec; 45] = [
+pub const OPTIONS: [OptionSpec; 47] = [
     OptionSpec { name: "pidfilename", kind: Kind::Str, default: "", help: "PID file to write" },
     OptionSpec { name: "logfilename", kind: Kind::Str, default: "", help: "Log file (in addition to standard error); reopened on SIGHUP" },
     OptionSpec { name: "log_level", kind: Kind::Str, default: "warn", help: "Log level: debug, info, warn, error, critical, or a number" },
@@ -69,6 +70,8 @@ pub const OPTIONS: [OptionSpec; 45] = [
     OptionSpec { name: "smtp_user", kind: Kind::Str, default: "", help: "mailtls: SMTP AUTH user" },
     OptionSpec { name: "smtp_password_file", kind: Kind::Str, default: "", help: "mailtls: file holding the SMTP AUTH password" },
     OptionSpec { name: "tls_ca_file", kind: Kind::Str, default: "", help: "mailtls: extra CA certificates (PEM) trusted for the SMTP relay" },
+    OptionSpec { name: "max_destinations_per_record", kind: Kind::Int, default: "4", help: "mailtls: destinations taken from one TLSRPT record (the first ones); the rest are logged and dropped, so a record listing hundreds cannot make one report hundreds of deliveries" },
+    OptionSpec { name: "max_records_per_domain", kind: Kind::Int, default: "4", help: "mailtls: distinct TLSRPT records of one domain and day whose reports are sent (a TTL-0 record that changes on every lookup); reports of further records are kept, shown by tlsrptctl, and sent nowhere" },
     OptionSpec { name: "http_ca_file", kind: Kind::Str, default: "", help: "mailtls: extra CA certificates (PEM) trusted for HTTPS uploads (default: the system's roots only)" },
     OptionSpec { name: "http_allow_private_addresses", kind: Kind::Int, default: "0", help: "mailtls: let HTTPS uploads connect to loopback, private, link-local, unique-local and other non-global addresses (1, for labs and tests); by default a rua=https: destination cannot reach internal services" },
 ];
@@ -372,6 +375,7 @@ pub fn config_from(settings: &Settings) -> Result<(ReportdConfig, Deliverer), St
         debug_send_http_dest: non_empty(settings, "debug_send_http_dest"),
         debug_send_file_dest: debug_send_file_dest.clone(),
         maps,
+        caps: caps(settings)?,
         spread_out_delivery: u32::try_from(settings.get_int("spread_out_delivery"))
             .unwrap_or(u32::MAX),
         interval_main_loop: seconds(settings, "interval_main_loop"),
@@ -394,4 +398,20 @@ pub fn config_from(settings: &Settings) -> Result<(ReportdConfig, Deliverer), St
         debug_send_file_dest,
     };
     Ok((config, deliverer))
+}
+
+/// The amplification limits (`max_destinations_per_record`,
+/// `max_records_per_domain`), each at least 1.
+pub fn caps(settings: &Settings) -> Result<Caps, String> {
+    let at_least_one = |name: &str| {
+        let value = settings.get_int(name);
+        usize::try_from(value)
+            .ok()
+            .filter(|v| *v >= 1)
+            .ok_or_else(|| format!("{name} must be at least 1, not {value}"))
+    };
+    Ok(Caps {
+        destinations_per_record: at_least_one("max_destinations_per_record")?,
+        records_per_domain: at_least_one("max_records_per_domain")?,
+    })
 }

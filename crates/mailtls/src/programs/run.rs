@@ -187,6 +187,7 @@ fn start_reportd(
         debug_send_http_dest: None,
         debug_send_file_dest: None,
         maps,
+        caps: tlsrpt_reportd::reports::Caps::default(),
         spread_out_delivery: 1,
         interval_main_loop: Duration::from_secs(300),
         fetcher_timeout: Duration::from_secs(10),

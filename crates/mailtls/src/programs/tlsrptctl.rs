@@ -463,6 +463,7 @@ fn render(settings: &Settings, sub: &ArgMatches, json: bool) -> Result<(), Strin
     std::fs::create_dir_all(&directory).map_err(|e| format!("{}: {e}", directory.display()))?;
     let db = open(settings, false)?;
     let maps = load_maps(settings)?;
+    let caps = reportd::caps(settings)?;
     let organization = ReportingOrganization {
         name: settings.get_str("organization_name").to_string(),
         contact_info: settings.get_str("contact_info").to_string(),
@@ -474,7 +475,7 @@ fn render(settings: &Settings, sub: &ArgMatches, json: bool) -> Result<(), Strin
     let mut summary = Vec::new();
     for domain in &domains {
         let fetched = db.details_of(day, domain).map_err(|e| e.to_string())?;
-        let outcome = make_reports(day, domain, &fetched, &organization, &maps);
+        let outcome = make_reports(day, domain, &fetched, &organization, &maps, &caps);
         for warning in &outcome.warnings {
             eprintln!("warning: {warning}");
         }

@@ -42,6 +42,8 @@ pub struct ReportdConfig {
     pub debug_send_http_dest: Option<String>,
     pub debug_send_file_dest: Option<PathBuf>,
     pub maps: DestinationMaps,
+    /// Limits against amplification by hostile TLSRPT records.
+    pub caps: crate::reports::Caps,
     pub spread_out_delivery: u32,
     pub interval_main_loop: Duration,
     /// How long one fetcher run may take (`max_collectd_timeout`).

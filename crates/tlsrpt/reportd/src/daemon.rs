@@ -401,13 +401,14 @@ impl<'c> Reportd<'c> {
         for chunk in ready.chunks(REPORTS_PER_TRANSACTION) {
             let now = self.now();
             let maps = &self.cfg.maps;
+            let caps = self.cfg.caps;
             let spread = &mut self.spread;
             let rng = &mut self.rng;
             made += self.db.in_transaction(|db| {
                 let mut made = 0;
                 for (day, domain) in chunk {
                     let fetched = db.details_of(*day, domain)?;
-                    let outcome = make_reports(*day, domain, &fetched, &organization, maps);
+                    let outcome = make_reports(*day, domain, &fetched, &organization, maps, &caps);
                     for warning in &outcome.warnings {
                         log::warn!("{warning}");
                     }

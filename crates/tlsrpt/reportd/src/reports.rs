@@ -11,6 +11,28 @@ use tlsrpt_report::maps::DestinationMaps;
 use tlsrpt_report::record::{parse_record, RecordError};
 use tlsrpt_report::report::{build_reports, ReportingOrganization};
 
+/// Limits against amplification: a domain whose TXT record changes on every
+/// lookup (TTL 0), each version listing hundreds of destinations, must not
+/// turn the reporter into a mail cannon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Destinations taken from one record (the first ones).
+    pub destinations_per_record: usize,
+    /// Distinct records of one domain and day that get a report sent; the
+    /// reports of further records are kept (shown by `tlsrptctl`) but
+    /// sent nowhere.
+    pub records_per_domain: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Caps {
+        Caps {
+            destinations_per_record: 4,
+            records_per_domain: 4,
+        }
+    }
+}
+
 /// A report ready to be stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewReport {
@@ -35,13 +57,15 @@ pub struct DomainOutcome {
 }
 
 /// Builds the reports of `domain` on `day` from the `policies` JSON texts
-/// that the fetchers delivered (one per fetcher).
+/// that the fetchers delivered (one per fetcher). Each destination gets at
+/// most one report of the domain and day, and `caps` bound the rest.
 pub fn make_reports(
     day: NaiveDate,
     domain: &str,
     fetched: &[String],
     organization: &ReportingOrganization,
     maps: &DestinationMaps,
+    caps: &Caps,
 ) -> DomainOutcome {
     let mut outcome = DomainOutcome::default();
     let mut details = DomainDetails::new(domain);
@@ -63,7 +87,21 @@ pub fn make_reports(
             .warnings
             .push(format!("{domain} on {day}: {skipped}"));
     }
-    for report in built.reports {
+    let mut sent_to: Vec<String> = Vec::new();
+    for (index, report) in built.reports.into_iter().enumerate() {
+        if index >= caps.records_per_domain {
+            outcome.warnings.push(format!(
+                "{domain} on {day}: more than {} distinct TLSRPT records (max_records_per_domain); the report for {:?} is kept but sent nowhere",
+                caps.records_per_domain, report.record
+            ));
+            outcome.reports.push(NewReport {
+                record: report.record.clone(),
+                report_id: report.report_id.to_string(),
+                json: report.to_json_text(),
+                destinations: Vec::new(),
+            });
+            continue;
+        }
         // A version 1 record whose rua URIs are all unusable still goes
         // through the maps: the record map matches the report domain and
         // may replace or add destinations (as upstream, which takes such
@@ -74,7 +112,17 @@ pub fn make_reports(
             Err(err) => Err(err),
         };
         let destinations = match parsed {
-            Ok((destinations, skipped)) => {
+            Ok((mut destinations, skipped)) => {
+                if destinations.len() > caps.destinations_per_record {
+                    let dropped = destinations.split_off(caps.destinations_per_record);
+                    outcome.warnings.push(format!(
+                        "{domain} on {day}: the record {:?} lists {} destinations; only the first {} are used (max_destinations_per_record), dropped: {}",
+                        report.record,
+                        caps.destinations_per_record + dropped.len(),
+                        caps.destinations_per_record,
+                        dropped.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    ));
+                }
                 for uri in &skipped {
                     outcome.warnings.push(format!(
                         "{domain} on {day}: rua destination {uri} skipped in record {:?}",
@@ -97,7 +145,19 @@ pub fn make_reports(
                         report.record
                     ));
                 }
-                trace.destinations
+                let mut destinations = Vec::new();
+                for destination in trace.destinations {
+                    if sent_to.contains(&destination) {
+                        outcome.warnings.push(format!(
+                            "{domain} on {day}: {destination} already gets a report of this domain and day; not another one for the record {:?}",
+                            report.record
+                        ));
+                    } else {
+                        sent_to.push(destination.clone());
+                        destinations.push(destination);
+                    }
+                }
+                destinations
             }
             Err(err) => {
                 outcome.warnings.push(format!(
@@ -140,6 +200,52 @@ mod tests {
         )
     }
 
+    /// A domain whose TTL-0 record changed all day, each version listing a
+    /// hundred destinations, gets at most 4 reports sent, each to at most 4
+    /// destinations, and no destination twice; the other reports are kept
+    /// but sent nowhere, and every cut is logged.
+    #[test]
+    fn hostile_records_cannot_make_the_reporter_a_mail_cannon() {
+        let fetched: Vec<String> = (0..10)
+            .map(|version| {
+                let mut rua: Vec<String> = vec!["mailto:victim@target.example".into()];
+                rua.extend((0..100).map(|n| format!("mailto:v{version}n{n}@target.example")));
+                policies(&format!("v=TLSRPTv1;rua={}", rua.join(",")), 1)
+            })
+            .collect();
+        let outcome = make_reports(
+            day(),
+            "evil.example",
+            &fetched,
+            &org(),
+            &DestinationMaps::default(),
+            &Caps::default(),
+        );
+        assert_eq!(outcome.reports.len(), 10, "every record's report is kept");
+        let sent: Vec<&String> = outcome
+            .reports
+            .iter()
+            .flat_map(|r| &r.destinations)
+            .collect();
+        assert!(outcome.reports[..4]
+            .iter()
+            .all(|r| !r.destinations.is_empty() && r.destinations.len() <= 4));
+        assert!(outcome.reports[4..]
+            .iter()
+            .all(|r| r.destinations.is_empty()));
+        assert_eq!(sent.len(), 4 + 3 * 3, "{sent:?}");
+        assert_eq!(
+            sent.iter()
+                .filter(|d| d.as_str() == "mailto:victim@target.example")
+                .count(),
+            1
+        );
+        let warned = |what: &str| outcome.warnings.iter().filter(|w| w.contains(what)).count();
+        assert_eq!(warned("max_destinations_per_record"), 4);
+        assert_eq!(warned("max_records_per_domain"), 6);
+        assert_eq!(warned("already gets a report"), 3);
+    }
+
     #[test]
     fn fetchers_are_summed_and_each_record_gets_its_report() {
         let maps = DestinationMaps::default();
@@ -153,6 +259,7 @@ mod tests {
             ],
             &org(),
             &maps,
+            &Caps::default(),
         );
         assert_eq!(outcome.warnings, Vec::<String>::new());
         assert_eq!(outcome.reports.len(), 2);
@@ -183,6 +290,7 @@ mod tests {
                 &[policies(record, 1)],
                 &org(),
                 &DestinationMaps::default(),
+                &Caps::default(),
             );
             assert_eq!(outcome.reports.len(), 1);
             assert!(outcome.reports[0].destinations.is_empty());
@@ -201,6 +309,7 @@ mod tests {
             &[policies("v=TLSRPTv1;rua=ftp://x", 1)],
             &org(),
             &maps,
+            &Caps::default(),
         );
         assert_eq!(mapped.reports[0].destinations, ["directory:/srv/r"]);
         let refused = make_reports(
@@ -209,6 +318,7 @@ mod tests {
             &[policies("v=TLSRPTv2;rua=mailto:r@a.example", 1)],
             &org(),
             &maps,
+            &Caps::default(),
         );
         assert!(refused.reports[0].destinations.is_empty());
     }
@@ -222,6 +332,7 @@ mod tests {
             &[policies("v=TLSRPTv1;rua=mailto:r@a.example", 1)],
             &org(),
             &maps,
+            &Caps::default(),
         );
         assert_eq!(outcome.reports[0].destinations, ["directory:/srv/reports"]);
         assert_eq!(outcome.notes.len(), 1, "{:?}", outcome.notes);
@@ -238,6 +349,7 @@ mod tests {
             ],
             &org(),
             &DestinationMaps::default(),
+            &Caps::default(),
         );
         assert_eq!(outcome.reports.len(), 1);
         assert_eq!(outcome.warnings.len(), 1, "{:?}", outcome.warnings);
