@@ -18,6 +18,13 @@ use crate::tally::Tally;
 /// keep memory small on days with very many domains.
 const MAX_KEYS_IN_MEMORY: usize = 4_000;
 
+/// Distinct failure details kept per domain, record, policy and day. A
+/// remote MX that names itself differently in every session (EHLO) or
+/// varies its reason text makes every session a new detail; beyond this
+/// many, sessions are still counted in the totals, but their details are
+/// dropped (and counted), so memory and the database stay bounded.
+pub const MAX_FAILURE_DETAILS: usize = 1_000;
+
 /// How often the aggregator wakes without input, to log summaries.
 const IDLE_WAKEUP: Duration = Duration::from_secs(1);
 
@@ -28,6 +35,7 @@ pub struct Aggregator {
     committer: Sender<Request>,
     refused: Refused,
     batch: Aggregate,
+    details: DetailCap,
     day: String,
     /// Datagrams counted since start.
     pub counted: u64,
@@ -47,6 +55,7 @@ impl Aggregator {
             committer,
             refused,
             batch: Aggregate::new(),
+            details: DetailCap::default(),
             day,
             counted: 0,
         }
@@ -67,12 +76,14 @@ impl Aggregator {
                 }
                 Ok(Input::NewDay(day)) => {
                     self.hand_over();
+                    self.details.new_day();
                     let completed = std::mem::replace(&mut self.day, day);
                     log::info!("UTC midnight: day {completed} is complete");
                     self.send(Request::Rollover { completed });
                 }
                 Ok(Input::DevelopmentRollover { today }) => {
                     self.hand_over();
+                    self.details.new_day();
                     let yesterday = chrono::NaiveDate::parse_from_str(&today, "%Y-%m-%d")
                         .ok()
                         .and_then(|d| d.pred_opt())
@@ -89,6 +100,7 @@ impl Aggregator {
             self.refused.maybe_summarize(Instant::now());
         }
         self.hand_over();
+        self.details.new_day();
         self.send(Request::Shutdown);
         log::info!("counted {} datagrams since start", self.counted);
         self.refused.summarize();
@@ -100,7 +112,8 @@ impl Aggregator {
         let (distinct, too_long) = tally.drain();
         for (bytes, n) in distinct {
             match parse(&bytes) {
-                Ok(delivery) => {
+                Ok(mut delivery) => {
+                    self.details.limit(&mut delivery, n);
                     for kind in delivery.warnings() {
                         self.refused.warn(kind, &bytes, n);
                     }
@@ -138,5 +151,103 @@ impl Aggregator {
         if self.committer.send(request).is_err() {
             log::error!("the database writer has stopped; counters cannot be saved");
         }
+    }
+}
+
+/// The distinct failure details seen today per domain, record and policy
+/// (as 64-bit hashes: 8 bytes each), to cap them at
+/// [`MAX_FAILURE_DETAILS`].
+#[derive(Default)]
+struct DetailCap {
+    hasher: std::hash::RandomState,
+    seen: std::collections::HashMap<u64, std::collections::HashSet<u64>>,
+    /// Sessions' details dropped today, per domain.
+    dropped: std::collections::BTreeMap<String, u64>,
+}
+
+impl DetailCap {
+    /// Drops the details of `delivery` (counted `n` times) that would make
+    /// a key exceed the cap; the sessions stay in the totals.
+    fn limit(&mut self, delivery: &mut tlsrpt_datagram::Delivery, n: u64) {
+        use std::hash::BuildHasher;
+        for policy in &mut delivery.policies {
+            if policy.failures.is_empty() {
+                continue;
+            }
+            let key =
+                self.hasher
+                    .hash_one((&delivery.domain, &delivery.record, &policy.policy_json));
+            let seen = self.seen.entry(key).or_default();
+            let before = policy.failures.len();
+            policy.failures.retain(|detail| {
+                let hash = self.hasher.hash_one(detail);
+                seen.contains(&hash) || (seen.len() < MAX_FAILURE_DETAILS && seen.insert(hash))
+            });
+            let dropped = (before - policy.failures.len()) as u64 * n;
+            if dropped > 0 {
+                let total = self.dropped.entry(delivery.domain.clone()).or_insert(0);
+                if *total == 0 {
+                    log::warn!(
+                        "{}: more than {MAX_FAILURE_DETAILS} distinct failure details today (a remote server \
+                         that names itself or words its errors differently every time?); further sessions are \
+                         counted in the totals without their details",
+                        delivery.domain
+                    );
+                }
+                *total += dropped;
+            }
+        }
+    }
+
+    /// Logs what was dropped and starts afresh.
+    fn new_day(&mut self) {
+        for (domain, n) in std::mem::take(&mut self.dropped) {
+            log::warn!("{domain}: failure details of {n} session(s) dropped (more than {MAX_FAILURE_DETAILS} distinct)");
+        }
+        self.seen.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(ehlo: &str) -> tlsrpt_datagram::Delivery {
+        let datagram = format!(
+            r#"{{"dpv":"1","d":"example.com","pr":"v=TLSRPTv1;rua=mailto:r@example.com","policies":[{{"policy-type":9,"t":1,"f":1,"failure-details":[{{"c":201,"h":"{ehlo}"}}]}}]}}"#
+        );
+        parse(datagram.as_bytes()).unwrap()
+    }
+
+    /// A remote server with a new EHLO name in every session: the totals
+    /// count every session, the details stop at the cap, repeats of a kept
+    /// detail still count, and a new day starts afresh.
+    #[test]
+    fn failure_details_are_capped_per_key_and_day() {
+        let mut cap = DetailCap::default();
+        let mut aggregate = Aggregate::new();
+        for i in 0..MAX_FAILURE_DETAILS + 500 {
+            let mut d = delivery(&format!("mx{i}.example"));
+            cap.limit(&mut d, 2);
+            aggregate.add_n("2026-12-02", &d, 2);
+        }
+        let mut again = delivery("mx0.example");
+        cap.limit(&mut again, 1);
+        aggregate.add_n("2026-12-02", &again, 1);
+        let counts: Vec<_> = aggregate.iter().collect();
+        assert_eq!(counts.len(), 1);
+        let (_, c) = counts[0];
+        assert_eq!(c.total, 2 * (MAX_FAILURE_DETAILS as u64 + 500) + 1);
+        assert_eq!(c.failed, c.total);
+        assert_eq!(c.failures.len(), MAX_FAILURE_DETAILS);
+        assert_eq!(
+            c.failures.values().sum::<u64>(),
+            2 * MAX_FAILURE_DETAILS as u64 + 1
+        );
+        assert_eq!(cap.dropped["example.com"], 1000);
+        cap.new_day();
+        let mut tomorrow = delivery("mx-new.example");
+        cap.limit(&mut tomorrow, 1);
+        assert_eq!(tomorrow.policies[0].failures.len(), 1);
     }
 }
