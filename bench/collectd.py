@@ -190,6 +190,38 @@ def memory_check(domains=100_000, count=200_000, rate=10_000):
     }
 
 
+def hostile_memory_check(count=1_000_000, rate=50_000):
+    """One domain whose MX gives a new EHLO name in every session: every
+    datagram carries a failure detail never seen before. The collector keeps
+    1000 distinct details per domain, policy and day; the totals count
+    every session."""
+    with tempfile.TemporaryDirectory(prefix="mailtls-bench-") as d:
+        r = Receiver("mailtls", d)
+        sent = loadgen(r.sock, rate, count // rate, seed=11, domains=1, extra=["--unique-ehlo"])
+        time.sleep(1.5)
+        with open(f"/proc/{r.proc.pid}/status") as f:
+            status = dict(line.split(":", 1) for line in f if ":" in line)
+        counted = r.stop()
+        con = sqlite3.connect(r.db)
+        (details,) = con.execute("SELECT count(*) FROM failures").fetchone()
+        (failed,) = con.execute("SELECT coalesce(sum(cntrfailure), 0) FROM finalresults").fetchone()
+        con.close()
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        fetched = subprocess.run(
+            [os.path.join(BIN, "tlsrpt-fetcher"), f"--storage=sqlite://{r.db}", day, "d0.example"],
+            check=True, capture_output=True).stdout.decode()
+        valid = json.loads(fetched) is not None
+    return {
+        "datagrams": sent["attempted"],
+        "accepted": sent["accepted"],
+        "counted": counted,
+        "failed_sessions": failed,
+        "failure_details_stored": details,
+        "fetcher_answer_is_json": valid,
+        "peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024,
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=3, help="repetitions per rate and receiver (default 3)")
@@ -200,7 +232,16 @@ def main():
     ap.add_argument("--scenarios", default="quiet,busy", help="quiet, busy or both (default)")
     ap.add_argument("--kinds", help="only these receivers, e.g. floor,mailtls (upstream: see --no-upstream)")
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--hostile-only", action="store_true",
+                    help="only the unique-EHLO memory check (1 million sessions, one domain)")
     args = ap.parse_args()
+    if args.hostile_only:
+        result = hostile_memory_check()
+        print(json.dumps(result, indent=2))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"hostile_memory": result}, f, indent=2)
+        return
     if args.quick:
         args.reps, args.seconds = 1, 1
     rates = [int(x) for x in args.rates.split(",")]
@@ -246,6 +287,7 @@ def main():
             for rate in rates
         }
     report["memory"] = memory_check()
+    report["hostile_memory"] = hostile_memory_check()
 
     print()
     print("Median loss in % of datagrams sent (kernel refusals + accepted but not counted):")
@@ -264,6 +306,10 @@ def main():
             print("    accepted by the kernel but never counted (all reps): "
                   + ", ".join(f"{rate}/s: mailtls {lost[f'{rate}']['mailtls']}, upstream {lost[f'{rate}']['upstream']}"
                               for rate in rates))
+    h = report["hostile_memory"]
+    print(f"\nUnique EHLO names: {h['datagrams']} sessions for one domain, each with a new failure "
+          f"detail: peak RSS {h['peak_rss_mb']:.1f} MB, {h['counted']} counted, "
+          f"{h['failure_details_stored']} details stored")
     m = report["memory"]
     print(f"\nMemory: {m['datagrams']} datagrams for {m['distinct_domains']} distinct domains: "
           f"peak RSS {m['peak_rss_mb']:.1f} MB (now {m['rss_mb']:.1f} MB), counted {m['counted']}")

