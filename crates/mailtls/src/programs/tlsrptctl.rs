@@ -60,6 +60,8 @@ const RENDER: &[&str] = &[
     "tlsrpt_record_map",
     "mail_destination_map",
     "http_upload_map",
+    "max_destinations_per_record",
+    "max_records_per_domain",
 ];
 
 fn json_flag() -> Arg {
