@@ -724,3 +724,119 @@ fn smtp_relay_gets_the_right_envelope_and_deferrals_are_retried_until_accepted()
     assert!(reportd.terminate().success(), "{}", reportd.log_text());
     eprintln!("took {:?}", started.elapsed());
 }
+
+/// A domain whose record changes all day, each version naming the same
+/// victim and six more upload URLs: at most four records' destinations are
+/// used, at most four of each record's, and the victim gets one upload.
+/// What was cut is stored, shown by tlsrptctl and never sent.
+#[test]
+fn a_hostile_domain_gets_at_most_four_uploads_per_record_and_four_records() {
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(ca_dir.path());
+    let server = HttpsSink::start(&ca, |_| Answer::Status(200));
+    let url = |path: &str| format!("https://localhost:{}/{path}", server.port());
+    let records: Vec<String> = (0..6)
+        .map(|version| {
+            let mut rua = vec![url("victim")];
+            rua.extend((0..6).map(|n| url(&format!("r{version}/d{n}"))));
+            format!("v=TLSRPTv1;rua={}", rua.join(","))
+        })
+        .collect();
+    let pairs: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| ("cannon.example", r.as_str()))
+        .collect();
+    let collector = collected(&pairs);
+    let ca_file = ca.ca_file.display().to_string();
+    let mut reportd = Reportd::prepare(
+        &reportd_bin(),
+        &fetchers(&collector),
+        &[
+            ("http_ca_file", &ca_file),
+            ("http_allow_private_addresses", "1"),
+            ("min_wait_delivery", "0"),
+            ("max_wait_delivery", "1"),
+        ],
+    );
+    reportd.start();
+    // 4 records: the first sends to the victim and 3 more, the next three
+    // to 3 more each (the victim already has its report).
+    let expected_uploads = 4 + 3 * 3;
+    reportd.wait_for(60, "the uploads recorded as sent", |r| {
+        destinations(r)
+            .iter()
+            .filter(|d| d.status == "sent")
+            .count()
+            == expected_uploads
+    });
+    std::thread::sleep(SETTLE);
+    reportd.assert_running();
+    let requests = server.requests();
+    let paths: BTreeSet<&str> = requests.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(requests.len(), expected_uploads, "{paths:?}");
+    assert_eq!(paths.len(), expected_uploads, "no destination twice");
+    assert!(paths.contains("/victim"));
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.ends_with("/d3") || p.ends_with("/d4")),
+        "{paths:?}"
+    );
+    let stored = destinations(&reportd);
+    let count = |status: &str| stored.iter().filter(|d| d.status == status).count();
+    assert_eq!(count("withheld:max_destinations_per_record"), 4 * 3);
+    assert_eq!(count("withheld:already_reported"), 3);
+    assert_eq!(count("withheld:max_records_per_domain"), 2 * 7);
+    assert_eq!(stored.len(), expected_uploads + 12 + 3 + 14, "{stored:#?}");
+    let warnings = log_lines(&reportd, "distinct TLSRPT records (max_records_per_domain)");
+    assert_eq!(warnings.len(), 2, "{}", reportd.log_text());
+
+    // tlsrptctl says what was withheld and why, and resends only by name.
+    let ctl = |args: &[&str]| {
+        let out = Command::new(support::reportd::tlsrptctl_bin())
+            .args(args)
+            .arg(format!("--config_file={}", reportd.config.display()))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, text, err) = ctl(&["list", "--domain", "cannon.example"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        text.matches("beyond max_destinations_per_record of its record")
+            .count(),
+        12,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("already gets a report of this domain and day")
+            .count(),
+        3,
+        "{text}"
+    );
+    let (code, listed, err) = ctl(&["list", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    let all_withheld = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r["destinations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["status"] == "withheld")
+        })
+        .expect("a report whose record is beyond max_records_per_domain");
+    let id = all_withheld["id"].to_string();
+    let (code, _, err) = ctl(&["resend", &id]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("withheld all its destinations"), "{err}");
+    assert!(reportd.terminate().success(), "{}", reportd.log_text());
+    assert_eq!(server.requests().len(), expected_uploads);
+}

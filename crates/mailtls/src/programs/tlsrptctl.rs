@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use tlsrpt_report::maps::DestinationMaps;
 use tlsrpt_report::record::parse_record;
 use tlsrpt_report::report::ReportingOrganization;
-use tlsrpt_reportd::db::{ReportdDb, StatusCount, StoredReport};
-use tlsrpt_reportd::reports::make_reports;
+use tlsrpt_reportd::db::{DestinationState, ReportdDb, StatusCount, StoredReport};
+use tlsrpt_reportd::reports::{make_reports, WithheldReason};
 
 use super::reportd;
 
@@ -299,6 +299,28 @@ fn parse_day(text: &str) -> Result<NaiveDate, String> {
         .map_err(|_| format!("{text:?} is not a day: expected YYYY-MM-DD"))
 }
 
+/// A destination's state in a few words, and the limit that withheld it
+/// (if one did).
+fn destination_status(d: &DestinationState) -> (&str, Option<&'static str>) {
+    match d.status.as_deref() {
+        None => ("pending", None),
+        Some(status) => match WithheldReason::from_status(status) {
+            Some(reason) => ("withheld", Some(withheld_why(reason))),
+            None => (status, None),
+        },
+    }
+}
+
+fn withheld_why(reason: WithheldReason) -> &'static str {
+    match reason {
+        WithheldReason::DestinationsPerRecord => "beyond max_destinations_per_record of its record",
+        WithheldReason::RecordsPerDomain => {
+            "its record is beyond max_records_per_domain of the day"
+        }
+        WithheldReason::AlreadyReported => "already gets a report of this domain and day",
+    }
+}
+
 fn report_id(report: &StoredReport) -> String {
     report.report_id().unwrap_or_default()
 }
@@ -312,7 +334,8 @@ fn report_json(report: &StoredReport, with_report: bool) -> Value {
         "tlsrpt_record": report.tlsrptrecord,
         "destinations": report.destinations.iter().map(|d| json!({
             "destination": d.destination,
-            "status": d.status.as_deref().unwrap_or("pending"),
+            "status": destination_status(d).0,
+            "withheld": destination_status(d).1,
             "retries": d.retries,
             "nexttry": d.nexttry,
         })).collect::<Vec<_>>(),
@@ -350,10 +373,16 @@ fn list(settings: &Settings, sub: &ArgMatches, json: bool) -> Result<(), String>
             );
         }
         for d in &report.destinations {
-            let status = d.status.as_deref().unwrap_or("pending");
+            let (status, why) = destination_status(d);
             println!(
-                "{:>6}  {:10}  {:30}  {:10}  {:>7}  {}",
-                report.r_id, report.day, report.domain, status, d.retries, d.destination
+                "{:>6}  {:10}  {:30}  {:10}  {:>7}  {}{}",
+                report.r_id,
+                report.day,
+                report.domain,
+                status,
+                d.retries,
+                d.destination,
+                why.map(|why| format!("  ({why})")).unwrap_or_default()
             );
         }
     }
@@ -400,13 +429,15 @@ fn show(settings: &Settings, sub: &ArgMatches, json: bool) -> Result<(), String>
             .unwrap_or("(not stored by upstream reportd)")
     );
     for d in &report.destinations {
-        println!(
-            "Destination: {}  status {}  retries {}  next try {}",
-            d.destination,
-            d.status.as_deref().unwrap_or("pending"),
-            d.retries,
-            d.nexttry.as_deref().unwrap_or("-")
-        );
+        match destination_status(d) {
+            (_, Some(why)) => println!("Destination: {}  withheld: {why}", d.destination),
+            (status, None) => println!(
+                "Destination: {}  status {status}  retries {}  next try {}",
+                d.destination,
+                d.retries,
+                d.nexttry.as_deref().unwrap_or("-")
+            ),
+        }
     }
     let pretty = serde_json::from_str::<Value>(&report.report)
         .map(|v| serde_json::to_string_pretty(&v).expect("JSON"))
@@ -438,6 +469,13 @@ fn resend(settings: &Settings, sub: &ArgMatches) -> Result<(), String> {
                     .join(", ")
             ));
         }
+    }
+    let withheld = |d: &DestinationState| destination_status(d).1.is_some();
+    if destination.is_none() && report.destinations.iter().all(withheld) {
+        return Err(format!(
+            "report {}: the amplification limits withheld all its destinations; name one to send it there anyway",
+            report.r_id
+        ));
     }
     let now = mailtls_common::clock::from_env()?.now();
     let queued = db
@@ -484,10 +522,18 @@ fn render(settings: &Settings, sub: &ArgMatches, json: bool) -> Result<(), Strin
         for report in outcome.reports {
             let file = directory.join(format!("{}.json", report.report_id));
             std::fs::write(&file, &report.json).map_err(|e| format!("{}: {e}", file.display()))?;
+            let withheld: Vec<Value> = report
+                .withheld
+                .iter()
+                .map(|w| json!({"destination": w.destination, "withheld": withheld_why(w.reason)}))
+                .collect();
             if !json {
                 println!("{}  -> {}", file.display(), report.destinations.join(", "));
+                for w in &report.withheld {
+                    println!("    withheld {}: {}", w.destination, withheld_why(w.reason));
+                }
             }
-            summary.push(json!({"file": file, "domain": domain, "report_id": report.report_id, "destinations": report.destinations}));
+            summary.push(json!({"file": file, "domain": domain, "report_id": report.report_id, "destinations": report.destinations, "withheld": withheld}));
         }
     }
     if json {

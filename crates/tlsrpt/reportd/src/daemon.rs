@@ -433,7 +433,14 @@ impl<'c> Reportd<'c> {
                             })
                             .collect();
                         let json = report.json;
-                        db.insert_report(*day, domain, &report.record, |_| json, &destinations)?;
+                        db.insert_report(
+                            *day,
+                            domain,
+                            &report.record,
+                            |_| json,
+                            &destinations,
+                            &report.withheld,
+                        )?;
                         log::info!(
                             "report {} made, {} destination(s): {}",
                             report.report_id,

@@ -21,6 +21,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{params, Connection, OptionalExtension, MAIN_DB};
 
 use crate::pytime;
+use crate::reports::Withheld;
 
 /// The purpose string in `dbversion`; a file with another purpose belongs
 /// to another program and is never modified.
@@ -502,7 +503,8 @@ impl ReportdDb {
     /// first delivery, in one transaction. `render` gets the report's
     /// number among the reports of its day and domain (from 1; it is part
     /// of the report-id) and returns the report's JSON text. Returns the
-    /// report's `r_id`.
+    /// report's `r_id`. The `withheld` destinations are stored with their
+    /// reason as status, so that they are shown and never delivered.
     pub fn insert_report(
         &mut self,
         day: NaiveDate,
@@ -510,6 +512,7 @@ impl ReportdDb {
         tlsrptrecord: &str,
         render: impl FnOnce(i64) -> String,
         destinations: &[(String, DateTime<Utc>)],
+        withheld: &[Withheld],
     ) -> Result<i64> {
         let tx = self.conn.savepoint()?;
         let uniqid: i64 = tx.query_row(
@@ -533,6 +536,13 @@ impl ReportdDb {
                 "INSERT OR IGNORE INTO destinations (destination, d_r_id, retries, status, nexttry) \
                  VALUES(?,?,0,NULL,?)",
                 params![destination, r_id, pytime::timestamp(*first_try)],
+            )?;
+        }
+        for withheld in withheld {
+            tx.execute(
+                "INSERT OR IGNORE INTO destinations (destination, d_r_id, retries, status, nexttry) \
+                 VALUES(?,?,0,?,NULL)",
+                params![withheld.destination, r_id, withheld.reason.status()],
             )?;
         }
         tx.commit()?;
@@ -776,7 +786,8 @@ impl ReportdDb {
 
     /// Queues report `r_id` again for all its destinations, or for one:
     /// due at `now`, with a fresh retry count. A delivery in progress is
-    /// left alone. Returns the destinations queued.
+    /// left alone, and a destination the amplification limits withheld is
+    /// queued only when it is named. Returns the destinations queued.
     pub fn resend(
         &self,
         r_id: i64,
@@ -786,7 +797,9 @@ impl ReportdDb {
         let mut stmt = self.conn.prepare(
             "UPDATE destinations SET status=NULL, retries=0, nexttry=?1 \
              WHERE d_r_id=?2 AND (?3 IS NULL OR destination=?3) \
-             AND (status IS NULL OR status<>'sending') RETURNING destination",
+             AND (status IS NULL OR status<>'sending') \
+             AND (?3 IS NOT NULL OR status IS NULL OR status NOT LIKE 'withheld:%') \
+             RETURNING destination",
         )?;
         let rows = stmt.query_map(params![pytime::timestamp(now), r_id, destination], |row| {
             row.get(0)
@@ -861,6 +874,7 @@ fn parse_day(text: String) -> Result<NaiveDate> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reports::WithheldReason;
     use chrono::TimeZone;
 
     fn python(code: &str, db: &Path) -> String {
@@ -1103,6 +1117,7 @@ mod tests {
                     format!("report {n}")
                 },
                 &[("mailto:x@b.example".into(), t(3, 0))],
+                &[],
             )
             .unwrap();
         let second = db
@@ -1115,6 +1130,7 @@ mod tests {
                     format!("report {n}")
                 },
                 &[("https://b.example/r".into(), t(4, 0))],
+                &[],
             )
             .unwrap();
         assert_ne!(first, second);
@@ -1142,6 +1158,7 @@ mod tests {
                 "rec",
                 |n| format!("report {n}"),
                 &[("mailto:r@a.example".into(), t(3, 0))],
+                &[],
             )
             .unwrap();
         assert!(db.due_deliveries(t(3, 0)).unwrap().is_empty());
@@ -1162,6 +1179,44 @@ mod tests {
             }]
         );
         due.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn withheld_destinations_are_shown_never_delivered_and_resent_only_by_name() {
+        let (_dir, _path, mut db) = fresh();
+        let withheld = Withheld {
+            destination: "mailto:v5@evil.example".into(),
+            reason: WithheldReason::DestinationsPerRecord,
+        };
+        let r_id = db
+            .insert_report(
+                day(21),
+                "evil.example",
+                "rec",
+                |n| format!("report {n}"),
+                &[("mailto:v1@evil.example".into(), t(3, 0))],
+                std::slice::from_ref(&withheld),
+            )
+            .unwrap();
+        let due = db.due_deliveries(t(23, 0)).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].destination, "mailto:v1@evil.example");
+        let stored = db.report(r_id).unwrap().unwrap().destinations;
+        assert_eq!(stored[1].destination, "mailto:v5@evil.example");
+        assert_eq!(
+            stored[1].status.as_deref(),
+            Some("withheld:max_destinations_per_record")
+        );
+        assert_eq!(
+            db.resend(r_id, None, t(4, 0)).unwrap(),
+            ["mailto:v1@evil.example"]
+        );
+        assert_eq!(
+            db.resend(r_id, Some("mailto:v5@evil.example"), t(4, 0))
+                .unwrap(),
+            ["mailto:v5@evil.example"]
+        );
+        assert_eq!(db.due_deliveries(t(23, 0)).unwrap().len(), 2);
     }
 
     #[test]

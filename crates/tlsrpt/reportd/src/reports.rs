@@ -34,6 +34,54 @@ impl Default for Caps {
     }
 }
 
+/// At most this many withheld destinations are kept per report and reason
+/// (for `tlsrptctl`); a record may list thousands, and the log names them
+/// all.
+pub const WITHHELD_KEPT: usize = 16;
+
+/// Why a destination that a record names gets no report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WithheldReason {
+    /// Beyond the first `max_destinations_per_record` of its record.
+    DestinationsPerRecord,
+    /// Its record is beyond the first `max_records_per_domain` of the day.
+    RecordsPerDomain,
+    /// It already gets another report of this domain and day.
+    AlreadyReported,
+}
+
+impl WithheldReason {
+    const ALL: [WithheldReason; 3] = [
+        WithheldReason::DestinationsPerRecord,
+        WithheldReason::RecordsPerDomain,
+        WithheldReason::AlreadyReported,
+    ];
+
+    /// The status stored in the `destinations` table. It is not NULL, so
+    /// no report daemon (ours or upstream's) ever delivers the row.
+    pub fn status(self) -> &'static str {
+        match self {
+            WithheldReason::DestinationsPerRecord => "withheld:max_destinations_per_record",
+            WithheldReason::RecordsPerDomain => "withheld:max_records_per_domain",
+            WithheldReason::AlreadyReported => "withheld:already_reported",
+        }
+    }
+
+    /// The reason a stored status names, if it is a withheld one.
+    pub fn from_status(status: &str) -> Option<WithheldReason> {
+        WithheldReason::ALL
+            .into_iter()
+            .find(|reason| reason.status() == status)
+    }
+}
+
+/// A destination the record named that gets no report, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Withheld {
+    pub destination: String,
+    pub reason: WithheldReason,
+}
+
 /// A report ready to be stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewReport {
@@ -44,6 +92,9 @@ pub struct NewReport {
     /// Where it goes after the maps; empty when the record gives nothing
     /// usable (the report is kept, for `tlsrptctl`, but sent nowhere).
     pub destinations: Vec<String>,
+    /// Destinations of the record the amplification limits cut (at most
+    /// [`WITHHELD_KEPT`] per reason), stored so that `tlsrptctl` shows them.
+    pub withheld: Vec<Withheld>,
 }
 
 /// The reports of one day and domain, and what the operator should read
@@ -101,6 +152,16 @@ pub fn make_reports(
             Err(RecordError::NoUsableDestination { skipped }) => Ok((Vec::new(), skipped)),
             Err(err) => Err(err),
         };
+        let mut withheld: Vec<Withheld> = Vec::new();
+        let mut withhold = |destinations: &[String], reason: WithheldReason| {
+            let kept = withheld.iter().filter(|w| w.reason == reason).count();
+            for destination in destinations.iter().take(WITHHELD_KEPT - kept) {
+                withheld.push(Withheld {
+                    destination: destination.clone(),
+                    reason,
+                });
+            }
+        };
         let destinations = match parsed {
             Ok((mut destinations, skipped)) => {
                 if index >= caps.records_per_domain && !destinations.is_empty() {
@@ -108,10 +169,16 @@ pub fn make_reports(
                         "{domain} on {day}: more than {} distinct TLSRPT records (max_records_per_domain); the destinations of {:?} are not used",
                         caps.records_per_domain, report.record
                     ));
-                    destinations.clear();
+                    let dropped: Vec<String> =
+                        destinations.drain(..).map(|d| d.to_string()).collect();
+                    withhold(&dropped, WithheldReason::RecordsPerDomain);
                 }
                 if destinations.len() > caps.destinations_per_record {
                     let dropped = destinations.split_off(caps.destinations_per_record);
+                    withhold(
+                        &dropped.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        WithheldReason::DestinationsPerRecord,
+                    );
                     outcome.warnings.push(format!(
                         "{domain} on {day}: the record {:?} lists {} destinations; only the first {} are used (max_destinations_per_record), dropped: {}",
                         report.record,
@@ -133,6 +200,7 @@ pub fn make_reports(
                             "{domain} on {day}: {text} already gets a report of this domain and day; not another one for the record {:?}",
                             report.record
                         ));
+                        withhold(&[text], WithheldReason::AlreadyReported);
                         false
                     } else {
                         sent_to.push(text);
@@ -170,6 +238,7 @@ pub fn make_reports(
             report_id: report.report_id.to_string(),
             json: report.to_json_text(),
             destinations,
+            withheld,
         });
     }
     outcome
@@ -242,6 +311,38 @@ mod tests {
         assert_eq!(warned("max_destinations_per_record"), 4);
         assert_eq!(warned("max_records_per_domain"), 6);
         assert_eq!(warned("already gets a report"), 3);
+        // What was cut is kept with the reports, at most WITHHELD_KEPT each.
+        let withheld = |report: &NewReport, reason: WithheldReason| {
+            report
+                .withheld
+                .iter()
+                .filter(|w| w.reason == reason)
+                .count()
+        };
+        assert_eq!(
+            withheld(&outcome.reports[0], WithheldReason::DestinationsPerRecord),
+            WITHHELD_KEPT
+        );
+        assert_eq!(
+            outcome.reports[0].withheld[0].destination,
+            "mailto:v0n3@target.example"
+        );
+        assert_eq!(
+            withheld(&outcome.reports[1], WithheldReason::AlreadyReported),
+            1
+        );
+        assert!(outcome.reports[1].withheld.contains(&Withheld {
+            destination: "mailto:victim@target.example".into(),
+            reason: WithheldReason::AlreadyReported
+        }));
+        assert_eq!(
+            withheld(&outcome.reports[5], WithheldReason::RecordsPerDomain),
+            WITHHELD_KEPT
+        );
+        for reason in WithheldReason::ALL {
+            assert_eq!(WithheldReason::from_status(reason.status()), Some(reason));
+        }
+        assert_eq!(WithheldReason::from_status("sent"), None);
     }
 
     #[test]
