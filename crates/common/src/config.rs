@@ -1,6 +1,13 @@
 //! One option loader for every program, with upstream's precedence.
 //!
-//! Each program describes its options once in a [`ProgramSpec`]. An option's
+//! Each program declares its options once, with [`options!`](crate::options):
+//! a struct whose fields are the options (name, raw type, default and help
+//! text in one place). From that one declaration come the `--help` text
+//! ([`add_options`]), the loading from the command line, environment and
+//! config file ([`resolve`]), the start-up log ([`Settings::log_lines`]) and
+//! the typed struct the program reads, so a misspelt option name does not
+//! compile. Each program then validates the raw values into its ready
+//! configuration. An option's
 //! value comes from the first of these that has it, as in upstream
 //! tlsrpt-reporter (`options_from` with the order "cefd"):
 //!
@@ -46,7 +53,139 @@ pub struct OptionSpec {
     pub help: &'static str,
 }
 
-/// Everything the loader needs to know about a program.
+impl OptionSpec {
+    /// The help text (a doc comment's leading space removed).
+    pub fn help(&self) -> &'static str {
+        self.help.trim()
+    }
+}
+
+/// The raw type of an option's value: a field type of an
+/// [`options!`](crate::options) struct.
+pub trait OptionValue: Sized {
+    const KIND: Kind;
+    /// The value converted by [`Self::KIND`].
+    fn from_value(value: &Value) -> Self;
+}
+
+impl OptionValue for String {
+    const KIND: Kind = Kind::Str;
+    fn from_value(value: &Value) -> String {
+        match value {
+            Value::Str(text) => text.clone(),
+            Value::Int(_) => unreachable!("a Str option is converted to Value::Str"),
+        }
+    }
+}
+
+impl OptionValue for i64 {
+    const KIND: Kind = Kind::Int;
+    fn from_value(value: &Value) -> i64 {
+        match value {
+            Value::Int(number) => *number,
+            Value::Str(_) => unreachable!("an Int option is converted to Value::Int"),
+        }
+    }
+}
+
+/// The options of one program, as a struct with one field per option:
+/// implemented by [`options!`](crate::options).
+pub trait ProgramOptions: Sized {
+    /// One entry per field, in declaration order (the order they are logged).
+    const OPTIONS: &'static [OptionSpec];
+
+    /// Each field's value from settings resolved against [`Self::OPTIONS`].
+    fn from_settings(settings: &Settings) -> Self;
+
+    /// Every option at its default.
+    fn defaults() -> Self {
+        let settings = defaults(Self::OPTIONS).expect("every built-in default converts");
+        Self::from_settings(&settings)
+    }
+}
+
+/// Declares a program's options: a struct with one public field per option
+/// (its doc comment is the `--help` text, its type `String` or `i64`, after
+/// `=` its default as text), a struct of the same fields telling where each
+/// value came from, and the [`ProgramOptions`](crate::config::ProgramOptions)
+/// implementation that [`resolve`](crate::config::resolve) and
+/// [`add_options`](crate::config::add_options) use.
+///
+/// ```
+/// mailtls_common::options! {
+///     /// The options of an example program.
+///     pub struct ExampleOptions, sources ExampleSources {
+///         /// Seconds to wait
+///         timeout: i64 = "5",
+///         /// Where to write
+///         path: String = "",
+///     }
+/// }
+/// use mailtls_common::config::ProgramOptions;
+/// let options = ExampleOptions::defaults();
+/// assert_eq!(options.timeout, 5);
+/// assert_eq!(ExampleOptions::OPTIONS[1].name, "path");
+/// ```
+#[macro_export]
+macro_rules! options {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident, sources $sources:ident {
+            $(
+                $(#[doc = $help:literal])+
+                $field:ident: $ty:ty = $default:expr,
+            )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        $vis struct $name {
+            $(
+                $(#[doc = $help])+
+                pub $field: $ty,
+            )*
+            /// Where each value came from.
+            pub sources: $sources,
+        }
+
+        #[doc = concat!("Where each option of [`", stringify!($name), "`] got its value.")]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $vis struct $sources {
+            $(
+                #[doc = concat!("Where `", stringify!($field), "` came from.")]
+                pub $field: $crate::config::Source,
+            )*
+        }
+
+        impl $crate::config::ProgramOptions for $name {
+            const OPTIONS: &'static [$crate::config::OptionSpec] = &[
+                $(
+                    $crate::config::OptionSpec {
+                        name: stringify!($field),
+                        kind: <$ty as $crate::config::OptionValue>::KIND,
+                        default: $default,
+                        help: concat!($($help),+),
+                    },
+                )*
+            ];
+
+            fn from_settings(settings: &$crate::config::Settings) -> Self {
+                $name {
+                    $(
+                        $field: <$ty as $crate::config::OptionValue>::from_value(
+                            settings.value(stringify!($field)),
+                        ),
+                    )*
+                    sources: $sources {
+                        $($field: settings.source(stringify!($field)),)*
+                    },
+                }
+            }
+        }
+    };
+}
+
+/// Everything the loader needs to know about a program besides its options.
 #[derive(Debug, Clone, Copy)]
 pub struct ProgramSpec {
     /// Program name for help and messages, e.g. `tlsrpt-collectd`.
@@ -57,22 +196,20 @@ pub struct ProgramSpec {
     pub env_prefix: &'static str,
     /// Read when `--config_file` is not given, if it exists.
     pub default_config_file: &'static str,
-    /// The options, in the order they are logged.
-    pub options: &'static [OptionSpec],
-    /// Further keys that the section may contain and that are skipped, because
-    /// the section belongs to another program too (tlsrptctl reads the
-    /// tlsrpt_reportd section but uses few of its keys). They are not command
-    /// line options, and environment variables for them are ignored silently.
-    pub ignored: &'static [&'static str],
+    /// Options of another program whose keys the section may contain and
+    /// which are skipped, because the section belongs to that program too
+    /// (tlsrptctl reads the tlsrpt_reportd section but uses few of its
+    /// keys). They are not command line options, and environment variables
+    /// for them are ignored silently.
+    pub ignored: &'static [OptionSpec],
 }
 
 impl ProgramSpec {
-    fn option(&self, name: &str) -> Option<&'static OptionSpec> {
-        self.options.iter().find(|o| o.name == name)
-    }
-
-    fn knows(&self, name: &str) -> bool {
-        self.option(name).is_some() || self.ignored.contains(&name)
+    fn knows(&self, options: &[OptionSpec], name: &str) -> bool {
+        options
+            .iter()
+            .chain(self.ignored)
+            .any(|option| option.name == name)
     }
 
     fn env_var(&self, option: &OptionSpec) -> String {
@@ -132,6 +269,9 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Only [`options!`](crate::options) looks settings up by name, with
+    /// names from the same declaration as the table they were resolved
+    /// against; a miss is a mistake in the program.
     fn setting(&self, name: &str) -> &Setting {
         self.settings
             .iter()
@@ -139,26 +279,12 @@ impl Settings {
             .unwrap_or_else(|| panic!("no option {name:?} in this program's option table"))
     }
 
-    /// The value of a [`Kind::Str`] option.
-    ///
-    /// Panics if the option is not in the table or is an integer: that is a
-    /// mistake in the program, not in its configuration.
-    pub fn get_str(&self, name: &str) -> &str {
-        match &self.setting(name).value {
-            Value::Str(s) => s,
-            Value::Int(_) => panic!("option {name:?} is an integer; use get_int"),
-        }
+    #[doc(hidden)]
+    pub fn value(&self, name: &str) -> &Value {
+        &self.setting(name).value
     }
 
-    /// The value of a [`Kind::Int`] option; panics like [`Settings::get_str`].
-    pub fn get_int(&self, name: &str) -> i64 {
-        match self.setting(name).value {
-            Value::Int(i) => i,
-            Value::Str(_) => panic!("option {name:?} is a string; use get_str"),
-        }
-    }
-
-    /// Where the option's value came from; panics if it is not in the table.
+    #[doc(hidden)]
     pub fn source(&self, name: &str) -> Source {
         self.setting(name).source
     }
@@ -263,15 +389,19 @@ impl From<IniError> for ConfigError {
     }
 }
 
-/// Adds `--NAME` for every option of `spec` and `--config_file` to `cmd`.
+/// Adds `--NAME` for every option of `O` and `--config_file` to `cmd`.
 ///
 /// Each takes one value, as `--name=value` or `--name value`; given twice, the
 /// last wins (as with upstream's argparse). Negative numbers are values, not
 /// options. The help text shows the default, the environment variable and
 /// the config file section. Values are not checked here but by [`resolve`], so
 /// that all sources report bad values alike.
-pub fn add_options(mut cmd: Command, spec: &ProgramSpec) -> Command {
-    for option in spec.options {
+pub fn add_options<O: ProgramOptions>(cmd: Command, spec: &ProgramSpec) -> Command {
+    add_table(cmd, spec, O::OPTIONS)
+}
+
+fn add_table(mut cmd: Command, spec: &ProgramSpec, options: &[OptionSpec]) -> Command {
+    for option in options {
         let default = if option.default.is_empty() {
             "\"\"".to_owned()
         } else {
@@ -279,7 +409,7 @@ pub fn add_options(mut cmd: Command, spec: &ProgramSpec) -> Command {
         };
         let help = format!(
             "{} [default: {default}] [env: {}] [config: [{}] {}]",
-            option.help,
+            option.help(),
             spec.env_var(option),
             spec.section,
             option.name,
@@ -315,22 +445,52 @@ pub fn process_env() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Resolves every option of `spec` from the command line (`matches` of a
+/// Resolves every option of `O` from the command line (`matches` of a
 /// command built with [`add_options`]), the environment (`env`, e.g.
-/// [`process_env`]), the config file and the defaults.
+/// [`process_env`]), the config file and the defaults. Returns the typed
+/// options and the settings they came from (for the start-up log).
 ///
 /// Panics if `matches` lacks the options of [`add_options`], a mistake in the
 /// program.
-pub fn resolve(
+pub fn resolve<O: ProgramOptions>(
     spec: &ProgramSpec,
+    matches: &ArgMatches,
+    env: &[(String, String)],
+) -> Result<(O, Settings), ConfigError> {
+    let settings = resolve_table(spec, O::OPTIONS, matches, env)?;
+    Ok((O::from_settings(&settings), settings))
+}
+
+/// Every option of the table at its default.
+fn defaults(options: &'static [OptionSpec]) -> Result<Settings, ConfigError> {
+    let settings = options
+        .iter()
+        .map(|option| {
+            let origin = || "the built-in default".to_owned();
+            Ok(Setting {
+                name: option.name,
+                value: convert(option, option.default, Source::Def, origin)?,
+                source: Source::Def,
+            })
+        })
+        .collect::<Result<_, ConfigError>>()?;
+    Ok(Settings {
+        settings,
+        warnings: Vec::new(),
+    })
+}
+
+fn resolve_table(
+    spec: &ProgramSpec,
+    options: &'static [OptionSpec],
     matches: &ArgMatches,
     env: &[(String, String)],
 ) -> Result<Settings, ConfigError> {
     // Per option, the value from the command line, environment and file.
-    let mut found: Vec<[Option<Value>; 3]> = vec![[None, None, None]; spec.options.len()];
-    let slot = |name: &str| spec.options.iter().position(|o| o.name == name);
+    let mut found: Vec<[Option<Value>; 3]> = vec![[None, None, None]; options.len()];
+    let slot = |name: &str| options.iter().position(|o| o.name == name);
 
-    for (index, option) in spec.options.iter().enumerate() {
+    for (index, option) in options.iter().enumerate() {
         if let Some(text) = matches.get_one::<String>(option.name) {
             let origin = || format!("the command line (--{})", option.name);
             found[index][0] = Some(convert(option, text, Source::Cmd, origin)?);
@@ -354,11 +514,11 @@ pub fn resolve(
                 });
             }
             if let Some(index) = slot(&key) {
-                let option = &spec.options[index];
+                let option = &options[index];
                 let origin = || format!("section [{}] of {}", spec.section, file.display());
                 found[index][2] = Some(convert(option, &text, Source::Cfg, origin)?);
-            } else if !spec.ignored.contains(&key.as_str()) {
-                let known: Vec<&str> = spec.options.iter().map(|o| o.name).collect();
+            } else if !spec.knows(&[], &key) {
+                let known: Vec<&str> = options.iter().map(|o| o.name).collect();
                 return Err(ConfigError::UnknownKey {
                     file,
                     section: spec.section,
@@ -369,7 +529,7 @@ pub fn resolve(
         }
     }
 
-    for (index, option) in spec.options.iter().enumerate() {
+    for (index, option) in options.iter().enumerate() {
         let var = spec.env_var(option);
         if let Some((_, text)) = env.iter().rev().find(|(name, _)| *name == var) {
             let origin = || format!("environment variable {var}");
@@ -378,11 +538,11 @@ pub fn resolve(
     }
     let warnings = env
         .iter()
-        .filter_map(|(name, _)| env_warning(spec, name))
+        .filter_map(|(name, _)| env_warning(spec, options, name))
         .collect();
 
-    let mut settings = Vec::with_capacity(spec.options.len());
-    for (option, [from_cmd, from_env, from_cfg]) in spec.options.iter().zip(found) {
+    let mut settings = Vec::with_capacity(options.len());
+    for (option, [from_cmd, from_env, from_cfg]) in options.iter().zip(found) {
         let origin = || "the built-in default".to_owned();
         let (value, source) = match (from_cmd, from_env, from_cfg) {
             (Some(v), _, _) => (v, Source::Cmd),
@@ -435,10 +595,10 @@ fn read_config_file(
 /// sets nothing. Upstream warns when the rest is no option name; a name that
 /// differs from an option only in case is also ignored (the lookup is by the
 /// upper-case name), so it gets a warning too.
-fn env_warning(spec: &ProgramSpec, var: &str) -> Option<String> {
+fn env_warning(spec: &ProgramSpec, options: &[OptionSpec], var: &str) -> Option<String> {
     let rest = var.strip_prefix(spec.env_prefix)?;
     let name = rest.to_lowercase();
-    if !spec.knows(&name) {
+    if !spec.knows(options, &name) {
         return Some(format!(
             "environment variable {var} is ignored: {name:?} is not an option of {}",
             spec.name
@@ -469,6 +629,14 @@ fn convert(
                 })
         }
     }
+}
+
+/// An option's whole number of seconds as a duration; a negative number is
+/// refused with the option's `name`.
+pub fn seconds(name: &str, value: i64) -> Result<std::time::Duration, String> {
+    u64::try_from(value)
+        .map(std::time::Duration::from_secs)
+        .map_err(|_| format!("{name} must not be negative, not {value}"))
 }
 
 /// Parses a whole number as Python's `int(text)` does: surrounding whitespace,
@@ -512,32 +680,28 @@ mod tests {
     use std::io::Write as _;
     use std::path::Path;
 
-    const OPTIONS: &[OptionSpec] = &[
-        OptionSpec {
-            name: "storage",
-            kind: Kind::Str,
-            default: "",
-            help: "Storage backend",
-        },
-        OptionSpec {
-            name: "sockettimeout",
-            kind: Kind::Int,
-            default: "5",
-            help: "Read timeout",
-        },
-        OptionSpec {
-            name: "log_level",
-            kind: Kind::Str,
-            default: "warn",
-            help: "Log level",
-        },
-        OptionSpec {
-            name: "max_uncommited_datagrams",
-            kind: Kind::Int,
-            default: "1000",
-            help: "Commit after that many datagrams",
-        },
-    ];
+    crate::options! {
+        /// The options of a test program.
+        struct TestOptions, sources TestSources {
+            /// Storage backend
+            storage: String = "",
+            /// Read timeout
+            sockettimeout: i64 = "5",
+            /// Log level
+            log_level: String = "warn",
+            /// Commit after that
+            /// many datagrams
+            max_uncommited_datagrams: i64 = "1000",
+        }
+    }
+
+    /// An option of another program that the test section may hold.
+    const DBNAME: &[OptionSpec] = &[OptionSpec {
+        name: "dbname",
+        kind: Kind::Str,
+        default: "",
+        help: "",
+    }];
 
     /// A spec whose default config file is `default_file` (leaked: the spec
     /// wants `'static` strings, as real programs have).
@@ -547,8 +711,7 @@ mod tests {
             section: "tlsrpt_test",
             env_prefix: "TLSRPT_TEST_",
             default_config_file: Box::leak(default_file.display().to_string().into_boxed_str()),
-            options: OPTIONS,
-            ignored: &["dbname"],
+            ignored: DBNAME,
         }
     }
 
@@ -588,9 +751,9 @@ mod tests {
             self
         }
 
-        fn resolve(&self) -> Result<Settings, ConfigError> {
+        fn resolve(&self) -> Result<(TestOptions, Settings), ConfigError> {
             let spec = spec(&self.default_file());
-            let matches = add_options(Command::new("tlsrpt-test"), &spec)
+            let matches = add_options::<TestOptions>(Command::new("tlsrpt-test"), &spec)
                 .try_get_matches_from(&self.args)
                 .unwrap();
             resolve(&spec, &matches, &self.env)
@@ -599,17 +762,17 @@ mod tests {
 
     #[test]
     fn defaults_without_any_file() {
-        let settings = Case::new().resolve().unwrap();
-        assert_eq!(settings.get_str("storage"), "");
-        assert_eq!(settings.get_int("sockettimeout"), 5);
-        assert_eq!(settings.get_str("log_level"), "warn");
+        let (options, settings) = Case::new().resolve().unwrap();
+        assert_eq!(options.storage, "");
+        assert_eq!(options.sockettimeout, 5);
+        assert_eq!(options.log_level, "warn");
         assert!(settings.iter().all(|s| s.source == Source::Def));
         assert!(settings.warnings().is_empty());
     }
 
     #[test]
     fn precedence_is_cmd_env_cfg_def() {
-        let settings = Case::new()
+        let (_, settings) = Case::new()
             .file("[tlsrpt_test]\nstorage = cfg\nsockettimeout = 7\nlog_level = info\n")
             .env("TLSRPT_TEST_STORAGE", "env")
             .env("TLSRPT_TEST_SOCKETTIMEOUT", "8")
@@ -633,7 +796,7 @@ mod tests {
 
     #[test]
     fn command_line_forms() {
-        let settings = Case::new()
+        let (options, _) = Case::new()
             .args(&[
                 "--max_uncommited_datagrams",
                 "5",
@@ -645,20 +808,20 @@ mod tests {
             ])
             .resolve()
             .unwrap();
-        assert_eq!(settings.get_int("max_uncommited_datagrams"), 5);
-        assert_eq!(settings.get_int("sockettimeout"), -1);
-        assert_eq!(settings.get_str("log_level"), "info");
+        assert_eq!(options.max_uncommited_datagrams, 5);
+        assert_eq!(options.sockettimeout, -1);
+        assert_eq!(options.log_level, "info");
         // An empty value on the command line is a value, as upstream.
-        assert_eq!(settings.get_str("storage"), "");
-        assert_eq!(settings.source("storage"), Source::Cmd);
+        assert_eq!(options.storage, "");
+        assert_eq!(options.sources.storage, Source::Cmd);
     }
 
     #[test]
     fn ignored_keys_are_not_command_line_options() {
         let case = Case::new();
         let spec = spec(&case.default_file());
-        let result =
-            add_options(Command::new("t"), &spec).try_get_matches_from(["t", "--dbname=x"]);
+        let result = add_options::<TestOptions>(Command::new("t"), &spec)
+            .try_get_matches_from(["t", "--dbname=x"]);
         assert!(result.is_err());
     }
 
@@ -667,12 +830,12 @@ mod tests {
         let case = Case::new();
         let path = case.dir.path().join("other.cfg");
         std::fs::write(&path, "[tlsrpt_test]\nstorage: sqlite:///x\n").unwrap();
-        let settings = case
+        let (options, _) = case
             .args(&["--config_file", path.to_str().unwrap()])
             .resolve()
             .unwrap();
-        assert_eq!(settings.get_str("storage"), "sqlite:///x");
-        assert_eq!(settings.source("storage"), Source::Cfg);
+        assert_eq!(options.storage, "sqlite:///x");
+        assert_eq!(options.sources.storage, Source::Cfg);
     }
 
     #[test]
@@ -752,7 +915,7 @@ mod tests {
 
     #[test]
     fn ignored_keys_are_accepted_in_the_file_and_environment() {
-        let settings = Case::new()
+        let (_, settings) = Case::new()
             .file("[tlsrpt_test]\ndbname = /var/x.sqlite\n")
             .env("TLSRPT_TEST_DBNAME", "y")
             .resolve()
@@ -763,16 +926,16 @@ mod tests {
 
     #[test]
     fn file_is_read_with_configparser_semantics() {
-        let settings = Case::new()
+        let result = Case::new()
             .file("[DEFAULT]\nbase = /var/lib\n[tlsrpt_test]\nStorage = sqlite://%(base)s/x?a=100%%\n")
             .resolve();
         // `base` is inherited from [DEFAULT] and so is an unknown key.
-        assert!(matches!(settings, Err(ConfigError::UnknownKey { ref key, .. }) if key == "base"));
-        let settings = Case::new()
+        assert!(matches!(result, Err(ConfigError::UnknownKey { ref key, .. }) if key == "base"));
+        let (options, _) = Case::new()
             .file("[tlsrpt_test]\nlog_level = debug\nStorage = sqlite://%(log_level)s/x?a=100%%\n")
             .resolve()
             .unwrap();
-        assert_eq!(settings.get_str("storage"), "sqlite://debug/x?a=100%");
+        assert_eq!(options.storage, "sqlite://debug/x?a=100%");
         let error = Case::new()
             .file("[tlsrpt_test]\nstorage = 100%\n")
             .resolve()
@@ -790,7 +953,7 @@ mod tests {
 
     #[test]
     fn unknown_environment_variables_are_warnings() {
-        let settings = Case::new()
+        let (options, settings) = Case::new()
             .env("TLSRPT_TEST_STORAGEX", "1")
             .env("TLSRPT_TEST_Storage", "2")
             .env("TLSRPT_TEST_CONFIG_FILE", "3")
@@ -809,18 +972,18 @@ mod tests {
         );
         assert!(warnings[2].contains("TLSRPT_TEST_CONFIG_FILE"));
         // The wrongly cased variable did not set the option.
-        assert_eq!(settings.source("storage"), Source::Def);
+        assert_eq!(options.sources.storage, Source::Def);
     }
 
     #[test]
     fn empty_environment_value_is_a_value() {
-        let settings = Case::new()
+        let (options, _) = Case::new()
             .file("[tlsrpt_test]\nlog_level = info\n")
             .env("TLSRPT_TEST_LOG_LEVEL", "")
             .resolve()
             .unwrap();
-        assert_eq!(settings.get_str("log_level"), "");
-        assert_eq!(settings.source("log_level"), Source::Env);
+        assert_eq!(options.log_level, "");
+        assert_eq!(options.sources.log_level, Source::Env);
     }
 
     #[test]
@@ -891,12 +1054,9 @@ mod tests {
             default: "",
             help: "",
         }];
-        let spec = ProgramSpec {
-            options: BAD,
-            ..spec(Path::new("/nonexistent/x.cfg"))
-        };
-        let matches = add_options(Command::new("t"), &spec).get_matches_from(["t"]);
-        let error = resolve(&spec, &matches, &[]).unwrap_err();
+        let spec = spec(Path::new("/nonexistent/x.cfg"));
+        let matches = add_table(Command::new("t"), &spec, BAD).get_matches_from(["t"]);
+        let error = resolve_table(&spec, BAD, &matches, &[]).unwrap_err();
         assert!(matches!(
             error,
             ConfigError::InvalidInt {
@@ -904,6 +1064,31 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn the_declaration_gives_names_kinds_defaults_and_help() {
+        let names: Vec<(&str, Kind, &str)> = TestOptions::OPTIONS
+            .iter()
+            .map(|o| (o.name, o.kind, o.default))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("storage", Kind::Str, ""),
+                ("sockettimeout", Kind::Int, "5"),
+                ("log_level", Kind::Str, "warn"),
+                ("max_uncommited_datagrams", Kind::Int, "1000"),
+            ]
+        );
+        assert_eq!(
+            TestOptions::OPTIONS[3].help(),
+            "Commit after that many datagrams"
+        );
+        let defaults = TestOptions::defaults();
+        assert_eq!(defaults.sockettimeout, 5);
+        assert_eq!(defaults.log_level, "warn");
+        assert_eq!(defaults.sources.storage, Source::Def);
     }
 
     #[test]
@@ -939,7 +1124,7 @@ mod tests {
 
     #[test]
     fn log_lines_are_upstream_format() {
-        let settings = Case::new()
+        let (_, settings) = Case::new()
             .args(&["--sockettimeout=+07"])
             .env("TLSRPT_TEST_LOG_LEVEL", "debug")
             .resolve()
@@ -962,7 +1147,9 @@ mod tests {
         let spec = spec(&case.default_file());
         // A wide terminal keeps each help text on one line.
         let cmd = Command::new("t").term_width(1000);
-        let help = add_options(cmd, &spec).render_help().to_string();
+        let help = add_options::<TestOptions>(cmd, &spec)
+            .render_help()
+            .to_string();
         for part in [
             "--sockettimeout <NUMBER>",
             "--storage <VALUE>",

@@ -3,9 +3,9 @@
 //! - [`ini`]: a reader for INI files with the semantics of Python's
 //!   `configparser`, because the upstream tlsrpt-reporter configuration files
 //!   are read by it and must keep working unchanged.
-//! - [`config`]: one option table per program, resolved from the command line,
-//!   then the environment (`TLSRPT_<PROGRAM>_<NAME>`), then the INI section, then
-//!   the default — the upstream order.
+//! - [`config`]: each program's options declared once ([`options!`]), resolved
+//!   from the command line, then the environment (`TLSRPT_<PROGRAM>_<NAME>`),
+//!   then the INI section, then the default — the upstream order.
 //! - [`logging`]: the log format and level names of the upstream programs, with
 //!   a log file that can be reopened on SIGHUP.
 //! - [`pidfile`]: a pid file removed again on exit.
@@ -18,3 +18,17 @@ pub mod ini;
 pub mod logging;
 pub mod pidfile;
 pub mod process;
+
+/// This host's name (`gethostname(2)`), or `localhost` when it has none:
+/// the default PostTLS instance name and the `mailtls run` organisation.
+pub fn host_name() -> String {
+    let name = gethostname::gethostname()
+        .to_string_lossy()
+        .trim()
+        .to_string();
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name
+    }
+}

@@ -5,34 +5,57 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgMatches, Command};
-use mailtls_common::config::{add_options, Kind, OptionSpec, ProgramSpec, Settings};
+use mailtls_common::config::{add_options, ProgramSpec};
 use mailtls_common::pidfile::PidFile;
 use tlsrpt_collectd::socket::{parse_mode, Permissions};
 use tlsrpt_collectd::{exit, CollectdConfig};
 
-const OPTIONS: [OptionSpec; 14] = [
-    OptionSpec { name: "storage", kind: Kind::Str, default: "", help: "Storage URL(s), comma-separated, e.g. sqlite:///var/lib/tlsrpt/collectd.sqlite. Completed days are kept beside each file as FILE.yesterday" },
-    OptionSpec { name: "socketname", kind: Kind::Str, default: "", help: "Path of the unix datagram socket that the MTA sends to (Postfix: smtp_tlsrpt_socket_name)" },
-    OptionSpec { name: "socketuser", kind: Kind::Str, default: "", help: "User (name or number) to own the socket" },
-    OptionSpec { name: "socketgroup", kind: Kind::Str, default: "", help: "Group (name or number) to own the socket" },
-    OptionSpec { name: "socketmode", kind: Kind::Str, default: "", help: "Permissions of the socket in octal, e.g. 0220" },
-    OptionSpec { name: "sockettimeout", kind: Kind::Int, default: "5", help: "Seconds after which received counters are committed at the latest" },
-    OptionSpec { name: "max_uncommited_datagrams", kind: Kind::Int, default: "1000", help: "Commit after this many datagrams" },
-    OptionSpec { name: "retry_commit_datagram_count", kind: Kind::Int, default: "1000", help: "Accepted for compatibility; failed commits are retried by a separate writer with a growing pause, independently of incoming datagrams" },
-    OptionSpec { name: "pidfilename", kind: Kind::Str, default: "", help: "PID file to write" },
-    OptionSpec { name: "logfilename", kind: Kind::Str, default: "", help: "Log file (in addition to standard error); reopened on SIGHUP" },
-    OptionSpec { name: "log_level", kind: Kind::Str, default: "warn", help: "Log level: debug, info, warn, error, critical, or a number" },
-    OptionSpec { name: "daily_rollover_script", kind: Kind::Str, default: "", help: "Command started after each UTC midnight rollover, with the storage URL and the path of the completed day's database as two extra arguments" },
-    OptionSpec { name: "dump_path_for_invalid_datagram", kind: Kind::Str, default: "", help: "File to save an invalid datagram to, for inspection (the first of each kind per minute)" },
-    OptionSpec { name: "receiver_priority", kind: Kind::Str, default: "realtime", help: "mailtls extension. realtime: the thread that reads the socket runs at real-time priority when permitted (root, CAP_SYS_NICE or systemd LimitRTPRIO=1), so that a busy host does not make the kernel drop datagrams; normal: never" },
-];
+mailtls_common::options! {
+    /// tlsrpt-collectd's options: upstream's names, defaults and order, then ours.
+    pub struct CollectdOptions, sources CollectdSources {
+        /// Storage URL(s), comma-separated, e.g. sqlite:///var/lib/tlsrpt/collectd.sqlite.
+        /// Completed days are kept beside each file as FILE.yesterday
+        storage: String = "",
+        /// Path of the unix datagram socket that the MTA sends to (Postfix:
+        /// smtp_tlsrpt_socket_name)
+        socketname: String = "",
+        /// User (name or number) to own the socket
+        socketuser: String = "",
+        /// Group (name or number) to own the socket
+        socketgroup: String = "",
+        /// Permissions of the socket in octal, e.g. 0220
+        socketmode: String = "",
+        /// Seconds after which received counters are committed at the latest
+        sockettimeout: i64 = "5",
+        /// Commit after this many datagrams
+        max_uncommited_datagrams: i64 = "1000",
+        /// Accepted for compatibility; failed commits are retried by a separate writer with a
+        /// growing pause, independently of incoming datagrams
+        retry_commit_datagram_count: i64 = "1000",
+        /// PID file to write
+        pidfilename: String = "",
+        /// Log file (in addition to standard error); reopened on SIGHUP
+        logfilename: String = "",
+        /// Log level: debug, info, warn, error, critical, or a number
+        log_level: String = "warn",
+        /// Command started after each UTC midnight rollover, with the storage URL and the path
+        /// of the completed day's database as two extra arguments
+        daily_rollover_script: String = "",
+        /// File to save an invalid datagram to, for inspection (the first of each kind per
+        /// minute)
+        dump_path_for_invalid_datagram: String = "",
+        /// mailtls extension. realtime: the thread that reads the socket runs at real-time
+        /// priority when permitted (root, CAP_SYS_NICE or systemd LimitRTPRIO=1), so that a
+        /// busy host does not make the kernel drop datagrams; normal: never
+        receiver_priority: String = "realtime",
+    }
+}
 
 pub const SPEC: ProgramSpec = ProgramSpec {
     name: "tlsrpt-collectd",
     section: "tlsrpt_collectd",
     env_prefix: "TLSRPT_COLLECTD_",
     default_config_file: "/etc/tlsrpt/collectd.cfg",
-    options: &OPTIONS,
     ignored: &[],
 };
 
@@ -73,7 +96,7 @@ Postfix (>= 3.10), main.cf:
   smtp_tlsrpt_socket_name = /run/tlsrpt/tlsrpt-collectd.socket";
 
 pub fn command() -> Command {
-    add_options(
+    add_options::<CollectdOptions>(
         Command::new("tlsrpt-collectd")
             .about(ABOUT)
             .long_about(LONG_ABOUT)
@@ -83,11 +106,13 @@ pub fn command() -> Command {
 }
 
 pub fn main(matches: &ArgMatches) -> i32 {
-    let settings = match super::start(&SPEC, "tlsrpt_collectd", matches) {
-        Ok(s) => s,
+    let options = match super::start(&SPEC, "tlsrpt_collectd", matches, |o: &CollectdOptions| {
+        (o.log_level.as_str(), o.logfilename.as_str())
+    }) {
+        Ok(options) => options,
         Err(code) => return code,
     };
-    let config = match config_from(&settings) {
+    let config = match config_from(&options) {
         Ok(c) => c,
         Err(e) => {
             log::error!("{e}");
@@ -104,7 +129,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
     if std::env::var_os(mailtls_common::clock::TEST_CLOCK_ENV).is_some() {
         log::warn!("using a test clock that started at {}", clock.now());
     }
-    let _pid = PidFile::create(settings.get_str("pidfilename"));
+    let _pid = PidFile::create(&options.pidfilename);
     let code = tlsrpt_collectd::run(config, clock.as_ref());
     if code == exit::OK {
         log::info!("process terminates with exit code {code}");
@@ -114,32 +139,28 @@ pub fn main(matches: &ArgMatches) -> i32 {
     code
 }
 
-/// Validate the settings into the collector's configuration.
-pub fn config_from(settings: &Settings) -> Result<CollectdConfig, String> {
-    let storage =
-        tlsrpt_store::parse_storage_list(settings.get_str("storage")).map_err(|e| e.to_string())?;
+/// Validate the options into the collector's configuration.
+pub fn config_from(options: &CollectdOptions) -> Result<CollectdConfig, String> {
+    let storage = tlsrpt_store::parse_storage_list(&options.storage).map_err(|e| e.to_string())?;
     if storage.is_empty() {
         return Err("no storage configured: set storage=sqlite:///path/to/collectd.sqlite (option --storage, TLSRPT_COLLECTD_STORAGE or [tlsrpt_collectd] storage)".into());
     }
-    let socket = settings.get_str("socketname");
+    let socket = &options.socketname;
     if socket.is_empty() {
         return Err("no socket configured: set socketname=/path/to/tlsrpt-collectd.socket (option --socketname, TLSRPT_COLLECTD_SOCKETNAME or [tlsrpt_collectd] socketname), the same path as Postfix's smtp_tlsrpt_socket_name".into());
     }
-    let non_empty = |name: &str| {
-        let v = settings.get_str(name);
-        (!v.is_empty()).then(|| v.to_string())
-    };
-    let mode = match non_empty("socketmode") {
+    let non_empty = |value: &String| (!value.is_empty()).then(|| value.clone());
+    let mode = match non_empty(&options.socketmode) {
         Some(text) => Some(parse_mode(&text)?),
         None => None,
     };
-    let timeout = settings.get_int("sockettimeout");
+    let timeout = options.sockettimeout;
     if timeout < 1 {
         return Err(format!(
             "sockettimeout must be at least 1 second, not {timeout}"
         ));
     }
-    let max_uncommitted = settings.get_int("max_uncommited_datagrams");
+    let max_uncommitted = options.max_uncommited_datagrams;
     if max_uncommitted < 1 {
         return Err(format!(
             "max_uncommited_datagrams must be at least 1, not {max_uncommitted}"
@@ -149,15 +170,15 @@ pub fn config_from(settings: &Settings) -> Result<CollectdConfig, String> {
         storage,
         socket: PathBuf::from(socket),
         permissions: Permissions {
-            user: non_empty("socketuser"),
-            group: non_empty("socketgroup"),
+            user: non_empty(&options.socketuser),
+            group: non_empty(&options.socketgroup),
             mode,
         },
         socket_timeout: Duration::from_secs(timeout as u64),
         max_uncommitted: max_uncommitted as u64,
-        rollover_script: non_empty("daily_rollover_script"),
-        dump_path: non_empty("dump_path_for_invalid_datagram").map(PathBuf::from),
-        realtime_receiver: match settings.get_str("receiver_priority") {
+        rollover_script: non_empty(&options.daily_rollover_script),
+        dump_path: non_empty(&options.dump_path_for_invalid_datagram).map(PathBuf::from),
+        realtime_receiver: match options.receiver_priority.as_str() {
             "realtime" => true,
             "normal" => false,
             other => {

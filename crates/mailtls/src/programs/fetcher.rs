@@ -5,21 +5,28 @@ use std::io::Write;
 use std::path::Path;
 
 use clap::{Arg, ArgMatches, Command};
-use mailtls_common::config::{add_options, Kind, OptionSpec, ProgramSpec};
+use mailtls_common::config::{add_options, ProgramSpec};
 use tlsrpt_store::{yesterday_path, FetcherDb, StoreError, VisitError};
 
-const OPTIONS: [OptionSpec; 3] = [
-    OptionSpec { name: "storage", kind: Kind::Str, default: "", help: "Storage URL of the collector, e.g. sqlite:///var/lib/tlsrpt/collectd.sqlite; the completed day is read from FILE.yesterday. Only the first of several comma-separated URLs is used" },
-    OptionSpec { name: "logfilename", kind: Kind::Str, default: "", help: "Log file (in addition to standard error)" },
-    OptionSpec { name: "log_level", kind: Kind::Str, default: "warn", help: "Log level: debug, info, warn, error, critical, or a number" },
-];
+mailtls_common::options! {
+    /// tlsrpt-fetcher's options, as upstream's.
+    pub struct FetcherOptions, sources FetcherSources {
+        /// Storage URL of the collector, e.g. sqlite:///var/lib/tlsrpt/collectd.sqlite; the
+        /// completed day is read from FILE.yesterday. Only the first of several comma-separated
+        /// URLs is used
+        storage: String = "",
+        /// Log file (in addition to standard error)
+        logfilename: String = "",
+        /// Log level: debug, info, warn, error, critical, or a number
+        log_level: String = "warn",
+    }
+}
 
 pub const SPEC: ProgramSpec = ProgramSpec {
     name: "tlsrpt-fetcher",
     section: "tlsrpt_fetcher",
     env_prefix: "TLSRPT_FETCHER_",
     default_config_file: "/etc/tlsrpt/fetcher.cfg",
-    options: &OPTIONS,
     ignored: &[],
 };
 
@@ -64,7 +71,7 @@ Examples:
   ssh mx1.example.net tlsrpt-fetcher 2026-11-21";
 
 pub fn command() -> Command {
-    add_options(
+    add_options::<FetcherOptions>(
         Command::new("tlsrpt-fetcher")
             .about("Print one day's TLSRPT counters for tlsrpt-reportd (fetcher protocol v1)")
             .long_about(LONG_ABOUT)
@@ -94,8 +101,10 @@ pub fn command() -> Command {
 }
 
 pub fn main(matches: &ArgMatches) -> i32 {
-    let settings = match super::start(&SPEC, "tlsrpt_fetcher", matches) {
-        Ok(s) => s,
+    let options = match super::start(&SPEC, "tlsrpt_fetcher", matches, |o: &FetcherOptions| {
+        (o.log_level.as_str(), o.logfilename.as_str())
+    }) {
+        Ok(options) => options,
         Err(code) => return code,
     };
     let day = matches.get_one::<String>("day").expect("required");
@@ -103,7 +112,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
         log::error!("{e}");
         return exit::USAGE;
     }
-    let mut urls = match tlsrpt_store::parse_storage_list(settings.get_str("storage")) {
+    let mut urls = match tlsrpt_store::parse_storage_list(&options.storage) {
         Ok(urls) => urls.into_iter(),
         Err(e) => {
             log::error!("{e}");

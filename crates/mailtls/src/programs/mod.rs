@@ -12,42 +12,55 @@ pub mod run;
 pub mod tlsrptctl;
 
 use clap::ArgMatches;
-use mailtls_common::config::{self, ProgramSpec, Settings};
+use mailtls_common::config::{self, ProgramOptions, ProgramSpec};
 
-/// Resolve a program's settings and set up its logging from the common
-/// `logfilename` and `log_level` settings, then log every setting with its
-/// source. On failure the error has been printed and the usage exit code is
-/// returned.
-pub(crate) fn start(
+/// Where a program's options name its log: `(log_level, logfilename)`.
+pub(crate) type LogOptions<O> = fn(&O) -> (&str, &str);
+
+/// Resolve a program's options and set up its logging from its
+/// `log_level` and `logfilename` options (`log`), then log every setting
+/// with its source. On failure the error has been printed and the usage
+/// exit code is returned.
+pub(crate) fn start<O: ProgramOptions>(
     spec: &ProgramSpec,
     component: &'static str,
     matches: &ArgMatches,
-) -> Result<Settings, i32> {
+    log: LogOptions<O>,
+) -> Result<O, i32> {
     let fail = |e: &dyn std::fmt::Display| {
         eprintln!("{}: {e}", spec.name);
         2
     };
-    let settings = config::resolve(spec, matches, &config::process_env()).map_err(|e| fail(&e))?;
-    let level = mailtls_common::logging::parse_level(settings.get_str("log_level"))
-        .map_err(|e| fail(&e))?;
-    mailtls_common::logging::init(component, settings.get_str("logfilename"), level)
-        .map_err(|e| fail(&e))?;
+    let (options, settings) =
+        config::resolve::<O>(spec, matches, &config::process_env()).map_err(|e| fail(&e))?;
+    let (log_level, logfilename) = log(&options);
+    let level = mailtls_common::logging::parse_level(log_level).map_err(|e| fail(&e))?;
+    mailtls_common::logging::init(component, logfilename, level).map_err(|e| fail(&e))?;
     settings.log();
-    Ok(settings)
+    Ok(options)
 }
 
-/// The SMTP relay `relay` (`HOST`, `HOST:PORT` or `[ADDRESS]:PORT`) with
-/// the program's `smtp_security`, `smtp_user` and `smtp_password_file`
-/// options: how report mail (reportd) and notifications (PostTLS) are
-/// submitted when a relay is configured.
+/// The SMTP submission options that the report daemon and PostTLS share.
+pub(crate) struct SmtpOptions<'a> {
+    /// `HOST`, `HOST:PORT` or `[ADDRESS]:PORT`.
+    pub relay: &'a str,
+    /// `starttls`, `tls` or `plain`.
+    pub security: &'a str,
+    /// Empty: no SMTP AUTH.
+    pub user: &'a str,
+    pub password_file: &'a str,
+}
+
+/// The SMTP relay of `smtp`: how report mail (reportd) and notifications
+/// (PostTLS) are submitted when a relay is configured.
 pub(crate) fn smtp_transport(
-    settings: &Settings,
-    relay: &str,
+    smtp: &SmtpOptions<'_>,
     timeout: std::time::Duration,
     trust: &tlsrpt_delivery::TrustAnchors,
 ) -> Result<tlsrpt_delivery::Smtp, String> {
     use tlsrpt_delivery::{Smtp, SmtpCredentials, SmtpSecurity};
-    let security = match settings.get_str("smtp_security") {
+    let relay = smtp.relay;
+    let security = match smtp.security {
         "starttls" => SmtpSecurity::StartTls,
         "tls" => SmtpSecurity::ImplicitTls,
         "plain" => SmtpSecurity::Plaintext,
@@ -65,13 +78,13 @@ pub(crate) fn smtp_transport(
         ),
         _ => (relay, security.default_port()),
     };
-    let credentials = match Some(settings.get_str("smtp_user"))
+    let credentials = match Some(smtp.user)
         .filter(|u| !u.is_empty())
         .map(str::to_string)
     {
         None => None,
         Some(user) => {
-            let file = Some(settings.get_str("smtp_password_file"))
+            let file = Some(smtp.password_file)
                 .filter(|f| !f.is_empty())
                 .ok_or("smtp_user is set but smtp_password_file is not")?;
             let password = std::fs::read_to_string(file)

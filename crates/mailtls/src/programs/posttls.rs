@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{ArgMatches, Command};
-use mailtls_common::config::{add_options, Kind, OptionSpec, ProgramSpec, Settings};
+use mailtls_common::config::{add_options, seconds, ProgramSpec};
 use mailtls_common::pidfile::PidFile;
 use posttls_actions::{Executor, Listeners};
 use posttls_notify::Templates;
@@ -17,49 +17,108 @@ use posttls_store::Store;
 use posttls_token::SecretKey;
 use tlsrpt_delivery::{MailTransport, Outcome, Sendmail, TrustAnchors};
 
-pub const OPTIONS: [OptionSpec; 34] = [
-    OptionSpec { name: "database", kind: Kind::Str, default: "/var/lib/posttls/posttls.sqlite", help: "SQLite database of messages, notifications, actions and the audit log" },
-    OptionSpec { name: "instance", kind: Kind::Str, default: "", help: "Name of this Postfix instance, bound into every link (default: the host name)" },
-    OptionSpec { name: "postfix_config_dir", kind: Kind::Str, default: "", help: "Postfix configuration directory (-c) of the instance to watch; empty: the default instance" },
-    OptionSpec { name: "postfix_command_dir", kind: Kind::Str, default: "/usr/sbin", help: "Where postqueue, postcat, postsuper and sendmail are" },
-    OptionSpec { name: "command_timeout", kind: Kind::Int, default: "30", help: "Seconds a Postfix command may take" },
-    OptionSpec { name: "own_domains", kind: Kind::Str, default: "", help: "Comma-separated sender domains of our organisation (exact, or .suffix for subdomains). Only their senders are told, and only for mail submitted locally or with SMTP AUTH" },
-    OptionSpec { name: "mandatory_domains", kind: Kind::Str, default: "", help: "Comma-separated recipient domains that are never sent unencrypted (exact or .suffix); more can be added in the web UI" },
-    OptionSpec { name: "organization_name", kind: Kind::Str, default: "", help: "Named in notifications" },
-    OptionSpec { name: "notification_from", kind: Kind::Str, default: "", help: "From address of notifications, e.g. postmaster@example.org" },
-    OptionSpec { name: "sendmail_script", kind: Kind::Str, default: "sendmail -i -t", help: "Command that takes a notification on standard input (split into words, no shell); unused when smtp_relay is set. Must not depend on the failing TLS: e.g. local delivery" },
-    OptionSpec { name: "smtp_relay", kind: Kind::Str, default: "", help: "Send notifications by SMTP to HOST or HOST:PORT instead" },
-    OptionSpec { name: "smtp_security", kind: Kind::Str, default: "starttls", help: "starttls (port 587), tls (465) or plain (25, no AUTH)" },
-    OptionSpec { name: "smtp_user", kind: Kind::Str, default: "", help: "SMTP AUTH user" },
-    OptionSpec { name: "smtp_password_file", kind: Kind::Str, default: "", help: "File holding the SMTP AUTH password" },
-    OptionSpec { name: "tls_ca_file", kind: Kind::Str, default: "", help: "Extra CA certificates (PEM) for the SMTP relay" },
-    OptionSpec { name: "base_url", kind: Kind::Str, default: "", help: "Address of the PostTLS web pages as senders reach them, e.g. https://posttls.example.org" },
-    OptionSpec { name: "secret_key_file", kind: Kind::Str, default: "/var/lib/posttls/secret.key", help: "Key that signs the links (created, mode 0600, when missing); the web process needs the same file" },
-    OptionSpec { name: "link_lifetime", kind: Kind::Int, default: "432000", help: "Seconds a link in a notification works (default 5 days, Postfix's maximal_queue_lifetime)" },
-    OptionSpec { name: "scan_interval", kind: Kind::Int, default: "60", help: "Seconds between queue scans of the worker" },
-    OptionSpec { name: "reminder_interval", kind: Kind::Int, default: "14400", help: "Seconds between reminders about a message still waiting; 0: no reminders" },
-    OptionSpec { name: "max_reminders", kind: Kind::Int, default: "3", help: "Reminders per message at most (the original reminded every 30 minutes forever)" },
-    OptionSpec { name: "mandatory_policy", kind: Kind::Str, default: "return", help: "A message whose waiting recipients are all in mandatory-TLS domains: return (postsuper -e: it bounces to the sender now), delete (postsuper -d, as the original PostTLS), or wait (until it expires); the sender is told" },
-    OptionSpec { name: "queue_lifetime", kind: Kind::Int, default: "432000", help: "Postfix's maximal_queue_lifetime in seconds: a message that leaves the queue this old expired, and its sender is told" },
-    OptionSpec { name: "template_dir", kind: Kind::Str, default: "", help: "Directory with replacements for the notification templates subject.txt.j2, notification.txt.j2, notification.html.j2" },
-    OptionSpec { name: "release_listener", kind: Kind::Str, default: "private/posttls-release", help: "UNIX-domain socket of the instance's smtpd that sends with opportunistic TLS and puts what it receives on hold (master.cf service posttls-release; see README); relative to the queue directory. Released recipients are re-injected there" },
-    OptionSpec { name: "reinject_listener", kind: Kind::Str, default: "private/posttls-reinject", help: "UNIX-domain socket of the instance's smtpd with the normal (mandatory TLS) path that puts what it receives on hold (master.cf service posttls-reinject); relative to the queue directory. When a released message has other pending recipients, their copy is re-injected there" },
-    OptionSpec { name: "audit_retention", kind: Kind::Int, default: "400", help: "Days the audit log is kept; older entries are deleted by the worker (0: kept forever)" },
-    OptionSpec { name: "listen", kind: Kind::Str, default: "127.0.0.1:8025", help: "Address of the web pages (confirmation pages and admin dashboard); put a TLS-terminating proxy in front" },
-    OptionSpec { name: "trusted_proxies", kind: Kind::Str, default: "", help: "Comma-separated addresses of reverse proxies in front of the web pages whose X-Forwarded-For names the client (audit log, login throttle); empty: the peer address" },
-    OptionSpec { name: "cookie_secure", kind: Kind::Int, default: "1", help: "Mark the admin session cookie Secure (needs HTTPS in front); 0 only for tests on plain HTTP" },
-    OptionSpec { name: "lock_file", kind: Kind::Str, default: "/run/posttls/scan.lock", help: "Lock that keeps scans from overlapping" },
-    OptionSpec { name: "pidfilename", kind: Kind::Str, default: "", help: "PID file of the worker" },
-    OptionSpec { name: "logfilename", kind: Kind::Str, default: "", help: "Log file (in addition to standard error); reopened on SIGHUP" },
-    OptionSpec { name: "log_level", kind: Kind::Str, default: "info", help: "Log level: debug, info, warn, error, critical, or a number" },
-];
+mailtls_common::options! {
+    /// PostTLS's options (`posttls scan`, `worker`, `web` and `adduser`).
+    pub struct PosttlsOptions, sources PosttlsSources {
+        /// SQLite database of messages, notifications, actions and the audit log
+        database: String = "/var/lib/posttls/posttls.sqlite",
+        /// Name of this Postfix instance, bound into every link (default: the host name)
+        instance: String = "",
+        /// Postfix configuration directory (-c) of the instance to watch; empty: the default
+        /// instance
+        postfix_config_dir: String = "",
+        /// Where postqueue, postcat, postsuper and sendmail are
+        postfix_command_dir: String = "/usr/sbin",
+        /// Seconds a Postfix command may take
+        command_timeout: i64 = "30",
+        /// Comma-separated sender domains of our organisation (exact, or .suffix for
+        /// subdomains). Only their senders are told, and only for mail submitted locally or
+        /// with SMTP AUTH
+        own_domains: String = "",
+        /// Comma-separated recipient domains that are never sent unencrypted (exact or
+        /// .suffix); more can be added in the web UI
+        mandatory_domains: String = "",
+        /// Named in notifications
+        organization_name: String = "",
+        /// From address of notifications, e.g. postmaster@example.org
+        notification_from: String = "",
+        /// Command that takes a notification on standard input (split into words, no shell);
+        /// unused when smtp_relay is set. Must not depend on the failing TLS: e.g. local
+        /// delivery
+        sendmail_script: String = "sendmail -i -t",
+        /// Send notifications by SMTP to HOST or HOST:PORT instead
+        smtp_relay: String = "",
+        /// starttls (port 587), tls (465) or plain (25, no AUTH)
+        smtp_security: String = "starttls",
+        /// SMTP AUTH user
+        smtp_user: String = "",
+        /// File holding the SMTP AUTH password
+        smtp_password_file: String = "",
+        /// Extra CA certificates (PEM) for the SMTP relay
+        tls_ca_file: String = "",
+        /// Address of the PostTLS web pages as senders reach them, e.g.
+        /// https://posttls.example.org
+        base_url: String = "",
+        /// Key that signs the links (created, mode 0600, when missing); the web process needs
+        /// the same file
+        secret_key_file: String = "/var/lib/posttls/secret.key",
+        /// Seconds a link in a notification works (default 5 days, Postfix's
+        /// maximal_queue_lifetime)
+        link_lifetime: i64 = "432000",
+        /// Seconds between queue scans of the worker
+        scan_interval: i64 = "60",
+        /// Seconds between reminders about a message still waiting; 0: no reminders
+        reminder_interval: i64 = "14400",
+        /// Reminders per message at most (the original reminded every 30 minutes forever)
+        max_reminders: i64 = "3",
+        /// A message whose waiting recipients are all in mandatory-TLS domains: return
+        /// (postsuper -e: it bounces to the sender now), delete (postsuper -d, as the original
+        /// PostTLS), or wait (until it expires); the sender is told
+        mandatory_policy: String = "return",
+        /// Postfix's maximal_queue_lifetime in seconds: a message that leaves the queue this
+        /// old expired, and its sender is told
+        queue_lifetime: i64 = "432000",
+        /// Directory with replacements for the notification templates subject.txt.j2,
+        /// notification.txt.j2, notification.html.j2
+        template_dir: String = "",
+        /// UNIX-domain socket of the instance's smtpd that sends with opportunistic TLS and
+        /// puts what it receives on hold (master.cf service posttls-release; see README);
+        /// relative to the queue directory. Released recipients are re-injected there
+        release_listener: String = "private/posttls-release",
+        /// UNIX-domain socket of the instance's smtpd with the normal (mandatory TLS) path that
+        /// puts what it receives on hold (master.cf service posttls-reinject); relative to the
+        /// queue directory. When a released message has other pending recipients, their copy is
+        /// re-injected there
+        reinject_listener: String = "private/posttls-reinject",
+        /// Days the audit log is kept; older entries are deleted by the worker (0: kept
+        /// forever)
+        audit_retention: i64 = "400",
+        /// Address of the web pages (confirmation pages and admin dashboard); put a TLS-
+        /// terminating proxy in front
+        listen: String = "127.0.0.1:8025",
+        /// Comma-separated addresses of reverse proxies in front of the web pages whose
+        /// X-Forwarded-For names the client (audit log, login throttle); empty: the peer
+        /// address
+        trusted_proxies: String = "",
+        /// Mark the admin session cookie Secure (needs HTTPS in front); 0 only for tests on
+        /// plain HTTP
+        cookie_secure: i64 = "1",
+        /// Lock that keeps scans from overlapping
+        lock_file: String = "/run/posttls/scan.lock",
+        /// PID file of the worker
+        pidfilename: String = "",
+        /// Log file (in addition to standard error); reopened on SIGHUP
+        logfilename: String = "",
+        /// Log level: debug, info, warn, error, critical, or a number
+        log_level: String = "info",
+    }
+}
 
 pub const SPEC: ProgramSpec = ProgramSpec {
     name: "posttls",
     section: "posttls",
     env_prefix: "POSTTLS_",
     default_config_file: "/etc/mailtls/posttls.cfg",
-    options: &OPTIONS,
     ignored: &[],
 };
 
@@ -76,7 +135,7 @@ environment, which wins over the file.";
 
 pub fn command() -> Command {
     let sub = |name: &'static str, about: &'static str| {
-        add_options(Command::new(name).about(about), &SPEC)
+        add_options::<PosttlsOptions>(Command::new(name).about(about), &SPEC)
     };
     Command::new("posttls")
         .about("Mandatory outbound TLS with the sender in control")
@@ -96,15 +155,17 @@ pub fn command() -> Command {
 
 pub fn main(matches: &ArgMatches) -> i32 {
     let (name, sub) = matches.subcommand().expect("a subcommand is required");
-    let settings = match super::start(&SPEC, "posttls", sub) {
-        Ok(s) => s,
+    let options = match super::start(&SPEC, "posttls", sub, |o: &PosttlsOptions| {
+        (o.log_level.as_str(), o.logfilename.as_str())
+    }) {
+        Ok(options) => options,
         Err(code) => return code,
     };
     // The web process needs none of the scanner's settings.
-    if let Some(code) = super::posttls_web::run(name, sub, &settings) {
+    if let Some(code) = super::posttls_web::run(name, sub, &options) {
         return code;
     }
-    let setup = match Setup::from(&settings) {
+    let setup = match Setup::from(&options) {
         Ok(s) => s,
         Err(e) => {
             log::error!("{e}");
@@ -112,8 +173,8 @@ pub fn main(matches: &ArgMatches) -> i32 {
         }
     };
     match name {
-        "scan" => setup.scan_once(&settings),
-        "worker" => setup.worker(&settings),
+        "scan" => setup.scan_once(),
+        "worker" => setup.worker(),
         _ => unreachable!("clap knows the subcommands"),
     }
 }
@@ -140,42 +201,37 @@ struct Setup {
     database: PathBuf,
     listeners: Listeners,
     audit_retention: Option<Duration>,
+    lock_file: PathBuf,
+    pidfilename: String,
+    scan_interval: Duration,
 }
 
-fn required(settings: &Settings, name: &str, example: &str) -> Result<String, String> {
-    let value = settings.get_str(name);
+/// The value of option `name`, which must be set; `example` shows how.
+fn required(value: &str, name: &str, example: &str) -> Result<String, String> {
     if value.is_empty() {
         return Err(format!("{name} is not set (e.g. {name} = {example}; option --{name}, POSTTLS_{} or [posttls] {name})", name.to_uppercase()));
     }
     Ok(value.to_string())
 }
 
-fn seconds(settings: &Settings, name: &str) -> Result<Duration, String> {
-    let value = settings.get_int(name);
-    u64::try_from(value)
-        .map(Duration::from_secs)
-        .map_err(|_| format!("{name} must not be negative, not {value}"))
-}
-
 impl Setup {
-    fn from(settings: &Settings) -> Result<Setup, String> {
+    fn from(o: &PosttlsOptions) -> Result<Setup, String> {
         let own_domains = DomainSet::parse_list(&required(
-            settings,
+            &o.own_domains,
             "own_domains",
             "example.org, .example.org",
         )?)
         .map_err(|e| format!("own_domains: {e}"))?;
-        let mandatory = DomainSet::parse_list(settings.get_str("mandatory_domains"))
+        let mandatory = DomainSet::parse_list(&o.mandatory_domains)
             .map_err(|e| format!("mandatory_domains: {e}"))?;
-        let notification_from = required(settings, "notification_from", "postmaster@example.org")?;
-        let base_url = required(settings, "base_url", "https://posttls.example.org")?;
-        let instance = match settings.get_str("instance") {
-            "" => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "localhost".into()),
-            name => name.to_string(),
-        };
-        let reminder = seconds(settings, "reminder_interval")?;
+        let notification_from = required(
+            &o.notification_from,
+            "notification_from",
+            "postmaster@example.org",
+        )?;
+        let base_url = required(&o.base_url, "base_url", "https://posttls.example.org")?;
+        let instance = super::posttls_web::instance_name(o);
+        let reminder = seconds("reminder_interval", o.reminder_interval)?;
         let config = ScanConfig {
             instance,
             own: OwnSenders {
@@ -183,7 +239,7 @@ impl Setup {
             },
             mandatory,
             // Named in every notification: the first own domain when unset.
-            organization: match settings.get_str("organization_name") {
+            organization: match o.organization_name.as_str() {
                 "" => own_domains
                     .entries()
                     .first()
@@ -193,48 +249,48 @@ impl Setup {
             },
             notification_from: notification_from.clone(),
             base_url,
-            link_lifetime: seconds(settings, "link_lifetime")?,
+            link_lifetime: seconds("link_lifetime", o.link_lifetime)?,
             reminder_interval: (!reminder.is_zero()).then_some(reminder),
-            max_reminders: u32::try_from(settings.get_int("max_reminders")).unwrap_or(0),
-            mandatory_policy: MandatoryPolicy::parse(settings.get_str("mandatory_policy"))
-                .ok_or_else(|| {
-                    format!(
-                        "mandatory_policy {:?} is not one of return, delete, wait",
-                        settings.get_str("mandatory_policy")
-                    )
-                })?,
-            queue_lifetime: seconds(settings, "queue_lifetime")?,
+            max_reminders: u32::try_from(o.max_reminders).unwrap_or(0),
+            mandatory_policy: MandatoryPolicy::parse(&o.mandatory_policy).ok_or_else(|| {
+                format!(
+                    "mandatory_policy {:?} is not one of return, delete, wait",
+                    o.mandatory_policy
+                )
+            })?,
+            queue_lifetime: seconds("queue_lifetime", o.queue_lifetime)?,
         };
-        let config_dir = Some(settings.get_str("postfix_config_dir"))
+        let config_dir = Some(&o.postfix_config_dir)
             .filter(|d| !d.is_empty())
             .map(PathBuf::from);
-        let postfix = Postfix::new(
-            config_dir,
-            PathBuf::from(settings.get_str("postfix_command_dir")),
-            seconds(settings, "command_timeout")?,
-        );
-        let template_dir = Some(settings.get_str("template_dir")).filter(|d| !d.is_empty());
+        let timeout = seconds("command_timeout", o.command_timeout)?;
+        let postfix = Postfix::new(config_dir, PathBuf::from(&o.postfix_command_dir), timeout);
+        let template_dir = Some(&o.template_dir).filter(|d| !d.is_empty());
         let templates = Templates::load(template_dir.map(Path::new)).map_err(|e| e.to_string())?;
-        let key_file = PathBuf::from(settings.get_str("secret_key_file"));
+        let key_file = PathBuf::from(&o.secret_key_file);
         let key = SecretKey::load_or_create(&key_file).map_err(|e| e.to_string())?;
-        let timeout = seconds(settings, "command_timeout")?;
         let listeners = Listeners {
-            release: listener(&postfix, settings, "release_listener")?,
-            keep: listener(&postfix, settings, "reinject_listener")?,
+            release: listener(&postfix, &o.release_listener, "release_listener")?,
+            keep: listener(&postfix, &o.reinject_listener, "reinject_listener")?,
             timeout,
         };
-        let retention = seconds(settings, "audit_retention")?;
-        let transport = match settings.get_str("smtp_relay") {
+        let retention = seconds("audit_retention", o.audit_retention)?;
+        let transport = match o.smtp_relay.as_str() {
             "" => MailTransport::Sendmail(
-                Sendmail::new(settings.get_str("sendmail_script"), timeout)
-                    .map_err(|e| e.to_string())?,
+                Sendmail::new(&o.sendmail_script, timeout).map_err(|e| e.to_string())?,
             ),
             relay => {
-                let ca = Some(settings.get_str("tls_ca_file"))
+                let ca = Some(&o.tls_ca_file)
                     .filter(|f| !f.is_empty())
                     .map(Path::new);
                 let trust = TrustAnchors::load(ca).map_err(|e| e.to_string())?;
-                MailTransport::Smtp(super::smtp_transport(settings, relay, timeout, &trust)?)
+                let smtp = super::SmtpOptions {
+                    relay,
+                    security: &o.smtp_security,
+                    user: &o.smtp_user,
+                    password_file: &o.smtp_password_file,
+                };
+                MailTransport::Smtp(super::smtp_transport(&smtp, timeout, &trust)?)
             }
         };
         Ok(Setup {
@@ -243,9 +299,12 @@ impl Setup {
             templates,
             key,
             mailer: TransportMailer(transport, notification_from),
-            database: PathBuf::from(settings.get_str("database")),
+            database: PathBuf::from(&o.database),
             listeners,
             audit_retention: (!retention.is_zero()).then(|| retention * 86400),
+            lock_file: PathBuf::from(&o.lock_file),
+            pidfilename: o.pidfilename.clone(),
+            scan_interval: seconds("scan_interval", o.scan_interval)?.max(Duration::from_secs(1)),
         })
     }
 
@@ -325,9 +384,9 @@ impl Setup {
         Store::open(&self.database).map_err(|e| format!("{}: {e}", self.database.display()))
     }
 
-    fn scan_once(&self, settings: &Settings) -> i32 {
-        let lock_path = settings.get_str("lock_file");
-        let _lock = match ScanLock::take(Path::new(lock_path)) {
+    fn scan_once(&self) -> i32 {
+        let lock_path = self.lock_file.display();
+        let _lock = match ScanLock::take(&self.lock_file) {
             Ok(Some(lock)) => lock,
             Ok(None) => {
                 log::warn!("another scan holds {lock_path}; not scanning now");
@@ -352,13 +411,13 @@ impl Setup {
         }
     }
 
-    fn worker(&self, settings: &Settings) -> i32 {
-        let _pid = PidFile::create(settings.get_str("pidfilename"));
+    fn worker(&self) -> i32 {
+        let _pid = PidFile::create(&self.pidfilename);
         // One worker per instance and database: actions left running are
         // settled by the one that holds the lock (a cron `posttls scan`
         // steps aside while the worker runs).
-        let lock_path = settings.get_str("lock_file");
-        let _lock = match ScanLock::take(Path::new(lock_path)) {
+        let lock_path = self.lock_file.display();
+        let _lock = match ScanLock::take(&self.lock_file) {
             Ok(Some(lock)) => lock,
             Ok(None) => {
                 log::error!(
@@ -385,9 +444,7 @@ impl Setup {
                 return 1;
             }
         }
-        let interval = seconds(settings, "scan_interval")
-            .unwrap_or(Duration::from_secs(60))
-            .max(Duration::from_secs(1));
+        let interval = self.scan_interval;
         log::info!(
             "PostTLS worker started, scanning every {} s",
             interval.as_secs()
@@ -416,8 +473,7 @@ impl Setup {
 /// The socket of a re-injection listener: a path, relative to the
 /// instance's queue directory unless absolute. A TCP listener is refused:
 /// any local process could relay through it with TLS optional.
-fn listener(postfix: &Postfix, settings: &Settings, name: &str) -> Result<PathBuf, String> {
-    let value = settings.get_str(name);
+fn listener(postfix: &Postfix, value: &str, name: &str) -> Result<PathBuf, String> {
     if value.is_empty() || (value.contains(':') && !value.contains('/')) {
         return Err(format!(
             "{name} = {value:?}: give the UNIX-domain socket of an smtpd service under Postfix's private/ directory \

@@ -12,11 +12,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use clap::{Arg, ArgMatches, Command};
-use mailtls_common::config::{add_options, Settings, Value};
+use mailtls_common::config::add_options;
 use posttls_policy::DomainSet;
 use posttls_store::Store;
 use posttls_token::SecretKey;
 use posttls_web::WebConfig;
+
+use super::posttls::PosttlsOptions;
 
 /// Shortest admin password accepted by `adduser`.
 pub const MIN_PASSWORD_LEN: usize = 12;
@@ -27,14 +29,14 @@ pub const MIN_PASSWORD_LEN: usize = 12;
 pub fn subcommands() -> [Command; 2] {
     let spec = &super::posttls::SPEC;
     [
-        add_options(
+        add_options::<PosttlsOptions>(
             Command::new("web").about(
                 "Serve the confirmation pages and the admin dashboard on `listen` until SIGTERM \
                  (needs no root: it only records requests for the worker)",
             ),
             spec,
         ),
-        add_options(
+        add_options::<PosttlsOptions>(
             Command::new("adduser")
                 .about("Create admin NAME or give it a new password, read as one line from standard input")
                 .arg(
@@ -49,14 +51,14 @@ pub fn subcommands() -> [Command; 2] {
 }
 
 /// Runs subcommand `name` if it is `web` or `adduser` (`None` for the
-/// others): `posttls::main()` calls it with the resolved settings before it
+/// others): `posttls::main()` calls it with the resolved options before it
 /// builds the scanner's setup, which the web process does not need.
-pub fn run(name: &str, sub: &ArgMatches, settings: &Settings) -> Option<i32> {
+pub fn run(name: &str, sub: &ArgMatches, options: &PosttlsOptions) -> Option<i32> {
     match name {
-        "web" => Some(web(settings)),
+        "web" => Some(web(options)),
         "adduser" => {
             let admin = sub.get_one::<String>("admin").expect("clap requires NAME");
-            Some(adduser(settings, admin))
+            Some(adduser(options, admin))
         }
         _ => None,
     }
@@ -64,8 +66,8 @@ pub fn run(name: &str, sub: &ArgMatches, settings: &Settings) -> Option<i32> {
 
 /// `mailtls posttls web`: serve until SIGTERM/SIGINT. Exit status 0 after a
 /// clean stop, 1 when it cannot start or serve, 2 for bad settings.
-pub fn web(settings: &Settings) -> i32 {
-    let config = match web_config(settings) {
+pub fn web(options: &PosttlsOptions) -> i32 {
+    let config = match web_config(options) {
         Ok(c) => c,
         Err(e) => {
             log::error!("{e}");
@@ -75,7 +77,7 @@ pub fn web(settings: &Settings) -> i32 {
     if let Some(warning) = proxy_warning(&config) {
         log::warn!("{warning}");
     }
-    let key = match SecretKey::load_or_create(Path::new(settings.get_str("secret_key_file"))) {
+    let key = match SecretKey::load_or_create(Path::new(&options.secret_key_file)) {
         Ok(k) => k,
         Err(e) => {
             log::error!("{e}");
@@ -83,7 +85,7 @@ pub fn web(settings: &Settings) -> i32 {
         }
     };
     reopen_log_on_sighup();
-    match posttls_web::serve(config, Path::new(settings.get_str("database")), key) {
+    match posttls_web::serve(config, Path::new(&options.database), key) {
         Ok(()) => 0,
         Err(e) => {
             log::error!("{e}");
@@ -93,34 +95,28 @@ pub fn web(settings: &Settings) -> i32 {
 }
 
 /// The web settings: `listen`, `instance`, `base_url`, `organization_name`,
-/// `cookie_secure`, `mandatory_domains`, and `trusted_proxies` when the
-/// option table has it.
-pub fn web_config(settings: &Settings) -> Result<WebConfig, String> {
-    let mandatory_domains = DomainSet::parse_list(settings.get_str("mandatory_domains"))
+/// `cookie_secure`, `mandatory_domains` and `trusted_proxies`.
+pub fn web_config(o: &PosttlsOptions) -> Result<WebConfig, String> {
+    let mandatory_domains = DomainSet::parse_list(&o.mandatory_domains)
         .map_err(|e| format!("mandatory_domains: {e}"))?;
-    let trusted_proxies = match settings.iter().find(|s| s.name == "trusted_proxies") {
-        Some(setting) => match &setting.value {
-            Value::Str(list) => list
-                .split(|c: char| c == ',' || c.is_whitespace())
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    p.parse::<IpAddr>()
-                        .map_err(|_| format!("trusted_proxies: {p:?} is not an IP address"))
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-            Value::Int(_) => return Err("trusted_proxies must be a list of addresses".into()),
-        },
-        None => Vec::new(),
-    };
-    let secure_cookies = settings.get_int("cookie_secure") != 0;
+    let trusted_proxies = o
+        .trusted_proxies
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<IpAddr>()
+                .map_err(|_| format!("trusted_proxies: {p:?} is not an IP address"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let secure_cookies = o.cookie_secure != 0;
     if !secure_cookies {
         log::warn!("cookie_secure = 0: the admin session cookie is sent over plain HTTP too; use this for tests only");
     }
     Ok(WebConfig {
-        listen: settings.get_str("listen").to_string(),
-        instance: instance_name(settings),
-        base_url: settings.get_str("base_url").to_string(),
-        organization: settings.get_str("organization_name").to_string(),
+        listen: o.listen.clone(),
+        instance: instance_name(o),
+        base_url: o.base_url.clone(),
+        organization: o.organization_name.clone(),
         secure_cookies,
         mandatory_domains,
         trusted_proxies,
@@ -157,11 +153,9 @@ fn is_loopback(listen: &str) -> bool {
 
 /// `instance`, or the host name when it is empty (as the worker does: the
 /// two must agree, or no link verifies).
-fn instance_name(settings: &Settings) -> String {
-    match settings.get_str("instance") {
-        "" => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into()),
+pub(crate) fn instance_name(o: &PosttlsOptions) -> String {
+    match o.instance.as_str() {
+        "" => mailtls_common::host_name(),
         name => name.to_string(),
     }
 }
@@ -183,15 +177,15 @@ fn reopen_log_on_sighup() {
 /// password, read as one line from standard input (`echo "$PW" |` or a
 /// file; nothing is asked twice). Exit status 0 when saved, 1 when the
 /// database cannot be written, 2 for a bad name or password.
-pub fn adduser(settings: &Settings, name: &str) -> i32 {
+pub fn adduser(options: &PosttlsOptions, name: &str) -> i32 {
     if unsafe { libc::isatty(0) } == 1 {
         eprintln!("Password for admin {name} (one line; it is shown as you type, so prefer piping it in):");
     }
-    adduser_from(settings, name, &mut std::io::stdin().lock())
+    adduser_from(options, name, &mut std::io::stdin().lock())
 }
 
 /// [`adduser`] with the password from `input`.
-pub fn adduser_from(settings: &Settings, name: &str, input: &mut impl BufRead) -> i32 {
+pub fn adduser_from(options: &PosttlsOptions, name: &str, input: &mut impl BufRead) -> i32 {
     if let Err(e) = check_admin_name(name) {
         eprintln!("posttls adduser: {e}");
         return 2;
@@ -210,7 +204,7 @@ pub fn adduser_from(settings: &Settings, name: &str, input: &mut impl BufRead) -
         return 2;
     }
     let hash = posttls_auth::hash_password(password);
-    let database = settings.get_str("database");
+    let database = &options.database;
     let saved = Store::open(Path::new(database)).and_then(|store| {
         let now = chrono::Utc::now().timestamp();
         store.set_admin(name, &hash, now)?;
@@ -220,7 +214,7 @@ pub fn adduser_from(settings: &Settings, name: &str, input: &mut impl BufRead) -
         Ok(()) => {
             println!(
                 "admin {name} saved in {database}; sign in at {}/admin",
-                settings.get_str("base_url").trim_end_matches('/')
+                options.base_url.trim_end_matches('/')
             );
             0
         }
@@ -253,12 +247,15 @@ mod tests {
     use super::*;
     use mailtls_common::config::{add_options, resolve};
 
-    fn settings(args: &[&str]) -> Settings {
-        let command = add_options(clap::Command::new("web"), &super::super::posttls::SPEC);
+    fn settings(args: &[&str]) -> PosttlsOptions {
+        let command =
+            add_options::<PosttlsOptions>(clap::Command::new("web"), &super::super::posttls::SPEC);
         let matches = command
             .try_get_matches_from(std::iter::once("web").chain(args.iter().copied()))
             .unwrap();
-        resolve(&super::super::posttls::SPEC, &matches, &[]).unwrap()
+        resolve(&super::super::posttls::SPEC, &matches, &[])
+            .unwrap()
+            .0
     }
 
     #[test]
@@ -271,8 +268,9 @@ mod tests {
         let (name, sub) = matches.subcommand().unwrap();
         assert_eq!(name, "adduser");
         assert_eq!(sub.get_one::<String>("admin").unwrap(), "root");
-        let settings = resolve(&super::super::posttls::SPEC, sub, &[]).unwrap();
-        assert_eq!(settings.get_str("database"), "/tmp/x.sqlite");
+        let (options, _) =
+            resolve::<PosttlsOptions>(&super::super::posttls::SPEC, sub, &[]).unwrap();
+        assert_eq!(options.database, "/tmp/x.sqlite");
         assert!(command
             .clone()
             .try_get_matches_from(["posttls", "adduser"])
@@ -282,9 +280,10 @@ mod tests {
             .unwrap();
         let (name, sub) = matches.subcommand().unwrap();
         assert_eq!(name, "web");
-        let settings = resolve(&super::super::posttls::SPEC, sub, &[]).unwrap();
-        assert_eq!(web_config(&settings).unwrap().listen, "127.0.0.1:9");
-        assert_eq!(run("scan", sub, &settings), None);
+        let (options, _) =
+            resolve::<PosttlsOptions>(&super::super::posttls::SPEC, sub, &[]).unwrap();
+        assert_eq!(web_config(&options).unwrap().listen, "127.0.0.1:9");
+        assert_eq!(run("scan", sub, &options), None);
     }
 
     #[test]

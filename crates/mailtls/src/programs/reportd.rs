@@ -3,11 +3,10 @@
 //! [`tlsrpt_reportd::daemon::Reportd::run`].
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use clap::{ArgMatches, Command};
 use mailtls_common::clock::Clock;
-use mailtls_common::config::{add_options, Kind, OptionSpec, ProgramSpec, Settings, Source};
+use mailtls_common::config::{add_options, seconds, ProgramSpec, Source};
 use mailtls_common::pidfile::PidFile;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tlsrpt_delivery::{
@@ -16,7 +15,7 @@ use tlsrpt_delivery::{
 use tlsrpt_report::maps::DestinationMaps;
 use tlsrpt_report::report::{submitter_domain, ReportingOrganization};
 use tlsrpt_reportd::config::{
-    check_options, effective_keep_days, split_fetchers, FetchRetry, ReportdConfig,
+    check_options, effective_keep_days, split_fetchers, FetchRetry, ReportdConfig, ReportdOptions,
 };
 use tlsrpt_reportd::daemon::Reportd;
 use tlsrpt_reportd::db::ReportdDb;
@@ -25,63 +24,11 @@ use tlsrpt_reportd::fetch::Fetcher;
 use tlsrpt_reportd::reports::Caps;
 use tlsrpt_reportd::schedule::DeliveryRetry;
 
-/// Upstream's options (same names, defaults, order), then ours.
-pub const OPTIONS: [OptionSpec; 47] = [
-    OptionSpec { name: "pidfilename", kind: Kind::Str, default: "", help: "PID file to write" },
-    OptionSpec { name: "logfilename", kind: Kind::Str, default: "", help: "Log file (in addition to standard error); reopened on SIGHUP" },
-    OptionSpec { name: "log_level", kind: Kind::Str, default: "warn", help: "Log level: debug, info, warn, error, critical, or a number" },
-    OptionSpec { name: "debug_db", kind: Kind::Int, default: "0", help: "Accepted for compatibility; use log_level = debug to follow each step" },
-    OptionSpec { name: "keep_days", kind: Kind::Int, default: "10", help: "Days to keep fetched data, reports and their delivery state (at least 2)" },
-    OptionSpec { name: "debug_send_mail_dest", kind: Kind::Str, default: "", help: "Send every report mail to this address instead of the rua address (testing)" },
-    OptionSpec { name: "debug_send_http_dest", kind: Kind::Str, default: "", help: "Upload every report to this URL instead of the rua URL (testing)" },
-    OptionSpec { name: "debug_send_file_dest", kind: Kind::Str, default: "", help: "Also save every report (and report mail) into this directory (testing)" },
-    OptionSpec { name: "dbname", kind: Kind::Str, default: "", help: "The reportd's SQLite database file (created if missing; an upstream reportd's file is used as it is)" },
-    OptionSpec { name: "fetchers", kind: Kind::Str, default: "", help: "Comma-separated fetcher commands, each split on white space, e.g. `tlsrpt-fetcher --storage sqlite:///var/lib/tlsrpt/collectd.sqlite, ssh mx2 tlsrpt-fetcher`" },
-    OptionSpec { name: "organization_name", kind: Kind::Str, default: "", help: "The reporting organization's name (report field organization-name)" },
-    OptionSpec { name: "contact_info", kind: Kind::Str, default: "", help: "Contact address (report field contact-info); its domain is the TLS-Report-Submitter" },
-    OptionSpec { name: "sender_address", kind: Kind::Str, default: "", help: "From address (and envelope sender) of report mail" },
-    OptionSpec { name: "compression_level", kind: Kind::Int, default: "-1", help: "gzip level of reports, 0-9, -1 for zlib's default" },
-    OptionSpec { name: "tlsrpt_record_map", kind: Kind::Str, default: "", help: "Map file applied to each report domain's destinations (see README: destination maps)" },
-    OptionSpec { name: "mail_destination_map", kind: Kind::Str, default: "", help: "Map file applied to each mailto: destination" },
-    OptionSpec { name: "http_upload_map", kind: Kind::Str, default: "", help: "Map file applied to each https: destination" },
-    OptionSpec { name: "http_script", kind: Kind::Str, default: HttpScript::DEFAULT_COMMAND, help: "Upload command (URL appended, report on standard input). Left at its default, reports are POSTed natively (only a 2xx answer counts); set, the command is run and its exit status decides" },
-    OptionSpec { name: "http_timeout", kind: Kind::Int, default: "10", help: "Seconds an HTTPS upload may take" },
-    OptionSpec { name: "sendmail_script", kind: Kind::Str, default: "sendmail -i -t", help: "Command that takes a report mail on standard input (split into words, no shell); unused when smtp_relay is set" },
-    OptionSpec { name: "sendmail_timeout", kind: Kind::Int, default: "10", help: "Seconds sendmail_script (or an SMTP submission) may take" },
-    OptionSpec { name: "spread_out_delivery", kind: Kind::Int, default: "36000", help: "Seconds over which the first deliveries of a day's reports are spread (RFC 8460 section 4.1)" },
-    OptionSpec { name: "interval_main_loop", kind: Kind::Int, default: "300", help: "Longest sleep of the main loop, in seconds" },
-    OptionSpec { name: "max_collectd_timeout", kind: Kind::Int, default: "10", help: "Seconds one fetcher run may take before it is killed and retried (a bulk run may take 60 times this, but may not pause its output for longer)" },
-    OptionSpec { name: "max_collectd_timediff", kind: Kind::Int, default: "10", help: "Warn when a fetcher's clock differs from ours by more seconds" },
-    OptionSpec { name: "max_retries_delivery", kind: Kind::Int, default: "5", help: "Retries of a failed delivery. Unless this or a *_wait_delivery option is set, failed deliveries are retried with backoff for 24 hours (RFC 8460 section 5.5)" },
-    OptionSpec { name: "min_wait_delivery", kind: Kind::Int, default: "300", help: "Least seconds between delivery attempts (when set: upstream's fixed rule)" },
-    OptionSpec { name: "max_wait_delivery", kind: Kind::Int, default: "1800", help: "Most seconds between delivery attempts (when set: upstream's fixed rule)" },
-    OptionSpec { name: "max_retries_domainlist", kind: Kind::Int, default: "5", help: "Retries of a fetcher's domain list" },
-    OptionSpec { name: "min_wait_domainlist", kind: Kind::Int, default: "30", help: "Least seconds between domain list attempts" },
-    OptionSpec { name: "max_wait_domainlist", kind: Kind::Int, default: "300", help: "Most seconds between domain list attempts" },
-    OptionSpec { name: "max_retries_domaindetails", kind: Kind::Int, default: "5", help: "Retries of a domain's details (upstream never gives up)" },
-    OptionSpec { name: "min_wait_domaindetails", kind: Kind::Int, default: "30", help: "Least seconds between domain details attempts" },
-    OptionSpec { name: "max_wait_domaindetails", kind: Kind::Int, default: "300", help: "Most seconds between domain details attempts" },
-    OptionSpec { name: "fetcher_bulk", kind: Kind::Int, default: "1", help: "mailtls: ask fetchers for all domains in one run first (1) or always once per domain as upstream (0); fetchers without the extension are detected and asked once per domain" },
-    OptionSpec { name: "dkim_key_file", kind: Kind::Str, default: "", help: "mailtls: PEM private key (RSA or Ed25519) to DKIM-sign report mail with (RFC 8460 section 3); empty: unsigned, e.g. when the MTA signs" },
-    OptionSpec { name: "dkim_selector", kind: Kind::Str, default: "tlsrpt", help: "mailtls: DKIM selector" },
-    OptionSpec { name: "dkim_domain", kind: Kind::Str, default: "", help: "mailtls: DKIM signing domain (d=); default: the domain of sender_address" },
-    OptionSpec { name: "smtp_relay", kind: Kind::Str, default: "", help: "mailtls: submit report mail by SMTP to HOST or HOST:PORT instead of sendmail_script" },
-    OptionSpec { name: "smtp_security", kind: Kind::Str, default: "starttls", help: "mailtls: starttls (port 587), tls (465) or plain (25, no AUTH)" },
-    OptionSpec { name: "smtp_user", kind: Kind::Str, default: "", help: "mailtls: SMTP AUTH user" },
-    OptionSpec { name: "smtp_password_file", kind: Kind::Str, default: "", help: "mailtls: file holding the SMTP AUTH password" },
-    OptionSpec { name: "tls_ca_file", kind: Kind::Str, default: "", help: "mailtls: extra CA certificates (PEM) trusted for the SMTP relay" },
-    OptionSpec { name: "max_destinations_per_record", kind: Kind::Int, default: "4", help: "mailtls: destinations taken from one TLSRPT record (the first ones); the rest are logged and dropped, so a record listing hundreds cannot make one report hundreds of deliveries" },
-    OptionSpec { name: "max_records_per_domain", kind: Kind::Int, default: "4", help: "mailtls: distinct TLSRPT records of one domain and day whose destinations are used (a TTL-0 record that changes on every lookup); reports of further records are kept and shown by tlsrptctl, and go only where the destination maps send them" },
-    OptionSpec { name: "http_ca_file", kind: Kind::Str, default: "", help: "mailtls: extra CA certificates (PEM) trusted for HTTPS uploads (default: the system's roots only)" },
-    OptionSpec { name: "http_allow_private_addresses", kind: Kind::Int, default: "0", help: "mailtls: let HTTPS uploads connect to loopback, private, link-local, unique-local and other non-global addresses (1, for labs and tests); by default a rua=https: destination cannot reach internal services" },
-];
-
 pub const SPEC: ProgramSpec = ProgramSpec {
     name: "tlsrpt-reportd",
     section: "tlsrpt_reportd",
     env_prefix: "TLSRPT_REPORTD_",
     default_config_file: "/etc/tlsrpt/reportd.cfg",
-    options: &OPTIONS,
     ignored: &[],
 };
 
@@ -129,7 +76,7 @@ Example:
     --sender_address tlsrpt-noreply@example.com";
 
 pub fn command() -> Command {
-    add_options(
+    add_options::<ReportdOptions>(
         Command::new("tlsrpt-reportd")
             .about(ABOUT)
             .long_about(LONG_ABOUT)
@@ -139,8 +86,10 @@ pub fn command() -> Command {
 }
 
 pub fn main(matches: &ArgMatches) -> i32 {
-    let settings = match super::start(&SPEC, "tlsrpt_reportd", matches) {
-        Ok(s) => s,
+    let options = match super::start(&SPEC, "tlsrpt_reportd", matches, |o: &ReportdOptions| {
+        (o.log_level.as_str(), o.logfilename.as_str())
+    }) {
+        Ok(options) => options,
         Err(code) => return code,
     };
     log::info!("TLSRPT reportd starting");
@@ -155,14 +104,14 @@ pub fn main(matches: &ArgMatches) -> i32 {
     if std::env::var_os(mailtls_common::clock::TEST_CLOCK_ENV).is_some() {
         log::warn!("using a test clock that started at {}", clock.now());
     }
-    let (config, deliverer) = match config_from(&settings) {
+    let (config, deliverer) = match config_from(&options) {
         Ok(c) => c,
         Err(e) => {
             log::error!("setup error: {e}");
             return exit::USAGE;
         }
     };
-    let _pid = PidFile::create(settings.get_str("pidfilename"));
+    let _pid = PidFile::create(&options.pidfilename);
     probe_fetchers(&config, clock);
     let db = match ReportdDb::open(&config.dbname) {
         Ok(db) => db,
@@ -225,50 +174,42 @@ fn probe_fetchers(config: &ReportdConfig, clock: &'static dyn Clock) {
     }
 }
 
-fn non_empty(settings: &Settings, name: &str) -> Option<String> {
-    let value = settings.get_str(name);
+fn non_empty(value: &str) -> Option<String> {
     (!value.is_empty()).then(|| value.to_string())
 }
 
-fn seconds(settings: &Settings, name: &str) -> Duration {
-    Duration::from_secs(settings.get_int(name).max(0) as u64)
-}
-
-/// Checks the settings and builds everything that can fail at start.
-pub fn config_from(settings: &Settings) -> Result<(ReportdConfig, Deliverer), String> {
-    check_options(
-        |name| settings.get_int(name),
-        |name| settings.get_str(name).to_string(),
-    )?;
-    if settings.get_int("debug_db") != 0 {
+/// Checks the options and builds everything that can fail at start.
+pub fn config_from(o: &ReportdOptions) -> Result<(ReportdConfig, Deliverer), String> {
+    check_options(o)?;
+    if o.debug_db != 0 {
         log::warn!(
             "debug_db is accepted for compatibility and has no effect; use log_level = debug"
         );
     }
-    let dbname = non_empty(settings, "dbname").ok_or(
+    let dbname = non_empty(&o.dbname).ok_or(
         "no database configured: set dbname=/var/lib/tlsrpt/reportd.sqlite (option --dbname, TLSRPT_REPORTD_DBNAME or [tlsrpt_reportd] dbname)",
     )?;
-    let contact_info = settings.get_str("contact_info");
+    let contact_info = o.contact_info.as_str();
     let submitter = submitter_domain(contact_info).map_err(|e| {
         format!("{e} (set contact_info to the address where report receivers can reach you, e.g. tlsrpt@example.com)")
     })?;
-    let sender_address = settings.get_str("sender_address").to_string();
+    let sender_address = o.sender_address.clone();
     if sender_address.is_empty() {
         return Err("no sender_address configured: report mail needs a From address, e.g. sender_address = tlsrpt-noreply@example.com".into());
     }
-    let organization_name = settings.get_str("organization_name").to_string();
+    let organization_name = o.organization_name.clone();
     if organization_name.is_empty() {
         log::warn!("organization_name is empty; RFC 8460 section 4.4 asks for the name of the reporting organization");
     }
-    let (keep_days, warning) = effective_keep_days(settings.get_int("keep_days"));
+    let (keep_days, warning) = effective_keep_days(o.keep_days);
     if let Some(warning) = warning {
         log::warn!("{warning}");
     }
-    let map_path = |name: &str| non_empty(settings, name).map(PathBuf::from);
+    let map_path = |value: &str| non_empty(value).map(PathBuf::from);
     let (record_map, mail_map, http_map) = (
-        map_path("tlsrpt_record_map"),
-        map_path("mail_destination_map"),
-        map_path("http_upload_map"),
+        map_path(&o.tlsrpt_record_map),
+        map_path(&o.mail_destination_map),
+        map_path(&o.http_upload_map),
     );
     let maps = DestinationMaps::from_files(
         record_map.as_deref(),
@@ -277,54 +218,52 @@ pub fn config_from(settings: &Settings) -> Result<(ReportdConfig, Deliverer), St
     )
     .map_err(|e| e.to_string())?;
 
-    let ca_file = map_path("tls_ca_file");
+    let ca_file = map_path(&o.tls_ca_file);
     let trust = || TrustAnchors::load(ca_file.as_deref()).map_err(|e| e.to_string());
-    let http_ca_file = map_path("http_ca_file");
-    let sendmail_timeout = seconds(settings, "sendmail_timeout");
-    let mail = match non_empty(settings, "smtp_relay") {
-        None => MailTransport::Sendmail(
-            Sendmail::new(settings.get_str("sendmail_script"), sendmail_timeout)
-                .map_err(|e| e.to_string())?,
+    let http_ca_file = map_path(&o.http_ca_file);
+    let sendmail_timeout = seconds("sendmail_timeout", o.sendmail_timeout)?;
+    let mail = match o.smtp_relay.as_str() {
+        "" => MailTransport::Sendmail(
+            Sendmail::new(&o.sendmail_script, sendmail_timeout).map_err(|e| e.to_string())?,
         ),
-        Some(relay) => MailTransport::Smtp(super::smtp_transport(
-            settings,
-            &relay,
+        relay => MailTransport::Smtp(super::smtp_transport(
+            &super::SmtpOptions {
+                relay,
+                security: &o.smtp_security,
+                user: &o.smtp_user,
+                password_file: &o.smtp_password_file,
+            },
             sendmail_timeout,
             &trust()?,
         )?),
     };
-    let http_timeout = seconds(settings, "http_timeout");
-    let http = if settings.source("http_script") == Source::Def {
+    let http_timeout = seconds("http_timeout", o.http_timeout)?;
+    let http = if o.sources.http_script == Source::Def {
         HttpTransport::Native(HttpsPost::new(
             http_timeout,
             &TrustAnchors::load(http_ca_file.as_deref()).map_err(|e| e.to_string())?,
-            settings.get_int("http_allow_private_addresses") != 0,
+            o.http_allow_private_addresses != 0,
         ))
     } else {
         HttpTransport::Script(
-            HttpScript::new(settings.get_str("http_script"), http_timeout)
-                .map_err(|e| e.to_string())?,
+            HttpScript::new(&o.http_script, http_timeout).map_err(|e| e.to_string())?,
         )
     };
-    let dkim = match non_empty(settings, "dkim_key_file") {
+    let dkim = match non_empty(&o.dkim_key_file) {
         None => {
             log::warn!("report mail is not DKIM-signed (no dkim_key_file): RFC 8460 section 3 tells receivers to ignore unsigned reports unless your MTA signs them");
             None
         }
         Some(key_file) => {
-            let domain = match non_empty(settings, "dkim_domain") {
+            let domain = match non_empty(&o.dkim_domain) {
                 Some(domain) => domain,
                 None => sender_address
                     .rsplit_once('@')
                     .map(|(_, domain)| domain.to_string())
                     .ok_or("dkim_domain is not set and sender_address has no domain")?,
             };
-            let signer = DkimSigner::from_key_file(
-                Path::new(&key_file),
-                settings.get_str("dkim_selector"),
-                &domain,
-            )
-            .map_err(|e| e.to_string())?;
+            let signer = DkimSigner::from_key_file(Path::new(&key_file), &o.dkim_selector, &domain)
+                .map_err(|e| e.to_string())?;
             log::info!(
                 "signing report mail as {} ({}); publish: {} TXT \"{}\"",
                 signer.dns_name(),
@@ -335,55 +274,62 @@ pub fn config_from(settings: &Settings) -> Result<(ReportdConfig, Deliverer), St
             Some(signer)
         }
     };
-    let explicit = |name: &str| settings.source(name) != Source::Def;
+    // check_options made the retry counts and waits non-negative.
     let delivery_retry = if [
-        "max_retries_delivery",
-        "min_wait_delivery",
-        "max_wait_delivery",
+        o.sources.max_retries_delivery,
+        o.sources.min_wait_delivery,
+        o.sources.max_wait_delivery,
     ]
     .iter()
-    .any(|name| explicit(name))
+    .any(|source| *source != Source::Def)
     {
         DeliveryRetry::Fixed {
-            max_retries: settings.get_int("max_retries_delivery") as u64,
-            min_wait: settings.get_int("min_wait_delivery") as u64,
-            max_wait: settings.get_int("max_wait_delivery") as u64,
+            max_retries: o.max_retries_delivery as u64,
+            min_wait: o.min_wait_delivery as u64,
+            max_wait: o.max_wait_delivery as u64,
         }
     } else {
         DeliveryRetry::default()
     };
-    let retry = |kind: &str| FetchRetry {
-        max_retries: settings.get_int(&format!("max_retries_{kind}")),
-        min_wait: settings.get_int(&format!("min_wait_{kind}")) as u64,
-        max_wait: settings.get_int(&format!("max_wait_{kind}")) as u64,
+    let retry = |max_retries: i64, min_wait: i64, max_wait: i64| FetchRetry {
+        max_retries,
+        min_wait: min_wait as u64,
+        max_wait: max_wait as u64,
     };
     let organization = ReportingOrganization {
         name: organization_name.clone(),
         contact_info: contact_info.to_string(),
     };
-    let debug_send_file_dest = map_path("debug_send_file_dest");
+    let debug_send_file_dest = map_path(&o.debug_send_file_dest);
     let config = ReportdConfig {
         dbname: PathBuf::from(dbname),
-        fetchers: split_fetchers(settings.get_str("fetchers")),
-        fetcher_bulk: settings.get_int("fetcher_bulk") != 0,
+        fetchers: split_fetchers(&o.fetchers),
+        fetcher_bulk: o.fetcher_bulk != 0,
         organization,
         submitter: submitter.clone(),
         sender_address: sender_address.clone(),
         keep_days,
-        compression_level: settings.get_int("compression_level") as i32,
-        debug_send_mail_dest: non_empty(settings, "debug_send_mail_dest"),
-        debug_send_http_dest: non_empty(settings, "debug_send_http_dest"),
+        compression_level: o.compression_level as i32,
+        debug_send_mail_dest: non_empty(&o.debug_send_mail_dest),
+        debug_send_http_dest: non_empty(&o.debug_send_http_dest),
         debug_send_file_dest: debug_send_file_dest.clone(),
         maps,
-        caps: caps(settings)?,
-        spread_out_delivery: u32::try_from(settings.get_int("spread_out_delivery"))
-            .unwrap_or(u32::MAX),
-        interval_main_loop: seconds(settings, "interval_main_loop"),
-        fetcher_timeout: seconds(settings, "max_collectd_timeout"),
-        max_collectd_timediff: seconds(settings, "max_collectd_timediff"),
+        caps: caps(o.max_destinations_per_record, o.max_records_per_domain)?,
+        spread_out_delivery: u32::try_from(o.spread_out_delivery).unwrap_or(u32::MAX),
+        interval_main_loop: seconds("interval_main_loop", o.interval_main_loop)?,
+        fetcher_timeout: seconds("max_collectd_timeout", o.max_collectd_timeout)?,
+        max_collectd_timediff: seconds("max_collectd_timediff", o.max_collectd_timediff)?,
         delivery_retry,
-        domainlist_retry: retry("domainlist"),
-        domaindetails_retry: retry("domaindetails"),
+        domainlist_retry: retry(
+            o.max_retries_domainlist,
+            o.min_wait_domainlist,
+            o.max_wait_domainlist,
+        ),
+        domaindetails_retry: retry(
+            o.max_retries_domaindetails,
+            o.min_wait_domaindetails,
+            o.max_wait_domaindetails,
+        ),
     };
     let deliverer = Deliverer {
         organization_name,
@@ -402,16 +348,18 @@ pub fn config_from(settings: &Settings) -> Result<(ReportdConfig, Deliverer), St
 
 /// The amplification limits (`max_destinations_per_record`,
 /// `max_records_per_domain`), each at least 1.
-pub fn caps(settings: &Settings) -> Result<Caps, String> {
-    let at_least_one = |name: &str| {
-        let value = settings.get_int(name);
+pub fn caps(destinations_per_record: i64, records_per_domain: i64) -> Result<Caps, String> {
+    let at_least_one = |name: &str, value: i64| {
         usize::try_from(value)
             .ok()
             .filter(|v| *v >= 1)
             .ok_or_else(|| format!("{name} must be at least 1, not {value}"))
     };
     Ok(Caps {
-        destinations_per_record: at_least_one("max_destinations_per_record")?,
-        records_per_domain: at_least_one("max_records_per_domain")?,
+        destinations_per_record: at_least_one(
+            "max_destinations_per_record",
+            destinations_per_record,
+        )?,
+        records_per_domain: at_least_one("max_records_per_domain", records_per_domain)?,
     })
 }

@@ -8,16 +8,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use clap::{Arg, ArgMatches, Command};
-use tlsrpt_collectd::socket::Permissions;
+use mailtls_common::config::ProgramOptions;
 use tlsrpt_collectd::CollectdConfig;
-use tlsrpt_delivery::{HttpScript, HttpTransport, MailTransport, Sendmail};
-use tlsrpt_report::maps::DestinationMaps;
-use tlsrpt_report::report::ReportingOrganization;
-use tlsrpt_reportd::config::{FetchRetry, ReportdConfig};
+use tlsrpt_reportd::config::ReportdOptions;
 use tlsrpt_reportd::daemon::Reportd;
 use tlsrpt_reportd::db::ReportdDb;
-use tlsrpt_reportd::deliver::Deliverer;
-use tlsrpt_reportd::schedule::DeliveryRetry;
+
+use super::collectd::CollectdOptions;
 
 pub fn command() -> Command {
     Command::new("run")
@@ -86,7 +83,13 @@ pub fn main(matches: &ArgMatches) -> i32 {
         eprintln!("mailtls run: {e}");
         return 1;
     }
-    let config = default_config(&dir);
+    let config = match default_config(&dir) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("mailtls run: collector: {e}");
+            return 2;
+        }
+    };
     let reports = dir.join("reports");
     let reportd = match start_reportd(&dir, &config, &reports) {
         Ok(r) => r,
@@ -119,9 +122,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
 fn start_web(dir: &Path, listen: &str) -> Result<std::thread::JoinHandle<()>, String> {
     let key = posttls_token::SecretKey::load_or_create(&dir.join("posttls-secret.key"))
         .map_err(|e| e.to_string())?;
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
+    let host = mailtls_common::host_name();
     let config = posttls_web::WebConfig {
         listen: listen.to_string(),
         instance: host.clone(),
@@ -154,75 +155,28 @@ fn start_reportd(
     std::fs::create_dir_all(reports).map_err(|e| format!("{}: {e}", reports.display()))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let yesterday = tlsrpt_store::yesterday_path(&collector.storage[0].path);
-    let fetcher = format!(
+    // Every report goes into the directory.
+    let record_map = dir.join("record.map");
+    std::fs::write(
+        &record_map,
+        format!(". REPLACE directory:{}\n", reports.display()),
+    )
+    .map_err(|e| format!("{}: {e}", record_map.display()))?;
+    let host = mailtls_common::host_name();
+    let mut options = ReportdOptions::defaults();
+    options.dbname = dir.join("reportd.sqlite").display().to_string();
+    options.fetchers = format!(
         "{} fetcher --storage {}",
         exe.display(),
         collector.storage[0].url
     );
-    let maps = DestinationMaps::from_texts(
-        &format!(". REPLACE directory:{}", reports.display()),
-        "",
-        "",
-    )
-    .map_err(|e| e.to_string())?;
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    let contact_info = format!("tlsrpt@{host}");
-    let config = ReportdConfig {
-        dbname: dir.join("reportd.sqlite"),
-        fetchers: vec![fetcher],
-        fetcher_bulk: true,
-        organization: ReportingOrganization {
-            name: format!("mailtls on {host}"),
-            contact_info: contact_info.clone(),
-        },
-        submitter: host.to_lowercase(),
-        sender_address: contact_info,
-        keep_days: 10,
-        compression_level: -1,
-        debug_send_mail_dest: None,
-        debug_send_http_dest: None,
-        debug_send_file_dest: None,
-        maps,
-        caps: tlsrpt_reportd::reports::Caps::default(),
-        spread_out_delivery: 1,
-        interval_main_loop: Duration::from_secs(300),
-        fetcher_timeout: Duration::from_secs(10),
-        max_collectd_timediff: Duration::from_secs(10),
-        delivery_retry: DeliveryRetry::default(),
-        domainlist_retry: FetchRetry {
-            max_retries: 5,
-            min_wait: 30,
-            max_wait: 300,
-        },
-        domaindetails_retry: FetchRetry {
-            max_retries: 5,
-            min_wait: 30,
-            max_wait: 300,
-        },
-    };
-    // Never used (every report goes into the directory), but required.
-    let deliverer = Deliverer {
-        organization_name: config.organization.name.clone(),
-        submitter: config.submitter.clone(),
-        sender_address: config.sender_address.clone(),
-        compression_level: -1,
-        mail: MailTransport::Sendmail(
-            Sendmail::new(Sendmail::DEFAULT_COMMAND, Duration::from_secs(10))
-                .map_err(|e| e.to_string())?,
-        ),
-        dkim: None,
-        http: HttpTransport::Script(
-            HttpScript::new(HttpScript::DEFAULT_COMMAND, Duration::from_secs(10))
-                .map_err(|e| e.to_string())?,
-        ),
-        debug_send_mail_dest: None,
-        debug_send_http_dest: None,
-        debug_send_file_dest: None,
-    };
+    options.organization_name = format!("mailtls on {host}");
+    options.contact_info = format!("tlsrpt@{host}");
+    options.sender_address = options.contact_info.clone();
+    options.tlsrpt_record_map = record_map.display().to_string();
+    // Reports of a day are written at once, not spread over hours.
+    options.spread_out_delivery = 1;
+    let (config, deliverer) = super::reportd::config_from(&options)?;
     let db =
         ReportdDb::open(&config.dbname).map_err(|e| format!("{}: {e}", config.dbname.display()))?;
     let clock: &'static mailtls_common::clock::SystemClock = &mailtls_common::clock::SystemClock;
@@ -245,22 +199,14 @@ fn start_reportd(
     Ok((stopper, handle))
 }
 
-/// The collector's configuration under `dir`.
-pub fn default_config(dir: &Path) -> CollectdConfig {
-    let db = dir.join("collectd.sqlite");
-    CollectdConfig {
-        storage: vec![
-            tlsrpt_store::StorageUrl::parse(&format!("sqlite://{}", db.display()))
-                .expect("an absolute path makes a valid URL"),
-        ],
-        socket: dir.join("tlsrpt-collectd.socket"),
-        permissions: Permissions::default(),
-        socket_timeout: Duration::from_secs(5),
-        max_uncommitted: 1000,
-        rollover_script: None,
-        dump_path: Some(dir.join("invalid-datagram.bin")),
-        realtime_receiver: true,
-    }
+/// The collector's configuration under `dir`: the defaults with the
+/// database, socket and dump file there.
+pub fn default_config(dir: &Path) -> Result<CollectdConfig, String> {
+    let mut options = CollectdOptions::defaults();
+    options.storage = format!("sqlite://{}", dir.join("collectd.sqlite").display());
+    options.socketname = dir.join("tlsrpt-collectd.socket").display().to_string();
+    options.dump_path_for_invalid_datagram = dir.join("invalid-datagram.bin").display().to_string();
+    super::collectd::config_from(&options)
 }
 
 fn print_banner(dir: &Path, config: &CollectdConfig, log_file: &Path, reports: &Path, web: &str) {

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
 use clap::{Arg, ArgAction, ArgMatches, Command};
-use mailtls_common::config::{self, add_options, OptionSpec, ProgramSpec, Settings};
+use mailtls_common::config::{self, add_options, ConfigError, ProgramOptions, ProgramSpec};
 use serde_json::{json, Value};
 use tlsrpt_report::maps::DestinationMaps;
 use tlsrpt_report::record::parse_record;
 use tlsrpt_report::report::ReportingOrganization;
+use tlsrpt_reportd::config::ReportdOptions;
 use tlsrpt_reportd::db::{DestinationState, ReportdDb, StatusCount, StoredReport};
 use tlsrpt_reportd::reports::{make_reports, WithheldReason};
 
@@ -23,46 +24,58 @@ pub mod exit {
     pub const USAGE: i32 = 2;
 }
 
-/// A program spec with only `keep` of the reportd's options; the others
-/// may stand in the shared `[tlsrpt_reportd]` section and are skipped
-/// (upstream's `ignore_other_options`).
-fn spec_keeping(keep: &[&str]) -> &'static ProgramSpec {
-    let options: Vec<OptionSpec> = reportd::OPTIONS
-        .iter()
-        .filter(|o| keep.contains(&o.name))
-        .cloned()
-        .collect();
-    let ignored: Vec<&'static str> = reportd::OPTIONS
-        .iter()
-        .map(|o| o.name)
-        .filter(|name| !keep.contains(name))
-        .collect();
-    Box::leak(Box::new(ProgramSpec {
-        name: "tlsrptctl",
-        section: reportd::SPEC.section,
-        env_prefix: reportd::SPEC.env_prefix,
-        default_config_file: reportd::SPEC.default_config_file,
-        options: Box::leak(options.into_boxed_slice()),
-        ignored: Box::leak(ignored.into_boxed_slice()),
-    }))
+/// tlsrptctl reads the reportd's `[tlsrpt_reportd]` section and
+/// `TLSRPT_REPORTD_*` variables; each subcommand takes the few options it
+/// uses and skips the reportd's others (upstream's `ignore_other_options`).
+const SPEC: ProgramSpec = ProgramSpec {
+    name: "tlsrptctl",
+    section: reportd::SPEC.section,
+    env_prefix: reportd::SPEC.env_prefix,
+    default_config_file: reportd::SPEC.default_config_file,
+    ignored: ReportdOptions::OPTIONS,
+};
+
+mailtls_common::options! {
+    /// What `status`, `list`, `show` and `resend` read.
+    pub struct DbOptions, sources DbSources {
+        /// The reportd's SQLite database file
+        dbname: String = "",
+    }
 }
 
-const DB_ONLY: &[&str] = &["dbname"];
-const MAPS: &[&str] = &[
-    "tlsrpt_record_map",
-    "mail_destination_map",
-    "http_upload_map",
-];
-const RENDER: &[&str] = &[
-    "dbname",
-    "organization_name",
-    "contact_info",
-    "tlsrpt_record_map",
-    "mail_destination_map",
-    "http_upload_map",
-    "max_destinations_per_record",
-    "max_records_per_domain",
-];
+mailtls_common::options! {
+    /// What `maptest` reads.
+    pub struct MapOptions, sources MapSources {
+        /// Map file applied to each report domain's destinations
+        tlsrpt_record_map: String = "",
+        /// Map file applied to each mailto: destination
+        mail_destination_map: String = "",
+        /// Map file applied to each https: destination
+        http_upload_map: String = "",
+    }
+}
+
+mailtls_common::options! {
+    /// What `render` reads: the reportd's options that shape a report.
+    pub struct RenderOptions, sources RenderSources {
+        /// The reportd's SQLite database file
+        dbname: String = "",
+        /// The reporting organization's name (report field organization-name)
+        organization_name: String = "",
+        /// Contact address (report field contact-info)
+        contact_info: String = "",
+        /// Map file applied to each report domain's destinations
+        tlsrpt_record_map: String = "",
+        /// Map file applied to each mailto: destination
+        mail_destination_map: String = "",
+        /// Map file applied to each https: destination
+        http_upload_map: String = "",
+        /// Destinations taken from one TLSRPT record
+        max_destinations_per_record: i64 = "4",
+        /// Distinct TLSRPT records of one domain and day whose destinations are used
+        max_records_per_domain: i64 = "4",
+    }
+}
 
 fn json_flag() -> Arg {
     Arg::new("json")
@@ -83,15 +96,15 @@ pub fn command() -> Command {
         .subcommand_required(true)
         .arg_required_else_help(true)
         .subcommand(
-            add_options(
+            add_options::<DbOptions>(
                 Command::new("status")
                     .about("Fetch jobs, domain data and deliveries per day and status")
                     .arg(json_flag()),
-                spec_keeping(DB_ONLY),
+                &SPEC,
             ),
         )
         .subcommand(
-            add_options(
+            add_options::<MapOptions>(
                 Command::new("maptest")
                     .about("Show a record's destinations before and after the destination maps")
                     .arg(Arg::new("domain").value_name("DOMAIN").required(true).help("Report domain"))
@@ -101,64 +114,51 @@ pub fn command() -> Command {
                             .required(true)
                             .help("TLSRPT record, e.g. 'v=TLSRPTv1;rua=mailto:tlsrpt@example.com'"),
                     ),
-                spec_keeping(MAPS),
+                &SPEC,
             ),
         )
         .subcommand(
-            add_options(
+            add_options::<DbOptions>(
                 Command::new("list")
                     .about("Reports with the state of each destination")
                     .arg(Arg::new("day").long("day").value_name("YYYY-MM-DD").help("Only this day"))
                     .arg(Arg::new("domain").long("domain").value_name("DOMAIN").help("Only this domain"))
                     .arg(json_flag()),
-                spec_keeping(DB_ONLY),
+                &SPEC,
             ),
         )
         .subcommand(
-            add_options(
+            add_options::<DbOptions>(
                 Command::new("show")
                     .about("One report's JSON and destinations")
                     .arg(Arg::new("report").value_name("ID").required(true).help("The report's number (list shows it) or its report-id"))
                     .arg(json_flag()),
-                spec_keeping(DB_ONLY),
+                &SPEC,
             ),
         )
         .subcommand(
-            add_options(
+            add_options::<DbOptions>(
                 Command::new("resend")
                     .about("Queue a report again for all its destinations, or one; the running reportd sends it within interval_main_loop")
                     .arg(Arg::new("report").value_name("ID").required(true).help("The report's number or report-id"))
                     .arg(Arg::new("destination").long("destination").value_name("DEST").help("Only this destination, e.g. mailto:tlsrpt@example.com")),
-                spec_keeping(DB_ONLY),
+                &SPEC,
             ),
         )
         .subcommand(
-            add_options(
+            add_options::<RenderOptions>(
                 Command::new("render")
                     .about("Dry run: write a day's reports, as the reportd would make them from the fetched data, into a directory; nothing is stored or sent")
                     .arg(Arg::new("day").value_name("YYYY-MM-DD").required(true))
                     .arg(Arg::new("directory").value_name("DIR").required(true))
                     .arg(json_flag()),
-                spec_keeping(RENDER),
+                &SPEC,
             ),
         )
 }
 
 pub fn main(matches: &ArgMatches) -> i32 {
     let (name, sub) = matches.subcommand().expect("a subcommand is required");
-    let keep = match name {
-        "status" | "list" | "show" | "resend" => DB_ONLY,
-        "maptest" => MAPS,
-        "render" => RENDER,
-        _ => unreachable!("clap knows the subcommands"),
-    };
-    let settings = match config::resolve(spec_keeping(keep), sub, &config::process_env()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("tlsrptctl: {e}");
-            return exit::USAGE;
-        }
-    };
     let json = sub
         .try_get_one::<bool>("json")
         .ok()
@@ -166,25 +166,33 @@ pub fn main(matches: &ArgMatches) -> i32 {
         .copied()
         .unwrap_or(false);
     let result = match name {
-        "status" => status(&settings, json),
-        "maptest" => maptest(&settings, sub),
-        "list" => list(&settings, sub, json),
-        "show" => show(&settings, sub, json),
-        "resend" => resend(&settings, sub),
-        "render" => render(&settings, sub, json),
+        "status" => load(sub).map(|o: DbOptions| status(&o.dbname, json)),
+        "maptest" => load(sub).map(|o: MapOptions| maptest(&o, sub)),
+        "list" => load(sub).map(|o: DbOptions| list(&o.dbname, sub, json)),
+        "show" => load(sub).map(|o: DbOptions| show(&o.dbname, sub, json)),
+        "resend" => load(sub).map(|o: DbOptions| resend(&o.dbname, sub)),
+        "render" => load(sub).map(|o: RenderOptions| render(&o, sub, json)),
         _ => unreachable!("clap knows the subcommands"),
     };
     match result {
-        Ok(()) => exit::OK,
-        Err(e) => {
+        Ok(Ok(())) => exit::OK,
+        Ok(Err(e)) => {
             eprintln!("tlsrptctl {name}: {e}");
             exit::FAILED
+        }
+        Err(e) => {
+            eprintln!("tlsrptctl: {e}");
+            exit::USAGE
         }
     }
 }
 
-fn open(settings: &Settings, write: bool) -> Result<ReportdDb, String> {
-    let dbname = settings.get_str("dbname");
+/// A subcommand's options.
+fn load<O: ProgramOptions>(sub: &ArgMatches) -> Result<O, ConfigError> {
+    config::resolve::<O>(&SPEC, sub, &config::process_env()).map(|(options, _)| options)
+}
+
+fn open(dbname: &str, write: bool) -> Result<ReportdDb, String> {
     if dbname.is_empty() {
         return Err("no reportd database: set dbname (--dbname, TLSRPT_REPORTD_DBNAME or [tlsrpt_reportd] dbname in /etc/tlsrpt/reportd.cfg)".into());
     }
@@ -200,8 +208,8 @@ fn py(value: &Option<String>) -> &str {
     value.as_deref().unwrap_or("None")
 }
 
-fn status(settings: &Settings, json: bool) -> Result<(), String> {
-    let status = open(settings, false)?.status().map_err(|e| e.to_string())?;
+fn status(dbname: &str, json: bool) -> Result<(), String> {
+    let status = open(dbname, false)?.status().map_err(|e| e.to_string())?;
     let sections = [
         ("Fetchjobs", "fetchjobs", &status.fetchjobs),
         ("Reports", "reportdata", &status.reportdata),
@@ -243,27 +251,28 @@ fn py_list(items: &[String]) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
-/// The three destination maps, as the reportd reads them.
-fn load_maps(settings: &Settings) -> Result<DestinationMaps, String> {
-    let path = |name: &str| {
-        Some(settings.get_str(name))
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
+/// The three destination maps (record, mail, HTTP map files; empty: none),
+/// as the reportd reads them.
+fn load_maps(record: &str, mail: &str, http: &str) -> Result<DestinationMaps, String> {
+    let path = |file: &str| (!file.is_empty()).then(|| PathBuf::from(file));
     DestinationMaps::from_files(
-        path("tlsrpt_record_map").as_deref(),
-        path("mail_destination_map").as_deref(),
-        path("http_upload_map").as_deref(),
+        path(record).as_deref(),
+        path(mail).as_deref(),
+        path(http).as_deref(),
     )
     .map_err(|e| e.to_string())
 }
 
-fn maptest(settings: &Settings, sub: &ArgMatches) -> Result<(), String> {
+fn maptest(o: &MapOptions, sub: &ArgMatches) -> Result<(), String> {
     let domain = sub.get_one::<String>("domain").expect("required");
     let record = sub.get_one::<String>("tlsrpt_record").expect("required");
     println!("Domain: {domain}");
     println!("Record: {record}");
-    let maps = load_maps(settings)?;
+    let maps = load_maps(
+        &o.tlsrpt_record_map,
+        &o.mail_destination_map,
+        &o.http_upload_map,
+    )?;
     let parsed =
         parse_record(record).map_err(|e| format!("the record gives no destinations: {e}"))?;
     for skipped in &parsed.skipped {
@@ -347,13 +356,13 @@ fn report_json(report: &StoredReport, with_report: bool) -> Value {
     value
 }
 
-fn list(settings: &Settings, sub: &ArgMatches, json: bool) -> Result<(), String> {
+fn list(dbname: &str, sub: &ArgMatches, json: bool) -> Result<(), String> {
     let day = sub
         .get_one::<String>("day")
         .map(|d| parse_day(d))
         .transpose()?;
     let domain = sub.get_one::<String>("domain").map(String::as_str);
-    let reports = open(settings, false)?
+    let reports = open(dbname, false)?
         .reports(day, domain)
         .map_err(|e| e.to_string())?;
     if json {
@@ -406,8 +415,8 @@ fn find(db: &ReportdDb, id: &str) -> Result<StoredReport, String> {
         .ok_or_else(|| format!("no report with report-id {id:?}"))
 }
 
-fn show(settings: &Settings, sub: &ArgMatches, json: bool) -> Result<(), String> {
-    let db = open(settings, false)?;
+fn show(dbname: &str, sub: &ArgMatches, json: bool) -> Result<(), String> {
+    let db = open(dbname, false)?;
     let report = find(&db, sub.get_one::<String>("report").expect("required"))?;
     if json {
         println!(
@@ -446,8 +455,8 @@ fn show(settings: &Settings, sub: &ArgMatches, json: bool) -> Result<(), String>
     Ok(())
 }
 
-fn resend(settings: &Settings, sub: &ArgMatches) -> Result<(), String> {
-    let db = open(settings, true)?;
+fn resend(dbname: &str, sub: &ArgMatches) -> Result<(), String> {
+    let db = open(dbname, true)?;
     let report = find(&db, sub.get_one::<String>("report").expect("required"))?;
     let destination = sub.get_one::<String>("destination").map(String::as_str);
     if report.destinations.is_empty() {
@@ -497,16 +506,20 @@ fn resend(settings: &Settings, sub: &ArgMatches) -> Result<(), String> {
     Ok(())
 }
 
-fn render(settings: &Settings, sub: &ArgMatches, json: bool) -> Result<(), String> {
+fn render(o: &RenderOptions, sub: &ArgMatches, json: bool) -> Result<(), String> {
     let day = parse_day(sub.get_one::<String>("day").expect("required"))?;
     let directory = PathBuf::from(sub.get_one::<String>("directory").expect("required"));
     std::fs::create_dir_all(&directory).map_err(|e| format!("{}: {e}", directory.display()))?;
-    let db = open(settings, false)?;
-    let maps = load_maps(settings)?;
-    let caps = reportd::caps(settings)?;
+    let db = open(&o.dbname, false)?;
+    let maps = load_maps(
+        &o.tlsrpt_record_map,
+        &o.mail_destination_map,
+        &o.http_upload_map,
+    )?;
+    let caps = reportd::caps(o.max_destinations_per_record, o.max_records_per_domain)?;
     let organization = ReportingOrganization {
-        name: settings.get_str("organization_name").to_string(),
-        contact_info: settings.get_str("contact_info").to_string(),
+        name: o.organization_name.clone(),
+        contact_info: o.contact_info.clone(),
     };
     let domains = db.fetched_domains(day).map_err(|e| e.to_string())?;
     if domains.is_empty() {
