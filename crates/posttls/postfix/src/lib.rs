@@ -7,12 +7,10 @@
 //! even when nothing matched, so its summary line is read to know how many
 //! messages it acted on.
 
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mailtls_common::process::KillWithParent;
+use mailtls_common::process::{Ending, Keep, Run};
 use posttls_queue::QueueId;
 
 /// `postqueue`'s exit status when the mail system is down (EX_UNAVAILABLE).
@@ -315,87 +313,40 @@ impl Postfix {
         input: Option<&[u8]>,
     ) -> Result<Output, PostfixError> {
         let path = self.command_dir.join(program);
-        let mut command = Command::new(&path);
+        let mut run = Run::new(&path, self.timeout).stderr(Keep::All);
         if let Some(dir) = &self.config_dir {
-            command
+            run = run
                 .arg(if program == "sendmail" { "-C" } else { "-c" })
                 .arg(dir);
         }
-        command
-            .args(args)
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_with_parent();
+        run = run.args(args);
+        if let Some(input) = input {
+            run = run.input(input);
+        }
         let shown = format!("{} {}", path.display(), args.join(" "));
-        let mut child = command.spawn().map_err(|source| PostfixError::Start {
+        let finished = run.run().map_err(|source| PostfixError::Start {
             command: shown.clone(),
             source,
         })?;
-        let deadline = Instant::now() + self.timeout;
-        let (stdout, stderr, status) = std::thread::scope(|scope| {
-            if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-                scope.spawn(move || {
-                    use std::io::Write;
-                    let _ = stdin.write_all(input);
-                });
-            }
-            let mut out = child.stdout.take().expect("piped");
-            let mut err = child.stderr.take().expect("piped");
-            let reader = scope.spawn(move || {
-                let mut data = Vec::new();
-                let _ = out.read_to_end(&mut data);
-                data
-            });
-            let err_reader = scope.spawn(move || {
-                let mut data = Vec::new();
-                let _ = err.read_to_end(&mut data);
-                data
-            });
-            // A waiter thread, so the answer comes the moment the command
-            // exits (no polling delay on every one of thousands of calls).
-            let pid =
-                nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32"));
-            let (exited, exit) = std::sync::mpsc::channel();
-            scope.spawn(move || {
-                let _ = exited.send(child.wait());
-            });
-            let status = match exit.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(Ok(status)) => Some(status),
-                Ok(Err(_)) => None,
-                Err(_) => {
-                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                    let _ = exit.recv();
-                    None
-                }
-            };
-            (
-                reader.join().expect("reader"),
-                err_reader.join().expect("reader"),
-                status,
-            )
-        });
-        let stderr = String::from_utf8_lossy(&stderr).trim().to_string();
-        match status {
-            None => Err(PostfixError::Timeout {
+        let stderr = String::from_utf8_lossy(&finished.stderr).trim().to_string();
+        match finished.ending {
+            Ending::TimedOut(_) => Err(PostfixError::Timeout {
                 command: shown,
                 seconds: self.timeout.as_secs(),
             }),
-            Some(status) if status.success() => Ok(Output { stdout, stderr }),
-            Some(status) if status.code() == Some(EX_UNAVAILABLE) && program == "postqueue" => {
+            ending if ending.success() => Ok(Output {
+                stdout: finished.stdout,
+                stderr,
+            }),
+            ending if ending.code() == Some(EX_UNAVAILABLE) && program == "postqueue" => {
                 Err(PostfixError::MailSystemDown {
                     command: shown,
                     stderr,
                 })
             }
-            Some(status) => Err(PostfixError::Failed {
+            ending => Err(PostfixError::Failed {
                 command: shown,
-                status: status.to_string(),
+                status: ending.to_string(),
                 stderr,
             }),
         }

@@ -13,18 +13,11 @@
 //! `ssh` to a dead host must not stall the daemon), a bounded output, and
 //! its exit status checked.
 
-use std::io::Read;
-use std::os::unix::process::CommandExt;
+use std::time::Duration;
 
-use mailtls_common::process::KillWithParent;
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::thread;
-use std::time::{Duration, Instant};
+use mailtls_common::process::{Ending, Keep, Run};
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 
 use crate::pytime;
 
@@ -188,143 +181,30 @@ impl Fetcher {
     /// there is none worth reading.
     fn run(&self, args: &[String], limits: Limits) -> Result<Vec<u8>, String> {
         let name = self.words.join(" ");
-        let mut child = Command::new(&self.words[0])
+        let mut run = Run::new(&self.words[0], limits.timeout)
             .args(&self.words[1..])
             .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_with_parent()
-            .spawn()
+            .stdout(Keep::AtMost(limits.max_output))
+            .stderr(Keep::Tail(STDERR_TAIL_BYTES));
+        if let Some(idle) = limits.idle_timeout {
+            run = run.idle_timeout(idle);
+        }
+        let finished = run
+            .run()
             .map_err(|err| format!("cannot start `{name}`: {err}"))?;
-        let group = Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32"));
-        let mut stdout = child.stdout.take().expect("stdout is piped");
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-
-        enum Event {
-            Exited(std::io::Result<ExitStatus>),
-            Stdout(std::io::Result<Vec<u8>>),
-            Stderr(Vec<u8>),
-        }
-        let deadline = Instant::now() + limits.timeout;
-        let last_output = std::sync::Mutex::new(Instant::now());
-        let (tx, rx) = mpsc::channel();
-        let (mut status, mut output, mut errors, mut timed_out) = (None, None, Vec::new(), false);
-        thread::scope(|scope| {
-            let sender = tx.clone();
-            let activity = &last_output;
-            scope.spawn(move || {
-                let mut data = Vec::new();
-                let mut chunk = vec![0u8; 64 * 1024];
-                let read = loop {
-                    match stdout.read(&mut chunk) {
-                        Ok(0) => break Ok(()),
-                        Ok(n) => {
-                            data.extend_from_slice(&chunk[..n]);
-                            *activity.lock().expect("not poisoned") = Instant::now();
-                            if data.len() > limits.max_output {
-                                // Nobody reads the rest: stop the writer now.
-                                let _ = killpg(group, Signal::SIGKILL);
-                                break Ok(());
-                            }
-                        }
-                        Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(err) => break Err(err),
-                    }
-                };
-                let _ = sender.send(Event::Stdout(read.map(|()| data)));
-            });
-            let sender = tx.clone();
-            scope.spawn(move || {
-                let _ = sender.send(Event::Stderr(read_tail(&mut stderr)));
-            });
-            scope.spawn(move || {
-                let _ = tx.send(Event::Exited(child.wait()));
-            });
-            // All three must end: the output pipes may be held open by the
-            // command's children after it exited.
-            let mut answered = 0;
-            while answered < 3 {
-                let mut wait = deadline.saturating_duration_since(Instant::now());
-                if let Some(idle) = limits.idle_timeout {
-                    let quiet_until = *last_output.lock().expect("not poisoned") + idle;
-                    wait = wait.min(quiet_until.saturating_duration_since(Instant::now()));
-                }
-                let event = match rx.recv_timeout(wait) {
-                    Ok(event) => event,
-                    Err(_) => {
-                        let now = Instant::now();
-                        let idle_for = now - *last_output.lock().expect("not poisoned");
-                        if now < deadline && limits.idle_timeout.is_some_and(|idle| idle_for < idle)
-                        {
-                            continue; // output came meanwhile
-                        }
-                        timed_out = true;
-                        let _ = killpg(group, Signal::SIGKILL);
-                        rx.recv().expect("every reader and the waiter answer")
-                    }
-                };
-                answered += 1;
-                match event {
-                    Event::Exited(result) => status = Some(result),
-                    Event::Stdout(result) => output = Some(result),
-                    Event::Stderr(tail) => errors = tail,
-                }
-            }
-        });
-
-        let errors = String::from_utf8_lossy(&errors);
-        let errors = errors.trim();
-        let errors = if errors.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", errors.replace('\n', " | "))
+        let errors = match finished.stderr_line() {
+            line if line.is_empty() => line,
+            line => format!(": {line}"),
         };
-        if timed_out {
-            let idle_for = last_output.lock().expect("not poisoned").elapsed();
-            return Err(match limits.idle_timeout {
-                Some(idle) if idle_for >= idle && Instant::now() < deadline => format!(
-                    "`{name}` wrote nothing for {} s and was killed{errors}",
-                    idle.as_secs_f64()
-                ),
-                _ => format!(
-                    "`{name}` did not finish within {} s and was killed{errors}",
-                    limits.timeout.as_secs_f64()
-                ),
-            });
-        }
-        let output = output
-            .expect("the reader answered")
-            .map_err(|err| format!("cannot read the output of `{name}`: {err}"))?;
-        if output.len() > limits.max_output {
-            return Err(format!(
-                "`{name}` wrote more than {} bytes and was killed",
-                limits.max_output
-            ));
-        }
-        match status.expect("the waiter answered") {
-            Ok(status) if status.success() => Ok(output),
-            Ok(status) => Err(match status.code() {
-                Some(code) => format!("`{name}` exited with status {code}{errors}"),
-                None => format!("`{name}` ended by {status}{errors}"),
-            }),
-            Err(err) => Err(format!("cannot wait for `{name}`: {err}")),
+        match (&finished.ending, finished.output_error) {
+            (ending, _) if !matches!(ending, Ending::Exited(_)) => {
+                Err(format!("`{name}` {ending}{errors}"))
+            }
+            (_, Some(err)) => Err(format!("cannot read the output of `{name}`: {err}")),
+            (ending, None) if ending.success() => Ok(finished.stdout),
+            (ending, None) => Err(format!("`{name}` {ending}{errors}")),
         }
     }
-}
-
-/// Reads `reader` to its end, keeping the last [`STDERR_TAIL_BYTES`].
-fn read_tail(reader: &mut impl Read) -> Vec<u8> {
-    let mut tail = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(n @ 1..) = reader.read(&mut buf) {
-        tail.extend_from_slice(&buf[..n]);
-        if tail.len() > STDERR_TAIL_BYTES {
-            tail.drain(..tail.len() - STDERR_TAIL_BYTES);
-        }
-    }
-    tail
 }
 
 fn clock_findings(header: &Header, now: DateTime<Utc>, max_timediff: Duration) -> Vec<String> {
@@ -530,6 +410,7 @@ pub fn parse_details(output: &[u8], domain: &str) -> DetailsAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     const SECOND: Duration = Duration::from_secs(1);
 
