@@ -3,7 +3,9 @@
 
 use std::time::Instant;
 
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Duration, Utc};
+
+use crate::day::Day;
 
 /// Environment variable that starts the clock of a program at a given
 /// instant (RFC 3339, e.g. `2026-11-21T23:59:59.5Z`); time then runs at normal
@@ -15,8 +17,8 @@ pub trait Clock: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
 
     /// The UTC day of `now()`.
-    fn today(&self) -> NaiveDate {
-        self.now().date_naive()
+    fn today(&self) -> Day {
+        Day::of(self.now())
     }
 }
 
@@ -76,11 +78,6 @@ pub fn next_midnight(now: DateTime<Utc>) -> DateTime<Utc> {
         .and_utc()
 }
 
-/// A day as the store spells it.
-pub fn day_string(day: NaiveDate) -> String {
-    day.format("%Y-%m-%d").to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,9 +88,9 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         let clock = OffsetClock::starting_at(start);
-        assert_eq!(day_string(clock.today()), "2026-11-21");
+        assert_eq!(clock.today().to_string(), "2026-11-21");
         std::thread::sleep(std::time::Duration::from_millis(150));
-        assert_eq!(day_string(clock.today()), "2026-11-22");
+        assert_eq!(clock.today().to_string(), "2026-11-22");
         assert_eq!(
             next_midnight(start).to_rfc3339(),
             "2026-11-22T00:00:00+00:00"

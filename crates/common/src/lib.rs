@@ -10,10 +10,12 @@
 //!   a log file that can be reopened on SIGHUP.
 //! - [`pidfile`]: a pid file removed again on exit.
 //! - [`clock`]: the injectable UTC clock that decides days and deadlines.
+//! - [`day`]: the UTC day, with the one `YYYY-MM-DD` parser and formatter.
 //! - [`process`]: child processes that die with the daemon.
 
 pub mod clock;
 pub mod config;
+pub mod day;
 pub mod ini;
 pub mod logging;
 pub mod pidfile;

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use clap::{Arg, ArgMatches, Command};
 use mailtls_common::config::{add_options, ProgramSpec};
+use mailtls_common::day::Day;
 use tlsrpt_store::{yesterday_path, FetcherDb, StoreError, VisitError};
 
 mailtls_common::options! {
@@ -107,11 +108,13 @@ pub fn main(matches: &ArgMatches) -> i32 {
         Ok(options) => options,
         Err(code) => return code,
     };
-    let day = matches.get_one::<String>("day").expect("required");
-    if let Err(e) = tlsrpt_fetcher::parse_day(day) {
-        log::error!("{e}");
-        return exit::USAGE;
-    }
+    let day = match Day::parse(matches.get_one::<String>("day").expect("required")) {
+        Ok(day) => day,
+        Err(e) => {
+            log::error!("{e}");
+            return exit::USAGE;
+        }
+    };
     let mut urls = match tlsrpt_store::parse_storage_list(&options.storage) {
         Ok(urls) => urls.into_iter(),
         Err(e) => {
@@ -165,7 +168,7 @@ enum Request<'a> {
     Bulk,
 }
 
-fn answer(path: &Path, day: &str, request: Request) -> Result<(), Failure> {
+fn answer(path: &Path, day: Day, request: Request) -> Result<(), Failure> {
     let db = FetcherDb::open(path).map_err(Failure::Store)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -179,12 +182,12 @@ fn answer(path: &Path, day: &str, request: Request) -> Result<(), Failure> {
             let completed = db.completed_day().map_err(Failure::Store)?;
             let domains = db.domains(day).map_err(Failure::Store)?;
             log::info!("domain list for {day}: {} domains", domains.len());
-            tlsrpt_fetcher::write_domain_list(&mut out, now()?, completed.as_deref(), &domains)
+            tlsrpt_fetcher::write_domain_list(&mut out, now()?, completed, &domains)
                 .map_err(Failure::Output)?;
         }
         Request::Bulk => {
             let completed = db.completed_day().map_err(Failure::Store)?;
-            tlsrpt_fetcher::write_bulk_header(&mut out, now()?, completed.as_deref())
+            tlsrpt_fetcher::write_bulk_header(&mut out, now()?, completed)
                 .map_err(Failure::Output)?;
             let mut domains = 0;
             db.for_each_domain(day, |domain, policies, failures| {

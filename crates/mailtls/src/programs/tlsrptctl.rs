@@ -2,9 +2,9 @@
 //! `status` and `maptest` as upstream (reading the reportd's options from
 //! the same places), plus `list`, `show`, `resend` and `render`.
 
+use mailtls_common::day::Day;
 use std::path::{Path, PathBuf};
 
-use chrono::NaiveDate;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use mailtls_common::config::{self, add_options, ConfigError, ProgramOptions, ProgramSpec};
 use serde_json::{json, Value};
@@ -303,11 +303,6 @@ fn maptest(o: &MapOptions, sub: &ArgMatches) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_day(text: &str) -> Result<NaiveDate, String> {
-    NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .map_err(|_| format!("{text:?} is not a day: expected YYYY-MM-DD"))
-}
-
 /// A destination's state in a few words, and the limit that withheld it
 /// (if one did).
 fn destination_status(d: &DestinationState) -> (&str, Option<&'static str>) {
@@ -359,7 +354,7 @@ fn report_json(report: &StoredReport, with_report: bool) -> Value {
 fn list(dbname: &str, sub: &ArgMatches, json: bool) -> Result<(), String> {
     let day = sub
         .get_one::<String>("day")
-        .map(|d| parse_day(d))
+        .map(|d| Day::parse(d).map_err(|e| e.to_string()))
         .transpose()?;
     let domain = sub.get_one::<String>("domain").map(String::as_str);
     let reports = open(dbname, false)?
@@ -407,7 +402,7 @@ fn find(db: &ReportdDb, id: &str) -> Result<StoredReport, String> {
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("no report number {r_id}"));
     }
-    let day = id.get(..10).and_then(|d| parse_day(d).ok());
+    let day = id.get(..10).and_then(|d| Day::parse(d).ok());
     db.reports(day, None)
         .map_err(|e| e.to_string())?
         .into_iter()
@@ -507,7 +502,8 @@ fn resend(dbname: &str, sub: &ArgMatches) -> Result<(), String> {
 }
 
 fn render(o: &RenderOptions, sub: &ArgMatches, json: bool) -> Result<(), String> {
-    let day = parse_day(sub.get_one::<String>("day").expect("required"))?;
+    let day =
+        Day::parse(sub.get_one::<String>("day").expect("required")).map_err(|e| e.to_string())?;
     let directory = PathBuf::from(sub.get_one::<String>("directory").expect("required"));
     std::fs::create_dir_all(&directory).map_err(|e| format!("{}: {e}", directory.display()))?;
     let db = open(&o.dbname, false)?;

@@ -6,6 +6,7 @@
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
+use mailtls_common::day::Day;
 use tlsrpt_datagram::{parse, Aggregate, Invalid};
 
 use crate::committer::Request;
@@ -36,7 +37,7 @@ pub struct Aggregator {
     refused: Refused,
     batch: Aggregate,
     details: DetailCap,
-    day: String,
+    day: Day,
     /// Datagrams counted since start.
     pub counted: u64,
 }
@@ -47,7 +48,7 @@ impl Aggregator {
         recycle: Sender<Tally>,
         committer: Sender<Request>,
         refused: Refused,
-        day: String,
+        day: Day,
     ) -> Aggregator {
         Aggregator {
             input,
@@ -84,11 +85,7 @@ impl Aggregator {
                 Ok(Input::DevelopmentRollover { today }) => {
                     self.hand_over();
                     self.details.new_day();
-                    let yesterday = chrono::NaiveDate::parse_from_str(&today, "%Y-%m-%d")
-                        .ok()
-                        .and_then(|d| d.pred_opt())
-                        .map(mailtls_common::clock::day_string)
-                        .unwrap_or_else(|| today.clone());
+                    let yesterday = today.pred();
                     log::info!(
                         "SIGUSR2: development rollover, counters of {today} become {yesterday}'s"
                     );
@@ -124,7 +121,7 @@ impl Aggregator {
                             String::from_utf8_lossy(&bytes)
                         );
                     }
-                    self.batch.add_n(&self.day, &delivery, n);
+                    self.batch.add_n(self.day, &delivery, n);
                     self.counted += n;
                 }
                 Err(error) => self.refused.refuse(&error, &bytes, n),
@@ -229,11 +226,19 @@ mod tests {
         for i in 0..MAX_FAILURE_DETAILS + 500 {
             let mut d = delivery(&format!("mx{i}.example"));
             cap.limit(&mut d, 2);
-            aggregate.add_n("2026-12-02", &d, 2);
+            aggregate.add_n(
+                mailtls_common::day::Day::parse("2026-12-02").unwrap(),
+                &d,
+                2,
+            );
         }
         let mut again = delivery("mx0.example");
         cap.limit(&mut again, 1);
-        aggregate.add_n("2026-12-02", &again, 1);
+        aggregate.add_n(
+            mailtls_common::day::Day::parse("2026-12-02").unwrap(),
+            &again,
+            1,
+        );
         let counts: Vec<_> = aggregate.iter().collect();
         assert_eq!(counts.len(), 1);
         let (_, c) = counts[0];

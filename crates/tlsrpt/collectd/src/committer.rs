@@ -12,6 +12,7 @@ use std::process::Command;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use mailtls_common::day::Day;
 use tlsrpt_datagram::Aggregate;
 use tlsrpt_store::{yesterday_path, CollectorDb, Opened, StorageUrl, StoreError};
 
@@ -22,10 +23,10 @@ pub enum Request {
     Counters(Aggregate),
     /// The UTC day `completed` is over: write its counters, then roll the
     /// files over so the fetcher can read it.
-    Rollover { completed: String },
+    Rollover { completed: Day },
     /// Development rollover (SIGUSR2): today's counters become `yesterday`'s,
     /// then roll over as at midnight.
-    DevelopmentRollover { today: String, yesterday: String },
+    DevelopmentRollover { today: Day, yesterday: Day },
     /// Write everything and stop.
     Shutdown,
 }
@@ -41,7 +42,7 @@ struct Store {
     url: StorageUrl,
     db: Option<CollectorDb>,
     pending: Aggregate,
-    rollovers: VecDeque<String>,
+    rollovers: VecDeque<Day>,
     /// No write before this instant (pause after a failure).
     not_before: Option<Instant>,
     retry_pause: Duration,
@@ -108,8 +109,8 @@ impl Store {
             let (db, _) = Store::open(&self.url)?;
             self.db = Some(db);
         }
-        while let Some(completed) = self.rollovers.front().cloned() {
-            self.roll_over(&completed)?;
+        while let Some(completed) = self.rollovers.front().copied() {
+            self.roll_over(completed)?;
             self.rollovers.pop_front();
         }
         if !self.pending.is_empty() {
@@ -130,11 +131,10 @@ impl Store {
 
     /// Write the counters of days up to `completed`, then move the file to
     /// `.yesterday` and start a new one.
-    fn roll_over(&mut self, completed: &str) -> Result<(), StoreError> {
+    fn roll_over(&mut self, completed: Day) -> Result<(), StoreError> {
         let db = self.db.as_mut().expect("opened before rollover");
         // Counters of the completed day (or older) belong in the file being closed.
-        let next_day = next_day_string(completed);
-        let old = self.pending.split_off_before(&next_day);
+        let old = self.pending.split_off_before(completed.succ());
         if let Err(e) = db.write(&old) {
             self.pending.merge(old);
             return Err(e);
@@ -187,24 +187,14 @@ impl Store {
     }
 }
 
-/// The day after `day` (`YYYY-MM-DD`).
-fn next_day_string(day: &str) -> String {
-    chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.succ_opt())
-        .map(mailtls_common::clock::day_string)
-        // Not a date we wrote: everything pending is then newer.
-        .unwrap_or_else(|| day.to_string())
-}
-
 /// Open every store at start. A new installation also gets its
 /// `.yesterday` file, and a database left with counters of an earlier day
 /// (the collector was down over midnight) is rolled over at once, so that
 /// day can still be reported.
 pub fn open_stores(
     urls: &[StorageUrl],
-    today: &str,
-    yesterday: &str,
+    today: Day,
+    yesterday: Day,
     rollover_script: Option<String>,
 ) -> Result<Vec<StoreHandle>, StoreError> {
     let mut stores = Vec::with_capacity(urls.len());
@@ -218,17 +208,17 @@ pub fn open_stores(
                     url.path.display(),
                     yesterday_path(&url.path).display()
                 );
-                rollovers.push_back(yesterday.to_string());
+                rollovers.push_back(yesterday);
             }
             Opened::Existing => {
                 log::info!("database {} looks OK", url.path.display());
                 if let Some(newest) = db.newest_day()? {
-                    if newest.as_str() < today {
+                    if newest < today {
                         log::warn!(
                             "database {} holds counters of {newest}, before today {today}: the collector was not running at midnight; rolling over now",
                             url.path.display()
                         );
-                        rollovers.push_back(yesterday.to_string());
+                        rollovers.push_back(yesterday);
                     }
                 }
             }
@@ -286,22 +276,22 @@ pub fn run(stores: Vec<StoreHandle>, requests: Receiver<Request>) -> Outcome {
                 Request::Counters(agg) => add_to_all(&mut stores, agg),
                 Request::Rollover { completed } => {
                     for s in &mut stores {
-                        s.rollovers.push_back(completed.clone());
+                        s.rollovers.push_back(completed);
                     }
                 }
                 Request::DevelopmentRollover { today, yesterday } => {
                     log::info!("development rollover: counters of {today} become {yesterday}'s");
                     for s in &mut stores {
-                        s.pending.relabel_day(&today, &yesterday);
+                        s.pending.relabel_day(today, yesterday);
                         if let Some(db) = s.db.as_mut() {
-                            if let Err(e) = db.relabel_day(&today, &yesterday) {
+                            if let Err(e) = db.relabel_day(today, yesterday) {
                                 log::error!(
                                     "development rollover of {}: {e}",
                                     s.url.path.display()
                                 );
                             }
                         }
-                        s.rollovers.push_back(yesterday.clone());
+                        s.rollovers.push_back(yesterday);
                     }
                 }
                 Request::Shutdown => shutdown = true,
@@ -364,7 +354,11 @@ mod tests {
 
     const D: &str = r#"{"d":"a.example","pr":"r","policies":[{"policy-type":9,"t":0,"f":0}]}"#;
 
-    fn counters(day: &str, n: usize) -> Aggregate {
+    fn day(text: &str) -> Day {
+        Day::parse(text).unwrap()
+    }
+
+    fn counters(day: Day, n: usize) -> Aggregate {
         let mut a = Aggregate::new();
         let d = tlsrpt_datagram::parse(D.as_bytes()).unwrap();
         for _ in 0..n {
@@ -373,7 +367,7 @@ mod tests {
         a
     }
 
-    fn total(db: &FetcherDb, day: &str) -> i64 {
+    fn total(db: &FetcherDb, day: Day) -> i64 {
         let (p, _) = db.details(day, "a.example").unwrap();
         p.iter().map(|r| r.total).sum()
     }
@@ -383,9 +377,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url =
             StorageUrl::parse(&format!("sqlite://{}/c.sqlite", dir.path().display())).unwrap();
-        open_stores(std::slice::from_ref(&url), "2026-11-22", "2026-11-21", None).unwrap();
+        open_stores(
+            std::slice::from_ref(&url),
+            day("2026-11-22"),
+            day("2026-11-21"),
+            None,
+        )
+        .unwrap();
         let y = FetcherDb::open(&yesterday_path(&url.path)).unwrap();
-        assert_eq!(y.completed_day().unwrap().as_deref(), Some("2026-11-21"));
+        assert_eq!(y.completed_day().unwrap(), Some(day("2026-11-21")));
     }
 
     #[test]
@@ -393,25 +393,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url =
             StorageUrl::parse(&format!("sqlite://{}/c.sqlite", dir.path().display())).unwrap();
-        let stores =
-            open_stores(std::slice::from_ref(&url), "2026-11-21", "2026-11-20", None).unwrap();
+        let stores = open_stores(
+            std::slice::from_ref(&url),
+            day("2026-11-21"),
+            day("2026-11-20"),
+            None,
+        )
+        .unwrap();
         let (tx, rx) = mpsc::channel();
         let t = std::thread::spawn(move || run(stores, rx));
-        tx.send(Request::Counters(counters("2026-11-21", 3)))
+        tx.send(Request::Counters(counters(day("2026-11-21"), 3)))
             .unwrap();
         tx.send(Request::Rollover {
-            completed: "2026-11-21".into(),
+            completed: day("2026-11-21"),
         })
         .unwrap();
-        tx.send(Request::Counters(counters("2026-11-22", 2)))
+        tx.send(Request::Counters(counters(day("2026-11-22"), 2)))
             .unwrap();
         tx.send(Request::Shutdown).unwrap();
         assert_eq!(t.join().unwrap(), Outcome::AllWritten);
         let y = FetcherDb::open(&yesterday_path(&url.path)).unwrap();
-        assert_eq!(y.completed_day().unwrap().as_deref(), Some("2026-11-21"));
-        assert_eq!(total(&y, "2026-11-21"), 3);
+        assert_eq!(y.completed_day().unwrap(), Some(day("2026-11-21")));
+        assert_eq!(total(&y, day("2026-11-21")), 3);
         let (today, _) = CollectorDb::open(&url.path).unwrap();
-        assert_eq!(today.newest_day().unwrap().as_deref(), Some("2026-11-22"));
+        assert_eq!(today.newest_day().unwrap(), Some(day("2026-11-22")));
     }
 
     #[test]
@@ -419,15 +424,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url =
             StorageUrl::parse(&format!("sqlite://{}/c.sqlite", dir.path().display())).unwrap();
-        let stores =
-            open_stores(std::slice::from_ref(&url), "2026-11-21", "2026-11-20", None).unwrap();
+        let stores = open_stores(
+            std::slice::from_ref(&url),
+            day("2026-11-21"),
+            day("2026-11-20"),
+            None,
+        )
+        .unwrap();
         // Another process holds an exclusive lock on the file.
         let locker = rusqlite::Connection::open(&url.path).unwrap();
         locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
         let (tx, rx) = mpsc::channel();
         let t = std::thread::spawn(move || run(stores, rx));
         for _ in 0..5 {
-            tx.send(Request::Counters(counters("2026-11-21", 10)))
+            tx.send(Request::Counters(counters(day("2026-11-21"), 10)))
                 .unwrap();
         }
         std::thread::sleep(Duration::from_millis(2500));

@@ -26,7 +26,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use aggregator::Aggregator;
-use mailtls_common::clock::{self, Clock};
+use mailtls_common::clock::Clock;
+use mailtls_common::day::Day;
 use receiver::{Receiver, SignalFlags};
 use refused::Refused;
 use socket::{CollectorSocket, Permissions};
@@ -74,12 +75,12 @@ pub fn run(config: CollectdConfig, clock: &dyn Clock) -> i32 {
     socket::check_queue_length();
 
     let now = clock.now();
-    let today = clock::day_string(now.date_naive());
-    let yesterday = clock::day_string(now.date_naive().pred_opt().expect("date in range"));
+    let today = Day::of(now);
+    let yesterday = today.pred();
     let stores = match committer::open_stores(
         &config.storage,
-        &today,
-        &yesterday,
+        today,
+        yesterday,
         config.rollover_script.clone(),
     ) {
         Ok(stores) => stores,
@@ -124,7 +125,7 @@ pub fn run(config: CollectdConfig, clock: &dyn Clock) -> i32 {
         recycle,
         to_committer,
         Refused::new(config.dump_path.clone(), Instant::now()),
-        receiver.day().to_string(),
+        receiver.day(),
     );
     let aggregator = std::thread::Builder::new()
         .name("aggregator".into())

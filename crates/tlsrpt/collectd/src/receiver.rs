@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use mailtls_common::clock::{day_string, next_midnight, Clock};
+use mailtls_common::clock::{next_midnight, Clock};
+use mailtls_common::day::Day;
 
 use crate::sched::RealtimeGuard;
 use crate::socket::{CollectorSocket, RecvBatch};
@@ -34,9 +35,9 @@ pub enum Input {
     /// the database (see [`CommitSchedule`]).
     Datagrams { tally: Tally, commit: bool },
     /// UTC midnight has passed: what follows belongs to `day`.
-    NewDay(String),
+    NewDay(Day),
     /// SIGUSR2: development rollover of the counters of `today`.
-    DevelopmentRollover { today: String },
+    DevelopmentRollover { today: Day },
     /// SIGTERM/SIGINT: everything has been passed on.
     Finish,
 }
@@ -60,7 +61,7 @@ pub struct Receiver<'a> {
     in_flight: usize,
     tally: Tally,
     schedule: CommitSchedule,
-    day: String,
+    day: Day,
     midnight: DateTime<Utc>,
     batch: RecvBatch,
     /// Datagrams received since start.
@@ -87,7 +88,7 @@ impl<'a> Receiver<'a> {
             in_flight: 0,
             tally: Tally::default(),
             schedule,
-            day: day_string(now.date_naive()),
+            day: Day::of(now),
             midnight: next_midnight(now),
             batch: RecvBatch::new(),
             received: 0,
@@ -95,8 +96,8 @@ impl<'a> Receiver<'a> {
     }
 
     /// The day the receiver starts in.
-    pub fn day(&self) -> &str {
-        &self.day
+    pub fn day(&self) -> Day {
+        self.day
     }
 
     /// Receive until SIGTERM/SIGINT; then remove the socket, read what the
@@ -120,7 +121,7 @@ impl<'a> Receiver<'a> {
             }
             if self.flags.rollover.swap(false, Ordering::Relaxed) {
                 self.hand_over(true);
-                let today = self.day.clone();
+                let today = self.day;
                 self.send(Input::DevelopmentRollover { today });
             }
         }
@@ -165,9 +166,9 @@ impl<'a> Receiver<'a> {
             return;
         }
         self.hand_over(true);
-        self.day = day_string(now.date_naive());
+        self.day = Day::of(now);
         self.midnight = next_midnight(now);
-        self.send(Input::NewDay(self.day.clone()));
+        self.send(Input::NewDay(self.day));
     }
 
     /// Pass the tally on (even if empty when `commit`, so that the

@@ -9,14 +9,15 @@
 //! unavailable.
 
 use hashbrown::{Equivalent, HashMap};
+use mailtls_common::day::Day;
 
 use crate::parse::Delivery;
 
 /// The primary key of an upstream `finalresults` row.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PolicyKey {
-    /// UTC day of receipt, `YYYY-MM-DD`.
-    pub day: String,
+    /// UTC day of receipt.
+    pub day: Day,
     pub domain: String,
     pub record: String,
     pub policy: String,
@@ -26,7 +27,7 @@ pub struct PolicyKey {
 /// allocating; it hashes exactly like the owned key.
 #[derive(Hash)]
 struct PolicyKeyRef<'a> {
-    day: &'a str,
+    day: Day,
     domain: &'a str,
     record: &'a str,
     policy: &'a str,
@@ -75,12 +76,12 @@ impl Aggregate {
     }
 
     /// Count one delivery attempt received on `day`.
-    pub fn add(&mut self, day: &str, delivery: &Delivery) {
+    pub fn add(&mut self, day: Day, delivery: &Delivery) {
         self.add_n(day, delivery, 1);
     }
 
     /// Count `n` identical delivery attempts received on `day`.
-    pub fn add_n(&mut self, day: &str, delivery: &Delivery, n: u64) {
+    pub fn add_n(&mut self, day: Day, delivery: &Delivery, n: u64) {
         self.datagrams += n;
         for policy in &delivery.policies {
             let lookup = PolicyKeyRef {
@@ -93,7 +94,7 @@ impl Aggregate {
                 Some(counts) => counts,
                 None => {
                     let key = PolicyKey {
-                        day: day.to_string(),
+                        day,
                         domain: delivery.domain.clone(),
                         record: delivery.record.clone(),
                         policy: policy.policy_json.clone(),
@@ -128,10 +129,10 @@ impl Aggregate {
 
     /// Take out the counters of days before `day`, leaving the rest. Used at
     /// rollover: those rows belong in the database being closed.
-    pub fn split_off_before(&mut self, day: &str) -> Aggregate {
+    pub fn split_off_before(&mut self, day: Day) -> Aggregate {
         let (old, keep): (HashMap<_, _>, HashMap<_, _>) = std::mem::take(&mut self.counts)
             .into_iter()
-            .partition(|(k, _)| k.day.as_str() < day);
+            .partition(|(k, _)| k.day < day);
         self.counts = keep;
         // Datagram counts are informational; attribute them to the part that
         // still has keys so that neither part looks empty when it is not.
@@ -148,11 +149,11 @@ impl Aggregate {
 
     /// Change the day of every key (development rollover: today's counters
     /// become yesterday's).
-    pub fn relabel_day(&mut self, from: &str, to: &str) {
+    pub fn relabel_day(&mut self, from: Day, to: Day) {
         let counts = std::mem::take(&mut self.counts);
         for (mut key, c) in counts {
             if key.day == from {
-                key.day = to.to_string();
+                key.day = to;
             }
             self.counts.entry(key).or_default().merge(c);
         }
@@ -180,6 +181,10 @@ impl Aggregate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn day(text: &str) -> Day {
+        Day::parse(text).unwrap()
+    }
     use crate::parse::parse;
 
     fn delivery(text: &str) -> Delivery {
@@ -192,8 +197,8 @@ mod tests {
         let d = delivery(
             r#"{"d":"A.example.","pr":"r","policies":[{"policy-type":9,"failure-details":[{"c":201}],"t":1,"f":1},{"policy-type":2,"t":0,"f":0}]}"#,
         );
-        agg.add("2026-11-21", &d);
-        agg.add("2026-11-21", &d);
+        agg.add(day("2026-11-21"), &d);
+        agg.add(day("2026-11-21"), &d);
         assert_eq!(agg.len(), 2);
         assert_eq!(agg.datagrams(), 2);
         let (key, c) = agg
@@ -209,26 +214,26 @@ mod tests {
     fn merge_adds_and_split_moves_old_days() {
         let d = delivery(r#"{"d":"a","pr":"r","policies":[{"policy-type":9,"t":0,"f":0}]}"#);
         let mut a = Aggregate::new();
-        a.add("2026-11-21", &d);
+        a.add(day("2026-11-21"), &d);
         let mut b = Aggregate::new();
-        b.add("2026-11-21", &d);
-        b.add("2026-11-22", &d);
+        b.add(day("2026-11-21"), &d);
+        b.add(day("2026-11-22"), &d);
         a.merge(b);
         assert_eq!(a.len(), 2);
-        let old = a.split_off_before("2026-11-22");
+        let old = a.split_off_before(day("2026-11-22"));
         assert_eq!(old.len(), 1);
         assert_eq!(old.iter().next().unwrap().1.total, 2);
         assert_eq!(a.len(), 1);
-        assert_eq!(a.iter().next().unwrap().0.day, "2026-11-22");
+        assert_eq!(a.iter().next().unwrap().0.day, day("2026-11-22"));
     }
 
     #[test]
     fn relabel_moves_counters_to_another_day() {
         let d = delivery(r#"{"d":"a","pr":"r","policies":[{"policy-type":9,"t":0,"f":0}]}"#);
         let mut a = Aggregate::new();
-        a.add("2026-11-21", &d);
-        a.add("2026-11-22", &d);
-        a.relabel_day("2026-11-22", "2026-11-21");
+        a.add(day("2026-11-21"), &d);
+        a.add(day("2026-11-22"), &d);
+        a.relabel_day(day("2026-11-22"), day("2026-11-21"));
         assert_eq!(a.len(), 1);
         assert_eq!(a.iter().next().unwrap().1.total, 2);
     }

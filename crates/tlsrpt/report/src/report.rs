@@ -25,10 +25,11 @@
 //! - Keys are written in the order of the RFC's example; the JSON text is
 //!   otherwise Python's `json.dumps` text, as upstream sends it.
 
+use mailtls_common::day::Day;
 use std::collections::HashMap;
 use std::fmt;
 
-use chrono::{NaiveDate, NaiveTime};
+use chrono::NaiveTime;
 use serde_json::{Map, Value};
 use thiserror::Error;
 use tlsrpt_datagram::{normalize_domain, pyjson};
@@ -129,7 +130,7 @@ pub struct Report {
     pub domain: String,
     /// The TLSRPT record whose `rua` receives the report.
     pub record: String,
-    pub day: NaiveDate,
+    pub day: Day,
     pub organization_name: String,
     pub contact_info: String,
     pub report_id: ReportId,
@@ -218,7 +219,7 @@ pub enum SkipReason {
 
 /// Build the reports of `details` for `day`.
 pub fn build_reports(
-    day: NaiveDate,
+    day: Day,
     details: &DomainDetails,
     organization: &ReportingOrganization,
 ) -> DomainReports {
@@ -416,10 +417,10 @@ pub struct ReportId {
 }
 
 impl ReportId {
-    pub fn new(day: NaiveDate, domain: &str, record: &str) -> ReportId {
+    pub fn new(day: Day, domain: &str, record: &str) -> ReportId {
         let unique_id = format!("{:016x}", fnv1a_64(record.as_bytes()));
         ReportId {
-            text: format!("{}_{unique_id}_{domain}", day.format("%Y-%m-%d")),
+            text: format!("{}_{unique_id}_{domain}", day),
             unique_id,
         }
     }
@@ -457,11 +458,11 @@ impl Report {
         let mut date_range = Map::new();
         date_range.insert(
             "start-datetime".into(),
-            format!("{}T00:00:00Z", self.day.format("%Y-%m-%d")).into(),
+            format!("{}T00:00:00Z", self.day).into(),
         );
         date_range.insert(
             "end-datetime".into(),
-            format!("{}T23:59:59Z", self.day.format("%Y-%m-%d")).into(),
+            format!("{}T23:59:59Z", self.day).into(),
         );
         let mut report = Map::new();
         report.insert(
@@ -491,7 +492,11 @@ impl Report {
 
     /// Unix time of the report's first second (`DAYT00:00:00Z`).
     pub fn begin_timestamp(&self) -> i64 {
-        self.day.and_time(NaiveTime::MIN).and_utc().timestamp()
+        self.day
+            .date()
+            .and_time(NaiveTime::MIN)
+            .and_utc()
+            .timestamp()
     }
 
     /// Unix time of the report's last second (`DAYT23:59:59Z`).
@@ -615,8 +620,8 @@ mod tests {
 
     const RECORD: &str = "v=TLSRPTv1;rua=mailto:tlsrpt@example.com";
 
-    fn day() -> NaiveDate {
-        NaiveDate::from_ymd_opt(2026, 11, 21).unwrap()
+    fn day() -> Day {
+        Day::from_ymd(2026, 11, 21)
     }
 
     fn organization() -> ReportingOrganization {
@@ -934,10 +939,7 @@ mod tests {
             )
         );
         assert_ne!(id, ReportId::new(day(), "example.org", RECORD));
-        assert_ne!(
-            id,
-            ReportId::new(day().succ_opt().unwrap(), "example.com", RECORD)
-        );
+        assert_ne!(id, ReportId::new(day().succ(), "example.com", RECORD));
         let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c);
         assert!(
             id.as_str().chars().all(atext),

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use chrono::NaiveDate;
+use mailtls_common::day::Day;
 use serde_json::{Map, Value};
 use tlsrpt_report::details::DomainDetails;
 use tlsrpt_report::report::{build_reports, Report, ReportId, ReportingOrganization};
@@ -63,7 +63,7 @@ fn our_report(domain: &str) -> Report {
         name: "Example Org".into(),
         contact_info: "tlsrpt-noreply@example.net".into(),
     };
-    let day = NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
+    let day = Day::from_ymd(2026, 11, 21);
     let built = build_reports(day, &details, &organization);
     assert!(built.skipped.is_empty(), "{:?}", built.skipped);
     assert_eq!(built.reports.len(), 1);

@@ -12,6 +12,7 @@
 //! hung fetcher (every run has a time limit) holds up neither the others
 //! nor the deliveries. The main thread alone writes the database.
 
+use mailtls_common::day::Day;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -177,7 +178,7 @@ impl<'c> Reportd<'c> {
                 self.cfg.keep_days, cleaned.fetchjobs, cleaned.reportdata, cleaned.reports, cleaned.destinations
             );
         }
-        let yesterday = now.date_naive().pred_opt().expect("not the first day ever");
+        let yesterday = Day::of(now).pred();
         if self
             .db
             .create_fetch_jobs(yesterday, &self.cfg.fetchers, now)?

@@ -14,10 +14,11 @@
 //!   never reports the day.
 //! - A domain list and its fetch job's `ok` are stored in one transaction.
 
+use mailtls_common::day::Day;
 use std::path::Path;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, MAIN_DB};
 
 use crate::pytime;
@@ -71,7 +72,7 @@ type Result<T> = std::result::Result<T, DbError>;
 /// A fetch job: one configured fetcher's domain list for one day.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchJob {
-    pub day: NaiveDate,
+    pub day: Day,
     /// The fetcher's position in the `fetchers` option, from 1.
     pub fetcher_index: i64,
     pub fetcher: String,
@@ -82,7 +83,7 @@ pub struct FetchJob {
 /// One domain whose details a fetcher still has to deliver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DetailsJob {
-    pub day: NaiveDate,
+    pub day: Day,
     pub domain: String,
     pub fetcher_index: i64,
     pub fetcher: String,
@@ -98,7 +99,7 @@ pub struct Delivery {
     pub uniqid: i64,
     pub report: String,
     pub domain: String,
-    pub day: NaiveDate,
+    pub day: Day,
     pub retries: i64,
     /// When the destination row was made (with its report), for the
     /// retry window.
@@ -279,14 +280,14 @@ impl ReportdDb {
     /// Returns whether it created them.
     pub fn create_fetch_jobs(
         &mut self,
-        day: NaiveDate,
+        day: Day,
         fetchers: &[String],
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let tx = self.conn.savepoint()?;
         let exists: bool = tx.query_row(
             "SELECT count(*) > 0 FROM fetchjobs WHERE day=?",
-            [pytime::day(day)],
+            [day.to_string()],
             |row| row.get(0),
         )?;
         if exists {
@@ -296,7 +297,7 @@ impl ReportdDb {
             tx.execute(
                 "INSERT INTO fetchjobs (day, fetcherindex, fetcher, retries, status, nexttry) \
                  VALUES (?,?,?,0,NULL,?)",
-                params![pytime::day(day), index, fetcher, pytime::timestamp(now)],
+                params![day.to_string(), index, fetcher, pytime::timestamp(now)],
             )?;
         }
         tx.commit()?;
@@ -344,7 +345,7 @@ impl ReportdDb {
             )?;
             for domain in domains {
                 added += insert.execute(params![
-                    pytime::day(job.day),
+                    job.day.to_string(),
                     domain,
                     job.fetcher_index,
                     job.fetcher,
@@ -363,7 +364,7 @@ impl ReportdDb {
             "UPDATE fetchjobs SET retries=retries+1, nexttry=? WHERE day=? AND fetcherindex=?",
             params![
                 pytime::timestamp(at),
-                pytime::day(job.day),
+                job.day.to_string(),
                 job.fetcher_index
             ],
         )?;
@@ -415,7 +416,7 @@ impl ReportdDb {
              WHERE day=? AND fetcherindex=? AND domain=?",
             params![
                 policies_json,
-                pytime::day(job.day),
+                job.day.to_string(),
                 job.fetcher_index,
                 job.domain
             ],
@@ -430,7 +431,7 @@ impl ReportdDb {
              WHERE day=? AND fetcherindex=? AND domain=?",
             params![
                 pytime::timestamp(at),
-                pytime::day(job.day),
+                job.day.to_string(),
                 job.fetcher_index,
                 job.domain
             ],
@@ -443,7 +444,7 @@ impl ReportdDb {
     pub fn details_timed_out(&self, job: &DetailsJob) -> Result<()> {
         self.conn.execute(
             "UPDATE reportdata SET status='timedout' WHERE day=? AND fetcherindex=? AND domain=?",
-            params![pytime::day(job.day), job.fetcher_index, job.domain],
+            params![job.day.to_string(), job.fetcher_index, job.domain],
         )?;
         Ok(())
     }
@@ -453,7 +454,7 @@ impl ReportdDb {
     /// no fetch job condition: it fetches details only after all lists are
     /// in. A bulk answer brings details with the list, and another fetcher
     /// may still add to the same domain.)
-    pub fn ready_for_report(&self) -> Result<Vec<(NaiveDate, String)>> {
+    pub fn ready_for_report(&self) -> Result<Vec<(Day, String)>> {
         let mut stmt = self.conn.prepare(
             "SELECT DISTINCT day, domain FROM reportdata WHERE status='fetched' \
              AND day NOT IN (SELECT day FROM fetchjobs WHERE status IS NULL) \
@@ -470,32 +471,32 @@ impl ReportdDb {
     }
 
     /// The domains with fetched data on `day`.
-    pub fn fetched_domains(&self, day: NaiveDate) -> Result<Vec<String>> {
+    pub fn fetched_domains(&self, day: Day) -> Result<Vec<String>> {
         let mut stmt = self.conn.prepare(
             "SELECT DISTINCT domain FROM reportdata WHERE day=? AND data IS NOT NULL ORDER BY domain",
         )?;
-        let rows = stmt.query_map([pytime::day(day)], |row| row.get(0))?;
+        let rows = stmt.query_map([day.to_string()], |row| row.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Marks a day and domain whose data gave no report (status
     /// `unusable`), so it is not tried again at every loop.
-    pub fn mark_unreportable(&self, day: NaiveDate, domain: &str) -> Result<()> {
+    pub fn mark_unreportable(&self, day: Day, domain: &str) -> Result<()> {
         self.conn.execute(
             "UPDATE reportdata SET status='unusable' WHERE day=? AND domain=? AND status='fetched'",
-            params![pytime::day(day), domain],
+            params![day.to_string(), domain],
         )?;
         Ok(())
     }
 
     /// The fetched details (`policies` JSON texts) of one day and domain,
     /// one per fetcher that delivered them, in fetcher order.
-    pub fn details_of(&self, day: NaiveDate, domain: &str) -> Result<Vec<String>> {
+    pub fn details_of(&self, day: Day, domain: &str) -> Result<Vec<String>> {
         let mut stmt = self.conn.prepare(
             "SELECT data FROM reportdata WHERE day=? AND domain=? AND data IS NOT NULL \
              ORDER BY fetcherindex",
         )?;
-        let rows = stmt.query_map(params![pytime::day(day), domain], |row| row.get(0))?;
+        let rows = stmt.query_map(params![day.to_string(), domain], |row| row.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -507,7 +508,7 @@ impl ReportdDb {
     /// reason as status, so that they are shown and never delivered.
     pub fn insert_report(
         &mut self,
-        day: NaiveDate,
+        day: Day,
         domain: &str,
         tlsrptrecord: &str,
         render: impl FnOnce(i64) -> String,
@@ -517,13 +518,13 @@ impl ReportdDb {
         let tx = self.conn.savepoint()?;
         let uniqid: i64 = tx.query_row(
             "SELECT COUNT(*)+1 FROM reports WHERE day=? AND domain=?",
-            params![pytime::day(day), domain],
+            params![day.to_string(), domain],
             |row| row.get(0),
         )?;
         tx.execute(
             "INSERT INTO reports (day, domain, uniqid, tlsrptrecord, report) VALUES(?,?,?,?,?)",
             params![
-                pytime::day(day),
+                day.to_string(),
                 domain,
                 uniqid,
                 tlsrptrecord,
@@ -695,7 +696,7 @@ impl ReportdDb {
             )?;
             for (domain, data) in details {
                 added += insert.execute(params![
-                    pytime::day(job.day),
+                    job.day.to_string(),
                     domain,
                     data,
                     job.fetcher_index,
@@ -725,26 +726,25 @@ impl ReportdDb {
     }
 
     /// Whether fetch jobs exist for `day`.
-    pub fn has_fetch_jobs(&self, day: NaiveDate) -> Result<bool> {
+    pub fn has_fetch_jobs(&self, day: Day) -> Result<bool> {
         Ok(self.conn.query_row(
             "SELECT count(*) > 0 FROM fetchjobs WHERE day=?",
-            [pytime::day(day)],
+            [day.to_string()],
             |row| row.get(0),
         )?)
     }
 
     /// Reports with their destinations, optionally of one day and/or one
     /// domain, in the order they were made.
-    pub fn reports(
-        &self,
-        day: Option<NaiveDate>,
-        domain: Option<&str>,
-    ) -> Result<Vec<StoredReport>> {
+    pub fn reports(&self, day: Option<Day>, domain: Option<&str>) -> Result<Vec<StoredReport>> {
         let mut stmt = self.conn.prepare(
             "SELECT r_id, day, domain, uniqid, tlsrptrecord, report FROM reports \
              WHERE (?1 IS NULL OR day=?1) AND (?2 IS NULL OR domain=?2) ORDER BY r_id",
         )?;
-        let rows = stmt.query_map(params![day.map(pytime::day), domain], stored_report)?;
+        let rows = stmt.query_map(
+            params![day.map(|day| day.to_string()), domain],
+            stored_report,
+        )?;
         let mut reports = rows.collect::<rusqlite::Result<Vec<_>>>()?;
         for report in &mut reports {
             report.destinations = self.destinations_of(report.r_id)?;
@@ -855,7 +855,7 @@ fn stored_report(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredReport> {
 fn set_fetch_job_status(conn: &Connection, job: &FetchJob, status: &str) -> Result<()> {
     conn.execute(
         "UPDATE fetchjobs SET status=? WHERE day=? AND fetcherindex=?",
-        params![status, pytime::day(job.day), job.fetcher_index],
+        params![status, job.day.to_string(), job.fetcher_index],
     )?;
     Ok(())
 }
@@ -867,8 +867,8 @@ fn parse_sqlite_timestamp(text: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
-fn parse_day(text: String) -> Result<NaiveDate> {
-    pytime::parse_day(&text).ok_or(DbError::BadDay(text))
+fn parse_day(text: String) -> Result<Day> {
+    Day::parse(&text).map_err(|_| DbError::BadDay(text))
 }
 
 #[cfg(test)]
@@ -885,8 +885,8 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 11, 22, h, m, 0).unwrap()
     }
 
-    fn day(d: u32) -> NaiveDate {
-        NaiveDate::from_ymd_opt(2026, 11, d).unwrap()
+    fn day(d: u32) -> Day {
+        Day::from_ymd(2026, 11, d)
     }
 
     fn fetchers() -> Vec<String> {

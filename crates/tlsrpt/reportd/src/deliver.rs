@@ -2,10 +2,11 @@
 //! transport its scheme asks for (RFC 8460 section 5: `mailto:` as a
 //! signed mail, `https:` as a POST), or into a `directory:`.
 
+use mailtls_common::day::Day;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use chrono::{DateTime, NaiveTime, Utc};
 use tlsrpt_delivery::{
     gzip, Directory, DkimSigner, HttpTransport, MailTransport, Outcome, ReportMail,
 };
@@ -199,8 +200,8 @@ impl Deliverer {
 }
 
 /// `submitter!domain!begin!end!unique-id.json.gz` (RFC 8460 section 5.3).
-fn attachment_name(submitter: &str, domain: &str, day: NaiveDate, unique_id: &str) -> String {
-    let begin = day.and_time(NaiveTime::MIN).and_utc().timestamp();
+fn attachment_name(submitter: &str, domain: &str, day: Day, unique_id: &str) -> String {
+    let begin = day.date().and_time(NaiveTime::MIN).and_utc().timestamp();
     format!(
         "{submitter}!{domain}!{begin}!{}!{unique_id}.json.gz",
         begin + 24 * 3600 - 1
@@ -218,7 +219,7 @@ mod tests {
             uniqid: 2,
             report: report.into(),
             domain: "a.example".into(),
-            day: NaiveDate::from_ymd_opt(2026, 11, 21).unwrap(),
+            day: Day::from_ymd(2026, 11, 21),
             retries: 0,
             created: None,
         }
@@ -242,12 +243,7 @@ mod tests {
     #[test]
     fn attachment_names_follow_section_5_3() {
         assert_eq!(
-            attachment_name(
-                "example.net",
-                "a.example",
-                NaiveDate::from_ymd_opt(2026, 11, 21).unwrap(),
-                "1"
-            ),
+            attachment_name("example.net", "a.example", Day::from_ymd(2026, 11, 21), "1"),
             "example.net!a.example!1795219200!1795305599!1.json.gz"
         );
     }

@@ -13,13 +13,12 @@
 //! `ssh` to a dead host must not stall the daemon), a bounded output, and
 //! its exit status checked.
 
+use mailtls_common::day::Day;
 use std::time::Duration;
 
 use mailtls_common::process::{Ending, Keep, Run};
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-
-use crate::pytime;
+use chrono::{DateTime, NaiveDateTime, Utc};
 
 /// The first line of a v1 domain list.
 pub const VERSION_LINE_V1: &str = "TLSRPT FETCHER v1devel-c domain list";
@@ -30,7 +29,7 @@ pub const BULK_VERSION_LINE: &str = "TLSRPT FETCHER v1devel-c bulk";
 pub const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
 /// The day upstream probes fetchers with at start: long past, so the
 /// answer is a header and an empty list.
-pub const PROBE_DAY: NaiveDate = NaiveDate::from_ymd_opt(1999, 1, 1).expect("a valid day");
+pub const PROBE_DAY: Day = Day::from_ymd(1999, 1, 1);
 /// Upstream's limit on a details answer (`TLSRPT_MAX_READ_FETCHER`).
 pub const DEFAULT_MAX_OUTPUT: usize = 16 * 1024 * 1024;
 /// Upstream's time limit for the probe.
@@ -57,7 +56,7 @@ pub struct Header {
     pub fetcher_time: NaiveDateTime,
     /// The newest day the fetcher has complete; `None` when it has none
     /// yet (upstream's fetcher then leaves the line out).
-    pub available_day: Option<NaiveDate>,
+    pub available_day: Option<Day>,
 }
 
 impl Header {
@@ -123,8 +122,8 @@ impl Fetcher {
     }
 
     /// The domain list of `day`.
-    pub fn domain_list(&self, day: NaiveDate, limits: Limits) -> ListAnswer {
-        match self.run(&[pytime::day(day)], limits) {
+    pub fn domain_list(&self, day: Day, limits: Limits) -> ListAnswer {
+        match self.run(&[day.to_string()], limits) {
             Ok(output) => parse_domain_list(&output, day),
             Err(reason) => ListAnswer::RetryLater(reason),
         }
@@ -132,16 +131,16 @@ impl Fetcher {
 
     /// All domains of `day` with their details in one run (mailtls
     /// extension, negotiated through the answer's version line).
-    pub fn bulk(&self, day: NaiveDate, limits: Limits) -> BulkAnswer {
-        match self.run(&["--bulk".to_owned(), pytime::day(day)], limits) {
+    pub fn bulk(&self, day: Day, limits: Limits) -> BulkAnswer {
+        match self.run(&["--bulk".to_owned(), day.to_string()], limits) {
             Ok(output) => parse_bulk(&output, day),
             Err(reason) => BulkAnswer::RetryLater(reason),
         }
     }
 
     /// The details of `domain` on `day`.
-    pub fn details(&self, day: NaiveDate, domain: &str, limits: Limits) -> DetailsAnswer {
-        match self.run(&[pytime::day(day), domain.to_owned()], limits) {
+    pub fn details(&self, day: Day, domain: &str, limits: Limits) -> DetailsAnswer {
+        match self.run(&[day.to_string(), domain.to_owned()], limits) {
             Ok(output) => parse_details(&output, domain),
             Err(reason) => DetailsAnswer::RetryLater(reason),
         }
@@ -157,7 +156,7 @@ impl Fetcher {
             max_output: DEFAULT_MAX_OUTPUT,
             idle_timeout: None,
         };
-        let output = match self.run(&[pytime::day(PROBE_DAY)], limits) {
+        let output = match self.run(&[PROBE_DAY.to_string()], limits) {
             Ok(output) => output,
             Err(reason) => return vec![reason],
         };
@@ -238,7 +237,7 @@ fn usable_domain(domain: &str) -> Option<&str> {
 }
 
 /// Reads a v1 domain list asked for `day`.
-pub fn parse_domain_list(output: &[u8], day: NaiveDate) -> ListAnswer {
+pub fn parse_domain_list(output: &[u8], day: Day) -> ListAnswer {
     let mut lines = match answer_lines(output) {
         Ok(lines) => lines,
         Err(reason) => return ListAnswer::RetryLater(reason),
@@ -275,7 +274,7 @@ pub fn parse_domain_list(output: &[u8], day: NaiveDate) -> ListAnswer {
 /// Reads the answer to `FETCHER --bulk DAY`: a bulk answer from a fetcher
 /// that has the extension, or a plain v1 domain list from one that ignored
 /// the option.
-pub fn parse_bulk(output: &[u8], day: NaiveDate) -> BulkAnswer {
+pub fn parse_bulk(output: &[u8], day: Day) -> BulkAnswer {
     let mut lines = match answer_lines(output) {
         Ok(lines) => lines,
         Err(reason) => return BulkAnswer::RetryLater(reason),
@@ -338,11 +337,7 @@ enum HeaderCheck {
 }
 
 /// Reads the version, time and available-day lines.
-fn parse_header(
-    lines: &mut Lines<'_>,
-    version: &str,
-    day: NaiveDate,
-) -> Result<HeaderCheck, String> {
+fn parse_header(lines: &mut Lines<'_>, version: &str, day: Day) -> Result<HeaderCheck, String> {
     match lines.next() {
         Some(line) if line == version => {}
         Some(other) => {
@@ -367,7 +362,7 @@ fn parse_header(
         // leaves it empty.
         Some("") => return Ok(HeaderCheck::NotReady(header)),
         Some(".") => return Ok(HeaderCheck::NotReady(header)),
-        Some(line) => match pytime::parse_day(line) {
+        Some(line) => match Day::parse(line).ok() {
             Some(available) => header.available_day = Some(available),
             None => {
                 return Err(format!(
@@ -422,8 +417,8 @@ mod tests {
         }
     }
 
-    fn day(d: u32) -> NaiveDate {
-        NaiveDate::from_ymd_opt(2026, 11, d).unwrap()
+    fn day(d: u32) -> Day {
+        Day::from_ymd(2026, 11, d)
     }
 
     /// A fetcher running `script` with `sh` (not executed directly: a file

@@ -1,4 +1,4 @@
-//! Timestamps and days in the text form upstream's Python `sqlite3` module
+//! Timestamps (and days, [`Day`]'s form) in the text form upstream's Python `sqlite3` module
 //! writes (its default adapters: `date.isoformat()` and
 //! `datetime.isoformat(" ")` of an aware UTC datetime).
 //!
@@ -8,7 +8,7 @@
 //! even between texts with and without microseconds, because `+` sorts
 //! before `.`.
 
-use chrono::{DateTime, NaiveDate, Timelike, Utc};
+use chrono::{DateTime, Timelike, Utc};
 
 /// `2026-11-22 00:49:28.123456+00:00`, or `2026-11-22 00:49:28+00:00` when
 /// the microseconds are zero (Python's `isoformat` omits them then).
@@ -20,18 +20,6 @@ pub fn timestamp(t: DateTime<Utc>) -> String {
     } else {
         format!("{}.{micros:06}+00:00", t.format("%Y-%m-%d %H:%M:%S"))
     }
-}
-
-/// `2026-11-21`, as the reportd stores a report day.
-pub fn day(d: NaiveDate) -> String {
-    d.format("%Y-%m-%d").to_string()
-}
-
-/// A stored day back; `None` when the text is not a `YYYY-MM-DD` day.
-pub fn parse_day(text: &str) -> Option<NaiveDate> {
-    NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .ok()
-        .filter(|d| day(*d) == text)
 }
 
 /// A stored timestamp back (either implementation's form, with or without
@@ -46,6 +34,7 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use mailtls_common::day::Day;
 
     fn python(code: &str) -> String {
         crate::python(code, &[])
@@ -83,12 +72,14 @@ mod tests {
     }
 
     #[test]
-    fn days_round_trip_and_reject_other_text() {
-        let d = NaiveDate::from_ymd_opt(2026, 3, 7).unwrap();
-        assert_eq!(day(d), "2026-03-07");
-        assert_eq!(parse_day("2026-03-07"), Some(d));
-        for bad in ["2026-3-7", "2026-03-07 00:00:00", ".", "", "2026-02-30"] {
-            assert_eq!(parse_day(bad), None, "{bad:?}");
-        }
+    fn days_are_what_python_sqlite3_stores() {
+        let d = Day::from_ymd(2026, 3, 7);
+        let theirs = python(
+            "import sqlite3, datetime\n\
+             c = sqlite3.connect(':memory:')\n\
+             print(c.execute('SELECT ?', (datetime.date(2026, 3, 7),)).fetchone()[0], end='')",
+        );
+        assert_eq!(d.to_string(), theirs);
+        assert_eq!(Day::parse(&theirs), Ok(d));
     }
 }

@@ -5,7 +5,7 @@
 //! Pure: the caller reads the details from the database and stores what
 //! comes out.
 
-use chrono::NaiveDate;
+use mailtls_common::day::Day;
 use tlsrpt_report::details::DomainDetails;
 use tlsrpt_report::maps::DestinationMaps;
 use tlsrpt_report::record::{parse_record, RecordError};
@@ -112,7 +112,7 @@ pub struct DomainOutcome {
 /// that the fetchers delivered (one per fetcher). Each destination gets at
 /// most one report of the domain and day, and `caps` bound the rest.
 pub fn make_reports(
-    day: NaiveDate,
+    day: Day,
     domain: &str,
     fetched: &[String],
     organization: &ReportingOrganization,
@@ -255,8 +255,8 @@ mod tests {
         }
     }
 
-    fn day() -> NaiveDate {
-        NaiveDate::from_ymd_opt(2026, 11, 21).unwrap()
+    fn day() -> Day {
+        Day::from_ymd(2026, 11, 21)
     }
 
     const POLICY: &str = r#"{\"policy-type\": 9}"#;

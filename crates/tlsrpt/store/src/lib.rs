@@ -11,6 +11,7 @@ mod url;
 
 use std::path::{Path, PathBuf};
 
+use mailtls_common::day::{Day, DayError};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tlsrpt_datagram::Aggregate;
 
@@ -58,6 +59,14 @@ pub enum StoreError {
     },
     #[error("invalid storage URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
+    /// A day column holds something that is no day (another program wrote
+    /// the file).
+    #[error("database {path}: {source}")]
+    BadDay {
+        path: PathBuf,
+        #[source]
+        source: DayError,
+    },
 }
 
 impl StoreError {
@@ -76,6 +85,16 @@ pub fn yesterday_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_os_string();
     name.push(".yesterday");
     PathBuf::from(name)
+}
+
+/// A day read from the file, which must be one if present.
+fn parse_day(path: &Path, text: Option<String>) -> Result<Option<Day>> {
+    text.map(|text| Day::parse(&text))
+        .transpose()
+        .map_err(|source| StoreError::BadDay {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 fn sql_err(path: &Path) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
@@ -195,7 +214,7 @@ impl CollectorDb {
             for (key, counts) in agg.iter() {
                 upsert_policy
                     .execute(params![
-                        key.day,
+                        key.day.to_string(),
                         key.domain,
                         key.record,
                         key.policy,
@@ -206,7 +225,12 @@ impl CollectorDb {
                 for (reason, n) in &counts.failures {
                     upsert_failure
                         .execute(params![
-                            key.day, key.domain, key.record, key.policy, reason, *n as i64
+                            key.day.to_string(),
+                            key.domain,
+                            key.record,
+                            key.policy,
+                            reason,
+                            *n as i64
                         ])
                         .map_err(sql_err(&path))?;
                 }
@@ -216,14 +240,17 @@ impl CollectorDb {
     }
 
     /// The newest day with counters in this file, if any.
-    pub fn newest_day(&self) -> Result<Option<String>> {
-        self.conn
+    pub fn newest_day(&self) -> Result<Option<Day>> {
+        let text: Option<String> = self
+            .conn
             .query_row("SELECT max(day) FROM finalresults", [], |r| r.get(0))
-            .map_err(sql_err(&self.path))
+            .map_err(sql_err(&self.path))?;
+        parse_day(&self.path, text)
     }
 
     /// Move the counters of day `from` to day `to` (development rollover).
-    pub fn relabel_day(&mut self, from: &str, to: &str) -> Result<()> {
+    pub fn relabel_day(&mut self, from: Day, to: Day) -> Result<()> {
+        let (from, to) = (from.to_string(), to.to_string());
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(sql_err(&path))?;
         tx.execute(
@@ -244,7 +271,7 @@ impl CollectorDb {
     /// missing) and start a fresh file. Returns the new database and whether
     /// a stale day status had to be removed (a sign of an earlier failed
     /// rollover, worth an operator's look).
-    pub fn rollover(self, completed_day: &str) -> Result<(CollectorDb, bool)> {
+    pub fn rollover(self, completed_day: Day) -> Result<(CollectorDb, bool)> {
         let path = self.path.clone();
         let stale: i64 = self
             .conn
@@ -258,7 +285,7 @@ impl CollectorDb {
         self.conn
             .execute(
                 "INSERT INTO daystatus (daycomplete) VALUES (?1)",
-                params![completed_day],
+                params![completed_day.to_string()],
             )
             .map_err(sql_err(&path))?;
         self.conn.close().map_err(|(_, e)| sql_err(&path)(e))?;
@@ -333,25 +360,28 @@ impl FetcherDb {
     }
 
     /// The newest completed day recorded in `daystatus`.
-    pub fn completed_day(&self) -> Result<Option<String>> {
-        self.conn
+    pub fn completed_day(&self) -> Result<Option<Day>> {
+        let text: Option<String> = self
+            .conn
             .query_row(
                 "SELECT daycomplete FROM daystatus ORDER BY daycomplete DESC LIMIT 1",
                 [],
                 |r| r.get(0),
             )
             .optional()
-            .map_err(sql_err(&self.path))
+            .map_err(sql_err(&self.path))?;
+        parse_day(&self.path, text)
     }
 
     /// The domains with counters on `day`, sorted.
-    pub fn domains(&self, day: &str) -> Result<Vec<String>> {
+    pub fn domains(&self, day: Day) -> Result<Vec<String>> {
+        let day = day.to_string();
         let mut stmt = self
             .conn
             .prepare("SELECT DISTINCT domain FROM finalresults WHERE day = ?1 ORDER BY domain")
             .map_err(sql_err(&self.path))?;
         let rows = stmt
-            .query_map([day], |r| r.get(0))
+            .query_map([&day], |r| r.get(0))
             .map_err(sql_err(&self.path))?;
         rows.collect::<std::result::Result<_, _>>()
             .map_err(sql_err(&self.path))
@@ -359,7 +389,9 @@ impl FetcherDb {
 
     /// The policy and failure rows of `domain` on `day`, in key order (the
     /// order in which the upstream fetcher lists them).
-    pub fn details(&self, day: &str, domain: &str) -> Result<(Vec<PolicyRow>, Vec<FailureRow>)> {
+    pub fn details(&self, day: Day, domain: &str) -> Result<(Vec<PolicyRow>, Vec<FailureRow>)> {
+        let day = day.to_string();
+        let day = day.as_str();
         let err = sql_err(&self.path);
         let mut stmt = self
             .conn
@@ -407,9 +439,10 @@ impl FetcherDb {
     /// answer for many thousand domains costs two queries, not two per domain.
     pub fn for_each_domain<E>(
         &self,
-        day: &str,
+        day: Day,
         mut visit: impl FnMut(&str, &[PolicyRow], &[FailureRow]) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), VisitError<E>> {
+        let day = day.to_string();
         let err = |e| VisitError::Store(sql_err(&self.path)(e));
         let mut policies = self
             .conn
@@ -426,7 +459,7 @@ impl FetcherDb {
             )
             .map_err(err)?;
         let mut policy_rows = policies
-            .query_map([day], |r| {
+            .query_map([&day], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     PolicyRow {
@@ -440,7 +473,7 @@ impl FetcherDb {
             .map_err(err)?
             .peekable();
         let mut failure_rows = failures
-            .query_map([day], |r| {
+            .query_map([&day], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     FailureRow {
@@ -493,7 +526,11 @@ mod tests {
     use super::*;
     use tlsrpt_datagram::parse;
 
-    fn agg(day: &str, texts: &[&str]) -> Aggregate {
+    fn day(text: &str) -> Day {
+        Day::parse(text).unwrap()
+    }
+
+    fn agg(day: Day, texts: &[&str]) -> Aggregate {
         let mut a = Aggregate::new();
         for t in texts {
             a.add(day, &parse(t.as_bytes()).unwrap());
@@ -509,20 +546,42 @@ mod tests {
         let path = dir.path().join("c.sqlite");
         let (mut db, opened) = CollectorDb::open(&path).unwrap();
         assert_eq!(opened, Opened::Created);
-        db.write(&agg("2026-11-21", &[D, D])).unwrap();
-        db.write(&agg("2026-11-21", &[D])).unwrap();
-        assert_eq!(db.newest_day().unwrap().as_deref(), Some("2026-11-21"));
-        let (db, stale) = db.rollover("2026-11-21").unwrap();
+        db.write(&agg(day("2026-11-21"), &[D, D])).unwrap();
+        db.write(&agg(day("2026-11-21"), &[D])).unwrap();
+        assert_eq!(db.newest_day().unwrap(), Some(day("2026-11-21")));
+        let (db, stale) = db.rollover(day("2026-11-21")).unwrap();
         assert!(!stale);
         assert_eq!(db.newest_day().unwrap(), None);
 
         let f = FetcherDb::open(&yesterday_path(&path)).unwrap();
-        assert_eq!(f.completed_day().unwrap().as_deref(), Some("2026-11-21"));
-        assert_eq!(f.domains("2026-11-21").unwrap(), vec!["a.example"]);
-        let (p, fl) = f.details("2026-11-21", "a.example").unwrap();
+        assert_eq!(f.completed_day().unwrap(), Some(day("2026-11-21")));
+        assert_eq!(f.domains(day("2026-11-21")).unwrap(), vec!["a.example"]);
+        let (p, fl) = f.details(day("2026-11-21"), "a.example").unwrap();
         assert_eq!((p[0].total, p[0].failed), (3, 3));
         assert_eq!(fl[0].reason, r#"{"c": 201}"#);
         assert_eq!(fl[0].count, 3);
+    }
+
+    /// Another program may have written the file: a day column that holds
+    /// no day is an error, not a day passed on.
+    #[test]
+    fn a_stored_day_that_is_no_day_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let (db, _) = CollectorDb::open(&path).unwrap();
+        db.rollover(day("2026-11-21")).unwrap();
+        let yesterday = yesterday_path(&path);
+        Connection::open(&yesterday)
+            .unwrap()
+            .execute(
+                "UPDATE daystatus SET daycomplete = '2026-11-21; rm -rf /'",
+                [],
+            )
+            .unwrap();
+        let f = FetcherDb::open(&yesterday).unwrap();
+        let error = f.completed_day().unwrap_err();
+        assert!(matches!(error, StoreError::BadDay { .. }), "{error}");
+        assert!(error.to_string().contains("is not a day"), "{error}");
     }
 
     #[test]
@@ -532,14 +591,14 @@ mod tests {
         let (mut db, _) = CollectorDb::open(&path).unwrap();
         let other = D.replace("a.example", "b.example");
         let third = r#"{"d":"c.example","pr":"r","policies":[{"policy-type":2,"t":0,"f":0}]}"#;
-        db.write(&agg("2026-11-21", &[D, &other, third, D]))
+        db.write(&agg(day("2026-11-21"), &[D, &other, third, D]))
             .unwrap();
-        db.write(&agg("2026-11-20", &[D])).unwrap();
-        db.rollover("2026-11-21").unwrap();
+        db.write(&agg(day("2026-11-20"), &[D])).unwrap();
+        db.rollover(day("2026-11-21")).unwrap();
         let f = FetcherDb::open(&yesterday_path(&path)).unwrap();
         let mut seen = Vec::new();
-        f.for_each_domain("2026-11-21", |domain, policies, failures| {
-            let (p, fl) = f.details("2026-11-21", domain).unwrap();
+        f.for_each_domain(day("2026-11-21"), |domain, policies, failures| {
+            let (p, fl) = f.details(day("2026-11-21"), domain).unwrap();
             assert_eq!((policies, failures), (&p[..], &fl[..]), "{domain}");
             seen.push(domain.to_string());
             Ok::<(), ()>(())
