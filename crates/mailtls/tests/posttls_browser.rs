@@ -16,8 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use posttls_classify::TlsFailureKind;
 use posttls_policy::DomainSet;
-use posttls_store::{MessageState, SeenMessage, SeenRecipient, Store};
+use posttls_store::{
+    MessageState, NotificationKind, NotificationOutcome, SeenMessage, SeenRecipient, Store,
+};
 use posttls_token::{Action, ActionToken, SecretKey};
 use posttls_web::{AppState, WebConfig};
 use serde_json::Value;
@@ -75,20 +78,26 @@ fn prepare_store(path: &Path) -> i64 {
                 SeenRecipient {
                     address: "bob@notls.example".into(),
                     delay_reason: Some(reason.into()),
-                    tls_kind: Some("not_offered".into()),
+                    tls_kind: Some(TlsFailureKind::NotOffered),
                     mandatory: false,
                 },
                 SeenRecipient {
                     address: "carol@bank.example".into(),
                     delay_reason: Some(reason.into()),
-                    tls_kind: Some("not_offered".into()),
+                    tls_kind: Some(TlsFailureKind::NotOffered),
                     mandatory: true,
                 },
             ],
         )
         .unwrap();
     store
-        .record_notification(id, "first", SENDER, "sent", ARRIVAL + 60)
+        .record_notification(
+            id,
+            NotificationKind::First,
+            SENDER,
+            &NotificationOutcome::Sent,
+            ARRIVAL + 60,
+        )
         .unwrap();
     let cheap = posttls_auth::Params::new(8, 1, 1, None).unwrap();
     store
@@ -328,7 +337,7 @@ fn the_sender_confirms_a_release_in_chromium() {
         .unwrap()
         .into_iter()
         .rev()
-        .map(|a| a.event)
+        .map(|a| a.event.to_string())
         .collect();
     assert_eq!(events, ["release_requested", "login"]);
     assert_eq!(

@@ -14,7 +14,7 @@ use std::path::Path;
 use clap::{Arg, ArgMatches, Command};
 use mailtls_common::config::add_options;
 use posttls_policy::DomainSet;
-use posttls_store::Store;
+use posttls_store::{AuditEvent, Store};
 use posttls_token::SecretKey;
 use posttls_web::WebConfig;
 
@@ -208,7 +208,14 @@ pub fn adduser_from(options: &PosttlsOptions, name: &str, input: &mut impl BufRe
     let saved = Store::open(Path::new(database)).and_then(|store| {
         let now = chrono::Utc::now().timestamp();
         store.set_admin(name, &hash, now)?;
-        store.audit("adduser", None, None, "admin_password_set", name, now)
+        store.audit(
+            "adduser",
+            None,
+            None,
+            AuditEvent::AdminPasswordSet,
+            name,
+            now,
+        )
     });
     match saved {
         Ok(()) => {
@@ -366,7 +373,10 @@ mod tests {
             &hash,
             "a long enough password"
         ));
-        assert_eq!(store.audit_log(1).unwrap()[0].event, "admin_password_set");
+        assert_eq!(
+            store.audit_log(1).unwrap()[0].event,
+            AuditEvent::AdminPasswordSet
+        );
         // A new password replaces the old one; CRLF is not part of it.
         assert_eq!(
             adduser_from(&s, "root", &mut "another password!\r\n".as_bytes()),

@@ -37,8 +37,8 @@ use posttls_policy::{DomainSet, OwnSenders};
 use posttls_postfix::{Envelope, Postfix, PostfixError};
 use posttls_queue::{parse_queue, QueueId, QueuedMessage};
 use posttls_store::{
-    ActionCopy, ActionKind, ActionRow, ActionState, CopyRole, MessageRow, MessageState, Phase,
-    RecipientOutcome, RecipientState, Store, StoreError,
+    ActionCopy, ActionKind, ActionRow, ActionState, AuditEvent, CopyRole, MessageRow, MessageState,
+    Phase, RecipientOutcome, RecipientState, Store, StoreError,
 };
 
 /// The re-injection listeners: `smtpd` services on UNIX-domain sockets
@@ -185,7 +185,7 @@ impl Executor<'_> {
             &action.requested_by,
             action.ip.as_deref(),
             Some(action.message_id),
-            &format!("{}_{state}", action.action),
+            AuditEvent::Finished(action.action, state),
             text,
             now,
         )?;

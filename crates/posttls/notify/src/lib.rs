@@ -49,29 +49,8 @@ pub enum NotifyError {
     UnsafeAddress(String),
 }
 
-/// Why the sender hears from us.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotificationKind {
-    /// The first notice about a message.
-    First,
-    /// A later notice while the message still waits.
-    Reminder,
-    /// The message left the queue undelivered (expired or bounced).
-    Expired,
-    /// Recipients in mandatory-TLS domains were returned or deleted.
-    Mandatory,
-}
-
-impl NotificationKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NotificationKind::First => "first",
-            NotificationKind::Reminder => "reminder",
-            NotificationKind::Expired => "expired",
-            NotificationKind::Mandatory => "mandatory",
-        }
-    }
-}
+/// Why the sender hears from us (stored with each notification).
+pub use posttls_store::NotificationKind;
 
 /// A recipient and, in plain words, why it waits.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -31,7 +31,10 @@ use posttls_notify::{
 use posttls_policy::{decide, Decision, DomainSet, Notice, OwnSenders, SubmissionEvidence};
 use posttls_postfix::{Postfix, PostfixError};
 use posttls_queue::{parse_queue, QueueId, QueueScan, QueuedMessage};
-use posttls_store::{MessageRow, MessageState, SeenMessage, SeenRecipient, Store, StoreError};
+use posttls_store::{
+    AuditEvent, MessageRow, MessageState, NotificationOutcome, SeenMessage, SeenRecipient, Store,
+    StoreError,
+};
 use posttls_token::{Action, ActionToken, SecretKey};
 
 /// Longest time the scan holds the database's write lock at once.
@@ -461,7 +464,7 @@ impl Scanner<'_> {
                         "scanner",
                         None,
                         Some(deferral.id),
-                        "mandatory_policy",
+                        AuditEvent::MandatoryPolicy,
                         &format!("all waiting recipients require TLS: {action}"),
                         now.timestamp(),
                     )
@@ -522,7 +525,7 @@ impl Scanner<'_> {
             .store
             .notifications(deferral.id)?
             .iter()
-            .filter(|n| n.outcome == "sent")
+            .filter(|n| n.outcome == NotificationOutcome::Sent)
             .map(|n| n.at)
             .collect();
         let kind = match (sent.last(), self.config.reminder_interval) {
@@ -659,16 +662,16 @@ impl Scanner<'_> {
                 self.store.in_transaction(|store| {
                     store.record_notification(
                         id,
-                        kind.as_str(),
+                        kind,
                         &notification.to,
-                        "sent",
+                        &NotificationOutcome::Sent,
                         now_s,
                     )?;
                     store.audit(
                         "scanner",
                         None,
                         Some(id),
-                        &format!("notified_{}", kind.as_str()),
+                        AuditEvent::Notified(kind),
                         &format!(
                             "told {} about {} recipient(s)",
                             notification.to,
@@ -685,9 +688,9 @@ impl Scanner<'_> {
             Err(reason) => {
                 self.store.record_notification(
                     id,
-                    kind.as_str(),
+                    kind,
                     &notification.to,
-                    &format!("failed: {reason}"),
+                    &NotificationOutcome::Failed(reason.clone()),
                     now_s,
                 )?;
                 report.problems.push(format!(
@@ -715,8 +718,12 @@ impl Scanner<'_> {
             return Ok(());
         }
         let notifications = self.store.notifications(message.id)?;
-        if !notifications.iter().any(|n| n.outcome == "sent")
-            || notifications.iter().any(|n| n.kind == "expired")
+        if !notifications
+            .iter()
+            .any(|n| n.outcome == NotificationOutcome::Sent)
+            || notifications
+                .iter()
+                .any(|n| n.kind == NotificationKind::Expired)
         {
             return Ok(());
         }
@@ -725,8 +732,6 @@ impl Scanner<'_> {
             address: r.address.clone(),
             reason: r
                 .tls_kind
-                .as_deref()
-                .and_then(posttls_classify::TlsFailureKind::from_short_name)
                 .map(|k| k.plain_words().to_string())
                 .unwrap_or_default(),
         };
@@ -792,7 +797,7 @@ fn pending_recipients(notice: &Notice<'_>) -> Vec<SeenRecipient> {
         .map(|(r, failure)| SeenRecipient {
             address: r.address.clone(),
             delay_reason: r.delay_reason.clone(),
-            tls_kind: Some(failure.kind.short_name().to_string()),
+            tls_kind: Some(failure.kind),
             mandatory: notice.mandatory.iter().any(|m| m.address == r.address),
         })
         .collect();
@@ -943,18 +948,21 @@ mod tests {
             .unwrap();
         assert_eq!(deleted.state, MessageState::Deleted);
         assert_eq!(deleted.subject.as_deref(), Some("about 4A0AF98C233"));
-        let kinds: Vec<(String, String)> = store
+        let kinds: Vec<(NotificationKind, NotificationOutcome)> = store
             .notifications(deleted.id)
             .unwrap()
             .into_iter()
             .map(|n| (n.kind, n.outcome))
             .collect();
-        assert_eq!(kinds, [("mandatory".to_string(), "sent".to_string())]);
+        assert_eq!(
+            kinds,
+            [(NotificationKind::Mandatory, NotificationOutcome::Sent)]
+        );
         assert!(store
             .audit_log(10)
             .unwrap()
             .iter()
-            .any(|a| a.event == "mandatory_policy"
+            .any(|a| a.event == AuditEvent::MandatoryPolicy
                 && a.detail == "all waiting recipients require TLS: it was deleted."));
         std::fs::remove_dir_all(&dir).unwrap();
     }

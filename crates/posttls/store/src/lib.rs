@@ -18,9 +18,33 @@ mod states;
 
 pub use journal::{ActionCopy, ActionRecipient};
 pub use states::{
-    ActionKind, ActionState, CopyRole, MessageState, Phase, RecipientOutcome, RecipientState,
-    UnknownValue,
+    ActionKind, ActionState, AuditEvent, CopyRole, MessageState, NotificationKind,
+    NotificationOutcome, Phase, RecipientOutcome, RecipientState, UnknownValue,
 };
+
+use posttls_classify::TlsFailureKind;
+
+/// A stored TLS failure class: NULL, or a short name this program knows.
+fn tls_kind_column(
+    row: &rusqlite::Row<'_>,
+    index: usize,
+) -> rusqlite::Result<Option<TlsFailureKind>> {
+    let Some(name) = row.get::<_, Option<String>>(index)? else {
+        return Ok(None);
+    };
+    TlsFailureKind::from_short_name(&name)
+        .map(Some)
+        .ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                index,
+                rusqlite::types::Type::Text,
+                Box::new(UnknownValue {
+                    what: "TLS failure kind",
+                    value: name,
+                }),
+            )
+        })
+}
 
 /// The schema version in `meta`: the number of the last migration.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64 + 1;
@@ -155,8 +179,8 @@ pub struct SeenMessage<'a> {
 pub struct SeenRecipient {
     pub address: String,
     pub delay_reason: Option<String>,
-    /// The TLS failure class (`posttls-classify` short name), if any.
-    pub tls_kind: Option<String>,
+    /// The TLS failure class, if any (stored by its short name).
+    pub tls_kind: Option<TlsFailureKind>,
     /// In a mandatory-TLS domain: never released.
     pub mandatory: bool,
 }
@@ -181,7 +205,7 @@ pub struct MessageRow {
 pub struct RecipientRow {
     pub address: String,
     pub delay_reason: Option<String>,
-    pub tls_kind: Option<String>,
+    pub tls_kind: Option<TlsFailureKind>,
     pub mandatory: bool,
     pub state: RecipientState,
 }
@@ -189,10 +213,10 @@ pub struct RecipientRow {
 /// A notification sent (or attempted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotificationRow {
-    pub kind: String,
+    pub kind: NotificationKind,
     pub sent_to: String,
     pub at: i64,
-    pub outcome: String,
+    pub outcome: NotificationOutcome,
 }
 
 /// A requested action on a message.
@@ -219,7 +243,7 @@ pub struct AuditRow {
     pub actor: String,
     pub ip: Option<String>,
     pub message_id: Option<i64>,
-    pub event: String,
+    pub event: AuditEvent,
     pub detail: String,
 }
 
@@ -435,7 +459,7 @@ impl Store {
                 message_id,
                 r.address,
                 r.delay_reason,
-                r.tls_kind,
+                r.tls_kind.map(TlsFailureKind::short_name),
                 r.mandatory
             ])?;
         }
@@ -517,7 +541,7 @@ impl Store {
             Ok(RecipientRow {
                 address: r.get(0)?,
                 delay_reason: r.get(1)?,
-                tls_kind: r.get(2)?,
+                tls_kind: tls_kind_column(r, 2)?,
                 mandatory: r.get(3)?,
                 state: r.get(4)?,
             })
@@ -549,9 +573,9 @@ impl Store {
     pub fn record_notification(
         &self,
         message_id: i64,
-        kind: &str,
+        kind: NotificationKind,
         sent_to: &str,
-        outcome: &str,
+        outcome: &NotificationOutcome,
         now: i64,
     ) -> Result<()> {
         self.conn.execute(
@@ -598,7 +622,7 @@ impl Store {
         actor: &str,
         ip: Option<&str>,
         message_id: Option<i64>,
-        event: &str,
+        event: AuditEvent,
         detail: &str,
         now: i64,
     ) -> Result<()> {
@@ -735,7 +759,7 @@ mod tests {
         SeenRecipient {
             address: address.into(),
             delay_reason: Some("TLS is required, but was not offered by host x[1.2.3.4]".into()),
-            tls_kind: Some("not_offered".into()),
+            tls_kind: Some(TlsFailureKind::NotOffered),
             mandatory: false,
         }
     }
@@ -861,7 +885,13 @@ mod tests {
         let (_dir, store) = store();
         let (id, _) = store.saw_message(&seen("A1", 1), 10).unwrap();
         store
-            .record_notification(id, "first", "alice@example.org", "sent", 10)
+            .record_notification(
+                id,
+                NotificationKind::First,
+                "alice@example.org",
+                &NotificationOutcome::Sent,
+                10,
+            )
             .unwrap();
         assert_eq!(store.notifications(id).unwrap().len(), 1);
         store
@@ -869,12 +899,15 @@ mod tests {
                 "admin:root",
                 Some("::1"),
                 Some(id),
-                "delete",
+                AuditEvent::Requested(ActionKind::Delete),
                 "deleted by admin",
                 11,
             )
             .unwrap();
-        assert_eq!(store.audit_log(10).unwrap()[0].event, "delete");
+        assert_eq!(
+            store.audit_log(10).unwrap()[0].event,
+            AuditEvent::Requested(ActionKind::Delete)
+        );
         assert!(store
             .add_mandatory_domain("bank.example", "root", 1)
             .unwrap());
@@ -988,6 +1021,36 @@ mod tests {
             .execute("UPDATE messages SET state='sent' WHERE id=?", [id])
             .unwrap();
         assert!(matches!(store.message(id), Err(StoreError::Sqlite(_))));
+        // Likewise a TLS failure kind, a notification and an audit event.
+        store
+            .set_pending_recipients(id, &[rcpt("a@x.example")])
+            .unwrap();
+        store
+            .record_notification(
+                id,
+                NotificationKind::First,
+                "a@x",
+                &NotificationOutcome::Sent,
+                11,
+            )
+            .unwrap();
+        store
+            .audit("root", None, Some(id), AuditEvent::Logout, "", 12)
+            .unwrap();
+        let conn = Connection::open(dir.path().join("posttls.sqlite")).unwrap();
+        for forge in [
+            "UPDATE recipients SET tls_kind='<not a kind>'",
+            "UPDATE notifications SET kind='sms'",
+            "UPDATE audit SET event='release_approved'",
+        ] {
+            conn.execute(forge, []).unwrap();
+        }
+        assert!(matches!(store.recipients(id), Err(StoreError::Sqlite(_))));
+        assert!(matches!(
+            store.notifications(id),
+            Err(StoreError::Sqlite(_))
+        ));
+        assert!(matches!(store.audit_log(1), Err(StoreError::Sqlite(_))));
     }
 
     /// A transaction dropped without commit rolls back and releases the
@@ -996,26 +1059,30 @@ mod tests {
     fn uncommitted_transactions_roll_back() {
         let (_dir, store) = store();
         let tx = store.transaction().unwrap();
-        store.audit("root", None, None, "dropped", "", 1).unwrap();
+        store
+            .audit("root", None, None, AuditEvent::Login, "", 1)
+            .unwrap();
         drop(tx);
         assert!(store.audit_log(10).unwrap().is_empty());
 
         let tx = store.transaction().unwrap();
-        store.audit("root", None, None, "kept", "", 2).unwrap();
+        store
+            .audit("root", None, None, AuditEvent::Logout, "", 2)
+            .unwrap();
         tx.commit().unwrap();
 
         let failed = store.in_transaction(|s| {
-            s.audit("root", None, None, "failed", "", 3)?;
+            s.audit("root", None, None, AuditEvent::LoginFailed, "", 3)?;
             Err::<(), _>(StoreError::Foreign)
         });
         assert!(matches!(failed, Err(StoreError::Foreign)));
-        let events: Vec<String> = store
+        let events: Vec<AuditEvent> = store
             .audit_log(10)
             .unwrap()
             .into_iter()
             .map(|a| a.event)
             .collect();
-        assert_eq!(events, ["kept"]);
+        assert_eq!(events, [AuditEvent::Logout]);
     }
 
     /// A new password ends that admin's sessions only.
@@ -1043,7 +1110,9 @@ mod tests {
     fn pruning_the_audit_log_deletes_only_older_entries() {
         let (_dir, store) = store();
         for at in [10, 20, 30] {
-            store.audit("root", None, None, "e", "", at).unwrap();
+            store
+                .audit("root", None, None, AuditEvent::Login, "", at)
+                .unwrap();
         }
         assert_eq!(store.prune_audit(20).unwrap(), 1);
         let left: Vec<i64> = store

@@ -170,6 +170,156 @@ stored_words! {
     }
 }
 
+stored_words! {
+    /// Why the sender hears from us.
+    NotificationKind, "notification kind" {
+        /// The first notice about a message.
+        First = "first",
+        /// A later notice while the message still waits.
+        Reminder = "reminder",
+        /// The message left the queue undelivered (expired or bounced).
+        Expired = "expired",
+        /// Recipients in mandatory-TLS domains were returned or deleted.
+        Mandatory = "mandatory",
+    }
+}
+
+/// Implements `FromStr`, `Display`, `ToSql` and `FromSql` for a type with
+/// `fn word(&self) -> String` and `fn from_word(&str) -> Option<Self>`.
+macro_rules! stored_as_word {
+    ($name:ident, $what:literal) => {
+        impl std::str::FromStr for $name {
+            type Err = UnknownValue;
+            fn from_str(text: &str) -> Result<Self, UnknownValue> {
+                $name::from_word(text).ok_or_else(|| UnknownValue {
+                    what: $what,
+                    value: text.to_string(),
+                })
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.word())
+            }
+        }
+
+        impl ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.word()))
+            }
+        }
+
+        impl FromSql for $name {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                value
+                    .as_str()?
+                    .parse()
+                    .map_err(|e: UnknownValue| FromSqlError::Other(Box::new(e)))
+            }
+        }
+    };
+}
+
+/// How sending a notification ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotificationOutcome {
+    /// Handed to the mail path.
+    Sent,
+    /// Not sent, and why; the scanner tries again.
+    Failed(String),
+}
+
+impl NotificationOutcome {
+    /// `sent`, or `failed: REASON`.
+    pub fn word(&self) -> String {
+        match self {
+            NotificationOutcome::Sent => "sent".into(),
+            NotificationOutcome::Failed(reason) => format!("failed: {reason}"),
+        }
+    }
+
+    fn from_word(text: &str) -> Option<NotificationOutcome> {
+        match text {
+            "sent" => Some(NotificationOutcome::Sent),
+            _ => text
+                .strip_prefix("failed: ")
+                .map(|reason| NotificationOutcome::Failed(reason.to_string())),
+        }
+    }
+}
+
+stored_as_word!(NotificationOutcome, "notification outcome");
+
+/// What an entry of the audit log records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditEvent {
+    /// `posttls adduser` set an admin's password.
+    AdminPasswordSet,
+    Login,
+    LoginFailed,
+    Logout,
+    MandatoryDomainAdded,
+    MandatoryDomainRemoved,
+    /// The scanner applied `mandatory_policy` to a message.
+    MandatoryPolicy,
+    /// A sender or an admin asked for an action (`release_requested`).
+    Requested(ActionKind),
+    /// The worker ended an action (`release_done`, `delete_refused`, ...).
+    Finished(ActionKind, ActionState),
+    /// The sender was told (`notified_first`, ...).
+    Notified(NotificationKind),
+}
+
+impl AuditEvent {
+    const SIMPLE: [(AuditEvent, &'static str); 7] = [
+        (AuditEvent::AdminPasswordSet, "admin_password_set"),
+        (AuditEvent::Login, "login"),
+        (AuditEvent::LoginFailed, "login_failed"),
+        (AuditEvent::Logout, "logout"),
+        (AuditEvent::MandatoryDomainAdded, "mandatory_domain_added"),
+        (
+            AuditEvent::MandatoryDomainRemoved,
+            "mandatory_domain_removed",
+        ),
+        (AuditEvent::MandatoryPolicy, "mandatory_policy"),
+    ];
+
+    /// The word stored and shown in the audit log.
+    pub fn word(&self) -> String {
+        match self {
+            AuditEvent::Requested(kind) => format!("{kind}_requested"),
+            AuditEvent::Finished(kind, state) => format!("{kind}_{state}"),
+            AuditEvent::Notified(kind) => format!("notified_{kind}"),
+            simple => Self::SIMPLE
+                .iter()
+                .find(|(event, _)| event == simple)
+                .map(|(_, word)| (*word).to_string())
+                .expect("every simple event has a word"),
+        }
+    }
+
+    fn from_word(text: &str) -> Option<AuditEvent> {
+        if let Some((event, _)) = Self::SIMPLE.iter().find(|(_, word)| *word == text) {
+            return Some(*event);
+        }
+        if let Some(kind) = text.strip_prefix("notified_") {
+            return kind.parse().ok().map(AuditEvent::Notified);
+        }
+        let (kind, rest) = text.split_once('_')?;
+        let kind: ActionKind = kind.parse().ok()?;
+        match rest {
+            "requested" => Some(AuditEvent::Requested(kind)),
+            state => state
+                .parse()
+                .ok()
+                .map(|state| AuditEvent::Finished(kind, state)),
+        }
+    }
+}
+
+stored_as_word!(AuditEvent, "audit event");
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +337,43 @@ mod tests {
             })
         );
         assert_eq!(Phase::DeleteOriginal.to_string(), "delete_original");
+    }
+
+    #[test]
+    fn audit_events_and_notification_outcomes_round_trip() {
+        let events = [
+            AuditEvent::AdminPasswordSet,
+            AuditEvent::LoginFailed,
+            AuditEvent::MandatoryDomainRemoved,
+            AuditEvent::Requested(ActionKind::Release),
+            AuditEvent::Finished(ActionKind::Delete, ActionState::Refused),
+            AuditEvent::Notified(NotificationKind::Reminder),
+        ];
+        for event in events {
+            assert_eq!(event.to_string().parse::<AuditEvent>(), Ok(event));
+        }
+        assert_eq!(
+            AuditEvent::Requested(ActionKind::Release).to_string(),
+            "release_requested"
+        );
+        assert_eq!(
+            AuditEvent::Finished(ActionKind::Release, ActionState::Done).to_string(),
+            "release_done"
+        );
+        for unknown in [
+            "",
+            "release",
+            "release_sent",
+            "notified_",
+            "shutdown",
+            "x_requested",
+        ] {
+            assert!(unknown.parse::<AuditEvent>().is_err(), "{unknown:?}");
+        }
+        let failed = NotificationOutcome::Failed("relay said no".into());
+        assert_eq!(failed.to_string(), "failed: relay said no");
+        assert_eq!("failed: relay said no".parse(), Ok(failed));
+        assert_eq!("sent".parse(), Ok(NotificationOutcome::Sent));
+        assert!("maybe".parse::<NotificationOutcome>().is_err());
     }
 }

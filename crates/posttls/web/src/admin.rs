@@ -26,7 +26,7 @@ use axum::response::{AppendHeaders, IntoResponse, Redirect, Response};
 use minijinja::context;
 use posttls_auth::{expired_session_cookie, session_cookie, verify_password, SessionId};
 use posttls_policy::DomainSet;
-use posttls_store::{ActionKind, MessageState};
+use posttls_store::{ActionKind, AuditEvent, MessageState};
 use posttls_token::{csrf_token, verify_csrf};
 use serde::{Deserialize, Serialize};
 
@@ -345,7 +345,7 @@ pub async fn login(
                     "login",
                     ip_text.as_deref(),
                     None,
-                    "login_failed",
+                    AuditEvent::LoginFailed,
                     &detail,
                     t,
                 )
@@ -368,7 +368,7 @@ pub async fn login(
                 &format!("admin {name}"),
                 ip_text.as_deref(),
                 None,
-                "login",
+                AuditEvent::Login,
                 "session started",
                 t,
             )
@@ -464,7 +464,7 @@ pub async fn logout(
                 &actor,
                 ip.as_deref(),
                 None,
-                "logout",
+                AuditEvent::Logout,
                 "session ended",
                 now(),
             )
@@ -615,7 +615,10 @@ pub async fn message_action(
         Err(page) => return page,
     };
     let (id, action) = match path {
-        Ok(Path((id, action))) if action == "release" || action == "delete" => (id, action),
+        Ok(Path((id, action))) => match action.parse::<ActionKind>() {
+            Ok(action) => (id, action),
+            Err(_) => return crate::pages::not_found(State(app)).await,
+        },
         _ => return crate::pages::not_found(State(app)).await,
     };
     let reader = app.clone();
@@ -647,7 +650,7 @@ pub async fn message_action(
                 }
                 let mandatory = reader.mandatory_with(&store.mandatory_domains()?);
                 let releasable = view::releasable(&store.recipients(id)?, &mandatory);
-                if action == "release" && releasable.is_empty() {
+                if action == ActionKind::Release && releasable.is_empty() {
                     return Ok(Err((
                         StatusCode::CONFLICT,
                         "Nothing was done: no recipient of this message may be sent unencrypted."
@@ -655,14 +658,9 @@ pub async fn message_action(
                     )));
                 }
                 let t = now();
-                let kind = if action == "release" {
-                    ActionKind::Release
-                } else {
-                    ActionKind::Delete
-                };
                 let action_id =
-                    store.request_action(id, kind, &actor, ip.as_deref(), &releasable, t)?;
-                let detail = if action == "release" {
+                    store.request_action(id, action, &actor, ip.as_deref(), &releasable, t)?;
+                let detail = if action == ActionKind::Release {
                     format!("action {action_id}, recipients: {}", releasable.join(", "))
                 } else {
                     format!("action {action_id}")
@@ -671,7 +669,7 @@ pub async fn message_action(
                     &actor,
                     ip.as_deref(),
                     Some(id),
-                    &format!("{action}_requested"),
+                    AuditEvent::Requested(action),
                     &detail,
                     t,
                 )?;
@@ -829,7 +827,7 @@ pub async fn domains_change(
                     &actor,
                     ip.as_deref(),
                     None,
-                    "mandatory_domain_added",
+                    AuditEvent::MandatoryDomainAdded,
                     &entry,
                     t,
                 )?;
@@ -842,7 +840,7 @@ pub async fn domains_change(
                     &actor,
                     ip.as_deref(),
                     None,
-                    "mandatory_domain_removed",
+                    AuditEvent::MandatoryDomainRemoved,
                     &entry,
                     t,
                 )?;

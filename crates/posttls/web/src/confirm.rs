@@ -19,8 +19,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use minijinja::context;
 use posttls_store::{
-    ActionKind, ActionRow, ActionState, MessageRow, MessageState, RecipientRow, Store, StoreError,
-    TokenUseRow,
+    ActionKind, ActionRow, ActionState, AuditEvent, MessageRow, MessageState, RecipientRow, Store,
+    StoreError, TokenUseRow,
 };
 use posttls_token::{csrf_token, verify_csrf, Action, ActionToken, TokenError};
 use serde::{Deserialize, Serialize};
@@ -433,7 +433,7 @@ pub async fn submit(
                     &who,
                     ip.as_deref(),
                     Some(message.id),
-                    &format!("{action}_requested"),
+                    AuditEvent::Requested(kind),
                     &detail,
                     t,
                 )?;

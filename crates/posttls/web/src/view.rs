@@ -112,8 +112,6 @@ impl RecipientView {
         let role = role(r, mandatory);
         let failure = r
             .tls_kind
-            .as_deref()
-            .and_then(TlsFailureKind::from_short_name)
             .map_or("Encrypted delivery failed.", TlsFailureKind::plain_words);
         let words = match role {
             Role::Release => failure.to_owned(),
@@ -238,10 +236,10 @@ pub struct NotificationView {
 impl NotificationView {
     pub fn new(n: &NotificationRow) -> NotificationView {
         NotificationView {
-            kind: n.kind.clone(),
+            kind: n.kind.to_string(),
             sent_to: n.sent_to.clone(),
             at: time(n.at),
-            outcome: n.outcome.clone(),
+            outcome: n.outcome.to_string(),
         }
     }
 }
@@ -263,7 +261,7 @@ impl AuditView {
             actor: a.actor.clone(),
             ip: a.ip.clone(),
             message_id: a.message_id,
-            event: a.event.clone(),
+            event: a.event.to_string(),
             detail: a.detail.clone(),
         }
     }
@@ -277,7 +275,7 @@ mod tests {
         RecipientRow {
             address: address.into(),
             delay_reason: Some("x".into()),
-            tls_kind: tls.then(|| "not_offered".into()),
+            tls_kind: tls.then_some(TlsFailureKind::NotOffered),
             mandatory,
             state: state.parse().unwrap(),
         }

@@ -13,8 +13,12 @@ use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
 use posttls_auth::{hash_password_with, Params};
+use posttls_classify::TlsFailureKind;
 use posttls_policy::DomainSet;
-use posttls_store::{MessageState, SeenMessage, SeenRecipient, Store};
+use posttls_store::{
+    ActionKind, AuditEvent, MessageState, NotificationKind, NotificationOutcome, SeenMessage,
+    SeenRecipient, Store,
+};
 use posttls_token::{csrf_token, Action, ActionToken, SecretKey};
 use posttls_web::{router, AppState, WebConfig};
 use tower::ServiceExt;
@@ -39,7 +43,7 @@ fn tls(address: &str, mandatory: bool) -> SeenRecipient {
         delay_reason: Some(
             "TLS is required, but was not offered by host 127.0.0.1[127.0.0.1]".into(),
         ),
-        tls_kind: Some("not_offered".into()),
+        tls_kind: Some(TlsFailureKind::NotOffered),
         mandatory,
     }
 }
@@ -385,7 +389,7 @@ async fn a_release_link_shows_the_message_and_only_the_post_requests_the_release
     let action = &lab.store.actions_of(lab.message_id).unwrap()[0];
     assert_eq!(action.ip.as_deref(), Some("192.0.2.10"));
     let audit = lab.store.audit_log(10).unwrap();
-    assert_eq!(audit[0].event, "release_requested");
+    assert_eq!(audit[0].event, AuditEvent::Requested(ActionKind::Release));
     assert_eq!(audit[0].actor, "sender alice@example.org");
     assert!(
         audit[0].detail.contains("bob@notls.example"),
@@ -860,7 +864,7 @@ async fn hostile_strings_are_only_shown_escaped() {
                 SeenRecipient {
                     address: "-@evil.example".into(),
                     delay_reason: Some("<script>alert('reason')</script>".into()),
-                    tls_kind: Some("<not a kind>".into()),
+                    tls_kind: Some(TlsFailureKind::HandshakeFailure),
                     mandatory: false,
                 },
             ],
@@ -918,7 +922,13 @@ async fn no_get_changes_anything() {
     let session = lab.login().await;
     // Some state to show: a queued action, a notification, a UI domain.
     lab.store
-        .record_notification(lab.message_id, "first", SENDER, "sent", ARRIVAL + 60)
+        .record_notification(
+            lab.message_id,
+            NotificationKind::First,
+            SENDER,
+            &NotificationOutcome::Sent,
+            ARRIVAL + 60,
+        )
         .unwrap();
     lab.store
         .add_mandatory_domain("ui.example", "root", 2)
@@ -1052,7 +1062,7 @@ async fn login_sets_a_strict_http_only_cookie_and_logout_ends_the_session() {
         dashboard.body
     );
     assert!(dashboard.body.contains("Sign out root"));
-    assert_eq!(lab.store.audit_log(1).unwrap()[0].event, "login");
+    assert_eq!(lab.store.audit_log(1).unwrap()[0].event, AuditEvent::Login);
 
     // Logout needs its CSRF token.
     let reply = lab.post("/admin/logout", "csrf=x", Some(&session)).await;
@@ -1404,12 +1414,12 @@ async fn mandatory_domains_are_managed_in_the_ui() {
     assert_eq!(lab.store.mandatory_domains().unwrap(), ["notls.example"]);
     let audit = &lab.store.audit_log(1).unwrap()[0];
     assert_eq!(
+        (audit.actor.as_str(), audit.event, audit.detail.as_str()),
         (
-            audit.actor.as_str(),
-            audit.event.as_str(),
-            audit.detail.as_str()
-        ),
-        ("admin root", "mandatory_domain_added", "notls.example")
+            "admin root",
+            AuditEvent::MandatoryDomainAdded,
+            "notls.example"
+        )
     );
     let reply = post(format!("csrf={csrf}&op=add&domain=notls.example")).await;
     assert_eq!(reply.location(), "/admin/domains?done=exists");
