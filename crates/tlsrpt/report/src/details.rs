@@ -14,7 +14,7 @@
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use crate::ordered::OrderedMap;
+use indexmap::IndexMap;
 
 /// The counters of one domain for one day, from one fetcher or summed over
 /// several. Records, policies and failures keep the order in which they were
@@ -22,7 +22,7 @@ use crate::ordered::OrderedMap;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainDetails {
     domain: String,
-    records: OrderedMap<OrderedMap<PolicyCounters>>,
+    records: IndexMap<String, IndexMap<String, PolicyCounters>>,
 }
 
 /// Sessions counted for one policy text under one record.
@@ -30,7 +30,7 @@ pub struct DomainDetails {
 pub(crate) struct PolicyCounters {
     pub(crate) total: u64,
     pub(crate) failed: u64,
-    pub(crate) failures: OrderedMap<u64>,
+    pub(crate) failures: IndexMap<String, u64>,
 }
 
 /// A fetcher answer that cannot be used. The caller should treat the fetch
@@ -50,7 +50,7 @@ impl DomainDetails {
     pub fn new(domain: &str) -> DomainDetails {
         DomainDetails {
             domain: domain.to_string(),
-            records: OrderedMap::default(),
+            records: IndexMap::new(),
         }
     }
 
@@ -75,16 +75,12 @@ impl DomainDetails {
             let policies = policies
                 .as_object()
                 .ok_or_else(|| shape(format!("record {record:?}"), "is not an object"))?;
-            let per_record = details
-                .records
-                .get_or_insert_with(record, OrderedMap::default);
+            let per_record = details.records.entry(record.clone()).or_default();
             for (policy, counters) in policies {
                 let counters = PolicyCounters::from_json(counters).map_err(|problem| {
                     shape(format!("record {record:?}, policy {policy:?}:"), problem)
                 })?;
-                per_record
-                    .get_or_insert_with(policy, PolicyCounters::default)
-                    .add(counters);
+                per_record.entry(policy.clone()).or_default().add(counters);
             }
         }
         Ok(details)
@@ -103,22 +99,22 @@ impl DomainDetails {
                 got: other.domain,
             });
         }
-        for (record, policies) in other.records.into_entries() {
-            let per_record = self
-                .records
-                .get_or_insert_with(&record, OrderedMap::default);
-            for (policy, counters) in policies.into_entries() {
-                per_record
-                    .get_or_insert_with(&policy, PolicyCounters::default)
-                    .add(counters);
+        for (record, policies) in other.records {
+            let per_record = self.records.entry(record).or_default();
+            for (policy, counters) in policies {
+                per_record.entry(policy).or_default().add(counters);
             }
         }
         Ok(())
     }
 
     /// Each TLSRPT record with its policy texts and their counters.
-    pub(crate) fn records(&self) -> impl Iterator<Item = (&str, &OrderedMap<PolicyCounters>)> {
-        self.records.iter()
+    pub(crate) fn records(
+        &self,
+    ) -> impl Iterator<Item = (&str, &IndexMap<String, PolicyCounters>)> {
+        self.records
+            .iter()
+            .map(|(record, policies)| (record.as_str(), policies))
     }
 }
 
@@ -130,7 +126,7 @@ impl PolicyCounters {
         if failed > total {
             return Err("counts more failed (cntrfailure) than total (cntrtotal) sessions");
         }
-        let mut failures = OrderedMap::default();
+        let mut failures: IndexMap<String, u64> = IndexMap::new();
         let listed = object
             .get("failures")
             .and_then(Value::as_object)
@@ -139,7 +135,8 @@ impl PolicyCounters {
             let n = n
                 .as_u64()
                 .ok_or("has a failure count that is not a non-negative integer")?;
-            *failures.get_or_insert_with(failure, || 0) += n;
+            let sum = failures.entry(failure.clone()).or_insert(0);
+            *sum = sum.saturating_add(n);
         }
         Ok(PolicyCounters {
             total,
@@ -151,8 +148,8 @@ impl PolicyCounters {
     fn add(&mut self, other: PolicyCounters) {
         self.total = self.total.saturating_add(other.total);
         self.failed = self.failed.saturating_add(other.failed);
-        for (failure, n) in other.failures.into_entries() {
-            let sum = self.failures.get_or_insert_with(&failure, || 0);
+        for (failure, n) in other.failures {
+            let sum = self.failures.entry(failure).or_insert(0);
             *sum = sum.saturating_add(n);
         }
     }

@@ -21,7 +21,6 @@
 
 pub mod details;
 pub mod maps;
-mod ordered;
 mod pyregex;
 pub mod record;
 pub mod report;

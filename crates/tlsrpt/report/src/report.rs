@@ -26,10 +26,11 @@
 //!   otherwise Python's `json.dumps` text, as upstream sends it.
 
 use mailtls_common::day::Day;
-use std::collections::HashMap;
 use std::fmt;
 
 use chrono::NaiveTime;
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use thiserror::Error;
 use tlsrpt_datagram::{normalize_domain, pyjson};
@@ -37,7 +38,8 @@ use tlsrpt_datagram::{normalize_domain, pyjson};
 use crate::details::DomainDetails;
 
 /// RFC 8460 section 4.3 `policy-type`, with libtlsrpt's numeric codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum PolicyType {
     Tlsa,
     Sts,
@@ -64,7 +66,8 @@ impl PolicyType {
 }
 
 /// RFC 8460 section 4.3 `result-type`, with libtlsrpt's numeric codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ResultType {
     StarttlsNotSupported,
     CertificateHostMismatch,
@@ -137,41 +140,87 @@ pub struct Report {
     pub policies: Vec<PolicyReport>,
 }
 
-/// One entry of `policies`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One entry of `policies` (RFC 8460 section 4.4); fields in the RFC's
+/// order, which is the order they are written in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct PolicyReport {
     pub policy: Policy,
     pub summary: Summary,
+    #[serde(default)]
     pub failure_details: Vec<FailureDetail>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// RFC 8460 section 4.4 `policy`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Policy {
     pub policy_type: PolicyType,
     /// Left out of the JSON when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policy_string: Vec<String>,
     pub policy_domain: String,
     /// Left out of the JSON when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mx_host: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// RFC 8460 section 4.4 `summary`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Summary {
     pub total_successful_session_count: u64,
     pub total_failure_session_count: u64,
 }
 
-/// One entry of `failure-details`; `None` fields are left out of the JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// One entry of `failure-details` (RFC 8460 section 4.4); `None` fields
+/// are left out of the JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct FailureDetail {
     pub result_type: ResultType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sending_mta_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receiving_mx_hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receiving_mx_helo: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receiving_ip: Option<String>,
     pub failed_session_count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub additional_information: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_reason_code: Option<String>,
+}
+
+/// RFC 8460 section 4.4 `date-range`: the UTC day's first and last second.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DateRange {
+    pub start_datetime: String,
+    pub end_datetime: String,
+}
+
+impl DateRange {
+    pub fn of(day: Day) -> DateRange {
+        DateRange {
+            start_datetime: format!("{day}T00:00:00Z"),
+            end_datetime: format!("{day}T23:59:59Z"),
+        }
+    }
+}
+
+/// The report as it is sent (RFC 8460 section 4.4), fields in the order of
+/// the RFC's example; also what a received report is read into.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ReportJson {
+    pub organization_name: String,
+    pub date_range: DateRange,
+    pub contact_info: String,
+    pub report_id: String,
+    pub policies: Vec<PolicyReport>,
 }
 
 /// The reports of one domain and day, and what had to be left out of them.
@@ -227,7 +276,9 @@ pub fn build_reports(
     let mut reports = Vec::new();
     let mut skipped = Vec::new();
     for (record, policies) in details.records() {
-        let mut merged = PolicyMerger::default();
+        // Policies (and their failure details) in first-seen order, merged
+        // by their decoded content.
+        let mut merged: IndexMap<Policy, MergedPolicy> = IndexMap::new();
         for (policy_text, counters) in policies.iter() {
             let skip = |failure: Option<&str>, reason| SkippedData {
                 record: record.to_string(),
@@ -242,8 +293,8 @@ pub fn build_reports(
                     continue;
                 }
             };
-            let entry = merged.entry(policy);
-            let summary = &mut entry.report.summary;
+            let entry = merged.entry(policy).or_default();
+            let summary = &mut entry.summary;
             summary.total_successful_session_count = summary
                 .total_successful_session_count
                 .saturating_add(counters.total.saturating_sub(counters.failed));
@@ -252,12 +303,15 @@ pub fn build_reports(
                 .saturating_add(counters.failed);
             for (failure_text, &count) in counters.failures.iter() {
                 match decode_failure(failure_text) {
-                    Ok(detail) => entry.add_failure(detail, count),
+                    Ok(detail) => {
+                        let total = entry.failures.entry(detail).or_insert(0);
+                        *total = total.saturating_add(count);
+                    }
                     Err(reason) => skipped.push(skip(Some(failure_text), reason)),
                 }
             }
         }
-        if merged.policies.is_empty() {
+        if merged.is_empty() {
             continue;
         }
         reports.push(Report {
@@ -267,51 +321,37 @@ pub fn build_reports(
             organization_name: organization.name.clone(),
             contact_info: organization.contact_info.clone(),
             report_id: ReportId::new(day, domain, record),
-            policies: merged.policies.into_iter().map(|p| p.report).collect(),
+            policies: merged
+                .into_iter()
+                .map(|(policy, merged)| merged.into_report(policy))
+                .collect(),
         });
     }
     DomainReports { reports, skipped }
 }
 
-/// Policies in first-seen order, merged by their decoded content.
+/// The sums of one policy while a report is built.
 #[derive(Default)]
-struct PolicyMerger {
-    policies: Vec<MergedPolicy>,
-    index: HashMap<Policy, usize>,
-}
-
 struct MergedPolicy {
-    report: PolicyReport,
-    /// Failure details by content (with a zero count) to their position.
-    failure_index: HashMap<FailureDetail, usize>,
-}
-
-impl PolicyMerger {
-    fn entry(&mut self, policy: Policy) -> &mut MergedPolicy {
-        let position = *self.index.entry(policy.clone()).or_insert_with(|| {
-            self.policies.push(MergedPolicy {
-                report: PolicyReport {
-                    policy,
-                    summary: Summary::default(),
-                    failure_details: Vec::new(),
-                },
-                failure_index: HashMap::new(),
-            });
-            self.policies.len() - 1
-        });
-        &mut self.policies[position]
-    }
+    summary: Summary,
+    /// Failure details by content (with a zero count) to their count.
+    failures: IndexMap<FailureDetail, u64>,
 }
 
 impl MergedPolicy {
-    fn add_failure(&mut self, detail: FailureDetail, count: u64) {
-        let details = &mut self.report.failure_details;
-        let position = *self.failure_index.entry(detail.clone()).or_insert_with(|| {
-            details.push(detail);
-            details.len() - 1
-        });
-        let total = &mut details[position].failed_session_count;
-        *total = total.saturating_add(count);
+    fn into_report(self, policy: Policy) -> PolicyReport {
+        PolicyReport {
+            policy,
+            summary: self.summary,
+            failure_details: self
+                .failures
+                .into_iter()
+                .map(|(detail, count)| FailureDetail {
+                    failed_session_count: count,
+                    ..detail
+                })
+                .collect(),
+        }
     }
 }
 
@@ -453,30 +493,20 @@ fn fnv1a_64(bytes: &[u8]) -> u64 {
 }
 
 impl Report {
+    /// The report as it is sent.
+    pub fn to_json_report(&self) -> ReportJson {
+        ReportJson {
+            organization_name: self.organization_name.clone(),
+            date_range: DateRange::of(self.day),
+            contact_info: self.contact_info.clone(),
+            report_id: self.report_id.as_str().to_string(),
+            policies: self.policies.clone(),
+        }
+    }
+
     /// The report as a JSON value, keys in the order of RFC 8460 section 4.4.
     pub fn to_json(&self) -> Value {
-        let mut date_range = Map::new();
-        date_range.insert(
-            "start-datetime".into(),
-            format!("{}T00:00:00Z", self.day).into(),
-        );
-        date_range.insert(
-            "end-datetime".into(),
-            format!("{}T23:59:59Z", self.day).into(),
-        );
-        let mut report = Map::new();
-        report.insert(
-            "organization-name".into(),
-            self.organization_name.clone().into(),
-        );
-        report.insert("date-range".into(), Value::Object(date_range));
-        report.insert("contact-info".into(), self.contact_info.clone().into());
-        report.insert("report-id".into(), self.report_id.as_str().into());
-        report.insert(
-            "policies".into(),
-            self.policies.iter().map(PolicyReport::to_json).collect(),
-        );
-        Value::Object(report)
+        serde_json::to_value(self.to_json_report()).expect("a report is plain data")
     }
 
     /// The JSON text to compress and send: Python `json.dumps` spelling
@@ -523,78 +553,6 @@ impl Report {
             "Report Domain: {} Submitter: {submitter} Report-ID: <{}@{submitter}>",
             self.domain, self.report_id
         )
-    }
-}
-
-impl PolicyReport {
-    fn to_json(&self) -> Value {
-        let policy = &self.policy;
-        let mut policy_json = Map::new();
-        policy_json.insert("policy-type".into(), policy.policy_type.name().into());
-        if !policy.policy_string.is_empty() {
-            policy_json.insert("policy-string".into(), policy.policy_string.clone().into());
-        }
-        policy_json.insert("policy-domain".into(), policy.policy_domain.clone().into());
-        if !policy.mx_host.is_empty() {
-            policy_json.insert("mx-host".into(), policy.mx_host.clone().into());
-        }
-        let mut summary = Map::new();
-        summary.insert(
-            "total-successful-session-count".into(),
-            self.summary.total_successful_session_count.into(),
-        );
-        summary.insert(
-            "total-failure-session-count".into(),
-            self.summary.total_failure_session_count.into(),
-        );
-        let mut entry = Map::new();
-        entry.insert("policy".into(), Value::Object(policy_json));
-        entry.insert("summary".into(), Value::Object(summary));
-        entry.insert(
-            "failure-details".into(),
-            self.failure_details
-                .iter()
-                .map(FailureDetail::to_json)
-                .collect(),
-        );
-        Value::Object(entry)
-    }
-}
-
-impl FailureDetail {
-    fn to_json(&self) -> Value {
-        let mut detail = Map::new();
-        detail.insert("result-type".into(), self.result_type.name().into());
-        insert_some(&mut detail, "sending-mta-ip", &self.sending_mta_ip);
-        insert_some(
-            &mut detail,
-            "receiving-mx-hostname",
-            &self.receiving_mx_hostname,
-        );
-        insert_some(&mut detail, "receiving-mx-helo", &self.receiving_mx_helo);
-        insert_some(&mut detail, "receiving-ip", &self.receiving_ip);
-        detail.insert(
-            "failed-session-count".into(),
-            self.failed_session_count.into(),
-        );
-        insert_some(
-            &mut detail,
-            "additional-information",
-            &self.additional_information,
-        );
-        insert_some(
-            &mut detail,
-            "failure-reason-code",
-            &self.failure_reason_code,
-        );
-        Value::Object(detail)
-    }
-}
-
-/// Optional fields are left out rather than written as `null`.
-fn insert_some(map: &mut Map<String, Value>, key: &str, value: &Option<String>) {
-    if let Some(value) = value {
-        map.insert(key.into(), value.clone().into());
     }
 }
 
@@ -691,6 +649,13 @@ mod tests {
             )
         );
         assert_eq!(report.to_json_bytes(), report.to_json_text().into_bytes());
+        // What is sent reads back into the same plain types.
+        let read: ReportJson = serde_json::from_str(&report.to_json_text()).unwrap();
+        assert_eq!(read, report.to_json_report());
+        assert_eq!(
+            read.policies[0].failure_details[0].result_type,
+            ResultType::CertificateHostMismatch
+        );
     }
 
     #[test]
