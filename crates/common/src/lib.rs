@@ -8,6 +8,7 @@
 //!   then the INI section, then the default — the upstream order.
 //! - [`logging`]: the log format and level names of the upstream programs, with
 //!   a log file that can be reopened on SIGHUP.
+//! - [`percent`]: strict RFC 3986 percent-decoding.
 //! - [`pidfile`]: a pid file removed again on exit.
 //! - [`clock`]: the injectable UTC clock that decides days and deadlines.
 //! - [`day`]: the UTC day, with the one `YYYY-MM-DD` parser and formatter.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod day;
 pub mod ini;
 pub mod logging;
+pub mod percent;
 pub mod pidfile;
 pub mod process;
 

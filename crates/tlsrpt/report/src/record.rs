@@ -206,24 +206,7 @@ pub(crate) fn url_host(after_scheme: &str) -> Option<String> {
 
 /// RFC 3986 section 2.1 percent-decoding to UTF-8 text.
 pub(crate) fn percent_decode(text: &str) -> Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent-encoding in {text:?}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("percent-encoding in {text:?} is not UTF-8"))
+    mailtls_common::percent::decode(text).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ impl StorageUrl {
             url: url.to_string(),
             reason: reason.to_string(),
         };
-        let decoded = percent_decode(url).ok_or_else(|| bad("broken percent-encoding"))?;
+        let decoded = mailtls_common::percent::decode(url).map_err(|e| bad(&e.to_string()))?;
         let Some(rest) = decoded.strip_prefix("sqlite:") else {
             let scheme = decoded.split(':').next().unwrap_or_default();
             return Err(bad(&format!(
@@ -53,23 +53,6 @@ pub fn parse_storage_list(list: &str) -> Result<Vec<StorageUrl>, StoreError> {
         .filter(|s| !s.is_empty())
         .map(StorageUrl::parse)
         .collect()
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
