@@ -12,6 +12,43 @@ pub struct UnknownValue {
     pub value: String,
 }
 
+/// Implements `FromStr`, `Display`, `ToSql` and `FromSql` for a type with
+/// `fn word(&self) -> String` and `fn from_word(&str) -> Option<Self>`.
+macro_rules! stored_as_word {
+    ($name:ident, $what:literal) => {
+        impl std::str::FromStr for $name {
+            type Err = UnknownValue;
+            fn from_str(text: &str) -> Result<Self, UnknownValue> {
+                $name::from_word(text).ok_or_else(|| UnknownValue {
+                    what: $what,
+                    value: text.to_string(),
+                })
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.word())
+            }
+        }
+
+        impl ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.word()))
+            }
+        }
+
+        impl FromSql for $name {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                value
+                    .as_str()?
+                    .parse()
+                    .map_err(|e: UnknownValue| FromSqlError::Other(Box::new(e)))
+            }
+        }
+    };
+}
+
 /// Declares an enum stored as text: `as_str`, `FromStr`, `Display`,
 /// `ToSql` and `FromSql` from one list of variants and words.
 macro_rules! stored_words {
@@ -31,38 +68,20 @@ macro_rules! stored_words {
                     $($name::$variant => $word,)+
                 }
             }
-        }
 
-        impl std::str::FromStr for $name {
-            type Err = UnknownValue;
-            fn from_str(text: &str) -> Result<Self, UnknownValue> {
+            fn word(&self) -> String {
+                self.as_str().to_string()
+            }
+
+            fn from_word(text: &str) -> Option<Self> {
                 match text {
-                    $($word => Ok($name::$variant),)+
-                    _ => Err(UnknownValue { what: $what, value: text.to_string() }),
+                    $($word => Some($name::$variant),)+
+                    _ => None,
                 }
             }
         }
 
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl ToSql for $name {
-            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-                Ok(ToSqlOutput::from(self.as_str()))
-            }
-        }
-
-        impl FromSql for $name {
-            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-                value
-                    .as_str()?
-                    .parse()
-                    .map_err(|e: UnknownValue| FromSqlError::Other(Box::new(e)))
-            }
-        }
+        stored_as_word!($name, $what);
     };
 }
 
@@ -182,43 +201,6 @@ stored_words! {
         /// Recipients in mandatory-TLS domains were returned or deleted.
         Mandatory = "mandatory",
     }
-}
-
-/// Implements `FromStr`, `Display`, `ToSql` and `FromSql` for a type with
-/// `fn word(&self) -> String` and `fn from_word(&str) -> Option<Self>`.
-macro_rules! stored_as_word {
-    ($name:ident, $what:literal) => {
-        impl std::str::FromStr for $name {
-            type Err = UnknownValue;
-            fn from_str(text: &str) -> Result<Self, UnknownValue> {
-                $name::from_word(text).ok_or_else(|| UnknownValue {
-                    what: $what,
-                    value: text.to_string(),
-                })
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(&self.word())
-            }
-        }
-
-        impl ToSql for $name {
-            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-                Ok(ToSqlOutput::from(self.word()))
-            }
-        }
-
-        impl FromSql for $name {
-            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-                value
-                    .as_str()?
-                    .parse()
-                    .map_err(|e: UnknownValue| FromSqlError::Other(Box::new(e)))
-            }
-        }
-    };
 }
 
 /// How sending a notification ended.

@@ -9,7 +9,6 @@
 //! test; it never skips.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
@@ -43,15 +42,7 @@ for map_set in json.load(sys.stdin)["map_sets"]:
 json.dump(out, sys.stdout)
 "#;
 
-fn python() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../.venv/bin/python");
-    assert!(
-        path.exists(),
-        "the upstream oracle {} is missing: run scripts/setup-oracle (the README's test command does)",
-        path.display()
-    );
-    path
-}
+use mailtls_test_support::venv_python as python;
 
 /// Upstream's answer for each map set.
 fn upstream(map_sets: &Value) -> Vec<Value> {

@@ -335,18 +335,32 @@ impl ReportdDb {
         domains: &[String],
         now: DateTime<Utc>,
     ) -> Result<usize> {
+        let rows = domains.iter().map(|domain| (domain.as_str(), None));
+        self.store_fetched(job, rows, now)
+    }
+
+    /// Stores what a fetch job produced, each domain with its details when
+    /// they came along (`fetched`) or without (to be fetched), and marks
+    /// the job done, in one transaction.
+    fn store_fetched<'a>(
+        &mut self,
+        job: &FetchJob,
+        rows: impl Iterator<Item = (&'a str, Option<&'a str>)>,
+        now: DateTime<Utc>,
+    ) -> Result<usize> {
         let tx = self.conn.savepoint()?;
         let mut added = 0;
         {
             let mut insert = tx.prepare(
                 "INSERT OR IGNORE INTO reportdata \
                  (day, domain, data, fetcherindex, fetcher, retries, status, nexttry) \
-                 VALUES (?,?,NULL,?,?,0,NULL,?)",
+                 VALUES (?1,?2,?3,?4,?5,0,CASE WHEN ?3 IS NULL THEN NULL ELSE 'fetched' END,?6)",
             )?;
-            for domain in domains {
+            for (domain, data) in rows {
                 added += insert.execute(params![
                     job.day.to_string(),
                     domain,
+                    data,
                     job.fetcher_index,
                     job.fetcher,
                     pytime::timestamp(now)
@@ -686,28 +700,10 @@ impl ReportdDb {
         details: &[(String, String)],
         now: DateTime<Utc>,
     ) -> Result<usize> {
-        let tx = self.conn.savepoint()?;
-        let mut added = 0;
-        {
-            let mut insert = tx.prepare(
-                "INSERT OR IGNORE INTO reportdata \
-                 (day, domain, data, fetcherindex, fetcher, retries, status, nexttry) \
-                 VALUES (?,?,?,?,?,0,'fetched',?)",
-            )?;
-            for (domain, data) in details {
-                added += insert.execute(params![
-                    job.day.to_string(),
-                    domain,
-                    data,
-                    job.fetcher_index,
-                    job.fetcher,
-                    pytime::timestamp(now)
-                ])?;
-            }
-        }
-        set_fetch_job_status(&tx, job, "ok")?;
-        tx.commit()?;
-        Ok(added)
+        let rows = details
+            .iter()
+            .map(|(domain, data)| (domain.as_str(), Some(data.as_str())));
+        self.store_fetched(job, rows, now)
     }
 
     /// The earliest `nexttry` of all pending work (fetch jobs, details,

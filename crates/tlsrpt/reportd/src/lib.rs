@@ -34,14 +34,11 @@ pub mod schedule;
 /// tests that check our files against what upstream's sqlite3 reads and writes.
 #[cfg(test)]
 pub(crate) fn python(code: &str, args: &[&std::path::Path]) -> String {
-    let out = std::process::Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../.venv/bin/python"
-    ))
-    .args(["-c", code])
-    .args(args)
-    .output()
-    .expect("the upstream oracle in .venv: run scripts/setup-oracle");
+    let out = std::process::Command::new(mailtls_test_support::venv_python())
+        .args(["-c", code])
+        .args(args)
+        .output()
+        .expect("the upstream oracle in .venv: run scripts/setup-oracle");
     assert!(
         out.status.success(),
         "{}",

@@ -1,12 +1,12 @@
-//! What several tests share: the sample report, the oracles' paths, and
-//! running a command with the checks every test wants.
+//! What several tests share: the sample report, the test CA's trust, and
+//! (from `mailtls-test-support`) the oracles and running a command with the
+//! checks every test wants.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, UNIX_EPOCH};
 
-use tlsrpt_delivery::{gzip, ReportMail};
+pub use mailtls_test_support::tls::TestCa;
+use tlsrpt_delivery::{gzip, ReportMail, TrustAnchors};
 
 /// A complete RFC 8460 section 4 report, `policy-domain` present in every
 /// policy (parsedmarc refuses reports without it).
@@ -38,38 +38,11 @@ pub fn render_mail(gzip_report: &[u8]) -> Vec<u8> {
     .unwrap()
 }
 
-/// The Python of `.venv`, where `scripts/setup-oracle` puts dkimpy and
-/// parsedmarc. Missing is a failure, never a skip.
-pub fn venv_python() -> PathBuf {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../.venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/setup-oracle (scripts/test does)",
-        python.display()
-    );
-    python
-}
+pub use mailtls_test_support::{run_text as run, venv_python};
 
-/// Runs a program with `input` on stdin; panics with its stderr unless it
-/// exits 0, and returns its stdout.
-pub fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str], input: &[u8]) -> String {
-    let program = program.as_ref();
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|err| panic!("cannot start {program:?}: {err}"));
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{program:?} {args:?} failed ({}):\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+/// The system's roots plus the test CA.
+pub fn trust(ca: &TestCa) -> TrustAnchors {
+    TrustAnchors::load(Some(&ca.ca_file)).unwrap()
 }
 
 /// A private key made by the `openssl` command: `genpkey` arguments.

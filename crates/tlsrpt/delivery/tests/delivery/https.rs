@@ -12,7 +12,7 @@ use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use tlsrpt_delivery::{HttpScript, HttpTransport, HttpsPost, Outcome};
 
 use crate::common::{gzip_report, REPORT_JSON};
-use crate::tls_server::TestCa;
+use crate::common::{trust, TestCa};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -100,7 +100,7 @@ fn gunzip(bytes: &[u8]) -> String {
 fn a_2xx_answer_is_delivered_and_the_server_gets_the_gzip_report() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path());
-    let client = HttpsPost::new(TIMEOUT, &ca.trust(), true);
+    let client = HttpsPost::new(TIMEOUT, &trust(&ca), true);
     for status in [200, 202] {
         let (url, server) = serve_once(&ca.server_config, status, Duration::ZERO);
         let outcome = client.post(&url, &gzip_report());
@@ -124,7 +124,7 @@ fn a_2xx_answer_is_delivered_and_the_server_gets_the_gzip_report() {
 fn error_answers_are_retried_or_given_up_never_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path());
-    let client = HttpsPost::new(TIMEOUT, &ca.trust(), true);
+    let client = HttpsPost::new(TIMEOUT, &trust(&ca), true);
     for (status, retry) in [
         (500, true),
         (503, true),
@@ -153,7 +153,7 @@ fn error_answers_are_retried_or_given_up_never_delivered() {
 fn no_answer_in_time_is_retried() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path());
-    let client = HttpsPost::new(Duration::from_millis(500), &ca.trust(), true);
+    let client = HttpsPost::new(Duration::from_millis(500), &trust(&ca), true);
     let (url, server) = serve_once(&ca.server_config, 200, Duration::from_secs(2));
     let started = Instant::now();
     let outcome = client.post(&url, &gzip_report());
@@ -177,7 +177,7 @@ fn a_refused_connection_is_retried() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let outcome = HttpsPost::new(TIMEOUT, &ca.trust(), true)
+    let outcome = HttpsPost::new(TIMEOUT, &trust(&ca), true)
         .post(&format!("https://127.0.0.1:{port}/"), b"x");
     assert!(matches!(outcome, Outcome::RetryLater(_)), "{outcome:?}");
 }
@@ -189,7 +189,7 @@ fn a_server_certificate_from_an_unknown_ca_is_not_trusted() {
     let other_dir = tempfile::tempdir().unwrap();
     let other_ca = TestCa::new(other_dir.path());
     let (url, server) = serve_once(&server_ca.server_config, 200, Duration::ZERO);
-    let outcome = HttpsPost::new(TIMEOUT, &other_ca.trust(), true).post(&url, &gzip_report());
+    let outcome = HttpsPost::new(TIMEOUT, &trust(&other_ca), true).post(&url, &gzip_report());
     match outcome {
         Outcome::RetryLater(text) => {
             assert!(text.contains("invalid peer certificate"), "{text}")
@@ -202,7 +202,7 @@ fn a_server_certificate_from_an_unknown_ca_is_not_trusted() {
 #[test]
 fn only_https_urls_are_posted_to() {
     let dir = tempfile::tempdir().unwrap();
-    let client = HttpsPost::new(TIMEOUT, &TestCa::new(dir.path()).trust(), true);
+    let client = HttpsPost::new(TIMEOUT, &trust(&TestCa::new(dir.path())), true);
     for url in ["http://127.0.0.1:9/", "not a url"] {
         assert!(
             matches!(client.post(url, b"x"), Outcome::Permanent(_)),
@@ -274,7 +274,7 @@ fn uploads_reach_only_global_addresses_by_default() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let client = HttpsPost::new(TIMEOUT, &ca.trust(), false);
+    let client = HttpsPost::new(TIMEOUT, &trust(&ca), false);
     for url in [
         format!("https://localhost:{port}/tlsrpt"),
         format!("https://127.0.0.1:{port}/tlsrpt"),

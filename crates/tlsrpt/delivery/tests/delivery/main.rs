@@ -9,4 +9,3 @@ mod https;
 mod report_mail;
 mod sendmail;
 mod smtp;
-mod tls_server;

@@ -14,7 +14,7 @@ use tlsrpt_delivery::{
 };
 
 use crate::common::{gzip_report, render_mail, RECIPIENT, SENDER};
-use crate::tls_server::TestCa;
+use crate::common::{trust, TestCa};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -224,7 +224,7 @@ fn submit(smtp: &Smtp) -> Outcome {
 
 fn plaintext_relay(port: u16) -> Smtp {
     let dir = tempfile::tempdir().unwrap();
-    let trust = TestCa::new(dir.path()).trust();
+    let trust = trust(&TestCa::new(dir.path()));
     Smtp::new(
         "127.0.0.1",
         port,
@@ -316,7 +316,7 @@ fn starttls_and_auth_with_a_verified_certificate() {
         SmtpSecurity::StartTls,
         Some(credentials),
         TIMEOUT,
-        &ca.trust(),
+        &trust(&ca),
     )
     .unwrap();
     let outcome = submit(&smtp);
@@ -346,7 +346,7 @@ fn a_refused_login_is_retried_until_the_configuration_is_fixed() {
         SmtpSecurity::StartTls,
         Some(credentials),
         TIMEOUT,
-        &ca.trust(),
+        &trust(&ca),
     )
     .unwrap();
     match submit(&smtp) {
@@ -375,7 +375,7 @@ fn implicit_tls_with_a_verified_certificate() {
         SmtpSecurity::ImplicitTls,
         None,
         TIMEOUT,
-        &ca.trust(),
+        &trust(&ca),
     )
     .unwrap();
     let outcome = submit(&smtp);
@@ -386,7 +386,7 @@ fn implicit_tls_with_a_verified_certificate() {
 #[test]
 fn a_relay_without_starttls_gets_nothing_when_starttls_is_required() {
     let dir = tempfile::tempdir().unwrap();
-    let trust = TestCa::new(dir.path()).trust();
+    let trust = trust(&TestCa::new(dir.path()));
     let (port, server) = serve_once(Script::default());
     let smtp = Smtp::new(
         "127.0.0.1",
@@ -416,7 +416,7 @@ fn a_refused_connection_is_retried() {
 #[test]
 fn auth_without_tls_is_refused_at_setup() {
     let dir = tempfile::tempdir().unwrap();
-    let trust: TrustAnchors = TestCa::new(dir.path()).trust();
+    let trust: TrustAnchors = trust(&TestCa::new(dir.path()));
     let credentials = SmtpCredentials {
         user: "u".into(),
         password: "p".into(),

@@ -12,7 +12,7 @@
 //!
 //! It has no inet listener at all (no smtpd): mail comes in through its
 //! sendmail/postdrop, goes out through its smtp client to the `relayhost`
-//! `[127.0.0.1]:PORT`, typically a [`SmtpSink`](super::smtp_sink::SmtpSink).
+//! `[127.0.0.1]:PORT`, typically a [`SmtpSink`](crate::smtp_sink::SmtpSink).
 //! So instances in parallel tests share nothing and cannot collide. Dropping
 //! the value stops the instance.
 //!
@@ -169,7 +169,7 @@ impl Postfix {
         let maillog = root.join("maillog");
         let mut main_cf = format!(
             "\
-# A private test instance of mailtls's test harness (tests/support/postfix.rs).
+# A private test instance of mailtls's test harness (crates/test-support/src/postfix.rs).
 compatibility_level = 3.6
 alternate_config_directories = {config}
 queue_directory = {queue}

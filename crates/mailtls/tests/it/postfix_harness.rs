@@ -2,15 +2,13 @@
 //! (TLS "may"), defers when TLS is required ("encrypt"), and the sink speaks
 //! SMTP correctly.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::postfix::{Options, Postfix};
-use support::smtp_sink::{Mode, SmtpSink};
+use crate::support::postfix::{Options, Postfix};
+use crate::support::smtp_sink::{Mode, SmtpSink};
 
 const WAIT: Duration = Duration::from_secs(20);
 

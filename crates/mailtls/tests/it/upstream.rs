@@ -9,15 +9,15 @@
 //! `<db>.yesterday`, where the fetchers read them. A missing oracle fails the
 //! tests (`support::upstream` panics), it never skips them.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 use tlsrpt_datagram::client::{
     DeliveryAttempt, FailureDetail, Policy, PolicyType, ResultType, Sender,
 };

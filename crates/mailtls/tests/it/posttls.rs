@@ -2,16 +2,16 @@
 //! receiving server without STARTTLS, notifications captured by an SMTP
 //! sink.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::postfix::{Options, Postfix};
+use crate::support::smtp_sink::SmtpSink;
 use serde_json::Value;
-use support::postfix::{Options, Postfix};
-use support::smtp_sink::SmtpSink;
 
 /// A port where nothing listens: deliveries there fail before TLS.
 fn dead_port() -> u16 {
@@ -244,9 +244,13 @@ impl Lab {
         .unwrap()
     }
 
+    /// The queue id of the message for `recipient`. A `maildrop` entry is
+    /// passed over: `postqueue -j` may still list the file that pickup has
+    /// just copied into the queue under a new id.
     fn queue_id_of(&self, queue: &[Value], recipient: &str) -> String {
         queue
             .iter()
+            .filter(|m| m["queue_name"] != "maildrop")
             .find(|m| {
                 m["recipients"]
                     .as_array()
@@ -371,7 +375,7 @@ fn a_tls_deferral_notifies_our_sender_once_and_nothing_else_does() {
 
 /// The text of a mail's body parts, decoded (quoted-printable, base64).
 fn mail_text(raw: &[u8]) -> String {
-    let out = Command::new(support::repo().join(".venv/bin/python"))
+    let out = Command::new(support::venv_python())
         .args([
             "-c",
             "import email, email.policy, sys\n\

@@ -1,7 +1,8 @@
-//! A throwaway certificate authority and the server side of TLS for the
-//! local test servers: a CA made at test time, a certificate for 127.0.0.1
-//! and localhost signed by it, and the CA written to a PEM file that the
-//! client is told to trust (as an operator's `https_ca_file` would).
+//! A throwaway certificate authority made at test time and the server side
+//! of TLS for the local test servers: a certificate for 127.0.0.1 and
+//! localhost signed by it, and the CA written to a PEM file that the client
+//! under test is told to trust (as an operator's `http_ca_file` or
+//! `tls_ca_file` would).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,15 +10,17 @@ use std::sync::Arc;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::ServerConfig;
-use tlsrpt_delivery::TrustAnchors;
 
+/// A CA and a server certificate for 127.0.0.1 and localhost.
 pub struct TestCa {
+    /// The CA certificate, PEM.
     pub ca_file: PathBuf,
     pub server_config: Arc<ServerConfig>,
 }
 
 impl TestCa {
-    pub fn new(directory: &Path) -> Self {
+    /// Writes the CA to `directory/test-ca.pem`.
+    pub fn new(directory: &Path) -> TestCa {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -48,10 +51,5 @@ impl TestCa {
             ca_file,
             server_config: Arc::new(server_config),
         }
-    }
-
-    /// The system's roots plus this CA.
-    pub fn trust(&self) -> TrustAnchors {
-        TrustAnchors::load(Some(&self.ca_file)).unwrap()
     }
 }

@@ -9,7 +9,7 @@
 //! scripts/test installs Chromium (apt) and playwright-core (npm, into
 //! .browser/); a missing one fails this test, it is never skipped.
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

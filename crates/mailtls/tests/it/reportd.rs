@@ -2,14 +2,14 @@
 //! day, real fetcher processes, reports in a `directory:` destination, by
 //! mail through a real Postfix, and by HTTPS.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::process::Command;
 
+use crate::support::reportd::{collected_day, reportd_bin, tlsrptctl_bin, Reportd};
+use crate::support::{fetcher_bin, vectors};
 use serde_json::Value;
-use support::reportd::{collected_day, reportd_bin, tlsrptctl_bin, Reportd};
-use support::{fetcher_bin, vectors};
 
 /// The libtlsrpt vectors plus a domain with two records and one with a
 /// record that names no usable destination, and the number of policies

@@ -1,7 +1,5 @@
-//! A local HTTPS server for report uploads (RFC 8460 section 5.4): a
-//! throwaway CA made at test time, a certificate for 127.0.0.1 and
-//! localhost signed by it (the CA file is what a reportd's `tls_ca_file`
-//! points at), and a server on 127.0.0.1 that records every request and
+//! A local HTTPS server for report uploads (RFC 8460 section 5.4), with a
+//! certificate of a [`TestCa`]: it records every request on 127.0.0.1 and
 //! answers as the test's plan says.
 //!
 //! One thread accepts, one thread per connection; one request per
@@ -9,58 +7,14 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
-/// A CA and a server certificate for 127.0.0.1 and localhost.
-pub struct TestCa {
-    /// The CA certificate, PEM.
-    pub ca_file: PathBuf,
-    pub server_config: Arc<ServerConfig>,
-}
-
-impl TestCa {
-    /// Writes the CA to `directory/test-ca.pem`.
-    pub fn new(directory: &Path) -> TestCa {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "mailtls reportd test CA");
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let server_key = KeyPair::generate().unwrap();
-        let server_params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
-        let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
-
-        let ca_file = directory.join("test-ca.pem");
-        std::fs::write(&ca_file, ca_cert.pem()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server_config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![server_cert.der().clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
-            )
-            .unwrap();
-        TestCa {
-            ca_file,
-            server_config: Arc::new(server_config),
-        }
-    }
-}
+pub use crate::tls::TestCa;
 
 /// What the server does with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

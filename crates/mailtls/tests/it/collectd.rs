@@ -1,12 +1,10 @@
 //! tlsrpt-collectd and tlsrpt-fetcher as programs: the shared vectors end to
 //! end, midnight rollover, signals, crashes, bad input and a locked database.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const CLOCK: &str = "MAILTLS_TEST_CLOCK";
 

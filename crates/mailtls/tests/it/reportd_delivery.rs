@@ -4,20 +4,20 @@
 //! fails, hangs, then accepts; and SMTP submission to a relay that defers,
 //! then accepts.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use crate::support::https_sink::{Answer, HttpsSink, TestCa};
+use crate::support::postfix::{Options, Postfix};
+use crate::support::reportd::{collected_day, reportd_bin, Reportd};
+use crate::support::smtp_sink::{Mode, SmtpSink};
+use crate::support::{fetcher_bin, Collector};
 use serde_json::Value;
-use support::https_sink::{Answer, HttpsSink, TestCa};
-use support::postfix::{Options, Postfix};
-use support::reportd::{collected_day, reportd_bin, Reportd};
-use support::smtp_sink::{Mode, SmtpSink};
-use support::{fetcher_bin, Collector};
 
 /// What [`Reportd::prepare`] configures.
 const SENDER: &str = "tlsrpt-noreply@reporter.example";
@@ -112,39 +112,6 @@ fn log_lines(reportd: &Reportd, needle: &str) -> Vec<String> {
         .collect()
 }
 
-fn venv_python() -> PathBuf {
-    let python = support::repo().join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/setup-oracle (scripts/test does)",
-        python.display()
-    );
-    python
-}
-
-/// Runs `program args` with `input`; panics with its stderr unless it exits
-/// 0; returns its stdout.
-fn run(program: &Path, args: &[&str], input: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{} {args:?} failed ({}):\n{}",
-        program.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 /// What Python makes of each report mail (paths in argv[3:]): the `email`
 /// package's view, the DKIM signature's h= tag, dkimpy's verdict on the
 /// mail and on a copy with TLS-Report-Domain changed, and parsedmarc's
@@ -204,8 +171,8 @@ print(json.dumps({"record": record.decode(), "messages": results}, default=str))
 /// An Ed25519 key made by openssl, and its raw public key as hex.
 fn ed25519_key(dir: &Path) -> (PathBuf, String) {
     let key = dir.join("dkim-ed25519.pem");
-    run(
-        Path::new("openssl"),
+    support::run(
+        "openssl",
         &[
             "genpkey",
             "-algorithm",
@@ -215,8 +182,8 @@ fn ed25519_key(dir: &Path) -> (PathBuf, String) {
         ],
         b"",
     );
-    let der = run(
-        Path::new("openssl"),
+    let der = support::run(
+        "openssl",
         &[
             "pkey",
             "-in",
@@ -327,7 +294,8 @@ fn report_mail_through_postfix_is_dkim_signed_and_read_by_receivers() {
         "mailtls-test._domainkey.dkim.reporter.example",
     ];
     args.extend(paths.iter().map(String::as_str));
-    let out: Value = serde_json::from_slice(&run(&venv_python(), &args, b"")).unwrap();
+    let out: Value =
+        serde_json::from_slice(&support::run(support::venv_python(), &args, b"")).unwrap();
     let record = out["record"].as_str().unwrap();
     assert!(
         publish[0].ends_with(&format!("TXT \"{record}\"")),
