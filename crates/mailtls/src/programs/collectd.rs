@@ -1,6 +1,7 @@
 //! `tlsrpt-collectd` / `mailtls collectd`: options as upstream, then
 //! [`tlsrpt_collectd::run`].
 
+use anyhow::bail;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -115,7 +116,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
     let config = match config_from(&options) {
         Ok(c) => c,
         Err(e) => {
-            log::error!("{e}");
+            log::error!("{e:#}");
             return exit::USAGE;
         }
     };
@@ -140,31 +141,27 @@ pub fn main(matches: &ArgMatches) -> i32 {
 }
 
 /// Validate the options into the collector's configuration.
-pub fn config_from(options: &CollectdOptions) -> Result<CollectdConfig, String> {
-    let storage = tlsrpt_store::parse_storage_list(&options.storage).map_err(|e| e.to_string())?;
+pub fn config_from(options: &CollectdOptions) -> anyhow::Result<CollectdConfig> {
+    let storage = tlsrpt_store::parse_storage_list(&options.storage)?;
     if storage.is_empty() {
-        return Err("no storage configured: set storage=sqlite:///path/to/collectd.sqlite (option --storage, TLSRPT_COLLECTD_STORAGE or [tlsrpt_collectd] storage)".into());
+        bail!("no storage configured: set storage=sqlite:///path/to/collectd.sqlite (option --storage, TLSRPT_COLLECTD_STORAGE or [tlsrpt_collectd] storage)");
     }
     let socket = &options.socketname;
     if socket.is_empty() {
-        return Err("no socket configured: set socketname=/path/to/tlsrpt-collectd.socket (option --socketname, TLSRPT_COLLECTD_SOCKETNAME or [tlsrpt_collectd] socketname), the same path as Postfix's smtp_tlsrpt_socket_name".into());
+        bail!("no socket configured: set socketname=/path/to/tlsrpt-collectd.socket (option --socketname, TLSRPT_COLLECTD_SOCKETNAME or [tlsrpt_collectd] socketname), the same path as Postfix's smtp_tlsrpt_socket_name");
     }
     let non_empty = |value: &String| (!value.is_empty()).then(|| value.clone());
     let mode = match non_empty(&options.socketmode) {
-        Some(text) => Some(parse_mode(&text)?),
+        Some(text) => Some(parse_mode(&text).map_err(anyhow::Error::msg)?),
         None => None,
     };
     let timeout = options.sockettimeout;
     if timeout < 1 {
-        return Err(format!(
-            "sockettimeout must be at least 1 second, not {timeout}"
-        ));
+        bail!("sockettimeout must be at least 1 second, not {timeout}");
     }
     let max_uncommitted = options.max_uncommited_datagrams;
     if max_uncommitted < 1 {
-        return Err(format!(
-            "max_uncommited_datagrams must be at least 1, not {max_uncommitted}"
-        ));
+        bail!("max_uncommited_datagrams must be at least 1, not {max_uncommitted}");
     }
     Ok(CollectdConfig {
         storage,
@@ -182,9 +179,7 @@ pub fn config_from(options: &CollectdOptions) -> Result<CollectdConfig, String> 
             "realtime" => true,
             "normal" => false,
             other => {
-                return Err(format!(
-                    "receiver_priority must be realtime or normal, not {other:?}"
-                ))
+                bail!("receiver_priority must be realtime or normal, not {other:?}")
             }
         },
     })

@@ -11,6 +11,7 @@ pub mod reportd;
 pub mod run;
 pub mod tlsrptctl;
 
+use anyhow::{bail, Context};
 use clap::ArgMatches;
 use mailtls_common::config::{self, ProgramOptions, ProgramSpec};
 
@@ -57,7 +58,7 @@ pub(crate) fn smtp_transport(
     smtp: &SmtpOptions<'_>,
     timeout: std::time::Duration,
     trust: &tlsrpt_delivery::TrustAnchors,
-) -> Result<tlsrpt_delivery::Smtp, String> {
+) -> anyhow::Result<tlsrpt_delivery::Smtp> {
     use tlsrpt_delivery::{Smtp, SmtpCredentials, SmtpSecurity};
     let relay = smtp.relay;
     let security = match smtp.security {
@@ -65,16 +66,15 @@ pub(crate) fn smtp_transport(
         "tls" => SmtpSecurity::ImplicitTls,
         "plain" => SmtpSecurity::Plaintext,
         other => {
-            return Err(format!(
-                "smtp_security {other:?} is not one of starttls, tls, plain"
-            ))
+            bail!("smtp_security {other:?} is not one of starttls, tls, plain")
         }
     };
     let (host, port) = match relay.rsplit_once(':') {
         Some((host, port)) if !host.contains(':') || host.starts_with('[') => (
             host.trim_start_matches('[').trim_end_matches(']'),
             port.parse::<u16>()
-                .map_err(|_| format!("smtp_relay {relay:?}: bad port {port:?}"))?,
+                .map_err(|_| format!("smtp_relay {relay:?}: bad port {port:?}"))
+                .map_err(anyhow::Error::msg)?,
         ),
         _ => (relay, security.default_port()),
     };
@@ -86,14 +86,14 @@ pub(crate) fn smtp_transport(
         Some(user) => {
             let file = Some(smtp.password_file)
                 .filter(|f| !f.is_empty())
-                .ok_or("smtp_user is set but smtp_password_file is not")?;
+                .context("smtp_user is set but smtp_password_file is not")?;
             let password = std::fs::read_to_string(file)
-                .map_err(|e| format!("cannot read smtp_password_file {file}: {e}"))?;
+                .with_context(|| format!("cannot read smtp_password_file {file}"))?;
             Some(SmtpCredentials {
                 user,
                 password: password.trim_end_matches(['\r', '\n']).to_string(),
             })
         }
     };
-    Smtp::new(host, port, security, credentials, timeout, trust).map_err(|e| e.to_string())
+    Smtp::new(host, port, security, credentials, timeout, trust).map_err(anyhow::Error::from)
 }

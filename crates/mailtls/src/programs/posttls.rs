@@ -2,6 +2,7 @@
 //! control. `scan` makes one pass over the queue (for cron, with a lock
 //! against overlapping runs); `worker` scans every `scan_interval` seconds.
 
+use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -168,7 +169,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
     let setup = match Setup::from(&options) {
         Ok(s) => s,
         Err(e) => {
-            log::error!("{e}");
+            log::error!("{e:#}");
             return 2;
         }
     };
@@ -207,23 +208,22 @@ struct Setup {
 }
 
 /// The value of option `name`, which must be set; `example` shows how.
-fn required(value: &str, name: &str, example: &str) -> Result<String, String> {
+fn required(value: &str, name: &str, example: &str) -> anyhow::Result<String> {
     if value.is_empty() {
-        return Err(format!("{name} is not set (e.g. {name} = {example}; option --{name}, POSTTLS_{} or [posttls] {name})", name.to_uppercase()));
+        bail!("{name} is not set (e.g. {name} = {example}; option --{name}, POSTTLS_{} or [posttls] {name})", name.to_uppercase());
     }
     Ok(value.to_string())
 }
 
 impl Setup {
-    fn from(o: &PosttlsOptions) -> Result<Setup, String> {
+    fn from(o: &PosttlsOptions) -> anyhow::Result<Setup> {
         let own_domains = DomainSet::parse_list(&required(
             &o.own_domains,
             "own_domains",
             "example.org, .example.org",
         )?)
-        .map_err(|e| format!("own_domains: {e}"))?;
-        let mandatory = DomainSet::parse_list(&o.mandatory_domains)
-            .map_err(|e| format!("mandatory_domains: {e}"))?;
+        .context("own_domains")?;
+        let mandatory = DomainSet::parse_list(&o.mandatory_domains).context("mandatory_domains")?;
         let notification_from = required(
             &o.notification_from,
             "notification_from",
@@ -231,7 +231,8 @@ impl Setup {
         )?;
         let base_url = required(&o.base_url, "base_url", "https://posttls.example.org")?;
         let instance = super::posttls_web::instance_name(o);
-        let reminder = seconds("reminder_interval", o.reminder_interval)?;
+        let reminder =
+            seconds("reminder_interval", o.reminder_interval).map_err(anyhow::Error::msg)?;
         let config = ScanConfig {
             instance,
             own: OwnSenders {
@@ -249,41 +250,43 @@ impl Setup {
             },
             notification_from: notification_from.clone(),
             base_url,
-            link_lifetime: seconds("link_lifetime", o.link_lifetime)?,
+            link_lifetime: seconds("link_lifetime", o.link_lifetime).map_err(anyhow::Error::msg)?,
             reminder_interval: (!reminder.is_zero()).then_some(reminder),
             max_reminders: u32::try_from(o.max_reminders).unwrap_or(0),
-            mandatory_policy: MandatoryPolicy::parse(&o.mandatory_policy).ok_or_else(|| {
-                format!(
-                    "mandatory_policy {:?} is not one of return, delete, wait",
-                    o.mandatory_policy
-                )
-            })?,
-            queue_lifetime: seconds("queue_lifetime", o.queue_lifetime)?,
+            mandatory_policy: MandatoryPolicy::parse(&o.mandatory_policy)
+                .ok_or_else(|| {
+                    format!(
+                        "mandatory_policy {:?} is not one of return, delete, wait",
+                        o.mandatory_policy
+                    )
+                })
+                .map_err(anyhow::Error::msg)?,
+            queue_lifetime: seconds("queue_lifetime", o.queue_lifetime)
+                .map_err(anyhow::Error::msg)?,
         };
         let config_dir = Some(&o.postfix_config_dir)
             .filter(|d| !d.is_empty())
             .map(PathBuf::from);
-        let timeout = seconds("command_timeout", o.command_timeout)?;
+        let timeout = seconds("command_timeout", o.command_timeout).map_err(anyhow::Error::msg)?;
         let postfix = Postfix::new(config_dir, PathBuf::from(&o.postfix_command_dir), timeout);
         let template_dir = Some(&o.template_dir).filter(|d| !d.is_empty());
-        let templates = Templates::load(template_dir.map(Path::new)).map_err(|e| e.to_string())?;
+        let templates = Templates::load(template_dir.map(Path::new))?;
         let key_file = PathBuf::from(&o.secret_key_file);
-        let key = SecretKey::load_or_create(&key_file).map_err(|e| e.to_string())?;
+        let key = SecretKey::load_or_create(&key_file)?;
         let listeners = Listeners {
             release: listener(&postfix, &o.release_listener, "release_listener")?,
             keep: listener(&postfix, &o.reinject_listener, "reinject_listener")?,
             timeout,
         };
-        let retention = seconds("audit_retention", o.audit_retention)?;
+        let retention =
+            seconds("audit_retention", o.audit_retention).map_err(anyhow::Error::msg)?;
         let transport = match o.smtp_relay.as_str() {
-            "" => MailTransport::Sendmail(
-                Sendmail::new(&o.sendmail_script, timeout).map_err(|e| e.to_string())?,
-            ),
+            "" => MailTransport::Sendmail(Sendmail::new(&o.sendmail_script, timeout)?),
             relay => {
                 let ca = Some(&o.tls_ca_file)
                     .filter(|f| !f.is_empty())
                     .map(Path::new);
-                let trust = TrustAnchors::load(ca).map_err(|e| e.to_string())?;
+                let trust = TrustAnchors::load(ca)?;
                 let smtp = super::SmtpOptions {
                     relay,
                     security: &o.smtp_security,
@@ -304,11 +307,13 @@ impl Setup {
             audit_retention: (!retention.is_zero()).then(|| retention * 86400),
             lock_file: PathBuf::from(&o.lock_file),
             pidfilename: o.pidfilename.clone(),
-            scan_interval: seconds("scan_interval", o.scan_interval)?.max(Duration::from_secs(1)),
+            scan_interval: seconds("scan_interval", o.scan_interval)
+                .map_err(anyhow::Error::msg)?
+                .max(Duration::from_secs(1)),
         })
     }
 
-    fn scan(&self, store: &Store) -> Result<ScanReport, String> {
+    fn scan(&self, store: &Store) -> anyhow::Result<ScanReport> {
         let scanner = Scanner {
             config: &self.config,
             store,
@@ -317,9 +322,7 @@ impl Setup {
             key: &self.key,
             mailer: &self.mailer,
         };
-        let report = scanner
-            .scan(chrono::Utc::now())
-            .map_err(|e| e.to_string())?;
+        let report = scanner.scan(chrono::Utc::now())?;
         for problem in &report.problems {
             log::warn!("{problem}");
         }
@@ -339,7 +342,7 @@ impl Setup {
 
     /// Settles the actions a dead worker left running, then carries out
     /// every queued action that is due; returns how many were taken.
-    fn act(&self, store: &Store) -> Result<usize, String> {
+    fn act(&self, store: &Store) -> anyhow::Result<usize> {
         let executor = Executor {
             postfix: &self.postfix,
             store,
@@ -349,16 +352,12 @@ impl Setup {
             listeners: &self.listeners,
         };
         let now = || chrono::Utc::now().timestamp();
-        for action in store.running_actions().map_err(|e| e.to_string())? {
-            executor
-                .recover(&action, now())
-                .map_err(|e| e.to_string())?;
+        for action in store.running_actions()? {
+            executor.recover(&action, now())?;
         }
         let mut done = 0;
-        while let Some(action) = store.take_action(now()).map_err(|e| e.to_string())? {
-            executor
-                .execute(&action, now())
-                .map_err(|e| e.to_string())?;
+        while let Some(action) = store.take_action(now())? {
+            executor.execute(&action, now())?;
             done += 1;
         }
         Ok(done)
@@ -380,8 +379,8 @@ impl Setup {
         }
     }
 
-    fn open_store(&self) -> Result<Store, String> {
-        Store::open(&self.database).map_err(|e| format!("{}: {e}", self.database.display()))
+    fn open_store(&self) -> anyhow::Result<Store> {
+        Store::open(&self.database).with_context(|| self.database.display().to_string())
     }
 
     fn scan_once(&self) -> i32 {
@@ -405,7 +404,7 @@ impl Setup {
         match result {
             Ok(_) => 0,
             Err(e) => {
-                log::error!("{e}");
+                log::error!("{e:#}");
                 1
             }
         }
@@ -433,7 +432,7 @@ impl Setup {
         let store = match self.open_store() {
             Ok(s) => s,
             Err(e) => {
-                log::error!("{e}");
+                log::error!("{e:#}");
                 return 1;
             }
         };
@@ -452,7 +451,7 @@ impl Setup {
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
             self.prune_audit(&store);
             if let Err(e) = self.scan(&store) {
-                log::error!("scan failed: {e}");
+                log::error!("scan failed: {e:#}");
             }
             // Requests from the web pages are carried out within a second.
             let until = std::time::Instant::now() + interval;
@@ -460,7 +459,7 @@ impl Setup {
                 && !stop.load(std::sync::atomic::Ordering::SeqCst)
             {
                 if let Err(e) = self.act(&store) {
-                    log::error!("actions: {e}");
+                    log::error!("actions: {e:#}");
                 }
                 std::thread::sleep(Duration::from_millis(500));
             }
@@ -473,13 +472,13 @@ impl Setup {
 /// The socket of a re-injection listener: a path, relative to the
 /// instance's queue directory unless absolute. A TCP listener is refused:
 /// any local process could relay through it with TLS optional.
-fn listener(postfix: &Postfix, value: &str, name: &str) -> Result<PathBuf, String> {
+fn listener(postfix: &Postfix, value: &str, name: &str) -> anyhow::Result<PathBuf> {
     if value.is_empty() || (value.contains(':') && !value.contains('/')) {
-        return Err(format!(
+        bail!(
             "{name} = {value:?}: give the UNIX-domain socket of an smtpd service under Postfix's private/ directory \
              (e.g. {name} = private/posttls-release), not a TCP address: a TCP listener lets any local process send \
              mail with TLS optional. See README, \"The re-injection listeners\"."
-        ));
+        );
     }
     let path = PathBuf::from(value);
     if path.is_absolute() {
@@ -487,7 +486,7 @@ fn listener(postfix: &Postfix, value: &str, name: &str) -> Result<PathBuf, Strin
     }
     let queue_directory = postfix
         .postconf("queue_directory")
-        .map_err(|e| format!("{name}: the queue directory is needed to find {value}: {e}"))?;
+        .with_context(|| format!("{name}: the queue directory is needed to find {value}"))?;
     Ok(Path::new(&queue_directory).join(path))
 }
 

@@ -7,6 +7,7 @@
 //! sessions), never a Postfix command. The worker carries out what it
 //! records.
 
+use anyhow::{anyhow, Context};
 use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -70,7 +71,7 @@ pub fn web(options: &PosttlsOptions) -> i32 {
     let config = match web_config(options) {
         Ok(c) => c,
         Err(e) => {
-            log::error!("{e}");
+            log::error!("{e:#}");
             return 2;
         }
     };
@@ -96,9 +97,9 @@ pub fn web(options: &PosttlsOptions) -> i32 {
 
 /// The web settings: `listen`, `instance`, `base_url`, `organization_name`,
 /// `cookie_secure`, `mandatory_domains` and `trusted_proxies`.
-pub fn web_config(o: &PosttlsOptions) -> Result<WebConfig, String> {
-    let mandatory_domains = DomainSet::parse_list(&o.mandatory_domains)
-        .map_err(|e| format!("mandatory_domains: {e}"))?;
+pub fn web_config(o: &PosttlsOptions) -> anyhow::Result<WebConfig> {
+    let mandatory_domains =
+        DomainSet::parse_list(&o.mandatory_domains).context("mandatory_domains")?;
     let trusted_proxies = o
         .trusted_proxies
         .split(|c: char| c == ',' || c.is_whitespace())
@@ -107,7 +108,8 @@ pub fn web_config(o: &PosttlsOptions) -> Result<WebConfig, String> {
             p.parse::<IpAddr>()
                 .map_err(|_| format!("trusted_proxies: {p:?} is not an IP address"))
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
     let secure_cookies = o.cookie_secure != 0;
     if !secure_cookies {
         log::warn!("cookie_secure = 0: the admin session cookie is sent over plain HTTP too; use this for tests only");
@@ -234,7 +236,7 @@ pub fn adduser_from(options: &PosttlsOptions, name: &str, input: &mut impl BufRe
 
 /// Admin names: 1 to 64 letters, digits and `._@-`, not starting with `-`
 /// (the login form looks up nothing else).
-pub fn check_admin_name(name: &str) -> Result<(), String> {
+pub fn check_admin_name(name: &str) -> anyhow::Result<()> {
     let ok = (1..=64).contains(&name.len())
         && !name.starts_with('-')
         && name
@@ -243,7 +245,7 @@ pub fn check_admin_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
+        Err(anyhow!(
             "admin name {name:?}: use 1 to 64 letters, digits, '.', '_', '@' or '-' (not first)"
         ))
     }

@@ -2,6 +2,7 @@
 //! SMTP relay and HTTPS settings), start-up checks, then
 //! [`tlsrpt_reportd::daemon::Reportd::run`].
 
+use anyhow::{anyhow, bail, Context};
 use std::path::{Path, PathBuf};
 
 use clap::{ArgMatches, Command};
@@ -107,7 +108,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
     let (config, deliverer) = match config_from(&options) {
         Ok(c) => c,
         Err(e) => {
-            log::error!("setup error: {e}");
+            log::error!("setup error: {e:#}");
             return exit::USAGE;
         }
     };
@@ -179,23 +180,23 @@ fn non_empty(value: &str) -> Option<String> {
 }
 
 /// Checks the options and builds everything that can fail at start.
-pub fn config_from(o: &ReportdOptions) -> Result<(ReportdConfig, Deliverer), String> {
-    check_options(o)?;
+pub fn config_from(o: &ReportdOptions) -> anyhow::Result<(ReportdConfig, Deliverer)> {
+    check_options(o).map_err(anyhow::Error::msg)?;
     if o.debug_db != 0 {
         log::warn!(
             "debug_db is accepted for compatibility and has no effect; use log_level = debug"
         );
     }
-    let dbname = non_empty(&o.dbname).ok_or(
+    let dbname = non_empty(&o.dbname).context(
         "no database configured: set dbname=/var/lib/tlsrpt/reportd.sqlite (option --dbname, TLSRPT_REPORTD_DBNAME or [tlsrpt_reportd] dbname)",
     )?;
     let contact_info = o.contact_info.as_str();
     let submitter = submitter_domain(contact_info).map_err(|e| {
-        format!("{e} (set contact_info to the address where report receivers can reach you, e.g. tlsrpt@example.com)")
+        anyhow!("{e} (set contact_info to the address where report receivers can reach you, e.g. tlsrpt@example.com)")
     })?;
     let sender_address = o.sender_address.clone();
     if sender_address.is_empty() {
-        return Err("no sender_address configured: report mail needs a From address, e.g. sender_address = tlsrpt-noreply@example.com".into());
+        bail!("no sender_address configured: report mail needs a From address, e.g. sender_address = tlsrpt-noreply@example.com");
     }
     let organization_name = o.organization_name.clone();
     if organization_name.is_empty() {
@@ -215,17 +216,15 @@ pub fn config_from(o: &ReportdOptions) -> Result<(ReportdConfig, Deliverer), Str
         record_map.as_deref(),
         mail_map.as_deref(),
         http_map.as_deref(),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
 
     let ca_file = map_path(&o.tls_ca_file);
-    let trust = || TrustAnchors::load(ca_file.as_deref()).map_err(|e| e.to_string());
+    let trust = || TrustAnchors::load(ca_file.as_deref());
     let http_ca_file = map_path(&o.http_ca_file);
-    let sendmail_timeout = seconds("sendmail_timeout", o.sendmail_timeout)?;
+    let sendmail_timeout =
+        seconds("sendmail_timeout", o.sendmail_timeout).map_err(anyhow::Error::msg)?;
     let mail = match o.smtp_relay.as_str() {
-        "" => MailTransport::Sendmail(
-            Sendmail::new(&o.sendmail_script, sendmail_timeout).map_err(|e| e.to_string())?,
-        ),
+        "" => MailTransport::Sendmail(Sendmail::new(&o.sendmail_script, sendmail_timeout)?),
         relay => MailTransport::Smtp(super::smtp_transport(
             &super::SmtpOptions {
                 relay,
@@ -237,17 +236,15 @@ pub fn config_from(o: &ReportdOptions) -> Result<(ReportdConfig, Deliverer), Str
             &trust()?,
         )?),
     };
-    let http_timeout = seconds("http_timeout", o.http_timeout)?;
+    let http_timeout = seconds("http_timeout", o.http_timeout).map_err(anyhow::Error::msg)?;
     let http = if o.sources.http_script == Source::Def {
         HttpTransport::Native(HttpsPost::new(
             http_timeout,
-            &TrustAnchors::load(http_ca_file.as_deref()).map_err(|e| e.to_string())?,
+            &TrustAnchors::load(http_ca_file.as_deref())?,
             o.http_allow_private_addresses != 0,
         ))
     } else {
-        HttpTransport::Script(
-            HttpScript::new(&o.http_script, http_timeout).map_err(|e| e.to_string())?,
-        )
+        HttpTransport::Script(HttpScript::new(&o.http_script, http_timeout)?)
     };
     let dkim = match non_empty(&o.dkim_key_file) {
         None => {
@@ -260,10 +257,10 @@ pub fn config_from(o: &ReportdOptions) -> Result<(ReportdConfig, Deliverer), Str
                 None => sender_address
                     .rsplit_once('@')
                     .map(|(_, domain)| domain.to_string())
-                    .ok_or("dkim_domain is not set and sender_address has no domain")?,
+                    .context("dkim_domain is not set and sender_address has no domain")?,
             };
-            let signer = DkimSigner::from_key_file(Path::new(&key_file), &o.dkim_selector, &domain)
-                .map_err(|e| e.to_string())?;
+            let signer =
+                DkimSigner::from_key_file(Path::new(&key_file), &o.dkim_selector, &domain)?;
             log::info!(
                 "signing report mail as {} ({}); publish: {} TXT \"{}\"",
                 signer.dns_name(),
@@ -316,9 +313,12 @@ pub fn config_from(o: &ReportdOptions) -> Result<(ReportdConfig, Deliverer), Str
         maps,
         caps: caps(o.max_destinations_per_record, o.max_records_per_domain)?,
         spread_out_delivery: u32::try_from(o.spread_out_delivery).unwrap_or(u32::MAX),
-        interval_main_loop: seconds("interval_main_loop", o.interval_main_loop)?,
-        fetcher_timeout: seconds("max_collectd_timeout", o.max_collectd_timeout)?,
-        max_collectd_timediff: seconds("max_collectd_timediff", o.max_collectd_timediff)?,
+        interval_main_loop: seconds("interval_main_loop", o.interval_main_loop)
+            .map_err(anyhow::Error::msg)?,
+        fetcher_timeout: seconds("max_collectd_timeout", o.max_collectd_timeout)
+            .map_err(anyhow::Error::msg)?,
+        max_collectd_timediff: seconds("max_collectd_timediff", o.max_collectd_timediff)
+            .map_err(anyhow::Error::msg)?,
         delivery_retry,
         domainlist_retry: retry(
             o.max_retries_domainlist,
@@ -348,12 +348,12 @@ pub fn config_from(o: &ReportdOptions) -> Result<(ReportdConfig, Deliverer), Str
 
 /// The amplification limits (`max_destinations_per_record`,
 /// `max_records_per_domain`), each at least 1.
-pub fn caps(destinations_per_record: i64, records_per_domain: i64) -> Result<Caps, String> {
+pub fn caps(destinations_per_record: i64, records_per_domain: i64) -> anyhow::Result<Caps> {
     let at_least_one = |name: &str, value: i64| {
         usize::try_from(value)
             .ok()
             .filter(|v| *v >= 1)
-            .ok_or_else(|| format!("{name} must be at least 1, not {value}"))
+            .with_context(|| format!("{name} must be at least 1, not {value}"))
     };
     Ok(Caps {
         destinations_per_record: at_least_one(

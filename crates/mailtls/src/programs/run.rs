@@ -4,6 +4,7 @@
 //! directory (nothing is sent anywhere). Prints where the socket is and how
 //! to point Postfix at it.
 
+use anyhow::Context;
 use std::path::Path;
 use std::time::Duration;
 
@@ -86,7 +87,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
     let config = match default_config(&dir) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("mailtls run: collector: {e}");
+            eprintln!("mailtls run: collector: {e:#}");
             return 2;
         }
     };
@@ -94,7 +95,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
     let reportd = match start_reportd(&dir, &config, &reports) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("mailtls run: report daemon: {e}");
+            eprintln!("mailtls run: report daemon: {e:#}");
             return 1;
         }
     };
@@ -102,7 +103,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
     let web = match start_web(&dir, &web_listen) {
         Ok(web) => web,
         Err(e) => {
-            eprintln!("mailtls run: PostTLS web pages: {e}");
+            eprintln!("mailtls run: PostTLS web pages: {e:#}");
             return 1;
         }
     };
@@ -119,9 +120,8 @@ pub fn main(matches: &ArgMatches) -> i32 {
 /// The PostTLS web pages on a thread, on DIR/posttls.sqlite, plain HTTP
 /// on loopback. (The PostTLS worker needs a Postfix queue and its
 /// privileges, so it is not started here.)
-fn start_web(dir: &Path, listen: &str) -> Result<std::thread::JoinHandle<()>, String> {
-    let key = posttls_token::SecretKey::load_or_create(&dir.join("posttls-secret.key"))
-        .map_err(|e| e.to_string())?;
+fn start_web(dir: &Path, listen: &str) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let key = posttls_token::SecretKey::load_or_create(&dir.join("posttls-secret.key"))?;
     let host = mailtls_common::host_name();
     let config = posttls_web::WebConfig {
         listen: listen.to_string(),
@@ -134,7 +134,7 @@ fn start_web(dir: &Path, listen: &str) -> Result<std::thread::JoinHandle<()>, St
     };
     let store = dir.join("posttls.sqlite");
     // Checked now, so that a broken database stops the start visibly.
-    posttls_store::Store::open(&store).map_err(|e| format!("{}: {e}", store.display()))?;
+    posttls_store::Store::open(&store).with_context(|| store.display().to_string())?;
     std::thread::Builder::new()
         .name("posttls-web".into())
         .spawn(move || {
@@ -142,7 +142,7 @@ fn start_web(dir: &Path, listen: &str) -> Result<std::thread::JoinHandle<()>, St
                 log::error!("PostTLS web pages stopped: {e}");
             }
         })
-        .map_err(|e| e.to_string())
+        .map_err(anyhow::Error::from)
 }
 
 /// The report daemon on a thread: fetching from the collector above with
@@ -151,9 +151,9 @@ fn start_reportd(
     dir: &Path,
     collector: &CollectdConfig,
     reports: &Path,
-) -> Result<(tlsrpt_reportd::daemon::Stopper, std::thread::JoinHandle<()>), String> {
-    std::fs::create_dir_all(reports).map_err(|e| format!("{}: {e}", reports.display()))?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+) -> anyhow::Result<(tlsrpt_reportd::daemon::Stopper, std::thread::JoinHandle<()>)> {
+    std::fs::create_dir_all(reports).with_context(|| reports.display().to_string())?;
+    let exe = std::env::current_exe()?;
     let yesterday = tlsrpt_store::yesterday_path(&collector.storage[0].path);
     // Every report goes into the directory.
     let record_map = dir.join("record.map");
@@ -161,7 +161,7 @@ fn start_reportd(
         &record_map,
         format!(". REPLACE directory:{}\n", reports.display()),
     )
-    .map_err(|e| format!("{}: {e}", record_map.display()))?;
+    .with_context(|| record_map.display().to_string())?;
     let host = mailtls_common::host_name();
     let mut options = ReportdOptions::defaults();
     options.dbname = dir.join("reportd.sqlite").display().to_string();
@@ -178,7 +178,7 @@ fn start_reportd(
     options.spread_out_delivery = 1;
     let (config, deliverer) = super::reportd::config_from(&options)?;
     let db =
-        ReportdDb::open(&config.dbname).map_err(|e| format!("{}: {e}", config.dbname.display()))?;
+        ReportdDb::open(&config.dbname).with_context(|| config.dbname.display().to_string())?;
     let clock: &'static mailtls_common::clock::SystemClock = &mailtls_common::clock::SystemClock;
     let mut reportd = Reportd::new(config, db, deliverer, clock);
     let stopper = reportd.stopper();
@@ -194,14 +194,13 @@ fn start_reportd(
             if let Err(e) = reportd.run() {
                 log::error!("report daemon stopped: {e}");
             }
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
     Ok((stopper, handle))
 }
 
 /// The collector's configuration under `dir`: the defaults with the
 /// database, socket and dump file there.
-pub fn default_config(dir: &Path) -> Result<CollectdConfig, String> {
+pub fn default_config(dir: &Path) -> anyhow::Result<CollectdConfig> {
     let mut options = CollectdOptions::defaults();
     options.storage = format!("sqlite://{}", dir.join("collectd.sqlite").display());
     options.socketname = dir.join("tlsrpt-collectd.socket").display().to_string();

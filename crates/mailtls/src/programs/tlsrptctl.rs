@@ -2,6 +2,7 @@
 //! `status` and `maptest` as upstream (reading the reportd's options from
 //! the same places), plus `list`, `show`, `resend` and `render`.
 
+use anyhow::{bail, Context};
 use mailtls_common::day::Day;
 use std::path::{Path, PathBuf};
 
@@ -177,7 +178,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
     match result {
         Ok(Ok(())) => exit::OK,
         Ok(Err(e)) => {
-            eprintln!("tlsrptctl {name}: {e}");
+            eprintln!("tlsrptctl {name}: {e:#}");
             exit::FAILED
         }
         Err(e) => {
@@ -192,24 +193,22 @@ fn load<O: ProgramOptions>(sub: &ArgMatches) -> Result<O, ConfigError> {
     config::resolve::<O>(&SPEC, sub, &config::process_env()).map(|(options, _)| options)
 }
 
-fn open(dbname: &str, write: bool) -> Result<ReportdDb, String> {
+fn open(dbname: &str, write: bool) -> anyhow::Result<ReportdDb> {
     if dbname.is_empty() {
-        return Err("no reportd database: set dbname (--dbname, TLSRPT_REPORTD_DBNAME or [tlsrpt_reportd] dbname in /etc/tlsrpt/reportd.cfg)".into());
+        bail!("no reportd database: set dbname (--dbname, TLSRPT_REPORTD_DBNAME or [tlsrpt_reportd] dbname in /etc/tlsrpt/reportd.cfg)");
     }
     if !Path::new(dbname).exists() {
-        return Err(format!(
-            "{dbname} does not exist (has tlsrpt-reportd run with this dbname?)"
-        ));
+        bail!("{dbname} does not exist (has tlsrpt-reportd run with this dbname?)");
     }
-    ReportdDb::open_existing(Path::new(dbname), write).map_err(|e| format!("{dbname}: {e}"))
+    ReportdDb::open_existing(Path::new(dbname), write).with_context(|| dbname.to_string())
 }
 
 fn py(value: &Option<String>) -> &str {
     value.as_deref().unwrap_or("None")
 }
 
-fn status(dbname: &str, json: bool) -> Result<(), String> {
-    let status = open(dbname, false)?.status().map_err(|e| e.to_string())?;
+fn status(dbname: &str, json: bool) -> anyhow::Result<()> {
+    let status = open(dbname, false)?.status()?;
     let sections = [
         ("Fetchjobs", "fetchjobs", &status.fetchjobs),
         ("Reports", "reportdata", &status.reportdata),
@@ -253,17 +252,17 @@ fn py_list(items: &[String]) -> String {
 
 /// The three destination maps (record, mail, HTTP map files; empty: none),
 /// as the reportd reads them.
-fn load_maps(record: &str, mail: &str, http: &str) -> Result<DestinationMaps, String> {
+fn load_maps(record: &str, mail: &str, http: &str) -> anyhow::Result<DestinationMaps> {
     let path = |file: &str| (!file.is_empty()).then(|| PathBuf::from(file));
     DestinationMaps::from_files(
         path(record).as_deref(),
         path(mail).as_deref(),
         path(http).as_deref(),
     )
-    .map_err(|e| e.to_string())
+    .map_err(anyhow::Error::from)
 }
 
-fn maptest(o: &MapOptions, sub: &ArgMatches) -> Result<(), String> {
+fn maptest(o: &MapOptions, sub: &ArgMatches) -> anyhow::Result<()> {
     let domain = sub.get_one::<String>("domain").expect("required");
     let record = sub.get_one::<String>("tlsrpt_record").expect("required");
     println!("Domain: {domain}");
@@ -273,8 +272,7 @@ fn maptest(o: &MapOptions, sub: &ArgMatches) -> Result<(), String> {
         &o.mail_destination_map,
         &o.http_upload_map,
     )?;
-    let parsed =
-        parse_record(record).map_err(|e| format!("the record gives no destinations: {e}"))?;
+    let parsed = parse_record(record).context("the record gives no destinations")?;
     for skipped in &parsed.skipped {
         println!("Skipped rua: {skipped}");
     }
@@ -351,15 +349,13 @@ fn report_json(report: &StoredReport, with_report: bool) -> Value {
     value
 }
 
-fn list(dbname: &str, sub: &ArgMatches, json: bool) -> Result<(), String> {
+fn list(dbname: &str, sub: &ArgMatches, json: bool) -> anyhow::Result<()> {
     let day = sub
         .get_one::<String>("day")
-        .map(|d| Day::parse(d).map_err(|e| e.to_string()))
+        .map(|d| Day::parse(d))
         .transpose()?;
     let domain = sub.get_one::<String>("domain").map(String::as_str);
-    let reports = open(dbname, false)?
-        .reports(day, domain)
-        .map_err(|e| e.to_string())?;
+    let reports = open(dbname, false)?.reports(day, domain)?;
     if json {
         let all: Vec<Value> = reports.iter().map(|r| report_json(r, false)).collect();
         println!("{}", serde_json::to_string_pretty(&all).expect("JSON"));
@@ -395,22 +391,20 @@ fn list(dbname: &str, sub: &ArgMatches, json: bool) -> Result<(), String> {
 }
 
 /// A report by number or by report-id.
-fn find(db: &ReportdDb, id: &str) -> Result<StoredReport, String> {
+fn find(db: &ReportdDb, id: &str) -> anyhow::Result<StoredReport> {
     if let Ok(r_id) = id.parse::<i64>() {
         return db
-            .report(r_id)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no report number {r_id}"));
+            .report(r_id)?
+            .with_context(|| format!("no report number {r_id}"));
     }
     let day = id.get(..10).and_then(|d| Day::parse(d).ok());
-    db.reports(day, None)
-        .map_err(|e| e.to_string())?
+    db.reports(day, None)?
         .into_iter()
         .find(|r| report_id(r) == id)
-        .ok_or_else(|| format!("no report with report-id {id:?}"))
+        .with_context(|| format!("no report with report-id {id:?}"))
 }
 
-fn show(dbname: &str, sub: &ArgMatches, json: bool) -> Result<(), String> {
+fn show(dbname: &str, sub: &ArgMatches, json: bool) -> anyhow::Result<()> {
     let db = open(dbname, false)?;
     let report = find(&db, sub.get_one::<String>("report").expect("required"))?;
     if json {
@@ -450,19 +444,19 @@ fn show(dbname: &str, sub: &ArgMatches, json: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn resend(dbname: &str, sub: &ArgMatches) -> Result<(), String> {
+fn resend(dbname: &str, sub: &ArgMatches) -> anyhow::Result<()> {
     let db = open(dbname, true)?;
     let report = find(&db, sub.get_one::<String>("report").expect("required"))?;
     let destination = sub.get_one::<String>("destination").map(String::as_str);
     if report.destinations.is_empty() {
-        return Err(format!(
+        bail!(
             "report {} has no destinations (its record gave none; see the reportd log)",
             report.r_id
-        ));
+        );
     }
     if let Some(wanted) = destination {
         if !report.destinations.iter().any(|d| d.destination == wanted) {
-            return Err(format!(
+            bail!(
                 "report {} has no destination {wanted:?}; it has: {}",
                 report.r_id,
                 report
@@ -471,25 +465,25 @@ fn resend(dbname: &str, sub: &ArgMatches) -> Result<(), String> {
                     .map(|d| d.destination.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
-            ));
+            );
         }
     }
     let withheld = |d: &DestinationState| destination_status(d).1.is_some();
     if destination.is_none() && report.destinations.iter().all(withheld) {
-        return Err(format!(
+        bail!(
             "report {}: the amplification limits withheld all its destinations; name one to send it there anyway",
             report.r_id
-        ));
+        );
     }
-    let now = mailtls_common::clock::from_env()?.now();
-    let queued = db
-        .resend(report.r_id, destination, now)
-        .map_err(|e| e.to_string())?;
+    let now = mailtls_common::clock::from_env()
+        .map_err(anyhow::Error::msg)?
+        .now();
+    let queued = db.resend(report.r_id, destination, now)?;
     if queued.is_empty() {
-        return Err(format!(
+        bail!(
             "report {}: nothing queued (a delivery is in progress right now)",
             report.r_id
-        ));
+        );
     }
     for d in queued {
         println!(
@@ -501,11 +495,10 @@ fn resend(dbname: &str, sub: &ArgMatches) -> Result<(), String> {
     Ok(())
 }
 
-fn render(o: &RenderOptions, sub: &ArgMatches, json: bool) -> Result<(), String> {
-    let day =
-        Day::parse(sub.get_one::<String>("day").expect("required")).map_err(|e| e.to_string())?;
+fn render(o: &RenderOptions, sub: &ArgMatches, json: bool) -> anyhow::Result<()> {
+    let day = Day::parse(sub.get_one::<String>("day").expect("required"))?;
     let directory = PathBuf::from(sub.get_one::<String>("directory").expect("required"));
-    std::fs::create_dir_all(&directory).map_err(|e| format!("{}: {e}", directory.display()))?;
+    std::fs::create_dir_all(&directory).with_context(|| directory.display().to_string())?;
     let db = open(&o.dbname, false)?;
     let maps = load_maps(
         &o.tlsrpt_record_map,
@@ -517,20 +510,20 @@ fn render(o: &RenderOptions, sub: &ArgMatches, json: bool) -> Result<(), String>
         name: o.organization_name.clone(),
         contact_info: o.contact_info.clone(),
     };
-    let domains = db.fetched_domains(day).map_err(|e| e.to_string())?;
+    let domains = db.fetched_domains(day)?;
     if domains.is_empty() {
-        return Err(format!("no fetched data for {day} in the reportd database"));
+        bail!("no fetched data for {day} in the reportd database");
     }
     let mut summary = Vec::new();
     for domain in &domains {
-        let fetched = db.details_of(day, domain).map_err(|e| e.to_string())?;
+        let fetched = db.details_of(day, domain)?;
         let outcome = make_reports(day, domain, &fetched, &organization, &maps, &caps);
         for warning in &outcome.warnings {
             eprintln!("warning: {warning}");
         }
         for report in outcome.reports {
             let file = directory.join(format!("{}.json", report.report_id));
-            std::fs::write(&file, &report.json).map_err(|e| format!("{}: {e}", file.display()))?;
+            std::fs::write(&file, &report.json).with_context(|| file.display().to_string())?;
             let withheld: Vec<Value> = report
                 .withheld
                 .iter()
