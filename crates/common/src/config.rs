@@ -631,12 +631,23 @@ fn convert(
     }
 }
 
+/// A number of seconds below zero.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name} must not be negative, not {value}")]
+pub struct NegativeSeconds {
+    pub name: String,
+    pub value: i64,
+}
+
 /// An option's whole number of seconds as a duration; a negative number is
 /// refused with the option's `name`.
-pub fn seconds(name: &str, value: i64) -> Result<std::time::Duration, String> {
+pub fn seconds(name: &str, value: i64) -> Result<std::time::Duration, NegativeSeconds> {
     u64::try_from(value)
         .map(std::time::Duration::from_secs)
-        .map_err(|_| format!("{name} must not be negative, not {value}"))
+        .map_err(|_| NegativeSeconds {
+            name: name.to_string(),
+            value,
+        })
 }
 
 /// Parses a whole number as Python's `int(text)` does: surrounding whitespace,

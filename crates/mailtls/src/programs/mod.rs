@@ -73,8 +73,7 @@ pub(crate) fn smtp_transport(
         Some((host, port)) if !host.contains(':') || host.starts_with('[') => (
             host.trim_start_matches('[').trim_end_matches(']'),
             port.parse::<u16>()
-                .map_err(|_| format!("smtp_relay {relay:?}: bad port {port:?}"))
-                .map_err(anyhow::Error::msg)?,
+                .with_context(|| format!("smtp_relay {relay:?}: bad port {port:?}"))?,
         ),
         _ => (relay, security.default_port()),
     };

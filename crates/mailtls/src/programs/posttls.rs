@@ -231,8 +231,7 @@ impl Setup {
         )?;
         let base_url = required(&o.base_url, "base_url", "https://posttls.example.org")?;
         let instance = super::posttls_web::instance_name(o);
-        let reminder =
-            seconds("reminder_interval", o.reminder_interval).map_err(anyhow::Error::msg)?;
+        let reminder = seconds("reminder_interval", o.reminder_interval)?;
         let config = ScanConfig {
             instance,
             own: OwnSenders {
@@ -250,24 +249,21 @@ impl Setup {
             },
             notification_from: notification_from.clone(),
             base_url,
-            link_lifetime: seconds("link_lifetime", o.link_lifetime).map_err(anyhow::Error::msg)?,
+            link_lifetime: seconds("link_lifetime", o.link_lifetime)?,
             reminder_interval: (!reminder.is_zero()).then_some(reminder),
             max_reminders: u32::try_from(o.max_reminders).unwrap_or(0),
-            mandatory_policy: MandatoryPolicy::parse(&o.mandatory_policy)
-                .ok_or_else(|| {
-                    format!(
-                        "mandatory_policy {:?} is not one of return, delete, wait",
-                        o.mandatory_policy
-                    )
-                })
-                .map_err(anyhow::Error::msg)?,
-            queue_lifetime: seconds("queue_lifetime", o.queue_lifetime)
-                .map_err(anyhow::Error::msg)?,
+            mandatory_policy: MandatoryPolicy::parse(&o.mandatory_policy).with_context(|| {
+                format!(
+                    "mandatory_policy {:?} is not one of return, delete, wait",
+                    o.mandatory_policy
+                )
+            })?,
+            queue_lifetime: seconds("queue_lifetime", o.queue_lifetime)?,
         };
         let config_dir = Some(&o.postfix_config_dir)
             .filter(|d| !d.is_empty())
             .map(PathBuf::from);
-        let timeout = seconds("command_timeout", o.command_timeout).map_err(anyhow::Error::msg)?;
+        let timeout = seconds("command_timeout", o.command_timeout)?;
         let postfix = Postfix::new(config_dir, PathBuf::from(&o.postfix_command_dir), timeout);
         let template_dir = Some(&o.template_dir).filter(|d| !d.is_empty());
         let templates = Templates::load(template_dir.map(Path::new))?;
@@ -278,8 +274,7 @@ impl Setup {
             keep: listener(&postfix, &o.reinject_listener, "reinject_listener")?,
             timeout,
         };
-        let retention =
-            seconds("audit_retention", o.audit_retention).map_err(anyhow::Error::msg)?;
+        let retention = seconds("audit_retention", o.audit_retention)?;
         let transport = match o.smtp_relay.as_str() {
             "" => MailTransport::Sendmail(Sendmail::new(&o.sendmail_script, timeout)?),
             relay => {
@@ -307,9 +302,7 @@ impl Setup {
             audit_retention: (!retention.is_zero()).then(|| retention * 86400),
             lock_file: PathBuf::from(&o.lock_file),
             pidfilename: o.pidfilename.clone(),
-            scan_interval: seconds("scan_interval", o.scan_interval)
-                .map_err(anyhow::Error::msg)?
-                .max(Duration::from_secs(1)),
+            scan_interval: seconds("scan_interval", o.scan_interval)?.max(Duration::from_secs(1)),
         })
     }
 

@@ -106,10 +106,9 @@ pub fn web_config(o: &PosttlsOptions) -> anyhow::Result<WebConfig> {
         .filter(|p| !p.is_empty())
         .map(|p| {
             p.parse::<IpAddr>()
-                .map_err(|_| format!("trusted_proxies: {p:?} is not an IP address"))
+                .with_context(|| format!("trusted_proxies: {p:?} is not an IP address"))
         })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let secure_cookies = o.cookie_secure != 0;
     if !secure_cookies {
         log::warn!("cookie_secure = 0: the admin session cookie is sent over plain HTTP too; use this for tests only");

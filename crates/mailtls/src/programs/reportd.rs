@@ -218,76 +218,8 @@ pub fn config_from(o: &ReportdOptions) -> anyhow::Result<(ReportdConfig, Deliver
         http_map.as_deref(),
     )?;
 
-    let ca_file = map_path(&o.tls_ca_file);
-    let trust = || TrustAnchors::load(ca_file.as_deref());
-    let http_ca_file = map_path(&o.http_ca_file);
-    let sendmail_timeout =
-        seconds("sendmail_timeout", o.sendmail_timeout).map_err(anyhow::Error::msg)?;
-    let mail = match o.smtp_relay.as_str() {
-        "" => MailTransport::Sendmail(Sendmail::new(&o.sendmail_script, sendmail_timeout)?),
-        relay => MailTransport::Smtp(super::smtp_transport(
-            &super::SmtpOptions {
-                relay,
-                security: &o.smtp_security,
-                user: &o.smtp_user,
-                password_file: &o.smtp_password_file,
-            },
-            sendmail_timeout,
-            &trust()?,
-        )?),
-    };
-    let http_timeout = seconds("http_timeout", o.http_timeout).map_err(anyhow::Error::msg)?;
-    let http = if o.sources.http_script == Source::Def {
-        HttpTransport::Native(HttpsPost::new(
-            http_timeout,
-            &TrustAnchors::load(http_ca_file.as_deref())?,
-            o.http_allow_private_addresses != 0,
-        ))
-    } else {
-        HttpTransport::Script(HttpScript::new(&o.http_script, http_timeout)?)
-    };
-    let dkim = match non_empty(&o.dkim_key_file) {
-        None => {
-            log::warn!("report mail is not DKIM-signed (no dkim_key_file): RFC 8460 section 3 tells receivers to ignore unsigned reports unless your MTA signs them");
-            None
-        }
-        Some(key_file) => {
-            let domain = match non_empty(&o.dkim_domain) {
-                Some(domain) => domain,
-                None => sender_address
-                    .rsplit_once('@')
-                    .map(|(_, domain)| domain.to_string())
-                    .context("dkim_domain is not set and sender_address has no domain")?,
-            };
-            let signer =
-                DkimSigner::from_key_file(Path::new(&key_file), &o.dkim_selector, &domain)?;
-            log::info!(
-                "signing report mail as {} ({}); publish: {} TXT \"{}\"",
-                signer.dns_name(),
-                signer.algorithm(),
-                signer.dns_name(),
-                signer.dns_record()
-            );
-            Some(signer)
-        }
-    };
-    // check_options made the retry counts and waits non-negative.
-    let delivery_retry = if [
-        o.sources.max_retries_delivery,
-        o.sources.min_wait_delivery,
-        o.sources.max_wait_delivery,
-    ]
-    .iter()
-    .any(|source| *source != Source::Def)
-    {
-        DeliveryRetry::Fixed {
-            max_retries: o.max_retries_delivery as u64,
-            min_wait: o.min_wait_delivery as u64,
-            max_wait: o.max_wait_delivery as u64,
-        }
-    } else {
-        DeliveryRetry::default()
-    };
+    let (mail, http) = transports(o)?;
+    let dkim = dkim_signer(o)?;
     let retry = |max_retries: i64, min_wait: i64, max_wait: i64| FetchRetry {
         max_retries,
         min_wait: min_wait as u64,
@@ -313,13 +245,10 @@ pub fn config_from(o: &ReportdOptions) -> anyhow::Result<(ReportdConfig, Deliver
         maps,
         caps: caps(o.max_destinations_per_record, o.max_records_per_domain)?,
         spread_out_delivery: u32::try_from(o.spread_out_delivery).unwrap_or(u32::MAX),
-        interval_main_loop: seconds("interval_main_loop", o.interval_main_loop)
-            .map_err(anyhow::Error::msg)?,
-        fetcher_timeout: seconds("max_collectd_timeout", o.max_collectd_timeout)
-            .map_err(anyhow::Error::msg)?,
-        max_collectd_timediff: seconds("max_collectd_timediff", o.max_collectd_timediff)
-            .map_err(anyhow::Error::msg)?,
-        delivery_retry,
+        interval_main_loop: seconds("interval_main_loop", o.interval_main_loop)?,
+        fetcher_timeout: seconds("max_collectd_timeout", o.max_collectd_timeout)?,
+        max_collectd_timediff: seconds("max_collectd_timediff", o.max_collectd_timediff)?,
+        delivery_retry: delivery_retry(o),
         domainlist_retry: retry(
             o.max_retries_domainlist,
             o.min_wait_domainlist,
@@ -344,6 +273,85 @@ pub fn config_from(o: &ReportdOptions) -> anyhow::Result<(ReportdConfig, Deliver
         debug_send_file_dest,
     };
     Ok((config, deliverer))
+}
+
+/// How report mail is submitted (`sendmail_script`, or `smtp_relay` and
+/// its options) and reports are uploaded (natively, unless `http_script`
+/// is set).
+fn transports(o: &ReportdOptions) -> anyhow::Result<(MailTransport, HttpTransport)> {
+    let ca_file = non_empty(&o.tls_ca_file).map(PathBuf::from);
+    let sendmail_timeout = seconds("sendmail_timeout", o.sendmail_timeout)?;
+    let mail = match o.smtp_relay.as_str() {
+        "" => MailTransport::Sendmail(Sendmail::new(&o.sendmail_script, sendmail_timeout)?),
+        relay => MailTransport::Smtp(super::smtp_transport(
+            &super::SmtpOptions {
+                relay,
+                security: &o.smtp_security,
+                user: &o.smtp_user,
+                password_file: &o.smtp_password_file,
+            },
+            sendmail_timeout,
+            &TrustAnchors::load(ca_file.as_deref())?,
+        )?),
+    };
+    let http_timeout = seconds("http_timeout", o.http_timeout)?;
+    let http = if o.sources.http_script == Source::Def {
+        let http_ca_file = non_empty(&o.http_ca_file).map(PathBuf::from);
+        HttpTransport::Native(HttpsPost::new(
+            http_timeout,
+            &TrustAnchors::load(http_ca_file.as_deref())?,
+            o.http_allow_private_addresses != 0,
+        ))
+    } else {
+        HttpTransport::Script(HttpScript::new(&o.http_script, http_timeout)?)
+    };
+    Ok((mail, http))
+}
+
+/// The DKIM signer of report mail (RFC 8460 section 3), if a key is set;
+/// its TXT record to publish is logged.
+fn dkim_signer(o: &ReportdOptions) -> anyhow::Result<Option<DkimSigner>> {
+    let Some(key_file) = non_empty(&o.dkim_key_file) else {
+        log::warn!("report mail is not DKIM-signed (no dkim_key_file): RFC 8460 section 3 tells receivers to ignore unsigned reports unless your MTA signs them");
+        return Ok(None);
+    };
+    let domain = match non_empty(&o.dkim_domain) {
+        Some(domain) => domain,
+        None => o
+            .sender_address
+            .rsplit_once('@')
+            .map(|(_, domain)| domain.to_string())
+            .context("dkim_domain is not set and sender_address has no domain")?,
+    };
+    let signer = DkimSigner::from_key_file(Path::new(&key_file), &o.dkim_selector, &domain)?;
+    log::info!(
+        "signing report mail as {} ({}); publish: {} TXT \"{}\"",
+        signer.dns_name(),
+        signer.algorithm(),
+        signer.dns_name(),
+        signer.dns_record()
+    );
+    Ok(Some(signer))
+}
+
+/// Upstream's fixed retry rule when any of its three options is set,
+/// otherwise backoff for 24 hours (RFC 8460 section 5.5). check_options
+/// made the counts and waits non-negative.
+fn delivery_retry(o: &ReportdOptions) -> DeliveryRetry {
+    let set = [
+        o.sources.max_retries_delivery,
+        o.sources.min_wait_delivery,
+        o.sources.max_wait_delivery,
+    ];
+    if set.iter().any(|source| *source != Source::Def) {
+        DeliveryRetry::Fixed {
+            max_retries: o.max_retries_delivery as u64,
+            min_wait: o.min_wait_delivery as u64,
+            max_wait: o.max_wait_delivery as u64,
+        }
+    } else {
+        DeliveryRetry::default()
+    }
 }
 
 /// The amplification limits (`max_destinations_per_record`,
