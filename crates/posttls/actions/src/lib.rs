@@ -54,12 +54,6 @@ pub struct Listeners {
     pub timeout: Duration,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ActionError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
 /// How a step ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -107,7 +101,7 @@ type Step<T> = Result<T, Outcome>;
 
 impl Executor<'_> {
     /// Carries out a freshly taken action and records its outcome.
-    pub fn execute(&self, action: &ActionRow, now: i64) -> Result<Outcome, ActionError> {
+    pub fn execute(&self, action: &ActionRow, now: i64) -> Result<Outcome, StoreError> {
         let outcome = match self.checked_message(action)? {
             Err(outcome) => outcome,
             Ok(message) => match action.action {
@@ -120,7 +114,7 @@ impl Executor<'_> {
 
     /// Finishes or undoes an action left running, from its journal and
     /// the live queue.
-    pub fn recover(&self, action: &ActionRow, now: i64) -> Result<Outcome, ActionError> {
+    pub fn recover(&self, action: &ActionRow, now: i64) -> Result<Outcome, StoreError> {
         log::warn!(
             "action {} ({} of message {}) was left {} at phase {}: settling it",
             action.id,
@@ -142,7 +136,7 @@ impl Executor<'_> {
         action: &ActionRow,
         outcome: Outcome,
         now: i64,
-    ) -> Result<Outcome, ActionError> {
+    ) -> Result<Outcome, StoreError> {
         let outcome = match outcome {
             Outcome::Postponed(why) | Outcome::Retry(why)
                 if self.store.attempts(action.id)? >= MAX_ATTEMPTS =>
@@ -200,7 +194,7 @@ impl Executor<'_> {
     }
 
     /// The action's message, if it is one this worker may act on at all.
-    fn checked_message(&self, action: &ActionRow) -> Result<Step<MessageRow>, ActionError> {
+    fn checked_message(&self, action: &ActionRow) -> Result<Step<MessageRow>, StoreError> {
         let Some(message) = self.store.message(action.message_id)? else {
             return Ok(Err(Outcome::Refused("the message is not known".into())));
         };
@@ -250,7 +244,7 @@ impl Executor<'_> {
         })
     }
 
-    fn gone(&self, message: &MessageRow) -> Result<Outcome, ActionError> {
+    fn gone(&self, message: &MessageRow) -> Result<Outcome, StoreError> {
         self.store
             .set_message_state(message.id, MessageState::Gone)?;
         Ok(Outcome::Refused(
@@ -258,7 +252,7 @@ impl Executor<'_> {
         ))
     }
 
-    fn mandatory_domains(&self) -> Result<DomainSet, ActionError> {
+    fn mandatory_domains(&self) -> Result<DomainSet, StoreError> {
         let mut mandatory = self.mandatory.clone();
         for domain in self.store.mandatory_domains()? {
             // A domain the web process stored that is no domain adds
@@ -276,7 +270,7 @@ impl Executor<'_> {
         action: &ActionRow,
         message: &MessageRow,
         check: impl FnOnce(&QueuedMessage) -> Option<Outcome>,
-    ) -> Result<Step<QueuedMessage>, ActionError> {
+    ) -> Result<Step<QueuedMessage>, StoreError> {
         let id = match Self::queue_id(message) {
             Ok(id) => id,
             Err(outcome) => return Ok(Err(outcome)),
@@ -367,7 +361,7 @@ impl Executor<'_> {
         }
     }
 
-    fn delete(&self, action: &ActionRow, message: &MessageRow) -> Result<Outcome, ActionError> {
+    fn delete(&self, action: &ActionRow, message: &MessageRow) -> Result<Outcome, StoreError> {
         let queued = match self.hold(action, message, |_| None)? {
             Ok(q) => q,
             Err(outcome) => return Ok(outcome),
@@ -392,7 +386,7 @@ impl Executor<'_> {
         action: &ActionRow,
         message: &MessageRow,
         id: &QueueId,
-    ) -> Result<Outcome, ActionError> {
+    ) -> Result<Outcome, StoreError> {
         match self.postfix.delete(id, Some("hold")) {
             Ok(0) if self.postfix.envelope(id).is_ok() => Ok(Outcome::Failed(
                 "the message was taken off hold by someone else; it was not deleted".into(),
@@ -430,7 +424,7 @@ impl Executor<'_> {
         }
     }
 
-    fn release(&self, action: &ActionRow, message: &MessageRow) -> Result<Outcome, ActionError> {
+    fn release(&self, action: &ActionRow, message: &MessageRow) -> Result<Outcome, StoreError> {
         // Both listeners answer and hold what they receive before
         // anything is done to the queue.
         for listener in [&self.listeners.release, &self.listeners.keep] {
@@ -568,7 +562,7 @@ impl Executor<'_> {
         action: &ActionRow,
         message: &MessageRow,
         id: &QueueId,
-    ) -> Result<Outcome, ActionError> {
+    ) -> Result<Outcome, StoreError> {
         let found = match self.held_copies(action, message) {
             Ok(found) => found,
             Err(outcome) => return Ok(outcome),
@@ -635,7 +629,7 @@ impl Executor<'_> {
         &self,
         action: &ActionRow,
         message: &MessageRow,
-    ) -> Result<Outcome, ActionError> {
+    ) -> Result<Outcome, StoreError> {
         let found = match self.held_copies(action, message) {
             Ok(found) => found,
             Err(outcome) => return Ok(outcome),
@@ -784,7 +778,7 @@ impl Executor<'_> {
         &self,
         action: &ActionRow,
         message: &MessageRow,
-    ) -> Result<Outcome, ActionError> {
+    ) -> Result<Outcome, StoreError> {
         let id = match Self::queue_id(message) {
             Ok(id) => id,
             Err(outcome) => return Ok(outcome),

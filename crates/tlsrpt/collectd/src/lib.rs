@@ -12,6 +12,8 @@
 //! - [`aggregator`]: the thread that parses and counts in memory.
 //! - [`committer`]: the thread that owns the stores and retries failed writes.
 //! - [`refused`]: counting and logging of invalid datagrams without log floods.
+//! - [`sched`]: real-time priority for the receiver, so that a busy host does
+//!   not make the kernel drop datagrams.
 
 pub mod aggregator;
 pub mod committer;

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 /// instead of being silently truncated.
 pub const MAX_DATAGRAM: usize = 256 * 1024;
 
-/// Longest wait for a datagram before the receiver looks at the clock.
 /// Slots of a [`RecvBatch`]: more than the kernel's default queue of 10.
 pub const BATCH_SLOTS: usize = 32;
 

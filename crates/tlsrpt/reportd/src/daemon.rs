@@ -71,13 +71,6 @@ enum ListOutcome {
     Failed(String),
 }
 
-/// How the daemon ended.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Db(#[from] DbError),
-}
-
 pub struct Reportd<'c> {
     cfg: ReportdConfig,
     db: ReportdDb,
@@ -129,7 +122,7 @@ impl<'c> Reportd<'c> {
 
     /// Runs until [`Stopper::stop`]. Deliveries that a previous run left
     /// unfinished (killed mid-attempt) are queued again first.
-    pub fn run(&mut self) -> Result<(), RunError> {
+    pub fn run(&mut self) -> Result<(), DbError> {
         self.requeue_interrupted()?;
         while !self.stop.load(Ordering::SeqCst) {
             self.work_once()?;
@@ -142,7 +135,7 @@ impl<'c> Reportd<'c> {
     }
 
     /// One pass over all steps.
-    pub fn work_once(&mut self) -> Result<(), RunError> {
+    pub fn work_once(&mut self) -> Result<(), DbError> {
         self.check_day()?;
         self.start_fetch_jobs()?;
         self.start_details()?;
@@ -155,7 +148,7 @@ impl<'c> Reportd<'c> {
         self.clock.now()
     }
 
-    fn requeue_interrupted(&mut self) -> Result<(), RunError> {
+    fn requeue_interrupted(&mut self) -> Result<(), DbError> {
         let now = self.now();
         for delivery in self.db.interrupted_deliveries()? {
             log::warn!(
@@ -169,7 +162,7 @@ impl<'c> Reportd<'c> {
     }
 
     /// Step 1.
-    fn check_day(&mut self) -> Result<(), RunError> {
+    fn check_day(&mut self) -> Result<(), DbError> {
         let now = self.now();
         let cleaned = self.db.clean_up(now, self.cfg.keep_days)?;
         if cleaned != Default::default() {
@@ -200,7 +193,7 @@ impl<'c> Reportd<'c> {
     }
 
     /// Step 2: a worker per due fetch job whose fetcher is idle.
-    fn start_fetch_jobs(&mut self) -> Result<(), RunError> {
+    fn start_fetch_jobs(&mut self) -> Result<(), DbError> {
         for job in self.db.due_fetch_jobs(self.now())? {
             if self.busy.contains(&job.fetcher) {
                 continue;
@@ -244,7 +237,7 @@ impl<'c> Reportd<'c> {
 
     /// Step 3: the due details of each idle fetcher, as one batch for its
     /// worker.
-    fn start_details(&mut self) -> Result<(), RunError> {
+    fn start_details(&mut self) -> Result<(), DbError> {
         let mut by_fetcher: HashMap<String, Vec<DetailsJob>> = HashMap::new();
         for job in self.db.due_details(self.now())? {
             if !self.busy.contains(&job.fetcher) {
@@ -299,7 +292,7 @@ impl<'c> Reportd<'c> {
     /// due time, when a worker has finished, or, while fetch results
     /// stream in, every [`BUSY_INTERVAL`] so that reports and deliveries
     /// go on meanwhile.
-    fn wait(&mut self) -> Result<(), RunError> {
+    fn wait(&mut self) -> Result<(), DbError> {
         let now = self.now();
         let mut wake =
             now + chrono::Duration::from_std(self.cfg.interval_main_loop).unwrap_or_default();
@@ -335,7 +328,7 @@ impl<'c> Reportd<'c> {
     }
 
     /// Handles `first` and every event already queued, in one transaction.
-    fn drain(&mut self, first: Event) -> Result<Drained, RunError> {
+    fn drain(&mut self, first: Event) -> Result<Drained, DbError> {
         let mut events = vec![first];
         while let Ok(event) = self.events.1.try_recv() {
             events.push(event);
@@ -391,7 +384,7 @@ impl<'c> Reportd<'c> {
     }
 
     /// Step 4.
-    fn create_reports(&mut self) -> Result<(), RunError> {
+    fn create_reports(&mut self) -> Result<(), DbError> {
         let ready = self.db.ready_for_report()?;
         if ready.is_empty() {
             return Ok(());
@@ -463,7 +456,7 @@ impl<'c> Reportd<'c> {
     }
 
     /// Step 5.
-    fn send_due(&mut self) -> Result<(), RunError> {
+    fn send_due(&mut self) -> Result<(), DbError> {
         let due = self.db.due_deliveries(self.now())?;
         if due.is_empty() {
             return Ok(());
@@ -492,7 +485,7 @@ impl<'c> Reportd<'c> {
     /// synced to disk once, recorded as done. Storing is idempotent (same
     /// report, same file), so a batch cut off by a crash is simply stored
     /// again.
-    fn store_files(&mut self, files: Vec<Delivery>) -> Result<(), RunError> {
+    fn store_files(&mut self, files: Vec<Delivery>) -> Result<(), DbError> {
         for batch in files.chunks(FILES_PER_SYNC) {
             if self.stop.load(Ordering::SeqCst) {
                 break;
@@ -609,7 +602,7 @@ impl<'c> Reportd<'c> {
     /// Stores what the workers have already delivered and leaves the rest:
     /// a fetcher run still going is killed with us (KillWithParent), and
     /// its job is still pending in the database for the next start.
-    fn shut_down(&mut self) -> Result<(), RunError> {
+    fn shut_down(&mut self) -> Result<(), DbError> {
         self.stop.store(true, Ordering::SeqCst);
         while let Ok(event) = self.events.1.try_recv() {
             self.drain(event)?;
