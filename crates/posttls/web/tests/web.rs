@@ -236,6 +236,17 @@ impl Lab {
             .await
     }
 
+    /// Opens the confirmation page of `token` and presses its button:
+    /// the page and the answer to the POST.
+    async fn confirm(&self, token: &str) -> (Reply, Reply) {
+        let uri = format!("/confirm/{token}");
+        let page = self.get(&uri, None).await;
+        let reply = self
+            .post(&uri, &format!("csrf={}", page.csrf()), None)
+            .await;
+        (page, reply)
+    }
+
     /// Logs in; returns the session cookie (`NAME=VALUE`).
     async fn login(&self) -> String {
         let reply = self.try_login(ADMIN, PASSWORD).await;
@@ -934,14 +945,7 @@ async fn no_get_changes_anything() {
         .add_mandatory_domain("ui.example", "root", 2)
         .unwrap();
     let release = lab.token(Action::Release);
-    let page = lab.get(&format!("/confirm/{release}"), None).await;
-    let reply = lab
-        .post(
-            &format!("/confirm/{release}"),
-            &format!("csrf={}", page.csrf()),
-            None,
-        )
-        .await;
+    let (_, reply) = lab.confirm(&release).await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
     let before = lab.snapshot();
     let expired = lab.token_for(
@@ -1510,14 +1514,7 @@ async fn a_message_that_left_the_queue_says_so() {
 async fn a_request_the_worker_refused_is_shown_and_other_links_still_work() {
     let lab = lab();
     let release = lab.token(Action::Release);
-    let page = lab.get(&format!("/confirm/{release}"), None).await;
-    let reply = lab
-        .post(
-            &format!("/confirm/{release}"),
-            &format!("csrf={}", page.csrf()),
-            None,
-        )
-        .await;
+    let (_, reply) = lab.confirm(&release).await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
     lab.worker_finishes_next("refused", "the message is <not> in the queue as it was");
     let page = lab.get(&format!("/confirm/{release}"), None).await;
