@@ -19,6 +19,19 @@ fn dead_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
+/// The options every test's `posttls` gets: its database, key and lock in
+/// `dir`, our domain, the notification sender and the web address.
+fn posttls_files(dir: &std::path::Path) -> Vec<String> {
+    vec![
+        format!("--database={}", dir.join("posttls.sqlite").display()),
+        format!("--secret_key_file={}", dir.join("secret.key").display()),
+        format!("--lock_file={}", dir.join("scan.lock").display()),
+        "--own_domains=example.org".into(),
+        "--notification_from=postmaster@example.org".into(),
+        "--base_url=https://posttls.example.org".into(),
+    ]
+}
+
 struct Lab {
     /// The receiving server: no STARTTLS.
     receiver: SmtpSink,
@@ -162,28 +175,14 @@ impl Lab {
     fn scan_output(&self, extra: &[String]) -> (std::process::ExitStatus, String) {
         let out = Command::new(support::mailtls_bin())
             .args(["posttls", "scan"])
-            .arg(format!(
-                "--database={}",
-                self.dir.path().join("posttls.sqlite").display()
-            ))
+            .args(posttls_files(self.dir.path()))
             .arg(format!(
                 "--postfix_config_dir={}",
                 self.postfix.config_dir().display()
             ))
             .arg("--instance=lab")
-            .arg("--own_domains=example.org")
             .arg("--mandatory_domains=bank.example")
             .arg("--organization_name=Example Org")
-            .arg("--notification_from=postmaster@example.org")
-            .arg("--base_url=https://posttls.example.org")
-            .arg(format!(
-                "--secret_key_file={}",
-                self.dir.path().join("secret.key").display()
-            ))
-            .arg(format!(
-                "--lock_file={}",
-                self.dir.path().join("scan.lock").display()
-            ))
             .arg(format!(
                 "--smtp_relay=127.0.0.1:{}",
                 self.notifications.port()
@@ -593,18 +592,9 @@ fn an_overlapping_scan_steps_aside() {
     }
     let out = Command::new(support::mailtls_bin())
         .args(["posttls", "scan"])
-        .arg(format!(
-            "--database={}",
-            dir.path().join("posttls.sqlite").display()
-        ))
+        .args(posttls_files(dir.path()))
         .arg(format!("--postfix_command_dir={}", bin.display()))
-        .arg("--own_domains=example.org")
-        .arg("--notification_from=postmaster@example.org")
-        .arg("--base_url=https://posttls.example.org")
-        .arg(format!(
-            "--secret_key_file={}",
-            dir.path().join("secret.key").display()
-        ))
+        // The last of an option given twice wins.
         .arg(format!("--lock_file={}", lock_path.display()))
         .arg("--release_listener=/nonexistent/posttls-release")
         .arg("--reinject_listener=/nonexistent/posttls-reinject")
@@ -676,22 +666,8 @@ impl StandIn {
         let mut command = Command::new(support::mailtls_bin());
         command
             .args(["posttls", subcommand])
-            .arg(format!(
-                "--database={}",
-                self.dir.path().join("posttls.sqlite").display()
-            ))
+            .args(posttls_files(self.dir.path()))
             .arg(format!("--postfix_command_dir={}", self.bin.display()))
-            .arg("--own_domains=example.org")
-            .arg("--notification_from=postmaster@example.org")
-            .arg("--base_url=https://posttls.example.org")
-            .arg(format!(
-                "--secret_key_file={}",
-                self.dir.path().join("secret.key").display()
-            ))
-            .arg(format!(
-                "--lock_file={}",
-                self.dir.path().join("scan.lock").display()
-            ))
             // Stand-ins have no postconf to find the queue directory.
             .arg("--release_listener=/nonexistent/posttls-release")
             .arg("--reinject_listener=/nonexistent/posttls-reinject")
@@ -844,17 +820,9 @@ fn the_link_in_the_notification_releases_the_message_through_the_web_pages() {
     let port = dead_port();
     let mut web = Command::new(support::mailtls_bin())
         .args(["posttls", "web"])
-        .arg(format!(
-            "--database={}",
-            lab.dir.path().join("posttls.sqlite").display()
-        ))
-        .arg(format!(
-            "--secret_key_file={}",
-            lab.dir.path().join("secret.key").display()
-        ))
+        .args(posttls_files(lab.dir.path()))
         .arg(format!("--listen=127.0.0.1:{port}"))
         .arg("--instance=lab")
-        .arg("--base_url=https://posttls.example.org")
         .arg("--mandatory_domains=bank.example")
         .arg("--cookie_secure=0")
         .stderr(std::process::Stdio::null())
