@@ -20,10 +20,6 @@ pub struct DayError {
 }
 
 impl Day {
-    pub fn from_date(date: NaiveDate) -> Day {
-        Day(date)
-    }
-
     /// The day of `year`-`month`-`day`; panics when there is none (for
     /// constants and tests).
     pub const fn from_ymd(year: i32, month: u32, day: u32) -> Day {

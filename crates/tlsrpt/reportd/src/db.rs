@@ -721,15 +721,6 @@ impl ReportdDb {
         Ok(text.as_deref().and_then(pytime::parse_timestamp))
     }
 
-    /// Whether fetch jobs exist for `day`.
-    pub fn has_fetch_jobs(&self, day: Day) -> Result<bool> {
-        Ok(self.conn.query_row(
-            "SELECT count(*) > 0 FROM fetchjobs WHERE day=?",
-            [day.to_string()],
-            |row| row.get(0),
-        )?)
-    }
-
     /// Reports with their destinations, optionally of one day and/or one
     /// domain, in the order they were made.
     pub fn reports(&self, day: Option<Day>, domain: Option<&str>) -> Result<Vec<StoredReport>> {

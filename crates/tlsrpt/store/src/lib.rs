@@ -69,15 +69,6 @@ pub enum StoreError {
     },
 }
 
-impl StoreError {
-    /// True when the database is temporarily unusable (locked or busy) and a
-    /// later retry may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Sqlite { source: rusqlite::Error::SqliteFailure(e, _), .. }
-            if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
-    }
-}
-
 type Result<T> = std::result::Result<T, StoreError>;
 
 /// The name of the completed-day file for a store file.
