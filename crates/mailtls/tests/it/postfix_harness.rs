@@ -247,54 +247,30 @@ fn sink_failure_modes_answer_4xx() {
     let mut out = TcpStream::connect(("127.0.0.1", sink.port())).unwrap();
     let mut input = BufReader::new(out.try_clone().unwrap());
     reply(&mut input);
-    exchange(&mut out, &mut input, "HELO client.test\r\n", "250");
-    exchange(
-        &mut out,
-        &mut input,
-        "MAIL FROM:<a@example.test>\r\n",
-        "250",
-    );
-    exchange(
-        &mut out,
-        &mut input,
-        "RCPT TO:<b@remote.example>\r\n",
-        "451",
-    );
-    exchange(&mut out, &mut input, "DATA\r\n", "554");
-    exchange(&mut out, &mut input, "RSET\r\n", "250");
+    // Each line sent and the reply code it must get.
+    let mut talk = |lines: &[(&str, &str)]| {
+        for (line, code) in lines {
+            exchange(&mut out, &mut input, line, code);
+        }
+    };
+    let envelope = |rcpt_code| {
+        [
+            ("MAIL FROM:<a@example.test>\r\n", "250"),
+            ("RCPT TO:<b@remote.example>\r\n", rcpt_code),
+        ]
+    };
+    talk(&[("HELO client.test\r\n", "250")]);
+    talk(&envelope("451"));
+    talk(&[("DATA\r\n", "554"), ("RSET\r\n", "250")]);
 
     sink.set_mode(Mode::DeferData);
-    exchange(
-        &mut out,
-        &mut input,
-        "MAIL FROM:<a@example.test>\r\n",
-        "250",
-    );
-    exchange(
-        &mut out,
-        &mut input,
-        "RCPT TO:<b@remote.example>\r\n",
-        "250",
-    );
-    exchange(&mut out, &mut input, "DATA\r\n", "354");
-    exchange(&mut out, &mut input, "x\r\n.\r\n", "451");
+    talk(&envelope("250"));
+    talk(&[("DATA\r\n", "354"), ("x\r\n.\r\n", "451")]);
     assert_eq!(sink.rejections(), 2);
     assert!(sink.messages().is_empty());
 
     sink.set_mode(Mode::Accept);
-    exchange(
-        &mut out,
-        &mut input,
-        "MAIL FROM:<a@example.test>\r\n",
-        "250",
-    );
-    exchange(
-        &mut out,
-        &mut input,
-        "RCPT TO:<b@remote.example>\r\n",
-        "250",
-    );
-    exchange(&mut out, &mut input, "DATA\r\n", "354");
-    exchange(&mut out, &mut input, "x\r\n.\r\n", "250");
+    talk(&envelope("250"));
+    talk(&[("DATA\r\n", "354"), ("x\r\n.\r\n", "250")]);
     assert_eq!(sink.wait_for(1, Duration::from_secs(5))[0].data, b"x\r\n");
 }

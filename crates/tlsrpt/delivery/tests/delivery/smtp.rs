@@ -297,8 +297,10 @@ fn answers_4xx_are_retried_and_5xx_are_permanent() {
     }
 }
 
-#[test]
-fn starttls_and_auth_with_a_verified_certificate() {
+/// A submission with STARTTLS and AUTH as `reporter` with `password` to a
+/// relay whose certificate is trusted and that knows the password
+/// `s3cret`: the outcome and what the relay saw.
+fn starttls_login(password: &str) -> (Outcome, Session) {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path());
     let (port, server) = serve_once(Script {
@@ -308,7 +310,7 @@ fn starttls_and_auth_with_a_verified_certificate() {
     });
     let credentials = SmtpCredentials {
         user: "reporter".into(),
-        password: "s3cret".into(),
+        password: password.into(),
     };
     let smtp = Smtp::new(
         "127.0.0.1",
@@ -320,8 +322,13 @@ fn starttls_and_auth_with_a_verified_certificate() {
     )
     .unwrap();
     let outcome = submit(&smtp);
+    (outcome, server.join().unwrap())
+}
+
+#[test]
+fn starttls_and_auth_with_a_verified_certificate() {
+    let (outcome, session) = starttls_login("s3cret");
     assert!(outcome.is_delivered(), "{outcome:?}");
-    let session = server.join().unwrap();
     assert!(session.encrypted);
     assert_eq!(session.authenticated_as.as_deref(), Some("reporter"));
     assert_eq!(session.data.unwrap(), render_mail(&gzip_report()));
@@ -329,27 +336,8 @@ fn starttls_and_auth_with_a_verified_certificate() {
 
 #[test]
 fn a_refused_login_is_retried_until_the_configuration_is_fixed() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path());
-    let (port, server) = serve_once(Script {
-        starttls: Some(Arc::clone(&ca.server_config)),
-        login: Some(("reporter", "s3cret")),
-        ..Script::default()
-    });
-    let credentials = SmtpCredentials {
-        user: "reporter".into(),
-        password: "wrong".into(),
-    };
-    let smtp = Smtp::new(
-        "127.0.0.1",
-        port,
-        SmtpSecurity::StartTls,
-        Some(credentials),
-        TIMEOUT,
-        &trust(&ca),
-    )
-    .unwrap();
-    match submit(&smtp) {
+    let (outcome, session) = starttls_login("wrong");
+    match outcome {
         Outcome::RetryLater(text) => {
             assert!(
                 text.contains("535") && text.contains("check the AUTH settings"),
@@ -358,7 +346,7 @@ fn a_refused_login_is_retried_until_the_configuration_is_fixed() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(server.join().unwrap().data.is_none());
+    assert!(session.data.is_none());
 }
 
 #[test]
