@@ -367,6 +367,16 @@ mod tests {
         a
     }
 
+    /// A store file in a fresh directory, opened as the collector does on
+    /// `today` (`yesterday` completed).
+    fn opened(today: Day, yesterday: Day) -> (tempfile::TempDir, StorageUrl, Vec<StoreHandle>) {
+        let dir = tempfile::tempdir().unwrap();
+        let url =
+            StorageUrl::parse(&format!("sqlite://{}/c.sqlite", dir.path().display())).unwrap();
+        let stores = open_stores(std::slice::from_ref(&url), today, yesterday, None).unwrap();
+        (dir, url, stores)
+    }
+
     fn total(db: &FetcherDb, day: Day) -> i64 {
         let (p, _) = db.details(day, "a.example").unwrap();
         p.iter().map(|r| r.total).sum()
@@ -374,32 +384,14 @@ mod tests {
 
     #[test]
     fn new_installation_gets_a_yesterday_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let url =
-            StorageUrl::parse(&format!("sqlite://{}/c.sqlite", dir.path().display())).unwrap();
-        open_stores(
-            std::slice::from_ref(&url),
-            day("2026-11-22"),
-            day("2026-11-21"),
-            None,
-        )
-        .unwrap();
+        let (_dir, url, _) = opened(day("2026-11-22"), day("2026-11-21"));
         let y = FetcherDb::open(&yesterday_path(&url.path)).unwrap();
         assert_eq!(y.completed_day().unwrap(), Some(day("2026-11-21")));
     }
 
     #[test]
     fn counters_before_and_after_midnight_land_in_their_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let url =
-            StorageUrl::parse(&format!("sqlite://{}/c.sqlite", dir.path().display())).unwrap();
-        let stores = open_stores(
-            std::slice::from_ref(&url),
-            day("2026-11-21"),
-            day("2026-11-20"),
-            None,
-        )
-        .unwrap();
+        let (_dir, url, stores) = opened(day("2026-11-21"), day("2026-11-20"));
         let (tx, rx) = mpsc::channel();
         let t = std::thread::spawn(move || run(stores, rx));
         tx.send(Request::Counters(counters(day("2026-11-21"), 3)))
@@ -421,16 +413,7 @@ mod tests {
 
     #[test]
     fn a_locked_database_keeps_counters_until_it_is_free() {
-        let dir = tempfile::tempdir().unwrap();
-        let url =
-            StorageUrl::parse(&format!("sqlite://{}/c.sqlite", dir.path().display())).unwrap();
-        let stores = open_stores(
-            std::slice::from_ref(&url),
-            day("2026-11-21"),
-            day("2026-11-20"),
-            None,
-        )
-        .unwrap();
+        let (_dir, url, stores) = opened(day("2026-11-21"), day("2026-11-20"));
         // Another process holds an exclusive lock on the file.
         let locker = rusqlite::Connection::open(&url.path).unwrap();
         locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
