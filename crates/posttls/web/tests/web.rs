@@ -247,6 +247,15 @@ impl Lab {
         (page, reply)
     }
 
+    /// Posts the confirmation form of `token` with the CSRF token its page
+    /// would carry for `form`, without opening the page.
+    async fn post_with_csrf(&self, token: &str, form: &str) -> Reply {
+        let id = ActionToken::verify(&self.key, token, now()).unwrap().id();
+        let csrf = csrf_token(&self.key, &id, form);
+        self.post(&format!("/confirm/{token}"), &format!("csrf={csrf}"), None)
+            .await
+    }
+
     /// Logs in; returns the session cookie (`NAME=VALUE`).
     async fn login(&self) -> String {
         let reply = self.try_login(ADMIN, PASSWORD).await;
@@ -454,14 +463,7 @@ async fn a_release_link_shows_the_message_and_only_the_post_requests_the_release
         page.body
     );
     assert!(!page.body.contains("<form"));
-    let csrf = csrf_token(
-        &lab.key,
-        &ActionToken::verify(&lab.key, &delete, now()).unwrap().id(),
-        "delete",
-    );
-    let reply = lab
-        .post(&format!("/confirm/{delete}"), &format!("csrf={csrf}"), None)
-        .await;
+    let reply = lab.post_with_csrf(&delete, "delete").await;
     assert_eq!(reply.status, StatusCode::CONFLICT);
     assert_eq!(lab.actions().len(), 1);
 
@@ -1498,14 +1500,7 @@ async fn a_message_that_left_the_queue_says_so() {
         "{}",
         page.body
     );
-    let csrf = csrf_token(
-        &lab.key,
-        &ActionToken::verify(&lab.key, &token, now()).unwrap().id(),
-        "release",
-    );
-    let reply = lab
-        .post(&format!("/confirm/{token}"), &format!("csrf={csrf}"), None)
-        .await;
+    let reply = lab.post_with_csrf(&token, "release").await;
     assert_eq!(reply.status, StatusCode::GONE);
     assert!(lab.actions().is_empty());
 }
