@@ -239,12 +239,19 @@ impl Lab {
     /// Opens the confirmation page of `token` and presses its button:
     /// the page and the answer to the POST.
     async fn confirm(&self, token: &str) -> (Reply, Reply) {
-        let uri = format!("/confirm/{token}");
-        let page = self.get(&uri, None).await;
-        let reply = self
-            .post(&uri, &format!("csrf={}", page.csrf()), None)
-            .await;
+        let page = self.get(&format!("/confirm/{token}"), None).await;
+        let reply = self.press(token, &page).await;
         (page, reply)
+    }
+
+    /// Presses the button of `page`, the confirmation page of `token`.
+    async fn press(&self, token: &str, page: &Reply) -> Reply {
+        self.post(
+            &format!("/confirm/{token}"),
+            &format!("csrf={}", page.csrf()),
+            None,
+        )
+        .await
     }
 
     /// Posts the confirmation form of `token` with the CSRF token its page
@@ -389,13 +396,7 @@ async fn a_release_link_shows_the_message_and_only_the_post_requests_the_release
     lab.get(&format!("/confirm/{token}"), None).await;
     assert_eq!(lab.snapshot(), before);
 
-    let reply = lab
-        .post(
-            &format!("/confirm/{token}"),
-            &format!("csrf={}", page.csrf()),
-            None,
-        )
-        .await;
+    let reply = lab.press(&token, &page).await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
     assert_eq!(reply.location(), format!("/confirm/{token}"));
     assert_eq!(
@@ -439,13 +440,7 @@ async fn a_release_link_shows_the_message_and_only_the_post_requests_the_release
     assert!(!status.body.contains("<form"));
 
     // A second POST of the same form: refused, says what happened.
-    let again = lab
-        .post(
-            &format!("/confirm/{token}"),
-            &format!("csrf={}", page.csrf()),
-            None,
-        )
-        .await;
+    let again = lab.press(&token, &page).await;
     assert_eq!(again.status, StatusCode::CONFLICT);
     assert!(
         again.body.contains("This link was already used"),
@@ -509,13 +504,7 @@ async fn a_delete_link_requests_the_deletion() {
         .contains("nobody who still waits for it receives it"));
     assert!(page.body.contains("(3 recipients)"), "{}", page.body);
     assert!(page.body.contains(">Delete message</button>"));
-    let reply = lab
-        .post(
-            &format!("/confirm/{token}"),
-            &format!("csrf={}", page.csrf()),
-            None,
-        )
-        .await;
+    let reply = lab.press(&token, &page).await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
     assert_eq!(
         lab.actions(),
@@ -544,13 +533,7 @@ async fn a_view_link_offers_both_choices_and_cannot_act_itself() {
     assert_eq!(page.body.matches("<form").count(), 2, "{}", page.body);
     assert!(page.body.contains("Send unencrypted to 1 recipient"));
     assert!(page.body.contains("Delete message"));
-    let reply = lab
-        .post(
-            &format!("/confirm/{view}"),
-            &format!("csrf={}", page.csrf()),
-            None,
-        )
-        .await;
+    let reply = lab.press(&view, &page).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert!(lab.actions().is_empty());
     // The first form posts to a derived release token, which works.
@@ -918,13 +901,7 @@ async fn hostile_strings_are_only_shown_escaped() {
     }
     assert!(page.body.contains("Send unencrypted to 4 recipients"));
     // And the release of it is recorded like any other, by message id.
-    let reply = lab
-        .post(
-            &format!("/confirm/{token}"),
-            &format!("csrf={}", page.csrf()),
-            None,
-        )
-        .await;
+    let reply = lab.press(&token, &page).await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
     assert_eq!(lab.store.actions_of(id).unwrap().len(), 1);
 }
@@ -1527,13 +1504,7 @@ async fn a_request_the_worker_refused_is_shown_and_other_links_still_work() {
     let delete = lab.token(Action::Delete);
     let page = lab.get(&format!("/confirm/{delete}"), None).await;
     assert!(page.body.contains("was not carried out"), "{}", page.body);
-    let reply = lab
-        .post(
-            &format!("/confirm/{delete}"),
-            &format!("csrf={}", page.csrf()),
-            None,
-        )
-        .await;
+    let reply = lab.press(&delete, &page).await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
     assert_eq!(lab.actions().len(), 2);
 }
