@@ -14,13 +14,14 @@ use minijinja::{AutoEscape, Environment, Value};
 use crate::AppState;
 
 /// The templates, by name.
-const TEMPLATES: [(&str, &str); 8] = [
+const TEMPLATES: [(&str, &str); 9] = [
     ("base.html", include_str!("../templates/base.html")),
     ("error.html", include_str!("../templates/error.html")),
     ("confirm.html", include_str!("../templates/confirm.html")),
     ("status.html", include_str!("../templates/status.html")),
     ("home.html", include_str!("../templates/home.html")),
     ("login.html", include_str!("../templates/login.html")),
+    ("admin.html", include_str!("../templates/admin.html")),
     (
         "dashboard.html",
         include_str!("../templates/dashboard.html"),
