@@ -192,20 +192,6 @@ fn policy_count(datagram: &[u8]) -> i64 {
 // ---------------------------------------------------------------------------
 // Collectors and their databases
 
-/// `sum(cntrtotal)` of a store file, or `None` while it cannot be read
-/// (upstream removes `.yesterday` and then renames: a short gap).
-fn try_total(db: &Path) -> Option<i64> {
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .ok()?;
-    conn.query_row(
-        "SELECT coalesce(sum(cntrtotal), 0) FROM finalresults",
-        [],
-        |r| r.get(0),
-    )
-    .ok()
-}
-
 fn daystatus(db: &Path) -> String {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)

@@ -134,17 +134,23 @@ impl Drop for Collector {
     }
 }
 
-/// Sum of `cntrtotal` in a store file (0 for an empty or missing table).
-pub fn total_count(db: &Path) -> i64 {
+/// Sum of `cntrtotal` in a store file, or `None` while it cannot be read
+/// (upstream removes `.yesterday` and then renames: a short gap).
+pub fn try_total(db: &Path) -> Option<i64> {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
+            .ok()?;
     conn.query_row(
         "SELECT coalesce(sum(cntrtotal), 0) FROM finalresults",
         [],
         |r| r.get(0),
     )
-    .unwrap()
+    .ok()
+}
+
+/// Sum of `cntrtotal` in a store file (0 for an empty table).
+pub fn total_count(db: &Path) -> i64 {
+    try_total(db).unwrap_or_else(|| panic!("cannot read {}", db.display()))
 }
 
 /// Run a fetcher; returns (exit code, stdout, stderr).

@@ -15,19 +15,6 @@ pub fn tlsrptctl_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tlsrptctl"))
 }
 
-/// Sum of `cntrtotal` in a store file, `None` while it cannot be read.
-fn try_total(db: &Path) -> Option<i64> {
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .ok()?;
-    conn.query_row(
-        "SELECT coalesce(sum(cntrtotal), 0) FROM finalresults",
-        [],
-        |r| r.get(0),
-    )
-    .ok()
-}
-
 /// Our collector after receiving `datagrams` (each counted once per
 /// policy) and a development rollover (SIGUSR2): its `.yesterday` file
 /// holds them for the real clock's yesterday, which is what a reportd
@@ -39,11 +26,11 @@ pub fn collected_day(datagrams: &[Vec<u8>], policies: i64) -> Collector {
         collector.send(datagram);
     }
     wait_until(20, "the collector's commit", || {
-        try_total(&collector.db) == Some(policies)
+        super::try_total(&collector.db) == Some(policies)
     });
     collector.signal(libc::SIGUSR2);
     wait_until(20, "the development rollover", || {
-        try_total(&collector.yesterday()) == Some(policies)
+        super::try_total(&collector.yesterday()) == Some(policies)
     });
     assert!(collector.terminate().success(), "{}", collector.log_text());
     collector
