@@ -892,11 +892,17 @@ mod tests {
     }
 
     /// A day whose fetch jobs both delivered their domain lists.
-    fn with_domain_lists(db: &mut ReportdDb) -> Vec<FetchJob> {
+    /// The two fetchers' jobs of day 21, the first one's domain list in.
+    fn with_first_domain_list(db: &mut ReportdDb) -> Vec<FetchJob> {
         db.create_fetch_jobs(day(21), &fetchers(), t(0, 0)).unwrap();
         let jobs = db.due_fetch_jobs(t(0, 1)).unwrap();
         db.store_domain_list(&jobs[0], &strings(&["a.example", "b.example"]), t(0, 1))
             .unwrap();
+        jobs
+    }
+
+    fn with_domain_lists(db: &mut ReportdDb) -> Vec<FetchJob> {
+        let jobs = with_first_domain_list(db);
         db.store_domain_list(&jobs[1], &strings(&["b.example"]), t(0, 1))
             .unwrap();
         jobs
@@ -1039,10 +1045,7 @@ mod tests {
     #[test]
     fn details_are_due_once_all_domain_lists_are_in_and_retried_or_given_up() {
         let (_dir, _path, mut db) = fresh();
-        db.create_fetch_jobs(day(21), &fetchers(), t(0, 0)).unwrap();
-        let jobs = db.due_fetch_jobs(t(0, 1)).unwrap();
-        db.store_domain_list(&jobs[0], &strings(&["a.example", "b.example"]), t(0, 1))
-            .unwrap();
+        let jobs = with_first_domain_list(&mut db);
         assert!(
             db.due_details(t(0, 2)).unwrap().is_empty(),
             "fetcher 2 is still open"
@@ -1285,10 +1288,7 @@ mod tests {
     #[test]
     fn upstreams_queries_read_our_rows() {
         let (_dir, path, mut db) = fresh();
-        db.create_fetch_jobs(day(21), &fetchers(), t(0, 0)).unwrap();
-        let jobs = db.due_fetch_jobs(t(0, 1)).unwrap();
-        db.store_domain_list(&jobs[0], &strings(&["a.example", "b.example"]), t(0, 1))
-            .unwrap();
+        let jobs = with_first_domain_list(&mut db);
         db.fetch_job_retry_at(
             &jobs[1],
             Utc.with_ymd_and_hms(2026, 11, 22, 0, 5, 0).unwrap()
