@@ -412,6 +412,20 @@ fn report_mail_through_postfix_is_dkim_signed_and_read_by_receivers() {
 }
 
 /// A TCP port on 127.0.0.1 where nothing listens (bound, then let go).
+/// A report daemon on `collector` that uploads to local HTTPS servers with
+/// certificates of `ca` and retries at once, with `extra` options.
+fn uploading_reportd(collector: &Collector, ca: &TestCa, extra: &[(&str, &str)]) -> Reportd {
+    let ca_file = ca.ca_file.display().to_string();
+    let mut settings = vec![
+        ("http_ca_file", ca_file.as_str()),
+        ("http_allow_private_addresses", "1"),
+        ("min_wait_delivery", "0"),
+        ("max_wait_delivery", "1"),
+    ];
+    settings.extend_from_slice(extra);
+    Reportd::prepare(&reportd_bin(), &fetchers(collector), &settings)
+}
+
 fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
@@ -449,18 +463,10 @@ fn https_upload_is_sent_only_after_a_2xx_and_failures_are_retried() {
         ("https.example", &format!("v=TLSRPTv1;rua={upload}")),
         ("refused.example", &format!("v=TLSRPTv1;rua={refused}")),
     ]);
-    let ca_file = ca.ca_file.display().to_string();
-    let mut reportd = Reportd::prepare(
-        &reportd_bin(),
-        &fetchers(&collector),
-        &[
-            ("http_ca_file", &ca_file),
-            ("http_allow_private_addresses", "1"),
-            ("http_timeout", "2"),
-            ("max_retries_delivery", "5"),
-            ("min_wait_delivery", "0"),
-            ("max_wait_delivery", "1"),
-        ],
+    let mut reportd = uploading_reportd(
+        &collector,
+        &ca,
+        &[("http_timeout", "2"), ("max_retries_delivery", "5")],
     );
     db_path.set(reportd.db.clone()).unwrap();
     reportd.start();
@@ -715,17 +721,7 @@ fn a_hostile_domain_gets_at_most_four_uploads_per_record_and_four_records() {
         .map(|r| ("cannon.example", r.as_str()))
         .collect();
     let collector = collected(&pairs);
-    let ca_file = ca.ca_file.display().to_string();
-    let mut reportd = Reportd::prepare(
-        &reportd_bin(),
-        &fetchers(&collector),
-        &[
-            ("http_ca_file", &ca_file),
-            ("http_allow_private_addresses", "1"),
-            ("min_wait_delivery", "0"),
-            ("max_wait_delivery", "1"),
-        ],
-    );
+    let mut reportd = uploading_reportd(&collector, &ca, &[]);
     reportd.start();
     // 4 records: the first sends to the victim and 3 more, the next three
     // to 3 more each (the victim already has its report).
