@@ -270,6 +270,13 @@ impl Lab {
         reply.cookie("posttls-session")
     }
 
+    /// Logs in as `name` with `password`, which must be answered with
+    /// `status`.
+    async fn expect_login(&self, name: &str, password: &str, status: StatusCode) {
+        let reply = self.try_login(name, password).await;
+        assert_eq!(reply.status, status, "login as {name:?}: {}", reply.body);
+    }
+
     async fn try_login(&self, name: &str, password: &str) -> Reply {
         let page = self.get("/admin/login", None).await;
         let cookie = page.cookie("posttls-login");
@@ -1157,13 +1164,13 @@ async fn password_guessing_is_slowed_down() {
         .all(|f| f == "login_failed 192.0.2.10 name \"root\": wrong password"));
 
     // The address is throttled too: another (unknown) name from there is refused.
-    let reply = lab.try_login("admin2", "x").await;
-    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    lab.expect_login("admin2", "x", StatusCode::TOO_MANY_REQUESTS)
+        .await;
 
     // After the delay the right password works.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let reply = lab.try_login(ADMIN, PASSWORD).await;
-    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
+    lab.expect_login(ADMIN, PASSWORD, StatusCode::SEE_OTHER)
+        .await;
 }
 
 #[tokio::test]
@@ -1171,16 +1178,16 @@ async fn guessing_from_many_addresses_is_slowed_down_per_user() {
     let mut lab = lab();
     for i in 1..=4 {
         lab.peer = format!("198.51.100.{i}:1000").parse().unwrap();
-        let reply = lab.try_login(ADMIN, "wrong").await;
-        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        lab.expect_login(ADMIN, "wrong", StatusCode::UNAUTHORIZED)
+            .await;
     }
     lab.peer = "198.51.100.99:1000".parse().unwrap();
-    let reply = lab.try_login(ADMIN, PASSWORD).await;
-    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    lab.expect_login(ADMIN, PASSWORD, StatusCode::TOO_MANY_REQUESTS)
+        .await;
     // Hostile names are refused like unknown ones and audited escaped.
     lab.peer = "203.0.113.1:1000".parse().unwrap();
-    let reply = lab.try_login("$(id) \"--help", "x").await;
-    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    lab.expect_login("$(id) \"--help", "x", StatusCode::UNAUTHORIZED)
+        .await;
     let last = &lab.store.audit_log(1).unwrap()[0];
     assert_eq!(last.detail, "name \"$(id) \\\"--help\": no such admin");
 }
@@ -1204,12 +1211,12 @@ async fn names_no_admin_can_have_are_refused_unchecked_but_counted() {
     }
     assert_eq!(lab.snapshot(), before);
     // They count as failures of the address: the fourth set a delay.
-    let reply = lab.try_login(ADMIN, PASSWORD).await;
-    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    lab.expect_login(ADMIN, PASSWORD, StatusCode::TOO_MANY_REQUESTS)
+        .await;
     // Not of the admin's name: from elsewhere it logs in.
     lab.peer = "198.51.100.1:1000".parse().unwrap();
-    let reply = lab.try_login(ADMIN, PASSWORD).await;
-    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
+    lab.expect_login(ADMIN, PASSWORD, StatusCode::SEE_OTHER)
+        .await;
 }
 
 #[tokio::test]
@@ -1219,27 +1226,27 @@ async fn failed_logins_count_per_ipv6_network() {
     // refused without a password check, which keeps this quick).
     for host in 1..=4 {
         lab.peer = format!("[2001:db8:1:2::{host}]:1000").parse().unwrap();
-        let reply = lab.try_login(&"x".repeat(65), "x").await;
-        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        lab.expect_login(&"x".repeat(65), "x", StatusCode::UNAUTHORIZED)
+            .await;
     }
     lab.peer = "[2001:db8:1:2:ffff::9]:1000".parse().unwrap();
-    let reply = lab.try_login(ADMIN, PASSWORD).await;
-    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    lab.expect_login(ADMIN, PASSWORD, StatusCode::TOO_MANY_REQUESTS)
+        .await;
     // The next /64 is someone else.
     lab.peer = "[2001:db8:1:3::1]:1000".parse().unwrap();
-    let reply = lab.try_login(ADMIN, PASSWORD).await;
-    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
+    lab.expect_login(ADMIN, PASSWORD, StatusCode::SEE_OTHER)
+        .await;
 
     // An IPv4-mapped address is its IPv4 address. (Another name: the one
     // above must wait now.)
     lab.peer = "[::ffff:192.0.2.77]:1000".parse().unwrap();
     for _ in 1..=4 {
-        let reply = lab.try_login(&"y".repeat(65), "x").await;
-        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        lab.expect_login(&"y".repeat(65), "x", StatusCode::UNAUTHORIZED)
+            .await;
     }
     lab.peer = "192.0.2.77:1000".parse().unwrap();
-    let reply = lab.try_login(ADMIN, PASSWORD).await;
-    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    lab.expect_login(ADMIN, PASSWORD, StatusCode::TOO_MANY_REQUESTS)
+        .await;
 }
 
 #[tokio::test]
