@@ -14,17 +14,74 @@ use super::*;
 use crate::pages::internal;
 use crate::{now, AppState, ClientIp};
 
-fn domains_notice(code: &str) -> Option<&'static str> {
-    Some(match code {
-        "added" => "Domain added: its recipients are never sent unencrypted from now on.",
-        "removed" => "Domain removed.",
-        "exists" => "That domain is already on the list.",
-        "configured" => {
-            "That domain is in the configuration file already; it cannot be changed here."
+/// What an admin asked to do with a domain (`op=add` or `op=remove`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DomainOp {
+    Add,
+    Remove,
+}
+
+impl DomainOp {
+    fn parse(text: &str) -> Option<DomainOp> {
+        match text {
+            "add" => Some(DomainOp::Add),
+            "remove" => Some(DomainOp::Remove),
+            _ => None,
         }
-        "unknown" => "That domain was not on the list.",
-        _ => return None,
-    })
+    }
+}
+
+/// What a change did, carried to the page after the redirect as `done=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DomainChange {
+    Added,
+    Removed,
+    AlreadyListed,
+    Configured,
+    NotListed,
+}
+
+impl DomainChange {
+    const ALL: [DomainChange; 5] = [
+        DomainChange::Added,
+        DomainChange::Removed,
+        DomainChange::AlreadyListed,
+        DomainChange::Configured,
+        DomainChange::NotListed,
+    ];
+
+    /// The word in the redirect's query.
+    fn code(self) -> &'static str {
+        match self {
+            DomainChange::Added => "added",
+            DomainChange::Removed => "removed",
+            DomainChange::AlreadyListed => "exists",
+            DomainChange::Configured => "configured",
+            DomainChange::NotListed => "unknown",
+        }
+    }
+
+    fn notice(self) -> &'static str {
+        match self {
+            DomainChange::Added => {
+                "Domain added: its recipients are never sent unencrypted from now on."
+            }
+            DomainChange::Removed => "Domain removed.",
+            DomainChange::AlreadyListed => "That domain is already on the list.",
+            DomainChange::Configured => {
+                "That domain is in the configuration file already; it cannot be changed here."
+            }
+            DomainChange::NotListed => "That domain was not on the list.",
+        }
+    }
+}
+
+/// The notice for a `done=` code; none for a code this page never sends.
+fn domains_notice(code: &str) -> Option<&'static str> {
+    DomainChange::ALL
+        .into_iter()
+        .find(|change| change.code() == code)
+        .map(DomainChange::notice)
 }
 
 /// `GET /admin/domains`.
@@ -91,8 +148,18 @@ pub async fn domains_change(
         Ok(posted) => posted,
         Err(page) => return page,
     };
-    let entry = match form.op.as_str() {
-        "add" => {
+    let Some(op) = DomainOp::parse(&form.op) else {
+        return render_domains(
+            &app,
+            &admin,
+            StatusCode::BAD_REQUEST,
+            None,
+            Some("Unknown operation."),
+        )
+        .await;
+    };
+    let entry = match op {
+        DomainOp::Add => {
             let mut set = DomainSet::new();
             match set.insert(&form.domain) {
                 Ok(_) if form.domain.len() <= 254 => set.entries().remove(0),
@@ -119,31 +186,20 @@ pub async fn domains_change(
                 }
             }
         }
-        "remove" => form.domain.clone(),
-        _ => {
-            return render_domains(
-                &app,
-                &admin,
-                StatusCode::BAD_REQUEST,
-                None,
-                Some("Unknown operation."),
-            )
-            .await
-        }
+        DomainOp::Remove => form.domain.clone(),
     };
     let configured = app.config().mandatory_domains.entries().contains(&entry);
     let actor = admin.actor();
     let ip = ip.text();
-    let op = form.op.clone();
     let result = app
         .with_store(move |s| {
             if configured {
-                return Ok("configured");
+                return Ok(DomainChange::Configured);
             }
             let t = now();
-            if op == "add" {
+            if op == DomainOp::Add {
                 if !s.add_mandatory_domain(&entry, &actor, t)? {
-                    return Ok("exists");
+                    return Ok(DomainChange::AlreadyListed);
                 }
                 s.audit(
                     &actor,
@@ -153,10 +209,10 @@ pub async fn domains_change(
                     &entry,
                     t,
                 )?;
-                Ok("added")
+                Ok(DomainChange::Added)
             } else {
                 if !s.remove_mandatory_domain(&entry)? {
-                    return Ok("unknown");
+                    return Ok(DomainChange::NotListed);
                 }
                 s.audit(
                     &actor,
@@ -166,14 +222,17 @@ pub async fn domains_change(
                     &entry,
                     t,
                 )?;
-                Ok("removed")
+                Ok(DomainChange::Removed)
             }
         })
         .await;
     match result {
-        Ok(code) => {
-            Redirect::to(&format!("{}/admin/domains?done={code}", app.prefix())).into_response()
-        }
+        Ok(change) => Redirect::to(&format!(
+            "{}/admin/domains?done={}",
+            app.prefix(),
+            change.code()
+        ))
+        .into_response(),
         Err(err) => internal(&app, &err),
     }
 }
