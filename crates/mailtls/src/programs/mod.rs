@@ -3,6 +3,7 @@
 //! `main(&ArgMatches) -> i32` returning the exit code.
 
 pub mod collectd;
+pub mod docs;
 pub mod fetcher;
 pub mod loadgen;
 pub mod posttls;
@@ -12,8 +13,32 @@ pub mod run;
 pub mod tlsrptctl;
 
 use anyhow::{bail, Context};
-use clap::ArgMatches;
+use clap::{ArgMatches, Command};
 use mailtls_common::config::{self, ProgramOptions, ProgramSpec};
+
+/// The `mailtls` command with every program as a subcommand.
+pub fn cli() -> Command {
+    Command::new("mailtls")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Visibility and control over the TLS of outgoing mail for Postfix")
+        .long_about(
+            "mailtls gives Postfix operators visibility and control over the TLS of their \
+             outgoing mail. Its TLSRPT part (RFC 8460) replaces sys4's tlsrpt-reporter: the \
+             subcommands collectd, fetcher and reportd are the same programs as the \
+             binaries tlsrpt-collectd, tlsrpt-fetcher and tlsrpt-reportd, with the same options.",
+        )
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand(run::command())
+        .subcommand(collectd::command().name("collectd"))
+        .subcommand(fetcher::command().name("fetcher"))
+        .subcommand(reportd::command().name("reportd"))
+        .subcommand(tlsrptctl::command())
+        .subcommand(posttls::command())
+        .subcommand(loadgen::command())
+        .subcommand(loadgen::sink_command().hide(true))
+        .subcommand(docs::command().hide(true))
+}
 
 /// Where a program's options name its log: `(log_level, logfilename)`.
 pub(crate) type LogOptions<O> = fn(&O) -> (&str, &str);
