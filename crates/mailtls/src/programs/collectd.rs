@@ -92,9 +92,11 @@ Exit status: 0 clean shutdown, 2 configuration error, 3 database cannot be set u
 4 database of another program or version, 6 counters could not be written at
 shutdown, 7 socket cannot be created.
 
-Postfix (>= 3.10), main.cf:
+Postfix (>= 3.10), main.cf, with socketname =
+/var/spool/postfix/run/tlsrpt/tlsrpt-collectd.socket (inside the queue
+directory, so that a chrooted smtp reaches it):
   smtp_tlsrpt_enable = yes
-  smtp_tlsrpt_socket_name = /run/tlsrpt/tlsrpt-collectd.socket";
+  smtp_tlsrpt_socket_name = run/tlsrpt/tlsrpt-collectd.socket";
 
 pub fn command() -> Command {
     add_options::<CollectdOptions>(
