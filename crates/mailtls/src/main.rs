@@ -1,11 +1,14 @@
 //! `mailtls`: one binary with a subcommand per program.
 
-use mailtls::programs::{self, collectd, docs, fetcher, loadgen, posttls, reportd, run, tlsrptctl};
+use mailtls::programs::{
+    self, check, collectd, docs, fetcher, loadgen, posttls, reportd, run, tlsrptctl,
+};
 
 fn main() {
     let matches = programs::cli().get_matches();
     let code = match matches.subcommand() {
         Some(("run", m)) => run::main(m),
+        Some(("check", m)) => check::main(m),
         Some(("collectd", m)) => collectd::main(m),
         Some(("fetcher", m)) => fetcher::main(m),
         Some(("reportd", m)) => reportd::main(m),

@@ -2,6 +2,7 @@
 //! both as a `mailtls` subcommand and as a standalone binary) and
 //! `main(&ArgMatches) -> i32` returning the exit code.
 
+pub mod check;
 pub mod collectd;
 pub mod docs;
 pub mod fetcher;
@@ -30,6 +31,7 @@ pub fn cli() -> Command {
         .subcommand_required(true)
         .arg_required_else_help(true)
         .subcommand(run::command())
+        .subcommand(check::command())
         .subcommand(collectd::command().name("collectd"))
         .subcommand(fetcher::command().name("fetcher"))
         .subcommand(reportd::command().name("reportd"))

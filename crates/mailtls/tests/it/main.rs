@@ -6,6 +6,7 @@
 
 mod support;
 
+mod check;
 mod collectd;
 mod postfix_harness;
 mod posttls;

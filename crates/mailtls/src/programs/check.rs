@@ -1,0 +1,763 @@
+//! `mailtls check`: reads the local set-up (a Postfix instance through
+//! `postconf`, the collector's, report daemon's and PostTLS's configuration
+//! files, the collector's socket and databases) and says in plain words
+//! what is right, what is wrong and the line that fixes it.
+//!
+//! Facts are gathered first (all the I/O), then judged by pure functions
+//! into [`Finding`]s. Exit status: 0 all well, 1 warnings, 2 errors.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use mailtls_common::config::{self, ProgramOptions, ProgramSpec};
+use mailtls_common::day::Day;
+use mailtls_common::process::Run;
+use serde::Serialize;
+
+use super::collectd::{self, CollectdOptions};
+use super::posttls::{self, PosttlsOptions};
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Warning,
+    Error,
+}
+
+/// One thing `check` found, and how to fix it when it is not ok.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub level: Level,
+    /// `postfix`, `collector`, `posttls`.
+    pub area: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Finding {
+    fn ok(area: &'static str, message: impl Into<String>) -> Finding {
+        Finding {
+            level: Level::Ok,
+            area,
+            message: message.into(),
+            fix: None,
+        }
+    }
+
+    fn warning(area: &'static str, message: impl Into<String>, fix: impl Into<String>) -> Finding {
+        Finding {
+            level: Level::Warning,
+            area,
+            message: message.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    fn error(area: &'static str, message: impl Into<String>, fix: impl Into<String>) -> Finding {
+        Finding {
+            level: Level::Error,
+            area,
+            message: message.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+pub fn command() -> Command {
+    Command::new("check")
+        .about("Check the local set-up: Postfix, the TLSRPT collector, PostTLS")
+        .long_about(
+            "Read the local set-up and say what is right, what is wrong and the line that \
+             fixes it: the Postfix instance (its version, TLSRPT parameters and socket, the \
+             PostTLS re-injection listeners and TLS level), the TLSRPT collector (its socket, \
+             owner and mode, the kernel's datagram queue, its databases and the day's \
+             rollover) and PostTLS (base_url, the link key's permissions).",
+        )
+        .after_long_help(
+            "Exit status: 0 when all is well, 1 when there are warnings, 2 when there are errors.",
+        )
+        .arg(
+            Arg::new("postfix_config_dir")
+                .long("postfix_config_dir")
+                .value_name("DIR")
+                .help("Configuration directory of the Postfix instance (postconf -c); default: the default instance"),
+        )
+        .arg(
+            Arg::new("collectd_config")
+                .long("collectd_config")
+                .value_name("FILE")
+                .default_value(collectd::SPEC.default_config_file)
+                .help("The collector's configuration file"),
+        )
+        .arg(
+            Arg::new("posttls_config")
+                .long("posttls_config")
+                .value_name("FILE")
+                .default_value(posttls::SPEC.default_config_file)
+                .help("PostTLS's configuration file (not checked when it does not exist)"),
+        )
+        .arg(
+            Arg::new("json")
+                .long("json")
+                .action(ArgAction::SetTrue)
+                .help("Print the findings as JSON, for monitoring"),
+        )
+}
+
+pub fn main(matches: &ArgMatches) -> i32 {
+    let postfix = PostfixFacts::gather(
+        matches
+            .get_one::<String>("postfix_config_dir")
+            .map(PathBuf::from),
+    );
+    let collector = CollectorFacts::gather(Path::new(
+        matches
+            .get_one::<String>("collectd_config")
+            .expect("default"),
+    ));
+    let posttls = PosttlsFacts::gather(Path::new(
+        matches
+            .get_one::<String>("posttls_config")
+            .expect("default"),
+    ));
+    let mut findings = judge_postfix(&postfix, collector.options.as_ref());
+    findings.extend(judge_collector(&collector, &postfix));
+    findings.extend(judge_posttls(&posttls, &postfix));
+    if matches.get_flag("json") {
+        let worst = worst(&findings);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "status": worst,
+                "findings": findings,
+            }))
+            .expect("findings are plain data")
+        );
+    } else {
+        for finding in &findings {
+            let level = match finding.level {
+                Level::Ok => "ok",
+                Level::Warning => "WARNING",
+                Level::Error => "ERROR",
+            };
+            println!("{level:<8} {:<10} {}", finding.area, finding.message);
+            if let Some(fix) = &finding.fix {
+                println!("{:<19} fix: {fix}", "");
+            }
+        }
+    }
+    match worst(&findings) {
+        Level::Ok => 0,
+        Level::Warning => 1,
+        Level::Error => 2,
+    }
+}
+
+fn worst(findings: &[Finding]) -> Level {
+    findings.iter().map(|f| f.level).max().unwrap_or(Level::Ok)
+}
+
+/// What `postconf` says about the instance.
+#[derive(Debug, Clone, Default)]
+pub struct PostfixFacts {
+    pub config_dir: Option<PathBuf>,
+    /// Why postconf could not be asked, if it could not.
+    pub unavailable: Option<String>,
+    pub mail_version: Option<String>,
+    pub queue_directory: Option<String>,
+    pub mail_owner: Option<String>,
+    /// `None` when the parameter is unknown (Postfix without TLSRPT).
+    pub tlsrpt_enable: Option<String>,
+    pub tlsrpt_socket_name: Option<String>,
+    pub tls_security_level: Option<String>,
+    /// `postconf -M` lines of the services PostTLS and TLSRPT care about.
+    pub smtp_service: Option<String>,
+    pub release_service: Option<String>,
+    pub reinject_service: Option<String>,
+}
+
+impl PostfixFacts {
+    fn gather(config_dir: Option<PathBuf>) -> PostfixFacts {
+        let mut facts = PostfixFacts {
+            config_dir: config_dir.clone(),
+            ..PostfixFacts::default()
+        };
+        let postconf = |args: &[&str]| -> Result<Option<String>, String> {
+            let mut run = Run::new("/usr/sbin/postconf", Duration::from_secs(20));
+            if let Some(dir) = &config_dir {
+                run = run.arg("-c").arg(dir);
+            }
+            let done = run
+                .args(args)
+                .run()
+                .map_err(|e| format!("cannot run postconf: {e}"))?;
+            let stderr = done.stderr_line();
+            if stderr.contains("unknown parameter") {
+                return Ok(None);
+            }
+            if !done.ending.success() {
+                return Err(format!(
+                    "postconf {} {}: {stderr}",
+                    args.join(" "),
+                    done.ending
+                ));
+            }
+            Ok(Some(
+                String::from_utf8_lossy(&done.stdout).trim().to_string(),
+            ))
+        };
+        match postconf(&["-h", "mail_version"]) {
+            Ok(version) => facts.mail_version = version,
+            Err(why) => {
+                facts.unavailable = Some(why);
+                return facts;
+            }
+        }
+        let value = |name: &str| postconf(&["-h", name]).ok().flatten();
+        let service = |name: &str| {
+            postconf(&["-M", name])
+                .ok()
+                .flatten()
+                .filter(|line| !line.is_empty())
+        };
+        facts.queue_directory = value("queue_directory");
+        facts.mail_owner = value("mail_owner");
+        facts.tlsrpt_enable = value("smtp_tlsrpt_enable");
+        facts.tlsrpt_socket_name = value("smtp_tlsrpt_socket_name");
+        facts.tls_security_level = value("smtp_tls_security_level");
+        facts.smtp_service = service("smtp/unix");
+        facts.release_service = service("posttls-release/unix");
+        facts.reinject_service = service("posttls-reinject/unix");
+        facts
+    }
+
+    /// `(major, minor)` of `mail_version`.
+    fn version(&self) -> Option<(u32, u32)> {
+        let version = self.mail_version.as_deref()?;
+        let mut parts = version.split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some((major, minor))
+    }
+
+    /// Whether `smtp` runs chrooted (`master.cf` column 5).
+    fn smtp_chrooted(&self) -> bool {
+        self.smtp_service
+            .as_deref()
+            .and_then(|line| line.split_whitespace().nth(4))
+            .is_some_and(|chroot| chroot == "y")
+    }
+
+    fn postconf_e(&self, setting: &str) -> String {
+        match &self.config_dir {
+            Some(dir) => format!("postconf -c {} -e '{setting}'", dir.display()),
+            None => format!("postconf -e '{setting}'"),
+        }
+    }
+}
+
+/// The socket `smtp_tlsrpt_socket_name` names, as a path outside any
+/// chroot: relative names are relative to the queue directory.
+pub fn tlsrpt_socket_path(socket_name: &str, queue_directory: &str) -> PathBuf {
+    let name = Path::new(socket_name);
+    if name.is_absolute() {
+        name.to_path_buf()
+    } else {
+        Path::new(queue_directory).join(name)
+    }
+}
+
+/// Postfix's side: version, TLSRPT parameters and socket, and what PostTLS
+/// needs of it.
+pub fn judge_postfix(facts: &PostfixFacts, collector: Option<&CollectdOptions>) -> Vec<Finding> {
+    const AREA: &str = "postfix";
+    if let Some(why) = &facts.unavailable {
+        return vec![Finding::error(
+            AREA,
+            format!("Postfix cannot be asked: {why}"),
+            "install Postfix, or name the instance with --postfix_config_dir",
+        )];
+    }
+    let mut findings = Vec::new();
+    let version = facts.mail_version.clone().unwrap_or_default();
+    match facts.version() {
+        Some((major, minor)) if (major, minor) < (3, 10) => findings.push(Finding::error(
+            AREA,
+            format!(
+                "Postfix {version} cannot report TLS results: TLSRPT needs Postfix 3.10 or newer built with libtlsrpt, so the collector receives nothing from this Postfix"
+            ),
+            "upgrade Postfix to 3.10 or newer (with TLSRPT support); PostTLS works with this version",
+        )),
+        Some(_) => match facts.tlsrpt_enable.as_deref() {
+            None => findings.push(Finding::error(
+                AREA,
+                format!("Postfix {version} was built without TLSRPT support (smtp_tlsrpt_enable is unknown)"),
+                "install a Postfix package built with libtlsrpt",
+            )),
+            Some("yes") => findings.push(Finding::ok(
+                AREA,
+                format!("Postfix {version} reports TLS results (smtp_tlsrpt_enable = yes)"),
+            )),
+            Some(other) => findings.push(Finding::error(
+                AREA,
+                format!("smtp_tlsrpt_enable = {other}: Postfix does not report TLS results"),
+                facts.postconf_e("smtp_tlsrpt_enable = yes"),
+            )),
+        },
+        None => findings.push(Finding::warning(
+            AREA,
+            format!("Postfix version {version:?} is not one this check understands"),
+            "run postconf -h mail_version and report it to the mailtls developers",
+        )),
+    }
+    if facts.tlsrpt_enable.as_deref() == Some("yes") {
+        if let (Some(name), Some(queue), Some(collector)) = (
+            facts.tlsrpt_socket_name.as_deref(),
+            facts.queue_directory.as_deref(),
+            collector,
+        ) {
+            let postfix_socket = tlsrpt_socket_path(name, queue);
+            let ours = Path::new(&collector.socketname);
+            if postfix_socket != ours {
+                let relative = ours
+                    .strip_prefix(queue)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| collector.socketname.clone());
+                findings.push(Finding::error(
+                    AREA,
+                    format!(
+                        "smtp_tlsrpt_socket_name = {name} names {}, but the collector listens on {}",
+                        postfix_socket.display(),
+                        ours.display()
+                    ),
+                    facts.postconf_e(&format!("smtp_tlsrpt_socket_name = {relative}")),
+                ));
+            } else if facts.smtp_chrooted() && Path::new(name).is_absolute() {
+                findings.push(Finding::error(
+                    AREA,
+                    format!("smtp runs chrooted in {queue}, where the absolute smtp_tlsrpt_socket_name {name} does not exist"),
+                    format!("put the collector's socket under {queue} (socketname = {queue}/run/tlsrpt/tlsrpt-collectd.socket) and set smtp_tlsrpt_socket_name = run/tlsrpt/tlsrpt-collectd.socket"),
+                ));
+            } else {
+                findings.push(Finding::ok(
+                    AREA,
+                    format!("smtp_tlsrpt_socket_name = {name} is the collector's socket"),
+                ));
+            }
+        }
+    }
+    findings
+}
+
+/// What the collector's configuration, socket and databases look like.
+#[derive(Debug, Clone, Default)]
+pub struct CollectorFacts {
+    pub config_file: PathBuf,
+    /// The options of its configuration file, if it could be read.
+    pub options: Option<CollectdOptions>,
+    pub config_error: Option<String>,
+    /// Type, owner (uid, gid) and mode of the socket, if it exists.
+    pub socket: Option<SocketFacts>,
+    pub max_dgram_qlen: Option<u64>,
+    /// The completed day of `FILE.yesterday`, or why it cannot be read.
+    pub completed_day: Option<Result<Option<Day>, String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketFacts {
+    pub is_socket: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+/// The options of `program`'s configuration file, as the program reads
+/// them (without command line or environment).
+fn options_of<O: ProgramOptions>(
+    spec: &ProgramSpec,
+    command: Command,
+    file: &Path,
+) -> Result<O, String> {
+    let matches = config::add_options::<O>(command, spec)
+        .try_get_matches_from([
+            spec.name.to_string(),
+            format!("--config_file={}", file.display()),
+        ])
+        .map_err(|e| e.to_string())?;
+    config::resolve::<O>(spec, &matches, &[])
+        .map(|(options, _)| options)
+        .map_err(|e| e.to_string())
+}
+
+impl CollectorFacts {
+    fn gather(config_file: &Path) -> CollectorFacts {
+        let mut facts = CollectorFacts {
+            config_file: config_file.to_path_buf(),
+            ..CollectorFacts::default()
+        };
+        if !config_file.is_file() {
+            facts.config_error = Some("it does not exist".into());
+            return facts;
+        }
+        match options_of::<CollectdOptions>(
+            &collectd::SPEC,
+            Command::new("tlsrpt-collectd"),
+            config_file,
+        ) {
+            Ok(options) => facts.options = Some(options),
+            Err(e) => {
+                facts.config_error = Some(e);
+                return facts;
+            }
+        }
+        let options = facts.options.as_ref().expect("just set");
+        facts.socket = std::fs::metadata(&options.socketname)
+            .ok()
+            .map(|meta| SocketFacts {
+                is_socket: meta.file_type().is_socket(),
+                uid: meta.uid(),
+                gid: meta.gid(),
+                mode: meta.permissions().mode() & 0o7777,
+            });
+        facts.max_dgram_qlen = std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen")
+            .ok()
+            .and_then(|text| text.trim().parse().ok());
+        if let Ok(storage) = tlsrpt_store::parse_storage_list(&options.storage) {
+            if let Some(url) = storage.first() {
+                let yesterday = tlsrpt_store::yesterday_path(&url.path);
+                facts.completed_day = Some(
+                    tlsrpt_store::FetcherDb::open(&yesterday)
+                        .and_then(|db| db.completed_day())
+                        .map_err(|e| e.to_string()),
+                );
+            }
+        }
+        facts
+    }
+}
+
+/// The uid and the gids of a user, from the system's user database.
+fn user_ids(name: &str) -> Option<(u32, Vec<u32>)> {
+    let user = nix::unistd::User::from_name(name).ok()??;
+    let c_name = std::ffi::CString::new(name).ok()?;
+    let groups = nix::unistd::getgrouplist(&c_name, user.gid)
+        .ok()?
+        .into_iter()
+        .map(|g| g.as_raw())
+        .collect();
+    Some((user.uid.as_raw(), groups))
+}
+
+/// Whether a user with `uid` in `gids` may write to a socket.
+pub fn may_write(socket: &SocketFacts, uid: u32, gids: &[u32]) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    if socket.uid == uid {
+        return socket.mode & 0o200 != 0;
+    }
+    if gids.contains(&socket.gid) {
+        return socket.mode & 0o020 != 0;
+    }
+    socket.mode & 0o002 != 0
+}
+
+/// The collector: its configuration, socket, the kernel's queue and the
+/// day's rollover.
+pub fn judge_collector(facts: &CollectorFacts, postfix: &PostfixFacts) -> Vec<Finding> {
+    const AREA: &str = "collector";
+    let mut findings = Vec::new();
+    let Some(options) = &facts.options else {
+        findings.push(Finding::error(
+            AREA,
+            format!(
+                "its configuration {} cannot be used: {}",
+                facts.config_file.display(),
+                facts.config_error.as_deref().unwrap_or("unknown error")
+            ),
+            format!(
+                "write {} (the package installs a commented one; see man tlsrpt-collectd), or name it with --collectd_config",
+                facts.config_file.display()
+            ),
+        ));
+        return findings;
+    };
+    match &facts.socket {
+        None => findings.push(Finding::error(
+            AREA,
+            format!(
+                "there is no socket at {}: the collector is not running",
+                options.socketname
+            ),
+            "systemctl enable --now tlsrpt-collectd (or start tlsrpt-collectd)",
+        )),
+        Some(socket) if !socket.is_socket => findings.push(Finding::error(
+            AREA,
+            format!("{} is not a socket", options.socketname),
+            format!("remove {} and restart tlsrpt-collectd", options.socketname),
+        )),
+        Some(socket) => {
+            let owner = postfix.mail_owner.as_deref().unwrap_or("postfix");
+            match user_ids(owner) {
+                Some((uid, gids)) if may_write(socket, uid, &gids) => findings.push(Finding::ok(
+                    AREA,
+                    format!(
+                        "{} is a socket Postfix's {owner} may write to",
+                        options.socketname
+                    ),
+                )),
+                Some(_) => findings.push(Finding::error(
+                    AREA,
+                    format!(
+                        "Postfix's smtp (user {owner}) may not write to {} (mode {:o})",
+                        options.socketname, socket.mode
+                    ),
+                    format!(
+                        "set socketgroup = {owner} and socketmode = 0220 in {}",
+                        facts.config_file.display()
+                    ),
+                )),
+                None => findings.push(Finding::warning(
+                    AREA,
+                    format!("there is no user {owner} to check the socket's permissions for"),
+                    "install Postfix",
+                )),
+            }
+        }
+    }
+    match facts.max_dgram_qlen {
+        Some(qlen) if qlen < 100 => findings.push(Finding::warning(
+            AREA,
+            format!("net.unix.max_dgram_qlen is {qlen}: a burst of deliveries overflows the socket's queue and loses TLS results"),
+            "echo 'net.unix.max_dgram_qlen = 1024' > /etc/sysctl.d/60-mailtls.conf && sysctl -p /etc/sysctl.d/60-mailtls.conf",
+        )),
+        Some(qlen) => findings.push(Finding::ok(AREA, format!("net.unix.max_dgram_qlen is {qlen}"))),
+        None => {}
+    }
+    match &facts.completed_day {
+        Some(Ok(Some(day))) => findings.push(Finding::ok(
+            AREA,
+            format!("the last completed day is {day}"),
+        )),
+        Some(Ok(None)) => findings.push(Finding::warning(
+            AREA,
+            "no day has been completed yet",
+            "wait for the first UTC midnight with the collector running",
+        )),
+        Some(Err(why)) => findings.push(Finding::warning(
+            AREA,
+            format!("the completed day cannot be read: {why}"),
+            "start tlsrpt-collectd once: it creates its databases",
+        )),
+        None => {}
+    }
+    findings
+}
+
+/// What PostTLS's configuration and key look like.
+#[derive(Debug, Clone, Default)]
+pub struct PosttlsFacts {
+    pub config_file: PathBuf,
+    /// `None` when the file does not exist (PostTLS not in use).
+    pub options: Option<Result<PosttlsOptions, String>>,
+    /// Mode of the link key file, if it exists.
+    pub key_mode: Option<u32>,
+}
+
+impl PosttlsFacts {
+    fn gather(config_file: &Path) -> PosttlsFacts {
+        let mut facts = PosttlsFacts {
+            config_file: config_file.to_path_buf(),
+            ..PosttlsFacts::default()
+        };
+        if !config_file.exists() {
+            return facts;
+        }
+        let options =
+            options_of::<PosttlsOptions>(&posttls::SPEC, Command::new("posttls"), config_file);
+        if let Ok(options) = &options {
+            facts.key_mode = std::fs::metadata(&options.secret_key_file)
+                .ok()
+                .map(|meta| meta.permissions().mode() & 0o777);
+        }
+        facts.options = Some(options);
+        facts
+    }
+}
+
+/// PostTLS: its required options, the key's permissions, and the Postfix
+/// services and TLS level it relies on.
+pub fn judge_posttls(facts: &PosttlsFacts, postfix: &PostfixFacts) -> Vec<Finding> {
+    const AREA: &str = "posttls";
+    let file = facts.config_file.display();
+    let options = match &facts.options {
+        None => return Vec::new(),
+        Some(Err(e)) => {
+            return vec![Finding::error(
+                AREA,
+                format!("its configuration {file} cannot be used: {e}"),
+                format!("correct {file}"),
+            )]
+        }
+        Some(Ok(options)) => options,
+    };
+    let mut findings = Vec::new();
+    for (name, value, example) in [
+        (
+            "own_domains",
+            &options.own_domains,
+            "example.org, .example.org",
+        ),
+        (
+            "notification_from",
+            &options.notification_from,
+            "postmaster@example.org",
+        ),
+        ("base_url", &options.base_url, "https://posttls.example.org"),
+    ] {
+        if value.is_empty() {
+            findings.push(Finding::error(
+                AREA,
+                format!("{name} is not set"),
+                format!("{name} = {example}   (in [posttls] of {file})"),
+            ));
+        }
+    }
+    if !options.base_url.is_empty() && !options.base_url.starts_with("https://") {
+        findings.push(Finding::warning(
+            AREA,
+            format!("base_url = {} is not https: the links in notifications travel and open unencrypted", options.base_url),
+            "put a TLS-terminating proxy in front of the web pages and set base_url = https://...",
+        ));
+    }
+    match facts.key_mode {
+        Some(mode) if mode & 0o077 != 0 => findings.push(Finding::error(
+            AREA,
+            format!(
+                "the link key {} has mode {mode:o}: others may read it and forge links",
+                options.secret_key_file
+            ),
+            format!("chmod 600 {}", options.secret_key_file),
+        )),
+        Some(_) => findings.push(Finding::ok(
+            AREA,
+            format!("the link key {} is private", options.secret_key_file),
+        )),
+        None => findings.push(Finding::warning(
+            AREA,
+            format!("there is no link key at {} yet", options.secret_key_file),
+            "start posttls-web once: it creates the key",
+        )),
+    }
+    if postfix.unavailable.is_none() {
+        for (service, line) in [
+            ("posttls-release", &postfix.release_service),
+            ("posttls-reinject", &postfix.reinject_service),
+        ] {
+            match line {
+                Some(_) => findings.push(Finding::ok(AREA, format!("master.cf has the {service} listener"))),
+                None => findings.push(Finding::error(
+                    AREA,
+                    format!("master.cf has no {service} listener: released messages cannot be re-injected"),
+                    "add the re-injection listeners of the README (\"The re-injection listeners\") to master.cf and run postfix reload",
+                )),
+            }
+        }
+        match postfix.tls_security_level.as_deref() {
+            Some("encrypt" | "dane-only" | "verify" | "secure" | "fingerprint") => findings.push(
+                Finding::ok(AREA, "smtp_tls_security_level requires TLS"),
+            ),
+            Some(level) => findings.push(Finding::error(
+                AREA,
+                format!("smtp_tls_security_level = {level}: Postfix sends without TLS, so PostTLS has nothing to decide"),
+                postfix.postconf_e("smtp_tls_security_level = encrypt"),
+            )),
+            None => {}
+        }
+    }
+    findings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn postfix(version: &str) -> PostfixFacts {
+        PostfixFacts {
+            mail_version: Some(version.into()),
+            queue_directory: Some("/var/spool/postfix".into()),
+            mail_owner: Some("postfix".into()),
+            ..PostfixFacts::default()
+        }
+    }
+
+    fn collector_socket(name: &str) -> CollectdOptions {
+        let mut options = CollectdOptions::defaults();
+        options.socketname = name.into();
+        options
+    }
+
+    #[test]
+    fn postfix_before_3_10_is_told_plainly() {
+        let findings = judge_postfix(&postfix("3.7.11"), None);
+        assert_eq!(findings[0].level, Level::Error);
+        assert!(
+            findings[0].message.contains("TLSRPT needs Postfix 3.10"),
+            "{findings:?}"
+        );
+    }
+
+    #[test]
+    fn the_socket_name_is_resolved_against_the_queue_directory() {
+        let mut facts = postfix("3.10.1");
+        facts.tlsrpt_enable = Some("yes".into());
+        facts.tlsrpt_socket_name = Some("run/tlsrpt/tlsrpt-collectd.socket".into());
+        facts.smtp_service = Some("smtp unix - - y - - smtp".into());
+        let ours = collector_socket("/var/spool/postfix/run/tlsrpt/tlsrpt-collectd.socket");
+        let findings = judge_postfix(&facts, Some(&ours));
+        assert_eq!(worst(&findings), Level::Ok, "{findings:?}");
+
+        let elsewhere = collector_socket("/run/tlsrpt/tlsrpt-collectd.socket");
+        let findings = judge_postfix(&facts, Some(&elsewhere));
+        assert_eq!(findings[1].level, Level::Error);
+        assert!(findings[1]
+            .fix
+            .as_deref()
+            .unwrap()
+            .contains("smtp_tlsrpt_socket_name = /run/tlsrpt"));
+
+        // An absolute name that matches, but smtp is chrooted.
+        facts.tlsrpt_socket_name = Some("/run/tlsrpt/tlsrpt-collectd.socket".into());
+        let findings = judge_postfix(&facts, Some(&elsewhere));
+        assert!(findings[1].message.contains("chrooted"), "{findings:?}");
+        facts.tlsrpt_enable = Some("no".into());
+        assert!(judge_postfix(&facts, Some(&elsewhere))[0]
+            .fix
+            .as_deref()
+            .unwrap()
+            .contains("smtp_tlsrpt_enable = yes"));
+    }
+
+    #[test]
+    fn who_may_write_to_the_socket() {
+        let socket = SocketFacts {
+            is_socket: true,
+            uid: 998,
+            gid: 120,
+            mode: 0o220,
+        };
+        assert!(may_write(&socket, 110, &[120]));
+        assert!(!may_write(&socket, 110, &[121]));
+        assert!(may_write(&socket, 998, &[]));
+        let world = SocketFacts {
+            mode: 0o222,
+            ..socket.clone()
+        };
+        assert!(may_write(&world, 5, &[5]));
+    }
+}
