@@ -16,8 +16,12 @@ use mailtls_common::day::Day;
 use mailtls_common::process::Run;
 use serde::Serialize;
 
+use tlsrpt_reportd::config::{check_options, ReportdOptions};
+use tlsrpt_reportd::fetch::Fetcher;
+
 use super::collectd::{self, CollectdOptions};
 use super::posttls::{self, PosttlsOptions};
+use super::reportd;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -95,6 +99,13 @@ pub fn command() -> Command {
                 .help("The collector's configuration file"),
         )
         .arg(
+            Arg::new("reportd_config")
+                .long("reportd_config")
+                .value_name("FILE")
+                .default_value(reportd::SPEC.default_config_file)
+                .help("The report daemon's configuration file (not checked when it does not exist)"),
+        )
+        .arg(
             Arg::new("posttls_config")
                 .long("posttls_config")
                 .value_name("FILE")
@@ -125,8 +136,17 @@ pub fn main(matches: &ArgMatches) -> i32 {
             .get_one::<String>("posttls_config")
             .expect("default"),
     ));
+    let reporter = ReportdFacts::gather(
+        Path::new(
+            matches
+                .get_one::<String>("reportd_config")
+                .expect("default"),
+        ),
+        &postfix,
+    );
     let mut findings = judge_postfix(&postfix, collector.options.as_ref());
     findings.extend(judge_collector(&collector, &postfix));
+    findings.extend(judge_reportd(&reporter, &postfix));
     findings.extend(judge_posttls(&posttls, &postfix));
     if matches.get_flag("json") {
         let worst = worst(&findings);
@@ -175,6 +195,7 @@ pub struct PostfixFacts {
     pub tlsrpt_enable: Option<String>,
     pub tlsrpt_socket_name: Option<String>,
     pub tls_security_level: Option<String>,
+    pub sender_transport_maps: Option<String>,
     /// `postconf -M` lines of the services PostTLS and TLSRPT care about.
     pub smtp_service: Option<String>,
     pub release_service: Option<String>,
@@ -230,6 +251,7 @@ impl PostfixFacts {
         facts.tlsrpt_enable = value("smtp_tlsrpt_enable");
         facts.tlsrpt_socket_name = value("smtp_tlsrpt_socket_name");
         facts.tls_security_level = value("smtp_tls_security_level");
+        facts.sender_transport_maps = value("sender_dependent_default_transport_maps");
         facts.smtp_service = service("smtp/unix");
         facts.release_service = service("posttls-release/unix");
         facts.reinject_service = service("posttls-reinject/unix");
@@ -251,6 +273,41 @@ impl PostfixFacts {
             .as_deref()
             .and_then(|line| line.split_whitespace().nth(4))
             .is_some_and(|chroot| chroot == "y")
+    }
+
+    /// The transport `sender_dependent_default_transport_maps` gives mail
+    /// from `sender` (`postmap -q`), without its nexthop.
+    fn transport_for_sender(&self, sender: &str) -> Option<String> {
+        let maps = self.sender_transport_maps.as_deref()?;
+        maps.split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|map| !map.is_empty())
+            .find_map(|map| {
+                let mut run = Run::new("/usr/sbin/postmap", Duration::from_secs(20));
+                if let Some(dir) = &self.config_dir {
+                    run = run.arg("-c").arg(dir);
+                }
+                let done = run.arg("-q").arg(sender).arg(map).run().ok()?;
+                done.ending.success().then(|| {
+                    let answer = String::from_utf8_lossy(&done.stdout).trim().to_string();
+                    answer.split(':').next().unwrap_or_default().to_string()
+                })
+            })
+            .filter(|transport| !transport.is_empty())
+    }
+
+    /// `smtp_tlsrpt_enable` of master.cf service `name/unix`.
+    fn service_tlsrpt(&self, name: &str) -> Option<String> {
+        let mut run = Run::new("/usr/sbin/postconf", Duration::from_secs(20));
+        if let Some(dir) = &self.config_dir {
+            run = run.arg("-c").arg(dir);
+        }
+        let done = run
+            .arg("-hP")
+            .arg(format!("{name}/unix/smtp_tlsrpt_enable"))
+            .run()
+            .ok()?;
+        let value = String::from_utf8_lossy(&done.stdout).trim().to_string();
+        (done.ending.success() && !value.is_empty()).then_some(value)
     }
 
     fn postconf_e(&self, setting: &str) -> String {
@@ -559,6 +616,171 @@ pub fn judge_collector(facts: &CollectorFacts, postfix: &PostfixFacts) -> Vec<Fi
     findings
 }
 
+/// What the report daemon's configuration gives.
+#[derive(Debug, Clone, Default)]
+pub struct ReportdFacts {
+    pub config_file: PathBuf,
+    /// `None` when the file does not exist (the report daemon runs
+    /// elsewhere, or not yet).
+    pub options: Option<Result<ReportdOptions, String>>,
+    /// Each fetcher and what its test run found wrong (empty: nothing).
+    pub fetchers: Vec<(String, Vec<String>)>,
+    /// The DKIM key's TXT record (name, record), or why it is unusable.
+    pub dkim: Option<Result<(String, String), String>>,
+    /// The transport Postfix chooses for report mail (by its sender), as
+    /// `sender_dependent_default_transport_maps` gives it.
+    pub report_transport: Option<String>,
+    /// `smtp_tlsrpt_enable` of that transport's master.cf service.
+    pub report_transport_tlsrpt: Option<String>,
+}
+
+impl ReportdFacts {
+    fn gather(config_file: &Path, postfix: &PostfixFacts) -> ReportdFacts {
+        let mut facts = ReportdFacts {
+            config_file: config_file.to_path_buf(),
+            ..ReportdFacts::default()
+        };
+        if !config_file.is_file() {
+            return facts;
+        }
+        let options = options_of::<ReportdOptions>(
+            &reportd::SPEC,
+            Command::new("tlsrpt-reportd"),
+            config_file,
+        );
+        if let Ok(o) = &options {
+            for configured in o
+                .fetchers
+                .split(',')
+                .map(str::trim)
+                .filter(|f| !f.is_empty())
+            {
+                let problems = match Fetcher::new(configured) {
+                    Some(fetcher) => fetcher.probe(
+                        &chrono::Utc::now,
+                        Duration::from_secs(o.max_collectd_timediff.max(0) as u64),
+                    ),
+                    None => vec!["names no program".into()],
+                };
+                facts.fetchers.push((configured.to_string(), problems));
+            }
+            if !o.dkim_key_file.is_empty() {
+                let domain = if o.dkim_domain.is_empty() {
+                    o.sender_address
+                        .rsplit_once('@')
+                        .map(|(_, d)| d.to_string())
+                } else {
+                    Some(o.dkim_domain.clone())
+                };
+                facts.dkim = Some(match domain {
+                    None => Err("dkim_domain is not set and sender_address has no domain".into()),
+                    Some(domain) => tlsrpt_delivery::DkimSigner::from_key_file(
+                        Path::new(&o.dkim_key_file),
+                        &o.dkim_selector,
+                        &domain,
+                    )
+                    .map(|signer| (signer.dns_name(), signer.dns_record()))
+                    .map_err(|e| e.to_string()),
+                });
+            }
+            if postfix.tlsrpt_enable.as_deref() == Some("yes") && !o.sender_address.is_empty() {
+                facts.report_transport = postfix.transport_for_sender(&o.sender_address);
+                facts.report_transport_tlsrpt = facts
+                    .report_transport
+                    .as_deref()
+                    .and_then(|transport| postfix.service_tlsrpt(transport));
+            }
+        }
+        facts.options = Some(options);
+        facts
+    }
+}
+
+/// The report daemon: its options, fetchers, DKIM key, and that its mail
+/// leaves through a transport without TLSRPT.
+pub fn judge_reportd(facts: &ReportdFacts, postfix: &PostfixFacts) -> Vec<Finding> {
+    const AREA: &str = "reportd";
+    let file = facts.config_file.display();
+    let options = match &facts.options {
+        None => return Vec::new(),
+        Some(Err(e)) => {
+            return vec![Finding::error(
+                AREA,
+                format!("its configuration {file} cannot be used: {e}"),
+                format!("correct {file}"),
+            )]
+        }
+        Some(Ok(options)) => options,
+    };
+    let mut findings = Vec::new();
+    if let Err(e) = check_options(options) {
+        findings.push(Finding::error(AREA, e, format!("correct {file}")));
+    }
+    for (name, value, example) in [
+        ("contact_info", &options.contact_info, "tlsrpt@example.com"),
+        (
+            "sender_address",
+            &options.sender_address,
+            "tlsrpt-noreply@example.com",
+        ),
+    ] {
+        if value.is_empty() {
+            findings.push(Finding::error(
+                AREA,
+                format!("{name} is not set: the report daemon does not start"),
+                format!("{name} = {example}   (in [tlsrpt_reportd] of {file})"),
+            ));
+        }
+    }
+    for (fetcher, problems) in &facts.fetchers {
+        if problems.is_empty() {
+            findings.push(Finding::ok(AREA, format!("fetcher `{fetcher}` answers")));
+        } else {
+            findings.push(Finding::error(
+                AREA,
+                format!("fetcher `{fetcher}`: {}", problems.join("; ")),
+                "run the fetcher by hand with the day 1999-01-01 and correct what it says",
+            ));
+        }
+    }
+    match &facts.dkim {
+        None => findings.push(Finding::warning(
+            AREA,
+            "report mail is not DKIM-signed (no dkim_key_file): receivers ignore unsigned reports unless your MTA signs them (RFC 8460 section 3)",
+            format!("dkim_key_file = /etc/tlsrpt/dkim.key   (in {file}), or sign with the MTA"),
+        )),
+        Some(Ok((name, record))) => findings.push(Finding::ok(
+            AREA,
+            format!("report mail is DKIM-signed; publish: {name} TXT \"{record}\""),
+        )),
+        Some(Err(e)) => findings.push(Finding::error(
+            AREA,
+            format!("the DKIM key cannot be used: {e}"),
+            "point dkim_key_file at a PEM RSA or Ed25519 private key the report daemon's user may read",
+        )),
+    }
+    if postfix.tlsrpt_enable.as_deref() == Some("yes") && !options.sender_address.is_empty() {
+        match (&facts.report_transport, facts.report_transport_tlsrpt.as_deref()) {
+            (Some(transport), Some("no")) => findings.push(Finding::ok(
+                AREA,
+                format!("report mail leaves through {transport}, without TLSRPT"),
+            )),
+            _ => findings.push(Finding::warning(
+                AREA,
+                format!(
+                    "report mail from {} goes through a transport with TLSRPT: the next reports count it, and two sites exchange reports forever",
+                    options.sender_address
+                ),
+                format!(
+                    "master.cf: smtp-notlsrpt unix - - n - - smtp -o smtp_tlsrpt_enable=no; main.cf: sender_dependent_default_transport_maps = inline:{{{}=smtp-notlsrpt:}}",
+                    options.sender_address
+                ),
+            )),
+        }
+    }
+    findings
+}
+
 /// What PostTLS's configuration and key look like.
 #[derive(Debug, Clone, Default)]
 pub struct PosttlsFacts {
@@ -741,6 +963,35 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("smtp_tlsrpt_enable = yes"));
+    }
+
+    #[test]
+    fn report_mail_must_leave_without_tlsrpt() {
+        let mut postfix = postfix("3.10.1");
+        postfix.tlsrpt_enable = Some("yes".into());
+        let mut options = ReportdOptions::defaults();
+        options.sender_address = "tlsrpt-noreply@example.com".into();
+        options.contact_info = "tlsrpt@example.com".into();
+        options.fetchers = "tlsrpt-fetcher".into();
+        let mut facts = ReportdFacts {
+            options: Some(Ok(options)),
+            ..ReportdFacts::default()
+        };
+        let pingpong = |facts: &ReportdFacts| {
+            judge_reportd(facts, &postfix)
+                .into_iter()
+                .find(|f| f.message.contains("report mail") && f.message.contains("TLSRPT"))
+                .unwrap()
+        };
+        let found = pingpong(&facts);
+        assert_eq!(found.level, Level::Warning);
+        assert!(found
+            .fix
+            .unwrap()
+            .contains("inline:{tlsrpt-noreply@example.com=smtp-notlsrpt:}"));
+        facts.report_transport = Some("smtp-notlsrpt".into());
+        facts.report_transport_tlsrpt = Some("no".into());
+        assert_eq!(pingpong(&facts).level, Level::Ok);
     }
 
     #[test]

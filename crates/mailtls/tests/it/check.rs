@@ -9,17 +9,19 @@ use serde_json::Value;
 use crate::support::postfix::{Options, Postfix};
 use crate::support::{self, Collector};
 
-/// `mailtls check --json` with these configuration files: its exit code and
-/// findings as (level, area, message) of a parsed JSON answer.
-fn check(postfix: &Postfix, collectd_cfg: &Path, posttls_cfg: &Path) -> (i32, Vec<Value>) {
+/// `mailtls check --json` with the configuration files in `dir`: its exit
+/// code and its findings.
+fn check(postfix: &Postfix, dir: &Path) -> (i32, Vec<Value>) {
+    let file = |name: &str| dir.join(name).display().to_string();
     let out = Command::new(support::mailtls_bin())
         .arg("check")
         .arg(format!(
             "--postfix_config_dir={}",
             postfix.config_dir().display()
         ))
-        .arg(format!("--collectd_config={}", collectd_cfg.display()))
-        .arg(format!("--posttls_config={}", posttls_cfg.display()))
+        .arg(format!("--collectd_config={}", file("collectd.cfg")))
+        .arg(format!("--reportd_config={}", file("reportd.cfg")))
+        .arg(format!("--posttls_config={}", file("posttls.cfg")))
         .arg("--json")
         .output()
         .unwrap();
@@ -61,7 +63,7 @@ fn check_says_what_is_wrong_and_how_to_fix_it_then_that_it_is_right() {
     // owner (root) may write to, PostTLS without base_url.
     let postfix = Postfix::start(Options::new(9));
     let mut collector = Collector::start(&["--socketmode=0200"], &[]);
-    let collectd_cfg = write(
+    write(
         dir.path(),
         "collectd.cfg",
         &format!(
@@ -82,8 +84,29 @@ fn check_says_what_is_wrong_and_how_to_fix_it_then_that_it_is_right() {
             key.display()
         ),
     );
-    let (code, findings) = check(&postfix, &collectd_cfg, &posttls_cfg);
+    write(
+        dir.path(),
+        "reportd.cfg",
+        "[tlsrpt_reportd]\ndbname = /nonexistent/reportd.sqlite\nfetchers = /nonexistent/tlsrpt-fetcher\n",
+    );
+    let (code, findings) = check(&postfix, dir.path());
     assert_eq!(code, 2);
+    assert_eq!(
+        finding(&findings, "reportd", "contact_info is not set")["level"],
+        "error"
+    );
+    assert_eq!(
+        finding(
+            &findings,
+            "reportd",
+            "fetcher `/nonexistent/tlsrpt-fetcher`"
+        )["level"],
+        "error"
+    );
+    assert_eq!(
+        finding(&findings, "reportd", "not DKIM-signed")["level"],
+        "warning"
+    );
     // Postfix 3.7 (Debian 12) cannot report TLS results, and is told so.
     let version = postfix.postconf("mail_version");
     if version.starts_with("3.")
@@ -141,7 +164,7 @@ fn check_says_what_is_wrong_and_how_to_fix_it_then_that_it_is_right() {
             .master_cf("posttls-reinject unix n - n - - smtpd"),
     );
     let mut collector = Collector::start(&["--socketgroup=postfix", "--socketmode=0220"], &[]);
-    let collectd_cfg = write(
+    write(
         dir.path(),
         "collectd.cfg",
         &format!(
@@ -151,13 +174,46 @@ fn check_says_what_is_wrong_and_how_to_fix_it_then_that_it_is_right() {
         ),
     );
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let dkim = dir.path().join("dkim.key");
+    support::run(
+        "openssl",
+        &[
+            "genpkey",
+            "-algorithm",
+            "ed25519",
+            "-out",
+            dkim.to_str().unwrap(),
+        ],
+        b"",
+    );
+    write(
+        dir.path(),
+        "reportd.cfg",
+        &format!(
+            "[tlsrpt_reportd]\ndbname = {}\nfetchers = {} --storage {}\ncontact_info = tlsrpt@example.com\nsender_address = tlsrpt-noreply@example.com\ndkim_key_file = {}\n",
+            dir.path().join("reportd.sqlite").display(),
+            support::fetcher_bin().display(),
+            collector.storage_url(),
+            dkim.display()
+        ),
+    );
     let mut text = std::fs::read_to_string(&posttls_cfg).unwrap();
     text.push_str("base_url = https://posttls.example.org\n");
     std::fs::write(&posttls_cfg, text).unwrap();
-    let (_, findings) = check(&postfix, &collectd_cfg, &posttls_cfg);
+    let (_, findings) = check(&postfix, dir.path());
     assert_eq!(
         finding(&findings, "collector", "Postfix's postfix may write to")["level"],
         "ok"
+    );
+    assert_eq!(finding(&findings, "reportd", "answers")["level"], "ok");
+    let signed = finding(
+        &findings,
+        "reportd",
+        "publish: tlsrpt._domainkey.example.com TXT",
+    );
+    assert!(
+        signed["message"].as_str().unwrap().contains("k=ed25519"),
+        "{signed}"
     );
     for ok in [
         "the link key",
