@@ -155,3 +155,14 @@ pub fn signal(child: &Child, sig: i32) {
         libc::kill(child.id() as i32, sig);
     }
 }
+
+/// A private key made by the `openssl` command (`genpkey` with
+/// `genpkey_args`), written to `directory/name`.
+pub fn openssl_key(directory: &Path, name: &str, genpkey_args: &[&str]) -> PathBuf {
+    let path = directory.join(name);
+    let mut args = vec!["genpkey"];
+    args.extend_from_slice(genpkey_args);
+    args.extend_from_slice(&["-out", path.to_str().unwrap()]);
+    run("openssl", &args, b"");
+    path
+}

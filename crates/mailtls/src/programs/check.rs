@@ -696,42 +696,72 @@ impl ReportdFacts {
     }
 }
 
+/// A program's options from its configuration file: `None` when there is
+/// no file (the program is not used here), the finding when it cannot be
+/// used.
+fn loaded<'a, O>(
+    options: &'a Option<Result<O, String>>,
+    area: &'static str,
+    file: &Path,
+) -> Result<Option<&'a O>, Finding> {
+    match options {
+        None => Ok(None),
+        Some(Ok(options)) => Ok(Some(options)),
+        Some(Err(e)) => Err(Finding::error(
+            area,
+            format!("its configuration {} cannot be used: {e}", file.display()),
+            format!("correct {}", file.display()),
+        )),
+    }
+}
+
+/// An error for each required option (name, value, example) left empty.
+fn unset(
+    area: &'static str,
+    consequence: &str,
+    section: &str,
+    required: &[(&str, &String, &str)],
+) -> Vec<Finding> {
+    required
+        .iter()
+        .filter(|(_, value, _)| value.is_empty())
+        .map(|(name, _, example)| {
+            Finding::error(
+                area,
+                format!("{name} is not set: {consequence}"),
+                format!("{name} = {example}   (in {section})"),
+            )
+        })
+        .collect()
+}
+
 /// The report daemon: its options, fetchers, DKIM key, and that its mail
 /// leaves through a transport without TLSRPT.
 pub fn judge_reportd(facts: &ReportdFacts, postfix: &PostfixFacts) -> Vec<Finding> {
     const AREA: &str = "reportd";
     let file = facts.config_file.display();
-    let options = match &facts.options {
-        None => return Vec::new(),
-        Some(Err(e)) => {
-            return vec![Finding::error(
-                AREA,
-                format!("its configuration {file} cannot be used: {e}"),
-                format!("correct {file}"),
-            )]
-        }
-        Some(Ok(options)) => options,
+    let options = match loaded(&facts.options, AREA, &facts.config_file) {
+        Ok(Some(options)) => options,
+        Ok(None) => return Vec::new(),
+        Err(finding) => return vec![finding],
     };
     let mut findings = Vec::new();
     if let Err(e) = check_options(options) {
         findings.push(Finding::error(AREA, e, format!("correct {file}")));
     }
-    for (name, value, example) in [
-        ("contact_info", &options.contact_info, "tlsrpt@example.com"),
-        (
-            "sender_address",
-            &options.sender_address,
-            "tlsrpt-noreply@example.com",
-        ),
-    ] {
-        if value.is_empty() {
-            findings.push(Finding::error(
-                AREA,
-                format!("{name} is not set: the report daemon does not start"),
-                format!("{name} = {example}   (in [tlsrpt_reportd] of {file})"),
-            ));
-        }
-    }
+    findings.extend(unset(
+        AREA,
+        "the report daemon does not start",
+        &format!("[tlsrpt_reportd] of {file}"),
+        &[
+            ("contact_info", &options.contact_info, "tlsrpt@example.com"),
+            (
+                "sender_address",
+                &options.sender_address,
+                "tlsrpt-noreply@example.com",
+            ),
+        ],
+    ));
     for (fetcher, problems) in &facts.fetchers {
         if problems.is_empty() {
             findings.push(Finding::ok(AREA, format!("fetcher `{fetcher}` answers")));
@@ -817,39 +847,30 @@ impl PosttlsFacts {
 pub fn judge_posttls(facts: &PosttlsFacts, postfix: &PostfixFacts) -> Vec<Finding> {
     const AREA: &str = "posttls";
     let file = facts.config_file.display();
-    let options = match &facts.options {
-        None => return Vec::new(),
-        Some(Err(e)) => {
-            return vec![Finding::error(
-                AREA,
-                format!("its configuration {file} cannot be used: {e}"),
-                format!("correct {file}"),
-            )]
-        }
-        Some(Ok(options)) => options,
+    let options = match loaded(&facts.options, AREA, &facts.config_file) {
+        Ok(Some(options)) => options,
+        Ok(None) => return Vec::new(),
+        Err(finding) => return vec![finding],
     };
     let mut findings = Vec::new();
-    for (name, value, example) in [
-        (
-            "own_domains",
-            &options.own_domains,
-            "example.org, .example.org",
-        ),
-        (
-            "notification_from",
-            &options.notification_from,
-            "postmaster@example.org",
-        ),
-        ("base_url", &options.base_url, "https://posttls.example.org"),
-    ] {
-        if value.is_empty() {
-            findings.push(Finding::error(
-                AREA,
-                format!("{name} is not set"),
-                format!("{name} = {example}   (in [posttls] of {file})"),
-            ));
-        }
-    }
+    findings.extend(unset(
+        AREA,
+        "the PostTLS worker does not start",
+        &format!("[posttls] of {file}"),
+        &[
+            (
+                "own_domains",
+                &options.own_domains,
+                "example.org, .example.org",
+            ),
+            (
+                "notification_from",
+                &options.notification_from,
+                "postmaster@example.org",
+            ),
+            ("base_url", &options.base_url, "https://posttls.example.org"),
+        ],
+    ));
     if !options.base_url.is_empty() && !options.base_url.starts_with("https://") {
         findings.push(Finding::warning(
             AREA,

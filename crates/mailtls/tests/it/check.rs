@@ -56,15 +56,10 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     path
 }
 
-#[test]
-fn check_says_what_is_wrong_and_how_to_fix_it_then_that_it_is_right() {
-    let dir = tempfile::tempdir().unwrap();
-    // Wrong: TLS optional, no re-injection listeners, a socket only its
-    // owner (root) may write to, PostTLS without base_url.
-    let postfix = Postfix::start(Options::new(9));
-    let mut collector = Collector::start(&["--socketmode=0200"], &[]);
+/// The collector's configuration file for `collector`.
+fn collectd_cfg(dir: &Path, collector: &Collector) {
     write(
-        dir.path(),
+        dir,
         "collectd.cfg",
         &format!(
             "[tlsrpt_collectd]\nstorage = {}\nsocketname = {}\n",
@@ -72,6 +67,16 @@ fn check_says_what_is_wrong_and_how_to_fix_it_then_that_it_is_right() {
             collector.socket.display()
         ),
     );
+}
+
+#[test]
+fn check_says_what_is_wrong_and_how_to_fix_it_then_that_it_is_right() {
+    let dir = tempfile::tempdir().unwrap();
+    // Wrong: TLS optional, no re-injection listeners, a socket only its
+    // owner (root) may write to, PostTLS without base_url.
+    let postfix = Postfix::start(Options::new(9));
+    let mut collector = Collector::start(&["--socketmode=0200"], &[]);
+    collectd_cfg(dir.path(), &collector);
     let key = dir.path().join("secret.key");
     std::fs::write(&key, [7u8; 32]).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -164,28 +169,9 @@ fn check_says_what_is_wrong_and_how_to_fix_it_then_that_it_is_right() {
             .master_cf("posttls-reinject unix n - n - - smtpd"),
     );
     let mut collector = Collector::start(&["--socketgroup=postfix", "--socketmode=0220"], &[]);
-    write(
-        dir.path(),
-        "collectd.cfg",
-        &format!(
-            "[tlsrpt_collectd]\nstorage = {}\nsocketname = {}\n",
-            collector.storage_url(),
-            collector.socket.display()
-        ),
-    );
+    collectd_cfg(dir.path(), &collector);
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let dkim = dir.path().join("dkim.key");
-    support::run(
-        "openssl",
-        &[
-            "genpkey",
-            "-algorithm",
-            "ed25519",
-            "-out",
-            dkim.to_str().unwrap(),
-        ],
-        b"",
-    );
+    let dkim = support::openssl_key(dir.path(), "dkim.key", &["-algorithm", "ed25519"]);
     write(
         dir.path(),
         "reportd.cfg",

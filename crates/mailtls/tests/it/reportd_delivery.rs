@@ -170,18 +170,7 @@ print(json.dumps({"record": record.decode(), "messages": results}, default=str))
 
 /// An Ed25519 key made by openssl, and its raw public key as hex.
 fn ed25519_key(dir: &Path) -> (PathBuf, String) {
-    let key = dir.join("dkim-ed25519.pem");
-    support::run(
-        "openssl",
-        &[
-            "genpkey",
-            "-algorithm",
-            "ed25519",
-            "-out",
-            key.to_str().unwrap(),
-        ],
-        b"",
-    );
+    let key = support::openssl_key(dir, "dkim-ed25519.pem", &["-algorithm", "ed25519"]);
     let der = support::run(
         "openssl",
         &[

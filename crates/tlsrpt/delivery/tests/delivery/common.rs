@@ -2,7 +2,6 @@
 //! (from `mailtls-test-support`) the oracles and running a command with the
 //! checks every test wants.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 pub use mailtls_test_support::tls::TestCa;
@@ -38,19 +37,9 @@ pub fn render_mail(gzip_report: &[u8]) -> Vec<u8> {
     .unwrap()
 }
 
-pub use mailtls_test_support::{run_text as run, venv_python};
+pub use mailtls_test_support::{openssl_key, run_text as run, venv_python};
 
 /// The system's roots plus the test CA.
 pub fn trust(ca: &TestCa) -> TrustAnchors {
     TrustAnchors::load(Some(&ca.ca_file)).unwrap()
-}
-
-/// A private key made by the `openssl` command: `genpkey` arguments.
-pub fn openssl_key(directory: &Path, name: &str, genpkey_args: &[&str]) -> PathBuf {
-    let path = directory.join(name);
-    let mut args = vec!["genpkey"];
-    args.extend_from_slice(genpkey_args);
-    args.extend_from_slice(&["-out", path.to_str().unwrap()]);
-    run("openssl", &args, b"");
-    path
 }
