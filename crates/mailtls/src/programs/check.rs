@@ -423,6 +423,8 @@ pub struct CollectorFacts {
     pub max_dgram_qlen: Option<u64>,
     /// The completed day of `FILE.yesterday`, or why it cannot be read.
     pub completed_day: Option<Result<Option<Day>, String>>,
+    /// The UTC day of the check.
+    pub today: Option<Day>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -455,6 +457,7 @@ impl CollectorFacts {
     fn gather(config_file: &Path) -> CollectorFacts {
         let mut facts = CollectorFacts {
             config_file: config_file.to_path_buf(),
+            today: Some(Day::of(chrono::Utc::now())),
             ..CollectorFacts::default()
         };
         if !config_file.is_file() {
@@ -597,6 +600,15 @@ pub fn judge_collector(facts: &CollectorFacts, postfix: &PostfixFacts) -> Vec<Fi
         None => {}
     }
     match &facts.completed_day {
+        Some(Ok(Some(day))) if facts.today.is_some_and(|today| *day < today.pred()) => {
+            findings.push(Finding::warning(
+                AREA,
+                format!(
+                    "the last completed day is {day}: the collector has not rolled over at UTC midnight since, so those days' results are not reported"
+                ),
+                "check that tlsrpt-collectd runs (systemctl status tlsrpt-collectd) and can write its storage",
+            ))
+        }
         Some(Ok(Some(day))) => findings.push(Finding::ok(
             AREA,
             format!("the last completed day is {day}"),
@@ -1013,6 +1025,28 @@ mod tests {
         facts.report_transport = Some("smtp-notlsrpt".into());
         facts.report_transport_tlsrpt = Some("no".into());
         assert_eq!(pingpong(&facts).level, Level::Ok);
+    }
+
+    #[test]
+    fn a_collector_that_stopped_rolling_over_is_noticed() {
+        let today = Day::parse("2026-12-02").unwrap();
+        let mut facts = CollectorFacts {
+            options: Some(CollectdOptions::defaults()),
+            today: Some(today),
+            completed_day: Some(Ok(Some(today.pred()))),
+            ..CollectorFacts::default()
+        };
+        let rollover = |facts: &CollectorFacts| {
+            judge_collector(facts, &postfix("3.7.11"))
+                .into_iter()
+                .find(|f| f.message.contains("last completed day"))
+                .unwrap()
+        };
+        assert_eq!(rollover(&facts).level, Level::Ok);
+        facts.completed_day = Some(Ok(Some(today.pred().pred())));
+        let stale = rollover(&facts);
+        assert_eq!(stale.level, Level::Warning);
+        assert!(stale.message.contains("has not rolled over"), "{stale:?}");
     }
 
     #[test]
