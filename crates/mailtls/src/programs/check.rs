@@ -831,6 +831,19 @@ pub struct PosttlsFacts {
     pub options: Option<Result<PosttlsOptions, String>>,
     /// Mode of the link key file, if it exists.
     pub key_mode: Option<u32>,
+    /// The `User=` of the installed posttls-web unit (empty: root), if
+    /// there is a unit.
+    pub web_unit_user: Option<String>,
+}
+
+/// The user a systemd unit file's `[Service]` runs as (empty for root).
+pub fn unit_user(unit: &str) -> String {
+    unit.lines()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix("User="))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 impl PosttlsFacts {
@@ -850,6 +863,13 @@ impl PosttlsFacts {
                 .map(|meta| meta.permissions().mode() & 0o777);
         }
         facts.options = Some(options);
+        facts.web_unit_user = [
+            "/etc/systemd/system/posttls-web.service",
+            "/lib/systemd/system/posttls-web.service",
+        ]
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .map(|unit| unit_user(&unit));
         facts
     }
 }
@@ -908,6 +928,18 @@ pub fn judge_posttls(facts: &PosttlsFacts, postfix: &PostfixFacts) -> Vec<Findin
             format!("there is no link key at {} yet", options.secret_key_file),
             "start posttls-web once: it creates the key",
         )),
+    }
+    match facts.web_unit_user.as_deref() {
+        Some("" | "root") => findings.push(Finding::error(
+            AREA,
+            "the web pages (posttls-web.service) run as root: a flaw in them could run Postfix commands",
+            "User=_posttls in the [Service] of posttls-web.service (systemctl edit posttls-web)",
+        )),
+        Some(user) => findings.push(Finding::ok(
+            AREA,
+            format!("the web pages run as {user}, who cannot run postsuper"),
+        )),
+        None => {}
     }
     if postfix.unavailable.is_none() {
         for (service, line) in [
@@ -1047,6 +1079,34 @@ mod tests {
         let stale = rollover(&facts);
         assert_eq!(stale.level, Level::Warning);
         assert!(stale.message.contains("has not rolled over"), "{stale:?}");
+    }
+
+    #[test]
+    fn the_web_pages_must_not_run_as_root() {
+        assert_eq!(
+            unit_user("[Service]\nUser=_posttls\nGroup=_posttls\n"),
+            "_posttls"
+        );
+        assert_eq!(
+            unit_user("[Service]\nExecStart=/usr/sbin/posttls web\n"),
+            ""
+        );
+        let mut options = PosttlsOptions::defaults();
+        options.own_domains = "example.org".into();
+        let mut facts = PosttlsFacts {
+            options: Some(Ok(options)),
+            web_unit_user: Some(String::new()),
+            ..PosttlsFacts::default()
+        };
+        let web = |facts: &PosttlsFacts| {
+            judge_posttls(facts, &PostfixFacts::default())
+                .into_iter()
+                .find(|f| f.message.contains("web pages"))
+                .unwrap()
+        };
+        assert_eq!(web(&facts).level, Level::Error);
+        facts.web_unit_user = Some("_posttls".into());
+        assert_eq!(web(&facts).level, Level::Ok);
     }
 
     #[test]
