@@ -7,6 +7,7 @@
 
 pub mod https_sink;
 pub mod postfix;
+pub mod posttls;
 pub mod smtp_sink;
 pub mod tls;
 

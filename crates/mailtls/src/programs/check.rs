@@ -708,22 +708,39 @@ impl ReportdFacts {
     }
 }
 
-/// A program's options from its configuration file: `None` when there is
-/// no file (the program is not used here), the finding when it cannot be
-/// used.
-fn loaded<'a, O>(
-    options: &'a Option<Result<O, String>>,
+/// A program's options from its configuration file, when there is a file
+/// and it can be used.
+fn loaded<O>(options: &Option<Result<O, String>>) -> Option<&O> {
+    options.as_ref()?.as_ref().ok()
+}
+
+/// What a program's configuration that is not [`loaded`] gives: nothing
+/// when there is no file (the program is not used here), an error when it
+/// cannot be used.
+fn config_failure<O>(
+    options: &Option<Result<O, String>>,
     area: &'static str,
     file: &Path,
-) -> Result<Option<&'a O>, Finding> {
+) -> Vec<Finding> {
     match options {
-        None => Ok(None),
-        Some(Ok(options)) => Ok(Some(options)),
-        Some(Err(e)) => Err(Finding::error(
+        Some(Err(e)) => vec![Finding::error(
             area,
             format!("its configuration {} cannot be used: {e}", file.display()),
             format!("correct {}", file.display()),
-        )),
+        )],
+        _ => Vec::new(),
+    }
+}
+
+impl ReportdFacts {
+    fn failure(&self, area: &'static str) -> Vec<Finding> {
+        config_failure(&self.options, area, &self.config_file)
+    }
+}
+
+impl PosttlsFacts {
+    fn failure(&self, area: &'static str) -> Vec<Finding> {
+        config_failure(&self.options, area, &self.config_file)
     }
 }
 
@@ -752,10 +769,8 @@ fn unset(
 pub fn judge_reportd(facts: &ReportdFacts, postfix: &PostfixFacts) -> Vec<Finding> {
     const AREA: &str = "reportd";
     let file = facts.config_file.display();
-    let options = match loaded(&facts.options, AREA, &facts.config_file) {
-        Ok(Some(options)) => options,
-        Ok(None) => return Vec::new(),
-        Err(finding) => return vec![finding],
+    let Some(options) = loaded(&facts.options) else {
+        return facts.failure(AREA);
     };
     let mut findings = Vec::new();
     if let Err(e) = check_options(options) {
@@ -879,10 +894,8 @@ impl PosttlsFacts {
 pub fn judge_posttls(facts: &PosttlsFacts, postfix: &PostfixFacts) -> Vec<Finding> {
     const AREA: &str = "posttls";
     let file = facts.config_file.display();
-    let options = match loaded(&facts.options, AREA, &facts.config_file) {
-        Ok(Some(options)) => options,
-        Ok(None) => return Vec::new(),
-        Err(finding) => return vec![finding],
+    let Some(options) = loaded(&facts.options) else {
+        return facts.failure(AREA);
     };
     let mut findings = Vec::new();
     findings.extend(unset(

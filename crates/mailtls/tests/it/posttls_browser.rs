@@ -18,18 +18,13 @@ use std::time::{Duration, Instant};
 
 use posttls_classify::TlsFailureKind;
 use posttls_policy::DomainSet;
-use posttls_store::{
-    MessageState, NotificationKind, NotificationOutcome, SeenMessage, SeenRecipient, Store,
-};
+use posttls_store::{MessageState, NotificationKind, NotificationOutcome, SeenRecipient, Store};
 use posttls_token::{Action, ActionToken, SecretKey};
 use posttls_web::{AppState, WebConfig};
 use serde_json::Value;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-const INSTANCE: &str = "lab";
-const QUEUE_ID: &str = "4A0AF98C232";
-const ARRIVAL: i64 = 1_795_308_412;
-const SENDER: &str = "alice@example.org";
+use mailtls_test_support::posttls::{deferred_message, ARRIVAL, INSTANCE, QUEUE_ID, SENDER};
 const ADMIN: &str = "postmaster";
 const PASSWORD: &str = "a password for the browser test";
 
@@ -57,18 +52,7 @@ fn artifacts() -> PathBuf {
 fn prepare_store(path: &Path) -> i64 {
     let store = Store::open(path).unwrap();
     let (id, _) = store
-        .saw_message(
-            &SeenMessage {
-                instance: INSTANCE,
-                queue_id: QUEUE_ID,
-                arrival_time: ARRIVAL,
-                sender: SENDER,
-                subject: Some("Quarterly figures — Grüße"),
-                own_sender: true,
-                state: MessageState::Deferred,
-            },
-            ARRIVAL + 60,
-        )
+        .saw_message(&deferred_message("Quarterly figures — Grüße"), ARRIVAL + 60)
         .unwrap();
     let reason = "TLS is required, but was not offered by host mx.notls.example[192.0.2.25]";
     store

@@ -23,10 +23,7 @@ use posttls_token::{csrf_token, Action, ActionToken, SecretKey};
 use posttls_web::{router, AppState, WebConfig};
 use tower::ServiceExt;
 
-const INSTANCE: &str = "lab";
-const QUEUE_ID: &str = "4A0AF98C232";
-const ARRIVAL: i64 = 1_795_308_412;
-const SENDER: &str = "alice@example.org";
+use mailtls_test_support::posttls::{deferred_message, ARRIVAL, INSTANCE, QUEUE_ID, SENDER};
 const ADMIN: &str = "root";
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -120,18 +117,7 @@ fn lab_with(edit: impl FnOnce(&mut WebConfig)) -> Lab {
     let key_file = dir.path().join("secret.key");
     let store = Store::open(&db).unwrap();
     let (message_id, _) = store
-        .saw_message(
-            &SeenMessage {
-                instance: INSTANCE,
-                queue_id: QUEUE_ID,
-                arrival_time: ARRIVAL,
-                sender: SENDER,
-                subject: Some("Quarterly figures"),
-                own_sender: true,
-                state: MessageState::Deferred,
-            },
-            ARRIVAL + 60,
-        )
+        .saw_message(&deferred_message("Quarterly figures"), ARRIVAL + 60)
         .unwrap();
     store
         .set_pending_recipients(

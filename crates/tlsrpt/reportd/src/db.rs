@@ -1140,17 +1140,27 @@ mod tests {
         assert_eq!(record, "v=TLSRPTv1; rua=https://b.example/r");
     }
 
+    /// A report of `domain` on day 21 ("report N"), for one destination
+    /// first tried at 03:00, with `withheld` ones.
+    fn report_to(
+        db: &mut ReportdDb,
+        domain: &str,
+        destination: &str,
+        withheld: &[Withheld],
+    ) -> i64 {
+        db.insert_report(
+            day(21),
+            domain,
+            "rec",
+            |n| format!("report {n}"),
+            &[(destination.into(), t(3, 0))],
+            withheld,
+        )
+        .unwrap()
+    }
+
     fn one_delivery(db: &mut ReportdDb) -> Delivery {
-        let r_id = db
-            .insert_report(
-                day(21),
-                "a.example",
-                "rec",
-                |n| format!("report {n}"),
-                &[("mailto:r@a.example".into(), t(3, 0))],
-                &[],
-            )
-            .unwrap();
+        let r_id = report_to(db, "a.example", "mailto:r@a.example", &[]);
         assert!(db.due_deliveries(t(3, 0)).unwrap().is_empty());
         let due = db.due_deliveries(t(3, 1)).unwrap();
         let created = due[0].created.expect("its is set");
@@ -1178,16 +1188,12 @@ mod tests {
             destination: "mailto:v5@evil.example".into(),
             reason: WithheldReason::DestinationsPerRecord,
         };
-        let r_id = db
-            .insert_report(
-                day(21),
-                "evil.example",
-                "rec",
-                |n| format!("report {n}"),
-                &[("mailto:v1@evil.example".into(), t(3, 0))],
-                std::slice::from_ref(&withheld),
-            )
-            .unwrap();
+        let r_id = report_to(
+            &mut db,
+            "evil.example",
+            "mailto:v1@evil.example",
+            std::slice::from_ref(&withheld),
+        );
         let due = db.due_deliveries(t(23, 0)).unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].destination, "mailto:v1@evil.example");

@@ -1,0 +1,22 @@
+//! The message the PostTLS web tests (and the browser test) show: a
+//! deferred message of our sender in instance `lab`.
+
+use posttls_store::{MessageState, SeenMessage};
+
+pub const INSTANCE: &str = "lab";
+pub const QUEUE_ID: &str = "4A0AF98C232";
+pub const ARRIVAL: i64 = 1_795_308_412;
+pub const SENDER: &str = "alice@example.org";
+
+/// The test message, deferred, with `subject`.
+pub fn deferred_message(subject: &'static str) -> SeenMessage<'static> {
+    SeenMessage {
+        instance: INSTANCE,
+        queue_id: QUEUE_ID,
+        arrival_time: ARRIVAL,
+        sender: SENDER,
+        subject: Some(subject),
+        own_sender: true,
+        state: MessageState::Deferred,
+    }
+}
