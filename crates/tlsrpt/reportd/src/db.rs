@@ -401,16 +401,10 @@ impl ReportdDb {
              ORDER BY day, domain, fetcherindex",
         )?;
         let rows = stmt.query_map([pytime::timestamp(now)], |row| {
-            Ok((
-                row.get(0)?,
-                row.get(1)?,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?,
-            ))
+            <(String, String, i64, String, i64)>::try_from(row)
         })?;
         rows.map(|row| {
-            let (day, domain, fetcher_index, fetcher, retries): (String, _, _, _, _) = row?;
+            let (day, domain, fetcher_index, fetcher, retries) = row?;
             Ok(DetailsJob {
                 day: parse_day(day)?,
                 domain,
@@ -586,28 +580,19 @@ impl ReportdDb {
              ORDER BY nexttry, d_r_id, destination"
         ))?;
         let rows = stmt.query_map(args, |row| {
-            Ok((
-                row.get(0)?,
-                row.get(1)?,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?,
-                row.get(5)?,
-                row.get(6)?,
-                row.get::<_, Option<String>>(7)?,
-            ))
+            <(
+                String,
+                i64,
+                i64,
+                String,
+                String,
+                String,
+                i64,
+                Option<String>,
+            )>::try_from(row)
         })?;
         rows.map(|row| {
-            let (destination, r_id, uniqid, report, domain, day, retries, created): (
-                _,
-                _,
-                _,
-                _,
-                _,
-                String,
-                _,
-                _,
-            ) = row?;
+            let (destination, r_id, uniqid, report, domain, day, retries, created) = row?;
             Ok(Delivery {
                 destination,
                 r_id,
