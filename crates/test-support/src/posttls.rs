@@ -2,6 +2,7 @@
 //! deferred message of our sender in instance `lab`.
 
 use posttls_store::{MessageState, SeenMessage};
+use posttls_token::{Action, ActionToken};
 
 pub const INSTANCE: &str = "lab";
 pub const QUEUE_ID: &str = "4A0AF98C232";
@@ -19,4 +20,20 @@ pub fn deferred_message(subject: &'static str) -> SeenMessage<'static> {
         own_sender: true,
         state: MessageState::Deferred,
     }
+}
+
+/// The recipient of the test message that waits for TLS.
+pub const RECIPIENT: &str = "bob@notls.example";
+
+/// A link token (unsigned) for the test message's waiting recipient.
+pub fn token(action: Action, expires: i64) -> ActionToken {
+    ActionToken::new(
+        INSTANCE,
+        QUEUE_ID,
+        ARRIVAL,
+        SENDER,
+        &[RECIPIENT],
+        action,
+        expires,
+    )
 }

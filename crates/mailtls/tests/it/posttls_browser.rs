@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mailtls_test_support::posttls::{deferred_message, ARRIVAL, INSTANCE, SENDER};
 use posttls_classify::TlsFailureKind;
 use posttls_policy::DomainSet;
 use posttls_store::{MessageState, NotificationKind, NotificationOutcome, SeenRecipient, Store};
@@ -24,7 +25,6 @@ use posttls_web::{AppState, WebConfig};
 use serde_json::Value;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-use mailtls_test_support::posttls::{deferred_message, ARRIVAL, INSTANCE, QUEUE_ID, SENDER};
 const ADMIN: &str = "postmaster";
 const PASSWORD: &str = "a password for the browser test";
 
@@ -174,12 +174,7 @@ fn the_sender_confirms_a_release_in_chromium() {
     let key_file = dir.path().join("secret.key");
     let message_id = prepare_store(&db);
     let key = SecretKey::load_or_create(&key_file).unwrap();
-    let token = ActionToken::new(
-        INSTANCE,
-        QUEUE_ID,
-        ARRIVAL,
-        SENDER,
-        &["bob@notls.example"],
+    let token = mailtls_test_support::posttls::token(
         Action::Release,
         chrono::Utc::now().timestamp() + 3600,
     )

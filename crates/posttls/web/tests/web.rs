@@ -24,6 +24,7 @@ use posttls_web::{router, AppState, WebConfig};
 use tower::ServiceExt;
 
 use mailtls_test_support::posttls::{deferred_message, ARRIVAL, INSTANCE, QUEUE_ID, SENDER};
+
 const ADMIN: &str = "root";
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -542,17 +543,9 @@ async fn forged_tokens_are_refused_and_change_nothing() {
     let lab = lab();
     let token = lab.token(Action::Release);
     let other_key = SecretKey::generate();
-    let foreign = ActionToken::new(
-        INSTANCE,
-        QUEUE_ID,
-        ARRIVAL,
-        SENDER,
-        &["bob@notls.example"],
-        Action::Release,
-        now() + 3600,
-    )
-    .sign(&other_key)
-    .unwrap();
+    let foreign = mailtls_test_support::posttls::token(Action::Release, now() + 3600)
+        .sign(&other_key)
+        .unwrap();
     // A changed character in the middle (the signature no longer matches)
     // and a cut-off link.
     let mut altered = token.clone().into_bytes();
