@@ -257,6 +257,13 @@ impl Lab {
         reply.cookie("posttls-session")
     }
 
+    /// From client address `peer` (`ADDRESS:PORT`), logs in as `name`
+    /// with `password`, which must be answered with `status`.
+    async fn login_from(&mut self, peer: &str, name: &str, password: &str, status: StatusCode) {
+        self.peer = peer.parse().unwrap();
+        self.expect_login(name, password, status).await;
+    }
+
     /// Logs in as `name` with `password`, which must be answered with
     /// `status`.
     async fn expect_login(&self, name: &str, password: &str, status: StatusCode) {
@@ -1156,17 +1163,29 @@ async fn password_guessing_is_slowed_down() {
 async fn guessing_from_many_addresses_is_slowed_down_per_user() {
     let mut lab = lab();
     for i in 1..=4 {
-        lab.peer = format!("198.51.100.{i}:1000").parse().unwrap();
-        lab.expect_login(ADMIN, "wrong", StatusCode::UNAUTHORIZED)
-            .await;
+        lab.login_from(
+            &format!("198.51.100.{i}:1000"),
+            ADMIN,
+            "wrong",
+            StatusCode::UNAUTHORIZED,
+        )
+        .await;
     }
-    lab.peer = "198.51.100.99:1000".parse().unwrap();
-    lab.expect_login(ADMIN, PASSWORD, StatusCode::TOO_MANY_REQUESTS)
-        .await;
+    lab.login_from(
+        "198.51.100.99:1000",
+        ADMIN,
+        PASSWORD,
+        StatusCode::TOO_MANY_REQUESTS,
+    )
+    .await;
     // Hostile names are refused like unknown ones and audited escaped.
-    lab.peer = "203.0.113.1:1000".parse().unwrap();
-    lab.expect_login("$(id) \"--help", "x", StatusCode::UNAUTHORIZED)
-        .await;
+    lab.login_from(
+        "203.0.113.1:1000",
+        "$(id) \"--help",
+        "x",
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
     let last = &lab.store.audit_log(1).unwrap()[0];
     assert_eq!(last.detail, "name \"$(id) \\\"--help\": no such admin");
 }
@@ -1193,8 +1212,7 @@ async fn names_no_admin_can_have_are_refused_unchecked_but_counted() {
     lab.expect_login(ADMIN, PASSWORD, StatusCode::TOO_MANY_REQUESTS)
         .await;
     // Not of the admin's name: from elsewhere it logs in.
-    lab.peer = "198.51.100.1:1000".parse().unwrap();
-    lab.expect_login(ADMIN, PASSWORD, StatusCode::SEE_OTHER)
+    lab.login_from("198.51.100.1:1000", ADMIN, PASSWORD, StatusCode::SEE_OTHER)
         .await;
 }
 
@@ -1204,17 +1222,29 @@ async fn failed_logins_count_per_ipv6_network() {
     // Four hosts of one /64 share the count (names no admin can have are
     // refused without a password check, which keeps this quick).
     for host in 1..=4 {
-        lab.peer = format!("[2001:db8:1:2::{host}]:1000").parse().unwrap();
-        lab.expect_login(&"x".repeat(65), "x", StatusCode::UNAUTHORIZED)
-            .await;
+        lab.login_from(
+            &format!("[2001:db8:1:2::{host}]:1000"),
+            &"x".repeat(65),
+            "x",
+            StatusCode::UNAUTHORIZED,
+        )
+        .await;
     }
-    lab.peer = "[2001:db8:1:2:ffff::9]:1000".parse().unwrap();
-    lab.expect_login(ADMIN, PASSWORD, StatusCode::TOO_MANY_REQUESTS)
-        .await;
+    lab.login_from(
+        "[2001:db8:1:2:ffff::9]:1000",
+        ADMIN,
+        PASSWORD,
+        StatusCode::TOO_MANY_REQUESTS,
+    )
+    .await;
     // The next /64 is someone else.
-    lab.peer = "[2001:db8:1:3::1]:1000".parse().unwrap();
-    lab.expect_login(ADMIN, PASSWORD, StatusCode::SEE_OTHER)
-        .await;
+    lab.login_from(
+        "[2001:db8:1:3::1]:1000",
+        ADMIN,
+        PASSWORD,
+        StatusCode::SEE_OTHER,
+    )
+    .await;
 
     // An IPv4-mapped address is its IPv4 address. (Another name: the one
     // above must wait now.)
@@ -1223,9 +1253,13 @@ async fn failed_logins_count_per_ipv6_network() {
         lab.expect_login(&"y".repeat(65), "x", StatusCode::UNAUTHORIZED)
             .await;
     }
-    lab.peer = "192.0.2.77:1000".parse().unwrap();
-    lab.expect_login(ADMIN, PASSWORD, StatusCode::TOO_MANY_REQUESTS)
-        .await;
+    lab.login_from(
+        "192.0.2.77:1000",
+        ADMIN,
+        PASSWORD,
+        StatusCode::TOO_MANY_REQUESTS,
+    )
+    .await;
 }
 
 #[tokio::test]
