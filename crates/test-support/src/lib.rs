@@ -167,3 +167,16 @@ pub fn openssl_key(directory: &Path, name: &str, genpkey_args: &[&str]) -> PathB
     run("openssl", &args, b"");
     path
 }
+
+/// The headers a report mail's DKIM signature must cover: the ones RFC
+/// 8460 section 5.3 names (subject, TLS-Report-Domain, TLS-Report-Submitter)
+/// and those no signer should leave out.
+pub const DKIM_SIGNED_HEADERS: [&str; 7] = [
+    "from",
+    "to",
+    "subject",
+    "date",
+    "message-id",
+    "tls-report-domain",
+    "tls-report-submitter",
+];

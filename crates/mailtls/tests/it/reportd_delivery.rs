@@ -354,15 +354,7 @@ fn report_mail_through_postfix_is_dkim_signed_and_read_by_receivers() {
             .iter()
             .map(|h| h.as_str().unwrap())
             .collect();
-        for header in [
-            "from",
-            "to",
-            "subject",
-            "date",
-            "message-id",
-            "tls-report-domain",
-            "tls-report-submitter",
-        ] {
+        for header in support::DKIM_SIGNED_HEADERS {
             assert!(signed.contains(&header), "{header} not in h=: {context}");
         }
         assert_eq!(parsed["dkim"], true, "dkimpy: {context}");
