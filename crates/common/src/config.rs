@@ -997,64 +997,38 @@ mod tests {
         assert_eq!(options.sources.log_level, Source::Env);
     }
 
+    /// The source a bad integer is blamed on, and the error's text.
+    fn bad_int(case: Case) -> (Source, String) {
+        match case.resolve().unwrap_err() {
+            error @ ConfigError::InvalidInt { from, .. } => (from, error.to_string()),
+            other => panic!("not a bad integer: {other}"),
+        }
+    }
+
     #[test]
     fn bad_integers_name_option_and_source() {
-        let error = Case::new()
-            .args(&["--sockettimeout=5s"])
-            .resolve()
-            .unwrap_err();
-        assert!(matches!(
-            error,
-            ConfigError::InvalidInt {
-                from: Source::Cmd,
-                option: "sockettimeout",
-                ..
-            }
-        ));
-        assert!(error.to_string().contains("--sockettimeout"), "{error}");
-
-        let error = Case::new()
-            .env("TLSRPT_TEST_SOCKETTIMEOUT", "")
-            .resolve()
-            .unwrap_err();
-        assert!(matches!(
-            error,
-            ConfigError::InvalidInt {
-                from: Source::Env,
-                ..
-            }
-        ));
+        let (from, text) = bad_int(Case::new().args(&["--sockettimeout=5s"]));
+        assert_eq!(from, Source::Cmd);
         assert!(
-            error.to_string().contains("TLSRPT_TEST_SOCKETTIMEOUT"),
-            "{error}"
+            text.contains("option sockettimeout") && text.contains("--sockettimeout"),
+            "{text}"
         );
 
-        let error = Case::new()
-            .file("[tlsrpt_test]\nsockettimeout = ten\n")
-            .resolve()
-            .unwrap_err();
-        assert!(matches!(
-            error,
-            ConfigError::InvalidInt {
-                from: Source::Cfg,
-                ..
-            }
-        ));
-        assert!(error.to_string().contains("[tlsrpt_test] of"), "{error}");
+        let (from, text) = bad_int(Case::new().env("TLSRPT_TEST_SOCKETTIMEOUT", ""));
+        assert_eq!(from, Source::Env);
+        assert!(text.contains("TLSRPT_TEST_SOCKETTIMEOUT"), "{text}");
+
+        let (from, text) = bad_int(Case::new().file("[tlsrpt_test]\nsockettimeout = ten\n"));
+        assert_eq!(from, Source::Cfg);
+        assert!(text.contains("[tlsrpt_test] of"), "{text}");
 
         // Checked even where a source with higher precedence wins, as upstream.
-        let error = Case::new()
-            .file("[tlsrpt_test]\nsockettimeout = ten\n")
-            .args(&["--sockettimeout=3"])
-            .resolve()
-            .unwrap_err();
-        assert!(matches!(
-            error,
-            ConfigError::InvalidInt {
-                from: Source::Cfg,
-                ..
-            }
-        ));
+        let (from, _) = bad_int(
+            Case::new()
+                .file("[tlsrpt_test]\nsockettimeout = ten\n")
+                .args(&["--sockettimeout=3"]),
+        );
+        assert_eq!(from, Source::Cfg);
     }
 
     #[test]
