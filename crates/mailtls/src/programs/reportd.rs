@@ -112,6 +112,9 @@ pub fn main(matches: &ArgMatches) -> i32 {
             return exit::USAGE;
         }
     };
+    if deliverer.dkim.is_none() {
+        log::warn!("report mail is not DKIM-signed (no dkim_key_file): RFC 8460 section 3 tells receivers to ignore unsigned reports unless your MTA signs them");
+    }
     let _pid = PidFile::create(&options.pidfilename);
     probe_fetchers(&config, clock);
     let db = match ReportdDb::open(&config.dbname) {
@@ -312,7 +315,6 @@ fn transports(o: &ReportdOptions) -> anyhow::Result<(MailTransport, HttpTranspor
 /// its TXT record to publish is logged.
 fn dkim_signer(o: &ReportdOptions) -> anyhow::Result<Option<DkimSigner>> {
     let Some(key_file) = non_empty(&o.dkim_key_file) else {
-        log::warn!("report mail is not DKIM-signed (no dkim_key_file): RFC 8460 section 3 tells receivers to ignore unsigned reports unless your MTA signs them");
         return Ok(None);
     };
     let domain = match non_empty(&o.dkim_domain) {
