@@ -209,11 +209,7 @@ impl PostfixFacts {
             ..PostfixFacts::default()
         };
         let postconf = |args: &[&str]| -> Result<Option<String>, String> {
-            let mut run = Run::new("/usr/sbin/postconf", Duration::from_secs(20));
-            if let Some(dir) = &config_dir {
-                run = run.arg("-c").arg(dir);
-            }
-            let done = run
+            let done = postfix_command("postconf", config_dir.as_deref())
                 .args(args)
                 .run()
                 .map_err(|e| format!("cannot run postconf: {e}"))?;
@@ -282,11 +278,12 @@ impl PostfixFacts {
         maps.split(|c: char| c == ',' || c.is_whitespace())
             .filter(|map| !map.is_empty())
             .find_map(|map| {
-                let mut run = Run::new("/usr/sbin/postmap", Duration::from_secs(20));
-                if let Some(dir) = &self.config_dir {
-                    run = run.arg("-c").arg(dir);
-                }
-                let done = run.arg("-q").arg(sender).arg(map).run().ok()?;
+                let done = postfix_command("postmap", self.config_dir.as_deref())
+                    .arg("-q")
+                    .arg(sender)
+                    .arg(map)
+                    .run()
+                    .ok()?;
                 done.ending.success().then(|| {
                     let answer = String::from_utf8_lossy(&done.stdout).trim().to_string();
                     answer.split(':').next().unwrap_or_default().to_string()
@@ -297,11 +294,7 @@ impl PostfixFacts {
 
     /// `smtp_tlsrpt_enable` of master.cf service `name/unix`.
     fn service_tlsrpt(&self, name: &str) -> Option<String> {
-        let mut run = Run::new("/usr/sbin/postconf", Duration::from_secs(20));
-        if let Some(dir) = &self.config_dir {
-            run = run.arg("-c").arg(dir);
-        }
-        let done = run
+        let done = postfix_command("postconf", self.config_dir.as_deref())
             .arg("-hP")
             .arg(format!("{name}/unix/smtp_tlsrpt_enable"))
             .run()
@@ -315,6 +308,18 @@ impl PostfixFacts {
             Some(dir) => format!("postconf -c {} -e '{setting}'", dir.display()),
             None => format!("postconf -e '{setting}'"),
         }
+    }
+}
+
+/// A Postfix command of the instance in `config_dir` (`-c DIR`).
+fn postfix_command(program: &str, config_dir: Option<&Path>) -> Run<'static> {
+    let run = Run::new(
+        Path::new("/usr/sbin").join(program),
+        Duration::from_secs(20),
+    );
+    match config_dir {
+        Some(dir) => run.arg("-c").arg(dir),
+        None => run,
     }
 }
 
