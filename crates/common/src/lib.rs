@@ -19,6 +19,7 @@ pub mod config;
 pub mod day;
 pub mod ini;
 pub mod logging;
+pub mod ownership;
 pub mod percent;
 pub mod pidfile;
 pub mod process;

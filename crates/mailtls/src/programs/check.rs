@@ -113,6 +113,19 @@ pub fn command() -> Command {
                 .help("PostTLS's configuration file (not checked when it does not exist)"),
         )
         .arg(
+            Arg::new("posttls_web_unit")
+                .long("posttls_web_unit")
+                .value_name("FILE")
+                .help("The systemd unit of the PostTLS web pages, whose User= must not be root and must be able to use the database and key; default: posttls-web.service in /etc/systemd/system, else /lib/systemd/system"),
+        )
+        .arg(
+            Arg::new("part")
+                .value_name("PART")
+                .num_args(0..)
+                .value_parser(clap::builder::EnumValueParser::<Part>::new())
+                .help("Check only these parts: tlsrpt (Postfix's TLSRPT side, the collector, the report daemon), posttls; default: both"),
+        )
+        .arg(
             Arg::new("json")
                 .long("json")
                 .action(ArgAction::SetTrue)
@@ -120,7 +133,31 @@ pub fn command() -> Command {
         )
 }
 
+/// The halves of the suite `check` looks at; a site may use only one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Tlsrpt,
+    Posttls,
+}
+
+impl clap::ValueEnum for Part {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Part::Tlsrpt, Part::Posttls]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(match self {
+            Part::Tlsrpt => "tlsrpt",
+            Part::Posttls => "posttls",
+        }))
+    }
+}
+
 pub fn main(matches: &ArgMatches) -> i32 {
+    let parts: Vec<Part> = match matches.get_many::<Part>("part") {
+        Some(parts) => parts.copied().collect(),
+        None => vec![Part::Tlsrpt, Part::Posttls],
+    };
     let postfix = PostfixFacts::gather(
         matches
             .get_one::<String>("postfix_config_dir")
@@ -131,11 +168,24 @@ pub fn main(matches: &ArgMatches) -> i32 {
             .get_one::<String>("collectd_config")
             .expect("default"),
     ));
-    let posttls = PosttlsFacts::gather(Path::new(
-        matches
-            .get_one::<String>("posttls_config")
-            .expect("default"),
-    ));
+    let web_unit = match matches.get_one::<String>("posttls_web_unit") {
+        Some(file) => Some(PathBuf::from(file)),
+        None => [
+            "/etc/systemd/system/posttls-web.service",
+            "/lib/systemd/system/posttls-web.service",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists()),
+    };
+    let posttls = PosttlsFacts::gather(
+        Path::new(
+            matches
+                .get_one::<String>("posttls_config")
+                .expect("default"),
+        ),
+        web_unit.as_deref(),
+    );
     let reporter = ReportdFacts::gather(
         Path::new(
             matches
@@ -144,10 +194,17 @@ pub fn main(matches: &ArgMatches) -> i32 {
         ),
         &postfix,
     );
-    let mut findings = judge_postfix(&postfix, collector.options.as_ref());
-    findings.extend(judge_collector(&collector, &postfix));
-    findings.extend(judge_reportd(&reporter, &postfix));
-    findings.extend(judge_posttls(&posttls, &postfix));
+    let mut findings = judge_postfix_reachable(&postfix);
+    if postfix.unavailable.is_none() && parts.contains(&Part::Tlsrpt) {
+        findings.extend(judge_postfix(&postfix, collector.options.as_ref()));
+    }
+    if parts.contains(&Part::Tlsrpt) {
+        findings.extend(judge_collector(&collector, &postfix));
+        findings.extend(judge_reportd(&reporter, &postfix));
+    }
+    if parts.contains(&Part::Posttls) {
+        findings.extend(judge_posttls(&posttls, &postfix));
+    }
     if matches.get_flag("json") {
         let worst = worst(&findings);
         println!(
@@ -167,7 +224,11 @@ pub fn main(matches: &ArgMatches) -> i32 {
             };
             println!("{level:<8} {:<10} {}", finding.area, finding.message);
             if let Some(fix) = &finding.fix {
-                println!("{:<19} fix: {fix}", "");
+                let mut lines = fix.lines();
+                println!("{:<19} fix: {}", "", lines.next().unwrap_or_default());
+                for line in lines {
+                    println!("{:<24}{line}", "");
+                }
             }
         }
     }
@@ -196,10 +257,18 @@ pub struct PostfixFacts {
     pub tlsrpt_socket_name: Option<String>,
     pub tls_security_level: Option<String>,
     pub sender_transport_maps: Option<String>,
+    /// Routing that a content filter with an empty next hop bypasses.
+    pub relayhost: Option<String>,
+    pub transport_maps: Option<String>,
     /// `postconf -M` lines of the services PostTLS and TLSRPT care about.
     pub smtp_service: Option<String>,
     pub release_service: Option<String>,
     pub reinject_service: Option<String>,
+    /// The transport the release listener's `content_filter` names, and
+    /// whether master.cf defines it.
+    pub release_transport: Option<(String, bool)>,
+    /// Whether that `content_filter` names a next hop (`smtp_may:[relay]`).
+    pub release_nexthop: bool,
 }
 
 impl PostfixFacts {
@@ -248,9 +317,28 @@ impl PostfixFacts {
         facts.tlsrpt_socket_name = value("smtp_tlsrpt_socket_name");
         facts.tls_security_level = value("smtp_tls_security_level");
         facts.sender_transport_maps = value("sender_dependent_default_transport_maps");
+        facts.relayhost = value("relayhost");
+        facts.transport_maps = value("transport_maps");
         facts.smtp_service = service("smtp/unix");
         facts.release_service = service("posttls-release/unix");
         facts.reinject_service = service("posttls-reinject/unix");
+        facts.release_nexthop = facts
+            .release_service
+            .as_deref()
+            .and_then(|line| {
+                line.split_whitespace()
+                    .find_map(|word| word.strip_prefix("content_filter="))
+            })
+            .and_then(|filter| filter.split_once(':'))
+            .is_some_and(|(_, nexthop)| !nexthop.is_empty());
+        facts.release_transport = facts
+            .release_service
+            .as_deref()
+            .and_then(content_filter_transport)
+            .map(|transport| {
+                let defined = service(&format!("{transport}/unix")).is_some();
+                (transport, defined)
+            });
         facts
     }
 
@@ -311,6 +399,17 @@ impl PostfixFacts {
     }
 }
 
+/// The transport of a `-o content_filter=TRANSPORT:NEXTHOP` in a
+/// `postconf -M` line.
+fn content_filter_transport(service_line: &str) -> Option<String> {
+    service_line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("content_filter="))
+        .and_then(|filter| filter.split(':').next())
+        .filter(|transport| !transport.is_empty())
+        .map(str::to_string)
+}
+
 /// A Postfix command of the instance in `config_dir` (`-c DIR`).
 fn postfix_command(program: &str, config_dir: Option<&Path>) -> Run<'static> {
     let run = Run::new(
@@ -334,17 +433,22 @@ pub fn tlsrpt_socket_path(socket_name: &str, queue_directory: &str) -> PathBuf {
     }
 }
 
-/// Postfix's side: version, TLSRPT parameters and socket, and what PostTLS
-/// needs of it.
-pub fn judge_postfix(facts: &PostfixFacts, collector: Option<&CollectdOptions>) -> Vec<Finding> {
-    const AREA: &str = "postfix";
-    if let Some(why) = &facts.unavailable {
-        return vec![Finding::error(
-            AREA,
+/// Whether the Postfix instance answers `postconf` at all: both halves
+/// need it.
+pub fn judge_postfix_reachable(facts: &PostfixFacts) -> Vec<Finding> {
+    match &facts.unavailable {
+        Some(why) => vec![Finding::error(
+            "postfix",
             format!("Postfix cannot be asked: {why}"),
             "install Postfix, or name the instance with --postfix_config_dir",
-        )];
+        )],
+        None => Vec::new(),
     }
+}
+
+/// Postfix's TLSRPT side: its version, the TLSRPT parameters and socket.
+pub fn judge_postfix(facts: &PostfixFacts, collector: Option<&CollectdOptions>) -> Vec<Finding> {
+    const AREA: &str = "postfix";
     let mut findings = Vec::new();
     let version = facts.mail_version.clone().unwrap_or_default();
     match facts.version() {
@@ -353,7 +457,7 @@ pub fn judge_postfix(facts: &PostfixFacts, collector: Option<&CollectdOptions>) 
             format!(
                 "Postfix {version} cannot report TLS results: TLSRPT needs Postfix 3.10 or newer built with libtlsrpt, so the collector receives nothing from this Postfix"
             ),
-            "upgrade Postfix to 3.10 or newer (with TLSRPT support); PostTLS works with this version",
+            "upgrade Postfix to 3.10 or newer (with TLSRPT support); PostTLS works with this version: `mailtls check posttls` checks only PostTLS",
         )),
         Some(_) => match facts.tlsrpt_enable.as_deref() {
             None => findings.push(Finding::error(
@@ -424,7 +528,7 @@ pub struct CollectorFacts {
     pub options: Option<CollectdOptions>,
     pub config_error: Option<String>,
     /// Type, owner (uid, gid) and mode of the socket, if it exists.
-    pub socket: Option<SocketFacts>,
+    pub socket: Option<FileFacts>,
     pub max_dgram_qlen: Option<u64>,
     /// The completed day of `FILE.yesterday`, or why it cannot be read.
     pub completed_day: Option<Result<Option<Day>, String>>,
@@ -432,12 +536,24 @@ pub struct CollectorFacts {
     pub today: Option<Day>,
 }
 
+/// Type, owner and mode of a file (the socket, the link key, a database).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SocketFacts {
+pub struct FileFacts {
     pub is_socket: bool,
     pub uid: u32,
     pub gid: u32,
     pub mode: u32,
+}
+
+impl FileFacts {
+    fn of(path: impl AsRef<Path>) -> Option<FileFacts> {
+        std::fs::metadata(path).ok().map(|meta| FileFacts {
+            is_socket: meta.file_type().is_socket(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mode: meta.permissions().mode() & 0o7777,
+        })
+    }
 }
 
 /// The options of `program`'s configuration file, as the program reads
@@ -481,14 +597,7 @@ impl CollectorFacts {
             }
         }
         let options = facts.options.as_ref().expect("just set");
-        facts.socket = std::fs::metadata(&options.socketname)
-            .ok()
-            .map(|meta| SocketFacts {
-                is_socket: meta.file_type().is_socket(),
-                uid: meta.uid(),
-                gid: meta.gid(),
-                mode: meta.permissions().mode() & 0o7777,
-            });
+        facts.socket = FileFacts::of(&options.socketname);
         facts.max_dgram_qlen = std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen")
             .ok()
             .and_then(|text| text.trim().parse().ok());
@@ -518,18 +627,29 @@ fn user_ids(name: &str) -> Option<(u32, Vec<u32>)> {
     Some((user.uid.as_raw(), groups))
 }
 
-/// Whether a user with `uid` in `gids` may write to a socket.
-pub fn may_write(socket: &SocketFacts, uid: u32, gids: &[u32]) -> bool {
+/// Whether a user with `uid` in `gids` may write to a file or socket.
+pub fn may_write(file: &FileFacts, uid: u32, gids: &[u32]) -> bool {
+    permitted(file, uid, gids, 0o2)
+}
+
+/// Whether a user with `uid` in `gids` may read a file.
+pub fn may_read(file: &FileFacts, uid: u32, gids: &[u32]) -> bool {
+    permitted(file, uid, gids, 0o4)
+}
+
+/// The classic permission check for one access bit (`0o4` read, `0o2`
+/// write): owner, else group, else others; root may do anything.
+fn permitted(file: &FileFacts, uid: u32, gids: &[u32], bit: u32) -> bool {
     if uid == 0 {
         return true;
     }
-    if socket.uid == uid {
-        return socket.mode & 0o200 != 0;
+    if file.uid == uid {
+        return file.mode & (bit << 6) != 0;
     }
-    if gids.contains(&socket.gid) {
-        return socket.mode & 0o020 != 0;
+    if gids.contains(&file.gid) {
+        return file.mode & (bit << 3) != 0;
     }
-    socket.mode & 0o002 != 0
+    file.mode & bit != 0
 }
 
 /// The collector: its configuration, socket, the kernel's queue and the
@@ -801,7 +921,11 @@ pub fn judge_reportd(facts: &ReportdFacts, postfix: &PostfixFacts) -> Vec<Findin
             findings.push(Finding::error(
                 AREA,
                 format!("fetcher `{fetcher}`: {}", problems.join("; ")),
-                "run the fetcher by hand with the day 1999-01-01 and correct what it says",
+                if problems.iter().any(|p| p.contains("does not exist")) {
+                    "start tlsrpt-collectd first: it creates the databases the fetcher reads"
+                } else {
+                    "run the fetcher by hand with the day 1999-01-01 and correct what it says"
+                },
             ));
         }
     }
@@ -849,8 +973,13 @@ pub struct PosttlsFacts {
     pub config_file: PathBuf,
     /// `None` when the file does not exist (PostTLS not in use).
     pub options: Option<Result<PosttlsOptions, String>>,
-    /// Mode of the link key file, if it exists.
-    pub key_mode: Option<u32>,
+    /// The link key file, if it exists.
+    pub key: Option<FileFacts>,
+    /// The database file, if it exists.
+    pub database: Option<FileFacts>,
+    /// The web pages' user (the unit's `User=`) and its uid and groups,
+    /// when the system knows the user.
+    pub web_user: Option<(String, u32, Vec<u32>)>,
     /// The `User=` of the installed posttls-web unit (empty: root), if
     /// there is a unit.
     pub web_unit_user: Option<String>,
@@ -867,7 +996,7 @@ pub fn unit_user(unit: &str) -> String {
 }
 
 impl PosttlsFacts {
-    fn gather(config_file: &Path) -> PosttlsFacts {
+    fn gather(config_file: &Path, web_unit: Option<&Path>) -> PosttlsFacts {
         let mut facts = PosttlsFacts {
             config_file: config_file.to_path_buf(),
             ..PosttlsFacts::default()
@@ -878,20 +1007,121 @@ impl PosttlsFacts {
         let options =
             options_of::<PosttlsOptions>(&posttls::SPEC, Command::new("posttls"), config_file);
         if let Ok(options) = &options {
-            facts.key_mode = std::fs::metadata(&options.secret_key_file)
-                .ok()
-                .map(|meta| meta.permissions().mode() & 0o777);
+            facts.key = FileFacts::of(&options.secret_key_file);
+            facts.database = FileFacts::of(&options.database);
         }
         facts.options = Some(options);
-        facts.web_unit_user = [
-            "/etc/systemd/system/posttls-web.service",
-            "/lib/systemd/system/posttls-web.service",
-        ]
-        .iter()
-        .find_map(|path| std::fs::read_to_string(path).ok())
-        .map(|unit| unit_user(&unit));
+        facts.web_unit_user = web_unit
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .map(|unit| unit_user(&unit));
+        facts.web_user = facts
+            .web_unit_user
+            .as_deref()
+            .filter(|user| !user.is_empty())
+            .and_then(|user| user_ids(user).map(|(uid, gids)| (user.to_string(), uid, gids)));
         facts
     }
+}
+
+/// Whether the web pages' user can read the link key and write the
+/// database: a worker started by hand as root before the package's fix
+/// for it, or a `posttls adduser` run as root on a new database, leaves
+/// them root's, and the web pages then fail at start or on every request.
+fn judge_web_user_access(facts: &PosttlsFacts, options: &PosttlsOptions) -> Vec<Finding> {
+    const AREA: &str = "posttls";
+    let Some((user, uid, gids)) = &facts.web_user else {
+        return Vec::new();
+    };
+    let mut findings = Vec::new();
+    if let Some(key) = &facts.key {
+        if !may_read(key, *uid, gids) {
+            findings.push(Finding::error(
+                AREA,
+                format!(
+                    "the web pages' user {user} cannot read the link key {}: they do not start",
+                    options.secret_key_file
+                ),
+                format!("chown {user}: {}", options.secret_key_file),
+            ));
+        }
+    }
+    if let Some(database) = &facts.database {
+        if may_write(database, *uid, gids) {
+            findings.push(Finding::ok(
+                AREA,
+                format!(
+                    "the web pages' user {user} may write the database {}",
+                    options.database
+                ),
+            ));
+        } else {
+            findings.push(Finding::error(
+                AREA,
+                format!(
+                    "the web pages' user {user} cannot write the database {}: no link can be confirmed and no admin can log in",
+                    options.database
+                ),
+                format!("chown {user}: {}*", options.database),
+            ));
+        }
+    }
+    findings
+}
+
+/// A content filter without a next hop sends to each recipient domain's
+/// MX: relayhost and transport_maps do not apply to released mail.
+fn judge_release_routing(postfix: &PostfixFacts, transport: &str) -> Option<Finding> {
+    if postfix.release_nexthop {
+        return None;
+    }
+    let routing: Vec<String> = [
+        ("relayhost", &postfix.relayhost),
+        ("transport_maps", &postfix.transport_maps),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| {
+        value
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .map(|v| format!("{name} = {v}"))
+    })
+    .collect();
+    (!routing.is_empty()).then(|| {
+        Finding::warning(
+            "posttls",
+            format!(
+                "released mail goes straight to each recipient domain's MX: content_filter={transport}: has no next hop, so {} does not apply to it",
+                routing.join(" and ")
+            ),
+            format!("if released mail must take that route, name it in master.cf: -o content_filter={transport}:[relay.example.org]:25"),
+        )
+    })
+}
+
+/// The re-injection services PostTLS needs in master.cf, as shipped in
+/// `/usr/share/doc/mailtls/examples/master.cf.posttls`.
+pub const MASTER_CF_POSTTLS: &str =
+    include_str!("../../../../packaging/examples/master.cf.posttls");
+
+/// The lines to append to master.cf, without their comments.
+fn master_cf_fix(postfix: &PostfixFacts) -> String {
+    let master_cf = match &postfix.config_dir {
+        Some(dir) => dir.join("master.cf"),
+        None => PathBuf::from("/etc/postfix/master.cf"),
+    };
+    let lines: Vec<&str> = MASTER_CF_POSTTLS
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .collect();
+    let reload = match &postfix.config_dir {
+        Some(dir) => format!("postfix -c {} reload", dir.display()),
+        None => "postfix reload".into(),
+    };
+    format!(
+        "append to {} (also in /usr/share/doc/mailtls/examples/master.cf.posttls), then {reload}:\n{}",
+        master_cf.display(),
+        lines.join("\n")
+    )
 }
 
 /// PostTLS: its required options, the key's permissions, and the Postfix
@@ -928,7 +1158,7 @@ pub fn judge_posttls(facts: &PosttlsFacts, postfix: &PostfixFacts) -> Vec<Findin
             "put a TLS-terminating proxy in front of the web pages and set base_url = https://...",
         ));
     }
-    match facts.key_mode {
+    match facts.key.as_ref().map(|key| key.mode & 0o777) {
         Some(mode) if mode & 0o077 != 0 => findings.push(Finding::error(
             AREA,
             format!(
@@ -944,9 +1174,10 @@ pub fn judge_posttls(facts: &PosttlsFacts, postfix: &PostfixFacts) -> Vec<Findin
         None => findings.push(Finding::warning(
             AREA,
             format!("there is no link key at {} yet", options.secret_key_file),
-            "start posttls-web once: it creates the key",
+            "start posttls-web or posttls-worker: the first to start creates the key",
         )),
     }
+    findings.extend(judge_web_user_access(facts, options));
     match facts.web_unit_user.as_deref() {
         Some("" | "root") => findings.push(Finding::error(
             AREA,
@@ -960,16 +1191,47 @@ pub fn judge_posttls(facts: &PosttlsFacts, postfix: &PostfixFacts) -> Vec<Findin
         None => {}
     }
     if postfix.unavailable.is_none() {
-        for (service, line) in [
+        let missing: Vec<&str> = [
             ("posttls-release", &postfix.release_service),
             ("posttls-reinject", &postfix.reinject_service),
-        ] {
-            match line {
-                Some(_) => findings.push(Finding::ok(AREA, format!("master.cf has the {service} listener"))),
+        ]
+        .into_iter()
+        .filter(|(_, line)| line.is_none())
+        .map(|(service, _)| service)
+        .collect();
+        if missing.is_empty() {
+            findings.push(Finding::ok(
+                AREA,
+                "master.cf has the posttls-release and posttls-reinject listeners",
+            ));
+        } else {
+            findings.push(Finding::error(
+                AREA,
+                format!(
+                    "master.cf has no {} listener: released messages cannot be re-injected",
+                    missing.join(" and no ")
+                ),
+                master_cf_fix(postfix),
+            ));
+        }
+        if postfix.release_service.is_some() {
+            match &postfix.release_transport {
+                Some((transport, true)) => {
+                    findings.push(Finding::ok(
+                        AREA,
+                        format!("released mail leaves through {transport}"),
+                    ));
+                    findings.extend(judge_release_routing(postfix, transport));
+                }
+                Some((transport, false)) => findings.push(Finding::error(
+                    AREA,
+                    format!("posttls-release hands mail to {transport}, which master.cf does not define: released mail stays queued"),
+                    master_cf_fix(postfix),
+                )),
                 None => findings.push(Finding::error(
                     AREA,
-                    format!("master.cf has no {service} listener: released messages cannot be re-injected"),
-                    "add the re-injection listeners of the README (\"The re-injection listeners\") to master.cf and run postfix reload",
+                    "posttls-release has no content_filter: released mail takes the normal path, which requires TLS, and waits again",
+                    master_cf_fix(postfix),
                 )),
             }
         }
@@ -1128,8 +1390,121 @@ mod tests {
     }
 
     #[test]
+    fn the_web_user_must_read_the_key_and_write_the_database() {
+        let options = PosttlsOptions::defaults();
+        let ours = FileFacts {
+            is_socket: false,
+            uid: 120,
+            gid: 120,
+            mode: 0o600,
+        };
+        let roots = FileFacts {
+            uid: 0,
+            gid: 120,
+            mode: 0o644,
+            ..ours.clone()
+        };
+        let mut facts = PosttlsFacts {
+            options: Some(Ok(options.clone())),
+            key: Some(ours.clone()),
+            database: Some(ours.clone()),
+            web_user: Some(("_posttls".into(), 120, vec![120])),
+            ..PosttlsFacts::default()
+        };
+        let found = judge_web_user_access(&facts, &options);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].level, Level::Ok);
+        // What a worker started first as root left before it gave its
+        // files to the directory's owner.
+        facts.key = Some(FileFacts {
+            mode: 0o600,
+            ..roots.clone()
+        });
+        facts.database = Some(roots);
+        let found = judge_web_user_access(&facts, &options);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found.iter().all(|f| f.level == Level::Error));
+        assert_eq!(
+            found[0].fix.as_deref(),
+            Some("chown _posttls: /var/lib/posttls/secret.key")
+        );
+        assert_eq!(
+            found[1].fix.as_deref(),
+            Some("chown _posttls: /var/lib/posttls/posttls.sqlite*")
+        );
+    }
+
+    #[test]
+    fn released_mail_needs_the_transport_its_listener_names() {
+        assert_eq!(
+            content_filter_transport(
+                "posttls-release unix - - n - - smtpd -o content_filter=smtp_may: -o mynetworks=127.0.0.0/8"
+            )
+            .as_deref(),
+            Some("smtp_may")
+        );
+        assert_eq!(
+            content_filter_transport(
+                "posttls-reinject unix - - n - - smtpd -o mynetworks=127.0.0.0/8"
+            ),
+            None
+        );
+        let mut postfix = postfix("3.7.11");
+        postfix.release_service = Some("posttls-release unix ...".into());
+        postfix.reinject_service = Some("posttls-reinject unix ...".into());
+        let facts = PosttlsFacts {
+            options: Some(Ok(PosttlsOptions::defaults())),
+            ..PosttlsFacts::default()
+        };
+        let transport = |postfix: &PostfixFacts| {
+            judge_posttls(&facts, postfix)
+                .into_iter()
+                .find(|f| f.message.contains("smtp_may") || f.message.contains("content_filter"))
+                .unwrap()
+        };
+        postfix.release_transport = Some(("smtp_may".into(), true));
+        assert_eq!(transport(&postfix).level, Level::Ok);
+        let routing = |postfix: &PostfixFacts| {
+            judge_posttls(&facts, postfix)
+                .into_iter()
+                .filter(|f| f.message.contains("straight to"))
+                .count()
+        };
+        assert_eq!(routing(&postfix), 0);
+        postfix.transport_maps = Some("inline:{notls.test=smtp:[127.0.0.1]:2526}".into());
+        assert_eq!(routing(&postfix), 1);
+        postfix.release_nexthop = true;
+        assert_eq!(routing(&postfix), 0);
+        postfix.release_transport = Some(("smtp_may".into(), false));
+        let missing = transport(&postfix);
+        assert_eq!(missing.level, Level::Error);
+        // The fix is the lines themselves, not a pointer to a document.
+        let fix = missing.fix.unwrap();
+        assert!(
+            fix.contains(
+                "\nsmtp_may  unix  -  -  n  -  -  smtp\n  -o smtp_tls_security_level=may\n"
+            ),
+            "{fix}"
+        );
+        assert!(!fix.contains("\n#"), "{fix}");
+        postfix.release_transport = None;
+        assert_eq!(transport(&postfix).level, Level::Error);
+    }
+
+    #[test]
+    fn the_readme_shows_the_master_cf_lines_the_package_ships() {
+        let readme = include_str!("../../../../README.md");
+        let services: String = MASTER_CF_POSTTLS
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert!(readme.contains(&services), "README.md lacks:\n{services}");
+    }
+
+    #[test]
     fn who_may_write_to_the_socket() {
-        let socket = SocketFacts {
+        let socket = FileFacts {
             is_socket: true,
             uid: 998,
             gid: 120,
@@ -1138,7 +1513,7 @@ mod tests {
         assert!(may_write(&socket, 110, &[120]));
         assert!(!may_write(&socket, 110, &[121]));
         assert!(may_write(&socket, 998, &[]));
-        let world = SocketFacts {
+        let world = FileFacts {
             mode: 0o222,
             ..socket.clone()
         };

@@ -154,6 +154,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("cannot create the database file {path}: {source}")]
+    Create {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("not a PostTLS database (no meta table with a schema version)")]
     Foreign,
     #[error("PostTLS database schema version {0}; this program knows version {SCHEMA_VERSION}")]
@@ -315,6 +320,15 @@ impl Store {
     /// so a database file written by the unprivileged web process cannot
     /// make the privileged worker run anything but this program's SQL.
     pub fn open(path: &Path) -> Result<Store> {
+        // Whoever creates the database, the web pages must write it and the
+        // worker too (SQLite gives its -wal and -shm files, when root
+        // creates them, to the database file's owner).
+        mailtls_common::ownership::create_owned_like_directory(path, 0o600).map_err(|source| {
+            StoreError::Create {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;

@@ -11,6 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, KeyInit, Mac};
+use mailtls_common::ownership::give_to_directory_owner;
 use rand::rngs::OsRng;
 use rand::RngCore;
 use sha2::Sha256;
@@ -79,7 +80,9 @@ impl SecretKey {
     /// and then linked to `path` only if nothing is there yet, so readers
     /// never see a half-written key, and two processes starting at the same
     /// time (the worker and the web process on first start) end up with the
-    /// same key: the loser of the race loads the winner's file.
+    /// same key: the loser of the race loads the winner's file. Created by
+    /// root, the file is given to the directory's owner
+    /// ([`give_to_directory_owner`]).
     ///
     /// # Errors
     /// [`KeyError::Permissions`] for a file that group or others can access,
@@ -102,6 +105,8 @@ impl SecretKey {
             .tempfile_in(dir)
             .map_err(io_error)?;
         temp.write_all(&key.0).map_err(io_error)?;
+        // The worker (root) and the web pages (`_posttls`) both read it.
+        give_to_directory_owner(temp.as_file(), dir).map_err(io_error)?;
         temp.as_file().sync_all().map_err(io_error)?;
         match temp.persist_noclobber(path) {
             Ok(_) => {
