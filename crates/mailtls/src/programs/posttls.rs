@@ -45,7 +45,8 @@ mailtls_common::options! {
         notification_from: String = "",
         /// Command that takes a notification on standard input (split into words, no shell);
         /// unused when smtp_relay is set. Must not depend on the failing TLS: e.g. local
-        /// delivery
+        /// delivery. `-f notification_from` is added unless the command has a -f, so bounces
+        /// of notifications go to that address, not to the worker's user (root)
         sendmail_script: String = "sendmail -i -t",
         /// Send notifications by SMTP to HOST or HOST:PORT instead
         smtp_relay: String = "",
@@ -208,6 +209,23 @@ struct Setup {
 }
 
 /// The value of option `name`, which must be set; `example` shows how.
+/// `command` with `-f FROM` added unless it names an envelope sender:
+/// without one, sendmail uses the worker's user, root, and the bounce of a
+/// notification lands in root's mailbox.
+fn with_envelope_sender(command: &str, from: &str) -> anyhow::Result<String> {
+    if from.is_empty() || from.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        anyhow::bail!("notification_from {from:?} is not a mail address");
+    }
+    let names_sender = command
+        .split_whitespace()
+        .any(|word| word.starts_with("-f") || word.starts_with("-r"));
+    Ok(if names_sender {
+        command.to_string()
+    } else {
+        format!("{command} -f {from}")
+    })
+}
+
 fn required(value: &str, name: &str, example: &str) -> anyhow::Result<String> {
     if value.is_empty() {
         bail!("{name} is not set (e.g. {name} = {example}; option --{name}, POSTTLS_{} or [posttls] {name})", name.to_uppercase());
@@ -276,7 +294,10 @@ impl Setup {
         };
         let retention = seconds("audit_retention", o.audit_retention)?;
         let transport = match o.smtp_relay.as_str() {
-            "" => MailTransport::Sendmail(Sendmail::new(&o.sendmail_script, timeout)?),
+            "" => MailTransport::Sendmail(Sendmail::new(
+                &with_envelope_sender(&o.sendmail_script, &notification_from)?,
+                timeout,
+            )?),
             relay => {
                 let ca = Some(&o.tls_ca_file)
                     .filter(|f| !f.is_empty())
@@ -511,5 +532,29 @@ impl ScanLock {
                 Err(err)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_are_sent_from_notification_from_unless_the_command_says() {
+        assert_eq!(
+            with_envelope_sender("sendmail -i -t", "postmaster@example.org").unwrap(),
+            "sendmail -i -t -f postmaster@example.org"
+        );
+        for named in [
+            "sendmail -i -t -f bounces@example.org",
+            "sendmail -i -t -fbounces@example.org",
+            "sendmail -i -t -r bounces@example.org",
+        ] {
+            assert_eq!(
+                with_envelope_sender(named, "postmaster@example.org").unwrap(),
+                named
+            );
+        }
+        assert!(with_envelope_sender("sendmail -i -t", "a b@example.org").is_err());
     }
 }

@@ -253,17 +253,21 @@ pub fn check_admin_name(name: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mailtls_common::config::{add_options, resolve};
+    use mailtls_common::config::{add_options, resolve, ProgramSpec};
+
+    /// PostTLS's spec without its default file: the tests must not read
+    /// the /etc/mailtls/posttls.cfg of a mailtls installed on this machine.
+    const SPEC: ProgramSpec = ProgramSpec {
+        default_config_file: "/nonexistent/posttls.cfg",
+        ..super::super::posttls::SPEC
+    };
 
     fn settings(args: &[&str]) -> PosttlsOptions {
-        let command =
-            add_options::<PosttlsOptions>(clap::Command::new("web"), &super::super::posttls::SPEC);
+        let command = add_options::<PosttlsOptions>(clap::Command::new("web"), &SPEC);
         let matches = command
             .try_get_matches_from(std::iter::once("web").chain(args.iter().copied()))
             .unwrap();
-        resolve(&super::super::posttls::SPEC, &matches, &[])
-            .unwrap()
-            .0
+        resolve(&SPEC, &matches, &[]).unwrap().0
     }
 
     #[test]
@@ -276,8 +280,7 @@ mod tests {
         let (name, sub) = matches.subcommand().unwrap();
         assert_eq!(name, "adduser");
         assert_eq!(sub.get_one::<String>("admin").unwrap(), "root");
-        let (options, _) =
-            resolve::<PosttlsOptions>(&super::super::posttls::SPEC, sub, &[]).unwrap();
+        let (options, _) = resolve::<PosttlsOptions>(&SPEC, sub, &[]).unwrap();
         assert_eq!(options.database, "/tmp/x.sqlite");
         assert!(command
             .clone()
@@ -288,8 +291,7 @@ mod tests {
             .unwrap();
         let (name, sub) = matches.subcommand().unwrap();
         assert_eq!(name, "web");
-        let (options, _) =
-            resolve::<PosttlsOptions>(&super::super::posttls::SPEC, sub, &[]).unwrap();
+        let (options, _) = resolve::<PosttlsOptions>(&SPEC, sub, &[]).unwrap();
         assert_eq!(web_config(&options).unwrap().listen, "127.0.0.1:9");
         assert_eq!(run("scan", sub, &options), None);
     }

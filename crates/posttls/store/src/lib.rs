@@ -751,6 +751,38 @@ impl Store {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_database_created_by_root_belongs_to_its_directory_owner_with_its_wal() {
+        // The worker (root) may start before the web pages (`_posttls`),
+        // who must still write the database it created. As another user
+        // the test checks that creation works at all.
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+        if root {
+            std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+        }
+        let owner = std::fs::metadata(dir.path()).unwrap().uid();
+        let path = dir.path().join("posttls.sqlite");
+        let store = Store::open(&path).unwrap();
+        store
+            .add_mandatory_domain("example.org", "test", 0)
+            .unwrap();
+        for file in ["posttls.sqlite", "posttls.sqlite-wal", "posttls.sqlite-shm"] {
+            let meta = std::fs::metadata(dir.path().join(file)).unwrap();
+            assert_eq!(meta.uid(), owner, "{file}");
+        }
+        drop(store);
+        assert!(
+            Store::open(&path)
+                .unwrap()
+                .mandatory_domains()
+                .unwrap()
+                .len()
+                == 1
+        );
+    }
+
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("posttls.sqlite")).unwrap();
