@@ -75,6 +75,13 @@ impl fmt::Display for Day {
     }
 }
 
+/// As its `YYYY-MM-DD` text (the dashboard's JSON).
+impl serde::Serialize for Day {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl FromStr for Day {
     type Err = DayError;
     fn from_str(text: &str) -> Result<Day, DayError> {

@@ -105,6 +105,12 @@ mailtls_common::options! {
         /// Mark the admin session cookie Secure (needs HTTPS in front); 0 only for tests on
         /// plain HTTP
         cookie_secure: i64 = "1",
+        /// The TLSRPT collector's database, read by the web pages' Outbound TLS view (its
+        /// completed day FILE.yesterday too); empty: not shown
+        tlsrpt_collector_db: String = "/var/lib/tlsrpt/collectd.sqlite",
+        /// The TLSRPT report daemon's database, read by the Outbound TLS view (the days it
+        /// fetched, the reports it sent) and written to resend a report; empty: not shown
+        tlsrpt_reportd_db: String = "/var/lib/tlsrpt/reportd.sqlite",
         /// Lock that keeps scans from overlapping
         lock_file: String = "/run/posttls/scan.lock",
         /// PID file of the worker

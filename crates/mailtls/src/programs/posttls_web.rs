@@ -10,7 +10,7 @@
 use anyhow::{anyhow, Context};
 use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use clap::{Arg, ArgMatches, Command};
 use mailtls_common::config::add_options;
@@ -121,6 +121,14 @@ pub fn web_config(o: &PosttlsOptions) -> anyhow::Result<WebConfig> {
         secure_cookies,
         mandatory_domains,
         trusted_proxies,
+        tlsrpt: tlsrpt_stats::Sources {
+            collector: Some(&o.tlsrpt_collector_db)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+            reportd: Some(&o.tlsrpt_reportd_db)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+        },
     })
 }
 

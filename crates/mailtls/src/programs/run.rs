@@ -100,7 +100,11 @@ pub fn main(matches: &ArgMatches) -> i32 {
         }
     };
     let web_listen = matches.get_one::<String>("web").expect("default").clone();
-    let web = match start_web(&dir, &web_listen) {
+    let tlsrpt = tlsrpt_stats::Sources {
+        collector: Some(config.storage[0].path.clone()),
+        reportd: Some(dir.join("reportd.sqlite")),
+    };
+    let web = match start_web(&dir, &web_listen, tlsrpt) {
         Ok(web) => web,
         Err(e) => {
             eprintln!("mailtls run: PostTLS web pages: {e:#}");
@@ -120,7 +124,11 @@ pub fn main(matches: &ArgMatches) -> i32 {
 /// The PostTLS web pages on a thread, on DIR/posttls.sqlite, plain HTTP
 /// on loopback. (The PostTLS worker needs a Postfix queue and its
 /// privileges, so it is not started here.)
-fn start_web(dir: &Path, listen: &str) -> anyhow::Result<std::thread::JoinHandle<()>> {
+fn start_web(
+    dir: &Path,
+    listen: &str,
+    tlsrpt: tlsrpt_stats::Sources,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let key = posttls_token::SecretKey::load_or_create(&dir.join("posttls-secret.key"))?;
     let host = mailtls_common::host_name();
     let config = posttls_web::WebConfig {
@@ -131,6 +139,7 @@ fn start_web(dir: &Path, listen: &str) -> anyhow::Result<std::thread::JoinHandle
         secure_cookies: false,
         mandatory_domains: posttls_policy::DomainSet::new(),
         trusted_proxies: Vec::new(),
+        tlsrpt,
     };
     let store = dir.join("posttls.sqlite");
     // Checked now, so that a broken database stops the start visibly.
@@ -229,6 +238,7 @@ fn print_banner(dir: &Path, config: &CollectdConfig, log_file: &Path, reports: &
     );
     println!("  log                       {}", log_file.display());
     println!("  web UI (PostTLS)          http://{web}/admin");
+    println!("  web UI (outbound TLS)     http://{web}/admin/tls");
     println!();
     println!("Point Postfix (>= 3.10) at the collector, in main.cf:");
     println!("  smtp_tlsrpt_enable = yes");

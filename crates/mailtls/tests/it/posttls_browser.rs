@@ -200,6 +200,7 @@ fn the_sender_confirms_a_release_in_chromium() {
             secure_cookies: false,
             mandatory_domains: DomainSet::parse_list("bank.example").unwrap(),
             trusted_proxies: Vec::new(),
+            tlsrpt: Default::default(),
         },
         Store::open(&db).unwrap(),
         SecretKey::load_or_create(&key_file).unwrap(),

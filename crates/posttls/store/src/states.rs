@@ -245,6 +245,8 @@ pub enum AuditEvent {
     MandatoryDomainRemoved,
     /// The scanner applied `mandatory_policy` to a message.
     MandatoryPolicy,
+    /// An admin queued a TLSRPT report again (the TLS dashboard).
+    ReportResent,
     /// A sender or an admin asked for an action (`release_requested`).
     Requested(ActionKind),
     /// The worker ended an action (`release_done`, `delete_refused`, ...).
@@ -254,7 +256,7 @@ pub enum AuditEvent {
 }
 
 impl AuditEvent {
-    const SIMPLE: [(AuditEvent, &'static str); 7] = [
+    const SIMPLE: [(AuditEvent, &'static str); 8] = [
         (AuditEvent::AdminPasswordSet, "admin_password_set"),
         (AuditEvent::Login, "login"),
         (AuditEvent::LoginFailed, "login_failed"),
@@ -265,6 +267,7 @@ impl AuditEvent {
             "mandatory_domain_removed",
         ),
         (AuditEvent::MandatoryPolicy, "mandatory_policy"),
+        (AuditEvent::ReportResent, "report_resent"),
     ];
 
     /// The word stored and shown in the audit log.

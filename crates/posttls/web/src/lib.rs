@@ -23,6 +23,7 @@
 //! auto-escaped, and the security headers of every response).
 
 pub mod admin;
+pub mod chart;
 pub mod confirm;
 pub mod pages;
 pub mod view;
@@ -31,16 +32,19 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::Router;
+use mailtls_common::day::Day;
 use posttls_auth::LoginThrottle;
 use posttls_policy::DomainSet;
 use posttls_store::{Store, StoreError};
 use posttls_token::SecretKey;
+use tlsrpt_stats::summary::DaySummary;
 
 /// The largest request body accepted: the forms have a few short fields.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -74,6 +78,8 @@ pub struct WebConfig {
     /// Peers whose `X-Forwarded-For` is believed (the reverse proxy). The
     /// client address of a request from anyone else is the peer address.
     pub trusted_proxies: Vec<IpAddr>,
+    /// The TLSRPT databases the outbound-TLS pages read.
+    pub tlsrpt: tlsrpt_stats::Sources,
 }
 
 /// Problems that stop the web process or a request.
@@ -94,6 +100,8 @@ pub enum WebError {
     Template(#[from] minijinja::Error),
     #[error("internal task failed: {0}")]
     Task(String),
+    #[error("TLSRPT data: {0}")]
+    Stats(#[from] tlsrpt_stats::StatsError),
 }
 
 /// The shared state of all requests.
@@ -114,6 +122,28 @@ struct Inner {
     /// A hash to verify against for unknown user names, so that the answer
     /// takes as long as for a known one.
     dummy_hash: OnceLock<String>,
+    /// Day summaries recently read, newest use last (see
+    /// [`AppState::day_summary`]).
+    summaries: Mutex<Vec<CachedSummary>>,
+}
+
+struct CachedSummary {
+    day: Day,
+    read_at: Instant,
+    summary: Option<Arc<DaySummary>>,
+}
+
+/// Day summaries kept at most.
+const CACHED_DAYS: usize = 4;
+
+/// How long a day summary is used before it is read again: the live day
+/// changes with every commit of the collector; a completed day only while
+/// the report daemon is still fetching it.
+fn summary_lifetime(summary: Option<&DaySummary>) -> Duration {
+    match summary.map(|s| s.source) {
+        Some(tlsrpt_stats::DaySource::Collector) | None => Duration::from_secs(30),
+        Some(_) => Duration::from_secs(600),
+    }
 }
 
 impl AppState {
@@ -133,6 +163,7 @@ impl AppState {
             throttle: Mutex::new(LoginThrottle::new(THROTTLE_ENTRIES)),
             login_gate: tokio::sync::Mutex::new(()),
             dummy_hash: OnceLock::new(),
+            summaries: Mutex::new(Vec::new()),
         })))
     }
 
@@ -167,6 +198,44 @@ impl AppState {
         .await
         .map_err(|e| WebError::Task(e.to_string()))?
         .map_err(WebError::from)
+    }
+
+    /// The summary of `day` (`None` when no TLSRPT database has it), read
+    /// on a blocking thread, or the one read recently: a 100 000-domain day
+    /// takes a second or so to read, its pages then milliseconds.
+    pub(crate) async fn day_summary(&self, day: Day) -> Result<Option<Arc<DaySummary>>, WebError> {
+        {
+            let cache = self.0.summaries.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(hit) = cache.iter().find(|c| {
+                c.day == day && c.read_at.elapsed() < summary_lifetime(c.summary.as_deref())
+            }) {
+                return Ok(hit.summary.clone());
+            }
+        }
+        let sources = self.0.config.tlsrpt.clone();
+        let summary = tokio::task::spawn_blocking(move || sources.day(day))
+            .await
+            .map_err(|e| WebError::Task(e.to_string()))??
+            .map(Arc::new);
+        let mut cache = self.0.summaries.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|c| c.day != day);
+        if cache.len() >= CACHED_DAYS {
+            cache.remove(0);
+        }
+        cache.push(CachedSummary {
+            day,
+            read_at: Instant::now(),
+            summary: summary.clone(),
+        });
+        Ok(summary)
+    }
+
+    /// The days the TLSRPT databases have, newest first.
+    pub(crate) async fn tls_days(&self) -> Result<Vec<(Day, tlsrpt_stats::DaySource)>, WebError> {
+        let sources = self.0.config.tlsrpt.clone();
+        Ok(tokio::task::spawn_blocking(move || sources.days())
+            .await
+            .map_err(|e| WebError::Task(e.to_string()))??)
     }
 
     pub(crate) fn throttle(&self) -> std::sync::MutexGuard<'_, LoginThrottle> {
@@ -228,6 +297,11 @@ pub fn router(state: AppState) -> Router {
             "/admin/domains",
             get(admin::domains_page).post(admin::domains_change),
         )
+        .route("/admin/tls", get(admin::tls_day))
+        .route("/admin/tls.json", get(admin::tls_day_json))
+        .route("/admin/tls/{domain}", get(admin::tls_domain))
+        .route("/admin/reports", get(admin::reports_page))
+        .route("/admin/reports/{id}/resend", post(admin::report_resend))
         .route("/static/style.css", get(pages::stylesheet))
         .route("/static/favicon.svg", get(pages::favicon))
         .route("/", get(pages::home));

@@ -14,7 +14,7 @@ use minijinja::{AutoEscape, Environment, Value};
 use crate::AppState;
 
 /// The templates, by name.
-const TEMPLATES: [(&str, &str); 9] = [
+const TEMPLATES: [(&str, &str); 13] = [
     ("base.html", include_str!("../templates/base.html")),
     ("error.html", include_str!("../templates/error.html")),
     ("confirm.html", include_str!("../templates/confirm.html")),
@@ -27,6 +27,16 @@ const TEMPLATES: [(&str, &str); 9] = [
         include_str!("../templates/dashboard.html"),
     ),
     ("domains.html", include_str!("../templates/domains.html")),
+    ("tls.html", include_str!("../templates/tls.html")),
+    (
+        "tls_domain.html",
+        include_str!("../templates/tls_domain.html"),
+    ),
+    ("reports.html", include_str!("../templates/reports.html")),
+    (
+        "report_list.html",
+        include_str!("../templates/report_list.html"),
+    ),
 ];
 
 const STYLESHEET: &str = include_str!("../static/style.css");

@@ -19,6 +19,7 @@ fn config(listen: String) -> WebConfig {
         secure_cookies: true,
         mandatory_domains: DomainSet::new(),
         trusted_proxies: Vec::new(),
+        tlsrpt: Default::default(),
     }
 }
 

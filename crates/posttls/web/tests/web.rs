@@ -140,6 +140,7 @@ fn lab_with(edit: impl FnOnce(&mut WebConfig)) -> Lab {
         secure_cookies: false,
         mandatory_domains: DomainSet::parse_list("bank.example").unwrap(),
         trusted_proxies: Vec::new(),
+        tlsrpt: Default::default(),
     };
     edit(&mut config);
     let state = AppState::new(

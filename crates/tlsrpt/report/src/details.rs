@@ -108,6 +108,33 @@ impl DomainDetails {
         Ok(())
     }
 
+    /// Add one collector `finalresults` row: `total` sessions, `failed` of
+    /// them failed, under `record` and `policy` (texts as stored).
+    pub fn add_sessions(&mut self, record: &str, policy: &str, total: u64, failed: u64) {
+        let counters = self.counters(record, policy);
+        counters.total = counters.total.saturating_add(total);
+        counters.failed = counters.failed.saturating_add(failed.min(total));
+    }
+
+    /// Add one collector `failures` row: `count` sessions failed with the
+    /// failure text `failure`.
+    pub fn add_failure(&mut self, record: &str, policy: &str, failure: &str, count: u64) {
+        let sum = self
+            .counters(record, policy)
+            .failures
+            .entry(failure.to_string())
+            .or_insert(0);
+        *sum = sum.saturating_add(count);
+    }
+
+    fn counters(&mut self, record: &str, policy: &str) -> &mut PolicyCounters {
+        self.records
+            .entry(record.to_string())
+            .or_default()
+            .entry(policy.to_string())
+            .or_default()
+    }
+
     /// Each TLSRPT record with its policy texts and their counters.
     pub(crate) fn records(
         &self,

@@ -508,6 +508,32 @@ impl ReportdDb {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Every fetched detail (`policies` JSON text) of `day`, as (domain,
+    /// text), in domain and fetcher order: the dashboard's view of a
+    /// completed day, summed over every fetcher (every MTA).
+    pub fn details_of_day(&self, day: Day) -> Result<Vec<(String, String)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT domain, data FROM reportdata WHERE day=? AND data IS NOT NULL \
+             ORDER BY domain, fetcherindex",
+        )?;
+        let rows = stmt.query_map([day.to_string()], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The days with fetched details, newest first. A stored day that is
+    /// no day is an error ([`DbError::BadDay`]).
+    pub fn days_with_details(&self) -> Result<Vec<Day>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT DISTINCT day FROM reportdata WHERE data IS NOT NULL ORDER BY day DESC",
+        )?;
+        let rows = stmt.query_map([], |row| row.get::<_, Option<String>>(0))?;
+        let days: Vec<Option<String>> = rows.collect::<rusqlite::Result<_>>()?;
+        days.into_iter()
+            .flatten()
+            .map(|text| Day::parse(&text).map_err(|_| DbError::BadDay(text)))
+            .collect()
+    }
+
     /// Stores a report and its destinations, each with the time of its
     /// first delivery, in one transaction. `render` gets the report's
     /// number among the reports of its day and domain (from 1; it is part

@@ -364,6 +364,22 @@ impl FetcherDb {
         parse_day(&self.path, text)
     }
 
+    /// The days with counters, newest first. A stored day that is no day
+    /// is an error.
+    pub fn days(&self) -> Result<Vec<Day>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT day FROM finalresults ORDER BY day DESC")
+            .map_err(sql_err(&self.path))?;
+        let days: Vec<Option<String>> = stmt
+            .query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(sql_err(&self.path))?;
+        days.into_iter()
+            .filter_map(|text| parse_day(&self.path, text).transpose())
+            .collect()
+    }
+
     /// The domains with counters on `day`, sorted.
     pub fn domains(&self, day: Day) -> Result<Vec<String>> {
         let day = day.to_string();

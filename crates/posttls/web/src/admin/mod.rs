@@ -21,10 +21,12 @@
 mod dashboard;
 mod domains;
 mod login;
+mod tls;
 
 pub use dashboard::{dashboard, message_action};
 pub use domains::{domains_change, domains_page, DomainForm};
 pub use login::{login, login_page, logout, LoginForm};
+pub use tls::{report_resend, reports_page, tls_day, tls_day_json, tls_domain, DOMAINS_PER_PAGE};
 
 use std::time::Duration;
 
@@ -54,6 +56,7 @@ const FORM_LOGIN: &str = "admin-login";
 const FORM_LOGOUT: &str = "admin-logout";
 const FORM_MESSAGE: &str = "admin-message";
 const FORM_DOMAINS: &str = "admin-domains";
+const FORM_REPORT: &str = "admin-report";
 
 /// The session cookie's name: `__Host-` (no Domain, Path=/, Secure) when
 /// the cookie is Secure.
