@@ -13,4 +13,5 @@ mod posttls;
 mod posttls_browser;
 mod reportd;
 mod reportd_delivery;
+mod tls_dashboard;
 mod upstream;

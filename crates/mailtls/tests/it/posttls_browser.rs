@@ -31,7 +31,7 @@ const PASSWORD: &str = "a password for the browser test";
 /// How long the browser run may take.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn playwright_core() -> PathBuf {
+pub(crate) fn playwright_core() -> PathBuf {
     let dir = support::repo().join(".browser/node_modules/playwright-core");
     assert!(
         dir.join("package.json").exists(),
@@ -41,8 +41,8 @@ fn playwright_core() -> PathBuf {
     dir
 }
 
-fn artifacts() -> PathBuf {
-    let dir = support::repo().join("target/test-artifacts/posttls");
+pub(crate) fn artifacts(part: &str) -> PathBuf {
+    let dir = support::repo().join("target/test-artifacts").join(part);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -96,12 +96,30 @@ fn prepare_store(path: &Path) -> i64 {
 
 /// Runs the browser script; its JSON result.
 fn run_browser(url: &str, shots: &Path) -> Value {
+    run_browser_script(
+        "confirm_flow.js",
+        url,
+        shots,
+        &[("ADMIN_NAME", ADMIN), ("ADMIN_PASSWORD", PASSWORD)],
+    )
+}
+
+/// Runs `tests/browser/SCRIPT URL SHOTS PROFILE` in node with Chromium
+/// and playwright-core, `env` added; its JSON result (one line).
+pub(crate) fn run_browser_script(
+    script: &str,
+    url: &str,
+    shots: &Path,
+    env: &[(&str, &str)],
+) -> Value {
     assert!(
         Path::new(CHROMIUM).exists(),
         "{CHROMIUM} is missing: run scripts/test (it installs Debian's chromium)"
     );
     let profile = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/confirm_flow.js");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/browser")
+        .join(script);
     let mut child = Command::new("node")
         .arg(script)
         .arg(url)
@@ -109,8 +127,7 @@ fn run_browser(url: &str, shots: &Path) -> Value {
         .arg(profile.path())
         .env("PLAYWRIGHT_CORE", playwright_core())
         .env("CHROMIUM", CHROMIUM)
-        .env("ADMIN_NAME", ADMIN)
-        .env("ADMIN_PASSWORD", PASSWORD)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -151,7 +168,7 @@ fn run_browser(url: &str, shots: &Path) -> Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"))
 }
 
-fn assert_png(path: &Path) {
+pub(crate) fn assert_png(path: &Path) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert!(
         bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
@@ -211,7 +228,7 @@ fn the_sender_confirms_a_release_in_chromium() {
         let _ = stopped.await;
     }));
 
-    let shots = artifacts();
+    let shots = artifacts("posttls");
     for old in ["1-confirm.png", "2-requested.png", "3-dashboard.png"] {
         let _ = std::fs::remove_file(shots.join(old));
     }
