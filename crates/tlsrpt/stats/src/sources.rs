@@ -265,6 +265,22 @@ impl Sources {
         }
     }
 
+    /// Whether this process may resend reports: write access to the report
+    /// daemon's database and its directory (for SQLite's journal). The
+    /// packaged web pages run as `_posttls`, who may read the TLSRPT data
+    /// but not change it; they then point to `tlsrptctl resend` instead.
+    pub fn can_resend(&self) -> bool {
+        use nix::unistd::{access, AccessFlags};
+        let Some(path) = &self.reportd else {
+            return false;
+        };
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => std::path::Path::new("."),
+        };
+        access(path, AccessFlags::W_OK).is_ok() && access(dir, AccessFlags::W_OK).is_ok()
+    }
+
     /// Queues report `r_id` again for each destination not withheld, as
     /// `tlsrptctl resend ID` does; the destinations queued.
     pub fn resend(&self, r_id: i64) -> Result<Vec<String>, StatsError> {

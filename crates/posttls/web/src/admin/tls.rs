@@ -447,7 +447,7 @@ pub async fn tls_domain(
             policies => history.policies.iter().map(PolicyView::new).collect::<Vec<_>>(),
             skipped => history.skipped,
             reports => reports.iter().map(|r| ReportView::new(r, &prefix)).collect::<Vec<_>>(),
-            can_resend => app.config().tlsrpt.reportd.is_some(),
+            can_resend => app.config().tlsrpt.can_resend(),
         },
     )
 }
@@ -605,7 +605,7 @@ pub async fn reports_page(
             previous => day.pred().to_string(),
             next => day.succ().to_string(),
             reports => reports.iter().map(|r| ReportView::new(r, &prefix)).collect::<Vec<_>>(),
-            can_resend => app.config().tlsrpt.reportd.is_some(),
+            can_resend => app.config().tlsrpt.can_resend(),
         },
     )
 }
