@@ -1566,3 +1566,143 @@ async fn a_link_whose_request_failed_can_be_used_again() {
     assert_eq!(reply.status, StatusCode::CONFLICT);
     assert_eq!(lab.actions().len(), 2);
 }
+
+/// A report daemon database with one report for `domain` on `day`, its one
+/// destination already sent.
+fn reportd_with_a_sent_report(path: &std::path::Path, day: &str, domain: &str) {
+    drop(tlsrpt_reportd::db::ReportdDb::open(path).unwrap());
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute(
+        "INSERT INTO reports (r_id, day, domain, uniqid, tlsrptrecord, report) VALUES (7, ?1, ?2, 1, 'v=TLSRPTv1;rua=mailto:tlsrpt@example.net', ?3)",
+        rusqlite::params![day, domain, format!(r#"{{"report-id": "{day}_{domain}_1"}}"#)],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO destinations (destination, d_r_id, retries, status, nexttry) VALUES ('mailto:tlsrpt@example.net', 7, 1, 'sent', NULL)",
+        [],
+    )
+    .unwrap();
+}
+
+/// A collector database holding `domain` (any text: another process
+/// writes it) on `day`.
+fn collector_with(path: &std::path::Path, day: &str, domain: &str) {
+    drop(tlsrpt_store::CollectorDb::open(path).unwrap());
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute(
+        "INSERT INTO finalresults (day, domain, tlsrptrecord, policy, cntrtotal, cntrfailure) VALUES (?1, ?2, 'v=TLSRPTv1;rua=mailto:a@b.example', '{\"policy-type\": 9}', 5, 2)",
+        rusqlite::params![day, domain],
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn an_admin_sees_outbound_tls_and_resends_a_report_which_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let reportd = dir.path().join("reportd.sqlite");
+    let collector = dir.path().join("collectd.sqlite");
+    let day = "2026-11-30";
+    let hostile = "<b>x</b>\".example";
+    reportd_with_a_sent_report(&reportd, day, "a.example");
+    collector_with(&collector, day, hostile);
+    let lab = lab_with(|config| {
+        config.tlsrpt = tlsrpt_stats::Sources {
+            collector: Some(collector.clone()),
+            reportd: Some(reportd.clone()),
+        }
+    });
+    // Without a session: the pages send to the login, the JSON refuses.
+    let reply = lab.get(&format!("/admin/tls?day={day}"), None).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER);
+    let reply = lab.get(&format!("/admin/tls.json?day={day}"), None).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    let session = lab.login().await;
+    // A domain name with markup, from the database, is shown as text and
+    // linked percent-encoded.
+    let page = lab
+        .get(&format!("/admin/tls?day={day}"), Some(&session))
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(!page.body.contains("<b>x</b>"), "{}", page.body);
+    assert!(
+        page.body.contains("&lt;b&gt;x&lt;&#x2f;b&gt;"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains("tls&#x2f;%3Cb%3Ex%3C%2Fb%3E%22%2Eexample\""),
+        "{}",
+        page.body
+    );
+    let json = lab
+        .get(&format!("/admin/tls.json?day={day}"), Some(&session))
+        .await;
+    assert_eq!(json.headers[header::CONTENT_TYPE], "application/json");
+    assert!(
+        json.body.contains(r#""successful":3,"failed":2"#),
+        "{}",
+        json.body
+    );
+    // Unknown sorts and days that are no days are refused.
+    for query in ["sort=worst", "day=2026-13-01", "page=0"] {
+        let reply = lab
+            .get(&format!("/admin/tls?{query}"), Some(&session))
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{query}");
+    }
+
+    let reports = lab
+        .get(&format!("/admin/reports?day={day}"), Some(&session))
+        .await;
+    assert!(
+        reports.body.contains(&format!("{day}_a.example_1")),
+        "{}",
+        reports.body
+    );
+    let start = reports.body.find("/admin/reports/7/resend\"").unwrap();
+    let tail = &reports.body[start..];
+    let csrf = &tail[tail.find("value=\"").unwrap() + 7..][..43];
+    let resend = "/admin/reports/7/resend";
+    assert_eq!(
+        lab.post(resend, "csrf=", Some(&session)).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let status = || -> Option<String> {
+        rusqlite::Connection::open(&reportd)
+            .unwrap()
+            .query_row(
+                "SELECT status FROM destinations WHERE d_r_id = 7",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(status().as_deref(), Some("sent"));
+    let reply = lab
+        .post(resend, &format!("csrf={csrf}"), Some(&session))
+        .await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
+    assert_eq!(
+        reply.location(),
+        format!("/admin/reports?day={day}#report-7")
+    );
+    // Queued again for the report daemon, and in the audit log.
+    assert_eq!(status(), None);
+    let audit = lab.store.audit_log(1).unwrap();
+    assert_eq!(audit[0].event, AuditEvent::ReportResent);
+    assert_eq!(audit[0].actor, "admin root");
+    assert!(
+        audit[0].detail.contains("mailto:tlsrpt@example.net"),
+        "{}",
+        audit[0].detail
+    );
+    let unknown = lab
+        .post(
+            "/admin/reports/99/resend",
+            &format!("csrf={csrf}"),
+            Some(&session),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}
