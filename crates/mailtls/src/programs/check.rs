@@ -977,6 +977,9 @@ pub struct PosttlsFacts {
     pub key: Option<FileFacts>,
     /// The database file, if it exists.
     pub database: Option<FileFacts>,
+    /// The TLSRPT databases the Outbound TLS view reads, with their
+    /// directories, when they exist: (path, file, directory).
+    pub tlsrpt_dbs: Vec<(String, FileFacts, FileFacts)>,
     /// The web pages' user (the unit's `User=`) and its uid and groups,
     /// when the system knows the user.
     pub web_user: Option<(String, u32, Vec<u32>)>,
@@ -1009,6 +1012,12 @@ impl PosttlsFacts {
         if let Ok(options) = &options {
             facts.key = FileFacts::of(&options.secret_key_file);
             facts.database = FileFacts::of(&options.database);
+            for path in [&options.tlsrpt_collector_db, &options.tlsrpt_reportd_db] {
+                let dir = Path::new(path.as_str()).parent().map(FileFacts::of);
+                if let (Some(file), Some(Some(dir))) = (FileFacts::of(path), dir) {
+                    facts.tlsrpt_dbs.push((path.clone(), file, dir));
+                }
+            }
         }
         facts.options = Some(options);
         facts.web_unit_user = web_unit
@@ -1042,6 +1051,18 @@ fn judge_web_user_access(facts: &PosttlsFacts, options: &PosttlsOptions) -> Vec<
                     options.secret_key_file
                 ),
                 format!("chown {user}: {}", options.secret_key_file),
+            ));
+        }
+    }
+    for (path, file, dir) in &facts.tlsrpt_dbs {
+        // Reading a file needs read access to it and search (execute)
+        // access to its directory.
+        let searchable = permitted(dir, *uid, gids, 0o1);
+        if !(searchable && may_read(file, *uid, gids)) {
+            findings.push(Finding::warning(
+                AREA,
+                format!("the web pages' user {user} cannot read {path}: the Outbound TLS view shows nothing from it"),
+                format!("adduser {user} _tlsrpt (the package does this; restart posttls-web)"),
             ));
         }
     }
@@ -1411,6 +1432,34 @@ mod tests {
             web_user: Some(("_posttls".into(), 120, vec![120])),
             ..PosttlsFacts::default()
         };
+        // The TLSRPT data as the package leaves it: the directory 0750 and
+        // the file 0644 of _tlsrpt (uid 121, group 121).
+        let tlsrpt_dir = FileFacts {
+            is_socket: false,
+            uid: 121,
+            gid: 121,
+            mode: 0o750,
+        };
+        let tlsrpt_db = FileFacts {
+            mode: 0o644,
+            ..tlsrpt_dir.clone()
+        };
+        facts.tlsrpt_dbs = vec![(
+            "/var/lib/tlsrpt/collectd.sqlite".into(),
+            tlsrpt_db,
+            tlsrpt_dir,
+        )];
+        let found = judge_web_user_access(&facts, &options);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0]
+            .message
+            .contains("cannot read /var/lib/tlsrpt/collectd.sqlite"));
+        assert_eq!(
+            found[0].fix.as_deref(),
+            Some("adduser _posttls _tlsrpt (the package does this; restart posttls-web)")
+        );
+        // In group _tlsrpt, as the package makes it.
+        facts.web_user = Some(("_posttls".into(), 120, vec![120, 121]));
         let found = judge_web_user_access(&facts, &options);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].level, Level::Ok);
