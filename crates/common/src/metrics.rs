@@ -9,7 +9,8 @@
 //! head; whatever it does, the thread that serves it is its own, so the
 //! program's work (the collector's receive path above all) never waits for
 //! a scrape. What is served comes from a `render` function of the program,
-//! which only reads counters.
+//! which only reads counters (or the database); when it fails, the answer
+//! is 500 and the reason is logged.
 //!
 //! [`answer`] (the request head to the response) is pure; [`spawn`] does
 //! the I/O.
@@ -80,24 +81,41 @@ pub fn answer(head: &[u8]) -> Answer {
 
 /// The whole response for `answer`; `render` is called only for
 /// [`Answer::Metrics`].
-pub fn response(answer: Answer, render: impl FnOnce() -> String) -> Vec<u8> {
-    let (content_type, body, allow) = match answer {
-        Answer::Metrics => (CONTENT_TYPE, render(), ""),
+pub fn response(answer: Answer, render: impl FnOnce() -> Result<String, String>) -> Vec<u8> {
+    let (status, content_type, body, allow) = match answer {
+        Answer::Metrics => match render() {
+            Ok(text) => (answer.status_line(), CONTENT_TYPE, text, ""),
+            Err(why) => {
+                log::error!("metrics: {why}");
+                (
+                    "HTTP/1.0 500 Internal Server Error",
+                    "text/plain; charset=utf-8",
+                    "metrics unavailable; see the log\n".to_owned(),
+                    "",
+                )
+            }
+        },
         Answer::MethodNotAllowed => (
+            answer.status_line(),
             "text/plain; charset=utf-8",
             "only GET\n".to_owned(),
             "Allow: GET\r\n",
         ),
         Answer::NotFound => (
+            answer.status_line(),
             "text/plain; charset=utf-8",
             format!("not found; the metrics are at {PATH}\n"),
             "",
         ),
-        Answer::BadRequest => ("text/plain; charset=utf-8", "bad request\n".to_owned(), ""),
+        Answer::BadRequest => (
+            answer.status_line(),
+            "text/plain; charset=utf-8",
+            "bad request\n".to_owned(),
+            "",
+        ),
     };
     let mut out = format!(
-        "{}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
-        answer.status_line(),
+        "{status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
@@ -146,7 +164,7 @@ fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
-fn serve_one(mut stream: TcpStream, render: &dyn Fn() -> String) -> io::Result<()> {
+fn serve_one(mut stream: TcpStream, render: &dyn Fn() -> Result<String, String>) -> io::Result<()> {
     let answer = match read_head(&mut stream)? {
         Some(head) => answer(&head),
         None => Answer::BadRequest,
@@ -161,7 +179,7 @@ fn serve_one(mut stream: TcpStream, render: &dyn Fn() -> String) -> io::Result<(
 /// the process's life. Returns the bound address (port 0 picks a free one).
 pub fn spawn(
     listen: SocketAddr,
-    render: impl Fn() -> String + Send + 'static,
+    render: impl Fn() -> Result<String, String> + Send + 'static,
 ) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(listen)?;
     let bound = listener.local_addr()?;
@@ -257,7 +275,7 @@ mod tests {
 
     #[test]
     fn responses_are_complete_http_1_0() {
-        let ok = String::from_utf8(response(Answer::Metrics, || "a 1\n".into())).unwrap();
+        let ok = String::from_utf8(response(Answer::Metrics, || Ok("a 1\n".into()))).unwrap();
         assert_eq!(
             ok,
             "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
@@ -265,8 +283,19 @@ mod tests {
         );
         let not_found = response(Answer::NotFound, || unreachable!("not rendered"));
         assert!(not_found.starts_with(b"HTTP/1.0 404 Not Found\r\n"));
-        let method = String::from_utf8(response(Answer::MethodNotAllowed, String::new)).unwrap();
+        let method =
+            String::from_utf8(response(Answer::MethodNotAllowed, || Ok(String::new()))).unwrap();
         assert!(method.contains("\r\nAllow: GET\r\n"), "{method}");
+        let failed =
+            String::from_utf8(response(Answer::Metrics, || Err("db gone".into()))).unwrap();
+        assert!(
+            failed.starts_with("HTTP/1.0 500 Internal Server Error\r\n"),
+            "{failed}"
+        );
+        assert!(
+            !failed.contains("db gone"),
+            "the reason is logged, not shown"
+        );
     }
 
     #[test]
@@ -281,7 +310,7 @@ mod tests {
     /// after the deadline.
     #[test]
     fn the_listener_serves_scrapes_and_refuses_the_rest() {
-        let bound = spawn("127.0.0.1:0".parse().unwrap(), || "up 1\n".to_owned()).unwrap();
+        let bound = spawn("127.0.0.1:0".parse().unwrap(), || Ok("up 1\n".to_owned())).unwrap();
         let exchange = |request: &[u8]| {
             let mut stream = TcpStream::connect(bound).unwrap();
             stream.write_all(request).unwrap();

@@ -129,7 +129,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
     let mut reportd = Reportd::new(config, db, deliverer, clock);
     if let Some(listen) = metrics_listen {
         let metrics = reportd.metrics();
-        if let Err(e) = mailtls_common::metrics::spawn(listen, move || metrics.render()) {
+        if let Err(e) = mailtls_common::metrics::spawn(listen, move || Ok(metrics.render())) {
             log::error!("cannot listen for metrics on {listen} (metrics_listen): {e}");
             return exit::USAGE;
         }

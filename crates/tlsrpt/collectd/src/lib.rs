@@ -104,7 +104,7 @@ pub fn run(config: CollectdConfig, clock: &dyn Clock) -> i32 {
     let metrics = Arc::new(CollectdMetrics::new());
     if let Some(listen) = config.metrics_listen {
         let shared = Arc::clone(&metrics);
-        if let Err(e) = mailtls_common::metrics::spawn(listen, move || shared.render()) {
+        if let Err(e) = mailtls_common::metrics::spawn(listen, move || Ok(shared.render())) {
             log::error!("cannot listen for metrics on {listen} (metrics_listen): {e}");
             return exit::SOCKET;
         }
