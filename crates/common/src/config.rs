@@ -650,6 +650,36 @@ pub fn seconds(name: &str, value: i64) -> Result<std::time::Duration, NegativeSe
         })
 }
 
+/// A `HOST:PORT` option whose host is not an IP address or whose port is
+/// missing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{name} = {value:?} is not an address to listen on: give an IP address and a port, \
+     e.g. {name} = 127.0.0.1:9150 or {name} = [::1]:9150, or leave it empty for none"
+)]
+pub struct BadListenAddress {
+    pub name: String,
+    pub value: String,
+}
+
+/// An optional `HOST:PORT` to listen on (such as `metrics_listen`): empty
+/// is `None`, otherwise an IP address (IPv6 in brackets) and a port. Host
+/// names are refused, so that what is bound does not depend on the
+/// resolver at start.
+pub fn listen_address(
+    name: &str,
+    value: &str,
+) -> Result<Option<std::net::SocketAddr>, BadListenAddress> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|_| BadListenAddress {
+        name: name.to_string(),
+        value: value.to_string(),
+    })
+}
+
 /// Parses a whole number as Python's `int(text)` does: surrounding whitespace,
 /// an optional sign, decimal digits with single underscores between them, and
 /// leading zeros are fine. Unlike Python, only ASCII digits are accepted and
@@ -1074,6 +1104,34 @@ mod tests {
         assert_eq!(defaults.sockettimeout, 5);
         assert_eq!(defaults.log_level, "warn");
         assert_eq!(defaults.sources.storage, Source::Def);
+    }
+
+    #[test]
+    fn listen_addresses_are_ip_and_port_or_nothing() {
+        assert_eq!(listen_address("metrics_listen", ""), Ok(None));
+        assert_eq!(listen_address("metrics_listen", "  "), Ok(None));
+        assert_eq!(
+            listen_address("metrics_listen", "127.0.0.1:9150"),
+            Ok(Some("127.0.0.1:9150".parse().unwrap()))
+        );
+        assert_eq!(
+            listen_address("metrics_listen", "[::1]:0"),
+            Ok(Some("[::1]:0".parse().unwrap()))
+        );
+        for bad in [
+            "localhost:9150",
+            "127.0.0.1",
+            ":9150",
+            "::1:9150",
+            "127.0.0.1:99999",
+        ] {
+            let error = listen_address("metrics_listen", bad).unwrap_err();
+            let text = error.to_string();
+            assert!(
+                text.starts_with(&format!("metrics_listen = {bad:?} is not")),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -13,12 +13,14 @@
 //! - [`clock`]: the injectable UTC clock that decides days and deadlines.
 //! - [`day`]: the UTC day, with the one `YYYY-MM-DD` parser and formatter.
 //! - [`process`]: child processes that die with the daemon.
+//! - [`metrics`]: the small HTTP endpoint of `metrics_listen`.
 
 pub mod clock;
 pub mod config;
 pub mod day;
 pub mod ini;
 pub mod logging;
+pub mod metrics;
 pub mod ownership;
 pub mod percent;
 pub mod pidfile;

@@ -180,3 +180,38 @@ pub const DKIM_SIGNED_HEADERS: [&str; 7] = [
     "tls-report-domain",
     "tls-report-submitter",
 ];
+
+/// What `promtool check metrics` (Prometheus's linter of the text
+/// exposition) finds wrong with `exposition`: empty when nothing. Panics
+/// when promtool is missing, so that no metrics test passes unchecked;
+/// `scripts/test` installs it (Debian's `prometheus` package).
+pub fn promtool_problems(exposition: &str) -> String {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run promtool ({e}): scripts/test installs it (apt-get install prometheus)"
+            )
+        });
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        said
+    } else {
+        format!("promtool {}: {said}", out.status)
+    }
+}

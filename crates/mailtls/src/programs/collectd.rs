@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgMatches, Command};
-use mailtls_common::config::{add_options, ProgramSpec};
+use mailtls_common::config::{add_options, listen_address, ProgramSpec};
 use mailtls_common::pidfile::PidFile;
 use tlsrpt_collectd::socket::{parse_mode, Permissions};
 use tlsrpt_collectd::{exit, CollectdConfig};
@@ -49,6 +49,10 @@ mailtls_common::options! {
         /// priority when permitted (root, CAP_SYS_NICE or systemd LimitRTPRIO=1), so that a
         /// busy host does not make the kernel drop datagrams; normal: never
         receiver_priority: String = "realtime",
+        /// mailtls extension. IP:PORT on which to serve Prometheus metrics at /metrics (plain
+        /// HTTP, to anyone who can connect: use a loopback address or a firewall), e.g.
+        /// 127.0.0.1:9150; empty: none
+        metrics_listen: String = "",
     }
 }
 
@@ -90,7 +94,7 @@ Signals:
 
 Exit status: 0 clean shutdown, 2 configuration error, 3 database cannot be set up,
 4 database of another program or version, 6 counters could not be written at
-shutdown, 7 socket cannot be created.
+shutdown, 7 socket (or the metrics_listen address) cannot be created.
 
 Postfix (>= 3.10), main.cf, with socketname =
 /var/spool/postfix/run/tlsrpt/tlsrpt-collectd.socket (inside the queue
@@ -184,5 +188,6 @@ pub fn config_from(options: &CollectdOptions) -> anyhow::Result<CollectdConfig> 
                 bail!("receiver_priority must be realtime or normal, not {other:?}")
             }
         },
+        metrics_listen: listen_address("metrics_listen", &options.metrics_listen)?,
     })
 }

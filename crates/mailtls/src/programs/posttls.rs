@@ -3,11 +3,12 @@
 //! against overlapping runs); `worker` scans every `scan_interval` seconds.
 
 use anyhow::{bail, Context};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{ArgMatches, Command};
-use mailtls_common::config::{add_options, seconds, ProgramSpec};
+use mailtls_common::config::{add_options, listen_address, seconds, ProgramSpec};
 use mailtls_common::pidfile::PidFile;
 use posttls_actions::{Executor, Listeners};
 use posttls_notify::Templates;
@@ -119,6 +120,11 @@ mailtls_common::options! {
         logfilename: String = "",
         /// Log level: debug, info, warn, error, critical, or a number
         log_level: String = "info",
+        /// IP:PORT on which `posttls worker` serves Prometheus metrics at /metrics (plain
+        /// HTTP, to anyone who can connect: use a loopback address or a firewall), e.g.
+        /// 127.0.0.1:9152; empty: none. The web pages serve the same at /metrics to local
+        /// clients
+        metrics_listen: String = "",
     }
 }
 
@@ -212,6 +218,7 @@ struct Setup {
     lock_file: PathBuf,
     pidfilename: String,
     scan_interval: Duration,
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// The value of option `name`, which must be set; `example` shows how.
@@ -330,6 +337,7 @@ impl Setup {
             lock_file: PathBuf::from(&o.lock_file),
             pidfilename: o.pidfilename.clone(),
             scan_interval: seconds("scan_interval", o.scan_interval)?.max(Duration::from_secs(1)),
+            metrics_listen: listen_address("metrics_listen", &o.metrics_listen)?,
         })
     }
 
@@ -403,6 +411,18 @@ impl Setup {
         Store::open(&self.database).with_context(|| self.database.display().to_string())
     }
 
+    /// Serves the database's counts on `listen` from a connection of its
+    /// own, so that a scrape never waits for the worker's loop.
+    fn serve_metrics(&self, listen: SocketAddr) -> anyhow::Result<()> {
+        let store = std::sync::Mutex::new(self.open_store()?);
+        mailtls_common::metrics::spawn(listen, move || {
+            let store = store.lock().unwrap_or_else(|e| e.into_inner());
+            let counts = store.counts().map_err(|e| format!("database: {e}"))?;
+            Ok(posttls_web::metrics::render(&counts))
+        })?;
+        Ok(())
+    }
+
     fn scan_once(&self) -> i32 {
         let lock_path = self.lock_file.display();
         let _lock = match ScanLock::take(&self.lock_file) {
@@ -456,6 +476,12 @@ impl Setup {
                 return 1;
             }
         };
+        if let Some(listen) = self.metrics_listen {
+            if let Err(e) = self.serve_metrics(listen) {
+                log::error!("cannot serve metrics on {listen} (metrics_listen): {e:#}");
+                return 1;
+            }
+        }
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
             if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{ArgMatches, Command};
 use mailtls_common::clock::Clock;
-use mailtls_common::config::{add_options, seconds, ProgramSpec, Source};
+use mailtls_common::config::{add_options, listen_address, seconds, ProgramSpec, Source};
 use mailtls_common::pidfile::PidFile;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tlsrpt_delivery::{
@@ -125,7 +125,15 @@ pub fn main(matches: &ArgMatches) -> i32 {
         }
     };
     log::info!("database {} looks OK", config.dbname.display());
+    let metrics_listen = config.metrics_listen;
     let mut reportd = Reportd::new(config, db, deliverer, clock);
+    if let Some(listen) = metrics_listen {
+        let metrics = reportd.metrics();
+        if let Err(e) = mailtls_common::metrics::spawn(listen, move || Ok(metrics.render())) {
+            log::error!("cannot listen for metrics on {listen} (metrics_listen): {e}");
+            return exit::USAGE;
+        }
+    }
     let stopper = reportd.stopper();
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
@@ -262,6 +270,7 @@ pub fn config_from(o: &ReportdOptions) -> anyhow::Result<(ReportdConfig, Deliver
             o.min_wait_domaindetails,
             o.max_wait_domaindetails,
         ),
+        metrics_listen: listen_address("metrics_listen", &o.metrics_listen)?,
     };
     let deliverer = Deliverer {
         organization_name,

@@ -614,15 +614,15 @@ fn an_overlapping_scan_steps_aside() {
 /// test's time (expiry, reminders): `postqueue` prints a listing the test
 /// writes, `postcat` shows every message as a local submission with the
 /// subject "Contract", and notifications land as files.
-struct StandIn {
-    dir: tempfile::TempDir,
+pub(crate) struct StandIn {
+    pub(crate) dir: tempfile::TempDir,
     bin: std::path::PathBuf,
     listing: std::path::PathBuf,
     sent: std::path::PathBuf,
 }
 
 impl StandIn {
-    fn new() -> StandIn {
+    pub(crate) fn new() -> StandIn {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().join("bin");
@@ -652,7 +652,7 @@ impl StandIn {
 
     /// The queue: one deferred message from alice to bob, arrived at
     /// `arrival`.
-    fn queue_one(&self, arrival: i64) {
+    pub(crate) fn queue_one(&self, arrival: i64) {
         std::fs::write(
             &self.listing,
             format!(
@@ -662,7 +662,7 @@ impl StandIn {
         .unwrap();
     }
 
-    fn command(&self, subcommand: &str, extra: &[&str]) -> Command {
+    pub(crate) fn command(&self, subcommand: &str, extra: &[&str]) -> Command {
         let mut command = Command::new(support::mailtls_bin());
         command
             .args(["posttls", subcommand])
@@ -679,7 +679,7 @@ impl StandIn {
         command
     }
 
-    fn scan(&self, extra: &[&str]) {
+    pub(crate) fn scan(&self, extra: &[&str]) {
         let out = self.command("scan", extra).output().unwrap();
         assert!(
             out.status.success(),

@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+mod counts;
 mod journal;
 mod states;
 
+pub use counts::{Counts, SendResult};
 pub use journal::{ActionCopy, ActionRecipient};
 pub use states::{
     ActionKind, ActionState, AuditEvent, CopyRole, MessageState, NotificationKind,

@@ -62,6 +62,9 @@ macro_rules! stored_words {
         }
 
         impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
             /// The word stored in the database and used in logs.
             pub fn as_str(self) -> &'static str {
                 match self {

@@ -20,11 +20,13 @@
 //! Modules follow the request path: [`confirm`] (the sender's page),
 //! [`admin`] (login, dashboard, actions, domains), [`view`] (stored rows in
 //! the words a person reads), [`pages`] (templates, embedded at build time,
-//! auto-escaped, and the security headers of every response).
+//! auto-escaped, and the security headers of every response); beside them
+//! [`metrics`] (`/metrics` for Prometheus, to local clients only).
 
 pub mod admin;
 pub mod chart;
 pub mod confirm;
+pub mod metrics;
 pub mod pages;
 pub mod view;
 
@@ -285,7 +287,8 @@ fn url_path_prefix(base_url: &str) -> Result<String, WebError> {
 }
 
 /// All routes, with the security headers and the body limit; under the path
-/// of `base_url`.
+/// of `base_url`, but for `/metrics`, which Prometheus reads from the
+/// listener itself.
 pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .route("/confirm/{token}", get(confirm::show).post(confirm::submit))
@@ -312,6 +315,7 @@ pub fn router(state: AppState) -> Router {
         Router::new().nest(&prefix, routes)
     };
     routes
+        .route("/metrics", get(metrics::serve))
         .fallback(pages::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(pages::security_headers))

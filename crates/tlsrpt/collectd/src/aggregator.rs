@@ -4,12 +4,14 @@
 //! and at UTC midnight together with the rollover request.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailtls_common::day::Day;
 use tlsrpt_datagram::{parse, Aggregate, Invalid};
 
 use crate::committer::Request;
+use crate::metrics::CollectdMetrics;
 use crate::receiver::Input;
 use crate::refused::Refused;
 use crate::socket::MAX_DATAGRAM;
@@ -35,6 +37,7 @@ pub struct Aggregator {
     recycle: Sender<Tally>,
     committer: Sender<Request>,
     refused: Refused,
+    metrics: Arc<CollectdMetrics>,
     batch: Aggregate,
     details: DetailCap,
     day: Day,
@@ -48,6 +51,7 @@ impl Aggregator {
         recycle: Sender<Tally>,
         committer: Sender<Request>,
         refused: Refused,
+        metrics: Arc<CollectdMetrics>,
         day: Day,
     ) -> Aggregator {
         Aggregator {
@@ -55,6 +59,7 @@ impl Aggregator {
             recycle,
             committer,
             refused,
+            metrics,
             batch: Aggregate::new(),
             details: DetailCap::default(),
             day,
@@ -123,8 +128,12 @@ impl Aggregator {
                     }
                     self.batch.add_n(self.day, &delivery, n);
                     self.counted += n;
+                    self.metrics.counted(n);
                 }
-                Err(error) => self.refused.refuse(&error, &bytes, n),
+                Err(error) => {
+                    self.refused.refuse(&error, &bytes, n);
+                    self.metrics.invalid(n);
+                }
             }
         }
         if let Some((bytes, sent_len)) = too_long.first {
@@ -132,6 +141,7 @@ impl Aggregator {
                 "datagram of {sent_len} bytes is larger than the maximum of {MAX_DATAGRAM}"
             ));
             self.refused.refuse(&error, &bytes, too_long.count);
+            self.metrics.invalid(too_long.count);
         }
     }
 

@@ -16,6 +16,8 @@ use mailtls_common::day::Day;
 use tlsrpt_datagram::Aggregate;
 use tlsrpt_store::{yesterday_path, CollectorDb, Opened, StorageUrl, StoreError};
 
+use crate::metrics::CollectdMetrics;
+
 /// What the receiver asks of the committer, in order.
 #[derive(Debug)]
 pub enum Request {
@@ -48,6 +50,8 @@ struct Store {
     retry_pause: Duration,
     failing_since: Option<Instant>,
     rollover_script: Option<String>,
+    /// Counted datagrams written to this store since start.
+    written: u64,
 }
 
 impl Store {
@@ -61,7 +65,7 @@ impl Store {
 
     /// Try to bring the database up to date. Returns false if something is
     /// still pending after a failure.
-    fn flush(&mut self, now: Instant) -> bool {
+    fn flush(&mut self, now: Instant, metrics: &CollectdMetrics) -> bool {
         if self.is_idle() {
             return true;
         }
@@ -70,6 +74,7 @@ impl Store {
         }
         match self.try_flush() {
             Ok(()) => {
+                metrics.commit_succeeded();
                 if let Some(since) = self.failing_since.take() {
                     log::info!(
                         "database {} writable again after {:.1} s; nothing was lost",
@@ -82,6 +87,7 @@ impl Store {
                 true
             }
             Err(e) => {
+                metrics.commit_failed();
                 if self.failing_since.is_none() {
                     self.failing_since = Some(now);
                     log::error!(
@@ -124,6 +130,7 @@ impl Store {
                 self.url.path.display(),
                 started.elapsed().as_millis()
             );
+            self.written += self.pending.datagrams();
             self.pending = Aggregate::new();
         }
         Ok(())
@@ -139,6 +146,7 @@ impl Store {
             self.pending.merge(old);
             return Err(e);
         }
+        self.written += old.datagrams();
         let db = self.db.take().expect("present");
         match db.rollover(completed) {
             Ok((fresh, stale)) => {
@@ -232,6 +240,7 @@ pub fn open_stores(
             retry_pause: FIRST_RETRY,
             failing_since: None,
             rollover_script: rollover_script.clone(),
+            written: 0,
         };
         store.try_flush()?;
         stores.push(StoreHandle(store));
@@ -252,8 +261,12 @@ pub enum Outcome {
 }
 
 /// Run the committer until [`Request::Shutdown`] (or until the receiver is
-/// gone).
-pub fn run(stores: Vec<StoreHandle>, requests: Receiver<Request>) -> Outcome {
+/// gone), telling `metrics` what it writes.
+pub fn run(
+    stores: Vec<StoreHandle>,
+    requests: Receiver<Request>,
+    metrics: &CollectdMetrics,
+) -> Outcome {
     let mut stores: Vec<Store> = stores.into_iter().map(|h| h.0).collect();
     loop {
         let wait = stores
@@ -299,10 +312,11 @@ pub fn run(stores: Vec<StoreHandle>, requests: Receiver<Request>) -> Outcome {
         }
         let now = Instant::now();
         for s in &mut stores {
-            s.flush(now);
+            s.flush(now, metrics);
         }
+        published_written(&stores, metrics);
         if shutdown {
-            return finish(stores);
+            return finish(stores, metrics);
         }
     }
 }
@@ -316,15 +330,22 @@ fn add_to_all(stores: &mut [Store], agg: Aggregate) {
     }
 }
 
+/// What every store has: the datagrams written to the one that has the fewest.
+fn published_written(stores: &[Store], metrics: &CollectdMetrics) {
+    let everywhere = stores.iter().map(|s| s.written).min().unwrap_or(0);
+    metrics.committed_everywhere(everywhere);
+}
+
 /// Shutdown: keep trying for a while, then report what could not be written.
-fn finish(mut stores: Vec<Store>) -> Outcome {
+fn finish(mut stores: Vec<Store>, metrics: &CollectdMetrics) -> Outcome {
     let deadline = Instant::now() + SHUTDOWN_PATIENCE;
     loop {
         let mut all_done = true;
         for s in &mut stores {
             s.not_before = None;
-            all_done &= s.flush(Instant::now());
+            all_done &= s.flush(Instant::now(), metrics);
         }
+        published_written(&stores, metrics);
         if all_done {
             return Outcome::AllWritten;
         }
@@ -393,7 +414,7 @@ mod tests {
     fn counters_before_and_after_midnight_land_in_their_files() {
         let (_dir, url, stores) = opened(day("2026-11-21"), day("2026-11-20"));
         let (tx, rx) = mpsc::channel();
-        let t = std::thread::spawn(move || run(stores, rx));
+        let t = std::thread::spawn(move || run(stores, rx, &CollectdMetrics::new()));
         tx.send(Request::Counters(counters(day("2026-11-21"), 3)))
             .unwrap();
         tx.send(Request::Rollover {
@@ -418,7 +439,10 @@ mod tests {
         let locker = rusqlite::Connection::open(&url.path).unwrap();
         locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
         let (tx, rx) = mpsc::channel();
-        let t = std::thread::spawn(move || run(stores, rx));
+        let metrics = std::sync::Arc::new(CollectdMetrics::new());
+        let shared = metrics.clone();
+        let t = std::thread::spawn(move || run(stores, rx, &shared));
+        metrics.received(50);
         for _ in 0..5 {
             tx.send(Request::Counters(counters(day("2026-11-21"), 10)))
                 .unwrap();
@@ -433,5 +457,20 @@ mod tests {
             .query_row("SELECT sum(cntrtotal) FROM finalresults", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 50);
+        // The metrics saw the failed writes, then the one that wrote all.
+        let text = metrics.render();
+        let value = |name: &str| -> u64 {
+            let line = text.lines().find(|l| l.starts_with(&format!("{name} ")));
+            line.unwrap_or_else(|| panic!("{name} in {text}"))[name.len() + 1..]
+                .parse()
+                .unwrap()
+        };
+        assert!(
+            value("tlsrpt_collectd_commit_failures_total") >= 1,
+            "{text}"
+        );
+        assert!(value("tlsrpt_collectd_commits_total") >= 1, "{text}");
+        assert_eq!(value("tlsrpt_collectd_datagrams_waiting"), 0, "{text}");
+        assert_eq!(metrics.waiting(), 0);
     }
 }

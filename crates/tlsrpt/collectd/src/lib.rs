@@ -12,17 +12,20 @@
 //! - [`aggregator`]: the thread that parses and counts in memory.
 //! - [`committer`]: the thread that owns the stores and retries failed writes.
 //! - [`refused`]: counting and logging of invalid datagrams without log floods.
+//! - [`metrics`]: the counters served on `metrics_listen`.
 //! - [`sched`]: real-time priority for the receiver, so that a busy host does
 //!   not make the kernel drop datagrams.
 
 pub mod aggregator;
 pub mod committer;
+pub mod metrics;
 pub mod receiver;
 pub mod refused;
 pub mod sched;
 pub mod socket;
 pub mod tally;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -30,6 +33,7 @@ use std::time::{Duration, Instant};
 use aggregator::Aggregator;
 use mailtls_common::clock::Clock;
 use mailtls_common::day::Day;
+use metrics::CollectdMetrics;
 use receiver::{Receiver, SignalFlags};
 use refused::Refused;
 use socket::{CollectorSocket, Permissions};
@@ -62,6 +66,8 @@ pub struct CollectdConfig {
     pub dump_path: Option<PathBuf>,
     /// Try real-time priority for the receiver (see [`sched::realtime`]).
     pub realtime_receiver: bool,
+    /// `metrics_listen`: where Prometheus reads [`metrics`], if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Run the collector until SIGTERM or SIGINT; returns the exit code.
@@ -95,6 +101,15 @@ pub fn run(config: CollectdConfig, clock: &dyn Clock) -> i32 {
         }
     };
 
+    let metrics = Arc::new(CollectdMetrics::new());
+    if let Some(listen) = config.metrics_listen {
+        let shared = Arc::clone(&metrics);
+        if let Err(e) = mailtls_common::metrics::spawn(listen, move || Ok(shared.render())) {
+            log::error!("cannot listen for metrics on {listen} (metrics_listen): {e}");
+            return exit::SOCKET;
+        }
+    }
+
     let socket = match CollectorSocket::bind(&config.socket, &config.permissions) {
         Ok(s) => s,
         Err(e) => {
@@ -105,12 +120,13 @@ pub fn run(config: CollectdConfig, clock: &dyn Clock) -> i32 {
     log::info!("listening on socket {}", config.socket.display());
 
     let (to_committer, requests) = mpsc::channel();
+    let committer_metrics = Arc::clone(&metrics);
     let committer = std::thread::Builder::new()
         .name("committer".into())
         .spawn(move || {
             leave_signals_to_the_receiver();
             sched::background(COMMITTER_NICE);
-            committer::run(stores, requests)
+            committer::run(stores, requests, &committer_metrics)
         })
         .expect("spawn committer thread");
 
@@ -121,12 +137,21 @@ pub fn run(config: CollectdConfig, clock: &dyn Clock) -> i32 {
         config.socket_timeout,
         Instant::now(),
     );
-    let receiver = Receiver::new(socket, flags, clock, schedule, to_aggregator, recycled);
+    let receiver = Receiver::new(
+        socket,
+        flags,
+        clock,
+        schedule,
+        to_aggregator,
+        recycled,
+        Arc::clone(&metrics),
+    );
     let aggregator = Aggregator::new(
         inputs,
         recycle,
         to_committer,
         Refused::new(config.dump_path.clone(), Instant::now()),
+        metrics,
         receiver.day(),
     );
     let aggregator = std::thread::Builder::new()

@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use mailtls_common::clock::{next_midnight, Clock};
 use mailtls_common::day::Day;
 
+use crate::metrics::CollectdMetrics;
 use crate::sched::RealtimeGuard;
 use crate::socket::{CollectorSocket, RecvBatch};
 use crate::tally::{CommitSchedule, Tally};
@@ -64,6 +65,7 @@ pub struct Receiver<'a> {
     day: Day,
     midnight: DateTime<Utc>,
     batch: RecvBatch,
+    metrics: Arc<CollectdMetrics>,
     /// Datagrams received since start.
     pub received: u64,
 }
@@ -76,6 +78,7 @@ impl<'a> Receiver<'a> {
         schedule: CommitSchedule,
         out: Sender<Input>,
         recycled: ChannelReceiver<Tally>,
+        metrics: Arc<CollectdMetrics>,
     ) -> Receiver<'a> {
         let now = clock.now();
         Receiver {
@@ -91,6 +94,7 @@ impl<'a> Receiver<'a> {
             day: Day::of(now),
             midnight: next_midnight(now),
             batch: RecvBatch::new(),
+            metrics,
             received: 0,
         }
     }
@@ -142,6 +146,7 @@ impl<'a> Receiver<'a> {
     fn take_batch(&mut self, n: usize) -> Instant {
         self.check_midnight();
         self.received += n as u64;
+        self.metrics.received(n as u64);
         for i in 0..n {
             let (data, len) = self.batch.get(i);
             self.tally.add(data, len);

@@ -130,6 +130,10 @@ mailtls_common::options! {
         /// and other non-global addresses (1, for labs and tests); by default a rua=https:
         /// destination cannot reach internal services
         http_allow_private_addresses: i64 = "0",
+        /// mailtls: IP:PORT on which to serve Prometheus metrics at /metrics (plain HTTP, to
+        /// anyone who can connect: use a loopback address or a firewall), e.g. 127.0.0.1:9151;
+        /// empty: none
+        metrics_listen: String = "",
     }
 }
 
@@ -172,6 +176,8 @@ pub struct ReportdConfig {
     pub delivery_retry: DeliveryRetry,
     pub domainlist_retry: FetchRetry,
     pub domaindetails_retry: FetchRetry,
+    /// `metrics_listen`: where Prometheus reads [`crate::metrics`], if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The upstream's checks of the numeric options and of options that

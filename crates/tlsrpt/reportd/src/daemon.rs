@@ -30,6 +30,7 @@ use crate::config::{FetchRetry, ReportdConfig};
 use crate::db::{DbError, Delivery, DeliveryOutcome, DetailsJob, FetchJob, ReportdDb};
 use crate::deliver::{Deliverer, Target};
 use crate::fetch::{BulkAnswer, DetailsAnswer, Fetcher, Limits, ListAnswer, DEFAULT_MAX_OUTPUT};
+use crate::metrics::{DeliveryResult, FetchStep, ReportdMetrics};
 use crate::reports::make_reports;
 use crate::schedule::{random_wait, Spread};
 
@@ -86,6 +87,7 @@ pub struct Reportd<'c> {
     no_bulk: Arc<std::sync::Mutex<HashSet<String>>>,
     workers: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+    metrics: Arc<ReportdMetrics>,
 }
 
 impl<'c> Reportd<'c> {
@@ -108,7 +110,13 @@ impl<'c> Reportd<'c> {
             no_bulk: Arc::default(),
             workers: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
+            metrics: Arc::default(),
         }
+    }
+
+    /// What the daemon counts, for `metrics_listen`.
+    pub fn metrics(&self) -> Arc<ReportdMetrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// A handle that makes [`run`](Self::run) return, for the signal
@@ -364,6 +372,20 @@ impl<'c> Reportd<'c> {
                     self.check_clock(job, *time, now);
                 }
             }
+            for event in &to_store {
+                let (step, failed) = match event {
+                    Event::List { answer, .. } => (
+                        FetchStep::DomainList,
+                        matches!(answer, ListOutcome::NotReady(_) | ListOutcome::Failed(_)),
+                    ),
+                    Event::Details { answer, .. } => (
+                        FetchStep::DomainDetails,
+                        matches!(answer, DetailsAnswer::RetryLater(_)),
+                    ),
+                    Event::Idle(_) | Event::Stop => unreachable!("handled above"),
+                };
+                self.metrics.fetch_run(step, failed);
+            }
             let mut rng = StdRng::from_rng(&mut self.rng).expect("seeded");
             self.db.in_transaction(|db| {
                 for event in to_store {
@@ -398,7 +420,7 @@ impl<'c> Reportd<'c> {
             let caps = self.cfg.caps;
             let spread = &mut self.spread;
             let rng = &mut self.rng;
-            made += self.db.in_transaction(|db| {
+            let made_here = self.db.in_transaction(|db| {
                 let mut made = 0;
                 for (day, domain) in chunk {
                     let fetched = db.details_of(*day, domain)?;
@@ -446,6 +468,8 @@ impl<'c> Reportd<'c> {
                 }
                 Ok(made)
             })?;
+            self.metrics.reports_made(made_here);
+            made += made_here;
         }
         log::info!(
             "made {made} report(s) for {} domain(s) in {:.3} s",
@@ -550,10 +574,12 @@ impl<'c> Reportd<'c> {
         match outcome {
             Outcome::Delivered(text) => {
                 log::info!("{what}: delivered: {text}");
+                self.metrics.delivery(DeliveryResult::Sent);
                 DeliveryOutcome::Sent
             }
             Outcome::Permanent(text) => {
                 log::error!("{what}: failed for good, not retried: {text}");
+                self.metrics.delivery(DeliveryResult::Failed);
                 DeliveryOutcome::Failed
             }
             Outcome::RetryLater(text) => {
@@ -572,10 +598,12 @@ impl<'c> Reportd<'c> {
                     Some(wait) => {
                         let at = now + chrono::Duration::from_std(wait).unwrap_or_default();
                         log::warn!("{what}: attempt {failed} failed, next try at {at}: {text}");
+                        self.metrics.delivery(DeliveryResult::Retry);
                         DeliveryOutcome::RetryAt(at)
                     }
                     None => {
                         log::error!("{what}: attempt {failed} failed, giving up: {text}");
+                        self.metrics.delivery(DeliveryResult::Failed);
                         DeliveryOutcome::TimedOut
                     }
                 }

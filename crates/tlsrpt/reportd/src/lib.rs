@@ -16,6 +16,7 @@
 //! - [`fetch`]: running one configured fetcher command (protocol v1) with a
 //!   time limit and an output limit, and turning its answer into something
 //!   the daemon can act on.
+//! - [`metrics`]: the counters served on `metrics_listen`.
 //! - [`pytime`]: timestamps as upstream's Python `sqlite3` stores them, so
 //!   that both implementations' `nexttry < ?` comparisons agree.
 //! - [`schedule`]: when to try again (fetch retries, delivery backoff) and
@@ -26,6 +27,7 @@ pub mod daemon;
 pub mod db;
 pub mod deliver;
 pub mod fetch;
+pub mod metrics;
 pub mod pytime;
 pub mod reports;
 pub mod schedule;

@@ -1,0 +1,337 @@
+//! The `metrics_listen` endpoint of the daemons without a web server
+//! (`tlsrpt-collectd`, `tlsrpt-reportd`, `posttls worker`): one thread that
+//! answers `GET /metrics` with the Prometheus text exposition, HTTP/1.0,
+//! one connection at a time.
+//!
+//! It is deliberately small: Prometheus is the only client, so there is no
+//! keep-alive, no chunking and no other path. A client gets at most
+//! [`HEAD_DEADLINE`] to send at most [`MAX_REQUEST_HEAD`] bytes of request
+//! head; whatever it does, the thread that serves it is its own, so the
+//! program's work (the collector's receive path above all) never waits for
+//! a scrape. What is served comes from a `render` function of the program,
+//! which only reads counters (or the database); when it fails, the answer
+//! is 500 and the reason is logged.
+//!
+//! [`answer`] (the request head to the response) is pure; [`spawn`] does
+//! the I/O.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// The Content-Type of the Prometheus text format, version 0.0.4.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The only path served.
+pub const PATH: &str = "/metrics";
+
+/// Largest request head read (request line and headers); Prometheus sends
+/// a few hundred bytes.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// Time a client has to send its request head, and then to take the answer.
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How a request is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// 200 with the metrics.
+    Metrics,
+    /// 404: another path.
+    NotFound,
+    /// 405: `/metrics` with another method than GET.
+    MethodNotAllowed,
+    /// 400: not an HTTP request line, or a head that is too long.
+    BadRequest,
+}
+
+impl Answer {
+    fn status_line(self) -> &'static str {
+        match self {
+            Answer::Metrics => "HTTP/1.0 200 OK",
+            Answer::NotFound => "HTTP/1.0 404 Not Found",
+            Answer::MethodNotAllowed => "HTTP/1.0 405 Method Not Allowed",
+            Answer::BadRequest => "HTTP/1.0 400 Bad Request",
+        }
+    }
+}
+
+/// The answer to a complete request head (only its request line matters).
+pub fn answer(head: &[u8]) -> Answer {
+    let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+    let Ok(line) = std::str::from_utf8(&head[..line_end]) else {
+        return Answer::BadRequest;
+    };
+    let mut parts = line.trim_end_matches('\r').split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Answer::BadRequest;
+    };
+    if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
+        return Answer::BadRequest;
+    }
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    match (path == PATH, method == "GET") {
+        (true, true) => Answer::Metrics,
+        (true, false) => Answer::MethodNotAllowed,
+        (false, _) => Answer::NotFound,
+    }
+}
+
+/// The whole response for `answer`; `render` is called only for
+/// [`Answer::Metrics`].
+pub fn response(answer: Answer, render: impl FnOnce() -> Result<String, String>) -> Vec<u8> {
+    let (status, content_type, body, allow) = match answer {
+        Answer::Metrics => match render() {
+            Ok(text) => (answer.status_line(), CONTENT_TYPE, text, ""),
+            Err(why) => {
+                log::error!("metrics: {why}");
+                (
+                    "HTTP/1.0 500 Internal Server Error",
+                    "text/plain; charset=utf-8",
+                    "metrics unavailable; see the log\n".to_owned(),
+                    "",
+                )
+            }
+        },
+        Answer::MethodNotAllowed => (
+            answer.status_line(),
+            "text/plain; charset=utf-8",
+            "only GET\n".to_owned(),
+            "Allow: GET\r\n",
+        ),
+        Answer::NotFound => (
+            answer.status_line(),
+            "text/plain; charset=utf-8",
+            format!("not found; the metrics are at {PATH}\n"),
+            "",
+        ),
+        Answer::BadRequest => (
+            answer.status_line(),
+            "text/plain; charset=utf-8",
+            "bad request\n".to_owned(),
+            "",
+        ),
+    };
+    let mut out = format!(
+        "{status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// Where a request head ends: after the first empty line.
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    (0..bytes.len()).find_map(|i| {
+        if bytes[i..].starts_with(b"\r\n\r\n") {
+            Some(i + 4)
+        } else if bytes[i..].starts_with(b"\n\n") {
+            Some(i + 2)
+        } else {
+            None
+        }
+    })
+}
+
+/// Reads a request head within [`HEAD_DEADLINE`]; `None` when the client
+/// sent too much (answered with 400). An error when it was too slow or
+/// went away (the connection is just closed).
+fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
+    let deadline = Instant::now() + HEAD_DEADLINE;
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if let Some(end) = head_end(&head) {
+            head.truncate(end);
+            return Ok(Some(head));
+        }
+        if head.len() > MAX_REQUEST_HEAD {
+            return Ok(None);
+        }
+    }
+}
+
+fn serve_one(mut stream: TcpStream, render: &dyn Fn() -> Result<String, String>) -> io::Result<()> {
+    let answer = match read_head(&mut stream)? {
+        Some(head) => answer(&head),
+        None => Answer::BadRequest,
+    };
+    stream.set_write_timeout(Some(HEAD_DEADLINE))?;
+    stream.write_all(&response(answer, render))?;
+    stream.flush()
+}
+
+/// Binds `listen` (an error here stops the program at start) and serves
+/// `GET /metrics` with `render()` on a thread of its own for the rest of
+/// the process's life. Returns the bound address (port 0 picks a free one).
+pub fn spawn(
+    listen: SocketAddr,
+    render: impl Fn() -> Result<String, String> + Send + 'static,
+) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(listen)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            leave_signals_to_other_threads();
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(stream) => {
+                        if let Err(e) = serve_one(stream, &render) {
+                            log::debug!("metrics request: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        log::warn!("metrics listener on {bound}: {e}");
+                        // E.g. out of file descriptors: do not spin.
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        })?;
+    log::info!("metrics at http://{bound}{PATH}");
+    Ok(bound)
+}
+
+/// The metrics thread takes none of the signals the daemons handle, so
+/// that the kernel delivers them to a thread that reacts at once (the
+/// collector's receiver is woken from its read by them).
+fn leave_signals_to_other_threads() {
+    // SAFETY: sigset operations on a local set, and pthread_sigmask on the
+    // calling thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+        ] {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_get_metrics_is_answered_with_metrics() {
+        assert_eq!(
+            answer(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Answer::Metrics
+        );
+        assert_eq!(answer(b"GET /metrics HTTP/1.0\n\n"), Answer::Metrics);
+        assert_eq!(
+            answer(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n"),
+            Answer::Metrics
+        );
+        assert_eq!(
+            answer(b"POST /metrics HTTP/1.1\r\n\r\n"),
+            Answer::MethodNotAllowed
+        );
+        assert_eq!(
+            answer(b"HEAD /metrics HTTP/1.1\r\n\r\n"),
+            Answer::MethodNotAllowed
+        );
+        for path in ["/", "/metrics/", "/metricsx", "/admin", "/Metrics"] {
+            let head = format!("GET {path} HTTP/1.1\r\n\r\n");
+            assert_eq!(answer(head.as_bytes()), Answer::NotFound, "{path}");
+        }
+        for bad in [
+            &b""[..],
+            b"GET /metrics\r\n\r\n",
+            b"GET  /metrics HTTP/1.1\r\n\r\n",
+            b"GET /metrics HTTP/2\r\n\r\n",
+            b"GET metrics HTTP/1.1\r\n\r\n",
+            b"GET /metrics HTTP/1.1 extra\r\n\r\n",
+            b"\xff /metrics HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(
+                answer(bad),
+                Answer::BadRequest,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn responses_are_complete_http_1_0() {
+        let ok = String::from_utf8(response(Answer::Metrics, || Ok("a 1\n".into()))).unwrap();
+        assert_eq!(
+            ok,
+            "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+             Content-Length: 4\r\nConnection: close\r\n\r\na 1\n"
+        );
+        let not_found = response(Answer::NotFound, || unreachable!("not rendered"));
+        assert!(not_found.starts_with(b"HTTP/1.0 404 Not Found\r\n"));
+        let method =
+            String::from_utf8(response(Answer::MethodNotAllowed, || Ok(String::new()))).unwrap();
+        assert!(method.contains("\r\nAllow: GET\r\n"), "{method}");
+        let failed =
+            String::from_utf8(response(Answer::Metrics, || Err("db gone".into()))).unwrap();
+        assert!(
+            failed.starts_with("HTTP/1.0 500 Internal Server Error\r\n"),
+            "{failed}"
+        );
+        assert!(
+            !failed.contains("db gone"),
+            "the reason is logged, not shown"
+        );
+    }
+
+    #[test]
+    fn the_head_ends_at_the_first_empty_line() {
+        assert_eq!(head_end(b"GET / HTTP/1.0\r\n\r\nbody"), Some(18));
+        assert_eq!(head_end(b"GET / HTTP/1.0\n\nbody"), Some(16));
+        assert_eq!(head_end(b"GET / HTTP/1.0\r\nHost: x\r\n"), None);
+    }
+
+    /// The real listener: metrics, 404, an oversized head, and a client
+    /// that sends nothing does not stop the next one from being served
+    /// after the deadline.
+    #[test]
+    fn the_listener_serves_scrapes_and_refuses_the_rest() {
+        let bound = spawn("127.0.0.1:0".parse().unwrap(), || Ok("up 1\n".to_owned())).unwrap();
+        let exchange = |request: &[u8]| {
+            let mut stream = TcpStream::connect(bound).unwrap();
+            stream.write_all(request).unwrap();
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).unwrap();
+            reply
+        };
+        let reply = exchange(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert!(reply.starts_with("HTTP/1.0 200 OK\r\n"), "{reply}");
+        assert!(reply.ends_with("\r\n\r\nup 1\n"), "{reply}");
+        let reply = exchange(b"GET /other HTTP/1.1\r\n\r\n");
+        assert!(reply.starts_with("HTTP/1.0 404 "), "{reply}");
+        let mut huge = b"GET /metrics HTTP/1.1\r\n".to_vec();
+        huge.extend(std::iter::repeat_n(b'x', MAX_REQUEST_HEAD + 10));
+        let reply = exchange(&huge);
+        assert!(reply.starts_with("HTTP/1.0 400 "), "{reply}");
+
+        let _silent = TcpStream::connect(bound).unwrap();
+        let started = Instant::now();
+        let reply = exchange(b"GET /metrics HTTP/1.0\r\n\r\n");
+        assert!(reply.starts_with("HTTP/1.0 200 OK\r\n"), "{reply}");
+        assert!(started.elapsed() < HEAD_DEADLINE + Duration::from_secs(3));
+    }
+}
