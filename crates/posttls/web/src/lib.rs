@@ -280,7 +280,8 @@ fn url_path_prefix(base_url: &str) -> Result<String, WebError> {
     let path = rest.find('/').map_or("", |i| &rest[i..]);
     let path = path.trim_end_matches('/');
     let path_char = |c: char| c.is_ascii_alphanumeric() || "/-._~".contains(c);
-    if !path.chars().all(path_char) || path.contains("//") {
+    // `/metrics` is served at the listener's root whatever the prefix.
+    if !path.chars().all(path_char) || path.contains("//") || path == "/metrics" {
         return Err(bad());
     }
     Ok(path.to_owned())
@@ -475,6 +476,8 @@ mod tests {
             "https://p.example/a b",
             "https://p.example/?x",
             "https://p.example//x",
+            // Would hide the root /metrics route.
+            "https://p.example/metrics/",
         ] {
             assert!(url_path_prefix(bad).is_err(), "{bad}");
         }
