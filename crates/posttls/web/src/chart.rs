@@ -107,10 +107,11 @@ impl Chart {
 fn nice_ceiling(n: u64) -> u64 {
     let mut power = 1u64;
     loop {
-        for step in [1, 2, 5] {
-            let candidate = step * power;
-            if candidate >= n.max(2) {
-                return candidate;
+        for step in [1u64, 2, 5] {
+            match step.checked_mul(power) {
+                Some(candidate) if candidate >= n.max(2) => return candidate,
+                Some(_) => {}
+                None => return u64::MAX,
             }
         }
         power = match power.checked_mul(10) {
