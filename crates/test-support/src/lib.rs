@@ -2,11 +2,13 @@
 //! carries its own copy: the repository's captured fixtures and the
 //! upstream oracles ([`upstream`], [`venv_python`]), a throwaway TLS CA
 //! ([`tls`]), an HTTPS server for uploads ([`https_sink`]), an SMTP server
-//! ([`smtp_sink`]), private Postfix instances ([`postfix`]), and small
+//! ([`smtp_sink`]), private Postfix instances ([`postfix`]) and PostgreSQL
+//! clusters ([`postgres`]), and small
 //! helpers to run commands, wait and send datagrams.
 
 pub mod https_sink;
 pub mod postfix;
+pub mod postgres;
 pub mod posttls;
 pub mod smtp_sink;
 pub mod tls;
@@ -16,6 +18,15 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// A TCP port on 127.0.0.1 that nothing listens on just now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 
 /// The repository root.
 pub fn repo() -> PathBuf {

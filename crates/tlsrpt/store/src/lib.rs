@@ -7,6 +7,7 @@
 //! At UTC midnight the collector marks the day complete (`daystatus`), moves
 //! today's file over yesterday's and starts a fresh one.
 
+pub mod postgres;
 mod url;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,497 @@
+//! The collectors' shared store on PostgreSQL (fleets): many collectors
+//! write their counters into one database, each under its name; a fetcher
+//! reads the sum over every collector of a completed day, as the same
+//! [`PolicyRow`]s and [`FailureRow`]s a single collector's SQLite file
+//! gives, so that its answers are byte for byte those of one big collector.
+//!
+//! Tables, created and migrated here (`mailtls_schema` holds each
+//! component's version; a database newer than this program is refused):
+//!
+//! | table | what |
+//! | --- | --- |
+//! | `tlsrpt_results(day, domain, record, policy, collector, total, failed)` | `finalresults` per collector |
+//! | `tlsrpt_failures(day, domain, record, policy, reason, collector, count)` | `failures` per collector |
+//! | `tlsrpt_day_ends(collector, day, ended_at)` | a collector ended its day (midnight or SIGUSR2) |
+//! | `tlsrpt_batches(collector, batch, written_at)` | batches written, so that a batch whose commit reached the server but whose answer was lost is not counted twice when it is retried |
+//!
+//! A day is complete when every collector that wrote to it has ended it,
+//! or, for a collector that stopped for good, `grace` after the day's end.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use mailtls_common::day::Day;
+use postgres::{Client, NoTls};
+use tlsrpt_datagram::Aggregate;
+
+use crate::{FailureRow, PolicyRow};
+
+/// The schema's versions, oldest first: each is applied once, in one
+/// transaction with the version's record.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE tlsrpt_results (
+         day date NOT NULL, domain text NOT NULL, record text NOT NULL, policy text NOT NULL,
+         collector text NOT NULL, total bigint NOT NULL CHECK (total >= 0),
+         failed bigint NOT NULL CHECK (failed >= 0 AND failed <= total),
+         PRIMARY KEY (day, domain, record, policy, collector));
+     CREATE TABLE tlsrpt_failures (
+         day date NOT NULL, domain text NOT NULL, record text NOT NULL, policy text NOT NULL,
+         reason text NOT NULL, collector text NOT NULL, count bigint NOT NULL CHECK (count >= 0),
+         PRIMARY KEY (day, domain, record, policy, reason, collector));
+     CREATE TABLE tlsrpt_day_ends (
+         collector text NOT NULL, day date NOT NULL, ended_at timestamptz NOT NULL DEFAULT now(),
+         PRIMARY KEY (collector, day));
+     CREATE TABLE tlsrpt_batches (
+         collector text NOT NULL, batch bigint NOT NULL, written_at timestamptz NOT NULL DEFAULT now(),
+         PRIMARY KEY (collector, batch));",
+)];
+
+/// The component name of these tables in `mailtls_schema`.
+const COMPONENT: &str = "tlsrpt";
+
+/// Batches are remembered this long: a retry comes within minutes.
+const BATCH_MEMORY: &str = "2 days";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("PostgreSQL {url}: {source}")]
+    Postgres {
+        url: String,
+        #[source]
+        source: postgres::Error,
+    },
+    #[error("invalid PostgreSQL URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("password_file {path}: {source}")]
+    PasswordFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("PostgreSQL {url}: the tlsrpt tables are at schema version {found}, newer than this program's {known}; upgrade mailtls")]
+    NewerSchema { url: String, found: i32, known: i32 },
+    #[error("PostgreSQL {url}: {what}")]
+    Refused { url: String, what: String },
+}
+
+type Result<T> = std::result::Result<T, PgError>;
+
+/// A `postgresql://` URL (libpq's URI syntax: user, password, host, port,
+/// database, `?sslmode=`, `?host=/socket/dir`) and, if configured, the file
+/// holding the password, so that it need not be in the configuration.
+#[derive(Clone)]
+pub struct PgUrl {
+    /// The URL without its password, for messages.
+    shown: String,
+    config: postgres::Config,
+}
+
+impl std::fmt::Debug for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl PgUrl {
+    /// `url` as configured, with the password from `password_file` (its
+    /// first line) when one is given.
+    pub fn parse(url: &str, password_file: Option<&Path>) -> Result<PgUrl> {
+        let shown = without_password(url);
+        let bad = |reason: String| PgError::BadUrl {
+            url: shown.clone(),
+            reason,
+        };
+        if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
+            return Err(bad("not a postgresql:// URL".into()));
+        }
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e: postgres::Error| bad(e.to_string()))?;
+        if config.get_dbname().is_none() {
+            return Err(bad(
+                "no database name (postgresql://USER@HOST/DATABASE)".into()
+            ));
+        }
+        if let Some(path) = password_file {
+            let text = std::fs::read_to_string(path).map_err(|source| PgError::PasswordFile {
+                path: path.display().to_string(),
+                source,
+            })?;
+            config.password(text.lines().next().unwrap_or_default());
+        }
+        config.application_name("mailtls");
+        config.connect_timeout(Duration::from_secs(10));
+        Ok(PgUrl { shown, config })
+    }
+
+    /// The URL without its password.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    fn connect(&self) -> Result<Client> {
+        // TLS (sslmode=require) is not supported yet: the URL's sslmode
+        // must allow a plain connection (disable or prefer).
+        self.config
+            .connect(NoTls)
+            .map_err(|source| self.error(source))
+    }
+
+    fn error(&self, source: postgres::Error) -> PgError {
+        PgError::Postgres {
+            url: self.shown.clone(),
+            source,
+        }
+    }
+}
+
+/// `url` with the password between `:` and `@` of its user part replaced.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user, host)) => match user.split_once(':') {
+            Some((name, _)) => format!("{scheme}://{name}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// Creates the tables or brings them to the newest version. Concurrent
+/// programs starting against a new database wait for each other (an
+/// advisory lock held for the transaction).
+fn migrate(client: &mut Client, url: &PgUrl) -> Result<()> {
+    let err = |e| url.error(e);
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS mailtls_schema (
+                 component text PRIMARY KEY, version integer NOT NULL,
+                 migrated_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .map_err(err)?;
+    let mut tx = client.transaction().map_err(err)?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('mailtls_schema'))",
+        &[],
+    )
+    .map_err(err)?;
+    let current: i32 = tx
+        .query_opt(
+            "SELECT version FROM mailtls_schema WHERE component = $1",
+            &[&COMPONENT],
+        )
+        .map_err(err)?
+        .map_or(0, |row| row.get(0));
+    let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+    if current > known {
+        return Err(PgError::NewerSchema {
+            url: url.shown.clone(),
+            found: current,
+            known,
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        tx.batch_execute(sql).map_err(err)?;
+        tx.execute(
+            "INSERT INTO mailtls_schema (component, version) VALUES ($1, $2)
+             ON CONFLICT (component) DO UPDATE SET version = excluded.version, migrated_at = now()",
+            &[&COMPONENT, version],
+        )
+        .map_err(err)?;
+    }
+    tx.commit().map_err(err)
+}
+
+/// One collector's connection: writes its counters and ends its days.
+pub struct PgCollectorStore {
+    url: PgUrl,
+    client: Client,
+    collector: String,
+}
+
+impl PgCollectorStore {
+    /// Connects as collector `collector` (a name of 1 to 255 bytes without
+    /// control characters) and migrates the schema.
+    pub fn connect(url: &PgUrl, collector: &str) -> Result<PgCollectorStore> {
+        if collector.is_empty() || collector.len() > 255 || collector.chars().any(char::is_control)
+        {
+            return Err(PgError::Refused {
+                url: url.shown.clone(),
+                what: format!("collector_name {collector:?} must be 1 to 255 bytes without control characters"),
+            });
+        }
+        let mut client = url.connect()?;
+        migrate(&mut client, url)?;
+        Ok(PgCollectorStore {
+            url: url.clone(),
+            client,
+            collector: collector.to_string(),
+        })
+    }
+
+    /// Adds the counters of `agg` as batch `batch` (a number the caller
+    /// chose at random for this aggregate and keeps for every retry of it),
+    /// in one transaction. `Ok(false)`: the batch was written before (its
+    /// commit reached the server, the answer did not reach us), nothing
+    /// was added again.
+    pub fn write(&mut self, batch: i64, agg: &Aggregate) -> Result<bool> {
+        let url = &self.url;
+        let err = |e| url.error(e);
+        let mut tx = self.client.transaction().map_err(err)?;
+        let fresh = tx
+            .execute(
+                "INSERT INTO tlsrpt_batches (collector, batch) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&self.collector, &batch],
+            )
+            .map_err(err)?;
+        if fresh == 0 {
+            return Ok(false);
+        }
+        let mut days = Vec::new();
+        let mut domains = Vec::new();
+        let mut records = Vec::new();
+        let mut policies = Vec::new();
+        let mut totals = Vec::new();
+        let mut failed = Vec::new();
+        let (mut f_days, mut f_domains, mut f_records, mut f_policies, mut f_reasons, mut f_counts) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        for (key, counts) in agg.iter() {
+            days.push(key.day.date());
+            domains.push(key.domain.as_str());
+            records.push(key.record.as_str());
+            policies.push(key.policy.as_str());
+            totals.push(counts.total as i64);
+            failed.push(counts.failed.min(counts.total) as i64);
+            for (reason, n) in &counts.failures {
+                f_days.push(key.day.date());
+                f_domains.push(key.domain.as_str());
+                f_records.push(key.record.as_str());
+                f_policies.push(key.policy.as_str());
+                f_reasons.push(reason.as_str());
+                f_counts.push(*n as i64);
+            }
+        }
+        // One statement per table, whatever the number of keys: the rows go
+        // as arrays (one round trip), merged by the primary key.
+        tx.execute(
+            "INSERT INTO tlsrpt_results (day, domain, record, policy, collector, total, failed)
+             SELECT d, dom, rec, pol, $5, t, f
+               FROM unnest($1::date[], $2::text[], $3::text[], $4::text[], $6::bigint[], $7::bigint[])
+                    AS u(d, dom, rec, pol, t, f)
+             ON CONFLICT (day, domain, record, policy, collector) DO UPDATE SET
+                 total = tlsrpt_results.total + excluded.total,
+                 failed = tlsrpt_results.failed + excluded.failed",
+            &[&days, &domains, &records, &policies, &self.collector, &totals, &failed],
+        )
+        .map_err(err)?;
+        tx.execute(
+            "INSERT INTO tlsrpt_failures (day, domain, record, policy, reason, collector, count)
+             SELECT d, dom, rec, pol, rea, $6, c
+               FROM unnest($1::date[], $2::text[], $3::text[], $4::text[], $5::text[], $7::bigint[])
+                    AS u(d, dom, rec, pol, rea, c)
+             ON CONFLICT (day, domain, record, policy, reason, collector) DO UPDATE SET
+                 count = tlsrpt_failures.count + excluded.count",
+            &[
+                &f_days,
+                &f_domains,
+                &f_records,
+                &f_policies,
+                &f_reasons,
+                &self.collector,
+                &f_counts,
+            ],
+        )
+        .map_err(err)?;
+        tx.execute(
+            &format!("DELETE FROM tlsrpt_batches WHERE collector = $1 AND written_at < now() - interval '{BATCH_MEMORY}'"),
+            &[&self.collector],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(true)
+    }
+
+    /// Records that this collector's `day` is over: its counters of the
+    /// day are all written. Idempotent.
+    pub fn end_day(&mut self, day: Day) -> Result<()> {
+        self.client
+            .execute(
+                "INSERT INTO tlsrpt_day_ends (collector, day) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&self.collector, &day.date()],
+            )
+            .map_err(|e| self.url.error(e))?;
+        Ok(())
+    }
+
+    /// Moves this collector's counters of `from` to `to` (the development
+    /// rollover, SIGUSR2).
+    pub fn relabel_day(&mut self, from: Day, to: Day) -> Result<()> {
+        let url = &self.url;
+        let err = |e| url.error(e);
+        let mut tx = self.client.transaction().map_err(err)?;
+        for table in ["tlsrpt_results", "tlsrpt_failures"] {
+            tx.execute(
+                &format!("UPDATE {table} SET day = $1 WHERE day = $2 AND collector = $3"),
+                &[&to.date(), &from.date(), &self.collector],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+}
+
+/// The fetcher's view: the sum over every collector.
+pub struct PgDayReader {
+    url: PgUrl,
+    client: Client,
+}
+
+/// Why a day is taken as complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub day: Day,
+    /// Collectors that wrote to the day but never ended it, taken as done
+    /// because the grace time after the day has passed (to be logged).
+    pub given_up: Vec<String>,
+}
+
+impl PgDayReader {
+    pub fn connect(url: &PgUrl) -> Result<PgDayReader> {
+        let mut client = url.connect()?;
+        migrate(&mut client, url)?;
+        Ok(PgDayReader {
+            url: url.clone(),
+            client,
+        })
+    }
+
+    /// The newest complete day before `now`'s day: every collector that
+    /// wrote to it has ended it, or `grace` has passed since the day's end.
+    pub fn completed_day(
+        &mut self,
+        now: DateTime<Utc>,
+        grace: Duration,
+    ) -> Result<Option<Completion>> {
+        let today = Day::of(now);
+        let rows = self
+            .client
+            .query(
+                "SELECT day, array_agg(DISTINCT collector) FROM tlsrpt_results
+                  WHERE day < $1 AND day >= $1 - 14 GROUP BY day ORDER BY day DESC",
+                &[&today.date()],
+            )
+            .map_err(|e| self.url.error(e))?;
+        for row in rows {
+            let day: Day = Day::from(row.get::<_, NaiveDate>(0));
+            let writers: Vec<String> = row.get(1);
+            let ended: BTreeSet<String> = self
+                .client
+                .query(
+                    "SELECT collector FROM tlsrpt_day_ends WHERE day = $1",
+                    &[&day.date()],
+                )
+                .map_err(|e| self.url.error(e))?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect();
+            let missing: Vec<String> = writers.into_iter().filter(|c| !ended.contains(c)).collect();
+            let day_end = day
+                .succ()
+                .date()
+                .and_hms_opt(0, 0, 0)
+                .expect("midnight exists")
+                .and_utc();
+            let waited = (now - day_end).to_std().unwrap_or_default();
+            if missing.is_empty() {
+                return Ok(Some(Completion {
+                    day,
+                    given_up: Vec::new(),
+                }));
+            }
+            if waited >= grace {
+                return Ok(Some(Completion {
+                    day,
+                    given_up: missing,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The domains with counters on `day`, sorted.
+    pub fn domains(&mut self, day: Day) -> Result<Vec<String>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT DISTINCT domain FROM tlsrpt_results WHERE day = $1 ORDER BY domain",
+                &[&day.date()],
+            )
+            .map_err(|e| self.url.error(e))?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The policy and failure rows of `domain` on `day`, summed over every
+    /// collector, in key order (as from one collector's SQLite file).
+    pub fn details(&mut self, day: Day, domain: &str) -> Result<(Vec<PolicyRow>, Vec<FailureRow>)> {
+        let policies = self
+            .client
+            .query(
+                "SELECT record, policy, sum(total)::bigint, sum(failed)::bigint FROM tlsrpt_results
+                  WHERE day = $1 AND domain = $2 GROUP BY record, policy
+                  ORDER BY record COLLATE \"C\", policy COLLATE \"C\"",
+                &[&day.date(), &domain],
+            )
+            .map_err(|e| self.url.error(e))?
+            .into_iter()
+            .map(|r| PolicyRow {
+                record: r.get(0),
+                policy: r.get(1),
+                total: r.get(2),
+                failed: r.get(3),
+            })
+            .collect();
+        let failures = self
+            .client
+            .query(
+                "SELECT record, policy, reason, sum(count)::bigint FROM tlsrpt_failures
+                  WHERE day = $1 AND domain = $2 GROUP BY record, policy, reason
+                  ORDER BY record COLLATE \"C\", policy COLLATE \"C\", reason COLLATE \"C\"",
+                &[&day.date(), &domain],
+            )
+            .map_err(|e| self.url.error(e))?
+            .into_iter()
+            .map(|r| FailureRow {
+                record: r.get(0),
+                policy: r.get(1),
+                reason: r.get(2),
+                count: r.get(3),
+            })
+            .collect();
+        Ok((policies, failures))
+    }
+
+    /// The collectors that wrote to `day`, sorted.
+    pub fn collectors(&mut self, day: Day) -> Result<Vec<String>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT DISTINCT collector FROM tlsrpt_results WHERE day = $1 ORDER BY collector",
+                &[&day.date()],
+            )
+            .map_err(|e| self.url.error(e))?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+}
