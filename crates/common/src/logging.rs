@@ -110,7 +110,17 @@ fn level_name(level: log::Level) -> &'static str {
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= log::max_level()
+        // The PostgreSQL client logs every statement with its parameters
+        // (the counters, the PostTLS rows) at debug level and the server's
+        // notices at info: only its warnings and errors are ours to show.
+        let quiet_library = metadata.target().starts_with("tokio_postgres")
+            || metadata.target().starts_with("postgres");
+        let limit = if quiet_library {
+            log::max_level().min(log::LevelFilter::Warn)
+        } else {
+            log::max_level()
+        };
+        metadata.level() <= limit
     }
 
     fn log(&self, record: &Record) {

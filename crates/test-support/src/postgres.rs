@@ -154,7 +154,7 @@ impl PgCluster {
     /// Starts the server (again) and waits until it takes connections.
     pub fn start_server(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
             self.socket_dir().display()
         );

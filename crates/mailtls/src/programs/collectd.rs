@@ -15,7 +15,9 @@ mailtls_common::options! {
     /// tlsrpt-collectd's options: upstream's names, defaults and order, then ours.
     pub struct CollectdOptions, sources CollectdSources {
         /// Storage URL(s), comma-separated, e.g. sqlite:///var/lib/tlsrpt/collectd.sqlite.
-        /// Completed days are kept beside each file as FILE.yesterday
+        /// Completed days are kept beside each file as FILE.yesterday. mailtls extension:
+        /// postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (libpq URI, ?host=/socket/dir),
+        /// a database the collectors of a fleet share
         storage: String = "",
         /// Path of the unix datagram socket that the MTA sends to (Postfix:
         /// smtp_tlsrpt_socket_name)
@@ -53,6 +55,12 @@ mailtls_common::options! {
         /// HTTP, to anyone who can connect: use a loopback address or a firewall), e.g.
         /// 127.0.0.1:9150; empty: none
         metrics_listen: String = "",
+        /// mailtls extension. This collector's name in a postgresql:// storage, which the
+        /// collectors of a fleet share, each counting under its own name; empty: the host name
+        collector_name: String = "",
+        /// mailtls extension. File whose first line is the password of the postgresql://
+        /// storage, so that it need not be in the configuration; empty: the URL's
+        password_file: String = "",
     }
 }
 
@@ -148,7 +156,10 @@ pub fn main(matches: &ArgMatches) -> i32 {
 
 /// Validate the options into the collector's configuration.
 pub fn config_from(options: &CollectdOptions) -> anyhow::Result<CollectdConfig> {
-    let storage = tlsrpt_store::parse_storage_list(&options.storage)?;
+    let password_file = Some(&options.password_file)
+        .filter(|f| !f.is_empty())
+        .map(std::path::Path::new);
+    let storage = tlsrpt_store::parse_storages(&options.storage, password_file)?;
     if storage.is_empty() {
         bail!("no storage configured: set storage=sqlite:///path/to/collectd.sqlite (option --storage, TLSRPT_COLLECTD_STORAGE or [tlsrpt_collectd] storage)");
     }
@@ -171,6 +182,10 @@ pub fn config_from(options: &CollectdOptions) -> anyhow::Result<CollectdConfig> 
     }
     Ok(CollectdConfig {
         storage,
+        collector_name: match options.collector_name.as_str() {
+            "" => mailtls_common::host_name(),
+            name => name.to_string(),
+        },
         socket: PathBuf::from(socket),
         permissions: Permissions {
             user: non_empty(&options.socketuser),

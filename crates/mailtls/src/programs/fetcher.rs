@@ -2,24 +2,37 @@
 //! request from the completed-day database and exit.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Arg, ArgMatches, Command};
 use mailtls_common::config::{add_options, ProgramSpec};
 use mailtls_common::day::Day;
-use tlsrpt_store::{yesterday_path, FetcherDb, StoreError, VisitError};
+use tlsrpt_store::postgres::{PgDayReader, PgUrl};
+use tlsrpt_store::{
+    yesterday_path, FailureRow, FetcherDb, PolicyRow, Storage, StoreError, VisitError,
+};
 
 mailtls_common::options! {
     /// tlsrpt-fetcher's options, as upstream's.
     pub struct FetcherOptions, sources FetcherSources {
         /// Storage URL of the collector, e.g. sqlite:///var/lib/tlsrpt/collectd.sqlite; the
         /// completed day is read from FILE.yesterday. Only the first of several comma-separated
-        /// URLs is used
+        /// URLs is used. mailtls extension: postgresql://USER@HOST/DATABASE, the database the
+        /// collectors of a fleet share, answered as the sum over every collector
         storage: String = "",
         /// Log file (in addition to standard error)
         logfilename: String = "",
         /// Log level: debug, info, warn, error, critical, or a number
         log_level: String = "warn",
+        /// mailtls extension. File whose first line is the password of the postgresql://
+        /// storage; empty: the URL's
+        password_file: String = "",
+        /// mailtls extension, postgresql:// storage. A day is complete when every collector
+        /// that counted on it has ended it; a collector that has not, this many seconds after
+        /// the day's end, is given up on (logged), so that a dead host does not hold up the
+        /// reports
+        day_end_grace: i64 = "7200",
     }
 }
 
@@ -115,12 +128,22 @@ pub fn main(matches: &ArgMatches) -> i32 {
             return exit::USAGE;
         }
     };
-    let mut urls = match tlsrpt_store::parse_storage_list(&options.storage) {
+    let password_file = Some(&options.password_file)
+        .filter(|f| !f.is_empty())
+        .map(Path::new);
+    let mut urls = match tlsrpt_store::parse_storages(&options.storage, password_file) {
         Ok(urls) => urls.into_iter(),
         Err(e) => {
             log::error!("{e}");
             return exit::USAGE;
         }
+    };
+    let Ok(grace) = u64::try_from(options.day_end_grace) else {
+        log::error!(
+            "day_end_grace must not be negative, not {}",
+            options.day_end_grace
+        );
+        return exit::USAGE;
     };
     let Some(url) = urls.next() else {
         log::error!("no storage configured: set storage=sqlite:///path/to/collectd.sqlite, the same as tlsrpt-collectd's (option --storage, TLSRPT_FETCHER_STORAGE or [tlsrpt_fetcher] storage)");
@@ -129,7 +152,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
     for ignored in urls {
         log::warn!(
             "ignoring additional storage {}: the fetcher reads only the first",
-            ignored.url
+            ignored.name()
         );
     }
     let request = match (
@@ -140,7 +163,11 @@ pub fn main(matches: &ArgMatches) -> i32 {
         (false, Some(domain)) => Request::Details(domain),
         (false, None) => Request::DomainList,
     };
-    match answer(&yesterday_path(&url.path), day, request) {
+    let source = match url {
+        Storage::Sqlite(url) => DaySource::Sqlite(yesterday_path(&url.path)),
+        Storage::Postgres(url) => DaySource::Postgres(url, Duration::from_secs(grace)),
+    };
+    match answer(source, day, request) {
         Ok(()) => exit::OK,
         Err(Failure::Store(e)) => {
             log::error!("{e}");
@@ -152,6 +179,82 @@ pub fn main(matches: &ArgMatches) -> i32 {
         Err(Failure::Output(e)) => {
             log::warn!("cannot write the answer: {e}");
             exit::OUTPUT
+        }
+    }
+}
+
+/// Where the completed day is read: one collector's `.yesterday` file, or
+/// the sum over a fleet's collectors in PostgreSQL.
+enum DaySource {
+    Sqlite(PathBuf),
+    Postgres(Box<PgUrl>, Duration),
+}
+
+/// An open [`DaySource`].
+enum DayReader {
+    Sqlite(FetcherDb),
+    Postgres(Box<PgDayReader>, Duration),
+}
+
+impl DayReader {
+    fn open(source: DaySource) -> Result<DayReader, StoreError> {
+        Ok(match source {
+            DaySource::Sqlite(path) => DayReader::Sqlite(FetcherDb::open(&path)?),
+            DaySource::Postgres(url, grace) => {
+                DayReader::Postgres(Box::new(PgDayReader::connect(&url)?), grace)
+            }
+        })
+    }
+
+    fn completed_day(
+        &mut self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<Day>, StoreError> {
+        match self {
+            DayReader::Sqlite(db) => db.completed_day(),
+            DayReader::Postgres(db, grace) => {
+                let completion = db.completed_day(now, *grace)?;
+                if let Some(c) = &completion {
+                    if !c.given_up.is_empty() {
+                        log::warn!(
+                            "day {} taken as complete without the day end of collector(s) {}: {} s have passed since the day's end (day_end_grace)",
+                            c.day,
+                            c.given_up.join(", "),
+                            grace.as_secs()
+                        );
+                    }
+                }
+                Ok(completion.map(|c| c.day))
+            }
+        }
+    }
+
+    fn domains(&mut self, day: Day) -> Result<Vec<String>, StoreError> {
+        match self {
+            DayReader::Sqlite(db) => db.domains(day),
+            DayReader::Postgres(db, _) => Ok(db.domains(day)?),
+        }
+    }
+
+    fn details(
+        &mut self,
+        day: Day,
+        domain: &str,
+    ) -> Result<(Vec<PolicyRow>, Vec<FailureRow>), StoreError> {
+        match self {
+            DayReader::Sqlite(db) => db.details(day, domain),
+            DayReader::Postgres(db, _) => Ok(db.details(day, domain)?),
+        }
+    }
+
+    fn for_each_domain<E>(
+        &mut self,
+        day: Day,
+        visit: impl FnMut(&str, &[PolicyRow], &[FailureRow]) -> Result<(), E>,
+    ) -> Result<(), VisitError<E>> {
+        match self {
+            DayReader::Sqlite(db) => db.for_each_domain(day, visit),
+            DayReader::Postgres(db, _) => db.for_each_domain(day, visit),
         }
     }
 }
@@ -168,8 +271,8 @@ enum Request<'a> {
     Bulk,
 }
 
-fn answer(path: &Path, day: Day, request: Request) -> Result<(), Failure> {
-    let db = FetcherDb::open(path).map_err(Failure::Store)?;
+fn answer(source: DaySource, day: Day, request: Request) -> Result<(), Failure> {
+    let mut db = DayReader::open(source).map_err(Failure::Store)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let now = || {
@@ -179,14 +282,14 @@ fn answer(path: &Path, day: Day, request: Request) -> Result<(), Failure> {
     };
     match request {
         Request::DomainList => {
-            let completed = db.completed_day().map_err(Failure::Store)?;
+            let completed = db.completed_day(now()?).map_err(Failure::Store)?;
             let domains = db.domains(day).map_err(Failure::Store)?;
             log::info!("domain list for {day}: {} domains", domains.len());
             tlsrpt_fetcher::write_domain_list(&mut out, now()?, completed, &domains)
                 .map_err(Failure::Output)?;
         }
         Request::Bulk => {
-            let completed = db.completed_day().map_err(Failure::Store)?;
+            let completed = db.completed_day(now()?).map_err(Failure::Store)?;
             tlsrpt_fetcher::write_bulk_header(&mut out, now()?, completed)
                 .map_err(Failure::Output)?;
             let mut domains = 0;

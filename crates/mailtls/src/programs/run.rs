@@ -101,7 +101,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
     };
     let web_listen = matches.get_one::<String>("web").expect("default").clone();
     let tlsrpt = tlsrpt_stats::Sources {
-        collector: Some(config.storage[0].path.clone()),
+        collector: Some(sqlite_store(&config).path.clone()),
         reportd: Some(dir.join("reportd.sqlite")),
     };
     let web = match start_web(&dir, &web_listen, tlsrpt) {
@@ -163,7 +163,7 @@ fn start_reportd(
 ) -> anyhow::Result<(tlsrpt_reportd::daemon::Stopper, std::thread::JoinHandle<()>)> {
     std::fs::create_dir_all(reports).with_context(|| reports.display().to_string())?;
     let exe = std::env::current_exe()?;
-    let yesterday = tlsrpt_store::yesterday_path(&collector.storage[0].path);
+    let yesterday = tlsrpt_store::yesterday_path(&sqlite_store(collector).path);
     // Every report goes into the directory.
     let record_map = dir.join("record.map");
     std::fs::write(
@@ -177,7 +177,7 @@ fn start_reportd(
     options.fetchers = format!(
         "{} fetcher --storage {}",
         exe.display(),
-        collector.storage[0].url
+        sqlite_store(collector).url
     );
     options.organization_name = format!("mailtls on {host}");
     options.contact_info = format!("tlsrpt@{host}");
@@ -217,9 +217,16 @@ pub fn default_config(dir: &Path) -> anyhow::Result<CollectdConfig> {
     super::collectd::config_from(&options)
 }
 
+/// The SQLite file `mailtls run` counts into ([`default_config`]).
+fn sqlite_store(config: &CollectdConfig) -> &tlsrpt_store::StorageUrl {
+    config.storage[0]
+        .sqlite()
+        .expect("mailtls run keeps its counters in a SQLite file")
+}
+
 fn print_banner(dir: &Path, config: &CollectdConfig, log_file: &Path, reports: &Path, web: &str) {
     let socket = config.socket.display();
-    let storage = &config.storage[0];
+    let storage = sqlite_store(config);
     println!("mailtls is running (Ctrl-C to stop)");
     println!();
     println!("  TLSRPT collector socket   {socket}");

@@ -8,6 +8,7 @@ mod support;
 
 mod check;
 mod collectd;
+mod fleet;
 mod metrics;
 mod postfix_harness;
 mod posttls;

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use mailtls_common::day::Day;
 use tlsrpt_datagram::Aggregate;
-use tlsrpt_store::{yesterday_path, CollectorDb, Opened, StorageUrl, StoreError};
+use tlsrpt_store::postgres::{PgCollectorStore, PgUrl};
+use tlsrpt_store::{yesterday_path, CollectorDb, Opened, Storage, StorageUrl, StoreError};
 
 use crate::metrics::CollectdMetrics;
 
@@ -41,8 +42,8 @@ const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(10);
 
 /// One configured store and what still has to reach it.
 struct Store {
-    url: StorageUrl,
-    db: Option<CollectorDb>,
+    storage: Storage,
+    target: Target,
     pending: Aggregate,
     rollovers: VecDeque<Day>,
     /// No write before this instant (pause after a failure).
@@ -54,13 +55,63 @@ struct Store {
     written: u64,
 }
 
+/// The open connection of a store.
+enum Target {
+    /// A SQLite file of this host, moved to `.yesterday` at midnight.
+    Sqlite(Option<CollectorDb>),
+    /// The fleet's PostgreSQL database: counters under this collector's
+    /// name, a day ended by a record of it.
+    Postgres {
+        collector: String,
+        connection: Option<Box<PgCollectorStore>>,
+        /// A batch whose write failed: retried as it is, with its number,
+        /// before anything else, so that a commit whose answer was lost is
+        /// not counted twice.
+        in_flight: Option<(i64, Aggregate)>,
+    },
+}
+
 impl Store {
-    fn open(url: &StorageUrl) -> Result<(CollectorDb, Opened), StoreError> {
-        CollectorDb::open(&url.path)
+    fn new(
+        storage: &Storage,
+        target: Target,
+        rollovers: VecDeque<Day>,
+        rollover_script: Option<String>,
+    ) -> Store {
+        Store {
+            storage: storage.clone(),
+            target,
+            pending: Aggregate::new(),
+            rollovers,
+            not_before: None,
+            retry_pause: FIRST_RETRY,
+            failing_since: None,
+            rollover_script,
+            written: 0,
+        }
+    }
+
+    fn name(&self) -> String {
+        self.storage.name()
+    }
+
+    fn in_flight(&self) -> Option<&Aggregate> {
+        match &self.target {
+            Target::Postgres {
+                in_flight: Some((_, agg)),
+                ..
+            } => Some(agg),
+            _ => None,
+        }
+    }
+
+    /// Datagrams received but not yet written here.
+    fn unwritten(&self) -> u64 {
+        self.pending.datagrams() + self.in_flight().map_or(0, Aggregate::datagrams)
     }
 
     fn is_idle(&self) -> bool {
-        self.pending.is_empty() && self.rollovers.is_empty()
+        self.pending.is_empty() && self.rollovers.is_empty() && self.in_flight().is_none()
     }
 
     /// Try to bring the database up to date. Returns false if something is
@@ -78,7 +129,7 @@ impl Store {
                 if let Some(since) = self.failing_since.take() {
                     log::info!(
                         "database {} writable again after {:.1} s; nothing was lost",
-                        self.url.path.display(),
+                        self.name(),
                         since.elapsed().as_secs_f64()
                     );
                 }
@@ -88,18 +139,23 @@ impl Store {
             }
             Err(e) => {
                 metrics.commit_failed();
+                if let Target::Postgres { connection, .. } = &mut self.target {
+                    // Connect again on the next try: the server may have
+                    // restarted.
+                    *connection = None;
+                }
                 if self.failing_since.is_none() {
                     self.failing_since = Some(now);
                     log::error!(
                         "cannot write to {}: {e}; keeping {} datagrams ({} keys) in memory and retrying, receiving goes on",
-                        self.url.path.display(),
-                        self.pending.datagrams(),
+                        self.name(),
+                        self.unwritten(),
                         self.pending.len()
                     );
                 } else {
                     log::warn!(
                         "still cannot write to {}: {e}; {} keys pending",
-                        self.url.path.display(),
+                        self.name(),
                         self.pending.len()
                     );
                 }
@@ -111,23 +167,35 @@ impl Store {
     }
 
     fn try_flush(&mut self) -> Result<(), StoreError> {
-        if self.db.is_none() {
-            let (db, _) = Store::open(&self.url)?;
-            self.db = Some(db);
+        match &self.target {
+            Target::Sqlite(_) => self.flush_sqlite(),
+            Target::Postgres { .. } => self.flush_postgres(),
+        }
+    }
+
+    fn flush_sqlite(&mut self) -> Result<(), StoreError> {
+        let Storage::Sqlite(url) = &self.storage else {
+            unreachable!("a SQLite target has a SQLite URL")
+        };
+        if matches!(self.target, Target::Sqlite(None)) {
+            let (db, _) = CollectorDb::open(&url.path)?;
+            self.target = Target::Sqlite(Some(db));
         }
         while let Some(completed) = self.rollovers.front().copied() {
             self.roll_over(completed)?;
             self.rollovers.pop_front();
         }
         if !self.pending.is_empty() {
-            let db = self.db.as_mut().expect("opened above");
+            let Target::Sqlite(Some(db)) = &mut self.target else {
+                unreachable!("opened above")
+            };
             let started = Instant::now();
             db.write(&self.pending)?;
             log::debug!(
                 "committed {} datagrams ({} keys) to {} in {} ms",
                 self.pending.datagrams(),
                 self.pending.len(),
-                self.url.path.display(),
+                self.name(),
                 started.elapsed().as_millis()
             );
             self.written += self.pending.datagrams();
@@ -136,10 +204,78 @@ impl Store {
         Ok(())
     }
 
-    /// Write the counters of days up to `completed`, then move the file to
-    /// `.yesterday` and start a new one.
+    /// PostgreSQL: the batch in flight first, then the counters of each
+    /// completed day and its end, then the rest, each batch in one
+    /// transaction.
+    fn flush_postgres(&mut self) -> Result<(), StoreError> {
+        let Storage::Postgres(url) = &self.storage else {
+            unreachable!("a PostgreSQL target has a PostgreSQL URL")
+        };
+        let Target::Postgres {
+            collector,
+            connection,
+            in_flight,
+        } = &mut self.target
+        else {
+            unreachable!("checked by the caller")
+        };
+        if connection.is_none() {
+            *connection = Some(Box::new(PgCollectorStore::connect(url, collector)?));
+        }
+        let db = connection.as_mut().expect("connected above");
+        let mut written = 0;
+        let mut write = |db: &mut PgCollectorStore,
+                         in_flight: &mut Option<(i64, Aggregate)>|
+         -> Result<(), StoreError> {
+            if let Some((batch, agg)) = in_flight {
+                if !db.write(*batch, agg)? {
+                    log::info!("batch {batch} had reached {} before its answer was lost; not counted again", url.shown());
+                }
+                written += agg.datagrams();
+                *in_flight = None;
+            }
+            Ok(())
+        };
+        write(db, in_flight)?;
+        while let Some(completed) = self.rollovers.front().copied() {
+            let old = self.pending.split_off_before(completed.succ());
+            if !old.is_empty() {
+                *in_flight = Some((rand::random::<i64>(), old));
+                write(db, in_flight)?;
+            }
+            db.end_day(completed)?;
+            log::info!(
+                "day {completed} ended for collector {collector} in {}",
+                url.shown()
+            );
+            self.rollovers.pop_front();
+        }
+        if !self.pending.is_empty() {
+            let started = Instant::now();
+            let agg = std::mem::take(&mut self.pending);
+            let (datagrams, keys) = (agg.datagrams(), agg.len());
+            *in_flight = Some((rand::random::<i64>(), agg));
+            write(db, in_flight)?;
+            log::debug!(
+                "committed {datagrams} datagrams ({keys} keys) to {} in {} ms",
+                url.shown(),
+                started.elapsed().as_millis()
+            );
+        }
+        self.written += written;
+        Ok(())
+    }
+
+    /// SQLite: write the counters of days up to `completed`, then move the
+    /// file to `.yesterday` and start a new one.
     fn roll_over(&mut self, completed: Day) -> Result<(), StoreError> {
-        let db = self.db.as_mut().expect("opened before rollover");
+        let Storage::Sqlite(url) = &self.storage else {
+            unreachable!("only SQLite files roll over")
+        };
+        let Target::Sqlite(slot) = &mut self.target else {
+            unreachable!("only SQLite files roll over")
+        };
+        let db = slot.as_mut().expect("opened before rollover");
         // Counters of the completed day (or older) belong in the file being closed.
         let old = self.pending.split_off_before(completed.succ());
         if let Err(e) = db.write(&old) {
@@ -147,39 +283,62 @@ impl Store {
             return Err(e);
         }
         self.written += old.datagrams();
-        let db = self.db.take().expect("present");
-        match db.rollover(completed) {
-            Ok((fresh, stale)) => {
-                if stale {
-                    log::error!(
-                        "possible earlier rollover problem: {} still had a day status, replaced it",
-                        self.url.path.display()
-                    );
-                }
-                self.db = Some(fresh);
-                let yesterday = yesterday_path(&self.url.path);
-                log::info!(
-                    "day {completed} complete: moved to {}, new database {}",
-                    yesterday.display(),
-                    self.url.path.display()
-                );
-                self.run_rollover_script(&yesterday.to_string_lossy());
-                Ok(())
-            }
-            Err(e) => Err(e),
+        let db = slot.take().expect("present");
+        let (fresh, stale) = db.rollover(completed)?;
+        if stale {
+            log::error!(
+                "possible earlier rollover problem: {} still had a day status, replaced it",
+                url.path.display()
+            );
         }
+        *slot = Some(fresh);
+        let yesterday = yesterday_path(&url.path);
+        log::info!(
+            "day {completed} complete: moved to {}, new database {}",
+            yesterday.display(),
+            url.path.display()
+        );
+        self.run_rollover_script(&url.url, &yesterday.to_string_lossy());
+        Ok(())
+    }
+
+    /// Development rollover: today's counters, here and in the database,
+    /// become yesterday's.
+    fn relabel(&mut self, today: Day, yesterday: Day) {
+        self.pending.relabel_day(today, yesterday);
+        let result = match &mut self.target {
+            Target::Sqlite(Some(db)) => db.relabel_day(today, yesterday),
+            Target::Sqlite(None) => Ok(()),
+            Target::Postgres {
+                connection,
+                in_flight,
+                ..
+            } => {
+                if let Some((_, agg)) = in_flight {
+                    agg.relabel_day(today, yesterday);
+                }
+                match connection {
+                    Some(db) => db.relabel_day(today, yesterday).map_err(StoreError::from),
+                    None => Ok(()),
+                }
+            }
+        };
+        if let Err(e) = result {
+            log::error!("development rollover of {}: {e}", self.name());
+        }
+        self.rollovers.push_back(yesterday);
     }
 
     /// Start `daily_rollover_script URL YESTERDAYPATH` without waiting for it;
     /// a helper thread reaps it and logs a failure.
-    fn run_rollover_script(&self, yesterday: &str) {
+    fn run_rollover_script(&self, url: &str, yesterday: &str) {
         let Some(script) = &self.rollover_script else {
             return;
         };
         let mut words = script.split_whitespace();
         let Some(program) = words.next() else { return };
         let mut cmd = Command::new(program);
-        cmd.args(words).arg(&self.url.url).arg(yesterday);
+        cmd.args(words).arg(url).arg(yesterday);
         log::info!("starting daily rollover script {cmd:?}");
         match cmd.spawn() {
             Ok(mut child) => {
@@ -195,57 +354,111 @@ impl Store {
     }
 }
 
-/// Open every store at start. A new installation also gets its
-/// `.yesterday` file, and a database left with counters of an earlier day
-/// (the collector was down over midnight) is rolled over at once, so that
-/// day can still be reported.
+/// Open every store at start. A new SQLite installation also gets its
+/// `.yesterday` file, and a store left with counters of an earlier day that
+/// was not ended (the collector was down over midnight) is rolled over or
+/// ended at once, so that day can still be reported.
+///
+/// A PostgreSQL store that cannot be reached at start is not an error: the
+/// collector counts in memory and keeps trying, as when the server goes
+/// away later.
 pub fn open_stores(
-    urls: &[StorageUrl],
+    storages: &[Storage],
+    collector: &str,
     today: Day,
     yesterday: Day,
     rollover_script: Option<String>,
 ) -> Result<Vec<StoreHandle>, StoreError> {
-    let mut stores = Vec::with_capacity(urls.len());
-    for url in urls {
-        let (db, opened) = Store::open(url)?;
-        let mut rollovers = VecDeque::new();
-        match opened {
-            Opened::Created => {
-                log::info!(
-                    "created new database {}, preparing {} as well",
-                    url.path.display(),
-                    yesterday_path(&url.path).display()
-                );
-                rollovers.push_back(yesterday);
+    let mut stores = Vec::with_capacity(storages.len());
+    for storage in storages {
+        let store = match storage {
+            Storage::Sqlite(url) => {
+                open_sqlite(storage, url, today, yesterday, rollover_script.clone())?
             }
-            Opened::Existing => {
-                log::info!("database {} looks OK", url.path.display());
-                if let Some(newest) = db.newest_day()? {
-                    if newest < today {
-                        log::warn!(
-                            "database {} holds counters of {newest}, before today {today}: the collector was not running at midnight; rolling over now",
-                            url.path.display()
-                        );
-                        rollovers.push_back(yesterday);
-                    }
-                }
-            }
-        }
-        let mut store = Store {
-            url: url.clone(),
-            db: Some(db),
-            pending: Aggregate::new(),
-            rollovers,
-            not_before: None,
-            retry_pause: FIRST_RETRY,
-            failing_since: None,
-            rollover_script: rollover_script.clone(),
-            written: 0,
+            Storage::Postgres(url) => open_postgres(storage, url, collector, today),
         };
-        store.try_flush()?;
         stores.push(StoreHandle(store));
     }
     Ok(stores)
+}
+
+fn open_sqlite(
+    storage: &Storage,
+    url: &StorageUrl,
+    today: Day,
+    yesterday: Day,
+    rollover_script: Option<String>,
+) -> Result<Store, StoreError> {
+    let (db, opened) = CollectorDb::open(&url.path)?;
+    let mut rollovers = VecDeque::new();
+    match opened {
+        Opened::Created => {
+            log::info!(
+                "created new database {}, preparing {} as well",
+                url.path.display(),
+                yesterday_path(&url.path).display()
+            );
+            rollovers.push_back(yesterday);
+        }
+        Opened::Existing => {
+            log::info!("database {} looks OK", url.path.display());
+            if let Some(newest) = db.newest_day()? {
+                if newest < today {
+                    log::warn!(
+                        "database {} holds counters of {newest}, before today {today}: the collector was not running at midnight; rolling over now",
+                        url.path.display()
+                    );
+                    rollovers.push_back(yesterday);
+                }
+            }
+        }
+    }
+    let mut store = Store::new(
+        storage,
+        Target::Sqlite(Some(db)),
+        rollovers,
+        rollover_script,
+    );
+    store.try_flush()?;
+    Ok(store)
+}
+
+fn open_postgres(storage: &Storage, url: &PgUrl, collector: &str, today: Day) -> Store {
+    let mut rollovers = VecDeque::new();
+    let connection = match PgCollectorStore::connect(url, collector) {
+        Ok(mut db) => {
+            log::info!(
+                "database {} looks OK; counting as collector {collector}",
+                url.shown()
+            );
+            match db.unended_days_before(today) {
+                Ok(days) => {
+                    for day in days {
+                        log::warn!(
+                            "collector {collector} never ended {day} in {} (it was not running at midnight); ending it now",
+                            url.shown()
+                        );
+                        rollovers.push_back(day);
+                    }
+                }
+                Err(e) => log::error!("{e}"),
+            }
+            Some(Box::new(db))
+        }
+        Err(e) => {
+            log::error!(
+                "cannot reach {} at start: {e}; counting in memory and retrying, receiving goes on",
+                url.shown()
+            );
+            None
+        }
+    };
+    let target = Target::Postgres {
+        collector: collector.to_string(),
+        connection,
+        in_flight: None,
+    };
+    Store::new(storage, target, rollovers, None)
 }
 
 /// A store opened at start, to be moved into the committer thread.
@@ -295,16 +508,7 @@ pub fn run(
                 Request::DevelopmentRollover { today, yesterday } => {
                     log::info!("development rollover: counters of {today} become {yesterday}'s");
                     for s in &mut stores {
-                        s.pending.relabel_day(today, yesterday);
-                        if let Some(db) = s.db.as_mut() {
-                            if let Err(e) = db.relabel_day(today, yesterday) {
-                                log::error!(
-                                    "development rollover of {}: {e}",
-                                    s.url.path.display()
-                                );
-                            }
-                        }
-                        s.rollovers.push_back(yesterday);
+                        s.relabel(today, yesterday);
                     }
                 }
                 Request::Shutdown => shutdown = true,
@@ -352,13 +556,13 @@ fn finish(mut stores: Vec<Store>, metrics: &CollectdMetrics) -> Outcome {
         if Instant::now() >= deadline {
             let mut lost = 0;
             for s in &stores {
-                if !s.pending.is_empty() {
+                if s.unwritten() > 0 {
                     log::error!(
                         "giving up on {}: {} datagrams received since the last successful write are lost",
-                        s.url.path.display(),
-                        s.pending.datagrams()
+                        s.name(),
+                        s.unwritten()
                     );
-                    lost = lost.max(s.pending.datagrams());
+                    lost = lost.max(s.unwritten());
                 }
             }
             return Outcome::Lost { datagrams: lost };
@@ -394,7 +598,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url =
             StorageUrl::parse(&format!("sqlite://{}/c.sqlite", dir.path().display())).unwrap();
-        let stores = open_stores(std::slice::from_ref(&url), today, yesterday, None).unwrap();
+        let stores = open_stores(
+            &[Storage::Sqlite(url.clone())],
+            "test",
+            today,
+            yesterday,
+            None,
+        )
+        .unwrap();
         (dir, url, stores)
     }
 

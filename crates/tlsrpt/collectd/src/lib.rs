@@ -38,7 +38,7 @@ use receiver::{Receiver, SignalFlags};
 use refused::Refused;
 use socket::{CollectorSocket, Permissions};
 use tally::CommitSchedule;
-use tlsrpt_store::StorageUrl;
+use tlsrpt_store::Storage;
 
 /// Exit codes of the upstream collectd, kept so that service managers and
 /// scripts read ours the same way.
@@ -54,7 +54,10 @@ pub mod exit {
 /// Everything the collector needs, already validated.
 #[derive(Debug, Clone)]
 pub struct CollectdConfig {
-    pub storage: Vec<StorageUrl>,
+    pub storage: Vec<Storage>,
+    /// `collector_name`: this collector's name in a shared PostgreSQL
+    /// store (the host name by default).
+    pub collector_name: String,
     pub socket: PathBuf,
     pub permissions: Permissions,
     /// `sockettimeout`: counters reach the database at most this long after
@@ -87,6 +90,7 @@ pub fn run(config: CollectdConfig, clock: &dyn Clock) -> i32 {
     let yesterday = today.pred();
     let stores = match committer::open_stores(
         &config.storage,
+        &config.collector_name,
         today,
         yesterday,
         config.rollover_script.clone(),

@@ -16,7 +16,7 @@ use mailtls_common::day::{Day, DayError};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tlsrpt_datagram::Aggregate;
 
-pub use url::{parse_storage_list, StorageUrl};
+pub use url::{parse_storage_list, parse_storages, Storage, StorageUrl};
 
 /// The purpose string the upstream stores in `dbversion`; a file with another
 /// purpose belongs to another program and is never touched.
@@ -60,6 +60,8 @@ pub enum StoreError {
     },
     #[error("invalid storage URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
+    #[error(transparent)]
+    Postgres(#[from] postgres::PgError),
     /// A day column holds something that is no day (another program wrote
     /// the file).
     #[error("database {path}: {source}")]

@@ -336,6 +336,25 @@ impl PgCollectorStore {
         Ok(())
     }
 
+    /// Days before `today` this collector wrote to but never ended (it was
+    /// not running at midnight), oldest first.
+    pub fn unended_days_before(&mut self, today: Day) -> Result<Vec<Day>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT DISTINCT r.day FROM tlsrpt_results r
+                  WHERE r.collector = $1 AND r.day < $2
+                    AND NOT EXISTS (SELECT 1 FROM tlsrpt_day_ends e WHERE e.collector = r.collector AND e.day = r.day)
+                  ORDER BY r.day",
+                &[&self.collector, &today.date()],
+            )
+            .map_err(|e| self.url.error(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Day::from(r.get::<_, NaiveDate>(0)))
+            .collect())
+    }
+
     /// Moves this collector's counters of `from` to `to` (the development
     /// rollover, SIGUSR2).
     pub fn relabel_day(&mut self, from: Day, to: Day) -> Result<()> {
@@ -481,6 +500,79 @@ impl PgDayReader {
             })
             .collect();
         Ok((policies, failures))
+    }
+
+    /// Calls `visit` with each domain of `day` and its rows summed over
+    /// every collector, in domain order (as [`crate::FetcherDb::for_each_domain`]):
+    /// two ordered queries merged, not two per domain.
+    pub fn for_each_domain<E>(
+        &mut self,
+        day: Day,
+        mut visit: impl FnMut(&str, &[PolicyRow], &[FailureRow]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), crate::VisitError<E>> {
+        let store_error = |e| crate::VisitError::Store(crate::StoreError::from(self.url.error(e)));
+        let policies = self
+            .client
+            .query(
+                "SELECT domain, record, policy, sum(total)::bigint, sum(failed)::bigint FROM tlsrpt_results
+                  WHERE day = $1 GROUP BY domain, record, policy
+                  ORDER BY domain COLLATE \"C\", record COLLATE \"C\", policy COLLATE \"C\"",
+                &[&day.date()],
+            )
+            .map_err(store_error)?;
+        let failures = self
+            .client
+            .query(
+                "SELECT domain, record, policy, reason, sum(count)::bigint FROM tlsrpt_failures
+                  WHERE day = $1 GROUP BY domain, record, policy, reason
+                  ORDER BY domain COLLATE \"C\", record COLLATE \"C\", policy COLLATE \"C\", reason COLLATE \"C\"",
+                &[&day.date()],
+            )
+            .map_err(|e| crate::VisitError::Store(crate::StoreError::from(self.url.error(e))))?;
+        let mut failures = failures.into_iter().peekable();
+        let mut policies = policies.into_iter().peekable();
+        while let Some(first) = policies.next() {
+            let domain: String = first.get(0);
+            let mut rows = vec![first];
+            while policies
+                .peek()
+                .is_some_and(|r| r.get::<_, &str>(0) == domain)
+            {
+                rows.push(policies.next().expect("peeked"));
+            }
+            let policy_rows: Vec<PolicyRow> = rows
+                .iter()
+                .map(|r| PolicyRow {
+                    record: r.get(1),
+                    policy: r.get(2),
+                    total: r.get(3),
+                    failed: r.get(4),
+                })
+                .collect();
+            // Failures of domains without a results row (only a damaged
+            // database has them) are passed over, as in SQLite.
+            while failures
+                .peek()
+                .is_some_and(|r| r.get::<_, &str>(0).as_bytes() < domain.as_bytes())
+            {
+                failures.next();
+            }
+            let mut failure_rows = Vec::new();
+            while failures
+                .peek()
+                .is_some_and(|r| r.get::<_, &str>(0) == domain)
+            {
+                let r = failures.next().expect("peeked");
+                failure_rows.push(FailureRow {
+                    record: r.get(1),
+                    policy: r.get(2),
+                    reason: r.get(3),
+                    count: r.get(4),
+                });
+            }
+            visit(&domain, &policy_rows, &failure_rows).map_err(crate::VisitError::Visitor)?;
+        }
+        Ok(())
     }
 
     /// The collectors that wrote to `day`, sorted.

@@ -1,9 +1,62 @@
 //! Storage URLs as the upstream accepts them: `sqlite:///absolute/path`,
-//! several separated by commas, percent-encoding allowed.
+//! several separated by commas, percent-encoding allowed; and ours,
+//! `postgresql://` for the fleet's shared database.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use crate::postgres::PgUrl;
 use crate::StoreError;
+
+/// One configured store: a SQLite file of this host (upstream's format), or
+/// the PostgreSQL database a fleet of collectors shares.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    Sqlite(StorageUrl),
+    Postgres(Box<PgUrl>),
+}
+
+impl Storage {
+    /// How the store is named in messages: the file, or the URL without
+    /// its password.
+    pub fn name(&self) -> String {
+        match self {
+            Storage::Sqlite(url) => url.path.display().to_string(),
+            Storage::Postgres(url) => url.shown().to_string(),
+        }
+    }
+
+    /// The SQLite file's URL, for what only exists for files (the
+    /// `.yesterday` file, the rollover script).
+    pub fn sqlite(&self) -> Option<&StorageUrl> {
+        match self {
+            Storage::Sqlite(url) => Some(url),
+            Storage::Postgres(_) => None,
+        }
+    }
+}
+
+/// `storage` as configured: comma-separated URLs, `sqlite:` as upstream's
+/// and `postgresql://` (libpq's URI syntax, one host: a comma ends the
+/// URL), whose password may come from `password_file`.
+pub fn parse_storages(
+    list: &str,
+    password_file: Option<&Path>,
+) -> Result<Vec<Storage>, StoreError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|url| {
+            if url.starts_with("postgresql://") || url.starts_with("postgres://") {
+                Ok(Storage::Postgres(Box::new(PgUrl::parse(
+                    url,
+                    password_file,
+                )?)))
+            } else {
+                StorageUrl::parse(url).map(Storage::Sqlite)
+            }
+        })
+        .collect()
+}
 
 /// One configured store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +77,7 @@ impl StorageUrl {
         let Some(rest) = decoded.strip_prefix("sqlite:") else {
             let scheme = decoded.split(':').next().unwrap_or_default();
             return Err(bad(&format!(
-                "unsupported scheme {scheme:?}; use sqlite:///path/to/file.sqlite"
+                "unsupported scheme {scheme:?}; use sqlite:///path/to/file.sqlite or postgresql://USER@HOST/DATABASE"
             )));
         };
         let path = if let Some(absolute) = rest.strip_prefix("//") {
@@ -69,6 +122,23 @@ mod tests {
         assert_eq!(u.path, PathBuf::from("run/local.sqlite"));
         let list = parse_storage_list("sqlite:///a.sqlite,,sqlite:///b.sqlite").unwrap();
         assert_eq!(list.len(), 2);
+    }
+
+    #[test]
+    fn postgresql_urls_are_ours_beside_sqlite() {
+        let list = parse_storages(
+            "sqlite:///a.sqlite, postgresql://tlsrpt:secret@db.example:5433/tlsrpt?sslmode=prefer",
+            None,
+        )
+        .unwrap();
+        assert_eq!(list.len(), 2);
+        assert!(list[0].sqlite().is_some());
+        assert_eq!(
+            list[1].name(),
+            "postgresql://tlsrpt:***@db.example:5433/tlsrpt?sslmode=prefer"
+        );
+        assert!(parse_storages("postgresql://db.example", None).is_err());
+        assert!(parse_storages("mysql://db.example/x", None).is_err());
     }
 
     #[test]

@@ -37,12 +37,31 @@ impl Collector {
     /// Start `program` with storage and socket in a fresh directory, plus
     /// `args` and `env`.
     pub fn start_program(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Collector {
+        Collector::spawn(program, None, args, env)
+    }
+
+    /// Our collector counting into `storage` (such as a postgresql://
+    /// URL) instead of its own SQLite file.
+    pub fn start_with_storage(storage: &str, args: &[&str]) -> Collector {
+        Collector::spawn(&collectd_bin(), Some(storage), args, &[])
+    }
+
+    fn spawn(
+        program: &Path,
+        storage: Option<&str>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Collector {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("collectd.socket");
         let db = dir.path().join("collectd.sqlite");
         let log = dir.path().join("collectd.log");
+        let storage = match storage {
+            Some(storage) => storage.to_string(),
+            None => format!("sqlite://{}", db.display()),
+        };
         let mut cmd = Command::new(program);
-        cmd.arg(format!("--storage=sqlite://{}", db.display()))
+        cmd.arg(format!("--storage={storage}"))
             .arg(format!("--socketname={}", socket.display()))
             .arg(format!("--logfilename={}", log.display()))
             .arg("--log_level=debug")

@@ -1,0 +1,208 @@
+//! Collectors of a fleet counting into one real PostgreSQL (a private
+//! cluster): the fetcher's answers for the day, from PostgreSQL, are byte
+//! for byte those of one SQLite collector that received every datagram;
+//! the day is complete only when every collector has ended it; a
+//! PostgreSQL restart in the middle of a load loses nothing.
+
+use crate::support::{self, Collector};
+
+use std::time::Duration;
+
+use mailtls_test_support::postgres::PgCluster;
+
+/// The libtlsrpt vectors our collector counts.
+fn vectors() -> Vec<Vec<u8>> {
+    support::vectors()
+        .into_iter()
+        .map(|(_, bytes)| bytes)
+        .filter(|bytes| tlsrpt_datagram::parse(bytes).is_ok())
+        .collect()
+}
+
+/// Sessions counted in PostgreSQL (every collector, every day).
+fn pg_total(cluster: &PgCluster) -> i64 {
+    cluster
+        .psql(
+            "tlsrpt",
+            "SELECT coalesce(sum(total), 0) FROM tlsrpt_results",
+        )
+        .parse()
+        .unwrap()
+}
+
+/// One answer of the fetcher without its time line (the second line of a
+/// list or bulk answer is the fetcher's clock).
+fn fetch(storage: &str, args: &[&str]) -> String {
+    // The test's day is the real yesterday, whose grace time is long over:
+    // a day_end_grace of three days keeps the completeness rule visible.
+    let grace = ["--day_end_grace=259200"];
+    let args_with_grace: Vec<&str> = if storage.starts_with("postgresql:") {
+        grace.iter().chain(args).copied().collect()
+    } else {
+        args.to_vec()
+    };
+    let (code, out, err) = support::run_fetcher(&support::fetcher_bin(), storage, &args_with_grace);
+    assert_eq!(code, 0, "fetcher {args:?}: {err}");
+    out.lines()
+        .enumerate()
+        .filter(|(i, _)| *i != 1 || args.len() > 1 && args[1] != "--bulk")
+        .map(|(_, line)| format!("{line}\n"))
+        .collect()
+}
+
+#[test]
+fn a_fleet_of_collectors_in_postgresql_answers_as_one_collector_would() {
+    let cluster = PgCluster::start();
+    cluster.create_database("tlsrpt");
+    let pg = cluster.url("tlsrpt");
+    let datagrams = vectors();
+    let policies_per_round: i64 = datagrams
+        .iter()
+        .map(|d| tlsrpt_datagram::parse(d).unwrap().policies.len() as i64)
+        .sum();
+    let mut mx1 =
+        Collector::start_with_storage(&pg, &["--collector_name=mx1", "--sockettimeout=1"]);
+    let mut mx2 =
+        Collector::start_with_storage(&pg, &["--collector_name=mx2", "--sockettimeout=1"]);
+    // The reference: one SQLite collector that gets everything.
+    let mut all = Collector::start(&["--sockettimeout=1"], &[]);
+    for round in 0..5 {
+        for datagram in &datagrams {
+            let (one, other) = if round % 2 == 0 {
+                (&mx1, &mx2)
+            } else {
+                (&mx2, &mx1)
+            };
+            one.send(datagram);
+            all.send(datagram);
+            if round == 4 {
+                other.send(datagram);
+                all.send(datagram);
+            }
+        }
+    }
+    let expected = 6 * policies_per_round;
+    support::wait_until(30, "both collectors' commits", || {
+        pg_total(&cluster) == expected
+    });
+    support::wait_until(30, "the SQLite collector's commit", || {
+        support::try_total(&all.db) == Some(expected)
+    });
+    // Today's counters become yesterday's (SIGUSR2), as at midnight.
+    all.signal(libc::SIGUSR2);
+    support::wait_until(30, "the SQLite rollover", || {
+        support::try_total(&all.yesterday()) == Some(expected)
+    });
+    let day = chrono::Utc::now()
+        .date_naive()
+        .pred_opt()
+        .unwrap()
+        .to_string();
+    for collector in [&mx1, &mx2] {
+        collector.signal(libc::SIGUSR2);
+    }
+    support::wait_until(30, "both collectors' day ends", || {
+        cluster.psql("tlsrpt", "SELECT count(*) FROM tlsrpt_day_ends") == "2"
+    });
+    // A third collector that counted on the day (nothing that changes a
+    // sum) but has not ended it: the day is not complete (the header's
+    // completed-day line is empty, "not ready"), the grace time not over.
+    cluster.psql(
+        "tlsrpt",
+        "INSERT INTO tlsrpt_results SELECT day, domain, record, policy, 'mx3', 0, 0 FROM tlsrpt_results LIMIT 1",
+    );
+    let list = fetch(&pg, &[&day]);
+    assert!(
+        list.starts_with("TLSRPT FETCHER v1devel-c domain list\n\n"),
+        "{list}"
+    );
+    cluster.psql(
+        "tlsrpt",
+        &format!("INSERT INTO tlsrpt_day_ends (collector, day) VALUES ('mx3', '{day}')"),
+    );
+    let sqlite = all.storage_url();
+    let from_pg = fetch(&pg, &[&day]);
+    assert_eq!(from_pg, fetch(&sqlite, &[&day]));
+    assert!(
+        from_pg.contains(&format!("\n{day}\n")),
+        "complete now: {from_pg}"
+    );
+    let domains: Vec<&str> = from_pg.lines().skip(3).take_while(|l| *l != ".").collect();
+    assert!(!domains.is_empty(), "{from_pg}");
+    for domain in &domains {
+        assert_eq!(
+            fetch(&pg, &[&day, domain]),
+            fetch(&sqlite, &[&day, domain]),
+            "{domain}"
+        );
+    }
+    assert_eq!(
+        fetch(&pg, &[&day, "--bulk"]),
+        fetch(&sqlite, &[&day, "--bulk"])
+    );
+    for collector in [&mut mx1, &mut mx2, &mut all] {
+        assert!(collector.terminate().success(), "{}", collector.log_text());
+    }
+}
+
+#[test]
+fn a_postgresql_restart_in_the_middle_of_a_load_loses_nothing() {
+    let cluster = PgCluster::start();
+    cluster.create_database("tlsrpt");
+    let datagrams = vectors();
+    let per_round: i64 = datagrams
+        .iter()
+        .map(|d| tlsrpt_datagram::parse(d).unwrap().policies.len() as i64)
+        .sum();
+    let mut collector = Collector::start_with_storage(
+        &cluster.url("tlsrpt"),
+        &[
+            "--collector_name=mx1",
+            "--sockettimeout=1",
+            "--max_uncommited_datagrams=20",
+        ],
+    );
+    let send_rounds = |n: usize| {
+        for _ in 0..n {
+            for datagram in &datagrams {
+                collector.send(datagram);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    send_rounds(50);
+    support::wait_until(30, "the first commits", || pg_total(&cluster) > 0);
+    cluster.stop_server();
+    // The database is gone: receiving goes on, counted in memory.
+    send_rounds(100);
+    std::thread::sleep(Duration::from_millis(1500));
+    cluster.start_server();
+    send_rounds(50);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while pg_total(&cluster) != 200 * per_round {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {} sessions written after the restart: {}",
+            pg_total(&cluster),
+            200 * per_round,
+            collector.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(collector.terminate().success(), "{}", collector.log_text());
+    assert_eq!(
+        pg_total(&cluster),
+        200 * per_round,
+        "nothing doubled either"
+    );
+    let log = collector.log_text();
+    assert!(
+        log.contains("cannot write to postgresql://postgres:***@127.0.0.1"),
+        "{log}"
+    );
+    assert!(log.contains("writable again"), "{log}");
+    assert!(
+        !log.contains(mailtls_test_support::postgres::PASSWORD),
+        "the password is not logged"
+    );
+}
