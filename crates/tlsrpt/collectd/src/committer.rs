@@ -123,9 +123,10 @@ impl Store {
         if self.not_before.is_some_and(|t| now < t) {
             return false;
         }
+        let started = Instant::now();
         match self.try_flush() {
             Ok(()) => {
-                metrics.commit_succeeded();
+                metrics.commit_succeeded(started.elapsed());
                 if let Some(since) = self.failing_since.take() {
                     log::info!(
                         "database {} writable again after {:.1} s; nothing was lost",

@@ -11,7 +11,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 /// Every metric of the collector, registered once.
 pub struct CollectdMetrics {
@@ -26,6 +28,7 @@ pub struct CollectdMetrics {
     waiting: IntGauge,
     commits: IntCounter,
     commit_failures: IntCounter,
+    commit_duration: Histogram,
 }
 
 impl Default for CollectdMetrics {
@@ -61,8 +64,20 @@ impl CollectdMetrics {
             "Failed writes to a database; the counters stay in memory and the write is retried",
         )
         .expect("valid metric");
+        let commit_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "tlsrpt_collectd_commit_duration_seconds",
+                "Time a successful write of counters to a database took (one transaction; with a \
+                 PostgreSQL store, the round trips to the server)",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )
+        .expect("valid metric");
         for metric in [
-            Box::new(datagrams.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(commit_duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(datagrams.clone()),
             Box::new(waiting.clone()),
             Box::new(commits.clone()),
             Box::new(commit_failures.clone()),
@@ -78,6 +93,7 @@ impl CollectdMetrics {
             waiting,
             commits,
             commit_failures,
+            commit_duration,
         }
     }
 
@@ -97,8 +113,9 @@ impl CollectdMetrics {
     }
 
     /// The committer wrote to a database.
-    pub fn commit_succeeded(&self) {
+    pub fn commit_succeeded(&self, took: std::time::Duration) {
         self.commits.inc();
+        self.commit_duration.observe(took.as_secs_f64());
     }
 
     /// A write to a database failed.
@@ -143,7 +160,7 @@ mod tests {
         metrics.invalid(2);
         metrics.counted(8);
         assert_eq!(metrics.waiting(), 8, "counted is not yet written");
-        metrics.commit_succeeded();
+        metrics.commit_succeeded(std::time::Duration::from_millis(3));
         metrics.committed_everywhere(8);
         assert_eq!(metrics.waiting(), 0);
         let text = metrics.render();
@@ -153,6 +170,9 @@ mod tests {
             "tlsrpt_collectd_datagrams_waiting 0",
             "tlsrpt_collectd_commits_total 1",
             "tlsrpt_collectd_commit_failures_total 0",
+            "tlsrpt_collectd_commit_duration_seconds_bucket{le=\"0.0025\"} 0",
+            "tlsrpt_collectd_commit_duration_seconds_bucket{le=\"0.005\"} 1",
+            "tlsrpt_collectd_commit_duration_seconds_count 1",
             "# TYPE tlsrpt_collectd_datagrams_total counter",
             "# TYPE tlsrpt_collectd_datagrams_waiting gauge",
         ] {
