@@ -209,6 +209,44 @@ fn migrate(client: &mut Client, url: &PgUrl) -> Result<()> {
     tx.commit().map_err(err)
 }
 
+/// For readers, which may not create anything (the fetcher's role only
+/// reads): the tables must be there, made by a collector, at the version
+/// this program knows.
+fn check_schema(client: &mut Client, url: &PgUrl) -> Result<()> {
+    let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+    let exists: bool = client
+        .query_one("SELECT to_regclass('mailtls_schema') IS NOT NULL", &[])
+        .map_err(|e| url.error(e))?
+        .get(0);
+    let version: i32 = if exists {
+        client
+            .query_opt(
+                "SELECT version FROM mailtls_schema WHERE component = $1",
+                &[&COMPONENT],
+            )
+            .map_err(|e| url.error(e))?
+            .map_or(0, |row| row.get(0))
+    } else {
+        0
+    };
+    match version {
+        0 => Err(PgError::Refused {
+            url: url.shown.clone(),
+            what: "the tlsrpt tables do not exist yet: start a collector with this storage first (it creates them)".into(),
+        }),
+        v if v > known => Err(PgError::NewerSchema {
+            url: url.shown.clone(),
+            found: v,
+            known,
+        }),
+        v if v < known => Err(PgError::Refused {
+            url: url.shown.clone(),
+            what: format!("the tlsrpt tables are at version {v}, older than this program's {known}: upgrade the collectors (they migrate the tables) first"),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// One collector's connection: writes its counters and ends its days.
 pub struct PgCollectorStore {
     url: PgUrl,
@@ -388,9 +426,11 @@ pub struct Completion {
 }
 
 impl PgDayReader {
+    /// Connects and checks the tables' version; it creates nothing, so the
+    /// reader's role may be one that can only read.
     pub fn connect(url: &PgUrl) -> Result<PgDayReader> {
         let mut client = url.connect()?;
-        migrate(&mut client, url)?;
+        check_schema(&mut client, url)?;
         Ok(PgDayReader {
             url: url.clone(),
             client,

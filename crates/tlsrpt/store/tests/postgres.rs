@@ -152,6 +152,51 @@ fn the_schema_is_made_once_and_a_newer_one_is_refused() {
 }
 
 #[test]
+fn collectors_and_the_fetcher_use_roles_of_their_own_as_the_readme_sets_them_up() {
+    let cluster = PgCluster::start();
+    // The README's set-up ("Fleets"), as a superuser.
+    for sql in [
+        "CREATE ROLE tlsrpt_collector LOGIN PASSWORD 'collector secret'",
+        "CREATE ROLE tlsrpt_fetcher LOGIN PASSWORD 'fetcher secret'",
+        "CREATE DATABASE tlsrpt OWNER tlsrpt_collector",
+    ] {
+        cluster.psql("postgres", sql);
+    }
+    cluster.psql(
+        "tlsrpt",
+        "ALTER DEFAULT PRIVILEGES FOR ROLE tlsrpt_collector IN SCHEMA public GRANT SELECT ON TABLES TO tlsrpt_fetcher",
+    );
+    let url = |role: &str, password: &str| {
+        PgUrl::parse(
+            &format!(
+                "postgresql://{role}:{}@127.0.0.1:{}/tlsrpt",
+                password.replace(' ', "%20"),
+                cluster.port
+            ),
+            None,
+        )
+        .unwrap()
+    };
+    let fetcher = url("tlsrpt_fetcher", "fetcher secret");
+    // Before any collector made the tables, the fetcher says what to do.
+    match PgDayReader::connect(&fetcher) {
+        Err(PgError::Refused { what, .. }) => assert!(what.contains("start a collector"), "{what}"),
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("read tables that do not exist"),
+    }
+    let day = Day::parse("2026-11-30").unwrap();
+    let mut mx1 =
+        PgCollectorStore::connect(&url("tlsrpt_collector", "collector secret"), "mx1").unwrap();
+    mx1.write(1, &aggregate(day, 1)).unwrap();
+    let mut reader = PgDayReader::connect(&fetcher).unwrap();
+    assert!(!reader.domains(day).unwrap().is_empty());
+    // The fetcher's role cannot change what it reads.
+    assert!(PgCollectorStore::connect(&fetcher, "intruder")
+        .and_then(|mut store| store.write(9, &aggregate(day, 1)))
+        .is_err());
+}
+
+#[test]
 fn the_password_comes_from_password_file_and_bad_urls_are_refused() {
     let cluster = PgCluster::start();
     cluster.create_database("tlsrpt");
@@ -163,6 +208,7 @@ fn the_password_comes_from_password_file_and_bad_urls_are_refused() {
     )
     .unwrap();
     let bare = format!("postgresql://postgres@127.0.0.1:{}/tlsrpt", cluster.port);
+    PgCollectorStore::connect(&PgUrl::parse(&bare, Some(&file)).unwrap(), "mx1").unwrap();
     PgDayReader::connect(&PgUrl::parse(&bare, Some(&file)).unwrap()).unwrap();
     // Without it the server refuses.
     assert!(PgDayReader::connect(&PgUrl::parse(&bare, None).unwrap()).is_err());
