@@ -91,6 +91,30 @@ class Cluster:
     def url(self):
         return f"postgresql://postgres:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{self.port}/tlsrpt"
 
+    def cpu_seconds(self):
+        """CPU time the server has used so far: the postmaster, its live
+        children, and the children it has reaped (backends of closed
+        connections)."""
+        with open(os.path.join(self.data, "postmaster.pid")) as f:
+            master = int(f.readline())
+        ticks = os.sysconf("SC_CLK_TCK")
+
+        def stat(pid):
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return int(fields[1]), [int(x) for x in fields[11:15]]
+
+        total = sum(stat(master)[1])
+        for pid in os.listdir("/proc"):
+            if pid.isdigit() and int(pid) != master:
+                try:
+                    ppid, times = stat(pid)
+                except (FileNotFoundError, ProcessLookupError, IndexError):
+                    continue
+                if ppid == master:
+                    total += times[0] + times[1]
+        return total / ticks
+
     def stop(self):
         try:
             self.run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
@@ -146,6 +170,7 @@ def run_fleet(kind, cluster, collectors, rate, seconds, work):
             assert time.time() < deadline, f"{sock} did not appear"
             time.sleep(0.02)
     results = [None] * collectors
+    cpu_before = cluster.cpu_seconds()
 
     def load(i):
         out = subprocess.run(
@@ -165,6 +190,7 @@ def run_fleet(kind, cluster, collectors, rate, seconds, work):
         p.send_signal(signal.SIGTERM)
     for p in procs:
         p.wait(timeout=60)
+    server_cpu = cluster.cpu_seconds() - cpu_before
     if kind == "postgresql":
         counted = int(cluster.psql("tlsrpt", "SELECT coalesce(sum(total), 0) FROM tlsrpt_results"))
         cluster.psql("tlsrpt", "TRUNCATE tlsrpt_results, tlsrpt_failures, tlsrpt_batches")
@@ -178,7 +204,8 @@ def run_fleet(kind, cluster, collectors, rate, seconds, work):
     accepted = sum(r["accepted"] for r in results)
     mean, p99, commits = commit_latency(texts)
     return {"kind": kind, "sent": sent, "accepted": accepted, "counted": counted,
-            "lost": accepted - counted, "commits": commits, "mean_commit": mean, "p99_commit": p99}
+            "lost": accepted - counted, "commits": commits, "mean_commit": mean, "p99_commit": p99,
+            "server_cpu": server_cpu if kind == "postgresql" else None}
 
 
 def time_bulk(storage, day, reps):
@@ -233,6 +260,11 @@ def main():
             p99 = f"{r['p99_commit'] * 1000:.0f} ms" if r["p99_commit"] is not None else "-"
             print(f"| {r['kind']} | {r['sent']} | {r['accepted']} | {r['counted']} | {r['lost']} | "
                   f"{r['commits']} | {mean} | {p99} |")
+        pg = rows[0]
+        per_core = pg["counted"] / pg["server_cpu"] if pg["server_cpu"] else float("inf")
+        print(f"\nPostgreSQL server CPU for the run: {pg['server_cpu']:.1f} s for {pg['counted']} datagrams "
+              f"in {pg['commits']} commits: one server core takes about {per_core:,.0f} datagrams/s "
+              f"at this commit size ({pg['counted'] / max(1, pg['commits']):,.0f} datagrams a commit)")
         day = reportd.utc_yesterday()
         t = time.monotonic()
         load_day_into_postgresql(cluster, args.domains, day)
