@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use tlsrpt_reportd::config::{check_options, ReportdOptions};
 use tlsrpt_reportd::fetch::Fetcher;
+use tlsrpt_store::postgres::{CollectorStatus, PgDayReader};
 
 use super::collectd::{self, CollectdOptions};
 use super::posttls::{self, PosttlsOptions};
@@ -534,6 +535,11 @@ pub struct CollectorFacts {
     pub completed_day: Option<Result<Option<Day>, String>>,
     /// The UTC day of the check.
     pub today: Option<Day>,
+    /// With a postgresql:// storage: the fleet's collectors of the last
+    /// days, or why the database cannot be read.
+    pub fleet: Option<Result<Vec<CollectorStatus>, String>>,
+    /// This collector's name in the fleet.
+    pub collector_name: String,
 }
 
 /// Type, owner and mode of a file (the socket, the link key, a database).
@@ -601,6 +607,26 @@ impl CollectorFacts {
         facts.max_dgram_qlen = std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen")
             .ok()
             .and_then(|text| text.trim().parse().ok());
+        facts.collector_name = match options.collector_name.as_str() {
+            "" => mailtls_common::host_name(),
+            name => name.to_string(),
+        };
+        let password_file = Some(&options.password_file)
+            .filter(|f| !f.is_empty())
+            .map(Path::new);
+        if let Ok(storages) = tlsrpt_store::parse_storages(&options.storage, password_file) {
+            if let Some(url) = storages.iter().find_map(|s| match s {
+                tlsrpt_store::Storage::Postgres(url) => Some(url),
+                tlsrpt_store::Storage::Sqlite(_) => None,
+            }) {
+                let today = facts.today.expect("set above");
+                facts.fleet = Some(
+                    PgDayReader::connect(url)
+                        .and_then(|mut db| db.collector_status(today, 7))
+                        .map_err(|e| e.to_string()),
+                );
+            }
+        }
         if let Ok(storage) = tlsrpt_store::parse_storage_list(&options.storage) {
             if let Some(url) = storage.first() {
                 let yesterday = tlsrpt_store::yesterday_path(&url.path);
@@ -749,6 +775,66 @@ pub fn judge_collector(facts: &CollectorFacts, postfix: &PostfixFacts) -> Vec<Fi
             "start tlsrpt-collectd once: it creates its databases",
         )),
         None => {}
+    }
+    findings.extend(judge_fleet(facts));
+    findings
+}
+
+/// A postgresql:// storage: reachable, and this collector (and every
+/// other) ending its days, without which the fleet's day stays
+/// incomplete until the fetcher's `day_end_grace`.
+pub fn judge_fleet(facts: &CollectorFacts) -> Vec<Finding> {
+    const AREA: &str = "collector";
+    let (Some(fleet), Some(today)) = (&facts.fleet, facts.today) else {
+        return Vec::new();
+    };
+    let statuses = match fleet {
+        Ok(statuses) => statuses,
+        Err(why) => {
+            return vec![Finding::error(
+                AREA,
+                format!("the fleet's PostgreSQL storage cannot be read: {why}"),
+                "check storage= and password_file in the collector's configuration, and that the server admits this host (pg_hba.conf)",
+            )]
+        }
+    };
+    let mut findings = vec![Finding::ok(
+        AREA,
+        format!(
+            "the fleet's PostgreSQL storage answers; collectors of the last 7 days: {}",
+            if statuses.is_empty() {
+                "none yet".to_string()
+            } else {
+                statuses
+                    .iter()
+                    .map(|s| s.collector.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ),
+    )];
+    for status in statuses {
+        let unended = status.newest_counted < today
+            && status
+                .newest_ended
+                .is_none_or(|ended| ended < status.newest_counted);
+        if unended {
+            let this = status.collector == facts.collector_name;
+            findings.push(Finding::warning(
+                AREA,
+                format!(
+                    "collector {} counted on {} but has not ended that day{}: the fleet's reports of it wait for day_end_grace",
+                    status.collector,
+                    status.newest_counted,
+                    if this { " (this host's collector)" } else { "" }
+                ),
+                if this {
+                    "check that tlsrpt-collectd runs here and reaches the database (its log says why a write failed)".to_string()
+                } else {
+                    format!("check tlsrpt-collectd on the host of collector {}", status.collector)
+                },
+            ));
+        }
     }
     findings
 }

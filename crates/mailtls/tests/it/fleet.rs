@@ -116,6 +116,52 @@ fn a_fleet_of_collectors_in_postgresql_answers_as_one_collector_would() {
         list.starts_with("TLSRPT FETCHER v1devel-c domain list\n\n"),
         "{list}"
     );
+    // `mailtls check` on an MTA of the fleet names the collector that holds
+    // the day up.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("collectd.cfg");
+    std::fs::write(
+        &cfg,
+        // configparser's interpolation: a % of the URL is written %%.
+        format!(
+            "[tlsrpt_collectd]\nstorage = {}\ncollector_name = mx1\nsocketname = /nonexistent/s\n",
+            pg.replace('%', "%%")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::mailtls_bin())
+        .args(["check", "tlsrpt", "--json"])
+        .arg(format!("--collectd_config={}", cfg.display()))
+        .arg(format!(
+            "--reportd_config={}",
+            dir.path().join("none.cfg").display()
+        ))
+        .output()
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let messages: Vec<&str> = answer["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        messages.iter().any(|m| m
+            .contains("PostgreSQL storage answers; collectors of the last 7 days: mx1, mx2, mx3")),
+        "{messages:#?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.starts_with(&format!(
+            "collector mx3 counted on {day} but has not ended that day"
+        ))),
+        "{messages:#?}"
+    );
+    assert!(
+        !messages
+            .iter()
+            .any(|m| m.starts_with("collector mx1 counted")),
+        "{messages:#?}"
+    );
     cluster.psql(
         "tlsrpt",
         &format!("INSERT INTO tlsrpt_day_ends (collector, day) VALUES ('mx3', '{day}')"),

@@ -416,6 +416,14 @@ pub struct PgDayReader {
     client: Client,
 }
 
+/// What one collector of the fleet has done lately.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectorStatus {
+    pub collector: String,
+    pub newest_counted: Day,
+    pub newest_ended: Option<Day>,
+}
+
 /// Why a day is taken as complete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completion {
@@ -613,6 +621,29 @@ impl PgDayReader {
             visit(&domain, &policy_rows, &failure_rows).map_err(crate::VisitError::Visitor)?;
         }
         Ok(())
+    }
+
+    /// Every collector with counters in the last `days` days before
+    /// `today`: its newest day with counters and its newest ended day.
+    pub fn collector_status(&mut self, today: Day, days: i32) -> Result<Vec<CollectorStatus>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT r.collector, max(r.day),
+                        (SELECT max(e.day) FROM tlsrpt_day_ends e WHERE e.collector = r.collector)
+                   FROM tlsrpt_results r WHERE r.day >= $1::date - $2::int AND r.day <= $1
+                  GROUP BY r.collector ORDER BY r.collector",
+                &[&today.date(), &days],
+            )
+            .map_err(|e| self.url.error(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| CollectorStatus {
+                collector: r.get(0),
+                newest_counted: Day::from(r.get::<_, NaiveDate>(1)),
+                newest_ended: r.get::<_, Option<NaiveDate>>(2).map(Day::from),
+            })
+            .collect())
     }
 
     /// The collectors that wrote to `day`, sorted.
