@@ -4,6 +4,7 @@
 //! the day is complete only when every collector has ended it; a
 //! PostgreSQL restart in the middle of a load loses nothing.
 
+use crate::support::reportd::{reportd_bin, Reportd};
 use crate::support::{self, Collector};
 
 use std::time::Duration;
@@ -186,6 +187,37 @@ fn a_fleet_of_collectors_in_postgresql_answers_as_one_collector_would() {
         fetch(&pg, &[&day, "--bulk"]),
         fetch(&sqlite, &[&day, "--bulk"])
     );
+
+    // The report daemon reading PostgreSQL in-process (a postgresql://
+    // fetcher entry) makes the reports one fed by the SQLite collector's
+    // fetcher makes.
+    let reports = |fetchers: &str| {
+        let mut reportd = Reportd::prepare(&reportd_bin(), fetchers, &[]);
+        let map = reportd.write_file("record.map", ". REPLACE directory:OUTDIR\n");
+        let mut config = std::fs::read_to_string(&reportd.config).unwrap();
+        config.push_str(&format!("tlsrpt_record_map = {}\n", map.display()));
+        std::fs::write(&reportd.config, config).unwrap();
+        reportd.start();
+        reportd.wait_for(60, "every destination recorded as sent", |r| {
+            r.try_query("SELECT count(*) FROM destinations WHERE status = 'sent'")
+                .is_ok_and(|n| n[0] != "0")
+                && r.try_query("SELECT count(*) FROM destinations WHERE status IS NOT 'sent'")
+                    .ok()
+                    == Some(vec!["0".into()])
+        });
+        let log = reportd.log_text();
+        assert!(reportd.terminate().success(), "{log}");
+        (Reportd::reports_in(&reportd.out), log)
+    };
+    let (from_postgresql, log) =
+        reports(&format!("{} --day_end_grace 259200", pg.replace('%', "%%")));
+    assert!(log.contains("in one bulk answer"), "{log}");
+    let (from_sqlite, _) = reports(&format!(
+        "{} --storage {sqlite}",
+        support::fetcher_bin().display()
+    ));
+    assert!(!from_sqlite.is_empty());
+    assert_eq!(from_postgresql, from_sqlite);
     for collector in [&mut mx1, &mut mx2, &mut all] {
         assert!(collector.terminate().success(), "{}", collector.log_text());
     }

@@ -12,6 +12,13 @@
 //! time limit after which the command's whole process group is killed (an
 //! `ssh` to a dead host must not stall the daemon), a bounded output, and
 //! its exit status checked.
+//!
+//! A fetcher entry that is a `postgresql://` URL (mailtls extension:
+//! `postgresql://USER@HOST/DB [--password_file FILE] [--day_end_grace
+//! SECONDS]`, the arguments of `tlsrpt-fetcher` without the program) is
+//! read in this process from a fleet's shared store: the answer is the same
+//! bytes `tlsrpt-fetcher --storage URL` would print, so the rest of the
+//! daemon cannot tell the difference.
 
 use mailtls_common::day::Day;
 use std::time::Duration;
@@ -19,6 +26,7 @@ use std::time::Duration;
 use mailtls_common::process::{Ending, Keep, Run};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
+use tlsrpt_store::postgres::{PgDayReader, PgUrl};
 
 /// The first line of a v1 domain list.
 pub const VERSION_LINE_V1: &str = "TLSRPT FETCHER v1devel-c domain list";
@@ -107,18 +115,39 @@ pub enum BulkAnswer {
     RetryLater(String),
 }
 
-/// One configured fetcher command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One configured fetcher.
+#[derive(Debug, Clone)]
 pub struct Fetcher {
-    words: Vec<String>,
+    source: Source,
 }
+
+#[derive(Debug, Clone)]
+enum Source {
+    /// A command, split on whitespace as upstream does.
+    Command(Vec<String>),
+    /// A fleet's PostgreSQL store, read in this process; a URL or option
+    /// that cannot be used is kept as the reason every fetch fails with.
+    Postgres {
+        url: Result<Box<PgUrl>, String>,
+        grace: Duration,
+    },
+}
+
+/// `tlsrpt-fetcher`'s default `day_end_grace`.
+const DEFAULT_DAY_END_GRACE: Duration = Duration::from_secs(7200);
 
 impl Fetcher {
     /// The command split on whitespace; `None` when it names no program
     /// (upstream refuses to start with an empty fetcher).
     pub fn new(configured: &str) -> Option<Fetcher> {
         let words: Vec<String> = configured.split_whitespace().map(str::to_owned).collect();
-        (!words.is_empty()).then_some(Fetcher { words })
+        let first = words.first()?;
+        let source = if first.starts_with("postgresql://") || first.starts_with("postgres://") {
+            postgres_source(&words)
+        } else {
+            Source::Command(words)
+        };
+        Some(Fetcher { source })
     }
 
     /// The domain list of `day`.
@@ -176,33 +205,146 @@ impl Fetcher {
         clock_findings(&header, now(), max_timediff)
     }
 
-    /// Runs the command with `args` appended; its standard output, or why
-    /// there is none worth reading.
+    /// Runs the fetcher with `args`; its standard output, or why there is
+    /// none worth reading.
     fn run(&self, args: &[String], limits: Limits) -> Result<Vec<u8>, String> {
-        let name = self.words.join(" ");
-        let mut run = Run::new(&self.words[0], limits.timeout)
-            .args(&self.words[1..])
-            .args(args)
-            .stdout(Keep::AtMost(limits.max_output))
-            .stderr(Keep::Tail(STDERR_TAIL_BYTES));
-        if let Some(idle) = limits.idle_timeout {
-            run = run.idle_timeout(idle);
-        }
-        let finished = run
-            .run()
-            .map_err(|err| format!("cannot start `{name}`: {err}"))?;
-        let errors = match finished.stderr_line() {
-            line if line.is_empty() => line,
-            line => format!(": {line}"),
-        };
-        match (&finished.ending, finished.output_error) {
-            (ending, _) if !matches!(ending, Ending::Exited(_)) => {
-                Err(format!("`{name}` {ending}{errors}"))
+        match &self.source {
+            Source::Command(words) => run_command(words, args, limits),
+            Source::Postgres { url, grace } => {
+                let url = url.as_ref().map_err(Clone::clone)?;
+                let output = answer_from_postgres(url, *grace, args, limits)?;
+                if output.len() > limits.max_output {
+                    return Err(format!(
+                        "the answer from {} is larger than {} bytes",
+                        url.shown(),
+                        limits.max_output
+                    ));
+                }
+                Ok(output)
             }
-            (_, Some(err)) => Err(format!("cannot read the output of `{name}`: {err}")),
-            (ending, None) if ending.success() => Ok(finished.stdout),
-            (ending, None) => Err(format!("`{name}` {ending}{errors}")),
         }
+    }
+}
+
+/// A `postgresql://` fetcher entry with `tlsrpt-fetcher`'s options.
+fn postgres_source(words: &[String]) -> Source {
+    let mut password_file = None;
+    let mut grace = DEFAULT_DAY_END_GRACE;
+    let mut problem = None;
+    let mut rest = words[1..].iter();
+    while let Some(word) = rest.next() {
+        let (name, value) = match word.split_once('=') {
+            Some((name, value)) => (name, Some(value.to_string())),
+            None => (word.as_str(), rest.next().cloned()),
+        };
+        match (name, value) {
+            ("--password_file", Some(file)) => password_file = Some(file),
+            ("--day_end_grace", Some(seconds)) => match seconds.parse::<u64>() {
+                Ok(seconds) => grace = Duration::from_secs(seconds),
+                Err(_) => {
+                    problem = Some(format!(
+                        "--day_end_grace {seconds:?} is not a number of seconds"
+                    ))
+                }
+            },
+            _ => {
+                problem = Some(format!(
+                    "{word:?} is not --password_file FILE or --day_end_grace SECONDS"
+                ))
+            }
+        }
+    }
+    let url = match problem {
+        Some(problem) => Err(format!("fetcher {}: {problem}", words[0])),
+        None => PgUrl::parse(
+            &words[0],
+            password_file.as_deref().map(std::path::Path::new),
+        )
+        .map(Box::new)
+        .map_err(|e| e.to_string()),
+    };
+    Source::Postgres { url, grace }
+}
+
+/// What `tlsrpt-fetcher --storage URL ARGS` would print, read here.
+fn answer_from_postgres(
+    url: &PgUrl,
+    grace: Duration,
+    args: &[String],
+    limits: Limits,
+) -> Result<Vec<u8>, String> {
+    let fail = |e: &dyn std::fmt::Display| e.to_string();
+    let day = |text: &str| Day::parse(text).map_err(|e| fail(&e));
+    let mut reader =
+        PgDayReader::connect(&url.with_statement_timeout(limits.timeout)).map_err(|e| fail(&e))?;
+    let now = Utc::now();
+    let mut completed = || -> Result<Option<Day>, String> {
+        let completion = reader.completed_day(now, grace).map_err(|e| fail(&e))?;
+        if let Some(c) = completion.as_ref().filter(|c| !c.given_up.is_empty()) {
+            log::warn!(
+                "day {} taken as complete without the day end of collector(s) {}: {} s have passed since the day's end",
+                c.day,
+                c.given_up.join(", "),
+                grace.as_secs()
+            );
+        }
+        Ok(completion.map(|c| c.day))
+    };
+    let mut out = Vec::new();
+    match args {
+        [flag, d] if flag == "--bulk" => {
+            let d = day(d)?;
+            let completed = completed()?;
+            tlsrpt_fetcher::write_bulk_header(&mut out, now, completed).map_err(|e| fail(&e))?;
+            reader
+                .for_each_domain(d, |domain, policies, failures| {
+                    tlsrpt_fetcher::write_bulk_domain(&mut out, domain, policies, failures)
+                })
+                .map_err(|e| fail(&e))?;
+            tlsrpt_fetcher::write_bulk_end(&mut out).map_err(|e| fail(&e))?;
+        }
+        [d] => {
+            let d = day(d)?;
+            let completed = completed()?;
+            let domains = reader.domains(d).map_err(|e| fail(&e))?;
+            tlsrpt_fetcher::write_domain_list(&mut out, now, completed, &domains)
+                .map_err(|e| fail(&e))?;
+        }
+        [d, domain] => {
+            let (policies, failures) = reader.details(day(d)?, domain).map_err(|e| fail(&e))?;
+            out = tlsrpt_fetcher::render_details(domain, &policies, &failures).into_bytes();
+        }
+        other => return Err(format!("no such fetcher request: {other:?}")),
+    }
+    Ok(out)
+}
+
+/// Runs the command `words` with `args` appended; its standard output, or
+/// why there is none worth reading.
+fn run_command(words: &[String], args: &[String], limits: Limits) -> Result<Vec<u8>, String> {
+    let name = words.join(" ");
+    let mut run = Run::new(&words[0], limits.timeout)
+        .args(&words[1..])
+        .args(args)
+        .stdout(Keep::AtMost(limits.max_output))
+        .stderr(Keep::Tail(STDERR_TAIL_BYTES));
+    if let Some(idle) = limits.idle_timeout {
+        run = run.idle_timeout(idle);
+    }
+    let finished = run
+        .run()
+        .map_err(|err| format!("cannot start `{name}`: {err}"))?;
+    let errors = match finished.stderr_line() {
+        line if line.is_empty() => line,
+        line => format!(": {line}"),
+    };
+    match (&finished.ending, finished.output_error) {
+        (ending, _) if !matches!(ending, Ending::Exited(_)) => {
+            Err(format!("`{name}` {ending}{errors}"))
+        }
+        (_, Some(err)) => Err(format!("cannot read the output of `{name}`: {err}")),
+        (ending, None) if ending.success() => Ok(finished.stdout),
+        (ending, None) => Err(format!("`{name}` {ending}{errors}")),
     }
 }
 
@@ -503,13 +645,57 @@ fi
 
     #[test]
     fn the_command_is_split_on_white_space_only() {
-        assert_eq!(Fetcher::new(" \t "), None);
-        assert_eq!(
-            Fetcher::new("ssh  'host one' tlsrpt-fetcher")
-                .unwrap()
-                .words,
-            ["ssh", "'host", "one'", "tlsrpt-fetcher"]
-        );
+        assert!(Fetcher::new(" \t ").is_none());
+        match Fetcher::new("ssh  'host one' tlsrpt-fetcher")
+            .unwrap()
+            .source
+        {
+            Source::Command(words) => assert_eq!(words, ["ssh", "'host", "one'", "tlsrpt-fetcher"]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_postgresql_fetcher_takes_the_fetchers_options_and_says_what_is_wrong() {
+        match Fetcher::new("postgresql://f@db.example/tlsrpt --day_end_grace=60")
+            .unwrap()
+            .source
+        {
+            Source::Postgres {
+                url: Ok(url),
+                grace,
+            } => {
+                assert_eq!(url.shown(), "postgresql://f@db.example/tlsrpt");
+                assert_eq!(grace, Duration::from_secs(60));
+            }
+            other => panic!("{other:?}"),
+        }
+        for (entry, problem) in [
+            (
+                "postgresql://f@db.example/tlsrpt --day_end_grace soon",
+                "not a number",
+            ),
+            (
+                "postgresql://f@db.example/tlsrpt --verbose",
+                "is not --password_file",
+            ),
+            (
+                "postgresql://f@db.example/tlsrpt --password_file /nonexistent/pw",
+                "password_file",
+            ),
+            ("postgresql://db.example", "no database name"),
+        ] {
+            let fetcher = Fetcher::new(entry).unwrap();
+            let reason = retry_reason(fetcher.domain_list(
+                Day::from_ymd(2026, 11, 30),
+                Limits {
+                    timeout: Duration::from_secs(1),
+                    max_output: 100,
+                    idle_timeout: None,
+                },
+            ));
+            assert!(reason.contains(problem), "{entry}: {reason}");
+        }
     }
 
     fn retry_reason(answer: ListAnswer) -> String {

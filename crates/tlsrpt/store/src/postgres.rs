@@ -127,6 +127,17 @@ impl PgUrl {
         Ok(PgUrl { shown, config })
     }
 
+    /// The same URL, with each statement of its connections limited to
+    /// `limit` (the report daemon's fetch time limit for in-process reads).
+    pub fn with_statement_timeout(&self, limit: Duration) -> PgUrl {
+        let mut url = self.clone();
+        url.config
+            .options(&format!("-c statement_timeout={}", limit.as_millis()));
+        url.config
+            .connect_timeout(limit.min(Duration::from_secs(10)));
+        url
+    }
+
     /// The URL without its password.
     pub fn shown(&self) -> &str {
         &self.shown
