@@ -20,6 +20,8 @@ pub const PASSWORD: &str = "mailtls test password";
 pub struct PgCluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
+    /// With TLS: the server's certificate and key files.
+    tls: Option<(PathBuf, PathBuf)>,
     /// The uid and gid the server runs as, when not the test's own.
     owner: Option<(u32, u32)>,
     pub port: u16,
@@ -70,6 +72,17 @@ fn server_owner() -> Option<(u32, u32)> {
 impl PgCluster {
     /// A new cluster, started.
     pub fn start() -> PgCluster {
+        PgCluster::start_with(false).0
+    }
+
+    /// A new cluster that also offers TLS, with a certificate for
+    /// 127.0.0.1 from a throwaway CA; the CA's PEM file, for the client.
+    pub fn start_tls() -> (PgCluster, PathBuf) {
+        let (cluster, ca) = PgCluster::start_with(true);
+        (cluster, ca.expect("made with TLS"))
+    }
+
+    fn start_with(tls: bool) -> (PgCluster, Option<PathBuf>) {
         let bin = server_bin_dir();
         let owner = server_owner();
         let dir = tempfile::Builder::new()
@@ -84,9 +97,24 @@ impl PgCluster {
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(&password_file, Some(uid), Some(gid)).unwrap();
         }
+        let (tls, ca_file) = if tls {
+            let ca = crate::tls::TestCa::new(dir.path());
+            if let Some((uid, gid)) = owner {
+                for file in [&ca.server_cert_file, &ca.server_key_file] {
+                    std::os::unix::fs::chown(file, Some(uid), Some(gid)).unwrap();
+                }
+            }
+            (
+                Some((ca.server_cert_file, ca.server_key_file)),
+                Some(ca.ca_file),
+            )
+        } else {
+            (None, None)
+        };
         let cluster = PgCluster {
             bin,
             owner,
+            tls,
             port: crate::free_port(),
             dir,
         };
@@ -109,7 +137,7 @@ impl PgCluster {
             "initdb",
         );
         cluster.start_server();
-        cluster
+        (cluster, ca_file)
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -153,11 +181,18 @@ impl PgCluster {
 
     /// Starts the server (again) and waits until it takes connections.
     pub fn start_server(&self) {
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
             self.socket_dir().display()
         );
+        if let Some((cert, key)) = &self.tls {
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            ));
+        }
         self.checked(
             self.server_command("pg_ctl")
                 .arg("-D")

@@ -15,6 +15,10 @@ use rustls::ServerConfig;
 pub struct TestCa {
     /// The CA certificate, PEM.
     pub ca_file: PathBuf,
+    /// The server's certificate and key, PEM, for servers that read files
+    /// (PostgreSQL's `ssl_cert_file`, `ssl_key_file`).
+    pub server_cert_file: PathBuf,
+    pub server_key_file: PathBuf,
     pub server_config: Arc<ServerConfig>,
 }
 
@@ -37,6 +41,12 @@ impl TestCa {
 
         let ca_file = directory.join("test-ca.pem");
         std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+        let server_cert_file = directory.join("test-server.pem");
+        std::fs::write(&server_cert_file, server_cert.pem()).unwrap();
+        let server_key_file = directory.join("test-server.key");
+        std::fs::write(&server_key_file, server_key.serialize_pem()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&server_key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let server_config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -49,6 +59,8 @@ impl TestCa {
             .unwrap();
         TestCa {
             ca_file,
+            server_cert_file,
+            server_key_file,
             server_config: Arc::new(server_config),
         }
     }

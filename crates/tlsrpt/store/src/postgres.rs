@@ -80,13 +80,23 @@ pub enum PgError {
 type Result<T> = std::result::Result<T, PgError>;
 
 /// A `postgresql://` URL (libpq's URI syntax: user, password, host, port,
-/// database, `?sslmode=`, `?host=/socket/dir`) and, if configured, the file
-/// holding the password, so that it need not be in the configuration.
+/// database, `?sslmode=`, `?sslrootcert=FILE`, `?host=/socket/dir`) and, if
+/// configured, the file holding the password, so that it need not be in
+/// the configuration.
+///
+/// TLS: with `sslmode=prefer` (the default) TLS is used when the server
+/// offers it, with `require` it must be; either way the server's
+/// certificate is verified, against `sslrootcert` or the system's roots,
+/// and must name the host (stricter than libpq, whose `require` checks
+/// nothing). `disable` never uses TLS (a Unix socket, a private network).
 #[derive(Clone)]
 pub struct PgUrl {
     /// The URL without its password, for messages.
     shown: String,
     config: postgres::Config,
+    /// `sslrootcert`: the CA to verify the server with instead of the
+    /// system's.
+    root_cert: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for PgUrl {
@@ -107,6 +117,7 @@ impl PgUrl {
         if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
             return Err(bad("not a postgresql:// URL".into()));
         }
+        let (url, root_cert) = take_query_parameter(url, "sslrootcert");
         let mut config: postgres::Config = url
             .parse()
             .map_err(|e: postgres::Error| bad(e.to_string()))?;
@@ -124,7 +135,15 @@ impl PgUrl {
         }
         config.application_name("mailtls");
         config.connect_timeout(Duration::from_secs(10));
-        Ok(PgUrl { shown, config })
+        let root_cert = root_cert
+            .map(|file| mailtls_common::percent::decode(&file).map_err(|e| bad(e.to_string())))
+            .transpose()?
+            .map(std::path::PathBuf::from);
+        Ok(PgUrl {
+            shown,
+            config,
+            root_cert,
+        })
     }
 
     /// The same URL, with each statement of its connections limited to
@@ -144,11 +163,50 @@ impl PgUrl {
     }
 
     fn connect(&self) -> Result<Client> {
-        // TLS (sslmode=require) is not supported yet: the URL's sslmode
-        // must allow a plain connection (disable or prefer).
+        if self.config.get_ssl_mode() == postgres::config::SslMode::Disable {
+            return self
+                .config
+                .connect(NoTls)
+                .map_err(|source| self.error(source));
+        }
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls_config()?);
         self.config
-            .connect(NoTls)
+            .connect(tls)
             .map_err(|source| self.error(source))
+    }
+
+    /// The TLS client: the server verified against `sslrootcert` or the
+    /// system's roots.
+    fn tls_config(&self) -> Result<rustls::ClientConfig> {
+        let refused = |what: String| PgError::Refused {
+            url: self.shown.clone(),
+            what,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.root_cert {
+            Some(file) => {
+                use rustls_pki_types::pem::PemObject;
+                let certs = rustls_pki_types::CertificateDer::pem_file_iter(file)
+                    .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+                    .map_err(|e| refused(format!("sslrootcert {}: {e}", file.display())))?;
+                for cert in certs {
+                    roots
+                        .add(cert)
+                        .map_err(|e| refused(format!("sslrootcert {}: {e}", file.display())))?;
+                }
+            }
+            None => {
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| refused(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth())
     }
 
     fn error(&self, source: postgres::Error) -> PgError {
@@ -157,6 +215,31 @@ impl PgUrl {
             source,
         }
     }
+}
+
+/// `url` without the query parameter `name`, and its value: for the
+/// parameters libpq knows and the client library does not.
+fn take_query_parameter(url: &str, name: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let mut value = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.split_once('=') {
+            Some((key, v)) if key == name => {
+                value = Some(v.to_string());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (url, value)
 }
 
 /// `url` with the password between `:` and `@` of its user part replaced.

@@ -234,3 +234,58 @@ fn the_password_comes_from_password_file_and_bad_urls_are_refused() {
         Err(PgError::PasswordFile { .. })
     ));
 }
+
+#[test]
+fn tls_is_used_when_offered_and_the_server_is_always_verified() {
+    let (cluster, ca) = PgCluster::start_tls();
+    cluster.create_database("tlsrpt");
+    let base = format!(
+        "postgresql://postgres:{}@127.0.0.1:{}/tlsrpt",
+        mailtls_test_support::postgres::PASSWORD.replace(' ', "%20"),
+        cluster.port
+    );
+    let tls_sessions = || {
+        cluster.psql(
+            "tlsrpt",
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+              WHERE a.application_name = 'mailtls' AND s.ssl",
+        )
+    };
+    // Required, and verified against the CA the URL names.
+    let url = PgUrl::parse(
+        &format!("{base}?sslmode=require&sslrootcert={}", ca.display()),
+        None,
+    )
+    .unwrap();
+    let store = PgCollectorStore::connect(&url, "mx1").unwrap();
+    assert_eq!(tls_sessions(), "1");
+    drop(store);
+    // Offered by the server and used by default (prefer), verified too.
+    let url = PgUrl::parse(&format!("{base}?sslrootcert={}", ca.display()), None).unwrap();
+    let _reader = PgDayReader::connect(&url).unwrap();
+    // A server whose certificate no trusted CA signed is refused, required
+    // or preferred (libpq's require would take it).
+    for mode in ["require", "prefer"] {
+        let url = PgUrl::parse(&format!("{base}?sslmode={mode}"), None).unwrap();
+        match PgDayReader::connect(&url) {
+            Err(e) => assert!(format!("{e:?}").contains("UnknownIssuer"), "{e:?}"),
+            Ok(_) => panic!("sslmode={mode}: an unverified server was accepted"),
+        }
+    }
+    // Without TLS when told so.
+    let url = PgUrl::parse(&format!("{base}?sslmode=disable"), None).unwrap();
+    PgDayReader::connect(&url).unwrap();
+    // A CA file that is not there is said so.
+    let url = PgUrl::parse(
+        &format!("{base}?sslmode=require&sslrootcert=/nonexistent/ca.pem"),
+        None,
+    )
+    .unwrap();
+    match PgDayReader::connect(&url) {
+        Err(PgError::Refused { what, .. }) => {
+            assert!(what.contains("/nonexistent/ca.pem"), "{what}")
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("connected without its CA file"),
+    }
+}
