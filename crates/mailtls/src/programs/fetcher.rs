@@ -212,20 +212,7 @@ impl DayReader {
     ) -> Result<Option<Day>, StoreError> {
         match self {
             DayReader::Sqlite(db) => db.completed_day(),
-            DayReader::Postgres(db, grace) => {
-                let completion = db.completed_day(now, *grace)?;
-                if let Some(c) = &completion {
-                    if !c.given_up.is_empty() {
-                        log::warn!(
-                            "day {} taken as complete without the day end of collector(s) {}: {} s have passed since the day's end (day_end_grace)",
-                            c.day,
-                            c.given_up.join(", "),
-                            grace.as_secs()
-                        );
-                    }
-                }
-                Ok(completion.map(|c| c.day))
-            }
+            DayReader::Postgres(db, grace) => Ok(db.completed_day_logged(now, *grace)?),
         }
     }
 

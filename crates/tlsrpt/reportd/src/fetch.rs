@@ -278,17 +278,10 @@ fn answer_from_postgres(
     let mut reader =
         PgDayReader::connect(&url.with_statement_timeout(limits.timeout)).map_err(|e| fail(&e))?;
     let now = Utc::now();
-    let mut completed = || -> Result<Option<Day>, String> {
-        let completion = reader.completed_day(now, grace).map_err(|e| fail(&e))?;
-        if let Some(c) = completion.as_ref().filter(|c| !c.given_up.is_empty()) {
-            log::warn!(
-                "day {} taken as complete without the day end of collector(s) {}: {} s have passed since the day's end",
-                c.day,
-                c.given_up.join(", "),
-                grace.as_secs()
-            );
-        }
-        Ok(completion.map(|c| c.day))
+    let mut completed = || {
+        reader
+            .completed_day_logged(now, grace)
+            .map_err(|e| fail(&e))
     };
     let mut out = Vec::new();
     match args {

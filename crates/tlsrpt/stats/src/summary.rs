@@ -40,10 +40,15 @@ impl DomainDay {
 
     /// Failed sessions per session, 0 for none.
     pub fn failure_rate(&self) -> f64 {
-        match self.sessions() {
-            0 => 0.0,
-            n => self.failed as f64 / n as f64,
-        }
+        failure_rate(self.failed, self.sessions())
+    }
+}
+
+/// `failed` of `sessions`, 0 for no sessions.
+pub fn failure_rate(failed: u64, sessions: u64) -> f64 {
+    match sessions {
+        0 => 0.0,
+        n => failed as f64 / n as f64,
     }
 }
 
@@ -151,10 +156,7 @@ impl DaySummary {
     }
 
     pub fn failure_rate(&self) -> f64 {
-        match self.sessions() {
-            0 => 0.0,
-            n => self.failed as f64 / n as f64,
-        }
+        failure_rate(self.failed, self.sessions())
     }
 }
 
@@ -224,25 +226,25 @@ impl Sort {
     }
 
     pub fn apply(self, domains: &mut [DomainDay]) {
+        domains.sort_by(|a, b| self.compare(a, b));
+    }
+
+    /// The order of two domains: the worse first, ties by name.
+    pub fn compare(self, a: &DomainDay, b: &DomainDay) -> std::cmp::Ordering {
+        let by_name = || a.domain.cmp(&b.domain);
         match self {
-            Sort::Failed => domains.sort_by(|a, b| {
-                b.failed
-                    .cmp(&a.failed)
-                    .then(b.failure_rate().total_cmp(&a.failure_rate()))
-                    .then_with(|| a.domain.cmp(&b.domain))
-            }),
-            Sort::Rate => domains.sort_by(|a, b| {
-                b.failure_rate()
-                    .total_cmp(&a.failure_rate())
-                    .then(b.failed.cmp(&a.failed))
-                    .then_with(|| a.domain.cmp(&b.domain))
-            }),
-            Sort::Sessions => domains.sort_by(|a, b| {
-                b.sessions()
-                    .cmp(&a.sessions())
-                    .then_with(|| a.domain.cmp(&b.domain))
-            }),
-            Sort::Domain => domains.sort_by(|a, b| a.domain.cmp(&b.domain)),
+            Sort::Failed => b
+                .failed
+                .cmp(&a.failed)
+                .then(b.failure_rate().total_cmp(&a.failure_rate()))
+                .then_with(by_name),
+            Sort::Rate => b
+                .failure_rate()
+                .total_cmp(&a.failure_rate())
+                .then(b.failed.cmp(&a.failed))
+                .then_with(by_name),
+            Sort::Sessions => b.sessions().cmp(&a.sessions()).then_with(by_name),
+            Sort::Domain => by_name(),
         }
     }
 }

@@ -592,6 +592,25 @@ impl PgDayReader {
         Ok(None)
     }
 
+    /// [`completed_day`](Self::completed_day), with a warning in the log
+    /// for each collector given up on.
+    pub fn completed_day_logged(
+        &mut self,
+        now: DateTime<Utc>,
+        grace: Duration,
+    ) -> Result<Option<Day>> {
+        let completion = self.completed_day(now, grace)?;
+        if let Some(c) = completion.as_ref().filter(|c| !c.given_up.is_empty()) {
+            log::warn!(
+                "day {} taken as complete without the day end of collector(s) {}: {} s have passed since the day's end (day_end_grace)",
+                c.day,
+                c.given_up.join(", "),
+                grace.as_secs()
+            );
+        }
+        Ok(completion.map(|c| c.day))
+    }
+
     /// The domains with counters on `day`, sorted.
     pub fn domains(&mut self, day: Day) -> Result<Vec<String>> {
         let rows = self

@@ -20,7 +20,7 @@ use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use posttls_store::AuditEvent;
 use serde::{Deserialize, Serialize};
 use tlsrpt_reportd::db::StoredReport;
-use tlsrpt_stats::summary::{DaySummary, DomainDay, DomainHistory, Sort};
+use tlsrpt_stats::summary::{failure_rate, DaySummary, DomainDay, DomainHistory, Sort};
 
 use super::*;
 use crate::chart::Chart;
@@ -159,22 +159,32 @@ fn bad_query(app: &AppState, text: &str) -> Response {
         .error(StatusCode::BAD_REQUEST, "Not understood", text)
 }
 
+/// The admin of a page request and its query, or the page to answer
+/// instead (the login, or a refusal of the query).
+async fn admin_and_query(
+    app: &AppState,
+    headers: &HeaderMap,
+    query: Result<Query<DayQuery>, QueryRejection>,
+) -> Result<(Admin, DayRequest), Response> {
+    let admin = require_admin(app, headers).await?;
+    match query
+        .map_err(|e| e.body_text())
+        .and_then(|Query(q)| q.parse())
+    {
+        Ok(request) => Ok((admin, request)),
+        Err(text) => Err(bad_query(app, &text)),
+    }
+}
+
 /// `GET /admin/tls`.
 pub async fn tls_day(
     State(app): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<DayQuery>, QueryRejection>,
 ) -> Response {
-    let admin = match require_admin(&app, &headers).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let request = match query
-        .map_err(|e| e.body_text())
-        .and_then(|Query(q)| q.parse())
-    {
-        Ok(r) => r,
-        Err(text) => return bad_query(&app, &text),
+    let (admin, request) = match admin_and_query(&app, &headers, query).await {
+        Ok(found) => found,
+        Err(page) => return page,
     };
     let today = Day::of(chrono::Utc::now());
     let day = request.day.unwrap_or(today);
@@ -246,7 +256,7 @@ fn page_of(summary: &DaySummary, request: &DayRequest, prefix: &str) -> (Vec<Dom
             .collect()
     } else {
         let mut order: Vec<&DomainDay> = summary.domains.iter().collect();
-        sort_refs(&mut order, request.sort);
+        order.sort_by(|a, b| request.sort.compare(a, b));
         order
             .into_iter()
             .skip(start)
@@ -255,24 +265,6 @@ fn page_of(summary: &DaySummary, request: &DayRequest, prefix: &str) -> (Vec<Dom
             .collect()
     };
     (rows, pages)
-}
-
-fn sort_refs(domains: &mut [&DomainDay], sort: Sort) {
-    match sort {
-        Sort::Failed => {}
-        Sort::Rate => domains.sort_by(|a, b| {
-            b.failure_rate()
-                .total_cmp(&a.failure_rate())
-                .then(b.failed.cmp(&a.failed))
-                .then_with(|| a.domain.cmp(&b.domain))
-        }),
-        Sort::Sessions => domains.sort_by(|a, b| {
-            b.sessions()
-                .cmp(&a.sessions())
-                .then_with(|| a.domain.cmp(&b.domain))
-        }),
-        Sort::Domain => domains.sort_by(|a, b| a.domain.cmp(&b.domain)),
-    }
 }
 
 /// The day's totals as shown.
@@ -302,17 +294,14 @@ impl SummaryView {
                 .policy_types
                 .iter()
                 .map(|t| {
-                    let total = t.successful.saturating_add(t.failed);
-                    let rate = if total == 0 {
-                        0.0
-                    } else {
-                        t.failed as f64 / total as f64
-                    };
                     (
                         policy_type_words(t.policy_type.name()),
                         t.successful,
                         t.failed,
-                        percent(rate),
+                        percent(failure_rate(
+                            t.failed,
+                            t.successful.saturating_add(t.failed),
+                        )),
                     )
                 })
                 .collect(),
@@ -439,8 +428,8 @@ pub async fn tls_domain(
             domain,
             chart => Chart::of_days(&history.days),
             points => history.days.iter().rev().map(|p| {
-                let total = p.successful.saturating_add(p.failed);
-                (p.day.to_string(), p.successful, p.failed, percent(if total == 0 { 0.0 } else { p.failed as f64 / total as f64 }))
+                let rate = failure_rate(p.failed, p.successful.saturating_add(p.failed));
+                (p.day.to_string(), p.successful, p.failed, percent(rate))
             }).collect::<Vec<_>>(),
             day => history.day.map(|d| d.to_string()),
             day_links,
@@ -570,16 +559,9 @@ pub async fn reports_page(
     headers: HeaderMap,
     query: Result<Query<DayQuery>, QueryRejection>,
 ) -> Response {
-    let admin = match require_admin(&app, &headers).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let request = match query
-        .map_err(|e| e.body_text())
-        .and_then(|Query(q)| q.parse())
-    {
-        Ok(r) => r,
-        Err(text) => return bad_query(&app, &text),
+    let (admin, request) = match admin_and_query(&app, &headers, query).await {
+        Ok(found) => found,
+        Err(page) => return page,
     };
     // Reports are made the day after: the default is yesterday's.
     let day = request
