@@ -163,7 +163,14 @@ impl PgUrl {
     }
 
     fn connect(&self) -> Result<Client> {
-        if self.config.get_ssl_mode() == postgres::config::SslMode::Disable {
+        // A Unix socket never carries TLS (and its path is no name to
+        // verify a certificate for).
+        let unix_socket = self
+            .config
+            .get_hosts()
+            .iter()
+            .all(|host| matches!(host, postgres::config::Host::Unix(_)));
+        if unix_socket || self.config.get_ssl_mode() == postgres::config::SslMode::Disable {
             return self
                 .config
                 .connect(NoTls)
