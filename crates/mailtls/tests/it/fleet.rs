@@ -284,3 +284,70 @@ fn a_postgresql_restart_in_the_middle_of_a_load_loses_nothing() {
         "the password is not logged"
     );
 }
+
+#[test]
+fn the_upstream_report_daemon_reads_a_fleet_through_our_fetcher() {
+    // Upstream's tlsrpt-reportd, unchanged, fed by our fetcher from
+    // PostgreSQL where two collectors counted the datagrams, makes the
+    // reports it makes from one SQLite collector that got them all.
+    let cluster = PgCluster::start();
+    cluster.create_database("tlsrpt");
+    let pg = cluster.url("tlsrpt");
+    let datagrams = crate::upstream::all_datagrams();
+    let total: i64 = datagrams
+        .iter()
+        .map(|d| crate::upstream::policy_count(d))
+        .sum();
+    let mut mx1 =
+        Collector::start_with_storage(&pg, &["--collector_name=mx1", "--sockettimeout=1"]);
+    let mut mx2 =
+        Collector::start_with_storage(&pg, &["--collector_name=mx2", "--sockettimeout=1"]);
+    let mut all = Collector::start(&["--sockettimeout=1"], &[]);
+    for (i, datagram) in datagrams.iter().enumerate() {
+        if i % 2 == 0 { &mx1 } else { &mx2 }.send(datagram);
+        all.send(datagram);
+    }
+    support::wait_until(30, "both collectors' commits", || {
+        pg_total(&cluster) == total
+    });
+    support::wait_until(30, "the SQLite collector's commit", || {
+        support::try_total(&all.db) == Some(total)
+    });
+    for collector in [&mx1, &mx2, &all] {
+        collector.signal(libc::SIGUSR2);
+    }
+    support::wait_until(30, "the day ends", || {
+        cluster.psql("tlsrpt", "SELECT count(*) FROM tlsrpt_day_ends") == "2"
+            && support::try_total(&all.yesterday()) == Some(total)
+    });
+    let reports_expected: usize = rusqlite::Connection::open_with_flags(
+        all.yesterday(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap()
+    .query_row(
+        "SELECT count(*) FROM (SELECT DISTINCT domain, tlsrptrecord FROM finalresults)",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .unwrap() as usize;
+    let upstream_reportd = support::upstream("tlsrpt-reportd");
+    let from_pg = format!(
+        "{} --storage={} --day_end_grace=259200",
+        support::fetcher_bin().display(),
+        pg.replace('%', "%%")
+    );
+    let from_sqlite = format!(
+        "{} --storage={}",
+        support::fetcher_bin().display(),
+        all.storage_url()
+    );
+    let (fleet, _) = crate::upstream::reports_by(&upstream_reportd, &from_pg, reports_expected);
+    let (single, _) =
+        crate::upstream::reports_by(&upstream_reportd, &from_sqlite, reports_expected);
+    assert!(!fleet.is_empty());
+    assert_eq!(fleet, single);
+    for collector in [&mut mx1, &mut mx2, &mut all] {
+        assert!(collector.terminate().success(), "{}", collector.log_text());
+    }
+}

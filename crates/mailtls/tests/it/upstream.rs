@@ -177,14 +177,14 @@ fn generated() -> Vec<DeliveryAttempt> {
 }
 
 /// The shared libtlsrpt vectors followed by the generated datagrams.
-fn all_datagrams() -> Vec<Vec<u8>> {
+pub(crate) fn all_datagrams() -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = vectors().into_iter().map(|(_, bytes)| bytes).collect();
     out.extend(generated().iter().map(DeliveryAttempt::to_datagram));
     out
 }
 
 /// The number of policies in a datagram: what `sum(cntrtotal)` grows by.
-fn policy_count(datagram: &[u8]) -> i64 {
+pub(crate) fn policy_count(datagram: &[u8]) -> i64 {
     let v: Value = serde_json::from_slice(datagram).unwrap();
     v["policies"].as_array().unwrap().len() as i64
 }
@@ -1052,7 +1052,7 @@ fn comparable(report: &Value, domain: &str) -> Value {
 /// Runs `program` (a reportd) with `fetcher` until `count` reports are in
 /// its directory destination; returns them by domain, canonical, and the
 /// log.
-fn reports_by(
+pub(crate) fn reports_by(
     program: &Path,
     fetcher: &str,
     count: usize,
