@@ -46,7 +46,9 @@ const MIGRATIONS: &[(i32, &str)] = &[(
          PRIMARY KEY (collector, day));
      CREATE TABLE tlsrpt_batches (
          collector text NOT NULL, batch bigint NOT NULL, written_at timestamptz NOT NULL DEFAULT now(),
-         PRIMARY KEY (collector, batch));",
+         PRIMARY KEY (collector, batch));
+     -- Each write forgets the collector's old batches: found by time.
+     CREATE INDEX tlsrpt_batches_age ON tlsrpt_batches (collector, written_at);",
 )];
 
 /// The component name of these tables in `mailtls_schema`.
