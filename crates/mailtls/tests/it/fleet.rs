@@ -351,3 +351,55 @@ fn the_upstream_report_daemon_reads_a_fleet_through_our_fetcher() {
         assert!(collector.terminate().success(), "{}", collector.log_text());
     }
 }
+
+#[test]
+fn a_collector_killed_and_restarted_keeps_what_it_wrote_and_ends_the_days_it_left_open() {
+    let cluster = PgCluster::start();
+    cluster.create_database("tlsrpt");
+    let pg = cluster.url("tlsrpt");
+    let datagrams = vectors();
+    let per_round: i64 = datagrams
+        .iter()
+        .map(|d| tlsrpt_datagram::parse(d).unwrap().policies.len() as i64)
+        .sum();
+    let args = ["--collector_name=mx1", "--sockettimeout=1"];
+    let mut collector = Collector::start_with_storage(&pg, &args);
+    for datagram in &datagrams {
+        collector.send(datagram);
+    }
+    support::wait_until(30, "the first commit", || pg_total(&cluster) == per_round);
+    // Killed outright; and a day two days back that it counted on but
+    // never ended (it was down at that midnight).
+    collector.signal(libc::SIGKILL);
+    collector.wait(10);
+    let old_day = (chrono::Utc::now().date_naive() - chrono::Days::new(2)).to_string();
+    cluster.psql(
+        "tlsrpt",
+        &format!(
+            "INSERT INTO tlsrpt_results SELECT '{old_day}', domain, record, policy, collector, 1, 0
+               FROM tlsrpt_results LIMIT 1"
+        ),
+    );
+    let mut restarted = Collector::start_with_storage(&pg, &args);
+    support::wait_until(30, "the old day ended at start", || {
+        cluster.psql(
+            "tlsrpt",
+            &format!("SELECT count(*) FROM tlsrpt_day_ends WHERE collector = 'mx1' AND day = '{old_day}'"),
+        ) == "1"
+    });
+    for datagram in &datagrams {
+        restarted.send(datagram);
+    }
+    // What the killed collector wrote is there once; the new counts add.
+    support::wait_until(30, "the restarted collector's commit", || {
+        pg_total(&cluster) == 2 * per_round + 1
+    });
+    assert!(restarted.terminate().success(), "{}", restarted.log_text());
+    assert!(
+        restarted
+            .log_text()
+            .contains(&format!("never ended {old_day}")),
+        "{}",
+        restarted.log_text()
+    );
+}

@@ -483,10 +483,13 @@ pub fn run(
 ) -> Outcome {
     let mut stores: Vec<Store> = stores.into_iter().map(|h| h.0).collect();
     loop {
+        // A store with work and no pause (a PostgreSQL store with days to
+        // end at start, or one not reached at start) is due at once.
+        let now = Instant::now();
         let wait = stores
             .iter()
             .filter(|s| !s.is_idle())
-            .filter_map(|s| s.not_before)
+            .map(|s| s.not_before.unwrap_or(now))
             .min()
             .map(|t| t.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(3600));
