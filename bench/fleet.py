@@ -220,6 +220,46 @@ def time_bulk(storage, day, reps):
     return min(times), out.count(b"\n") - 4
 
 
+def time_reportd(fetchers, work, name, n, day, totals):
+    """Our report daemon from its start until the day's N reports are in a
+    directory, fed by `fetchers`; the reports checked against the day."""
+    workdir = os.path.join(work, f"reportd-{name}")
+    outdir = os.path.join(workdir, "out")
+    os.makedirs(outdir)
+    mapfile = os.path.join(workdir, "record.map")
+    with open(mapfile, "w") as f:
+        f.write(f". REPLACE directory:{outdir}\n")
+    cfg = os.path.join(workdir, "reportd.cfg")
+    with open(cfg, "w") as f:
+        f.write("[tlsrpt_reportd]\n"
+                f"dbname = {os.path.join(workdir, 'reportd.sqlite')}\n"
+                f"fetchers = {fetchers.replace('%', '%%')}\n"
+                "organization_name = mailtls benchmark\n"
+                "contact_info = tlsrpt@bench.example\n"
+                "sender_address = tlsrpt-noreply@bench.example\n"
+                f"tlsrpt_record_map = {mapfile}\n"
+                "spread_out_delivery = 1\n"
+                "interval_main_loop = 1\n"
+                "log_level = warn\n"
+                f"logfilename = {os.path.join(workdir, 'reportd.log')}\n")
+    counter = reportd.ReportCounter(outdir)
+    t0 = time.monotonic()
+    proc = subprocess.Popen([os.path.join(BIN, "tlsrpt-reportd"), "--config_file", cfg],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
+    try:
+        while not counter.reached(n):
+            if proc.poll() is not None or time.monotonic() - t0 > 600:
+                raise RuntimeError(f"reportd ({name}) stopped or took too long\n" + reportd.log_tail(workdir))
+            time.sleep(0.02)
+        seconds = time.monotonic() - t0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        counter.close()
+    reportd.verify_reports(outdir, n, day, totals)
+    return seconds
+
+
 def load_day_into_postgresql(cluster, n, day):
     final, fails = reportd.day_rows(n, day)
     path = os.path.join(cluster.dir, "rows")
@@ -235,7 +275,11 @@ def load_day_into_postgresql(cluster, n, day):
     cluster.psql("tlsrpt", f"COPY tlsrpt_results (day, domain, record, policy, collector, total, failed) FROM '{path}.results'")
     cluster.psql("tlsrpt", f"COPY tlsrpt_failures (day, domain, record, policy, reason, collector, count) FROM '{path}.failures'")
     cluster.psql("tlsrpt", f"INSERT INTO tlsrpt_day_ends (collector, day) VALUES ('mx0', '{day}')")
-    cluster.psql("tlsrpt", "ANALYZE")
+    # Settle the server before anything is timed: a checkpoint writing
+    # out the loaded day on the same disk slows the report daemon's own
+    # writes several times over.
+    cluster.psql("tlsrpt", "VACUUM ANALYZE")
+    cluster.psql("tlsrpt", "CHECKPOINT")
 
 
 def main():
@@ -245,6 +289,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--domains", type=int, default=100_000)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reportd-reps", type=int, default=3)
     args = ap.parse_args()
     cluster = Cluster()
     work = tempfile.mkdtemp(prefix="mailtls-fleet.")
@@ -270,7 +315,7 @@ def main():
         load_day_into_postgresql(cluster, args.domains, day)
         print(f"\nloaded {args.domains} domains into PostgreSQL in {time.monotonic() - t:.1f} s", file=sys.stderr)
         sqlite_db = os.path.join(work, "collectd.sqlite")
-        reportd.write_collector_db(sqlite_db, args.domains, day)
+        totals = reportd.write_collector_db(sqlite_db, args.domains, day)
         pg_time, pg_domains = time_bulk(cluster.url(), day, args.reps)
         sq_time, sq_domains = time_bulk(f"sqlite://{sqlite_db}", day, args.reps)
         assert pg_domains == sq_domains == args.domains, (pg_domains, sq_domains)
@@ -279,6 +324,28 @@ def main():
         print("| --- | --- |")
         print(f"| postgresql | {pg_time:.2f} s |")
         print(f"| sqlite | {sq_time:.2f} s |")
+        fetcher = os.path.join(BIN, "tlsrpt-fetcher")
+        runs = [
+            ("sqlite, through tlsrpt-fetcher", f"{fetcher} --storage sqlite://{sqlite_db}"),
+            ("postgresql, read in-process", f"{cluster.url()} --day_end_grace 0"),
+            ("postgresql, through tlsrpt-fetcher", f"{fetcher} --storage {cluster.url()} --day_end_grace 0"),
+        ]
+        # Interleaved rounds: this machine's disk and host vary from one
+        # minute to the next, and every kind should see the same weather.
+        times = {name: [] for name, _ in runs}
+        for round_ in range(args.reportd_reps):
+            for i, (name, fetchers) in enumerate(runs):
+                seconds = time_reportd(fetchers, work, f"{round_}-{i}", args.domains, day, totals)
+                times[name].append(seconds)
+                log_line = f"  reportd round {round_ + 1}, {name}: {seconds:.1f} s"
+                print(log_line, file=sys.stderr, flush=True)
+        print(f"\nour tlsrpt-reportd, a day of {args.domains} domains into a directory "
+              f"(median of {args.reportd_reps} interleaved runs, fastest and slowest):\n")
+        print("| collector data | median | fastest | slowest |")
+        print("| --- | --- | --- | --- |")
+        for name, _ in runs:
+            t = sorted(times[name])
+            print(f"| {name} | {t[len(t) // 2]:.1f} s | {t[0]:.1f} s | {t[-1]:.1f} s |")
     finally:
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
