@@ -257,6 +257,8 @@ def time_reportd(fetchers, work, name, n, day, totals):
         proc.wait(timeout=60)
         counter.close()
     reportd.verify_reports(outdir, n, day, totals)
+    # 100 000 report files a run: removed now, not all at the end.
+    shutil.rmtree(workdir, ignore_errors=True)
     return seconds
 
 
