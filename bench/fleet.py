@@ -226,22 +226,7 @@ def time_reportd(fetchers, work, name, n, day, totals):
     workdir = os.path.join(work, f"reportd-{name}")
     outdir = os.path.join(workdir, "out")
     os.makedirs(outdir)
-    mapfile = os.path.join(workdir, "record.map")
-    with open(mapfile, "w") as f:
-        f.write(f". REPLACE directory:{outdir}\n")
-    cfg = os.path.join(workdir, "reportd.cfg")
-    with open(cfg, "w") as f:
-        f.write("[tlsrpt_reportd]\n"
-                f"dbname = {os.path.join(workdir, 'reportd.sqlite')}\n"
-                f"fetchers = {fetchers.replace('%', '%%')}\n"
-                "organization_name = mailtls benchmark\n"
-                "contact_info = tlsrpt@bench.example\n"
-                "sender_address = tlsrpt-noreply@bench.example\n"
-                f"tlsrpt_record_map = {mapfile}\n"
-                "spread_out_delivery = 1\n"
-                "interval_main_loop = 1\n"
-                "log_level = warn\n"
-                f"logfilename = {os.path.join(workdir, 'reportd.log')}\n")
+    cfg = reportd.write_config(workdir, fetchers, outdir)
     counter = reportd.ReportCounter(outdir)
     t0 = time.monotonic()
     proc = subprocess.Popen([os.path.join(BIN, "tlsrpt-reportd"), "--config_file", cfg],

@@ -282,18 +282,19 @@ def log_tail(workdir, lines=40):
     return "\n".join(out) or "(no log output)"
 
 
-def write_config(workdir, fetcher, outdir):
+def write_config(workdir, fetchers, outdir):
+    """The report daemon's config: `fetchers` as given, every report into
+    `outdir`."""
     mapfile = os.path.join(workdir, "tlsrpt-record.map")
     with open(mapfile, "w") as f:
         # upstream mapping.py: a domain pattern "." matches every report domain,
         # REPLACE puts the directory in place of the record's rua destinations
         f.write(f". REPLACE directory:{outdir}\n")
     cfg = os.path.join(workdir, "reportd.cfg")
-    storage = f"sqlite://{os.path.join(workdir, 'collectd.sqlite')}"
     with open(cfg, "w") as f:
         f.write("[tlsrpt_reportd]\n"
                 f"dbname = {os.path.join(workdir, 'reportd.sqlite')}\n"
-                f"fetchers = {fetcher} --storage {storage}\n"
+                f"fetchers = {fetchers.replace('%', '%%')}\n"
                 "organization_name = mailtls benchmark\n"
                 "contact_info = tlsrpt@bench.example\n"
                 "sender_address = tlsrpt-noreply@bench.example\n"
@@ -356,7 +357,8 @@ def one_run(kind, n, cache, timeout):
             shutil.copy(os.path.join(srcdir, name), os.path.join(workdir, name))
         outdir = os.path.join(workdir, "out")
         os.mkdir(outdir)
-        cfg = write_config(workdir, fetcher, outdir)
+        storage = f"sqlite://{os.path.join(workdir, 'collectd.sqlite')}"
+        cfg = write_config(workdir, f"{fetcher} --storage {storage}", outdir)
         errf = open(os.path.join(workdir, "stderr.txt"), "w")
         counter = ReportCounter(outdir)
         t0 = time.monotonic()

@@ -20,6 +20,14 @@ fn vectors() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Sessions one round of `datagrams` counts (one per policy).
+fn sessions_per_round(datagrams: &[Vec<u8>]) -> i64 {
+    datagrams
+        .iter()
+        .map(|d| tlsrpt_datagram::parse(d).unwrap().policies.len() as i64)
+        .sum()
+}
+
 /// Sessions counted in PostgreSQL (every collector, every day).
 fn pg_total(cluster: &PgCluster) -> i64 {
     cluster
@@ -57,10 +65,7 @@ fn a_fleet_of_collectors_in_postgresql_answers_as_one_collector_would() {
     cluster.create_database("tlsrpt");
     let pg = cluster.url("tlsrpt");
     let datagrams = vectors();
-    let policies_per_round: i64 = datagrams
-        .iter()
-        .map(|d| tlsrpt_datagram::parse(d).unwrap().policies.len() as i64)
-        .sum();
+    let policies_per_round = sessions_per_round(&datagrams);
     let mut mx1 =
         Collector::start_with_storage(&pg, &["--collector_name=mx1", "--sockettimeout=1"]);
     let mut mx2 =
@@ -228,10 +233,7 @@ fn a_postgresql_restart_in_the_middle_of_a_load_loses_nothing() {
     let cluster = PgCluster::start();
     cluster.create_database("tlsrpt");
     let datagrams = vectors();
-    let per_round: i64 = datagrams
-        .iter()
-        .map(|d| tlsrpt_datagram::parse(d).unwrap().policies.len() as i64)
-        .sum();
+    let per_round = sessions_per_round(&datagrams);
     let mut collector = Collector::start_with_storage(
         &cluster.url("tlsrpt"),
         &[
@@ -358,10 +360,7 @@ fn a_collector_killed_and_restarted_keeps_what_it_wrote_and_ends_the_days_it_lef
     cluster.create_database("tlsrpt");
     let pg = cluster.url("tlsrpt");
     let datagrams = vectors();
-    let per_round: i64 = datagrams
-        .iter()
-        .map(|d| tlsrpt_datagram::parse(d).unwrap().policies.len() as i64)
-        .sum();
+    let per_round = sessions_per_round(&datagrams);
     let args = ["--collector_name=mx1", "--sockettimeout=1"];
     let mut collector = Collector::start_with_storage(&pg, &args);
     for datagram in &datagrams {
