@@ -16,7 +16,7 @@ use postgres::{Client, NoTls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error("PostgreSQL {url}: {source}")]
+    #[error("PostgreSQL {url}: {}", with_causes(source))]
     Postgres {
         url: String,
         #[source]
@@ -99,6 +99,12 @@ impl PgUrl {
         }
         config.application_name("mailtls");
         config.connect_timeout(Duration::from_secs(10));
+        // A server that vanished (a cut network, not a closed connection)
+        // is noticed within about a minute instead of the kernel's two
+        // hours.
+        config.keepalives_idle(Duration::from_secs(30));
+        config.keepalives_interval(Duration::from_secs(10));
+        config.keepalives_retries(3);
         let root_cert = root_cert
             .map(|file| mailtls_common::percent::decode(&file).map_err(|e| bad(e.to_string())))
             .transpose()?
@@ -118,6 +124,15 @@ impl PgUrl {
             .options(&format!("-c statement_timeout={}", limit.as_millis()));
         url.config
             .connect_timeout(limit.min(Duration::from_secs(10)));
+        url
+    }
+
+    /// The same URL, its connections named `name` in the server's
+    /// `pg_stat_activity` (what a standby report daemon shows of the active
+    /// one).
+    pub fn with_application_name(&self, name: &str) -> PgUrl {
+        let mut url = self.clone();
+        url.config.application_name(name);
         url
     }
 
@@ -230,6 +245,20 @@ fn without_password(url: &str) -> String {
         },
         None => url.to_string(),
     }
+}
+
+/// The client's error with what caused it: its own text is only the
+/// kind ("db error", "error connecting to server"), the server's message
+/// or the I/O error is its source.
+fn with_causes(error: &postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 /// One component's schema: its name in `mailtls_schema` and its versions,

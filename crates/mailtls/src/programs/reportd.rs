@@ -19,7 +19,7 @@ use tlsrpt_reportd::config::{
     check_options, effective_keep_days, split_fetchers, FetchRetry, ReportdConfig, ReportdOptions,
 };
 use tlsrpt_reportd::daemon::Reportd;
-use tlsrpt_reportd::db::ReportdDb;
+use tlsrpt_reportd::db::{DbName, ReportdDb};
 use tlsrpt_reportd::deliver::Deliverer;
 use tlsrpt_reportd::fetch::Fetcher;
 use tlsrpt_reportd::reports::Caps;
@@ -120,11 +120,11 @@ pub fn main(matches: &ArgMatches) -> i32 {
     let db = match ReportdDb::open(&config.dbname) {
         Ok(db) => db,
         Err(e) => {
-            log::error!("database {}: {e}", config.dbname.display());
+            log::error!("database {}: {e}", config.dbname.shown());
             return exit::DATABASE;
         }
     };
-    log::info!("database {} looks OK", config.dbname.display());
+    log::info!("database {} looks OK", config.dbname.shown());
     let metrics_listen = config.metrics_listen;
     let mut reportd = Reportd::new(config, db, deliverer, clock);
     if let Some(listen) = metrics_listen {
@@ -242,7 +242,7 @@ pub fn config_from(o: &ReportdOptions) -> anyhow::Result<(ReportdConfig, Deliver
     };
     let debug_send_file_dest = map_path(&o.debug_send_file_dest);
     let config = ReportdConfig {
-        dbname: PathBuf::from(dbname),
+        dbname: DbName::parse(&dbname, map_path(&o.password_file).as_deref())?,
         fetchers: split_fetchers(&o.fetchers),
         fetcher_bulk: o.fetcher_bulk != 0,
         organization,
@@ -271,6 +271,8 @@ pub fn config_from(o: &ReportdOptions) -> anyhow::Result<(ReportdConfig, Deliver
             o.max_wait_domaindetails,
         ),
         metrics_listen: listen_address("metrics_listen", &o.metrics_listen)?,
+        attempt_limit: seconds("sendmail_timeout", o.sendmail_timeout)?
+            .max(seconds("http_timeout", o.http_timeout)?),
     };
     let deliverer = Deliverer {
         organization_name,

@@ -186,8 +186,7 @@ fn start_reportd(
     // Reports of a day are written at once, not spread over hours.
     options.spread_out_delivery = 1;
     let (config, deliverer) = super::reportd::config_from(&options)?;
-    let db =
-        ReportdDb::open(&config.dbname).with_context(|| config.dbname.display().to_string())?;
+    let db = ReportdDb::open(&config.dbname).with_context(|| config.dbname.shown())?;
     let clock: &'static mailtls_common::clock::SystemClock = &mailtls_common::clock::SystemClock;
     let mut reportd = Reportd::new(config, db, deliverer, clock);
     let stopper = reportd.stopper();

@@ -13,7 +13,7 @@ use tlsrpt_report::maps::DestinationMaps;
 use tlsrpt_report::record::parse_record;
 use tlsrpt_report::report::ReportingOrganization;
 use tlsrpt_reportd::config::ReportdOptions;
-use tlsrpt_reportd::db::{DestinationState, ReportdDb, StatusCount, StoredReport};
+use tlsrpt_reportd::db::{DbName, DestinationState, ReportdDb, StatusCount, StoredReport};
 use tlsrpt_reportd::reports::{make_reports, WithheldReason};
 
 use super::reportd;
@@ -39,8 +39,10 @@ const SPEC: ProgramSpec = ProgramSpec {
 mailtls_common::options! {
     /// What `status`, `list`, `show` and `resend` read.
     pub struct DbOptions, sources DbSources {
-        /// The reportd's SQLite database file
+        /// The reportd's SQLite database file, or its postgresql:// URL
         dbname: String = "",
+        /// File whose first line is the password of a postgresql:// dbname
+        password_file: String = "",
     }
 }
 
@@ -59,8 +61,10 @@ mailtls_common::options! {
 mailtls_common::options! {
     /// What `render` reads: the reportd's options that shape a report.
     pub struct RenderOptions, sources RenderSources {
-        /// The reportd's SQLite database file
+        /// The reportd's SQLite database file, or its postgresql:// URL
         dbname: String = "",
+        /// File whose first line is the password of a postgresql:// dbname
+        password_file: String = "",
         /// The reporting organization's name (report field organization-name)
         organization_name: String = "",
         /// Contact address (report field contact-info)
@@ -167,11 +171,11 @@ pub fn main(matches: &ArgMatches) -> i32 {
         .copied()
         .unwrap_or(false);
     let result = match name {
-        "status" => load(sub).map(|o: DbOptions| status(&o.dbname, json)),
+        "status" => load(sub).map(|o: DbOptions| status(&o.database(), json)),
         "maptest" => load(sub).map(|o: MapOptions| maptest(&o, sub)),
-        "list" => load(sub).map(|o: DbOptions| list(&o.dbname, sub, json)),
-        "show" => load(sub).map(|o: DbOptions| show(&o.dbname, sub, json)),
-        "resend" => load(sub).map(|o: DbOptions| resend(&o.dbname, sub)),
+        "list" => load(sub).map(|o: DbOptions| list(&o.database(), sub, json)),
+        "show" => load(sub).map(|o: DbOptions| show(&o.database(), sub, json)),
+        "resend" => load(sub).map(|o: DbOptions| resend(&o.database(), sub)),
         "render" => load(sub).map(|o: RenderOptions| render(&o, sub, json)),
         _ => unreachable!("clap knows the subcommands"),
     };
@@ -193,22 +197,54 @@ fn load<O: ProgramOptions>(sub: &ArgMatches) -> Result<O, ConfigError> {
     config::resolve::<O>(&SPEC, sub, &config::process_env()).map(|(options, _)| options)
 }
 
-fn open(dbname: &str, write: bool) -> anyhow::Result<ReportdDb> {
+/// The configured `dbname` and `password_file`.
+struct Database<'a> {
+    dbname: &'a str,
+    password_file: &'a str,
+}
+
+impl DbOptions {
+    fn database(&self) -> Database<'_> {
+        Database {
+            dbname: &self.dbname,
+            password_file: &self.password_file,
+        }
+    }
+}
+
+impl RenderOptions {
+    fn database(&self) -> Database<'_> {
+        Database {
+            dbname: &self.dbname,
+            password_file: &self.password_file,
+        }
+    }
+}
+
+fn open(database: &Database<'_>, write: bool) -> anyhow::Result<ReportdDb> {
+    let Database {
+        dbname,
+        password_file,
+    } = *database;
     if dbname.is_empty() {
         bail!("no reportd database: set dbname (--dbname, TLSRPT_REPORTD_DBNAME or [tlsrpt_reportd] dbname in /etc/tlsrpt/reportd.cfg)");
     }
-    if !Path::new(dbname).exists() {
-        bail!("{dbname} does not exist (has tlsrpt-reportd run with this dbname?)");
+    let password_file = (!password_file.is_empty()).then(|| Path::new(password_file));
+    let name = DbName::parse(dbname, password_file)?;
+    if let DbName::Sqlite(path) = &name {
+        if !path.exists() {
+            bail!("{dbname} does not exist (has tlsrpt-reportd run with this dbname?)");
+        }
     }
-    ReportdDb::open_existing(Path::new(dbname), write).with_context(|| dbname.to_string())
+    ReportdDb::open_existing(&name, write).with_context(|| name.shown())
 }
 
 fn py(value: &Option<String>) -> &str {
     value.as_deref().unwrap_or("None")
 }
 
-fn status(dbname: &str, json: bool) -> anyhow::Result<()> {
-    let status = open(dbname, false)?.status()?;
+fn status(database: &Database<'_>, json: bool) -> anyhow::Result<()> {
+    let status = open(database, false)?.status()?;
     let sections = [
         ("Fetchjobs", "fetchjobs", &status.fetchjobs),
         ("Reports", "reportdata", &status.reportdata),
@@ -349,13 +385,13 @@ fn report_json(report: &StoredReport, with_report: bool) -> Value {
     value
 }
 
-fn list(dbname: &str, sub: &ArgMatches, json: bool) -> anyhow::Result<()> {
+fn list(database: &Database<'_>, sub: &ArgMatches, json: bool) -> anyhow::Result<()> {
     let day = sub
         .get_one::<String>("day")
         .map(|d| Day::parse(d))
         .transpose()?;
     let domain = sub.get_one::<String>("domain").map(String::as_str);
-    let reports = open(dbname, false)?.reports(day, domain)?;
+    let reports = open(database, false)?.reports(day, domain)?;
     if json {
         let all: Vec<Value> = reports.iter().map(|r| report_json(r, false)).collect();
         println!("{}", serde_json::to_string_pretty(&all).expect("JSON"));
@@ -391,7 +427,7 @@ fn list(dbname: &str, sub: &ArgMatches, json: bool) -> anyhow::Result<()> {
 }
 
 /// A report by number or by report-id.
-fn find(db: &ReportdDb, id: &str) -> anyhow::Result<StoredReport> {
+fn find(db: &mut ReportdDb, id: &str) -> anyhow::Result<StoredReport> {
     if let Ok(r_id) = id.parse::<i64>() {
         return db
             .report(r_id)?
@@ -404,9 +440,9 @@ fn find(db: &ReportdDb, id: &str) -> anyhow::Result<StoredReport> {
         .with_context(|| format!("no report with report-id {id:?}"))
 }
 
-fn show(dbname: &str, sub: &ArgMatches, json: bool) -> anyhow::Result<()> {
-    let db = open(dbname, false)?;
-    let report = find(&db, sub.get_one::<String>("report").expect("required"))?;
+fn show(database: &Database<'_>, sub: &ArgMatches, json: bool) -> anyhow::Result<()> {
+    let mut db = open(database, false)?;
+    let report = find(&mut db, sub.get_one::<String>("report").expect("required"))?;
     if json {
         println!(
             "{}",
@@ -444,9 +480,9 @@ fn show(dbname: &str, sub: &ArgMatches, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn resend(dbname: &str, sub: &ArgMatches) -> anyhow::Result<()> {
-    let db = open(dbname, true)?;
-    let report = find(&db, sub.get_one::<String>("report").expect("required"))?;
+fn resend(database: &Database<'_>, sub: &ArgMatches) -> anyhow::Result<()> {
+    let mut db = open(database, true)?;
+    let report = find(&mut db, sub.get_one::<String>("report").expect("required"))?;
     let destination = sub.get_one::<String>("destination").map(String::as_str);
     if report.destinations.is_empty() {
         bail!(
@@ -499,7 +535,7 @@ fn render(o: &RenderOptions, sub: &ArgMatches, json: bool) -> anyhow::Result<()>
     let day = Day::parse(sub.get_one::<String>("day").expect("required"))?;
     let directory = PathBuf::from(sub.get_one::<String>("directory").expect("required"));
     std::fs::create_dir_all(&directory).with_context(|| directory.display().to_string())?;
-    let db = open(&o.dbname, false)?;
+    let mut db = open(&o.database(), false)?;
     let maps = load_maps(
         &o.tlsrpt_record_map,
         &o.mail_destination_map,

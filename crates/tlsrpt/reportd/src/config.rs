@@ -13,6 +13,7 @@ use tlsrpt_delivery::HttpScript;
 use tlsrpt_report::maps::DestinationMaps;
 use tlsrpt_report::report::ReportingOrganization;
 
+use crate::db::DbName;
 use crate::schedule::DeliveryRetry;
 
 mailtls_common::options! {
@@ -35,7 +36,8 @@ mailtls_common::options! {
         /// Also save every report (and report mail) into this directory (testing)
         debug_send_file_dest: String = "",
         /// The reportd's SQLite database file (created if missing; an upstream reportd's file
-        /// is used as it is)
+        /// is used as it is), or (mailtls extension) a postgresql://USER@HOST/DB URL that
+        /// several report daemons share: one works, the others stand by
         dbname: String = "",
         /// Comma-separated fetcher commands, each split on white space, e.g. `tlsrpt-fetcher
         /// --storage sqlite:///var/lib/tlsrpt/collectd.sqlite, ssh mx2 tlsrpt-fetcher`
@@ -134,6 +136,9 @@ mailtls_common::options! {
         /// anyone who can connect: use a loopback address or a firewall), e.g. 127.0.0.1:9151;
         /// empty: none
         metrics_listen: String = "",
+        /// mailtls extension. File whose first line is the password of a postgresql://
+        /// dbname, so that it need not be in the configuration; empty: the URL's
+        password_file: String = "",
     }
 }
 
@@ -150,7 +155,7 @@ pub struct FetchRetry {
 /// The daemon's configuration, with the maps read. (The transports and
 /// the DKIM key are set up in [`Deliverer`](crate::deliver::Deliverer).)
 pub struct ReportdConfig {
-    pub dbname: PathBuf,
+    pub dbname: DbName,
     /// The configured fetcher commands, in order (their index is 1-based
     /// in the database).
     pub fetchers: Vec<String>,
@@ -178,6 +183,11 @@ pub struct ReportdConfig {
     pub domaindetails_retry: FetchRetry,
     /// `metrics_listen`: where Prometheus reads [`crate::metrics`], if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The longest a delivery attempt can take (`sendmail_timeout`,
+    /// `http_timeout`): a daemon taking over from one that vanished
+    /// repeats the attempt it left unfinished only after this long, when
+    /// that attempt is surely over.
+    pub attempt_limit: Duration,
 }
 
 /// The upstream's checks of the numeric options and of options that

@@ -11,6 +11,12 @@
 //! Fetchers run on worker threads, one per fetcher command, so a slow or
 //! hung fetcher (every run has a time limit) holds up neither the others
 //! nor the deliveries. The main thread alone writes the database.
+//!
+//! On a PostgreSQL `dbname` several daemons share the state: the one that
+//! takes the lead works, the others stand by and try again every
+//! `interval_main_loop`. A daemon that loses its database connection has
+//! lost the lead with it: it stands by, reconnects, and works again only
+//! if it takes the lead again.
 
 use mailtls_common::day::Day;
 use std::collections::{HashMap, HashSet};
@@ -27,7 +33,7 @@ use rand::SeedableRng;
 use tlsrpt_delivery::{Directory, Outcome};
 
 use crate::config::{FetchRetry, ReportdConfig};
-use crate::db::{DbError, Delivery, DeliveryOutcome, DetailsJob, FetchJob, ReportdDb};
+use crate::db::{DbError, Delivery, DeliveryOutcome, DetailsJob, FetchJob, NewReport, ReportdDb};
 use crate::deliver::{Deliverer, Target};
 use crate::fetch::{BulkAnswer, DetailsAnswer, Fetcher, Limits, ListAnswer, DEFAULT_MAX_OUTPUT};
 use crate::metrics::{DeliveryResult, FetchStep, ReportdMetrics};
@@ -128,18 +134,102 @@ impl<'c> Reportd<'c> {
         }
     }
 
-    /// Runs until [`Stopper::stop`]. Deliveries that a previous run left
-    /// unfinished (killed mid-attempt) are queued again first.
+    /// Runs until [`Stopper::stop`]: works whenever this daemon has the
+    /// lead (always, on SQLite), stands by otherwise. A database error ends
+    /// the run on SQLite; on PostgreSQL the daemon reconnects and stands
+    /// by.
     pub fn run(&mut self) -> Result<(), DbError> {
+        let mut standing_by: Option<String> = None;
+        while !self.stopped() {
+            match self.db.take_lead() {
+                Ok(Ok(())) => {}
+                Ok(Err(active)) => {
+                    if standing_by.as_ref() != Some(&active) {
+                        log::info!(
+                            "standing by: {active} is the active report daemon; trying to take over every {} s",
+                            self.cfg.interval_main_loop.as_secs()
+                        );
+                        standing_by = Some(active);
+                    }
+                    self.pause(self.cfg.interval_main_loop);
+                    continue;
+                }
+                Err(err) => {
+                    self.reconnect(err)?;
+                    continue;
+                }
+            }
+            if self.db.is_shared() {
+                log::info!(
+                    "this is the active report daemon on {}",
+                    self.cfg.dbname.shown()
+                );
+            }
+            standing_by = None;
+            self.metrics.set_active(true);
+            let worked = self.work();
+            self.metrics.set_active(false);
+            match worked {
+                Ok(()) => return self.shut_down(),
+                Err(err) => self.reconnect(err)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The active daemon's work, until [`Stopper::stop`] or a database
+    /// error. Deliveries that a previous run (or another daemon) left
+    /// unfinished are queued again first.
+    fn work(&mut self) -> Result<(), DbError> {
         self.requeue_interrupted()?;
-        while !self.stop.load(Ordering::SeqCst) {
+        while !self.stopped() {
             self.work_once()?;
-            if self.stop.load(Ordering::SeqCst) {
+            if self.stopped() {
                 break;
             }
             self.wait()?;
         }
-        self.shut_down()
+        Ok(())
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// After a database error: on SQLite the error ends the run; on
+    /// PostgreSQL the connection (and with it the lead) may be lost, so
+    /// the daemon opens a new one, waiting `interval_main_loop` between
+    /// tries, and then tries to take the lead again.
+    fn reconnect(&mut self, err: DbError) -> Result<(), DbError> {
+        if !self.db.is_shared() {
+            return Err(err);
+        }
+        let every = self.cfg.interval_main_loop;
+        log::error!(
+            "{err}; standing by and connecting again every {} s",
+            every.as_secs()
+        );
+        while !self.stopped() {
+            self.pause(every);
+            match ReportdDb::open(&self.cfg.dbname) {
+                Ok(db) => {
+                    log::info!("connected again to {}", self.cfg.dbname.shown());
+                    self.db = db;
+                    return Ok(());
+                }
+                Err(err) => log::warn!("{err}; trying again in {} s", every.as_secs()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sleeps for `duration` or until [`Stopper::stop`]. Results of fetcher
+    /// runs stay queued for when this daemon works again.
+    fn pause(&self, duration: Duration) {
+        let deadline = Instant::now() + duration;
+        while !self.stopped() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(100).min(deadline - Instant::now()));
+        }
     }
 
     /// One pass over all steps.
@@ -156,15 +246,32 @@ impl<'c> Reportd<'c> {
         self.clock.now()
     }
 
+    /// Deliveries left `sending`: the daemon that started them stopped
+    /// during the attempt. Its attempt died with it (KillWithParent), so on
+    /// SQLite (one daemon, now restarted) it is made again at once. On
+    /// PostgreSQL that daemon may instead have lost its connection and
+    /// still be running: the attempt is made again only once it has
+    /// surely ended (its start plus the attempt time limit).
     fn requeue_interrupted(&mut self) -> Result<(), DbError> {
         let now = self.now();
-        for delivery in self.db.interrupted_deliveries()? {
-            log::warn!(
-                "report {} for {} ({}) to {}: the previous run stopped during this delivery; the attempt was cut off with it and is made again",
+        let shared = self.db.is_shared();
+        for (delivery, started) in self.db.interrupted_deliveries()? {
+            let limit = chrono::Duration::from_std(self.cfg.attempt_limit).unwrap_or_default();
+            let at = match started {
+                Some(started) if shared => (started + limit).max(now),
+                _ => now,
+            };
+            let what = format!(
+                "report {} for {} ({}) to {}",
                 delivery.r_id, delivery.domain, delivery.day, delivery.destination
             );
+            if at > now {
+                log::warn!("{what}: the daemon that was making this delivery stopped during it; it is made again at {at}, when that attempt has surely ended");
+            } else {
+                log::warn!("{what}: the previous run stopped during this delivery; the attempt was cut off with it and is made again");
+            }
             self.db
-                .delivery_finished(&delivery, DeliveryOutcome::RetryAt(now))?;
+                .delivery_finished(&delivery, DeliveryOutcome::RetryAt(at))?;
         }
         Ok(())
     }
@@ -202,7 +309,8 @@ impl<'c> Reportd<'c> {
 
     /// Step 2: a worker per due fetch job whose fetcher is idle.
     fn start_fetch_jobs(&mut self) -> Result<(), DbError> {
-        for job in self.db.due_fetch_jobs(self.now())? {
+        let now = self.now();
+        for job in self.db.due_fetch_jobs(now)? {
             if self.busy.contains(&job.fetcher) {
                 continue;
             }
@@ -247,7 +355,8 @@ impl<'c> Reportd<'c> {
     /// worker.
     fn start_details(&mut self) -> Result<(), DbError> {
         let mut by_fetcher: HashMap<String, Vec<DetailsJob>> = HashMap::new();
-        for job in self.db.due_details(self.now())? {
+        let now = self.now();
+        for job in self.db.due_details(now)? {
             if !self.busy.contains(&job.fetcher) {
                 by_fetcher.entry(job.fetcher.clone()).or_default().push(job);
             }
@@ -448,14 +557,16 @@ impl<'c> Reportd<'c> {
                                 )
                             })
                             .collect();
-                        let json = report.json;
+                        let mut json = Some(report.json);
                         db.insert_report(
-                            *day,
-                            domain,
-                            &report.record,
-                            |_| json,
-                            &destinations,
-                            &report.withheld,
+                            NewReport {
+                                day: *day,
+                                domain,
+                                tlsrptrecord: &report.record,
+                                destinations: &destinations,
+                                withheld: &report.withheld,
+                            },
+                            &mut |_| json.take().unwrap_or_default(),
                         )?;
                         log::info!(
                             "report {} made, {} destination(s): {}",
@@ -481,7 +592,8 @@ impl<'c> Reportd<'c> {
 
     /// Step 5.
     fn send_due(&mut self) -> Result<(), DbError> {
-        let due = self.db.due_deliveries(self.now())?;
+        let now = self.now();
+        let due = self.db.due_deliveries(now)?;
         if due.is_empty() {
             return Ok(());
         }

@@ -1,7 +1,7 @@
 //! The report daemon's counters for Prometheus (`metrics_listen`), counted
 //! by the main loop as it records each step in the database.
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 /// Which fetch step a fetcher run served; the words of the options that
 /// limit its retries (`max_retries_domainlist`, `max_retries_domaindetails`).
@@ -58,6 +58,7 @@ pub struct ReportdMetrics {
     deliveries: IntCounterVec,
     fetch_runs: IntCounterVec,
     fetch_failures: IntCounterVec,
+    active: IntGauge,
 }
 
 impl Default for ReportdMetrics {
@@ -101,6 +102,12 @@ impl ReportdMetrics {
             &["step"],
         )
         .expect("valid metric");
+        let active = IntGauge::new(
+            "tlsrpt_reportd_active",
+            "1 while this daemon does the work, 0 while it stands by (another report daemon on \
+             the same PostgreSQL dbname is active, or the database is out of reach)",
+        )
+        .expect("valid metric");
         // Every series from the start, so that a rate is defined before the
         // first event of its kind.
         for result in DeliveryResult::ALL {
@@ -115,6 +122,7 @@ impl ReportdMetrics {
             Box::new(deliveries.clone()),
             Box::new(fetch_runs.clone()),
             Box::new(fetch_failures.clone()),
+            Box::new(active.clone()),
         ] {
             registry.register(metric).expect("distinct names");
         }
@@ -124,7 +132,13 @@ impl ReportdMetrics {
             deliveries,
             fetch_runs,
             fetch_failures,
+            active,
         }
+    }
+
+    /// Whether this daemon is the one that works.
+    pub fn set_active(&self, active: bool) {
+        self.active.set(i64::from(active));
     }
 
     /// `n` reports were made and recorded.
@@ -165,6 +179,7 @@ mod tests {
             "tlsrpt_reportd_reports_total 0",
             "tlsrpt_reportd_deliveries_total{outcome=\"retry\"} 0",
             "tlsrpt_reportd_fetch_failures_total{step=\"domaindetails\"} 0",
+            "tlsrpt_reportd_active 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
         }
@@ -174,6 +189,7 @@ mod tests {
         metrics.delivery(DeliveryResult::Failed);
         metrics.fetch_run(FetchStep::DomainList, false);
         metrics.fetch_run(FetchStep::DomainDetails, true);
+        metrics.set_active(true);
         let text = metrics.render();
         for line in [
             "tlsrpt_reportd_reports_total 3",
@@ -184,6 +200,7 @@ mod tests {
             "tlsrpt_reportd_fetch_runs_total{step=\"domaindetails\"} 1",
             "tlsrpt_reportd_fetch_failures_total{step=\"domainlist\"} 0",
             "tlsrpt_reportd_fetch_failures_total{step=\"domaindetails\"} 1",
+            "tlsrpt_reportd_active 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
         }

@@ -13,7 +13,7 @@ use chrono::Utc;
 use mailtls_common::day::Day;
 use serde::Serialize;
 use tlsrpt_report::details::DomainDetails;
-use tlsrpt_reportd::db::{DbError, ReportdDb, StoredReport};
+use tlsrpt_reportd::db::{DbError, DbName, ReportdDb, StoredReport};
 use tlsrpt_store::{FetcherDb, StoreError};
 
 use crate::summary::{self, DaySummary, DomainDay, DomainHistory, DomainPoint, PolicyTypeCount};
@@ -80,9 +80,11 @@ impl Sources {
 
     fn reportd_db(&self, write: bool) -> Result<Option<ReportdDb>, StatsError> {
         match &self.reportd {
-            Some(path) if path.exists() => ReportdDb::open_existing(path, write)
-                .map(Some)
-                .map_err(|source| self.reportd_error(source)),
+            Some(path) if path.exists() => {
+                ReportdDb::open_existing(&DbName::Sqlite(path.clone()), write)
+                    .map(Some)
+                    .map_err(|source| self.reportd_error(source))
+            }
             _ => Ok(None),
         }
     }
@@ -98,7 +100,7 @@ impl Sources {
     pub fn days(&self) -> Result<Vec<(Day, DaySource)>, StatsError> {
         let mut days: Vec<(Day, DaySource)> = Vec::new();
         let mut seen = BTreeSet::new();
-        if let Some(db) = self.reportd_db(false)? {
+        if let Some(mut db) = self.reportd_db(false)? {
             for day in db.days_with_details().map_err(|e| self.reportd_error(e))? {
                 seen.insert(day);
                 days.push((day, DaySource::ReportDaemon));
@@ -124,7 +126,7 @@ impl Sources {
     ) -> Result<(), StatsError> {
         match source {
             DaySource::ReportDaemon => {
-                let db = self.reportd_db(false)?.ok_or(StatsError::NoReportd)?;
+                let mut db = self.reportd_db(false)?.ok_or(StatsError::NoReportd)?;
                 let mut current: Option<DomainDetails> = None;
                 for (domain, text) in db.details_of_day(day).map_err(|e| self.reportd_error(e))? {
                     let details = match DomainDetails::from_fetcher_json(&text) {
@@ -230,7 +232,7 @@ impl Sources {
         let mut sum = DomainDetails::new(domain);
         match source {
             DaySource::ReportDaemon => {
-                let db = self.reportd_db(false)?.ok_or(StatsError::NoReportd)?;
+                let mut db = self.reportd_db(false)?.ok_or(StatsError::NoReportd)?;
                 for text in db
                     .details_of(day, domain)
                     .map_err(|e| self.reportd_error(e))?
@@ -260,7 +262,7 @@ impl Sources {
         domain: Option<&str>,
     ) -> Result<Vec<StoredReport>, StatsError> {
         match self.reportd_db(false)? {
-            Some(db) => db.reports(day, domain).map_err(|e| self.reportd_error(e)),
+            Some(mut db) => db.reports(day, domain).map_err(|e| self.reportd_error(e)),
             None => Ok(Vec::new()),
         }
     }
@@ -284,7 +286,7 @@ impl Sources {
     /// Queues report `r_id` again for each destination not withheld, as
     /// `tlsrptctl resend ID` does; the destinations queued.
     pub fn resend(&self, r_id: i64) -> Result<Vec<String>, StatsError> {
-        let db = self.reportd_db(true)?.ok_or(StatsError::NoReportd)?;
+        let mut db = self.reportd_db(true)?.ok_or(StatsError::NoReportd)?;
         db.resend(r_id, None, Utc::now())
             .map_err(|e| self.reportd_error(e))
     }
@@ -445,7 +447,7 @@ mod tests {
     fn a_day_the_report_daemon_fetched_is_read_from_there_summed_over_fetchers() {
         let dir = tempfile::tempdir().unwrap();
         let reportd = dir.path().join("reportd.sqlite");
-        drop(ReportdDb::open(&reportd).unwrap());
+        drop(ReportdDb::open(&DbName::Sqlite(reportd.clone())).unwrap());
         let conn = rusqlite::Connection::open(&reportd).unwrap();
         let answer = |n: u64| {
             format!(

@@ -1,4 +1,4 @@
-//! The reportd database: the same SQLite file upstream's tlsrpt-reportd
+//! The reportd state in the same SQLite file upstream's tlsrpt-reportd
 //! 0.6.0 keeps (same tables, purpose string and value forms), so either
 //! implementation can take over the other's state and upstream's
 //! `tlsrptctl status` reads ours.
@@ -21,8 +21,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, MAIN_DB};
 
+use super::{
+    parse_day, CleanedUp, DbError, Delivery, DeliveryOutcome, DestinationState, DetailsJob,
+    FetchJob, NewReport, ReportdStore, Result, Status, StatusCount, StoredReport,
+};
 use crate::pytime;
-use crate::reports::Withheld;
 
 /// The purpose string in `dbversion`; a file with another purpose belongs
 /// to another program and is never modified.
@@ -49,164 +52,18 @@ const REPORTS_INDEX: &str =
 /// Upstream's wait for a lock held by another writer (Python's default).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("not a reportd database: purpose {found:?}, expected {PURPOSE:?}")]
-    ForeignPurpose { found: String },
-    #[error("not a reportd database: it has tables but no dbversion table")]
-    ForeignTables,
-    #[error("reportd database version {0}, only version {SCHEMA_VERSION} is supported")]
-    WrongVersion(i64),
-    #[error("the database is read-only")]
-    ReadOnly,
-    #[error("stored day {0:?} is not a YYYY-MM-DD day")]
-    BadDay(String),
-    #[error("no delivery of report {r_id} to {destination} is in progress")]
-    NotSending { destination: String, r_id: i64 },
-}
-
-type Result<T> = std::result::Result<T, DbError>;
-
-/// A fetch job: one configured fetcher's domain list for one day.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FetchJob {
-    pub day: Day,
-    /// The fetcher's position in the `fetchers` option, from 1.
-    pub fetcher_index: i64,
-    pub fetcher: String,
-    /// Failed attempts so far.
-    pub retries: i64,
-}
-
-/// One domain whose details a fetcher still has to deliver.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DetailsJob {
-    pub day: Day,
-    pub domain: String,
-    pub fetcher_index: i64,
-    pub fetcher: String,
-    pub retries: i64,
-}
-
-/// One report to one destination.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    pub destination: String,
-    pub r_id: i64,
-    /// The report's number among the reports of its day and domain, from 1.
-    pub uniqid: i64,
-    pub report: String,
-    pub domain: String,
-    pub day: Day,
-    pub retries: i64,
-    /// When the destination row was made (with its report), for the
-    /// retry window.
-    pub created: Option<DateTime<Utc>>,
-}
-
-/// How a delivery attempt ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryOutcome {
-    Sent,
-    /// Try again at this time, one more failed attempt counted.
-    RetryAt(DateTime<Utc>),
-    /// The retries are used up.
-    TimedOut,
-    /// Retrying cannot help (for example an unusable destination).
-    Failed,
-}
-
-impl DeliveryOutcome {
-    fn status(self) -> Option<&'static str> {
-        match self {
-            DeliveryOutcome::Sent => Some("sent"),
-            DeliveryOutcome::RetryAt(_) => None,
-            DeliveryOutcome::TimedOut => Some("timedout"),
-            DeliveryOutcome::Failed => Some("failed"),
-        }
-    }
-}
-
-/// Rows deleted by [`ReportdDb::clean_up`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CleanedUp {
-    pub fetchjobs: usize,
-    pub reportdata: usize,
-    pub destinations: usize,
-    pub reports: usize,
-}
-
-/// Rows per day and status of one table, for `tlsrptctl status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusCount {
-    pub day: Option<String>,
-    pub status: Option<String>,
-    pub count: i64,
-}
-
-/// One stored report and the state of its deliveries, for `tlsrptctl`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredReport {
-    pub r_id: i64,
-    pub day: String,
-    pub domain: String,
-    pub uniqid: i64,
-    /// NULL in reports an upstream reportd made.
-    pub tlsrptrecord: Option<String>,
-    pub report: String,
-    pub destinations: Vec<DestinationState>,
-}
-
-impl StoredReport {
-    /// The `report-id` of the stored JSON (ours or an upstream reportd's);
-    /// `None` when the text holds none.
-    pub fn report_id(&self) -> Option<String> {
-        report_id_of(&self.report)
-    }
-}
-
-/// The `report-id` of a stored report's JSON text.
-pub fn report_id_of(report: &str) -> Option<String> {
-    serde_json::from_str::<serde_json::Value>(report)
-        .ok()?
-        .get("report-id")?
-        .as_str()
-        .map(str::to_owned)
-}
-
-/// One destination of a report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DestinationState {
-    pub destination: String,
-    /// `None` while a delivery is pending; `sending`, `sent`, `timedout`,
-    /// `failed` (or upstream's `unknownrua`).
-    pub status: Option<String>,
-    pub retries: i64,
-    pub nexttry: Option<String>,
-}
-
-/// The counts `tlsrptctl status` shows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
-    pub fetchjobs: Vec<StatusCount>,
-    pub reportdata: Vec<StatusCount>,
-    pub destinations: Vec<StatusCount>,
-}
-
-/// The open reportd database.
-pub struct ReportdDb {
+/// The reportd state in one SQLite file.
+pub struct SqliteStore {
     conn: Connection,
 }
 
-impl ReportdDb {
+impl SqliteStore {
     /// Opens the database at `path`, creating it with upstream's schema
     /// when the file is new or empty. A database of another program (another
     /// purpose, or tables without `dbversion`) is an error and is left as
     /// it is; so is a read-only file, found now rather than at the first
     /// write hours later.
-    pub fn open(path: &Path) -> Result<ReportdDb> {
+    pub fn open(path: &Path) -> Result<SqliteStore> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         if conn.is_readonly(MAIN_DB)? {
@@ -244,13 +101,13 @@ impl ReportdDb {
         }
         tx.execute(REPORTS_INDEX, [])?;
         tx.commit()?;
-        Ok(ReportdDb { conn })
+        Ok(SqliteStore { conn })
     }
 
     /// Opens an existing database for `tlsrptctl`: read-only unless
     /// `write` (re-sending a report), never creating one, and only a
     /// reportd database.
-    pub fn open_existing(path: &Path, write: bool) -> Result<ReportdDb> {
+    pub fn open_existing(path: &Path, write: bool) -> Result<SqliteStore> {
         let flags = if write {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
         } else {
@@ -269,16 +126,75 @@ impl ReportdDb {
             Some((_, purpose)) if purpose != PURPOSE => {
                 Err(DbError::ForeignPurpose { found: purpose })
             }
-            Some((SCHEMA_VERSION, _)) => Ok(ReportdDb { conn }),
+            Some((SCHEMA_VERSION, _)) => Ok(SqliteStore { conn }),
             Some((version, _)) => Err(DbError::WrongVersion(version)),
             None => Err(DbError::ForeignTables),
         }
     }
 
-    /// Creates the fetch jobs of `day`, one per configured fetcher command
-    /// (numbered from 1, due at once), unless the day has jobs already.
-    /// Returns whether it created them.
-    pub fn create_fetch_jobs(
+    /// The deliveries that meet `condition`, each with its `nexttry`.
+    fn deliveries(
+        &self,
+        condition: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<(Delivery, Option<DateTime<Utc>>)>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT destination, d_r_id, uniqid, report, domain, day, destinations.retries, \
+             destinations.its, nexttry FROM destinations JOIN reports ON r_id=d_r_id WHERE {condition} \
+             ORDER BY nexttry, d_r_id, destination"
+        ))?;
+        let rows = stmt.query_map(args, |row| {
+            <(
+                String,
+                i64,
+                i64,
+                String,
+                String,
+                String,
+                i64,
+                Option<String>,
+                Option<String>,
+            )>::try_from(row)
+        })?;
+        rows.map(|row| {
+            let (destination, r_id, uniqid, report, domain, day, retries, created, nexttry) = row?;
+            let delivery = Delivery {
+                destination,
+                r_id,
+                uniqid,
+                report,
+                domain,
+                day: parse_day(day)?,
+                retries,
+                created: created.as_deref().and_then(parse_sqlite_timestamp),
+            };
+            Ok((
+                delivery,
+                nexttry.as_deref().and_then(pytime::parse_timestamp),
+            ))
+        })
+        .collect()
+    }
+
+    fn destinations_of(&self, r_id: i64) -> Result<Vec<DestinationState>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT destination, status, retries, nexttry FROM destinations \
+             WHERE d_r_id=? ORDER BY destination",
+        )?;
+        let rows = stmt.query_map([r_id], |row| {
+            Ok(DestinationState {
+                destination: row.get(0)?,
+                status: row.get(1)?,
+                retries: row.get(2)?,
+                nexttry: row.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+impl ReportdStore for SqliteStore {
+    fn create_fetch_jobs(
         &mut self,
         day: Day,
         fetchers: &[String],
@@ -304,8 +220,7 @@ impl ReportdDb {
         Ok(true)
     }
 
-    /// Fetch jobs without a result whose next try is before `now`.
-    pub fn due_fetch_jobs(&self, now: DateTime<Utc>) -> Result<Vec<FetchJob>> {
+    fn due_fetch_jobs(&mut self, now: DateTime<Utc>) -> Result<Vec<FetchJob>> {
         let mut stmt = self.conn.prepare(
             "SELECT day, fetcherindex, fetcher, retries FROM fetchjobs \
              WHERE status IS NULL AND nexttry<? ORDER BY day, fetcherindex",
@@ -325,27 +240,10 @@ impl ReportdDb {
         .collect()
     }
 
-    /// Stores the domain list a fetch job produced and marks the job done,
-    /// all in one transaction: a list is stored completely or not at all.
-    /// A domain already stored for this fetcher is kept as it is (upstream
-    /// logs and skips it, too). Returns the number of new domains.
-    pub fn store_domain_list(
+    fn store_fetched(
         &mut self,
         job: &FetchJob,
-        domains: &[String],
-        now: DateTime<Utc>,
-    ) -> Result<usize> {
-        let rows = domains.iter().map(|domain| (domain.as_str(), None));
-        self.store_fetched(job, rows, now)
-    }
-
-    /// Stores what a fetch job produced, each domain with its details when
-    /// they came along (`fetched`) or without (to be fetched), and marks
-    /// the job done, in one transaction.
-    fn store_fetched<'a>(
-        &mut self,
-        job: &FetchJob,
-        rows: impl Iterator<Item = (&'a str, Option<&'a str>)>,
+        rows: &mut dyn Iterator<Item = (&str, Option<&str>)>,
         now: DateTime<Utc>,
     ) -> Result<usize> {
         let tx = self.conn.savepoint()?;
@@ -372,8 +270,7 @@ impl ReportdDb {
         Ok(added)
     }
 
-    /// The fetch job failed and is tried again at `at`.
-    pub fn fetch_job_retry_at(&self, job: &FetchJob, at: DateTime<Utc>) -> Result<()> {
+    fn fetch_job_retry_at(&mut self, job: &FetchJob, at: DateTime<Utc>) -> Result<()> {
         self.conn.execute(
             "UPDATE fetchjobs SET retries=retries+1, nexttry=? WHERE day=? AND fetcherindex=?",
             params![
@@ -385,15 +282,11 @@ impl ReportdDb {
         Ok(())
     }
 
-    /// The fetch job has used up its retries.
-    pub fn fetch_job_timed_out(&self, job: &FetchJob) -> Result<()> {
+    fn fetch_job_timed_out(&mut self, job: &FetchJob) -> Result<()> {
         set_fetch_job_status(&self.conn, job, "timedout")
     }
 
-    /// Domains whose details are still missing and due, on days whose fetch
-    /// jobs have all ended (as upstream: a day's details are fetched only
-    /// once every fetcher's domain list is in).
-    pub fn due_details(&self, now: DateTime<Utc>) -> Result<Vec<DetailsJob>> {
+    fn due_details(&mut self, now: DateTime<Utc>) -> Result<Vec<DetailsJob>> {
         let mut stmt = self.conn.prepare(
             "SELECT day, domain, fetcherindex, fetcher, retries FROM reportdata \
              WHERE data IS NULL AND status IS NULL AND nexttry<? \
@@ -416,9 +309,7 @@ impl ReportdDb {
         .collect()
     }
 
-    /// Stores a domain's details (the `policies` object of the fetcher's
-    /// answer, as JSON text) and marks them fetched.
-    pub fn store_details(&self, job: &DetailsJob, policies_json: &str) -> Result<()> {
+    fn store_details(&mut self, job: &DetailsJob, policies_json: &str) -> Result<()> {
         self.conn.execute(
             "UPDATE reportdata SET data=?, status='fetched' \
              WHERE day=? AND fetcherindex=? AND domain=?",
@@ -432,8 +323,7 @@ impl ReportdDb {
         Ok(())
     }
 
-    /// The details fetch failed and is tried again at `at`.
-    pub fn details_retry_at(&self, job: &DetailsJob, at: DateTime<Utc>) -> Result<()> {
+    fn details_retry_at(&mut self, job: &DetailsJob, at: DateTime<Utc>) -> Result<()> {
         self.conn.execute(
             "UPDATE reportdata SET retries=retries+1, nexttry=? \
              WHERE day=? AND fetcherindex=? AND domain=?",
@@ -447,9 +337,7 @@ impl ReportdDb {
         Ok(())
     }
 
-    /// The details fetch has used up its retries; the domain's report is
-    /// made from the other fetchers' data.
-    pub fn details_timed_out(&self, job: &DetailsJob) -> Result<()> {
+    fn details_timed_out(&mut self, job: &DetailsJob) -> Result<()> {
         self.conn.execute(
             "UPDATE reportdata SET status='timedout' WHERE day=? AND fetcherindex=? AND domain=?",
             params![job.day.to_string(), job.fetcher_index, job.domain],
@@ -457,12 +345,7 @@ impl ReportdDb {
         Ok(())
     }
 
-    /// The (day, domain) pairs with some fetched data, none still pending,
-    /// every fetch job of the day ended, and no report yet. (Upstream needs
-    /// no fetch job condition: it fetches details only after all lists are
-    /// in. A bulk answer brings details with the list, and another fetcher
-    /// may still add to the same domain.)
-    pub fn ready_for_report(&self) -> Result<Vec<(Day, String)>> {
+    fn ready_for_report(&mut self) -> Result<Vec<(Day, String)>> {
         let mut stmt = self.conn.prepare(
             "SELECT DISTINCT day, domain FROM reportdata WHERE status='fetched' \
              AND day NOT IN (SELECT day FROM fetchjobs WHERE status IS NULL) \
@@ -478,8 +361,7 @@ impl ReportdDb {
         .collect()
     }
 
-    /// The domains with fetched data on `day`.
-    pub fn fetched_domains(&self, day: Day) -> Result<Vec<String>> {
+    fn fetched_domains(&mut self, day: Day) -> Result<Vec<String>> {
         let mut stmt = self.conn.prepare(
             "SELECT DISTINCT domain FROM reportdata WHERE day=? AND data IS NOT NULL ORDER BY domain",
         )?;
@@ -487,9 +369,7 @@ impl ReportdDb {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Marks a day and domain whose data gave no report (status
-    /// `unusable`), so it is not tried again at every loop.
-    pub fn mark_unreportable(&self, day: Day, domain: &str) -> Result<()> {
+    fn mark_unreportable(&mut self, day: Day, domain: &str) -> Result<()> {
         self.conn.execute(
             "UPDATE reportdata SET status='unusable' WHERE day=? AND domain=? AND status='fetched'",
             params![day.to_string(), domain],
@@ -497,9 +377,7 @@ impl ReportdDb {
         Ok(())
     }
 
-    /// The fetched details (`policies` JSON texts) of one day and domain,
-    /// one per fetcher that delivered them, in fetcher order.
-    pub fn details_of(&self, day: Day, domain: &str) -> Result<Vec<String>> {
+    fn details_of(&mut self, day: Day, domain: &str) -> Result<Vec<String>> {
         let mut stmt = self.conn.prepare(
             "SELECT data FROM reportdata WHERE day=? AND domain=? AND data IS NOT NULL \
              ORDER BY fetcherindex",
@@ -508,10 +386,7 @@ impl ReportdDb {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Every fetched detail (`policies` JSON text) of `day`, as (domain,
-    /// text), in domain and fetcher order: the dashboard's view of a
-    /// completed day, summed over every fetcher (every MTA).
-    pub fn details_of_day(&self, day: Day) -> Result<Vec<(String, String)>> {
+    fn details_of_day(&mut self, day: Day) -> Result<Vec<(String, String)>> {
         let mut stmt = self.conn.prepare(
             "SELECT domain, data FROM reportdata WHERE day=? AND data IS NOT NULL \
              ORDER BY domain, fetcherindex",
@@ -520,9 +395,7 @@ impl ReportdDb {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// The days with fetched details, newest first. A stored day that is
-    /// no day is an error ([`DbError::BadDay`]).
-    pub fn days_with_details(&self) -> Result<Vec<Day>> {
+    fn days_with_details(&mut self) -> Result<Vec<Day>> {
         let mut stmt = self.conn.prepare(
             "SELECT DISTINCT day FROM reportdata WHERE data IS NOT NULL ORDER BY day DESC",
         )?;
@@ -534,21 +407,18 @@ impl ReportdDb {
             .collect()
     }
 
-    /// Stores a report and its destinations, each with the time of its
-    /// first delivery, in one transaction. `render` gets the report's
-    /// number among the reports of its day and domain (from 1; it is part
-    /// of the report-id) and returns the report's JSON text. Returns the
-    /// report's `r_id`. The `withheld` destinations are stored with their
-    /// reason as status, so that they are shown and never delivered.
-    pub fn insert_report(
+    fn insert_report(
         &mut self,
-        day: Day,
-        domain: &str,
-        tlsrptrecord: &str,
-        render: impl FnOnce(i64) -> String,
-        destinations: &[(String, DateTime<Utc>)],
-        withheld: &[Withheld],
+        report: NewReport<'_>,
+        render: &mut dyn FnMut(i64) -> String,
     ) -> Result<i64> {
+        let NewReport {
+            day,
+            domain,
+            tlsrptrecord,
+            destinations,
+            withheld,
+        } = report;
         let tx = self.conn.savepoint()?;
         let uniqid: i64 = tx.query_row(
             "SELECT COUNT(*)+1 FROM reports WHERE day=? AND domain=?",
@@ -584,57 +454,19 @@ impl ReportdDb {
         Ok(r_id)
     }
 
-    /// Deliveries without a result whose next try is before `now`.
-    pub fn due_deliveries(&self, now: DateTime<Utc>) -> Result<Vec<Delivery>> {
-        self.deliveries(
+    fn due_deliveries(&mut self, now: DateTime<Utc>) -> Result<Vec<Delivery>> {
+        let due = self.deliveries(
             "destinations.status IS NULL AND nexttry<?",
             [pytime::timestamp(now)],
-        )
+        )?;
+        Ok(due.into_iter().map(|(delivery, _)| delivery).collect())
     }
 
-    /// Deliveries that were started and never recorded as ended: the
-    /// daemon stopped during the attempt, which may or may not have
-    /// reached the destination.
-    pub fn interrupted_deliveries(&self) -> Result<Vec<Delivery>> {
+    fn interrupted_deliveries(&mut self) -> Result<Vec<(Delivery, Option<DateTime<Utc>>)>> {
         self.deliveries("destinations.status='sending'", [])
     }
 
-    fn deliveries(&self, condition: &str, args: impl rusqlite::Params) -> Result<Vec<Delivery>> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT destination, d_r_id, uniqid, report, domain, day, destinations.retries, \
-             destinations.its FROM destinations JOIN reports ON r_id=d_r_id WHERE {condition} \
-             ORDER BY nexttry, d_r_id, destination"
-        ))?;
-        let rows = stmt.query_map(args, |row| {
-            <(
-                String,
-                i64,
-                i64,
-                String,
-                String,
-                String,
-                i64,
-                Option<String>,
-            )>::try_from(row)
-        })?;
-        rows.map(|row| {
-            let (destination, r_id, uniqid, report, domain, day, retries, created) = row?;
-            Ok(Delivery {
-                destination,
-                r_id,
-                uniqid,
-                report,
-                domain,
-                day: parse_day(day)?,
-                retries,
-                created: created.as_deref().and_then(parse_sqlite_timestamp),
-            })
-        })
-        .collect()
-    }
-
-    /// Records, before the attempt, that a delivery is starting at `now`.
-    pub fn delivery_started(&self, delivery: &Delivery, now: DateTime<Utc>) -> Result<()> {
+    fn delivery_started(&mut self, delivery: &Delivery, now: DateTime<Utc>) -> Result<()> {
         self.conn.execute(
             "UPDATE destinations SET status='sending', nexttry=? WHERE destination=? AND d_r_id=?",
             params![pytime::timestamp(now), delivery.destination, delivery.r_id],
@@ -642,8 +474,7 @@ impl ReportdDb {
         Ok(())
     }
 
-    /// Records how a started delivery ended.
-    pub fn delivery_finished(&self, delivery: &Delivery, outcome: DeliveryOutcome) -> Result<()> {
+    fn delivery_finished(&mut self, delivery: &Delivery, outcome: DeliveryOutcome) -> Result<()> {
         let changed = match outcome {
             DeliveryOutcome::RetryAt(at) => self.conn.execute(
                 "UPDATE destinations SET status=NULL, retries=retries+1, nexttry=? \
@@ -664,11 +495,7 @@ impl ReportdDb {
         Ok(())
     }
 
-    /// Deletes everything about days more than `keep_days` days before
-    /// `now`, with upstream's condition (`julianday(now) - julianday(day) >
-    /// keep_days`, so a day goes a fraction of a day after it is exactly
-    /// `keep_days` old).
-    pub fn clean_up(&mut self, now: DateTime<Utc>, keep_days: i64) -> Result<CleanedUp> {
+    fn clean_up(&mut self, now: DateTime<Utc>, keep_days: i64) -> Result<CleanedUp> {
         let now = pytime::timestamp(now);
         let tx = self.conn.savepoint()?;
         let old = "julianday(?1)-julianday(day)>?2";
@@ -685,41 +512,7 @@ impl ReportdDb {
         Ok(cleaned)
     }
 
-    /// Runs `work` in one transaction: everything it writes is committed
-    /// together, or nothing when it fails (one disk sync instead of one per
-    /// row, which matters for thousands of reports).
-    pub fn in_transaction<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        self.conn.execute_batch("BEGIN")?;
-        match work(self) {
-            Ok(value) => {
-                self.conn.execute_batch("COMMIT")?;
-                Ok(value)
-            }
-            Err(err) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                Err(err)
-            }
-        }
-    }
-
-    /// Stores a bulk answer: every domain with its details, and the fetch
-    /// job marked done, in one transaction. Returns the number of new
-    /// domains.
-    pub fn store_bulk(
-        &mut self,
-        job: &FetchJob,
-        details: &[(String, String)],
-        now: DateTime<Utc>,
-    ) -> Result<usize> {
-        let rows = details
-            .iter()
-            .map(|(domain, data)| (domain.as_str(), Some(data.as_str())));
-        self.store_fetched(job, rows, now)
-    }
-
-    /// The earliest `nexttry` of all pending work (fetch jobs, details,
-    /// deliveries), to know how long the daemon may sleep.
-    pub fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
+    fn next_due(&mut self) -> Result<Option<DateTime<Utc>>> {
         let text: Option<String> = self.conn.query_row(
             "SELECT min(t) FROM (\
              SELECT min(nexttry) AS t FROM fetchjobs WHERE status IS NULL \
@@ -732,9 +525,7 @@ impl ReportdDb {
         Ok(text.as_deref().and_then(pytime::parse_timestamp))
     }
 
-    /// Reports with their destinations, optionally of one day and/or one
-    /// domain, in the order they were made.
-    pub fn reports(&self, day: Option<Day>, domain: Option<&str>) -> Result<Vec<StoredReport>> {
+    fn reports(&mut self, day: Option<Day>, domain: Option<&str>) -> Result<Vec<StoredReport>> {
         let mut stmt = self.conn.prepare(
             "SELECT r_id, day, domain, uniqid, tlsrptrecord, report FROM reports \
              WHERE (?1 IS NULL OR day=?1) AND (?2 IS NULL OR domain=?2) ORDER BY r_id",
@@ -750,8 +541,7 @@ impl ReportdDb {
         Ok(reports)
     }
 
-    /// One report by its `r_id`.
-    pub fn report(&self, r_id: i64) -> Result<Option<StoredReport>> {
+    fn report(&mut self, r_id: i64) -> Result<Option<StoredReport>> {
         let mut report = self
             .conn
             .query_row(
@@ -766,28 +556,8 @@ impl ReportdDb {
         Ok(report)
     }
 
-    fn destinations_of(&self, r_id: i64) -> Result<Vec<DestinationState>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT destination, status, retries, nexttry FROM destinations \
-             WHERE d_r_id=? ORDER BY destination",
-        )?;
-        let rows = stmt.query_map([r_id], |row| {
-            Ok(DestinationState {
-                destination: row.get(0)?,
-                status: row.get(1)?,
-                retries: row.get(2)?,
-                nexttry: row.get(3)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    /// Queues report `r_id` again for all its destinations, or for one:
-    /// due at `now`, with a fresh retry count. A delivery in progress is
-    /// left alone, and a destination the amplification limits withheld is
-    /// queued only when it is named. Returns the destinations queued.
-    pub fn resend(
-        &self,
+    fn resend(
+        &mut self,
         r_id: i64,
         destination: Option<&str>,
         now: DateTime<Utc>,
@@ -805,10 +575,7 @@ impl ReportdDb {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Rows per day and status of the three tables `tlsrptctl status`
-    /// shows. (Upstream's queries lack a GROUP BY and print one row per
-    /// table with an arbitrary day and status and the table's total.)
-    pub fn status(&self) -> Result<Status> {
+    fn status(&mut self) -> Result<Status> {
         let counts = |sql: &str| -> Result<Vec<StatusCount>> {
             let mut stmt = self.conn.prepare(sql)?;
             let rows = stmt.query_map([], |row| {
@@ -833,6 +600,26 @@ impl ReportdDb {
                  GROUP BY reports.day, destinations.status ORDER BY reports.day, destinations.status",
             )?,
         })
+    }
+
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    fn take_lead(&mut self) -> Result<std::result::Result<(), String>> {
+        Ok(Ok(()))
+    }
+
+    fn begin(&mut self) -> Result<()> {
+        Ok(self.conn.execute_batch("BEGIN")?)
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        Ok(self.conn.execute_batch("COMMIT")?)
+    }
+
+    fn rollback(&mut self) -> Result<()> {
+        Ok(self.conn.execute_batch("ROLLBACK")?)
     }
 }
 
@@ -865,58 +652,22 @@ fn parse_sqlite_timestamp(text: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
-fn parse_day(text: String) -> Result<Day> {
-    Day::parse(&text).map_err(|_| DbError::BadDay(text))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reports::WithheldReason;
+    use crate::db::tests::{day, fetchers, one_delivery, strings, t, with_first_domain_list};
+    use crate::db::{DbName, ReportdDb};
     use chrono::TimeZone;
 
     fn python(code: &str, db: &Path) -> String {
         crate::python(code, &[db])
     }
 
-    fn t(h: u32, m: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 22, h, m, 0).unwrap()
-    }
-
-    fn day(d: u32) -> Day {
-        Day::from_ymd(2026, 11, d)
-    }
-
-    fn fetchers() -> Vec<String> {
-        vec!["fetch-a".into(), "ssh b tlsrpt-fetcher".into()]
-    }
-
-    fn strings(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
-
     fn fresh() -> (tempfile::TempDir, std::path::PathBuf, ReportdDb) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("reportd.sqlite");
-        let db = ReportdDb::open(&path).unwrap();
+        let db = ReportdDb::open(&DbName::Sqlite(path.clone())).unwrap();
         (dir, path, db)
-    }
-
-    /// A day whose fetch jobs both delivered their domain lists.
-    /// The two fetchers' jobs of day 21, the first one's domain list in.
-    fn with_first_domain_list(db: &mut ReportdDb) -> Vec<FetchJob> {
-        db.create_fetch_jobs(day(21), &fetchers(), t(0, 0)).unwrap();
-        let jobs = db.due_fetch_jobs(t(0, 1)).unwrap();
-        db.store_domain_list(&jobs[0], &strings(&["a.example", "b.example"]), t(0, 1))
-            .unwrap();
-        jobs
-    }
-
-    fn with_domain_lists(db: &mut ReportdDb) -> Vec<FetchJob> {
-        let jobs = with_first_domain_list(db);
-        db.store_domain_list(&jobs[1], &strings(&["b.example"]), t(0, 1))
-            .unwrap();
-        jobs
     }
 
     #[test]
@@ -937,7 +688,7 @@ mod tests {
         );
         assert_eq!(python(dump, &ours), python(dump, &theirs));
         // And reopening the upstream-made file is fine.
-        ReportdDb::open(&theirs).unwrap();
+        SqliteStore::open(&theirs).unwrap();
     }
 
     #[test]
@@ -953,7 +704,7 @@ mod tests {
             let path = dir.path().join(name);
             Connection::open(&path).unwrap().execute_batch(sql).unwrap();
             let before = std::fs::read(&path).unwrap();
-            let err = ReportdDb::open(&path).err().expect(name);
+            let err = SqliteStore::open(&path).err().expect(name);
             match (name, err) {
                 ("collectd", DbError::ForeignPurpose { found }) => {
                     assert_eq!(found, "TLSRPT-Collectd-DB-devel-2024-10-28")
@@ -967,75 +718,19 @@ mod tests {
     }
 
     #[test]
-    fn fetch_jobs_are_created_once_per_day_and_end_ok_retried_or_timed_out() {
-        let (_dir, _path, mut db) = fresh();
-        assert!(db.create_fetch_jobs(day(21), &fetchers(), t(0, 0)).unwrap());
-        assert!(!db.create_fetch_jobs(day(21), &fetchers(), t(0, 5)).unwrap());
-        // Due strictly after their creation time.
-        assert!(db.due_fetch_jobs(t(0, 0)).unwrap().is_empty());
-        let jobs = db.due_fetch_jobs(t(0, 1)).unwrap();
-        assert_eq!(
-            jobs,
-            [
-                FetchJob {
-                    day: day(21),
-                    fetcher_index: 1,
-                    fetcher: "fetch-a".into(),
-                    retries: 0
-                },
-                FetchJob {
-                    day: day(21),
-                    fetcher_index: 2,
-                    fetcher: "ssh b tlsrpt-fetcher".into(),
-                    retries: 0
-                },
-            ]
-        );
-        assert_eq!(
-            db.store_domain_list(&jobs[0], &strings(&["a.example"]), t(0, 1))
-                .unwrap(),
-            1
-        );
-        db.fetch_job_retry_at(&jobs[1], t(0, 10)).unwrap();
-        assert!(db.due_fetch_jobs(t(0, 10)).unwrap().is_empty());
-        let again = db.due_fetch_jobs(t(0, 11)).unwrap();
-        assert_eq!(again.len(), 1);
-        assert_eq!(again[0].retries, 1);
-        db.fetch_job_timed_out(&again[0]).unwrap();
-        assert!(db.due_fetch_jobs(t(23, 0)).unwrap().is_empty());
-        let status = db.status().unwrap();
-        assert_eq!(
-            status.fetchjobs,
-            [
-                StatusCount {
-                    day: Some("2026-11-21".into()),
-                    status: Some("ok".into()),
-                    count: 1
-                },
-                StatusCount {
-                    day: Some("2026-11-21".into()),
-                    status: Some("timedout".into()),
-                    count: 1
-                },
-            ]
-        );
-    }
-
-    #[test]
     fn a_domain_list_is_stored_completely_or_not_at_all() {
-        let (_dir, _path, mut db) = fresh();
+        let (_dir, path, mut db) = fresh();
         db.create_fetch_jobs(day(21), &fetchers(), t(0, 0)).unwrap();
         let job = db.due_fetch_jobs(t(0, 1)).unwrap().remove(0);
-        db.conn
-            .execute_batch(
-                "CREATE TRIGGER fail BEFORE INSERT ON reportdata WHEN NEW.domain='bad.example' \
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER fail BEFORE INSERT ON reportdata WHEN NEW.domain='bad.example' \
                  BEGIN SELECT RAISE(ABORT, 'injected'); END;",
-            )
-            .unwrap();
+        )
+        .unwrap();
         let list = strings(&["a.example", "bad.example", "c.example"]);
         assert!(db.store_domain_list(&job, &list, t(0, 1)).is_err());
-        let rows: i64 = db
-            .conn
+        let rows: i64 = conn
             .query_row("SELECT count(*) FROM reportdata", [], |r| r.get(0))
             .unwrap();
         assert_eq!(rows, 0);
@@ -1044,259 +739,12 @@ mod tests {
             2,
             "the job is still open"
         );
-        db.conn.execute_batch("DROP TRIGGER fail").unwrap();
+        conn.execute_batch("DROP TRIGGER fail").unwrap();
         // A repeated domain (a retried list, or a fetcher listing it twice) is kept once.
         assert_eq!(
             db.store_domain_list(&job, &[list.clone(), list].concat(), t(0, 1))
                 .unwrap(),
             3
-        );
-    }
-
-    #[test]
-    fn details_are_due_once_all_domain_lists_are_in_and_retried_or_given_up() {
-        let (_dir, _path, mut db) = fresh();
-        let jobs = with_first_domain_list(&mut db);
-        assert!(
-            db.due_details(t(0, 2)).unwrap().is_empty(),
-            "fetcher 2 is still open"
-        );
-        db.store_domain_list(&jobs[1], &strings(&["b.example"]), t(0, 1))
-            .unwrap();
-        let due = db.due_details(t(0, 2)).unwrap();
-        let keys: Vec<_> = due
-            .iter()
-            .map(|d| (d.domain.as_str(), d.fetcher_index))
-            .collect();
-        assert_eq!(keys, [("a.example", 1), ("b.example", 1), ("b.example", 2)]);
-
-        db.store_details(&due[0], r#"{"v=TLSRPTv1; rua=mailto:r@a.example": {}}"#)
-            .unwrap();
-        db.store_details(&due[1], r#"{"rec": 1}"#).unwrap();
-        db.details_retry_at(&due[2], t(1, 0)).unwrap();
-        assert!(db.due_details(t(0, 59)).unwrap().is_empty());
-        assert_eq!(
-            db.ready_for_report().unwrap(),
-            [(day(21), "a.example".to_string())]
-        );
-
-        let retried = db.due_details(t(1, 1)).unwrap();
-        assert_eq!(retried.len(), 1);
-        assert_eq!(retried[0].retries, 1);
-        db.details_timed_out(&retried[0]).unwrap();
-        assert!(db.due_details(t(23, 0)).unwrap().is_empty());
-        assert_eq!(
-            db.ready_for_report().unwrap(),
-            [
-                (day(21), "a.example".to_string()),
-                (day(21), "b.example".to_string())
-            ]
-        );
-        assert_eq!(
-            db.details_of(day(21), "b.example").unwrap(),
-            [r#"{"rec": 1}"#]
-        );
-        assert!(db.details_of(day(20), "b.example").unwrap().is_empty());
-    }
-
-    #[test]
-    fn reports_are_numbered_per_day_and_domain_and_no_longer_ready() {
-        let (_dir, _path, mut db) = fresh();
-        let jobs = with_domain_lists(&mut db);
-        for job in db.due_details(t(0, 2)).unwrap() {
-            db.store_details(&job, "{}").unwrap();
-        }
-        assert_eq!(jobs.len(), 2);
-        let mut seen = Vec::new();
-        let first = db
-            .insert_report(
-                day(21),
-                "b.example",
-                "v=TLSRPTv1; rua=mailto:x@b.example",
-                |n| {
-                    seen.push(n);
-                    format!("report {n}")
-                },
-                &[("mailto:x@b.example".into(), t(3, 0))],
-                &[],
-            )
-            .unwrap();
-        let second = db
-            .insert_report(
-                day(21),
-                "b.example",
-                "v=TLSRPTv1; rua=https://b.example/r",
-                |n| {
-                    seen.push(n);
-                    format!("report {n}")
-                },
-                &[("https://b.example/r".into(), t(4, 0))],
-                &[],
-            )
-            .unwrap();
-        assert_ne!(first, second);
-        assert_eq!(seen, [1, 2]);
-        assert_eq!(
-            db.ready_for_report().unwrap(),
-            [(day(21), "a.example".to_string())]
-        );
-        let record: String = db
-            .conn
-            .query_row(
-                "SELECT tlsrptrecord FROM reports WHERE r_id=?",
-                [second],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(record, "v=TLSRPTv1; rua=https://b.example/r");
-    }
-
-    /// A report of `domain` on day 21 ("report N"), for one destination
-    /// first tried at 03:00, with `withheld` ones.
-    fn report_to(
-        db: &mut ReportdDb,
-        domain: &str,
-        destination: &str,
-        withheld: &[Withheld],
-    ) -> i64 {
-        db.insert_report(
-            day(21),
-            domain,
-            "rec",
-            |n| format!("report {n}"),
-            &[(destination.into(), t(3, 0))],
-            withheld,
-        )
-        .unwrap()
-    }
-
-    fn one_delivery(db: &mut ReportdDb) -> Delivery {
-        let r_id = report_to(db, "a.example", "mailto:r@a.example", &[]);
-        assert!(db.due_deliveries(t(3, 0)).unwrap().is_empty());
-        let due = db.due_deliveries(t(3, 1)).unwrap();
-        let created = due[0].created.expect("its is set");
-        assert!((Utc::now() - created).num_seconds().abs() < 60, "{created}");
-        assert_eq!(
-            due,
-            [Delivery {
-                destination: "mailto:r@a.example".into(),
-                r_id,
-                uniqid: 1,
-                report: "report 1".into(),
-                domain: "a.example".into(),
-                day: day(21),
-                retries: 0,
-                created: Some(created),
-            }]
-        );
-        due.into_iter().next().unwrap()
-    }
-
-    #[test]
-    fn withheld_destinations_are_shown_never_delivered_and_resent_only_by_name() {
-        let (_dir, _path, mut db) = fresh();
-        let withheld = Withheld {
-            destination: "mailto:v5@evil.example".into(),
-            reason: WithheldReason::DestinationsPerRecord,
-        };
-        let r_id = report_to(
-            &mut db,
-            "evil.example",
-            "mailto:v1@evil.example",
-            std::slice::from_ref(&withheld),
-        );
-        let due = db.due_deliveries(t(23, 0)).unwrap();
-        assert_eq!(due.len(), 1);
-        assert_eq!(due[0].destination, "mailto:v1@evil.example");
-        let stored = db.report(r_id).unwrap().unwrap().destinations;
-        assert_eq!(stored[1].destination, "mailto:v5@evil.example");
-        assert_eq!(
-            stored[1].status.as_deref(),
-            Some("withheld:max_destinations_per_record")
-        );
-        assert_eq!(
-            db.resend(r_id, None, t(4, 0)).unwrap(),
-            ["mailto:v1@evil.example"]
-        );
-        assert_eq!(
-            db.resend(r_id, Some("mailto:v5@evil.example"), t(4, 0))
-                .unwrap(),
-            ["mailto:v5@evil.example"]
-        );
-        assert_eq!(db.due_deliveries(t(23, 0)).unwrap().len(), 2);
-    }
-
-    #[test]
-    fn a_delivery_is_recorded_before_and_after_each_attempt() {
-        let (_dir, _path, mut db) = fresh();
-        let delivery = one_delivery(&mut db);
-        assert!(matches!(
-            db.delivery_finished(&delivery, DeliveryOutcome::Sent),
-            Err(DbError::NotSending { .. })
-        ));
-        db.delivery_started(&delivery, t(3, 1)).unwrap();
-        assert!(
-            db.due_deliveries(t(23, 0)).unwrap().is_empty(),
-            "not sent twice"
-        );
-        assert_eq!(
-            db.interrupted_deliveries().unwrap(),
-            std::slice::from_ref(&delivery)
-        );
-
-        db.delivery_finished(&delivery, DeliveryOutcome::RetryAt(t(4, 0)))
-            .unwrap();
-        assert!(db.interrupted_deliveries().unwrap().is_empty());
-        assert!(db.due_deliveries(t(4, 0)).unwrap().is_empty());
-        let again = db.due_deliveries(t(4, 1)).unwrap().remove(0);
-        assert_eq!(again.retries, 1);
-
-        for (outcome, status) in [
-            (DeliveryOutcome::Sent, "sent"),
-            (DeliveryOutcome::TimedOut, "timedout"),
-            (DeliveryOutcome::Failed, "failed"),
-        ] {
-            db.conn
-                .execute("UPDATE destinations SET status=NULL", [])
-                .unwrap();
-            db.delivery_started(&again, t(4, 1)).unwrap();
-            db.delivery_finished(&again, outcome).unwrap();
-            assert!(db.due_deliveries(t(23, 0)).unwrap().is_empty());
-            assert_eq!(
-                db.status().unwrap().destinations,
-                [StatusCount {
-                    day: Some("2026-11-21".into()),
-                    status: Some(status.into()),
-                    count: 1
-                }]
-            );
-        }
-    }
-
-    #[test]
-    fn clean_up_keeps_days_until_more_than_keep_days_old() {
-        let (_dir, _path, mut db) = fresh();
-        with_domain_lists(&mut db);
-        one_delivery(&mut db);
-        // Day 21 is 10 days old at midnight of day 31 (2026-12-01): kept;
-        // a second later it is more than 10 days old.
-        let midnight = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
-        assert_eq!(db.clean_up(midnight, 10).unwrap(), CleanedUp::default());
-        assert_eq!(
-            db.clean_up(midnight + chrono::Duration::seconds(1), 10)
-                .unwrap(),
-            CleanedUp {
-                fetchjobs: 2,
-                reportdata: 3,
-                destinations: 1,
-                reports: 1
-            }
-        );
-        let status = db.status().unwrap();
-        assert!(
-            status.fetchjobs.is_empty()
-                && status.reportdata.is_empty()
-                && status.destinations.is_empty()
         );
     }
 
@@ -1374,7 +822,7 @@ mod tests {
     /// the same moment.
     #[test]
     fn we_read_upstreams_rows() {
-        let (_dir, path, db) = fresh();
+        let (_dir, path, mut db) = fresh();
         python(
             "import sqlite3, sys, datetime\n\
              c = sqlite3.connect(sys.argv[1])\n\
