@@ -1570,7 +1570,12 @@ async fn a_link_whose_request_failed_can_be_used_again() {
 /// A report daemon database with one report for `domain` on `day`, its one
 /// destination already sent.
 fn reportd_with_a_sent_report(path: &std::path::Path, day: &str, domain: &str) {
-    drop(tlsrpt_reportd::db::ReportdDb::open(path).unwrap());
+    drop(
+        tlsrpt_reportd::db::ReportdDb::open(&tlsrpt_reportd::db::DbName::Sqlite(
+            path.to_path_buf(),
+        ))
+        .unwrap(),
+    );
     let conn = rusqlite::Connection::open(path).unwrap();
     conn.execute(
         "INSERT INTO reports (r_id, day, domain, uniqid, tlsrptrecord, report) VALUES (7, ?1, ?2, 1, 'v=TLSRPTv1;rua=mailto:tlsrpt@example.net', ?3)",
