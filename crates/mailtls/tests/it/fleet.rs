@@ -402,3 +402,162 @@ fn a_collector_killed_and_restarted_keeps_what_it_wrote_and_ends_the_days_it_lef
         restarted.log_text()
     );
 }
+
+/// A report datagram for `domain` whose record asks for mail to
+/// `r@domain`.
+fn mail_datagram(domain: &str) -> Vec<u8> {
+    format!(
+        r#"{{"dpv":"1","d":"{domain}","pr":"v=TLSRPTv1;rua=mailto:r@{domain}","policies":[{{"policy-type":9,"t":0,"f":0}}]}}"#
+    )
+    .into_bytes()
+}
+
+/// The report daemons' state in PostgreSQL: one works, the other stands
+/// by. The active one is killed with SIGKILL while a report mail is being
+/// handed over; the standby takes over within interval_main_loop, repeats
+/// the cut-off attempt once its time limit has passed, and every
+/// destination gets exactly one mail. tlsrptctl reads the same state.
+#[test]
+fn a_standby_report_daemon_takes_over_from_one_killed_mid_delivery_and_sends_each_report_once() {
+    let cluster = PgCluster::start();
+    cluster.create_database("reportd");
+    let dbname = cluster.url("reportd").replace('%', "%%");
+    let domains: Vec<String> = (1..=5).map(|i| format!("d{i}.example")).collect();
+    let datagrams: Vec<Vec<u8>> = domains.iter().map(|d| mail_datagram(d)).collect();
+    let collector = support::reportd::collected_day(&datagrams, domains.len() as i64);
+    let fetcher = format!(
+        "{} --storage {}",
+        support::fetcher_bin().display(),
+        collector.storage_url()
+    );
+    let shared = tempfile::tempdir().unwrap();
+    let delivered = shared.path().join("delivered");
+    std::fs::create_dir(&delivered).unwrap();
+    let counter = shared.path().join("attempts");
+    let pid_file = shared.path().join("hanging.pid");
+    // The second attempt hangs (exec: the sleeping process is the delivery
+    // command itself, and dies with the daemon).
+    let script = shared.path().join("sendmail.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "msg=$(mktemp {dir}/msg.XXXXXX)\n\
+             cat > \"$msg\"\n\
+             echo x >> {counter}\n\
+             if [ \"$(wc -l < {counter})\" -eq 2 ]; then echo $$ > {pid}; exec sleep 120; fi\n\
+             mv \"$msg\" {delivered}/\n",
+            dir = shared.path().display(),
+            counter = counter.display(),
+            delivered = delivered.display(),
+            pid = pid_file.display()
+        ),
+    )
+    .unwrap();
+    let sendmail = format!("sh {}", script.display());
+    let settings = [
+        ("dbname", dbname.as_str()),
+        ("sendmail_script", sendmail.as_str()),
+        // The attempt time limit: a takeover repeats the cut-off attempt
+        // this long after it started.
+        ("sendmail_timeout", "4"),
+        ("http_timeout", "4"),
+    ];
+    let mut first = Reportd::prepare(&reportd_bin(), &fetcher, &settings);
+    let mut second = Reportd::prepare(&reportd_bin(), &fetcher, &settings);
+    let sent = || -> usize {
+        cluster
+            .psql(
+                "reportd",
+                "SELECT count(*) FROM reportd_destinations WHERE status = 'sent'",
+            )
+            .parse()
+            .unwrap()
+    };
+
+    first.start();
+    first.wait_for(30, "the first daemon to lead", |r| {
+        r.log_text().contains("this is the active report daemon")
+    });
+    second.start();
+    second.wait_for(30, "the second daemon to stand by", |r| {
+        r.log_text().contains("standing by: tlsrpt-reportd on ")
+    });
+    // A standby stops at once.
+    assert!(second.terminate().success(), "{}", second.log_text());
+    second.start();
+    first.wait_for(60, "the hanging second delivery", |_| {
+        std::fs::read_to_string(&pid_file).is_ok_and(|p| p.ends_with('\n'))
+            && cluster.psql(
+                "reportd",
+                "SELECT count(*) FROM reportd_destinations WHERE status = 'sending'",
+            ) == "1"
+    });
+    assert_eq!(sent(), 1);
+    assert!(
+        !second
+            .log_text()
+            .contains("this is the active report daemon"),
+        "two active daemons: {}",
+        second.log_text()
+    );
+    let hanging: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let killed = std::time::Instant::now();
+    first.kill9();
+    second.wait_for(10, "the standby to take over", |r| {
+        r.log_text().contains("this is the active report daemon")
+    });
+    let took_over = killed.elapsed();
+    // interval_main_loop = 1 s.
+    assert!(took_over < Duration::from_secs(4), "{took_over:?}");
+    // The cut-off attempt died with the killed daemon.
+    let gone = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_or(true, |status| status.contains("State:\tZ"))
+    };
+    support::wait_until(10, "the cut-off attempt to end", || gone(hanging));
+    second.wait_for(60, "every destination sent", |_| sent() == domains.len());
+    let log = second.log_text();
+    assert!(
+        log.contains("it is made again at") && log.contains("when that attempt has surely ended"),
+        "{log}"
+    );
+
+    // tlsrptctl reads the PostgreSQL state through the same config.
+    let out = std::process::Command::new(support::reportd::tlsrptctl_bin())
+        .args(["status", "--json"])
+        .arg(format!("--config_file={}", second.config.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(status.to_string().contains("\"sent\""), "{status}");
+    assert!(second.terminate().success(), "{}", second.log_text());
+
+    let mut recipients: Vec<String> = std::fs::read_dir(&delivered)
+        .unwrap()
+        .map(|entry| {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("To: "))
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    recipients.sort();
+    let expected: Vec<String> = domains.iter().map(|d| format!("<r@{d}>")).collect();
+    assert_eq!(recipients, expected, "one mail per destination");
+    // Six attempts for five mails: the one cut off was made again.
+    assert_eq!(
+        std::fs::read_to_string(&counter).unwrap().lines().count(),
+        6
+    );
+}

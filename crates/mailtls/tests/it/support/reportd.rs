@@ -60,7 +60,8 @@ pub struct Reportd {
 
 impl Reportd {
     /// Writes the config (`settings` after the common ones, which make it
-    /// quick: one-second loop and spread) without starting.
+    /// quick: one-second loop and spread; a `dbname` among them replaces
+    /// the directory's SQLite file) without starting.
     pub fn prepare(program: &Path, fetchers: &str, settings: &[(&str, &str)]) -> Reportd {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("reportd.cfg");
@@ -79,10 +80,13 @@ impl Reportd {
              interval_main_loop = 1\n\
              logfilename = {}\n\
              log_level = debug\n",
-            db.display(),
+            settings
+                .iter()
+                .find(|(key, _)| *key == "dbname")
+                .map_or(db.display().to_string(), |(_, dbname)| dbname.to_string()),
             log.display()
         );
-        for (key, value) in settings {
+        for (key, value) in settings.iter().filter(|(key, _)| *key != "dbname") {
             text.push_str(&format!(
                 "{key} = {}\n",
                 value.replace("OUTDIR", &out.display().to_string())
