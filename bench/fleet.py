@@ -88,8 +88,8 @@ class Cluster:
         return self.run("psql", "-h", self.dir, "-p", str(self.port), "-U", "postgres", "-d", db,
                         "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql).strip()
 
-    def url(self):
-        return f"postgresql://postgres:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{self.port}/tlsrpt"
+    def url(self, db="tlsrpt"):
+        return f"postgresql://postgres:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{self.port}/{db}"
 
     def cpu_seconds(self):
         """CPU time the server has used so far: the postmaster, its live
@@ -220,13 +220,14 @@ def time_bulk(storage, day, reps):
     return min(times), out.count(b"\n") - 4
 
 
-def time_reportd(fetchers, work, name, n, day, totals):
+def time_reportd(fetchers, work, name, n, day, totals, dbname=None):
     """Our report daemon from its start until the day's N reports are in a
-    directory, fed by `fetchers`; the reports checked against the day."""
+    directory, fed by `fetchers`, its state in `dbname` (default: SQLite);
+    the reports checked against the day."""
     workdir = os.path.join(work, f"reportd-{name}")
     outdir = os.path.join(workdir, "out")
     os.makedirs(outdir)
-    cfg = reportd.write_config(workdir, fetchers, outdir)
+    cfg = reportd.write_config(workdir, fetchers, outdir, dbname)
     counter = reportd.ReportCounter(outdir)
     t0 = time.monotonic()
     proc = subprocess.Popen([os.path.join(BIN, "tlsrpt-reportd"), "--config_file", cfg],
@@ -312,27 +313,37 @@ def main():
         print(f"| postgresql | {pg_time:.2f} s |")
         print(f"| sqlite | {sq_time:.2f} s |")
         fetcher = os.path.join(BIN, "tlsrpt-fetcher")
+        # (collector data, report daemon state, fetchers, state in PostgreSQL)
         runs = [
-            ("sqlite, through tlsrpt-fetcher", f"{fetcher} --storage sqlite://{sqlite_db}"),
-            ("postgresql, read in-process", f"{cluster.url()} --day_end_grace 0"),
-            ("postgresql, through tlsrpt-fetcher", f"{fetcher} --storage {cluster.url()} --day_end_grace 0"),
+            ("SQLite, through tlsrpt-fetcher", "SQLite", f"{fetcher} --storage sqlite://{sqlite_db}", False),
+            ("PostgreSQL, read in-process", "SQLite", f"{cluster.url()} --day_end_grace 0", False),
+            ("PostgreSQL, through tlsrpt-fetcher", "SQLite",
+             f"{fetcher} --storage {cluster.url()} --day_end_grace 0", False),
+            ("PostgreSQL, read in-process", "PostgreSQL", f"{cluster.url()} --day_end_grace 0", True),
         ]
         # Interleaved rounds: this machine's disk and host vary from one
         # minute to the next, and every kind should see the same weather.
-        times = {name: [] for name, _ in runs}
+        times = {run[:2]: [] for run in runs}
         for round_ in range(args.reportd_reps):
-            for i, (name, fetchers) in enumerate(runs):
-                seconds = time_reportd(fetchers, work, f"{round_}-{i}", args.domains, day, totals)
+            for i, (data, state, fetchers, in_pg) in enumerate(runs):
+                name = (data, state)
+                dbname = None
+                if in_pg:
+                    # A fresh database each run, as a first start has.
+                    db = f"reportd_{round_}"
+                    cluster.psql("postgres", f"CREATE DATABASE {db}")
+                    dbname = cluster.url(db)
+                seconds = time_reportd(fetchers, work, f"{round_}-{i}", args.domains, day, totals, dbname)
                 times[name].append(seconds)
-                log_line = f"  reportd round {round_ + 1}, {name}: {seconds:.1f} s"
+                log_line = f"  reportd round {round_ + 1}, {data} data, {state} state: {seconds:.1f} s"
                 print(log_line, file=sys.stderr, flush=True)
         print(f"\nour tlsrpt-reportd, a day of {args.domains} domains into a directory "
               f"(median of {args.reportd_reps} interleaved runs, fastest and slowest):\n")
-        print("| collector data | median | fastest | slowest |")
-        print("| --- | --- | --- | --- |")
-        for name, _ in runs:
+        print("| collector data | report daemon state | median | fastest | slowest |")
+        print("| --- | --- | --- | --- | --- |")
+        for name in times:
             t = sorted(times[name])
-            print(f"| {name} | {t[len(t) // 2]:.1f} s | {t[0]:.1f} s | {t[-1]:.1f} s |")
+            print(f"| {name[0]} | {name[1]} | {t[len(t) // 2]:.1f} s | {t[0]:.1f} s | {t[-1]:.1f} s |")
     finally:
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -282,9 +282,9 @@ def log_tail(workdir, lines=40):
     return "\n".join(out) or "(no log output)"
 
 
-def write_config(workdir, fetchers, outdir):
+def write_config(workdir, fetchers, outdir, dbname=None):
     """The report daemon's config: `fetchers` as given, every report into
-    `outdir`."""
+    `outdir`, its state in `dbname` (default: a SQLite file in `workdir`)."""
     mapfile = os.path.join(workdir, "tlsrpt-record.map")
     with open(mapfile, "w") as f:
         # upstream mapping.py: a domain pattern "." matches every report domain,
@@ -293,7 +293,7 @@ def write_config(workdir, fetchers, outdir):
     cfg = os.path.join(workdir, "reportd.cfg")
     with open(cfg, "w") as f:
         f.write("[tlsrpt_reportd]\n"
-                f"dbname = {os.path.join(workdir, 'reportd.sqlite')}\n"
+                f"dbname = {(dbname or os.path.join(workdir, 'reportd.sqlite')).replace('%', '%%')}\n"
                 f"fetchers = {fetchers.replace('%', '%%')}\n"
                 "organization_name = mailtls benchmark\n"
                 "contact_info = tlsrpt@bench.example\n"
