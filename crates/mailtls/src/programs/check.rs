@@ -17,6 +17,8 @@ use mailtls_common::process::Run;
 use serde::Serialize;
 
 use tlsrpt_reportd::config::{check_options, ReportdOptions};
+use tlsrpt_reportd::db::postgres::{report_daemons, ReportDaemon};
+use tlsrpt_reportd::db::DbName;
 use tlsrpt_reportd::fetch::Fetcher;
 use tlsrpt_store::postgres::{CollectorStatus, PgDayReader};
 
@@ -855,6 +857,9 @@ pub struct ReportdFacts {
     pub report_transport: Option<String>,
     /// `smtp_tlsrpt_enable` of that transport's master.cf service.
     pub report_transport_tlsrpt: Option<String>,
+    /// With a postgresql:// `dbname`: the report daemons connected to it,
+    /// or why it cannot be read.
+    pub report_daemons: Option<Result<Vec<ReportDaemon>, String>>,
 }
 
 impl ReportdFacts {
@@ -905,6 +910,12 @@ impl ReportdFacts {
                     .map(|signer| (signer.dns_name(), signer.dns_record()))
                     .map_err(|e| e.to_string()),
                 });
+            }
+            let password_file = Some(&o.password_file)
+                .filter(|f| !f.is_empty())
+                .map(Path::new);
+            if let Ok(DbName::Postgres(url)) = DbName::parse(&o.dbname, password_file) {
+                facts.report_daemons = Some(report_daemons(&url).map_err(|e| e.to_string()));
             }
             if postfix.tlsrpt_enable.as_deref() == Some("yes") && !o.sender_address.is_empty() {
                 facts.report_transport = postfix.transport_for_sender(&o.sender_address);
@@ -1031,6 +1042,7 @@ pub fn judge_reportd(facts: &ReportdFacts, postfix: &PostfixFacts) -> Vec<Findin
             "point dkim_key_file at a PEM RSA or Ed25519 private key the report daemon's user may read",
         )),
     }
+    findings.extend(judge_report_daemons(facts));
     if postfix.tlsrpt_enable.as_deref() == Some("yes") && !options.sender_address.is_empty() {
         match (&facts.report_transport, facts.report_transport_tlsrpt.as_deref()) {
             (Some(transport), Some("no")) => findings.push(Finding::ok(
@@ -1051,6 +1063,57 @@ pub fn judge_reportd(facts: &ReportdFacts, postfix: &PostfixFacts) -> Vec<Findin
         }
     }
     findings
+}
+
+/// A postgresql:// `dbname`: reachable, and one report daemon active.
+fn judge_report_daemons(facts: &ReportdFacts) -> Vec<Finding> {
+    const AREA: &str = "reportd";
+    let Some(daemons) = &facts.report_daemons else {
+        return Vec::new();
+    };
+    let daemons = match daemons {
+        Ok(daemons) => daemons,
+        Err(why) => {
+            return vec![Finding::error(
+                AREA,
+                format!("the report daemons' PostgreSQL state cannot be read: {why}"),
+                "check dbname and password_file in the report daemon's configuration, and that the server admits this host (pg_hba.conf)",
+            )]
+        }
+    };
+    let shown: Vec<String> = daemons
+        .iter()
+        .map(|d| {
+            format!(
+                "{} from {} ({})",
+                d.name,
+                d.from,
+                if d.active { "active" } else { "standing by" }
+            )
+        })
+        .collect();
+    if daemons.iter().any(|d| d.active) {
+        vec![Finding::ok(
+            AREA,
+            format!(
+                "report daemons on the PostgreSQL state: {}",
+                shown.join(", ")
+            ),
+        )]
+    } else {
+        vec![Finding::warning(
+            AREA,
+            format!(
+                "no report daemon is active on the PostgreSQL state{}: no report is made or delivered",
+                if shown.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", shown.join(", "))
+                }
+            ),
+            "start tlsrpt-reportd on a report host (the first to start takes the lead); a daemon that cannot reach the database says why in its log",
+        )]
+    }
 }
 
 /// What PostTLS's configuration and key look like.

@@ -482,6 +482,20 @@ fn a_standby_report_daemon_takes_over_from_one_killed_mid_delivery_and_sends_eac
     second.wait_for(30, "the second daemon to stand by", |r| {
         r.log_text().contains("standing by: tlsrpt-reportd on ")
     });
+    // `mailtls check` shows who works and who stands by.
+    let daemons = |reportd: &Reportd| -> String {
+        check_messages(&reportd.config)
+            .into_iter()
+            .find(|m| m.contains("report daemon"))
+            .unwrap_or_default()
+    };
+    let shown = daemons(&second);
+    assert!(
+        shown.starts_with("report daemons on the PostgreSQL state: tlsrpt-reportd on ")
+            && shown.contains(" (active), tlsrpt-reportd on ")
+            && shown.ends_with(" (standing by)"),
+        "{shown}"
+    );
     // A standby stops at once.
     assert!(second.terminate().success(), "{}", second.log_text());
     second.start();
@@ -540,6 +554,11 @@ fn a_standby_report_daemon_takes_over_from_one_killed_mid_delivery_and_sends_eac
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(status.to_string().contains("\"sent\""), "{status}");
     assert!(second.terminate().success(), "{}", second.log_text());
+    assert!(
+        daemons(&second).starts_with("no report daemon is active on the PostgreSQL state"),
+        "{}",
+        daemons(&second)
+    );
 
     let mut recipients: Vec<String> = std::fs::read_dir(&delivered)
         .unwrap()
@@ -560,4 +579,23 @@ fn a_standby_report_daemon_takes_over_from_one_killed_mid_delivery_and_sends_eac
         std::fs::read_to_string(&counter).unwrap().lines().count(),
         6
     );
+}
+
+/// The messages of `mailtls check tlsrpt` for a report daemon configured
+/// by `reportd_config` (and no collector here).
+fn check_messages(reportd_config: &std::path::Path) -> Vec<String> {
+    let out = std::process::Command::new(support::mailtls_bin())
+        .args(["check", "tlsrpt", "--json"])
+        .arg(format!("--reportd_config={}", reportd_config.display()))
+        .arg("--collectd_config=/nonexistent/collectd.cfg")
+        .output()
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    answer["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["message"].as_str().unwrap().to_string())
+        .collect()
 }

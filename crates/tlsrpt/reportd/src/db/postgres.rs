@@ -60,6 +60,44 @@ const MIGRATIONS: Migrations = Migrations {
 /// 32-bit keys `pg_try_advisory_lock(int, int)` takes: "mlts" and 1.
 pub const LOCK: (i32, i32) = (0x6d6c_7473, 1);
 
+/// A report daemon connected to the shared state, as the server shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportDaemon {
+    /// "tlsrpt-reportd on HOST pid N".
+    pub name: String,
+    /// The address it connects from.
+    pub from: String,
+    /// It holds the lead.
+    pub active: bool,
+}
+
+/// The report daemons connected to the state at `url` (for `mailtls
+/// check`), by name; it reads the tables' version and nothing else.
+/// Another role's connections are visible only to members of
+/// `pg_read_all_stats` or that role.
+pub fn report_daemons(url: &PgUrl) -> Result<Vec<ReportDaemon>> {
+    let mut store = PgStore::connect_existing(url, false)?;
+    let (class, id) = LOCK;
+    let rows = store.query(
+        "SELECT a.application_name, coalesce(host(a.client_addr), 'a local socket'),
+                EXISTS (SELECT 1 FROM pg_locks l
+                         WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted
+                           AND l.classid = $1::int::oid AND l.objid = $2::int::oid AND l.objsubid = 2)
+           FROM pg_stat_activity a
+          WHERE a.datname = current_database() AND a.application_name LIKE 'tlsrpt-reportd on %'
+          ORDER BY 3 DESC, 1",
+        &[&class, &id],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|row| ReportDaemon {
+            name: row.get(0),
+            from: row.get(1),
+            active: row.get(2),
+        })
+        .collect())
+}
+
 /// What `tlsrptctl` is told when the tables are missing.
 const CREATOR: &str = "start tlsrpt-reportd with this dbname";
 
