@@ -117,8 +117,14 @@ pub fn main(matches: &ArgMatches) -> i32 {
     }
     let _pid = PidFile::create(&options.pidfilename);
     probe_fetchers(&config, clock);
-    let db = match ReportdDb::open(&config.dbname) {
-        Ok(db) => db,
+    let db = match open_db(&config) {
+        Ok(Some(db)) => db,
+        Ok(None) => {
+            log::info!(
+                "stopped before the database could be reached; process terminates with exit code 0"
+            );
+            return exit::OK;
+        }
         Err(e) => {
             log::error!("database {}: {e}", config.dbname.shown());
             return exit::DATABASE;
@@ -160,6 +166,41 @@ pub fn main(matches: &ArgMatches) -> i32 {
         Err(e) => {
             log::error!("{e}; process terminates with exit code {}", exit::DATABASE);
             exit::DATABASE
+        }
+    }
+}
+
+/// Opens the state. A SQLite file that cannot be used is fatal. A
+/// PostgreSQL server that cannot be reached is not (a standby host may well
+/// start before the database): the daemon tries again every
+/// `interval_main_loop` seconds until it can, or until SIGTERM/SIGINT
+/// (`Ok(None)`).
+fn open_db(config: &ReportdConfig) -> Result<Option<ReportdDb>, tlsrpt_reportd::db::DbError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let DbName::Postgres(_) = &config.dbname else {
+        return ReportdDb::open(&config.dbname).map(Some);
+    };
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    for signal in [SIGTERM, SIGINT] {
+        if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
+            log::warn!("cannot handle signal {signal} while waiting for the database: {e}");
+        }
+    }
+    let every = config.interval_main_loop;
+    loop {
+        match ReportdDb::open(&config.dbname) {
+            Ok(db) => return Ok(Some(db)),
+            Err(e) => log::error!(
+                "{e}; trying again every {} s (the daemon starts its work once it can reach the database)",
+                every.as_secs()
+            ),
+        }
+        let deadline = std::time::Instant::now() + every;
+        while std::time::Instant::now() < deadline {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
 }

@@ -416,7 +416,8 @@ fn mail_datagram(domain: &str) -> Vec<u8> {
 /// by. The active one is killed with SIGKILL while a report mail is being
 /// handed over; the standby takes over within interval_main_loop, repeats
 /// the cut-off attempt once its time limit has passed, and every
-/// destination gets exactly one mail. tlsrptctl reads the same state.
+/// destination gets exactly one mail. tlsrptctl reads the same state, and
+/// `mailtls check` shows which daemon works.
 #[test]
 fn a_standby_report_daemon_takes_over_from_one_killed_mid_delivery_and_sends_each_report_once() {
     let cluster = PgCluster::start();
@@ -474,7 +475,13 @@ fn a_standby_report_daemon_takes_over_from_one_killed_mid_delivery_and_sends_eac
             .unwrap()
     };
 
+    // A daemon started while the server is away waits for it.
+    cluster.stop_server();
     first.start();
+    first.wait_for(30, "the first daemon to wait for the server", |r| {
+        r.log_text().contains("trying again every 1 s")
+    });
+    cluster.start_server();
     first.wait_for(30, "the first daemon to lead", |r| {
         r.log_text().contains("this is the active report daemon")
     });
