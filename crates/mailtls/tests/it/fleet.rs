@@ -421,8 +421,23 @@ fn mail_datagram(domain: &str) -> Vec<u8> {
 #[test]
 fn a_standby_report_daemon_takes_over_from_one_killed_mid_delivery_and_sends_each_report_once() {
     let cluster = PgCluster::start();
-    cluster.create_database("reportd");
-    let dbname = cluster.url("reportd").replace('%', "%%");
+    // The README's set-up ("Fleets", step 4), as a superuser.
+    let readme = include_str!("../../../../README.md");
+    for sql in [
+        "CREATE ROLE tlsrpt_reportd LOGIN PASSWORD 'reportd secret';",
+        "CREATE DATABASE tlsrpt_reportd OWNER tlsrpt_reportd;",
+    ] {
+        assert!(readme.contains(sql), "{sql} is not in the README");
+        cluster.psql("postgres", sql);
+    }
+    let shared = tempfile::tempdir().unwrap();
+    let password_file = shared.path().join("reportd.pgpass");
+    std::fs::write(&password_file, "reportd secret\n").unwrap();
+    let password_file = password_file.display().to_string();
+    let dbname = format!(
+        "postgresql://tlsrpt_reportd@127.0.0.1:{}/tlsrpt_reportd",
+        cluster.port
+    );
     let domains: Vec<String> = (1..=5).map(|i| format!("d{i}.example")).collect();
     let datagrams: Vec<Vec<u8>> = domains.iter().map(|d| mail_datagram(d)).collect();
     let collector = support::reportd::collected_day(&datagrams, domains.len() as i64);
@@ -431,7 +446,6 @@ fn a_standby_report_daemon_takes_over_from_one_killed_mid_delivery_and_sends_eac
         support::fetcher_bin().display(),
         collector.storage_url()
     );
-    let shared = tempfile::tempdir().unwrap();
     let delivered = shared.path().join("delivered");
     std::fs::create_dir(&delivered).unwrap();
     let counter = shared.path().join("attempts");
@@ -457,6 +471,7 @@ fn a_standby_report_daemon_takes_over_from_one_killed_mid_delivery_and_sends_eac
     let sendmail = format!("sh {}", script.display());
     let settings = [
         ("dbname", dbname.as_str()),
+        ("password_file", password_file.as_str()),
         ("sendmail_script", sendmail.as_str()),
         // The attempt time limit: a takeover repeats the cut-off attempt
         // this long after it started.
@@ -468,7 +483,7 @@ fn a_standby_report_daemon_takes_over_from_one_killed_mid_delivery_and_sends_eac
     let sent = || -> usize {
         cluster
             .psql(
-                "reportd",
+                "tlsrpt_reportd",
                 "SELECT count(*) FROM reportd_destinations WHERE status = 'sent'",
             )
             .parse()
@@ -509,7 +524,7 @@ fn a_standby_report_daemon_takes_over_from_one_killed_mid_delivery_and_sends_eac
     first.wait_for(60, "the hanging second delivery", |_| {
         std::fs::read_to_string(&pid_file).is_ok_and(|p| p.ends_with('\n'))
             && cluster.psql(
-                "reportd",
+                "tlsrpt_reportd",
                 "SELECT count(*) FROM reportd_destinations WHERE status = 'sending'",
             ) == "1"
     });
