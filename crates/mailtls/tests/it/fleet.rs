@@ -4,7 +4,9 @@
 //! the day is complete only when every collector has ended it; a
 //! PostgreSQL restart in the middle of a load loses nothing.
 
-use crate::support::reportd::{reportd_bin, Reportd};
+use crate::support::reportd::{
+    mail_datagram, process_ended, reportd_bin, HangingSendmail, Reportd,
+};
 use crate::support::{self, Collector};
 
 use std::time::Duration;
@@ -403,15 +405,6 @@ fn a_collector_killed_and_restarted_keeps_what_it_wrote_and_ends_the_days_it_lef
     );
 }
 
-/// A report datagram for `domain` whose record asks for mail to
-/// `r@domain`.
-fn mail_datagram(domain: &str) -> Vec<u8> {
-    format!(
-        r#"{{"dpv":"1","d":"{domain}","pr":"v=TLSRPTv1;rua=mailto:r@{domain}","policies":[{{"policy-type":9,"t":0,"f":0}}]}}"#
-    )
-    .into_bytes()
-}
-
 /// The report daemons' state in PostgreSQL: one works, the other stands
 /// by. The active one is killed with SIGKILL while a report mail is being
 /// handed over; the standby takes over within interval_main_loop, repeats
@@ -446,33 +439,12 @@ fn a_standby_report_daemon_takes_over_from_one_killed_mid_delivery_and_sends_eac
         support::fetcher_bin().display(),
         collector.storage_url()
     );
-    let delivered = shared.path().join("delivered");
-    std::fs::create_dir(&delivered).unwrap();
-    let counter = shared.path().join("attempts");
-    let pid_file = shared.path().join("hanging.pid");
-    // The second attempt hangs (exec: the sleeping process is the delivery
-    // command itself, and dies with the daemon).
-    let script = shared.path().join("sendmail.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "msg=$(mktemp {dir}/msg.XXXXXX)\n\
-             cat > \"$msg\"\n\
-             echo x >> {counter}\n\
-             if [ \"$(wc -l < {counter})\" -eq 2 ]; then echo $$ > {pid}; exec sleep 120; fi\n\
-             mv \"$msg\" {delivered}/\n",
-            dir = shared.path().display(),
-            counter = counter.display(),
-            delivered = delivered.display(),
-            pid = pid_file.display()
-        ),
-    )
-    .unwrap();
-    let sendmail = format!("sh {}", script.display());
+    let sendmail = HangingSendmail::new(shared.path());
+    let command = sendmail.command();
     let settings = [
         ("dbname", dbname.as_str()),
         ("password_file", password_file.as_str()),
-        ("sendmail_script", sendmail.as_str()),
+        ("sendmail_script", command.as_str()),
         // The attempt time limit: a takeover repeats the cut-off attempt
         // this long after it started.
         ("sendmail_timeout", "4"),
@@ -522,7 +494,7 @@ fn a_standby_report_daemon_takes_over_from_one_killed_mid_delivery_and_sends_eac
     assert!(second.terminate().success(), "{}", second.log_text());
     second.start();
     first.wait_for(60, "the hanging second delivery", |_| {
-        std::fs::read_to_string(&pid_file).is_ok_and(|p| p.ends_with('\n'))
+        sendmail.hanging().is_some()
             && cluster.psql(
                 "tlsrpt_reportd",
                 "SELECT count(*) FROM reportd_destinations WHERE status = 'sending'",
@@ -536,11 +508,7 @@ fn a_standby_report_daemon_takes_over_from_one_killed_mid_delivery_and_sends_eac
         "two active daemons: {}",
         second.log_text()
     );
-    let hanging: u32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let hanging = sendmail.hanging().unwrap();
     let killed = std::time::Instant::now();
     first.kill9();
     second.wait_for(10, "the standby to take over", |r| {
@@ -550,11 +518,7 @@ fn a_standby_report_daemon_takes_over_from_one_killed_mid_delivery_and_sends_eac
     // interval_main_loop = 1 s.
     assert!(took_over < Duration::from_secs(4), "{took_over:?}");
     // The cut-off attempt died with the killed daemon.
-    let gone = |pid: u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .map_or(true, |status| status.contains("State:\tZ"))
-    };
-    support::wait_until(10, "the cut-off attempt to end", || gone(hanging));
+    support::wait_until(10, "the cut-off attempt to end", || process_ended(hanging));
     second.wait_for(60, "every destination sent", |_| sent() == domains.len());
     let log = second.log_text();
     assert!(
@@ -582,25 +546,10 @@ fn a_standby_report_daemon_takes_over_from_one_killed_mid_delivery_and_sends_eac
         daemons(&second)
     );
 
-    let mut recipients: Vec<String> = std::fs::read_dir(&delivered)
-        .unwrap()
-        .map(|entry| {
-            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-            text.lines()
-                .find_map(|l| l.strip_prefix("To: "))
-                .unwrap()
-                .trim()
-                .to_string()
-        })
-        .collect();
-    recipients.sort();
     let expected: Vec<String> = domains.iter().map(|d| format!("<r@{d}>")).collect();
-    assert_eq!(recipients, expected, "one mail per destination");
+    assert_eq!(sendmail.recipients(), expected, "one mail per destination");
     // Six attempts for five mails: the one cut off was made again.
-    assert_eq!(
-        std::fs::read_to_string(&counter).unwrap().lines().count(),
-        6
-    );
+    assert_eq!(sendmail.attempts(), 6);
 }
 
 /// The messages of `mailtls check tlsrpt` for a report daemon configured

@@ -7,8 +7,11 @@ use crate::support;
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use crate::support::reportd::{collected_day, reportd_bin, tlsrptctl_bin, Reportd};
-use crate::support::{fetcher_bin, vectors};
+use crate::support::reportd::{
+    collected_day, mail_datagram, process_ended, reportd_bin, tlsrptctl_bin, HangingSendmail,
+    Reportd,
+};
+use crate::support::{fetcher_bin, vectors, wait_until};
 use serde_json::Value;
 
 /// The libtlsrpt vectors plus a domain with two records and one with a
@@ -203,15 +206,6 @@ fn a_collected_day_becomes_reports_in_a_directory_and_tlsrptctl_shows_them() {
     assert_eq!(a, b);
 }
 
-/// A report datagram for `domain` whose record asks for mail to
-/// `r@domain`.
-fn mail_datagram(domain: &str) -> Vec<u8> {
-    format!(
-        r#"{{"dpv":"1","d":"{domain}","pr":"v=TLSRPTv1;rua=mailto:r@{domain}","policies":[{{"policy-type":9,"t":0,"f":0}}]}}"#
-    )
-    .into_bytes()
-}
-
 /// SIGKILL while a report mail is being handed over, restart: every
 /// destination ends up with exactly one mail. The cut-off attempt dies
 /// with the daemon (its process does not outlive it), its delivery is
@@ -222,74 +216,32 @@ fn kill_9_during_delivery_neither_loses_nor_duplicates_a_report() {
     let domains: Vec<String> = (1..=5).map(|i| format!("d{i}.example")).collect();
     let datagrams: Vec<Vec<u8>> = domains.iter().map(|d| mail_datagram(d)).collect();
     let collector = collected_day(&datagrams, domains.len() as i64);
-    let mut reportd = Reportd::prepare(&reportd_bin(), &our_fetcher(&collector.storage_url()), &[]);
-    let delivered = reportd.dir.path().join("delivered");
-    std::fs::create_dir(&delivered).unwrap();
-    let counter = reportd.dir.path().join("attempts");
-    let pid_file = reportd.dir.path().join("hanging.pid");
-    // The second attempt hangs (exec: the sleeping process is the
-    // delivery command itself).
-    let script = reportd.write_file(
-        "sendmail.sh",
-        &format!(
-            "msg=$(mktemp {dir}/msg.XXXXXX)\n\
-             cat > \"$msg\"\n\
-             echo x >> {counter}\n\
-             if [ \"$(wc -l < {counter})\" -eq 2 ]; then echo $$ > {pid}; exec sleep 120; fi\n\
-             mv \"$msg\" {delivered}/\n",
-            dir = reportd.dir.path().display(),
-            counter = counter.display(),
-            delivered = delivered.display(),
-            pid = pid_file.display()
-        ),
+    let shared = tempfile::tempdir().unwrap();
+    let sendmail = HangingSendmail::new(shared.path());
+    let command = sendmail.command();
+    let mut reportd = Reportd::prepare(
+        &reportd_bin(),
+        &our_fetcher(&collector.storage_url()),
+        &[
+            ("sendmail_script", command.as_str()),
+            ("sendmail_timeout", "300"),
+        ],
     );
-    let mut config = std::fs::read_to_string(&reportd.config).unwrap();
-    config.push_str(&format!(
-        "sendmail_script = sh {}\nsendmail_timeout = 300\n",
-        script.display()
-    ));
-    std::fs::write(&reportd.config, config).unwrap();
     reportd.start();
     reportd.wait_for(30, "the hanging second delivery", |r| {
-        std::fs::read_to_string(&pid_file).is_ok_and(|p| p.ends_with('\n'))
+        sendmail.hanging().is_some()
             && r.try_query("SELECT count(*) FROM destinations WHERE status='sending'")
                 .ok()
                 == Some(vec!["1".into()])
     });
-    assert_eq!(std::fs::read_dir(&delivered).unwrap().count(), 1);
-    let pid: u32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let state = |pid: u32| -> Option<String> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        Some(
-            status
-                .lines()
-                .filter(|l| {
-                    l.starts_with("State:") || l.starts_with("PPid:") || l.starts_with("Name:")
-                })
-                .collect::<Vec<_>>()
-                .join(" "),
-        )
-    };
-    assert!(state(pid).is_some(), "the hanging delivery runs");
+    assert_eq!(sendmail.delivered_count(), 1);
+    let pid = sendmail.hanging().unwrap();
+    assert!(!process_ended(pid), "the hanging delivery runs");
     reportd.kill9();
-    // The cut-off attempt dies with the daemon (gone, or a zombie nobody
-    // has reaped yet).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match state(pid) {
-            None => break,
-            Some(s) if s.contains("State:\tZ") => break,
-            Some(s) => assert!(
-                std::time::Instant::now() < deadline,
-                "still running after the daemon died: {s}"
-            ),
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    // The cut-off attempt dies with the daemon.
+    wait_until(10, "the cut-off attempt to end with the daemon", || {
+        process_ended(pid)
+    });
     assert_eq!(
         reportd.query("SELECT count(*) FROM destinations WHERE status='sent'"),
         ["1"]
@@ -309,25 +261,10 @@ fn kill_9_during_delivery_neither_loses_nor_duplicates_a_report() {
         "{}",
         reportd.log_text()
     );
-    let mut recipients: Vec<String> = std::fs::read_dir(&delivered)
-        .unwrap()
-        .map(|e| {
-            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
-            text.lines()
-                .find_map(|l| l.strip_prefix("To: "))
-                .unwrap()
-                .trim()
-                .to_string()
-        })
-        .collect();
-    recipients.sort();
     let expected: Vec<String> = domains.iter().map(|d| format!("<r@{d}>")).collect();
-    assert_eq!(recipients, expected, "one mail per destination");
+    assert_eq!(sendmail.recipients(), expected, "one mail per destination");
     // Six attempts for five mails: the one cut off was made again.
-    assert_eq!(
-        std::fs::read_to_string(&counter).unwrap().lines().count(),
-        6
-    );
+    assert_eq!(sendmail.attempts(), 6);
 }
 
 /// Two fetchers, one of which hangs: each of its runs is killed at the

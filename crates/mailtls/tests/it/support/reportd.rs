@@ -233,3 +233,105 @@ impl Drop for Reportd {
         }
     }
 }
+
+/// A report datagram for `domain` whose record asks for mail to
+/// `r@domain`.
+pub fn mail_datagram(domain: &str) -> Vec<u8> {
+    format!(
+        r#"{{"dpv":"1","d":"{domain}","pr":"v=TLSRPTv1;rua=mailto:r@{domain}","policies":[{{"policy-type":9,"t":0,"f":0}}]}}"#
+    )
+    .into_bytes()
+}
+
+/// A `sendmail_script` (shared by every daemon given its command) that
+/// keeps each mail in `delivered/` and counts its attempts; the second
+/// attempt hangs after writing its pid (exec: the sleeping process is the
+/// delivery command itself, so it dies with the daemon).
+pub struct HangingSendmail {
+    dir: PathBuf,
+}
+
+impl HangingSendmail {
+    pub fn new(dir: &Path) -> HangingSendmail {
+        let sendmail = HangingSendmail {
+            dir: dir.to_path_buf(),
+        };
+        std::fs::create_dir(sendmail.delivered()).unwrap();
+        std::fs::write(
+            dir.join("sendmail.sh"),
+            format!(
+                "msg=$(mktemp {dir}/msg.XXXXXX)\n\
+                 cat > \"$msg\"\n\
+                 echo x >> {counter}\n\
+                 if [ \"$(wc -l < {counter})\" -eq 2 ]; then echo $$ > {pid}; exec sleep 120; fi\n\
+                 mv \"$msg\" {delivered}/\n",
+                dir = dir.display(),
+                counter = sendmail.counter().display(),
+                delivered = sendmail.delivered().display(),
+                pid = sendmail.pid_file().display()
+            ),
+        )
+        .unwrap();
+        sendmail
+    }
+
+    /// The `sendmail_script` value.
+    pub fn command(&self) -> String {
+        format!("sh {}", self.dir.join("sendmail.sh").display())
+    }
+
+    fn delivered(&self) -> PathBuf {
+        self.dir.join("delivered")
+    }
+
+    fn counter(&self) -> PathBuf {
+        self.dir.join("attempts")
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.dir.join("hanging.pid")
+    }
+
+    /// The hanging attempt's process, once it hangs.
+    pub fn hanging(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.pid_file()).ok()?;
+        text.strip_suffix('\n')?.parse().ok()
+    }
+
+    /// The mails handed over (not the hanging one).
+    pub fn delivered_count(&self) -> usize {
+        std::fs::read_dir(self.delivered()).unwrap().count()
+    }
+
+    /// The `To:` of each mail handed over, sorted.
+    pub fn recipients(&self) -> Vec<String> {
+        let mut recipients: Vec<String> = std::fs::read_dir(self.delivered())
+            .unwrap()
+            .map(|entry| {
+                let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+                text.lines()
+                    .find_map(|l| l.strip_prefix("To: "))
+                    .unwrap()
+                    .trim()
+                    .to_string()
+            })
+            .collect();
+        recipients.sort();
+        recipients
+    }
+
+    /// Every attempt, the hanging one included.
+    pub fn attempts(&self) -> usize {
+        std::fs::read_to_string(self.counter())
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+}
+
+/// Whether process `pid` has ended (gone, or a zombie nobody has reaped
+/// yet).
+pub fn process_ended(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_or(true, |status| status.contains("State:\tZ"))
+}
