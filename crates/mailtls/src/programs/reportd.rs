@@ -55,6 +55,12 @@ report reaches each destination once even if the daemon is killed. Deliveries \
 are spread over spread_out_delivery seconds and failed ones retried with \
 backoff for 24 hours.
 
+With dbname = postgresql://USER@HOST/DB (and password_file), several report \
+daemons on different hosts share their state: the first to start works, the \
+others stand by and take over within interval_main_loop seconds when it stops \
+or dies; an attempt it left unfinished is made again once its time limit has \
+passed.
+
 Every option can also be set as TLSRPT_REPORTD_<NAME> in the environment or in \
 the [tlsrpt_reportd] section of the config file; the command line wins over the \
 environment, which wins over the file.";
@@ -64,7 +70,8 @@ Signals:
   SIGTERM, SIGINT  finish the current delivery, store what is fetched, exit 0
   SIGHUP           reopen the log file (after log rotation)
 
-Exit status: 0 clean shutdown, 2 configuration error, 3 database error.
+Exit status: 0 clean shutdown, 2 configuration error, 3 database error (a \
+SQLite dbname; a PostgreSQL one out of reach is waited for).
 
 Report mail must not be counted in the next report, or two sites exchange
 reports forever: send it through a Postfix transport without TLSRPT logging
