@@ -107,11 +107,17 @@ mailtls_common::options! {
         /// plain HTTP
         cookie_secure: i64 = "1",
         /// The TLSRPT collector's database, read by the web pages' Outbound TLS view (its
-        /// completed day FILE.yesterday too); empty: not shown
+        /// completed day FILE.yesterday too), or a fleet's postgresql:// collector store;
+        /// empty: not shown
         tlsrpt_collector_db: String = "/var/lib/tlsrpt/collectd.sqlite",
-        /// The TLSRPT report daemon's database, read by the Outbound TLS view (the days it
-        /// fetched, the reports it sent) and written to resend a report; empty: not shown
+        /// File whose first line is the password of a postgresql:// tlsrpt_collector_db
+        tlsrpt_collector_password_file: String = "",
+        /// The TLSRPT report daemon's database (or postgresql:// state), read by the
+        /// Outbound TLS view (the days it fetched, the reports it sent) and written to
+        /// resend a report; empty: not shown
         tlsrpt_reportd_db: String = "/var/lib/tlsrpt/reportd.sqlite",
+        /// File whose first line is the password of a postgresql:// tlsrpt_reportd_db
+        tlsrpt_reportd_password_file: String = "",
         /// Lock that keeps scans from overlapping
         lock_file: String = "/run/posttls/scan.lock",
         /// PID file of the worker

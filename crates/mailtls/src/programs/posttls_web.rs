@@ -20,6 +20,7 @@ use posttls_token::SecretKey;
 use posttls_web::WebConfig;
 
 use super::posttls::PosttlsOptions;
+use tlsrpt_reportd::db::DbName;
 
 /// Shortest admin password accepted by `adduser`.
 pub const MIN_PASSWORD_LEN: usize = 12;
@@ -121,15 +122,33 @@ pub fn web_config(o: &PosttlsOptions) -> anyhow::Result<WebConfig> {
         secure_cookies,
         mandatory_domains,
         trusted_proxies,
-        tlsrpt: tlsrpt_stats::Sources {
-            collector: Some(&o.tlsrpt_collector_db)
-                .filter(|p| !p.is_empty())
-                .map(PathBuf::from),
-            reportd: Some(&o.tlsrpt_reportd_db)
-                .filter(|p| !p.is_empty())
-                .map(PathBuf::from),
-        },
+        tlsrpt: tlsrpt_sources(o)?,
     })
+}
+
+/// What the Outbound TLS view reads: `tlsrpt_collector_db` and
+/// `tlsrpt_reportd_db`, each a SQLite file or a `postgresql://` URL with
+/// its password file.
+fn tlsrpt_sources(o: &PosttlsOptions) -> anyhow::Result<tlsrpt_stats::Sources> {
+    let file = |value: &str| (!value.is_empty()).then(|| PathBuf::from(value));
+    let collector = match o.tlsrpt_collector_db.as_str() {
+        "" => None,
+        value => Some(
+            tlsrpt_stats::CollectorSource::parse(
+                value,
+                file(&o.tlsrpt_collector_password_file).as_deref(),
+            )
+            .context("tlsrpt_collector_db")?,
+        ),
+    };
+    let reportd = match o.tlsrpt_reportd_db.as_str() {
+        "" => None,
+        value => Some(
+            DbName::parse(value, file(&o.tlsrpt_reportd_password_file).as_deref())
+                .context("tlsrpt_reportd_db")?,
+        ),
+    };
+    Ok(tlsrpt_stats::Sources { collector, reportd })
 }
 
 /// The warning for `listen` on loopback without `trusted_proxies`: behind
@@ -302,6 +321,40 @@ mod tests {
         let (options, _) = resolve::<PosttlsOptions>(&SPEC, sub, &[]).unwrap();
         assert_eq!(web_config(&options).unwrap().listen, "127.0.0.1:9");
         assert_eq!(run("scan", sub, &options), None);
+    }
+
+    #[test]
+    fn the_outbound_tls_view_reads_files_or_a_fleets_postgresql() {
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("viewer.pgpass");
+        std::fs::write(&password, "secret\n").unwrap();
+        let s = settings(&[
+            "--tlsrpt_collector_db=postgresql://viewer@db.example.org/tlsrpt",
+            &format!("--tlsrpt_collector_password_file={}", password.display()),
+            "--tlsrpt_reportd_db=/var/lib/tlsrpt/reportd.sqlite",
+        ]);
+        let sources = tlsrpt_sources(&s).unwrap();
+        assert!(matches!(
+            sources.collector,
+            Some(tlsrpt_stats::CollectorSource::Postgres(url))
+                if url.shown() == "postgresql://viewer@db.example.org/tlsrpt"
+        ));
+        assert!(
+            matches!(sources.reportd, Some(DbName::Sqlite(path)) if path.ends_with("reportd.sqlite"))
+        );
+        let s = settings(&[
+            "--tlsrpt_collector_db=",
+            "--tlsrpt_reportd_db=postgresql://r@h/reportd",
+        ]);
+        let sources = tlsrpt_sources(&s).unwrap();
+        assert!(sources.collector.is_none());
+        assert!(matches!(sources.reportd, Some(DbName::Postgres(_))));
+        let s = settings(&[
+            "--tlsrpt_reportd_db=postgresql://r@h/reportd",
+            "--tlsrpt_reportd_password_file=/nonexistent/file",
+        ]);
+        let error = format!("{:#}", tlsrpt_sources(&s).unwrap_err());
+        assert!(error.starts_with("tlsrpt_reportd_db: "), "{error}");
     }
 
     #[test]

@@ -101,8 +101,12 @@ pub fn main(matches: &ArgMatches) -> i32 {
     };
     let web_listen = matches.get_one::<String>("web").expect("default").clone();
     let tlsrpt = tlsrpt_stats::Sources {
-        collector: Some(sqlite_store(&config).path.clone()),
-        reportd: Some(dir.join("reportd.sqlite")),
+        collector: Some(tlsrpt_stats::CollectorSource::Sqlite(
+            sqlite_store(&config).path.clone(),
+        )),
+        reportd: Some(tlsrpt_reportd::db::DbName::Sqlite(
+            dir.join("reportd.sqlite"),
+        )),
     };
     let web = match start_web(&dir, &web_listen, tlsrpt) {
         Ok(web) => web,

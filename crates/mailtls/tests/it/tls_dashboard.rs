@@ -107,7 +107,7 @@ fn the_pages_show_what_the_collector_counted_to_a_signed_in_admin() {
             mandatory_domains: DomainSet::new(),
             trusted_proxies: Vec::new(),
             tlsrpt: tlsrpt_stats::Sources {
-                collector: Some(collector.db.clone()),
+                collector: Some(tlsrpt_stats::CollectorSource::Sqlite(collector.db.clone())),
                 reportd: None,
             },
         },

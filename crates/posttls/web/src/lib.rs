@@ -139,11 +139,14 @@ struct CachedSummary {
 const CACHED_DAYS: usize = 4;
 
 /// How long a day summary is used before it is read again: the live day
-/// changes with every commit of the collector; a completed day only while
-/// the report daemon is still fetching it.
+/// changes with every commit of the collector (and a fleet's day with any
+/// collector's); a completed day only while the report daemon is still
+/// fetching it.
 fn summary_lifetime(summary: Option<&DaySummary>) -> Duration {
     match summary.map(|s| s.source) {
-        Some(tlsrpt_stats::DaySource::Collector) | None => Duration::from_secs(30),
+        Some(tlsrpt_stats::DaySource::Collector | tlsrpt_stats::DaySource::Fleet) | None => {
+            Duration::from_secs(30)
+        }
         Some(_) => Duration::from_secs(600),
     }
 }

@@ -1612,8 +1612,8 @@ async fn an_admin_sees_outbound_tls_and_resends_a_report_which_is_audited() {
     collector_with(&collector, day, hostile);
     let lab = lab_with(|config| {
         config.tlsrpt = tlsrpt_stats::Sources {
-            collector: Some(collector.clone()),
-            reportd: Some(reportd.clone()),
+            collector: Some(tlsrpt_stats::CollectorSource::Sqlite(collector.clone())),
+            reportd: Some(tlsrpt_reportd::db::DbName::Sqlite(reportd.clone())),
         }
     });
     // Without a session: the pages send to the login, the JSON refuses.

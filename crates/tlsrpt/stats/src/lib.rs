@@ -17,5 +17,5 @@
 pub mod sources;
 pub mod summary;
 
-pub use sources::{DaySource, Sources, StatsError};
+pub use sources::{CollectorSource, DaySource, Sources, StatsError};
 pub use summary::{DaySummary, DomainDay, DomainHistory, DomainPoint, Sort};

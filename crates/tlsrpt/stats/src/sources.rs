@@ -1,6 +1,7 @@
 //! Reading the databases: the collector's live database (today) and its
-//! completed day (`FILE.yesterday`), and the report daemon's database (the
-//! details it fetched from every fetcher, and the reports it sent).
+//! completed day (`FILE.yesterday`), or a fleet's collectors in PostgreSQL,
+//! and the report daemon's state, a SQLite file or PostgreSQL (the details
+//! it fetched from every fetcher, and the reports it sent).
 //!
 //! All are opened read-only, except for a resend. A day the report daemon
 //! has details for is read from there (the sum over every MTA's fetcher);
@@ -14,6 +15,7 @@ use mailtls_common::day::Day;
 use serde::Serialize;
 use tlsrpt_report::details::DomainDetails;
 use tlsrpt_reportd::db::{DbError, DbName, ReportdDb, StoredReport};
+use tlsrpt_store::postgres::{PgDayReader, PgUrl};
 use tlsrpt_store::{FetcherDb, StoreError};
 
 use crate::summary::{self, DaySummary, DomainDay, DomainHistory, DomainPoint, PolicyTypeCount};
@@ -28,6 +30,9 @@ pub enum DaySource {
     CollectorCompleted,
     /// The details the report daemon fetched (from every fetcher).
     ReportDaemon,
+    /// The fleet's collectors in PostgreSQL: the sum over every MTA (a day
+    /// so far, or one they have ended).
+    Fleet,
 }
 
 impl DaySource {
@@ -37,6 +42,7 @@ impl DaySource {
             DaySource::Collector => "the collector's live database (the day so far)",
             DaySource::CollectorCompleted => "the collector's completed day",
             DaySource::ReportDaemon => "the details the report daemon fetched",
+            DaySource::Fleet => "the fleet's collectors in PostgreSQL (every MTA)",
         }
     }
 }
@@ -45,25 +51,54 @@ impl DaySource {
 pub enum StatsError {
     #[error("collector database: {0}")]
     Collector(#[from] StoreError),
-    #[error("report daemon database {path}: {source}")]
-    Reportd { path: PathBuf, source: DbError },
+    #[error("report daemon database {name}: {source}")]
+    Reportd { name: String, source: DbError },
     #[error("no report daemon database is configured")]
     NoReportd,
+    #[error("no PostgreSQL collector store is configured")]
+    NoFleet,
+    #[error("no collector database is configured")]
+    NoCollector,
+}
+
+/// Where the collectors' counters are.
+#[derive(Debug, Clone)]
+pub enum CollectorSource {
+    /// One collector's live SQLite database (`collectd.sqlite`); its
+    /// completed day is `FILE.yesterday` beside it.
+    Sqlite(PathBuf),
+    /// A fleet's collectors in PostgreSQL (read as the fetcher reads them).
+    Postgres(Box<PgUrl>),
+}
+
+impl CollectorSource {
+    /// A path, or a `postgresql://` URL whose password is in
+    /// `password_file` when one is given.
+    pub fn parse(
+        value: &str,
+        password_file: Option<&std::path::Path>,
+    ) -> Result<CollectorSource, StatsError> {
+        if value.starts_with("postgresql://") || value.starts_with("postgres://") {
+            let url = PgUrl::parse(value, password_file).map_err(StoreError::from)?;
+            Ok(CollectorSource::Postgres(Box::new(url)))
+        } else {
+            Ok(CollectorSource::Sqlite(PathBuf::from(value)))
+        }
+    }
 }
 
 /// The databases the dashboard reads; either may be absent.
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
-    /// The collector's live SQLite database (`collectd.sqlite`); its
-    /// completed day is `FILE.yesterday` beside it.
-    pub collector: Option<PathBuf>,
-    /// The report daemon's database (`reportd.sqlite`).
-    pub reportd: Option<PathBuf>,
+    pub collector: Option<CollectorSource>,
+    /// The report daemon's state (`reportd.sqlite`, or PostgreSQL).
+    pub reportd: Option<DbName>,
 }
 
 impl Sources {
+    /// The collector's SQLite files: the live day and the completed one.
     fn collector_dbs(&self) -> Vec<(DaySource, PathBuf)> {
-        let Some(live) = &self.collector else {
+        let Some(CollectorSource::Sqlite(live)) = &self.collector else {
             return Vec::new();
         };
         [
@@ -80,19 +115,28 @@ impl Sources {
 
     fn reportd_db(&self, write: bool) -> Result<Option<ReportdDb>, StatsError> {
         match &self.reportd {
-            Some(path) if path.exists() => {
-                ReportdDb::open_existing(&DbName::Sqlite(path.clone()), write)
-                    .map(Some)
-                    .map_err(|source| self.reportd_error(source))
-            }
-            _ => Ok(None),
+            Some(DbName::Sqlite(path)) if !path.exists() => Ok(None),
+            Some(name) => ReportdDb::open_existing(name, write)
+                .map(Some)
+                .map_err(|source| self.reportd_error(source)),
+            None => Ok(None),
         }
     }
 
     fn reportd_error(&self, source: DbError) -> StatsError {
         StatsError::Reportd {
-            path: self.reportd.clone().unwrap_or_default(),
+            name: self.reportd.as_ref().map(DbName::shown).unwrap_or_default(),
             source,
+        }
+    }
+
+    /// The fleet's collectors, when the counters are in PostgreSQL.
+    fn fleet(&self) -> Result<Option<PgDayReader>, StatsError> {
+        match &self.collector {
+            Some(CollectorSource::Postgres(url)) => {
+                Ok(Some(PgDayReader::connect(url).map_err(StoreError::from)?))
+            }
+            _ => Ok(None),
         }
     }
 
@@ -110,6 +154,13 @@ impl Sources {
             for day in FetcherDb::open(&path)?.days()? {
                 if seen.insert(day) {
                     days.push((day, source));
+                }
+            }
+        }
+        if let Some(mut fleet) = self.fleet()? {
+            for day in fleet.days().map_err(StoreError::from)? {
+                if seen.insert(day) {
+                    days.push((day, DaySource::Fleet));
                 }
             }
         }
@@ -152,15 +203,25 @@ impl Sources {
                 }
                 Ok(())
             }
+            DaySource::Fleet => {
+                let mut fleet = self.fleet()?.ok_or(StatsError::NoFleet)?;
+                let visited = fleet.for_each_domain(day, |domain, policies, failures| {
+                    visit(collector_details(domain, policies, failures));
+                    Ok::<(), std::convert::Infallible>(())
+                });
+                match visited {
+                    Ok(()) => Ok(()),
+                    Err(tlsrpt_store::VisitError::Store(e)) => Err(e.into()),
+                    Err(tlsrpt_store::VisitError::Visitor(never)) => match never {},
+                }
+            }
             DaySource::Collector | DaySource::CollectorCompleted => {
                 let path = self
                     .collector_dbs()
                     .into_iter()
                     .find(|(s, _)| *s == source)
                     .map(|(_, path)| path)
-                    .ok_or(StatsError::Collector(StoreError::Missing(
-                        self.collector.clone().unwrap_or_default(),
-                    )))?;
+                    .ok_or(StatsError::NoCollector)?;
                 let db = FetcherDb::open(&path)?;
                 let visited = db.for_each_domain(day, |domain, policies, failures| {
                     visit(collector_details(domain, policies, failures));
@@ -250,6 +311,11 @@ impl Sources {
                     sum = collector_details(domain, &policies, &failures);
                 }
             }
+            DaySource::Fleet => {
+                let mut fleet = self.fleet()?.ok_or(StatsError::NoFleet)?;
+                let (policies, failures) = fleet.details(day, domain).map_err(StoreError::from)?;
+                sum = collector_details(domain, &policies, &failures);
+            }
         }
         Ok(sum)
     }
@@ -267,20 +333,16 @@ impl Sources {
         }
     }
 
-    /// Whether this process may resend reports: write access to the report
-    /// daemon's database and its directory (for SQLite's journal). The
-    /// packaged web pages run as `_posttls`, who may read the TLSRPT data
-    /// but not change it; they then point to `tlsrptctl resend` instead.
+    /// Whether this process may resend reports (see
+    /// [`ReportdStore::may_resend`](tlsrpt_reportd::db::ReportdStore::may_resend)).
+    /// The packaged web pages run as `_posttls`, who may read the TLSRPT
+    /// data but not change it; they then point to `tlsrptctl resend`
+    /// instead.
     pub fn can_resend(&self) -> bool {
-        use nix::unistd::{access, AccessFlags};
-        let Some(path) = &self.reportd else {
-            return false;
-        };
-        let dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => std::path::Path::new("."),
-        };
-        access(path, AccessFlags::W_OK).is_ok() && access(dir, AccessFlags::W_OK).is_ok()
+        match self.reportd_db(false) {
+            Ok(Some(mut db)) => db.may_resend().unwrap_or(false),
+            _ => false,
+        }
     }
 
     /// Queues report `r_id` again for each destination not withheld, as
@@ -385,7 +447,7 @@ mod tests {
             ],
         );
         let sources = Sources {
-            collector: Some(live),
+            collector: Some(CollectorSource::Sqlite(live)),
             reportd: None,
         };
         let day = Day::parse(day).unwrap();
@@ -478,8 +540,8 @@ mod tests {
             &[],
         );
         let sources = Sources {
-            collector: Some(live),
-            reportd: Some(reportd),
+            collector: Some(CollectorSource::Sqlite(live)),
+            reportd: Some(DbName::Sqlite(reportd)),
         };
         let yesterday = Day::parse("2026-12-01").unwrap();
         assert_eq!(
@@ -506,6 +568,75 @@ mod tests {
         // A garbage row in the stored day is refused, not guessed at.
         conn.execute("INSERT INTO reportdata (day, domain, data, fetcher, fetcherindex) VALUES ('yesterday', 'a.example', '{}', 'f', 1)", []).unwrap();
         assert!(matches!(sources.days(), Err(StatsError::Reportd { .. })));
+    }
+
+    /// A fleet's collectors in PostgreSQL, and the report daemon's state
+    /// there: the dashboard sums the collectors of a day, and may resend
+    /// when its role may.
+    #[test]
+    fn a_fleets_postgresql_collectors_and_report_state_are_read() {
+        let cluster = mailtls_test_support::postgres::PgCluster::start();
+        cluster.create_database("tlsrpt");
+        let url = PgUrl::parse(&cluster.url("tlsrpt"), None).unwrap();
+        // The collectors' tables, made as a collector makes them.
+        tlsrpt_store::postgres::PgCollectorStore::connect(&url, "mx1").unwrap();
+        let policy = DANE.replace('\'', "''");
+        cluster.psql(
+            "tlsrpt",
+            &format!(
+                "INSERT INTO tlsrpt_results VALUES \
+                 ('2026-11-20', 'a.example', '{REC}', '{policy}', 'mx1', 5, 1), \
+                 ('2026-11-20', 'a.example', '{REC}', '{policy}', 'mx2', 4, 2), \
+                 ('2026-11-21', 'a.example', '{REC}', '{policy}', 'mx2', 3, 0); \
+                 INSERT INTO tlsrpt_failures VALUES \
+                 ('2026-11-20', 'a.example', '{REC}', '{policy}', '{{\"c\": 304}}', 'mx2', 3)"
+            ),
+        );
+        let mut sources = Sources {
+            collector: Some(CollectorSource::Postgres(Box::new(url.clone()))),
+            reportd: None,
+        };
+        let (d20, d21) = (
+            Day::parse("2026-11-20").unwrap(),
+            Day::parse("2026-11-21").unwrap(),
+        );
+        assert_eq!(
+            sources.days().unwrap(),
+            [(d21, DaySource::Fleet), (d20, DaySource::Fleet)]
+        );
+        let summary = sources.day(d20).unwrap().unwrap();
+        assert_eq!((summary.successful, summary.failed), (6, 3));
+        let history = sources.domain("a.example", Some(d20)).unwrap();
+        let points: Vec<(u64, u64)> = history
+            .days
+            .iter()
+            .map(|p| (p.successful, p.failed))
+            .collect();
+        assert_eq!(points, [(6, 3), (3, 0)]);
+        assert_eq!(history.policies[0].failure_details.len(), 1);
+
+        cluster.create_database("reportd");
+        let state = DbName::Postgres(Box::new(
+            PgUrl::parse(&cluster.url("reportd"), None).unwrap(),
+        ));
+        drop(ReportdDb::open(&state).unwrap());
+        sources.reportd = Some(state);
+        assert!(sources.reports(None, None).unwrap().is_empty());
+        assert!(sources.can_resend(), "the superuser may");
+        cluster.psql("postgres", "CREATE ROLE viewer LOGIN PASSWORD 'viewer'");
+        cluster.psql(
+            "reportd",
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO viewer",
+        );
+        let viewer = format!(
+            "postgresql://viewer:viewer@127.0.0.1:{}/reportd",
+            cluster.port
+        );
+        sources.reportd = Some(DbName::Postgres(Box::new(
+            PgUrl::parse(&viewer, None).unwrap(),
+        )));
+        assert!(sources.reports(None, None).unwrap().is_empty());
+        assert!(!sources.can_resend(), "a role that may only read");
     }
 
     fn serde_json_string(text: &str) -> String {

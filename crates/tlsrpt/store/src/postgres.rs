@@ -331,6 +331,22 @@ impl PgDayReader {
         Ok(completion.map(|c| c.day))
     }
 
+    /// Every day with counters of any collector, newest first (the
+    /// dashboard's list of days; today's are still being counted).
+    pub fn days(&mut self) -> Result<Vec<Day>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT DISTINCT day FROM tlsrpt_results ORDER BY day DESC",
+                &[],
+            )
+            .map_err(|e| self.url.error(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Day::from(r.get::<_, NaiveDate>(0)))
+            .collect())
+    }
+
     /// The domains with counters on `day`, sorted.
     pub fn domains(&mut self, day: Day) -> Result<Vec<String>> {
         let rows = self

@@ -342,6 +342,11 @@ pub trait ReportdStore: Send {
     /// table with an arbitrary day and status and the table's total.)
     fn status(&mut self) -> Result<Status>;
 
+    /// Whether this process may re-send reports: write access to the
+    /// SQLite file and its directory (for the journal), or the PostgreSQL
+    /// role's UPDATE on the destinations.
+    fn may_resend(&mut self) -> Result<bool>;
+
     /// Whether other report daemons may share this state (PostgreSQL):
     /// then only the one holding the lead works, and a delivery another
     /// daemon left `sending` may still be under way there.

@@ -664,6 +664,16 @@ impl ReportdStore for PgStore {
         })
     }
 
+    fn may_resend(&mut self) -> Result<bool> {
+        Ok(self
+            .query(
+                "SELECT has_table_privilege('reportd_destinations', 'UPDATE')",
+                &[],
+            )?
+            .first()
+            .is_some_and(|row| row.get(0)))
+    }
+
     fn is_shared(&self) -> bool {
         true
     }

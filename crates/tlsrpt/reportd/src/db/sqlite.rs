@@ -602,6 +602,19 @@ impl ReportdStore for SqliteStore {
         })
     }
 
+    fn may_resend(&mut self) -> Result<bool> {
+        use nix::unistd::{access, AccessFlags};
+        let Some(path) = self.conn.path().filter(|p| !p.is_empty()) else {
+            return Ok(false);
+        };
+        let path = Path::new(path);
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        Ok(access(path, AccessFlags::W_OK).is_ok() && access(dir, AccessFlags::W_OK).is_ok())
+    }
+
     fn is_shared(&self) -> bool {
         false
     }
