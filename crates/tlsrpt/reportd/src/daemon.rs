@@ -627,12 +627,8 @@ impl<'c> Reportd<'c> {
                 break;
             }
             let now = self.now();
-            self.db.in_transaction(|db| {
-                for delivery in batch {
-                    db.delivery_started(delivery, now)?;
-                }
-                Ok(())
-            })?;
+            self.db
+                .in_transaction(|db| db.deliveries_started(batch, now))?;
             let batch_started = Instant::now();
             let mut outcomes = Vec::with_capacity(batch.len());
             let mut directories: HashMap<std::path::PathBuf, Directory> = HashMap::new();
@@ -667,12 +663,9 @@ impl<'c> Reportd<'c> {
                 .zip(outcomes)
                 .map(|(delivery, outcome)| self.outcome(delivery, outcome))
                 .collect();
-            self.db.in_transaction(|db| {
-                for (delivery, outcome) in batch.iter().zip(recorded) {
-                    db.delivery_finished(delivery, outcome)?;
-                }
-                Ok(())
-            })?;
+            let ended: Vec<(&Delivery, DeliveryOutcome)> = batch.iter().zip(recorded).collect();
+            self.db
+                .in_transaction(|db| db.deliveries_finished(&ended))?;
         }
         Ok(())
     }

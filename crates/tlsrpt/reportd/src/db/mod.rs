@@ -309,6 +309,23 @@ pub trait ReportdStore: Send {
     /// Records how a started delivery ended.
     fn delivery_finished(&mut self, delivery: &Delivery, outcome: DeliveryOutcome) -> Result<()>;
 
+    /// [`delivery_started`](Self::delivery_started) for a batch (the
+    /// `directory:` deliveries, a thousand at a time).
+    fn deliveries_started(&mut self, deliveries: &[Delivery], now: DateTime<Utc>) -> Result<()> {
+        for delivery in deliveries {
+            self.delivery_started(delivery, now)?;
+        }
+        Ok(())
+    }
+
+    /// [`delivery_finished`](Self::delivery_finished) for a batch.
+    fn deliveries_finished(&mut self, ended: &[(&Delivery, DeliveryOutcome)]) -> Result<()> {
+        for (delivery, outcome) in ended {
+            self.delivery_finished(delivery, *outcome)?;
+        }
+        Ok(())
+    }
+
     /// Deletes everything about days more than `keep_days` days before
     /// `now`, with upstream's condition (`julianday(now) - julianday(day) >
     /// keep_days`, so a day goes a fraction of a day after it is exactly
@@ -802,6 +819,68 @@ pub(crate) mod tests {
         );
     }
 
+    pub fn a_batch_of_deliveries_is_recorded_as_each_one_is(db: &mut ReportdDb) {
+        let withheld = Withheld {
+            destination: "mailto:held@b.example".into(),
+            reason: WithheldReason::DestinationsPerRecord,
+        };
+        report_to(db, "a.example", "directory:/a", &[]);
+        report_to(
+            db,
+            "b.example",
+            "directory:/b",
+            std::slice::from_ref(&withheld),
+        );
+        let due = db.due_deliveries(t(3, 1)).unwrap();
+        assert_eq!(due.len(), 2, "the withheld destination is not due");
+        db.deliveries_started(&due, t(3, 1)).unwrap();
+        let interrupted: Vec<_> = db
+            .interrupted_deliveries()
+            .unwrap()
+            .into_iter()
+            .map(|(d, started)| (d.destination, started))
+            .collect();
+        assert_eq!(
+            interrupted,
+            [
+                ("directory:/a".to_string(), Some(t(3, 1))),
+                ("directory:/b".to_string(), Some(t(3, 1)))
+            ]
+        );
+        db.deliveries_finished(&[
+            (&due[0], DeliveryOutcome::Sent),
+            (&due[1], DeliveryOutcome::RetryAt(t(5, 0))),
+        ])
+        .unwrap();
+        assert!(db.interrupted_deliveries().unwrap().is_empty());
+        let again = db.due_deliveries(t(5, 1)).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            (again[0].destination.as_str(), again[0].retries),
+            ("directory:/b", 1)
+        );
+        let states: Vec<Option<String>> = db
+            .reports(None, None)
+            .unwrap()
+            .into_iter()
+            .flat_map(|r| r.destinations)
+            .map(|d| d.status)
+            .collect();
+        assert_eq!(
+            states,
+            [
+                Some("sent".to_string()),
+                None,
+                Some("withheld:max_destinations_per_record".to_string())
+            ]
+        );
+        // An attempt that was not started cannot be finished.
+        match db.deliveries_finished(&[(&due[0], DeliveryOutcome::Failed)]) {
+            Err(DbError::NotSending { destination, .. }) => assert_eq!(destination, "directory:/a"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     pub fn a_failed_transaction_leaves_nothing(db: &mut ReportdDb) {
         let outcome: Result<()> = db.in_transaction(|db| {
             db.create_fetch_jobs(day(21), &fetchers(), t(0, 0))?;
@@ -866,5 +945,6 @@ pub(crate) mod tests {
         a_delivery_is_recorded_before_and_after_each_attempt,
         clean_up_keeps_days_until_more_than_keep_days_old,
         a_failed_transaction_leaves_nothing,
+        a_batch_of_deliveries_is_recorded_as_each_one_is,
     );
 }

@@ -480,51 +480,57 @@ impl ReportdStore for PgStore {
             destinations,
             withheld,
         } = report;
-        self.atomic(|db| {
-            let uniqid: i64 = db
-                .query(
-                    "SELECT count(*) + 1 FROM reportd_reports WHERE day = $1 AND domain = $2",
-                    &[&day.date(), &domain],
-                )?
-                .first()
-                .map_or(1, |row| row.get(0));
-            let r_id: i64 = db
-                .query(
-                    "INSERT INTO reportd_reports (day, domain, uniqid, tlsrptrecord, report)
-                     VALUES ($1, $2, $3, $4, $5) RETURNING r_id",
-                    &[
-                        &day.date(),
-                        &domain,
-                        &uniqid,
-                        &tlsrptrecord,
-                        &render(uniqid),
-                    ],
-                )?
-                .first()
-                .map(|row| row.get(0))
-                .expect("INSERT ... RETURNING returns the row");
-            let (names, first_tries): (Vec<&str>, Vec<DateTime<Utc>>) = destinations
-                .iter()
-                .map(|(destination, at)| (destination.as_str(), *at))
-                .unzip();
-            let (held, reasons): (Vec<&str>, Vec<&str>) = withheld
-                .iter()
-                .map(|w| (w.destination.as_str(), w.reason.status()))
-                .unzip();
-            db.execute(
-                "INSERT INTO reportd_destinations (destination, d_r_id, retries, status, nexttry)
-                 SELECT d, $2, 0, NULL, t FROM unnest($1::text[], $3::timestamptz[]) AS u(d, t)
-                 ON CONFLICT DO NOTHING",
-                &[&names, &r_id, &first_tries],
-            )?;
-            db.execute(
-                "INSERT INTO reportd_destinations (destination, d_r_id, retries, status, nexttry)
-                 SELECT d, $2, 0, s, NULL FROM unnest($1::text[], $3::text[]) AS u(d, s)
-                 ON CONFLICT DO NOTHING",
-                &[&held, &r_id, &reasons],
-            )?;
-            Ok(r_id)
-        })
+        let uniqid: i64 = self
+            .query(
+                "SELECT count(*) + 1 FROM reportd_reports WHERE day = $1 AND domain = $2",
+                &[&day.date(), &domain],
+            )?
+            .first()
+            .map_or(1, |row| row.get(0));
+        // The destinations first, then the withheld ones (a destination
+        // that is both is delivered, as on SQLite).
+        let mut names: Vec<&str> = Vec::new();
+        let mut statuses: Vec<Option<&str>> = Vec::new();
+        let mut first_tries: Vec<Option<DateTime<Utc>>> = Vec::new();
+        for (destination, at) in destinations {
+            names.push(destination);
+            statuses.push(None);
+            first_tries.push(Some(*at));
+        }
+        for w in withheld {
+            names.push(&w.destination);
+            statuses.push(Some(w.reason.status()));
+            first_tries.push(None);
+        }
+        // One statement, atomic by itself: the report and its
+        // destinations, one round trip.
+        let r_id: i64 = self
+            .query(
+                "WITH report AS (
+                     INSERT INTO reportd_reports (day, domain, uniqid, tlsrptrecord, report)
+                     VALUES ($1, $2, $3, $4, $5) RETURNING r_id),
+                 destinations AS (
+                     INSERT INTO reportd_destinations (destination, d_r_id, retries, status, nexttry)
+                     SELECT u.destination, report.r_id, 0, u.status, u.first_try
+                       FROM report, unnest($6::text[], $7::text[], $8::timestamptz[])
+                            AS u(destination, status, first_try)
+                     ON CONFLICT DO NOTHING)
+                 SELECT r_id FROM report",
+                &[
+                    &day.date(),
+                    &domain,
+                    &uniqid,
+                    &tlsrptrecord,
+                    &render(uniqid),
+                    &names,
+                    &statuses,
+                    &first_tries,
+                ],
+            )?
+            .first()
+            .map(|row| row.get(0))
+            .expect("INSERT ... RETURNING returns the row");
+        Ok(r_id)
     }
 
     fn due_deliveries(&mut self, now: DateTime<Utc>) -> Result<Vec<Delivery>> {
@@ -563,6 +569,75 @@ impl ReportdStore for PgStore {
                 destination: delivery.destination.clone(),
                 r_id: delivery.r_id,
             });
+        }
+        Ok(())
+    }
+
+    fn deliveries_started(&mut self, deliveries: &[Delivery], now: DateTime<Utc>) -> Result<()> {
+        let (destinations, r_ids): (Vec<&str>, Vec<i64>) = deliveries
+            .iter()
+            .map(|d| (d.destination.as_str(), d.r_id))
+            .unzip();
+        // One statement for the batch: a round trip per delivery would
+        // cost more than the delivery into a directory.
+        self.execute(
+            "UPDATE reportd_destinations d SET status = 'sending', nexttry = $1
+               FROM unnest($2::text[], $3::bigint[]) AS u(destination, r_id)
+              WHERE d.destination = u.destination AND d.d_r_id = u.r_id",
+            &[&now, &destinations, &r_ids],
+        )?;
+        Ok(())
+    }
+
+    fn deliveries_finished(&mut self, ended: &[(&Delivery, DeliveryOutcome)]) -> Result<()> {
+        let (mut retry, mut done): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
+        for (delivery, outcome) in ended {
+            match outcome {
+                DeliveryOutcome::RetryAt(at) => retry.push((*delivery, *at)),
+                other => done.push((*delivery, other.status())),
+            }
+        }
+        let mut recorded: Vec<(String, i64)> = Vec::with_capacity(ended.len());
+        let key = |row: &Row| (row.get::<_, String>(0), row.get::<_, i64>(1));
+        if !retry.is_empty() {
+            let destinations: Vec<&str> =
+                retry.iter().map(|(d, _)| d.destination.as_str()).collect();
+            let r_ids: Vec<i64> = retry.iter().map(|(d, _)| d.r_id).collect();
+            let at: Vec<DateTime<Utc>> = retry.iter().map(|(_, at)| *at).collect();
+            let rows = self.query(
+                "UPDATE reportd_destinations d SET status = NULL, retries = d.retries + 1, nexttry = u.at
+                   FROM unnest($1::text[], $2::bigint[], $3::timestamptz[]) AS u(destination, r_id, at)
+                  WHERE d.destination = u.destination AND d.d_r_id = u.r_id AND d.status = 'sending'
+                 RETURNING d.destination, d.d_r_id",
+                &[&destinations, &r_ids, &at],
+            )?;
+            recorded.extend(rows.iter().map(key));
+        }
+        if !done.is_empty() {
+            let destinations: Vec<&str> =
+                done.iter().map(|(d, _)| d.destination.as_str()).collect();
+            let r_ids: Vec<i64> = done.iter().map(|(d, _)| d.r_id).collect();
+            let statuses: Vec<Option<&str>> = done.iter().map(|(_, status)| *status).collect();
+            let rows = self.query(
+                "UPDATE reportd_destinations d SET status = u.status
+                   FROM unnest($1::text[], $2::bigint[], $3::text[]) AS u(destination, r_id, status)
+                  WHERE d.destination = u.destination AND d.d_r_id = u.r_id AND d.status = 'sending'
+                 RETURNING d.destination, d.d_r_id",
+                &[&destinations, &r_ids, &statuses],
+            )?;
+            recorded.extend(rows.iter().map(key));
+        }
+        if recorded.len() < ended.len() {
+            let recorded: std::collections::HashSet<(String, i64)> = recorded.into_iter().collect();
+            if let Some((delivery, _)) = ended
+                .iter()
+                .find(|(d, _)| !recorded.contains(&(d.destination.clone(), d.r_id)))
+            {
+                return Err(DbError::NotSending {
+                    destination: delivery.destination.clone(),
+                    r_id: delivery.r_id,
+                });
+            }
         }
         Ok(())
     }
