@@ -531,8 +531,8 @@ impl<'c> Reportd<'c> {
             let rng = &mut self.rng;
             let made_here = self.db.in_transaction(|db| {
                 let mut made = 0;
-                for (day, domain) in chunk {
-                    let fetched = db.details_of(*day, domain)?;
+                let fetched_each = db.details_of_each(chunk)?;
+                for ((day, domain), fetched) in chunk.iter().zip(fetched_each) {
                     let outcome = make_reports(*day, domain, &fetched, &organization, maps, &caps);
                     for warning in &outcome.warnings {
                         log::warn!("{warning}");
@@ -557,17 +557,14 @@ impl<'c> Reportd<'c> {
                                 )
                             })
                             .collect();
-                        let mut json = Some(report.json);
-                        db.insert_report(
-                            NewReport {
-                                day: *day,
-                                domain,
-                                tlsrptrecord: &report.record,
-                                destinations: &destinations,
-                                withheld: &report.withheld,
-                            },
-                            &mut |_| json.take().unwrap_or_default(),
-                        )?;
+                        db.insert_report(NewReport {
+                            day: *day,
+                            domain,
+                            tlsrptrecord: &report.record,
+                            report: &report.json,
+                            destinations: &destinations,
+                            withheld: &report.withheld,
+                        })?;
                         log::info!(
                             "report {} made, {} destination(s): {}",
                             report.report_id,

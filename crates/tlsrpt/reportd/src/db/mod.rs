@@ -274,6 +274,15 @@ pub trait ReportdStore: Send {
     /// one per fetcher that delivered them, in fetcher order.
     fn details_of(&mut self, day: Day, domain: &str) -> Result<Vec<String>>;
 
+    /// [`details_of`](Self::details_of) for each of `pairs`, in their
+    /// order (the report step reads a thousand domains at a time).
+    fn details_of_each(&mut self, pairs: &[(Day, String)]) -> Result<Vec<Vec<String>>> {
+        pairs
+            .iter()
+            .map(|(day, domain)| self.details_of(*day, domain))
+            .collect()
+    }
+
     /// Every fetched detail (`policies` JSON text) of `day`, as (domain,
     /// text), in domain and fetcher order: the dashboard's view of a
     /// completed day, summed over every fetcher (every MTA).
@@ -284,16 +293,12 @@ pub trait ReportdStore: Send {
     fn days_with_details(&mut self) -> Result<Vec<Day>>;
 
     /// Stores a report and its destinations, each with the time of its
-    /// first delivery, in one transaction. `render` gets the report's
-    /// number among the reports of its day and domain (from 1; it is part
-    /// of the report-id) and returns the report's JSON text. Returns the
-    /// report's `r_id`. The `withheld` destinations are stored with their
-    /// reason as status, so that they are shown and never delivered.
-    fn insert_report(
-        &mut self,
-        report: NewReport<'_>,
-        render: &mut dyn FnMut(i64) -> String,
-    ) -> Result<i64>;
+    /// first delivery, in one transaction, numbered among the reports of
+    /// its day and domain (`uniqid`, from 1, as upstream numbers them).
+    /// Returns the report's `r_id`. The `withheld` destinations are stored
+    /// with their reason as status, so that they are shown and never
+    /// delivered.
+    fn insert_report(&mut self, report: NewReport<'_>) -> Result<i64>;
 
     /// Deliveries without a result whose next try is before `now`.
     fn due_deliveries(&mut self, now: DateTime<Utc>) -> Result<Vec<Delivery>>;
@@ -386,6 +391,8 @@ pub struct NewReport<'a> {
     pub day: Day,
     pub domain: &'a str,
     pub tlsrptrecord: &'a str,
+    /// The report's JSON text.
+    pub report: &'a str,
     /// Each destination with the time of its first delivery.
     pub destinations: &'a [(String, DateTime<Utc>)],
     pub withheld: &'a [Withheld],
@@ -618,6 +625,23 @@ pub(crate) mod tests {
             [r#"{"rec": 1}"#]
         );
         assert!(db.details_of(day(20), "b.example").unwrap().is_empty());
+        let each = db
+            .details_of_each(&[
+                (day(21), "b.example".into()),
+                (day(20), "b.example".into()),
+                (day(21), "a.example".into()),
+                (day(21), "b.example".into()),
+            ])
+            .unwrap();
+        assert_eq!(
+            each,
+            [
+                vec![r#"{"rec": 1}"#.to_string()],
+                vec![],
+                vec![r#"{"v=TLSRPTv1; rua=mailto:r@a.example": {}}"#.to_string()],
+                vec![r#"{"rec": 1}"#.to_string()],
+            ]
+        );
     }
 
     pub fn reports_are_numbered_per_day_and_domain_and_no_longer_ready(db: &mut ReportdDb) {
@@ -626,39 +650,34 @@ pub(crate) mod tests {
             db.store_details(&job, "{}").unwrap();
         }
         assert_eq!(jobs.len(), 2);
-        let mut seen = Vec::new();
         let first = db
-            .insert_report(
-                NewReport {
-                    day: day(21),
-                    domain: "b.example",
-                    tlsrptrecord: "v=TLSRPTv1; rua=mailto:x@b.example",
-                    destinations: &[("mailto:x@b.example".into(), t(3, 0))],
-                    withheld: &[],
-                },
-                &mut |n| {
-                    seen.push(n);
-                    format!("report {n}")
-                },
-            )
+            .insert_report(NewReport {
+                day: day(21),
+                domain: "b.example",
+                tlsrptrecord: "v=TLSRPTv1; rua=mailto:x@b.example",
+                report: "a report",
+                destinations: &[("mailto:x@b.example".into(), t(3, 0))],
+                withheld: &[],
+            })
             .unwrap();
         let second = db
-            .insert_report(
-                NewReport {
-                    day: day(21),
-                    domain: "b.example",
-                    tlsrptrecord: "v=TLSRPTv1; rua=https://b.example/r",
-                    destinations: &[("https://b.example/r".into(), t(4, 0))],
-                    withheld: &[],
-                },
-                &mut |n| {
-                    seen.push(n);
-                    format!("report {n}")
-                },
-            )
+            .insert_report(NewReport {
+                day: day(21),
+                domain: "b.example",
+                tlsrptrecord: "v=TLSRPTv1; rua=https://b.example/r",
+                report: "a report",
+                destinations: &[("https://b.example/r".into(), t(4, 0))],
+                withheld: &[],
+            })
             .unwrap();
         assert_ne!(first, second);
-        assert_eq!(seen, [1, 2]);
+        let numbers: Vec<i64> = db
+            .reports(Some(day(21)), Some("b.example"))
+            .unwrap()
+            .iter()
+            .map(|r| r.uniqid)
+            .collect();
+        assert_eq!(numbers, [1, 2]);
         assert_eq!(
             db.ready_for_report().unwrap(),
             [(day(21), "a.example".to_string())]
@@ -668,10 +687,10 @@ pub(crate) mod tests {
             stored.tlsrptrecord.as_deref(),
             Some("v=TLSRPTv1; rua=https://b.example/r")
         );
-        assert_eq!((stored.uniqid, stored.report.as_str()), (2, "report 2"));
+        assert_eq!((stored.uniqid, stored.report.as_str()), (2, "a report"));
     }
 
-    /// A report of `domain` on day 21 ("report N"), for one destination
+    /// A report of `domain` on day 21 ("report of DOMAIN"), for one destination
     /// first tried at 03:00, with `withheld` ones.
     pub fn report_to(
         db: &mut ReportdDb,
@@ -679,16 +698,14 @@ pub(crate) mod tests {
         destination: &str,
         withheld: &[Withheld],
     ) -> i64 {
-        db.insert_report(
-            NewReport {
-                day: day(21),
-                domain,
-                tlsrptrecord: "rec",
-                destinations: &[(destination.into(), t(3, 0))],
-                withheld,
-            },
-            &mut |n| format!("report {n}"),
-        )
+        db.insert_report(NewReport {
+            day: day(21),
+            domain,
+            tlsrptrecord: "rec",
+            report: &format!("report of {domain}"),
+            destinations: &[(destination.into(), t(3, 0))],
+            withheld,
+        })
         .unwrap()
     }
 
@@ -704,7 +721,7 @@ pub(crate) mod tests {
                 destination: "mailto:r@a.example".into(),
                 r_id,
                 uniqid: 1,
-                report: "report 1".into(),
+                report: "report of a.example".into(),
                 domain: "a.example".into(),
                 day: day(21),
                 retries: 0,

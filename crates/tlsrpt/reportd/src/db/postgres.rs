@@ -451,6 +451,25 @@ impl ReportdStore for PgStore {
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
+    fn details_of_each(&mut self, pairs: &[(Day, String)]) -> Result<Vec<Vec<String>>> {
+        let days: Vec<NaiveDate> = pairs.iter().map(|(day, _)| day.date()).collect();
+        let domains: Vec<&str> = pairs.iter().map(|(_, domain)| domain.as_str()).collect();
+        let rows = self.query(
+            "SELECT u.i, r.data
+               FROM unnest($1::date[], $2::text[]) WITH ORDINALITY AS u(day, domain, i)
+               JOIN reportd_reportdata r
+                 ON r.day = u.day AND r.domain = u.domain AND r.data IS NOT NULL
+              ORDER BY u.i, r.fetcherindex",
+            &[&days, &domains],
+        )?;
+        let mut each = vec![Vec::new(); pairs.len()];
+        for row in &rows {
+            let index = usize::try_from(row.get::<_, i64>(0) - 1).expect("ordinality from 1");
+            each[index].push(row.get(1));
+        }
+        Ok(each)
+    }
+
     fn details_of_day(&mut self, day: Day) -> Result<Vec<(String, String)>> {
         let rows = self.query(
             "SELECT domain, data FROM reportd_reportdata WHERE day = $1 AND data IS NOT NULL
@@ -468,25 +487,15 @@ impl ReportdStore for PgStore {
         Ok(rows.iter().map(|row| day_of(row, 0)).collect())
     }
 
-    fn insert_report(
-        &mut self,
-        report: NewReport<'_>,
-        render: &mut dyn FnMut(i64) -> String,
-    ) -> Result<i64> {
+    fn insert_report(&mut self, report: NewReport<'_>) -> Result<i64> {
         let NewReport {
             day,
             domain,
             tlsrptrecord,
+            report,
             destinations,
             withheld,
         } = report;
-        let uniqid: i64 = self
-            .query(
-                "SELECT count(*) + 1 FROM reportd_reports WHERE day = $1 AND domain = $2",
-                &[&day.date(), &domain],
-            )?
-            .first()
-            .map_or(1, |row| row.get(0));
         // The destinations first, then the withheld ones (a destination
         // that is both is delivered, as on SQLite).
         let mut names: Vec<&str> = Vec::new();
@@ -502,26 +511,28 @@ impl ReportdStore for PgStore {
             statuses.push(Some(w.reason.status()));
             first_tries.push(None);
         }
-        // One statement, atomic by itself: the report and its
-        // destinations, one round trip.
+        // One statement, atomic by itself: the report, numbered, and its
+        // destinations in one round trip (a day has a report per domain).
+        // Only the active daemon writes reports, so the count cannot race.
         let r_id: i64 = self
             .query(
                 "WITH report AS (
                      INSERT INTO reportd_reports (day, domain, uniqid, tlsrptrecord, report)
-                     VALUES ($1, $2, $3, $4, $5) RETURNING r_id),
+                     SELECT $1, $2, count(*) + 1, $3, $4 FROM reportd_reports
+                      WHERE day = $1 AND domain = $2
+                     RETURNING r_id),
                  destinations AS (
                      INSERT INTO reportd_destinations (destination, d_r_id, retries, status, nexttry)
                      SELECT u.destination, report.r_id, 0, u.status, u.first_try
-                       FROM report, unnest($6::text[], $7::text[], $8::timestamptz[])
+                       FROM report, unnest($5::text[], $6::text[], $7::timestamptz[])
                             AS u(destination, status, first_try)
                      ON CONFLICT DO NOTHING)
                  SELECT r_id FROM report",
                 &[
                     &day.date(),
                     &domain,
-                    &uniqid,
                     &tlsrptrecord,
-                    &render(uniqid),
+                    &report,
                     &names,
                     &statuses,
                     &first_tries,

@@ -407,15 +407,12 @@ impl ReportdStore for SqliteStore {
             .collect()
     }
 
-    fn insert_report(
-        &mut self,
-        report: NewReport<'_>,
-        render: &mut dyn FnMut(i64) -> String,
-    ) -> Result<i64> {
+    fn insert_report(&mut self, report: NewReport<'_>) -> Result<i64> {
         let NewReport {
             day,
             domain,
             tlsrptrecord,
+            report,
             destinations,
             withheld,
         } = report;
@@ -427,13 +424,7 @@ impl ReportdStore for SqliteStore {
         )?;
         tx.execute(
             "INSERT INTO reports (day, domain, uniqid, tlsrptrecord, report) VALUES(?,?,?,?,?)",
-            params![
-                day.to_string(),
-                domain,
-                uniqid,
-                tlsrptrecord,
-                render(uniqid)
-            ],
+            params![day.to_string(), domain, uniqid, tlsrptrecord, report],
         )?;
         let r_id = tx.last_insert_rowid();
         for (destination, first_try) in destinations {
@@ -821,7 +812,7 @@ mod tests {
         assert_eq!(
             lines[0],
             format!(
-                "[('mailto:r@a.example', {}, 1, 'report 1', 'a.example', '2026-11-21', 0)]",
+                "[('mailto:r@a.example', {}, 1, 'report of a.example', 'a.example', '2026-11-21', 0)]",
                 delivery.r_id
             )
         );
