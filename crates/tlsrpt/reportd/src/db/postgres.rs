@@ -265,11 +265,20 @@ fn day_of(row: &Row, index: usize) -> Day {
     Day::from(row.get::<_, NaiveDate>(index))
 }
 
-/// Upstream's age condition on `day` (`julianday(now) - julianday(day) >
-/// keep_days`): the day's midnight more than `keep_days` times 86 400 s
-/// before `$1`.
-const OLD: &str =
-    "(day::timestamp AT TIME ZONE 'UTC') < $1::timestamptz - $2::float8 * interval '86400 seconds'";
+/// The first day kept by upstream's age condition (`julianday(now) -
+/// julianday(day) > keep_days`: a day goes when its midnight is more than
+/// `keep_days` times 86 400 s before `now`), so that the deletions compare
+/// `day < $1` along the tables' day indexes instead of computing on every
+/// row at every loop.
+fn first_day_kept(now: DateTime<Utc>, keep_days: i64) -> NaiveDate {
+    let limit = now - chrono::Duration::seconds(keep_days.saturating_mul(86_400));
+    let date = limit.date_naive();
+    if limit.time() == chrono::NaiveTime::MIN {
+        date
+    } else {
+        date.succ_opt().unwrap_or(date)
+    }
+}
 
 impl ReportdStore for PgStore {
     fn create_fetch_jobs(
@@ -654,20 +663,20 @@ impl ReportdStore for PgStore {
     }
 
     fn clean_up(&mut self, now: DateTime<Utc>, keep_days: i64) -> Result<CleanedUp> {
-        let keep = keep_days as f64;
+        let kept = first_day_kept(now, keep_days);
         self.atomic(|db| {
-            let mut delete = |sql: String| -> Result<usize> {
-                let n = db.execute(&sql, &[&now, &keep])?;
+            let mut delete = |sql: &str| -> Result<usize> {
+                let n = db.execute(sql, &[&kept])?;
                 Ok(usize::try_from(n).unwrap_or(usize::MAX))
             };
             Ok(CleanedUp {
-                fetchjobs: delete(format!("DELETE FROM reportd_fetchjobs WHERE {OLD}"))?,
-                reportdata: delete(format!("DELETE FROM reportd_reportdata WHERE {OLD}"))?,
-                destinations: delete(format!(
+                fetchjobs: delete("DELETE FROM reportd_fetchjobs WHERE day < $1")?,
+                reportdata: delete("DELETE FROM reportd_reportdata WHERE day < $1")?,
+                destinations: delete(
                     "DELETE FROM reportd_destinations
-                      WHERE d_r_id IN (SELECT r_id FROM reportd_reports WHERE {OLD})"
-                ))?,
-                reports: delete(format!("DELETE FROM reportd_reports WHERE {OLD}"))?,
+                      WHERE d_r_id IN (SELECT r_id FROM reportd_reports WHERE day < $1)",
+                )?,
+                reports: delete("DELETE FROM reportd_reports WHERE day < $1")?,
             })
         })
     }
@@ -822,6 +831,18 @@ mod tests {
     use crate::db::tests::{day, fetchers, postgres_store, postgres_url, strings, t};
     use crate::db::{DbName, ReportdDb};
     use tlsrpt_store::postgres::PgError;
+
+    #[test]
+    fn the_first_day_kept_is_upstreams_condition() {
+        use chrono::TimeZone;
+        let at = |d, h, m, s| Utc.with_ymd_and_hms(2026, 12, d, h, m, s).unwrap();
+        let date = |d| NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+        // 2026-11-21 is exactly 10 days old at midnight of 2026-12-01:
+        // kept; a second later it goes.
+        assert_eq!(first_day_kept(at(1, 0, 0, 0), 10), date(21));
+        assert_eq!(first_day_kept(at(1, 0, 0, 1), 10), date(22));
+        assert_eq!(first_day_kept(at(1, 23, 59, 59), 10), date(22));
+    }
 
     #[test]
     fn one_daemon_leads_and_a_standby_takes_over_when_its_connection_ends() {
