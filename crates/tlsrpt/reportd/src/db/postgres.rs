@@ -16,7 +16,8 @@ use mailtls_common::day::Day;
 use tlsrpt_store::postgres::PgUrl;
 
 use mailtls_postgres::postgres::types::ToSql;
-use mailtls_postgres::postgres::{Client, Row};
+use mailtls_postgres::postgres::{Client, Row, Statement};
+use std::collections::HashMap;
 use mailtls_postgres::Migrations;
 
 use super::{
@@ -107,6 +108,8 @@ pub struct PgStore {
     client: Client,
     /// Inside [`ReportdStore::begin`]: atomic steps use savepoints.
     in_transaction: bool,
+    /// The statements prepared on this connection, by their text.
+    statements: HashMap<String, Statement>,
 }
 
 impl PgStore {
@@ -140,6 +143,7 @@ impl PgStore {
             url: url.clone(),
             client: url.connect()?,
             in_transaction: false,
+            statements: HashMap::new(),
         };
         // Times as text (tlsrptctl) in UTC, as in the SQLite file.
         store.batch("SET TimeZone = 'UTC'")?;
@@ -154,12 +158,29 @@ impl PgStore {
         self.client.batch_execute(sql).map_err(|e| self.error(e))
     }
 
+    /// `sql` prepared once per connection: a statement given as text is
+    /// prepared anew each time, one more round trip to the server.
+    fn statement(&mut self, sql: &str) -> Result<Statement> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).map_err(|e| self.error(e))?;
+        self.statements.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+
     fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
-        self.client.execute(sql, params).map_err(|e| self.error(e))
+        let statement = self.statement(sql)?;
+        self.client
+            .execute(&statement, params)
+            .map_err(|e| self.error(e))
     }
 
     fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
-        self.client.query(sql, params).map_err(|e| self.error(e))
+        let statement = self.statement(sql)?;
+        self.client
+            .query(&statement, params)
+            .map_err(|e| self.error(e))
     }
 
     /// Runs `work` atomically: in a transaction of its own, or, inside
