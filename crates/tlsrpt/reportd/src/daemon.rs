@@ -530,7 +530,7 @@ impl<'c> Reportd<'c> {
             let spread = &mut self.spread;
             let rng = &mut self.rng;
             let made_here = self.db.in_transaction(|db| {
-                let mut made = 0;
+                let mut made = Vec::new();
                 let fetched_each = db.details_of_each(chunk)?;
                 for ((day, domain), fetched) in chunk.iter().zip(fetched_each) {
                     let outcome = make_reports(*day, domain, &fetched, &organization, maps, &caps);
@@ -557,24 +557,30 @@ impl<'c> Reportd<'c> {
                                 )
                             })
                             .collect();
-                        db.insert_report(NewReport {
-                            day: *day,
-                            domain,
-                            tlsrptrecord: &report.record,
-                            report: &report.json,
-                            destinations: &destinations,
-                            withheld: &report.withheld,
-                        })?;
-                        log::info!(
-                            "report {} made, {} destination(s): {}",
-                            report.report_id,
-                            destinations.len(),
-                            report.destinations.join(", ")
-                        );
-                        made += 1;
+                        made.push((*day, domain, report, destinations));
                     }
                 }
-                Ok(made)
+                let stored: Vec<NewReport> = made
+                    .iter()
+                    .map(|(day, domain, report, destinations)| NewReport {
+                        day: *day,
+                        domain,
+                        tlsrptrecord: &report.record,
+                        report: &report.json,
+                        destinations,
+                        withheld: &report.withheld,
+                    })
+                    .collect();
+                db.insert_reports(&stored)?;
+                for (_, _, report, destinations) in &made {
+                    log::info!(
+                        "report {} made, {} destination(s): {}",
+                        report.report_id,
+                        destinations.len(),
+                        report.destinations.join(", ")
+                    );
+                }
+                Ok(made.len())
             })?;
             self.metrics.reports_made(made_here);
             made += made_here;

@@ -300,6 +300,15 @@ pub trait ReportdStore: Send {
     /// delivered.
     fn insert_report(&mut self, report: NewReport<'_>) -> Result<i64>;
 
+    /// [`insert_report`](Self::insert_report) for a batch (the report
+    /// step stores a thousand at a time), in order; their `r_id`s.
+    fn insert_reports(&mut self, reports: &[NewReport<'_>]) -> Result<Vec<i64>> {
+        reports
+            .iter()
+            .map(|report| self.insert_report(*report))
+            .collect()
+    }
+
     /// Deliveries without a result whose next try is before `now`.
     fn due_deliveries(&mut self, now: DateTime<Utc>) -> Result<Vec<Delivery>>;
 
@@ -387,6 +396,7 @@ pub trait ReportdStore: Send {
 }
 
 /// A report to store with [`ReportdStore::insert_report`].
+#[derive(Debug, Clone, Copy)]
 pub struct NewReport<'a> {
     pub day: Day,
     pub domain: &'a str,
@@ -898,6 +908,69 @@ pub(crate) mod tests {
         }
     }
 
+    pub fn a_batch_of_reports_is_stored_and_numbered_as_one_by_one(db: &mut ReportdDb) {
+        let before = report_to(db, "a.example", "mailto:r@a.example", &[]);
+        let held = [Withheld {
+            destination: "mailto:r@a.example".into(),
+            reason: WithheldReason::DestinationsPerRecord,
+        }];
+        fn report<'a>(
+            domain: &'a str,
+            text: &'a str,
+            destinations: &'a [(String, DateTime<Utc>)],
+            withheld: &'a [Withheld],
+        ) -> NewReport<'a> {
+            NewReport {
+                day: day(21),
+                domain,
+                tlsrptrecord: "rec",
+                report: text,
+                destinations,
+                withheld,
+            }
+        }
+        let to_a = [("mailto:r@a.example".to_string(), t(3, 0))];
+        let to_b = [("https://b.example/r".to_string(), t(4, 0))];
+        let ids = db
+            .insert_reports(&[
+                report("a.example", "a2", &to_a, &held),
+                report("b.example", "b1", &to_b, &[]),
+                report("a.example", "a3", &[], &held),
+            ])
+            .unwrap();
+        assert_eq!(ids.len(), 3);
+        assert!(ids.iter().all(|id| *id > before));
+        // Each as "domain uniqid text: destination=status ...", in order.
+        let stored: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                let r = db.report(*id).unwrap().unwrap();
+                let destinations: Vec<String> = r
+                    .destinations
+                    .iter()
+                    .map(|d| format!("{}={}", d.destination, d.status.as_deref().unwrap_or("due")))
+                    .collect();
+                format!(
+                    "{} {} {}: {}",
+                    r.domain,
+                    r.uniqid,
+                    r.report,
+                    destinations.join(" ")
+                )
+            })
+            .collect();
+        assert_eq!(
+            stored,
+            [
+                "a.example 2 a2: mailto:r@a.example=due",
+                "b.example 1 b1: https://b.example/r=due",
+                "a.example 3 a3: mailto:r@a.example=withheld:max_destinations_per_record",
+            ],
+            "a destination both delivered and withheld is delivered"
+        );
+        assert!(db.insert_reports(&[]).unwrap().is_empty());
+    }
+
     pub fn a_failed_transaction_leaves_nothing(db: &mut ReportdDb) {
         let outcome: Result<()> = db.in_transaction(|db| {
             db.create_fetch_jobs(day(21), &fetchers(), t(0, 0))?;
@@ -963,5 +1036,6 @@ pub(crate) mod tests {
         clean_up_keeps_days_until_more_than_keep_days_old,
         a_failed_transaction_leaves_nothing,
         a_batch_of_deliveries_is_recorded_as_each_one_is,
+        a_batch_of_reports_is_stored_and_numbered_as_one_by_one,
     );
 }

@@ -17,8 +17,8 @@ use tlsrpt_store::postgres::PgUrl;
 
 use mailtls_postgres::postgres::types::ToSql;
 use mailtls_postgres::postgres::{Client, Row, Statement};
-use std::collections::HashMap;
 use mailtls_postgres::Migrations;
+use std::collections::HashMap;
 
 use super::{
     CleanedUp, DbError, Delivery, DeliveryOutcome, DestinationState, DetailsJob, FetchJob,
@@ -572,6 +572,76 @@ impl ReportdStore for PgStore {
             .map(|row| row.get(0))
             .expect("INSERT ... RETURNING returns the row");
         Ok(r_id)
+    }
+
+    fn insert_reports(&mut self, reports: &[NewReport<'_>]) -> Result<Vec<i64>> {
+        let mut days = Vec::with_capacity(reports.len());
+        let mut domains = Vec::with_capacity(reports.len());
+        let mut records = Vec::with_capacity(reports.len());
+        let mut texts = Vec::with_capacity(reports.len());
+        // Every report's destinations, then its withheld ones, flattened
+        // with the report's position (from 1).
+        let (mut owners, mut names, mut statuses, mut first_tries) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (position, report) in (1i64..).zip(reports) {
+            days.push(report.day.date());
+            domains.push(report.domain);
+            records.push(report.tlsrptrecord);
+            texts.push(report.report);
+            for (destination, at) in report.destinations {
+                owners.push(position);
+                names.push(destination.as_str());
+                statuses.push(None);
+                first_tries.push(Some(*at));
+            }
+            for withheld in report.withheld {
+                owners.push(position);
+                names.push(withheld.destination.as_str());
+                statuses.push(Some(withheld.reason.status()));
+                first_tries.push(None);
+            }
+        }
+        // One statement for the batch: each report numbered after those
+        // stored before and those of the batch before it, then the
+        // destinations joined to the reports' new ids.
+        let rows = self.query(
+            "WITH input AS (
+                 SELECT * FROM unnest($1::date[], $2::text[], $3::text[], $4::text[])
+                          WITH ORDINALITY AS u(day, domain, record, report, position)),
+             numbered AS (
+                 SELECT position, day, domain, record, report,
+                        (SELECT count(*) FROM reportd_reports r
+                          WHERE r.day = input.day AND r.domain = input.domain)
+                        + row_number() OVER (PARTITION BY day, domain ORDER BY position) AS uniqid
+                   FROM input),
+             inserted AS (
+                 INSERT INTO reportd_reports (day, domain, uniqid, tlsrptrecord, report)
+                 SELECT day, domain, uniqid, record, report FROM numbered ORDER BY position
+                 RETURNING r_id, day, domain, uniqid),
+             ids AS (
+                 SELECT n.position, i.r_id FROM numbered n
+                   JOIN inserted i ON i.day = n.day AND i.domain = n.domain AND i.uniqid = n.uniqid),
+             destinations AS (
+                 INSERT INTO reportd_destinations (destination, d_r_id, retries, status, nexttry)
+                 SELECT d.destination, ids.r_id, 0, d.status, d.first_try
+                   FROM unnest($5::bigint[], $6::text[], $7::text[], $8::timestamptz[])
+                        WITH ORDINALITY AS d(position, destination, status, first_try, item)
+                   JOIN ids ON ids.position = d.position
+                  ORDER BY d.item
+                 ON CONFLICT DO NOTHING)
+             SELECT r_id FROM ids ORDER BY position",
+            &[
+                &days,
+                &domains,
+                &records,
+                &texts,
+                &owners,
+                &names,
+                &statuses,
+                &first_tries,
+            ],
+        )?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
     fn due_deliveries(&mut self, now: DateTime<Utc>) -> Result<Vec<Delivery>> {
