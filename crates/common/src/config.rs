@@ -305,10 +305,14 @@ impl Settings {
     /// `CONFIG from SOURCE option NAME is VALUE` per option.
     pub fn log_lines(&self) -> Vec<String> {
         let header = format!("CONFIGURATION with {} settings:", self.settings.len());
-        let lines = self
-            .settings
-            .iter()
-            .map(|s| format!("CONFIG from {} option {} is {}", s.source, s.name, s.value));
+        let lines = self.settings.iter().map(|s| {
+            format!(
+                "CONFIG from {} option {} is {}",
+                s.source,
+                s.name,
+                crate::redact::passwords_in(&s.value.to_string())
+            )
+        });
         std::iter::once(header).chain(lines).collect()
     }
 

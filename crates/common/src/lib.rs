@@ -25,6 +25,7 @@ pub mod ownership;
 pub mod percent;
 pub mod pidfile;
 pub mod process;
+pub mod redact;
 
 /// This host's name (`gethostname(2)`), or `localhost` when it has none:
 /// the default PostTLS instance name and the `mailtls run` organisation.

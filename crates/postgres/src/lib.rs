@@ -73,7 +73,7 @@ impl PgUrl {
     /// `url` as configured, with the password from `password_file` (its
     /// first line) when one is given.
     pub fn parse(url: &str, password_file: Option<&Path>) -> Result<PgUrl> {
-        let shown = without_password(url);
+        let shown = mailtls_common::redact::passwords_in(url);
         let bad = |reason: String| PgError::BadUrl {
             url: shown.clone(),
             reason,
@@ -229,22 +229,6 @@ fn take_query_parameter(url: &str, name: &str) -> (String, Option<String>) {
         format!("{base}?{}", kept.join("&"))
     };
     (url, value)
-}
-
-/// `url` with the password between `:` and `@` of its user part replaced.
-fn without_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((user, host)) => match user.split_once(':') {
-            Some((name, _)) => format!("{scheme}://{name}:***@{host}{tail}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
 }
 
 /// The client's error with what caused it: its own text is only the

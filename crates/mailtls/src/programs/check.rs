@@ -19,7 +19,7 @@ use serde::Serialize;
 use tlsrpt_reportd::config::{check_options, ReportdOptions};
 use tlsrpt_reportd::db::postgres::{report_daemons, ReportDaemon};
 use tlsrpt_reportd::db::DbName;
-use tlsrpt_reportd::fetch::Fetcher;
+use tlsrpt_reportd::fetch::{shown_command, Fetcher};
 use tlsrpt_store::postgres::{CollectorStatus, PgDayReader};
 
 use super::collectd::{self, CollectdOptions};
@@ -1013,11 +1013,18 @@ pub fn judge_reportd(facts: &ReportdFacts, postfix: &PostfixFacts) -> Vec<Findin
     ));
     for (fetcher, problems) in &facts.fetchers {
         if problems.is_empty() {
-            findings.push(Finding::ok(AREA, format!("fetcher `{fetcher}` answers")));
+            findings.push(Finding::ok(
+                AREA,
+                format!("fetcher `{}` answers", shown_command(fetcher)),
+            ));
         } else {
             findings.push(Finding::error(
                 AREA,
-                format!("fetcher `{fetcher}`: {}", problems.join("; ")),
+                format!(
+                    "fetcher `{}`: {}",
+                    shown_command(fetcher),
+                    problems.join("; ")
+                ),
                 if problems.iter().any(|p| p.contains("does not exist")) {
                     "start tlsrpt-collectd first: it creates the databases the fetcher reads"
                 } else {

@@ -21,7 +21,7 @@ use tlsrpt_reportd::config::{
 use tlsrpt_reportd::daemon::Reportd;
 use tlsrpt_reportd::db::{DbName, ReportdDb};
 use tlsrpt_reportd::deliver::Deliverer;
-use tlsrpt_reportd::fetch::Fetcher;
+use tlsrpt_reportd::fetch::{shown_command, Fetcher};
 use tlsrpt_reportd::reports::Caps;
 use tlsrpt_reportd::schedule::DeliveryRetry;
 
@@ -225,10 +225,16 @@ fn probe_fetchers(config: &ReportdConfig, clock: &'static dyn Clock) {
                 .map(|f| f.probe(&|| clock.now(), max_timediff))
                 .unwrap_or_else(|| vec!["empty command".into()]);
             if findings.is_empty() {
-                log::info!("fetcher {index} `{command}` answers as expected");
+                log::info!(
+                    "fetcher {index} `{}` answers as expected",
+                    shown_command(&command)
+                );
             }
             for finding in findings {
-                log::error!("test of fetcher {index} `{command}` failed: {finding}");
+                log::error!(
+                    "test of fetcher {index} `{}` failed: {finding}",
+                    shown_command(&command)
+                );
             }
         });
     }

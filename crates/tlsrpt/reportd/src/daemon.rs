@@ -35,7 +35,9 @@ use tlsrpt_delivery::{Directory, Outcome};
 use crate::config::{FetchRetry, ReportdConfig};
 use crate::db::{DbError, Delivery, DeliveryOutcome, DetailsJob, FetchJob, NewReport, ReportdDb};
 use crate::deliver::{Deliverer, Target};
-use crate::fetch::{BulkAnswer, DetailsAnswer, Fetcher, Limits, ListAnswer, DEFAULT_MAX_OUTPUT};
+use crate::fetch::{
+    shown_command, BulkAnswer, DetailsAnswer, Fetcher, Limits, ListAnswer, DEFAULT_MAX_OUTPUT,
+};
 use crate::metrics::{DeliveryResult, FetchStep, ReportdMetrics};
 use crate::reports::make_reports;
 use crate::schedule::{random_wait, Spread};
@@ -369,8 +371,9 @@ impl<'c> Reportd<'c> {
                 continue;
             };
             log::info!(
-                "fetching the details of {} domain(s) from `{name}`",
-                jobs.len()
+                "fetching the details of {} domain(s) from `{}`",
+                jobs.len(),
+                shown_command(&name)
             );
             let limits = self.limits();
             self.spawn_worker(name.clone(), move |events, stop| {
@@ -727,7 +730,7 @@ impl<'c> Reportd<'c> {
             log::warn!(
                 "the clock of fetcher {} `{}` ({fetcher_time}) is {} s away from ours ({}), more than max_collectd_timediff = {} s: its days do not begin when ours do",
                 job.fetcher_index,
-                job.fetcher,
+                shown_command(&job.fetcher),
                 difference.num_seconds(),
                 now.naive_utc(),
                 self.cfg.max_collectd_timediff.as_secs()
@@ -808,7 +811,7 @@ fn fetch_list(
             BulkAnswer::List(answer) => {
                 log::info!(
                     "fetcher `{}` ignores --bulk; asking it once per domain",
-                    job.fetcher
+                    shown_command(&job.fetcher)
                 );
                 no_bulk
                     .lock()
@@ -825,7 +828,7 @@ fn fetch_list(
                 if matches!(answer, ListAnswer::Ok { .. } | ListAnswer::NotReady(_)) {
                     log::info!(
                         "fetcher `{}` gave no bulk answer ({reason}); asking it once per domain",
-                        job.fetcher
+                        shown_command(&job.fetcher)
                     );
                     // Upstream's argparse says so plainly: no need to ask
                     // again (and fill its log) every day.
@@ -865,7 +868,9 @@ fn store_list(
 ) -> Result<(), DbError> {
     let what = format!(
         "fetcher {} `{}` for {}",
-        job.fetcher_index, job.fetcher, job.day
+        job.fetcher_index,
+        shown_command(&job.fetcher),
+        job.day
     );
     let reason = match answer {
         ListOutcome::Domains(domains) => {
@@ -916,7 +921,10 @@ fn store_details(
     };
     let what = format!(
         "details of {} for {} from fetcher {} `{}`",
-        job.domain, job.day, job.fetcher_index, job.fetcher
+        job.domain,
+        job.day,
+        job.fetcher_index,
+        shown_command(&job.fetcher)
     );
     match retry_or_give_up(job.retries, rule, now, rng) {
         Some(at) => {

@@ -255,7 +255,10 @@ fn postgres_source(words: &[String]) -> Source {
         }
     }
     let url = match problem {
-        Some(problem) => Err(format!("fetcher {}: {problem}", words[0])),
+        Some(problem) => Err(format!(
+            "fetcher {}: {problem}",
+            mailtls_common::redact::passwords_in(&words[0])
+        )),
         None => PgUrl::parse(
             &words[0],
             password_file.as_deref().map(std::path::Path::new),
@@ -535,6 +538,13 @@ pub fn parse_details(output: &[u8], domain: &str) -> DetailsAnswer {
             "the details are not an object with a string \"d\" and an object \"policies\"".into(),
         ),
     }
+}
+
+/// A fetcher command as logs show it: the password of a `postgresql://`
+/// URL in it replaced (the README says to keep it in a password file, but
+/// a URL may carry one).
+pub fn shown_command(command: &str) -> String {
+    mailtls_common::redact::passwords_in(command)
 }
 
 #[cfg(test)]
@@ -896,5 +906,18 @@ fi
             fresh.probe(&Utc::now, Duration::from_secs(10)),
             Vec::<String>::new()
         );
+    }
+
+    #[test]
+    fn logs_show_fetcher_commands_without_passwords() {
+        assert_eq!(
+            super::shown_command("postgresql://f:secret@db/tlsrpt --day_end_grace 60"),
+            "postgresql://f:***@db/tlsrpt --day_end_grace 60"
+        );
+        assert_eq!(
+            super::shown_command("ssh mx2 tlsrpt-fetcher --storage postgres://f:s@db/t"),
+            "ssh mx2 tlsrpt-fetcher --storage postgres://f:***@db/t"
+        );
+        assert_eq!(super::shown_command("tlsrpt-fetcher"), "tlsrpt-fetcher");
     }
 }
