@@ -380,11 +380,11 @@ impl Setup {
             listeners: &self.listeners,
         };
         let now = || chrono::Utc::now().timestamp();
-        for action in store.running_actions()? {
+        for action in store.running_actions(&self.config.instance)? {
             executor.recover(&action, now())?;
         }
         let mut done = 0;
-        while let Some(action) = store.take_action(now())? {
+        while let Some(action) = store.take_action(&self.config.instance, now())? {
             executor.execute(&action, now())?;
             done += 1;
         }
