@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use clap::{Arg, ArgMatches, Command};
 use mailtls_common::config::add_options;
 use posttls_policy::DomainSet;
-use posttls_store::{AuditEvent, Store};
+use posttls_store::{Access, AuditEvent, Database, Store};
 use posttls_token::SecretKey;
 use posttls_web::WebConfig;
 
@@ -86,7 +86,14 @@ pub fn web(options: &PosttlsOptions) -> i32 {
         }
     };
     reopen_log_on_sighup();
-    match posttls_web::serve(config, Path::new(&options.database), key) {
+    let database = match super::posttls::database(options) {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("{e:#}");
+            return 2;
+        }
+    };
+    match posttls_web::serve(config, &database, key) {
         Ok(()) => 0,
         Err(e) => {
             log::error!("{e}");
@@ -115,7 +122,9 @@ pub fn web_config(o: &PosttlsOptions) -> anyhow::Result<WebConfig> {
     }
     Ok(WebConfig {
         listen: o.listen.clone(),
-        instance: instance_name(o),
+        // One web process for a fleet's workers serves every instance.
+        instance: (!o.instance.is_empty() || !Database::is_url(&o.database))
+            .then(|| instance_name(o)),
         base_url: o.base_url.clone(),
         organization: o.organization_name.clone(),
         secure_cookies,
@@ -213,8 +222,16 @@ pub fn adduser_from(options: &PosttlsOptions, name: &str, input: &mut impl BufRe
         return 2;
     }
     let hash = posttls_auth::hash_password(password);
-    let database = &options.database;
-    let saved = Store::open(Path::new(database)).and_then(|store| {
+    // As the worker: on PostgreSQL only its role may write admins (and
+    // the first adduser creates the tables).
+    let database = match super::posttls::database(options) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("posttls adduser: {e:#}");
+            return 2;
+        }
+    };
+    let saved = Store::connect(&database, Access::Worker).and_then(|store| {
         let now = chrono::Utc::now().timestamp();
         store.set_admin(name, &hash, now)?;
         store.audit(

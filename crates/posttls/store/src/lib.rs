@@ -75,13 +75,21 @@ impl Database {
     /// its password from `password_file` when one is given, or else the
     /// path of a SQLite file.
     pub fn parse(database: &str, password_file: Option<&Path>) -> Result<Database> {
-        if database.starts_with("postgresql://") || database.starts_with("postgres://") {
+        if Database::is_url(database) {
             return Ok(Database::Postgres(PgUrl::parse(database, password_file)?));
         }
         if password_file.is_some() {
             return Err(StoreError::PasswordForSqlite(PathBuf::from(database)));
         }
         Ok(Database::Sqlite(PathBuf::from(database)))
+    }
+}
+
+impl Database {
+    /// Whether `database` names a PostgreSQL database (`postgresql://` or
+    /// `postgres://`) rather than a SQLite file.
+    pub fn is_url(database: &str) -> bool {
+        database.starts_with("postgresql://") || database.starts_with("postgres://")
     }
 }
 

@@ -134,7 +134,7 @@ fn lab_with(edit: impl FnOnce(&mut WebConfig)) -> Lab {
     store.set_admin(ADMIN, &hash, 1).unwrap();
     let mut config = WebConfig {
         listen: "127.0.0.1:0".into(),
-        instance: INSTANCE.into(),
+        instance: Some(INSTANCE.into()),
         base_url: "https://posttls.example.org".into(),
         organization: "Example Org".into(),
         secure_cookies: false,
