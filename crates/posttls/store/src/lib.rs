@@ -23,6 +23,7 @@ mod states;
 pub use counts::{Counts, SendResult};
 pub use journal::{ActionCopy, ActionRecipient};
 pub use mailtls_postgres::{PgError, PgUrl};
+pub use postgres::{inspect as inspect_postgres, PgInspection};
 pub use sqlite::SCHEMA_VERSION;
 pub use states::{
     ActionKind, ActionState, AuditEvent, CopyRole, MessageState, NotificationKind,

@@ -353,4 +353,91 @@ fn two_instances_share_one_postgresql_and_one_web_process() {
     for log in [&log1, &log2] {
         assert!(!log.contains("worker secret"), "{log}");
     }
+
+    // `mailtls check` with each role's configuration.
+    let web_messages = posttls_check(&mx1, web_dir.path(), "posttls_web", "web secret", &cluster);
+    assert!(
+        web_messages.contains(
+            &"ok: the PostTLS database answers as posttls_web, schema version 1".to_string()
+        ) && web_messages.contains(&"ok: posttls_web may do what the web pages need".to_string())
+            && web_messages
+                .contains(&"ok: posttls_web may not change what only the worker may".to_string()),
+        "{web_messages:#?}"
+    );
+    let worker_messages = posttls_check(
+        &mx1,
+        mx1.dir.path(),
+        "posttls_worker",
+        "worker secret",
+        &cluster,
+    );
+    assert!(
+        worker_messages
+            .iter()
+            .any(|m| m.starts_with("ok: posttls_worker owns the PostTLS tables")),
+        "{worker_messages:#?}"
+    );
+    // A role granted more than the README's grants is named.
+    cluster.psql("posttls", "GRANT UPDATE ON posttls_actions TO posttls_web");
+    let too_much = posttls_check(&mx1, web_dir.path(), "posttls_web", "web secret", &cluster);
+    assert!(
+        too_much.iter().any(|m| m.starts_with(
+            "error: posttls_web is not the tables' owner but may also UPDATE on posttls_actions"
+        )),
+        "{too_much:#?}"
+    );
+}
+
+/// `mailtls check` of a PostTLS configuration with `role` on the fleet's
+/// database: its PostTLS findings, as `LEVEL: MESSAGE`.
+fn posttls_check(
+    lab: &Lab,
+    dir: &Path,
+    role: &str,
+    password: &str,
+    cluster: &PgCluster,
+) -> Vec<String> {
+    let password_file = dir.join("check.pgpass");
+    std::fs::write(&password_file, password).unwrap();
+    let config = dir.join("check-posttls.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "[posttls]\nown_domains = example.org\nnotification_from = postmaster@example.org\n\
+             base_url = https://posttls.example.org\ndatabase = postgresql://{role}@127.0.0.1:{}/posttls\n\
+             password_file = {}\n",
+            cluster.port,
+            password_file.display()
+        ),
+    )
+    .unwrap();
+    let missing = dir.join("missing");
+    let out = Command::new(support::mailtls_bin())
+        .arg("check")
+        .arg(format!(
+            "--postfix_config_dir={}",
+            lab.postfix.config_dir().display()
+        ))
+        .arg(format!("--collectd_config={}", missing.display()))
+        .arg(format!("--reportd_config={}", missing.display()))
+        .arg(format!("--posttls_config={}", config.display()))
+        .arg(format!("--posttls_web_unit={}", missing.display()))
+        .arg("--json")
+        .output()
+        .unwrap();
+    let answer: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    answer["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["area"] == "posttls")
+        .map(|f| {
+            format!(
+                "{}: {}",
+                f["level"].as_str().unwrap(),
+                f["message"].as_str().unwrap()
+            )
+        })
+        .collect()
 }
