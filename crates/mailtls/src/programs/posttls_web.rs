@@ -333,7 +333,7 @@ mod tests {
         ]);
         let config = web_config(&s).unwrap();
         assert_eq!(config.listen, "127.0.0.1:9999");
-        assert_eq!(config.instance, "mx1");
+        assert_eq!(config.instance.as_deref(), Some("mx1"));
         assert_eq!(config.base_url, "https://mail.example.org/posttls");
         assert_eq!(config.organization, "Example Org");
         assert!(!config.secure_cookies);
@@ -344,7 +344,18 @@ mod tests {
         let defaults = web_config(&settings(&[])).unwrap();
         assert!(defaults.secure_cookies, "Secure cookies by default");
         assert_eq!(defaults.listen, "127.0.0.1:8025");
-        assert!(!defaults.instance.is_empty());
+        assert!(!defaults.instance.unwrap().is_empty());
+        // One web process for a fleet on PostgreSQL serves every instance,
+        // unless one is named.
+        let fleet = "--database=postgresql://posttls_web@db.example.org/posttls";
+        assert_eq!(web_config(&settings(&[fleet])).unwrap().instance, None);
+        assert_eq!(
+            web_config(&settings(&[fleet, "--instance=mx1"]))
+                .unwrap()
+                .instance
+                .as_deref(),
+            Some("mx1")
+        );
         assert!(web_config(&settings(&["--mandatory_domains=a@b"])).is_err());
     }
 

@@ -68,7 +68,7 @@ pub enum Database {
     Sqlite(PathBuf),
     /// One PostgreSQL database for a fleet: a worker per Postfix instance
     /// and one web process, each with a role of its own.
-    Postgres(PgUrl),
+    Postgres(Box<PgUrl>),
 }
 
 impl Database {
@@ -77,7 +77,10 @@ impl Database {
     /// path of a SQLite file.
     pub fn parse(database: &str, password_file: Option<&Path>) -> Result<Database> {
         if Database::is_url(database) {
-            return Ok(Database::Postgres(PgUrl::parse(database, password_file)?));
+            return Ok(Database::Postgres(Box::new(PgUrl::parse(
+                database,
+                password_file,
+            )?)));
         }
         if password_file.is_some() {
             return Err(StoreError::PasswordForSqlite(PathBuf::from(database)));
@@ -209,7 +212,7 @@ pub struct Store {
 
 enum Backend {
     Sqlite(sqlite::SqliteDb),
-    Postgres(postgres::PgDb),
+    Postgres(Box<postgres::PgDb>),
 }
 
 /// Calls the backend's method of the same name.
@@ -266,7 +269,9 @@ impl Store {
     pub fn connect(database: &Database, access: Access) -> Result<Store> {
         let backend = match database {
             Database::Sqlite(path) => Backend::Sqlite(sqlite::SqliteDb::open(path)?),
-            Database::Postgres(url) => Backend::Postgres(postgres::PgDb::connect(url, access)?),
+            Database::Postgres(url) => {
+                Backend::Postgres(Box::new(postgres::PgDb::connect(url, access)?))
+            }
         };
         Ok(Store { backend })
     }

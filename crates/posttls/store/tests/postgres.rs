@@ -53,6 +53,10 @@ fn url(cluster: &PgCluster, role: &str, password: &str, db: &str) -> PgUrl {
     .unwrap()
 }
 
+fn pg(url: PgUrl) -> Database {
+    Database::Postgres(Box::new(url))
+}
+
 fn seen(instance: &'static str, queue_id: &'static str, arrival_time: i64) -> SeenMessage<'static> {
     SeenMessage {
         instance,
@@ -233,7 +237,7 @@ fn postgresql_answers_every_call_as_sqlite_does() {
     let cluster = PgCluster::start();
     cluster.create_database("posttls");
     let pg = Store::connect(
-        &Database::Postgres(url(
+        &pg(url(
             &cluster,
             "postgres",
             mailtls_test_support::postgres::PASSWORD,
@@ -278,18 +282,18 @@ fn the_readmes_roles_let_the_web_record_requests_and_nothing_only_the_worker_may
     let worker_url = url(&cluster, "posttls_worker", "worker secret", "posttls");
     let web_url = url(&cluster, "posttls_web", "web secret", "posttls");
     // Before a worker made the tables, the web process says who does.
-    match Store::connect(&Database::Postgres(web_url.clone()), Access::Web) {
+    match Store::connect(&pg(web_url.clone()), Access::Web) {
         Err(StoreError::Postgres(PgError::Refused { what, .. })) => {
             assert!(what.contains("posttls worker"), "{what}")
         }
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("the web process used tables that do not exist"),
     }
-    let worker = Store::connect(&Database::Postgres(worker_url.clone()), Access::Worker).unwrap();
+    let worker = Store::connect(&pg(worker_url.clone()), Access::Worker).unwrap();
     for sql in readme_sql(1) {
         cluster.psql("posttls", &sql);
     }
-    let web = Store::connect(&Database::Postgres(web_url.clone()), Access::Web).unwrap();
+    let web = Store::connect(&pg(web_url.clone()), Access::Web).unwrap();
 
     // The worker records a message; the web shows it and records a
     // confirmed link's request, in one transaction as its confirm page does.
@@ -481,7 +485,7 @@ fn a_word_no_program_wrote_is_an_error_not_a_default() {
     let cluster = PgCluster::start();
     cluster.create_database("posttls");
     let store = Store::connect(
-        &Database::Postgres(url(
+        &pg(url(
             &cluster,
             "postgres",
             mailtls_test_support::postgres::PASSWORD,
@@ -556,9 +560,9 @@ fn a_newer_schema_is_refused_and_errors_name_the_url_without_its_password() {
         mailtls_test_support::postgres::PASSWORD,
         "posttls",
     );
-    drop(Store::connect(&Database::Postgres(superuser.clone()), Access::Worker).unwrap());
+    drop(Store::connect(&pg(superuser.clone()), Access::Worker).unwrap());
     // A second start finds the schema made and changes nothing.
-    drop(Store::connect(&Database::Postgres(superuser.clone()), Access::Worker).unwrap());
+    drop(Store::connect(&pg(superuser.clone()), Access::Worker).unwrap());
     assert_eq!(
         cluster.psql(
             "posttls",
@@ -571,7 +575,7 @@ fn a_newer_schema_is_refused_and_errors_name_the_url_without_its_password() {
         "UPDATE mailtls_schema SET version = 2 WHERE component = 'posttls'",
     );
     for access in [Access::Worker, Access::Web] {
-        match Store::connect(&Database::Postgres(superuser.clone()), access) {
+        match Store::connect(&pg(superuser.clone()), access) {
             Err(StoreError::Postgres(PgError::NewerSchema {
                 found: 2, known: 1, ..
             })) => {}
