@@ -1,8 +1,8 @@
 //! PostTLS state, shared by the privileged worker (which scans the queue,
 //! sends notifications and carries out actions) and the unprivileged web
 //! process (which shows state and records requests): in one SQLite file
-//! on the MTA ([`sqlite`]) or, for a fleet of MTAs with one web process,
-//! in PostgreSQL ([`postgres`]). Callers use one [`Store`] whatever the
+//! on the MTA (module `sqlite`) or, for a fleet of MTAs with one web process,
+//! in PostgreSQL (module `postgres`). Callers use one [`Store`] whatever the
 //! backend; each backend's module holds its schema and its SQL.
 //!
 //! Times are Unix seconds (UTC). A message is identified by instance,

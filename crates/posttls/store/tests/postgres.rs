@@ -613,3 +613,30 @@ fn a_newer_schema_is_refused_and_errors_name_the_url_without_its_password() {
         Err(StoreError::PasswordForSqlite(_))
     ));
 }
+
+/// A server restart costs the call that finds the connection gone; the
+/// next one connects again (the worker's loop and the web's requests go
+/// on).
+#[test]
+fn a_connection_lost_to_a_server_restart_is_made_again() {
+    let cluster = PgCluster::start();
+    cluster.create_database("posttls");
+    let superuser = url(
+        &cluster,
+        "postgres",
+        mailtls_test_support::postgres::PASSWORD,
+        "posttls",
+    );
+    let store = Store::connect(&pg(superuser), Access::Worker).unwrap();
+    store
+        .add_mandatory_domain("bank.example", "root", 1)
+        .unwrap();
+    cluster.stop_server();
+    cluster.start_server();
+    let first = store.mandatory_domains();
+    if let Err(err) = &first {
+        let shown = err.to_string();
+        assert!(shown.contains("postgres:***@127.0.0.1"), "{shown}");
+    }
+    assert_eq!(store.mandatory_domains().unwrap(), ["bank.example"]);
+}
