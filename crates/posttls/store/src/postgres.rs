@@ -98,11 +98,25 @@ const ACTION_COLUMNS: &str = "id, message_id, action, requested_by, ip, requeste
 /// One connection to the database.
 pub(crate) struct PgDb {
     url: PgUrl,
-    client: RefCell<Client>,
+    /// `None` only while the store is dropped (see [`Drop`]).
+    client: RefCell<Option<Client>>,
     /// Whether a transaction is open: PostgreSQL only warns about a
     /// BEGIN inside one (and the inner COMMIT would end the outer), so a
     /// nested transaction is refused here, as SQLite refuses it.
     in_transaction: Cell<bool>,
+}
+
+impl Drop for PgDb {
+    /// The client closes its connection by blocking on a runtime of its
+    /// own, which panics when the store is dropped inside another runtime
+    /// (the web process's): it is closed on a thread of its own.
+    fn drop(&mut self) {
+        if let Some(client) = self.client.get_mut().take() {
+            std::thread::scope(|scope| {
+                scope.spawn(move || drop(client));
+            });
+        }
+    }
 }
 
 /// An open transaction of a [`PgDb`]: rolled back when dropped without
@@ -159,7 +173,7 @@ impl PgDb {
         }
         Ok(PgDb {
             url: url.clone(),
-            client: RefCell::new(client),
+            client: RefCell::new(Some(client)),
             in_transaction: Cell::new(false),
         })
     }
@@ -167,7 +181,11 @@ impl PgDb {
     /// The connection; a new one when the server closed the old one (it
     /// restarted) and no transaction was open on it.
     fn client(&self) -> Result<RefMut<'_, Client>> {
-        let mut client = self.client.borrow_mut();
+        let mut client = RefMut::map(self.client.borrow_mut(), |client| {
+            client
+                .as_mut()
+                .expect("the client is there until the store is dropped")
+        });
         if client.is_closed() && !self.in_transaction.get() {
             log::warn!(
                 "PostgreSQL {}: connection lost; connecting again",

@@ -350,15 +350,11 @@ pub fn serve(config: WebConfig, database: &Database, key: SecretKey) -> Result<(
     let store = Store::connect(database, Access::Web)?;
     let listen = config.listen.clone();
     let state = AppState::new(config, store, key)?;
-    // The store is dropped here, after the runtime: a PostgreSQL
-    // connection closes itself on a runtime of its own, which may not be
-    // started from inside this one.
-    let kept = state.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let served = runtime.block_on(async move {
+    runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .map_err(|source| WebError::Listen {
@@ -374,10 +370,7 @@ pub fn serve(config: WebConfig, database: &Database, key: SecretKey) -> Result<(
         serve_on(listener, state, shutdown_signal()).await?;
         log::info!("PostTLS web pages stopped");
         Ok(())
-    });
-    drop(runtime);
-    drop(kept);
-    served
+    })
 }
 
 /// Completes at the first SIGTERM or SIGINT.
