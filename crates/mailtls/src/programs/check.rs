@@ -1133,6 +1133,9 @@ pub struct PosttlsFacts {
     pub key: Option<FileFacts>,
     /// The database file, if it exists.
     pub database: Option<FileFacts>,
+    /// A postgresql:// database: the schema and the configured role's
+    /// privileges, or why they cannot be read.
+    pub postgres: Option<Result<posttls_store::PgInspection, String>>,
     /// The TLSRPT databases the Outbound TLS view reads, with their
     /// directories, when they exist: (path, file, directory).
     pub tlsrpt_dbs: Vec<(String, FileFacts, FileFacts)>,
@@ -1168,6 +1171,15 @@ impl PosttlsFacts {
         if let Ok(options) = &options {
             facts.key = FileFacts::of(&options.secret_key_file);
             facts.database = FileFacts::of(&options.database);
+            if posttls_store::Database::is_url(&options.database) {
+                facts.postgres = Some(match posttls::database(options) {
+                    Ok(posttls_store::Database::Postgres(url)) => {
+                        posttls_store::inspect_postgres(&url).map_err(|e| e.to_string())
+                    }
+                    Ok(posttls_store::Database::Sqlite(_)) => unreachable!("a URL"),
+                    Err(e) => Err(format!("{e:#}")),
+                });
+            }
             for path in [&options.tlsrpt_collector_db, &options.tlsrpt_reportd_db] {
                 let dir = Path::new(path.as_str()).parent().map(FileFacts::of);
                 if let (Some(file), Some(Some(dir))) = (FileFacts::of(path), dir) {
@@ -1241,6 +1253,91 @@ fn judge_web_user_access(facts: &PosttlsFacts, options: &PosttlsOptions) -> Vec<
                 format!("chown {user}: {}*", options.database),
             ));
         }
+    }
+    findings
+}
+
+/// A postgresql:// database: reachable, the schema this program's, and
+/// the role either the workers' (it owns the tables) or one that may do
+/// what the web pages need and nothing only the worker may do.
+fn judge_posttls_postgres(facts: &PosttlsFacts) -> Vec<Finding> {
+    const AREA: &str = "posttls";
+    const GRANTS: &str = "the grants of the README's \"PostTLS on PostgreSQL\"";
+    let Some(postgres) = &facts.postgres else {
+        return Vec::new();
+    };
+    let pg = match postgres {
+        Ok(pg) => pg,
+        Err(why) => {
+            return vec![Finding::error(
+                AREA,
+                format!("the PostTLS database cannot be read: {why}"),
+                "check database= and password_file in the PostTLS configuration, and that the server admits this host (pg_hba.conf)",
+            )]
+        }
+    };
+    let role = &pg.role;
+    let mut findings = Vec::new();
+    match pg.version {
+        0 => {
+            findings.push(Finding::warning(
+                AREA,
+                format!("the PostTLS tables do not exist yet (connected as {role})"),
+                "start posttls worker with the workers' role: it creates them",
+            ));
+            return findings;
+        }
+        v if v > pg.known => findings.push(Finding::error(
+            AREA,
+            format!("the PostTLS tables are at schema version {v}, newer than this program's {}", pg.known),
+            "upgrade mailtls on this host",
+        )),
+        v if v < pg.known => findings.push(Finding::warning(
+            AREA,
+            format!("the PostTLS tables are at schema version {v}, older than this program's {}: the web pages do not start", pg.known),
+            "start posttls worker (it migrates them)",
+        )),
+        v => findings.push(Finding::ok(
+            AREA,
+            format!("the PostTLS database answers as {role}, schema version {v}"),
+        )),
+    }
+    if pg.owner {
+        findings.push(Finding::ok(
+            AREA,
+            format!("{role} owns the PostTLS tables: the workers' role (give the web pages a role of their own)"),
+        ));
+        return findings;
+    }
+    if pg.web_lacks.is_empty() {
+        findings.push(Finding::ok(
+            AREA,
+            format!("{role} may do what the web pages need"),
+        ));
+    } else {
+        findings.push(Finding::error(
+            AREA,
+            format!(
+                "{role} lacks what the web pages need: {}",
+                pg.web_lacks.join(", ")
+            ),
+            GRANTS,
+        ));
+    }
+    if pg.worker_only.is_empty() {
+        findings.push(Finding::ok(
+            AREA,
+            format!("{role} may not change what only the worker may"),
+        ));
+    } else {
+        findings.push(Finding::error(
+            AREA,
+            format!(
+                "{role} is not the tables' owner but may also {}: a web process taken over could change states only the worker may",
+                pg.worker_only.join(", ")
+            ),
+            format!("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}, then {GRANTS}"),
+        ));
     }
     findings
 }
@@ -1355,6 +1452,7 @@ pub fn judge_posttls(facts: &PosttlsFacts, postfix: &PostfixFacts) -> Vec<Findin
         )),
     }
     findings.extend(judge_web_user_access(facts, options));
+    findings.extend(judge_posttls_postgres(facts));
     match facts.web_unit_user.as_deref() {
         Some("" | "root") => findings.push(Finding::error(
             AREA,

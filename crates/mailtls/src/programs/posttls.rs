@@ -15,16 +15,22 @@ use posttls_notify::Templates;
 use posttls_policy::{DomainSet, OwnSenders};
 use posttls_postfix::Postfix;
 use posttls_scanner::{Mailer, MandatoryPolicy, ScanConfig, ScanReport, Scanner};
-use posttls_store::Store;
+use posttls_store::{Access, Database, Store};
 use posttls_token::SecretKey;
 use tlsrpt_delivery::{MailTransport, Outcome, Sendmail, TrustAnchors};
 
 mailtls_common::options! {
     /// PostTLS's options (`posttls scan`, `worker`, `web` and `adduser`).
     pub struct PosttlsOptions, sources PosttlsSources {
-        /// SQLite database of messages, notifications, actions and the audit log
+        /// Database of messages, notifications, actions and the audit log: a SQLite file, or
+        /// postgresql://USER@HOST/DATABASE for a fleet (one web process, a worker per
+        /// instance; see README, "PostTLS on PostgreSQL")
         database: String = "/var/lib/posttls/posttls.sqlite",
-        /// Name of this Postfix instance, bound into every link (default: the host name)
+        /// File whose first line is the password of a postgresql:// database (so that it need
+        /// not be in the URL); empty: none
+        password_file: String = "",
+        /// Name of this Postfix instance, bound into every link (default: the host name). The
+        /// web pages accept only its links; on PostgreSQL, unset, they accept every instance's
         instance: String = "",
         /// Postfix configuration directory (-c) of the instance to watch; empty: the default
         /// instance
@@ -218,7 +224,7 @@ struct Setup {
     templates: Templates,
     key: SecretKey,
     mailer: TransportMailer,
-    database: PathBuf,
+    database: Database,
     listeners: Listeners,
     audit_retention: Option<Duration>,
     lock_file: PathBuf,
@@ -243,6 +249,14 @@ fn with_envelope_sender(command: &str, from: &str) -> anyhow::Result<String> {
     } else {
         format!("{command} -f {from}")
     })
+}
+
+/// The `database` (with `password_file`).
+pub(crate) fn database(o: &PosttlsOptions) -> anyhow::Result<Database> {
+    let password_file = Some(&o.password_file)
+        .filter(|f| !f.is_empty())
+        .map(Path::new);
+    Database::parse(&o.database, password_file).context("database")
 }
 
 fn required(value: &str, name: &str, example: &str) -> anyhow::Result<String> {
@@ -337,7 +351,7 @@ impl Setup {
             templates,
             key,
             mailer: TransportMailer(transport, notification_from),
-            database: PathBuf::from(&o.database),
+            database: database(o)?,
             listeners,
             audit_retention: (!retention.is_zero()).then(|| retention * 86400),
             lock_file: PathBuf::from(&o.lock_file),
@@ -386,11 +400,11 @@ impl Setup {
             listeners: &self.listeners,
         };
         let now = || chrono::Utc::now().timestamp();
-        for action in store.running_actions()? {
+        for action in store.running_actions(&self.config.instance)? {
             executor.recover(&action, now())?;
         }
         let mut done = 0;
-        while let Some(action) = store.take_action(now())? {
+        while let Some(action) = store.take_action(&self.config.instance, now())? {
             executor.execute(&action, now())?;
             done += 1;
         }
@@ -414,7 +428,7 @@ impl Setup {
     }
 
     fn open_store(&self) -> anyhow::Result<Store> {
-        Store::open(&self.database).with_context(|| self.database.display().to_string())
+        Store::connect(&self.database, Access::Worker).with_context(|| self.database.to_string())
     }
 
     /// Serves the database's counts on `listen` from a connection of its

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use clap::{Arg, ArgMatches, Command};
 use mailtls_common::config::add_options;
 use posttls_policy::DomainSet;
-use posttls_store::{AuditEvent, Store};
+use posttls_store::{Access, AuditEvent, Database, Store};
 use posttls_token::SecretKey;
 use posttls_web::WebConfig;
 
@@ -87,7 +87,14 @@ pub fn web(options: &PosttlsOptions) -> i32 {
         }
     };
     reopen_log_on_sighup();
-    match posttls_web::serve(config, Path::new(&options.database), key) {
+    let database = match super::posttls::database(options) {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("{e:#}");
+            return 2;
+        }
+    };
+    match posttls_web::serve(config, &database, key) {
         Ok(()) => 0,
         Err(e) => {
             log::error!("{e}");
@@ -116,7 +123,9 @@ pub fn web_config(o: &PosttlsOptions) -> anyhow::Result<WebConfig> {
     }
     Ok(WebConfig {
         listen: o.listen.clone(),
-        instance: instance_name(o),
+        // One web process for a fleet's workers serves every instance.
+        instance: (!o.instance.is_empty() || !Database::is_url(&o.database))
+            .then(|| instance_name(o)),
         base_url: o.base_url.clone(),
         organization: o.organization_name.clone(),
         secure_cookies,
@@ -232,8 +241,16 @@ pub fn adduser_from(options: &PosttlsOptions, name: &str, input: &mut impl BufRe
         return 2;
     }
     let hash = posttls_auth::hash_password(password);
-    let database = &options.database;
-    let saved = Store::open(Path::new(database)).and_then(|store| {
+    // As the worker: on PostgreSQL only its role may write admins (and
+    // the first adduser creates the tables).
+    let database = match super::posttls::database(options) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("posttls adduser: {e:#}");
+            return 2;
+        }
+    };
+    let saved = Store::connect(&database, Access::Worker).and_then(|store| {
         let now = chrono::Utc::now().timestamp();
         store.set_admin(name, &hash, now)?;
         store.audit(
@@ -369,7 +386,7 @@ mod tests {
         ]);
         let config = web_config(&s).unwrap();
         assert_eq!(config.listen, "127.0.0.1:9999");
-        assert_eq!(config.instance, "mx1");
+        assert_eq!(config.instance.as_deref(), Some("mx1"));
         assert_eq!(config.base_url, "https://mail.example.org/posttls");
         assert_eq!(config.organization, "Example Org");
         assert!(!config.secure_cookies);
@@ -380,7 +397,18 @@ mod tests {
         let defaults = web_config(&settings(&[])).unwrap();
         assert!(defaults.secure_cookies, "Secure cookies by default");
         assert_eq!(defaults.listen, "127.0.0.1:8025");
-        assert!(!defaults.instance.is_empty());
+        assert!(!defaults.instance.unwrap().is_empty());
+        // One web process for a fleet on PostgreSQL serves every instance,
+        // unless one is named.
+        let fleet = "--database=postgresql://posttls_web@db.example.org/posttls";
+        assert_eq!(web_config(&settings(&[fleet])).unwrap().instance, None);
+        assert_eq!(
+            web_config(&settings(&[fleet, "--instance=mx1"]))
+                .unwrap()
+                .instance
+                .as_deref(),
+            Some("mx1")
+        );
         assert!(web_config(&settings(&["--mandatory_domains=a@b"])).is_err());
     }
 

@@ -137,7 +137,7 @@ fn start_web(
     let host = mailtls_common::host_name();
     let config = posttls_web::WebConfig {
         listen: listen.to_string(),
-        instance: host.clone(),
+        instance: Some(host.clone()),
         base_url: format!("http://{listen}"),
         organization: format!("mailtls on {host}"),
         secure_cookies: false,
@@ -145,9 +145,10 @@ fn start_web(
         trusted_proxies: Vec::new(),
         tlsrpt,
     };
-    let store = dir.join("posttls.sqlite");
+    let store = posttls_store::Database::Sqlite(dir.join("posttls.sqlite"));
     // Checked now, so that a broken database stops the start visibly.
-    posttls_store::Store::open(&store).with_context(|| store.display().to_string())?;
+    posttls_store::Store::connect(&store, posttls_store::Access::Web)
+        .with_context(|| store.to_string())?;
     std::thread::Builder::new()
         .name("posttls-web".into())
         .spawn(move || {

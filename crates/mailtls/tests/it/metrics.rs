@@ -309,13 +309,14 @@ fn posttls_counters_equal_the_database_on_the_worker_and_the_web_listener() {
     lab.queue_one(chrono::Utc::now().timestamp() - 60);
     lab.scan(&[]);
     let database = lab.dir.path().join("posttls.sqlite");
-    // A delete request for a message PostTLS does not act on (as a forged
-    // row would ask): the worker refuses it.
+    // A delete request for a message of this worker's instance (the host
+    // name, by default) that PostTLS does not act on (as a forged row
+    // would ask): the worker refuses it.
     let conn = rusqlite::Connection::open(&database).unwrap();
     conn.execute(
         "INSERT INTO messages(instance, queue_id, arrival_time, sender, own_sender, state, first_seen, last_seen) \
-         VALUES('elsewhere', 'B0B0B0B0B0', 1, 'mallory@example.net', 0, 'ignored', 1, 1)",
-        [],
+         VALUES(?, 'B0B0B0B0B0', 1, 'mallory@example.net', 0, 'ignored', 1, 1)",
+        [mailtls_common::host_name()],
     )
     .unwrap();
     let foreign = conn.last_insert_rowid();

@@ -1381,3 +1381,5 @@ fn a_message_being_delivered_is_not_acted_on_until_it_is_deferred_again() {
     );
     // The stand-ins have no postsuper: nothing was held or deleted.
 }
+
+mod fleet;

@@ -211,7 +211,7 @@ fn the_sender_confirms_a_release_in_chromium() {
     let state = AppState::new(
         WebConfig {
             listen: "127.0.0.1:0".into(),
-            instance: INSTANCE.into(),
+            instance: Some(INSTANCE.into()),
             base_url: base_url.clone(),
             organization: "Example Org".into(),
             secure_cookies: false,

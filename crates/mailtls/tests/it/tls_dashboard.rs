@@ -100,7 +100,7 @@ fn the_pages_show_what_the_collector_counted_to_a_signed_in_admin() {
     let state = AppState::new(
         WebConfig {
             listen: "127.0.0.1:0".into(),
-            instance: "mx1".into(),
+            instance: Some("mx1".into()),
             base_url: base_url.clone(),
             organization: "Example Org".into(),
             secure_cookies: false,

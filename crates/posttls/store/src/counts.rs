@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 
-use crate::{ActionKind, ActionState, MessageState, NotificationKind, Result, Store};
+use crate::{
+    backend, ActionKind, ActionState, Backend, MessageState, NotificationKind, Result, Store,
+};
 
 /// Whether a notification reached the mail path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,36 +41,7 @@ impl Store {
     /// and action per kind and state. A stored word this program does not
     /// know is an error, as everywhere in the store.
     pub fn counts(&self) -> Result<Counts> {
-        let mut counts = Counts::default();
-        let mut stmt = self
-            .conn
-            .prepare("SELECT state, count(*) FROM messages GROUP BY state")?;
-        for row in stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?)))? {
-            let (state, n) = row?;
-            counts.messages.insert(state, n as u64);
-        }
-        let mut stmt = self
-            .conn
-            .prepare("SELECT kind, outcome = 'sent', count(*) FROM notifications GROUP BY 1, 2")?;
-        for row in stmt.query_map([], |r| {
-            Ok((r.get(0)?, r.get::<_, bool>(1)?, r.get::<_, i64>(2)?))
-        })? {
-            let (kind, sent, n) = row?;
-            let result = if sent {
-                SendResult::Sent
-            } else {
-                SendResult::Failed
-            };
-            counts.notifications.insert((kind, result), n as u64);
-        }
-        let mut stmt = self
-            .conn
-            .prepare("SELECT action, state, count(*) FROM actions GROUP BY 1, 2")?;
-        for row in stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?)))? {
-            let (kind, state, n) = row?;
-            counts.actions.insert((kind, state), n as u64);
-        }
-        Ok(counts)
+        backend!(self.counts())
     }
 }
 

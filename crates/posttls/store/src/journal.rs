@@ -7,28 +7,10 @@
 //! finally settles it ([`Store::finish_action`]). A worker that starts (or
 //! begins a pass) finds unsettled actions with [`Store::running_actions`].
 
-use rusqlite::{params, OptionalExtension};
-
-use crate::{ActionKind, ActionRow, ActionState, CopyRole, Phase, RecipientOutcome, Result, Store};
-
-const ACTION_COLUMNS: &str = "id, message_id, action, requested_by, ip, requested_at, state, \
-     phase, result, new_queue_id, finished_at";
-
-fn action_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ActionRow> {
-    Ok(ActionRow {
-        id: r.get(0)?,
-        message_id: r.get(1)?,
-        action: r.get(2)?,
-        requested_by: r.get(3)?,
-        ip: r.get(4)?,
-        requested_at: r.get(5)?,
-        state: r.get(6)?,
-        phase: r.get(7)?,
-        result: r.get(8)?,
-        new_queue_id: r.get(9)?,
-        finished_at: r.get(10)?,
-    })
-}
+use crate::{
+    backend, ActionKind, ActionRow, ActionState, Backend, CopyRole, Phase, RecipientOutcome,
+    Result, Store,
+};
 
 /// A recipient a request approved, and what the action did with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,81 +52,36 @@ impl Store {
         recipients: &[String],
         now: i64,
     ) -> Result<i64> {
-        self.conn.execute(
-            "INSERT INTO actions(message_id, action, requested_by, ip, requested_at, state) VALUES(?,?,?,?,?,?)",
-            params![message_id, action, requested_by, ip, now, ActionState::Queued],
-        )?;
-        let id = self.conn.last_insert_rowid();
-        let mut insert = self.conn.prepare_cached(
-            "INSERT OR IGNORE INTO action_recipients(action_id, address, approved) VALUES(?,?,1)",
-        )?;
-        for address in recipients {
-            insert.execute(params![id, address])?;
-        }
-        Ok(id)
+        backend!(self.request_action(message_id, action, requested_by, ip, recipients, now))
     }
 
-    /// The oldest queued action that is due at `now`, marked running.
-    pub fn take_action(&self, now: i64) -> Result<Option<ActionRow>> {
-        let mut stmt = self.conn.prepare(&format!(
-            "UPDATE actions SET state=?1, phase=NULL, attempts=attempts+1 WHERE id=(SELECT min(id) FROM actions \
-             WHERE state=?2 AND not_before<=?3) RETURNING {ACTION_COLUMNS}"
-        ))?;
-        Ok(stmt
-            .query_row(
-                params![ActionState::Running, ActionState::Queued, now],
-                action_row,
-            )
-            .optional()?)
+    /// The oldest queued action on a message of `instance` that is due at
+    /// `now`, marked running. Each worker takes only its own instance's
+    /// requests: in a fleet's database the others are for other queues.
+    pub fn take_action(&self, instance: &str, now: i64) -> Result<Option<ActionRow>> {
+        backend!(self.take_action(instance, now))
     }
 
     /// Actions left running (by a worker that died, or whose undo could not
     /// finish), oldest first.
-    pub fn running_actions(&self) -> Result<Vec<ActionRow>> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {ACTION_COLUMNS} FROM actions WHERE state=? ORDER BY id"
-        ))?;
-        let rows = stmt.query_map([ActionState::Running], action_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    pub fn running_actions(&self, instance: &str) -> Result<Vec<ActionRow>> {
+        backend!(self.running_actions(instance))
     }
 
     /// How many times the worker has taken this action.
     pub fn attempts(&self, id: i64) -> Result<i64> {
-        Ok(self
-            .conn
-            .query_row("SELECT attempts FROM actions WHERE id=?", [id], |r| {
-                r.get(0)
-            })?)
+        backend!(self.attempts(id))
     }
 
     /// Journals the step a running action is about to take.
     pub fn set_phase(&self, id: i64, phase: Phase) -> Result<()> {
-        self.conn.execute(
-            "UPDATE actions SET phase=? WHERE id=? AND state=?",
-            params![phase, id, ActionState::Running],
-        )?;
-        Ok(())
+        backend!(self.set_phase(id, phase))
     }
 
     /// Puts a running action back in the queue, not to be taken before
     /// `not_before`; its copies and decisions are forgotten.
     pub fn postpone_action(&self, id: i64, not_before: i64, why: &str) -> Result<()> {
-        let tx = self.transaction()?;
-        self.conn.execute(
-            "UPDATE actions SET state=?, phase=NULL, not_before=?, result=? WHERE id=?",
-            params![ActionState::Queued, not_before, why, id],
-        )?;
-        self.conn
-            .execute("DELETE FROM action_copies WHERE action_id=?", [id])?;
-        self.conn.execute(
-            "DELETE FROM action_recipients WHERE action_id=? AND approved=0",
-            [id],
-        )?;
-        self.conn.execute(
-            "UPDATE action_recipients SET outcome=NULL, why=NULL WHERE action_id=?",
-            [id],
-        )?;
-        tx.commit()
+        backend!(self.postpone_action(id, not_before, why))
     }
 
     /// Records how an action ended. A `failed` action (something went
@@ -159,58 +96,21 @@ impl Store {
         new_queue_id: Option<&str>,
         now: i64,
     ) -> Result<()> {
-        let tx = self.transaction()?;
-        self.conn.execute(
-            "UPDATE actions SET state=?, result=?, new_queue_id=?, finished_at=? WHERE id=?",
-            params![state, result, new_queue_id, now, id],
-        )?;
-        if state == ActionState::Failed {
-            // The link's use and its request are recorded in one transaction
-            // with the same time (see the web's confirm handler).
-            self.conn.execute(
-                "DELETE FROM tokens_used WHERE rowid IN (SELECT t.rowid FROM tokens_used t \
-                 JOIN actions a ON a.message_id = t.message_id AND a.action = t.action \
-                 AND a.requested_at = t.at WHERE a.id = ?)",
-                [id],
-            )?;
-        }
-        tx.commit()
+        backend!(self.finish_action(id, state, result, new_queue_id, now))
     }
 
     pub fn action(&self, id: i64) -> Result<Option<ActionRow>> {
-        Ok(self
-            .conn
-            .query_row(
-                &format!("SELECT {ACTION_COLUMNS} FROM actions WHERE id=?"),
-                [id],
-                action_row,
-            )
-            .optional()?)
+        backend!(self.action(id))
     }
 
     /// Actions on a message, oldest first.
     pub fn actions_of(&self, message_id: i64) -> Result<Vec<ActionRow>> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {ACTION_COLUMNS} FROM actions WHERE message_id=? ORDER BY id"
-        ))?;
-        let rows = stmt.query_map([message_id], action_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        backend!(self.actions_of(message_id))
     }
 
     /// The recipients an action approved, with what it did with each.
     pub fn action_recipients(&self, action_id: i64) -> Result<Vec<ActionRecipient>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT address, approved, outcome, why FROM action_recipients WHERE action_id=? ORDER BY address",
-        )?;
-        let rows = stmt.query_map([action_id], |r| {
-            Ok(ActionRecipient {
-                address: r.get(0)?,
-                approved: r.get(1)?,
-                outcome: r.get(2)?,
-                why: r.get(3)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        backend!(self.action_recipients(action_id))
     }
 
     /// Records what an action did with a recipient (adding it when the
@@ -222,57 +122,22 @@ impl Store {
         outcome: RecipientOutcome,
         why: Option<&str>,
     ) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO action_recipients(action_id, address, approved, outcome, why) VALUES(?,?,0,?,?) \
-             ON CONFLICT(action_id, address) DO UPDATE SET outcome=excluded.outcome, why=excluded.why",
-            params![action_id, address, outcome, why],
-        )?;
-        Ok(())
+        backend!(self.set_recipient_outcome(action_id, address, outcome, why))
     }
 
     /// Journals a copy about to be re-injected.
     pub fn add_copy(&self, action_id: i64, copy: &ActionCopy) -> Result<()> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO action_copies(action_id, role, marker, recipients, queue_id) VALUES(?,?,?,?,?)",
-            params![
-                action_id,
-                copy.role,
-                copy.marker,
-                copy.recipients.join("\n"),
-                copy.queue_id
-            ],
-        )?;
-        Ok(())
+        backend!(self.add_copy(action_id, copy))
     }
 
     /// Notes the queue id the listener gave a copy.
     pub fn set_copy_queue_id(&self, action_id: i64, role: CopyRole, queue_id: &str) -> Result<()> {
-        self.conn.execute(
-            "UPDATE action_copies SET queue_id=? WHERE action_id=? AND role=?",
-            params![queue_id, action_id, role],
-        )?;
-        Ok(())
+        backend!(self.set_copy_queue_id(action_id, role, queue_id))
     }
 
     /// The copies journalled for an action.
     pub fn copies(&self, action_id: i64) -> Result<Vec<ActionCopy>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT role, marker, recipients, queue_id FROM action_copies WHERE action_id=? ORDER BY role",
-        )?;
-        let rows = stmt.query_map([action_id], |r| {
-            let recipients: String = r.get(2)?;
-            Ok(ActionCopy {
-                role: r.get(0)?,
-                marker: r.get(1)?,
-                recipients: recipients
-                    .split('\n')
-                    .filter(|a| !a.is_empty())
-                    .map(str::to_string)
-                    .collect(),
-                queue_id: r.get(3)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        backend!(self.copies(action_id))
     }
 }
 
@@ -319,7 +184,7 @@ mod tests {
     fn a_postponed_action_waits_and_forgets_its_decisions() {
         let (_dir, store, id) = store_with_message("A1");
         let action = release(&store, id, &["a@x"], 10);
-        assert_eq!(store.take_action(10).unwrap().unwrap().id, action);
+        assert_eq!(store.take_action("mx1", 10).unwrap().unwrap().id, action);
         store
             .set_recipient_outcome(action, "a@x", RecipientOutcome::Released, None)
             .unwrap();
@@ -347,8 +212,8 @@ mod tests {
             (left[0].address.as_str(), left[0].approved, left[0].outcome),
             ("a@x", true, None)
         );
-        assert_eq!(store.take_action(99).unwrap(), None);
-        assert_eq!(store.take_action(100).unwrap().unwrap().id, action);
+        assert_eq!(store.take_action("mx1", 99).unwrap(), None);
+        assert_eq!(store.take_action("mx1", 100).unwrap().unwrap().id, action);
         assert_eq!(store.attempts(action).unwrap(), 2);
     }
 
@@ -386,11 +251,11 @@ mod tests {
         let (_dir, store, id) = store_with_message("A1");
         let running = release(&store, id, &[], 10);
         let queued = release(&store, id, &[], 10);
-        store.take_action(10).unwrap();
+        store.take_action("mx1", 10).unwrap();
         store.set_phase(running, Phase::Inject).unwrap();
         store.set_phase(queued, Phase::Inject).unwrap();
         assert_eq!(store.action(queued).unwrap().unwrap().phase, None);
-        let listed = store.running_actions().unwrap();
+        let listed = store.running_actions("mx1").unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(
             (listed[0].id, listed[0].phase),
@@ -406,7 +271,7 @@ mod tests {
         assert!(store.use_token("t1", id, "release", None, 20).unwrap());
         assert!(store.use_token("t-other", id, "release", None, 21).unwrap());
         let failed = release(&store, id, &["a@x"], 20);
-        store.take_action(20).unwrap();
+        store.take_action("mx1", 20).unwrap();
         store
             .finish_action(failed, ActionState::Failed, "postsuper failed", None, 30)
             .unwrap();
@@ -415,7 +280,7 @@ mod tests {
 
         assert!(store.use_token("t2", id, "release", None, 40).unwrap());
         let refused = release(&store, id, &["a@x"], 40);
-        store.take_action(40).unwrap();
+        store.take_action("mx1", 40).unwrap();
         store
             .finish_action(refused, ActionState::Refused, "mandatory", None, 41)
             .unwrap();

@@ -1,161 +1,49 @@
-//! PostTLS state in one SQLite file, shared by the privileged worker (which
-//! scans the queue, sends notifications and carries out actions) and the
-//! unprivileged web process (which shows state and records requests).
+//! PostTLS state, shared by the privileged worker (which scans the queue,
+//! sends notifications and carries out actions) and the unprivileged web
+//! process (which shows state and records requests): in one SQLite file
+//! on the MTA (module `sqlite`) or, for a fleet of MTAs with one web process,
+//! in PostgreSQL (module `postgres`). Callers use one [`Store`] whatever the
+//! backend; each backend's module holds its schema and its SQL.
 //!
-//! The database runs in WAL mode so that the web process reads while the
-//! worker writes. Times are Unix seconds (UTC). A message is identified by
-//! instance, queue id AND arrival time: Postfix reuses queue ids (unless
+//! Times are Unix seconds (UTC). A message is identified by instance,
+//! queue id AND arrival time: Postfix reuses queue ids (unless
 //! `enable_long_queue_ids = yes`), so an id alone could point a later
 //! request at another sender's message.
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use posttls_classify::TlsFailureKind;
 
 mod counts;
 mod journal;
+mod postgres;
+mod sqlite;
 mod states;
 
 pub use counts::{Counts, SendResult};
 pub use journal::{ActionCopy, ActionRecipient};
+pub use mailtls_postgres::{PgError, PgUrl};
+pub use postgres::{inspect as inspect_postgres, PgInspection};
+pub use sqlite::SCHEMA_VERSION;
 pub use states::{
     ActionKind, ActionState, AuditEvent, CopyRole, MessageState, NotificationKind,
     NotificationOutcome, Phase, RecipientOutcome, RecipientState, UnknownValue,
 };
 
-use posttls_classify::TlsFailureKind;
-
-/// A stored TLS failure class: NULL, or a short name this program knows.
-fn tls_kind_column(
-    row: &rusqlite::Row<'_>,
-    index: usize,
-) -> rusqlite::Result<Option<TlsFailureKind>> {
-    let Some(name) = row.get::<_, Option<String>>(index)? else {
-        return Ok(None);
-    };
-    TlsFailureKind::from_short_name(&name)
-        .map(Some)
-        .ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(
-                index,
-                rusqlite::types::Type::Text,
-                Box::new(UnknownValue {
-                    what: "TLS failure kind",
-                    value: name,
-                }),
-            )
-        })
-}
-
-/// The schema version in `meta`: the number of the last migration.
-pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64 + 1;
-
-const SCHEMA: &str = "
-CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE messages(
-    id INTEGER PRIMARY KEY,
-    instance TEXT NOT NULL,
-    queue_id TEXT NOT NULL,
-    arrival_time INTEGER NOT NULL,
-    sender TEXT NOT NULL,
-    subject TEXT,
-    own_sender INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    first_seen INTEGER NOT NULL,
-    last_seen INTEGER NOT NULL,
-    UNIQUE(instance, queue_id, arrival_time));
-CREATE INDEX messages_state ON messages(state, last_seen);
-CREATE TABLE recipients(
-    message_id INTEGER NOT NULL REFERENCES messages(id),
-    address TEXT NOT NULL,
-    delay_reason TEXT,
-    tls_kind TEXT,
-    mandatory INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    PRIMARY KEY(message_id, address));
-CREATE TABLE notifications(
-    id INTEGER PRIMARY KEY,
-    message_id INTEGER NOT NULL REFERENCES messages(id),
-    kind TEXT NOT NULL,
-    sent_to TEXT NOT NULL,
-    at INTEGER NOT NULL,
-    outcome TEXT NOT NULL);
-CREATE INDEX notifications_message ON notifications(message_id);
-CREATE TABLE tokens_used(
-    token_id TEXT PRIMARY KEY,
-    message_id INTEGER NOT NULL,
-    action TEXT NOT NULL,
-    at INTEGER NOT NULL,
-    ip TEXT);
-CREATE TABLE actions(
-    id INTEGER PRIMARY KEY,
-    message_id INTEGER NOT NULL REFERENCES messages(id),
-    action TEXT NOT NULL,
-    requested_by TEXT NOT NULL,
-    ip TEXT,
-    requested_at INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    result TEXT,
-    new_queue_id TEXT,
-    finished_at INTEGER);
-CREATE INDEX actions_state ON actions(state, id);
-CREATE TABLE audit(
-    id INTEGER PRIMARY KEY,
-    at INTEGER NOT NULL,
-    actor TEXT NOT NULL,
-    ip TEXT,
-    message_id INTEGER,
-    event TEXT NOT NULL,
-    detail TEXT NOT NULL);
-CREATE TABLE admins(name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, created INTEGER NOT NULL);
-CREATE TABLE sessions(id TEXT PRIMARY KEY, admin TEXT NOT NULL, created INTEGER NOT NULL, expires INTEGER NOT NULL);
-CREATE TABLE mandatory_domains(domain TEXT PRIMARY KEY, added_by TEXT NOT NULL, added_at INTEGER NOT NULL);
-";
-
-/// The schema changes after version 1, in order: migration `i` takes a
-/// database from version `i + 1` to `i + 2`. Each runs in the transaction
-/// that also records the new version.
-const MIGRATIONS: &[&str] = &[
-    // 2: the journal of running actions, the recipients a request
-    // approved, the copies a release made, and a time before which a
-    // postponed action is not taken again.
-    "
-    ALTER TABLE actions ADD COLUMN phase TEXT;
-    ALTER TABLE actions ADD COLUMN not_before INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE actions ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
-    CREATE TABLE action_recipients(
-        action_id INTEGER NOT NULL REFERENCES actions(id),
-        address TEXT NOT NULL,
-        approved INTEGER NOT NULL,
-        outcome TEXT,
-        why TEXT,
-        PRIMARY KEY(action_id, address));
-    CREATE TABLE action_copies(
-        action_id INTEGER NOT NULL REFERENCES actions(id),
-        role TEXT NOT NULL,
-        marker TEXT NOT NULL,
-        recipients TEXT NOT NULL,
-        queue_id TEXT,
-        PRIMARY KEY(action_id, role));
-    CREATE INDEX audit_at ON audit(at);
-    -- Requests of version 1 recorded no recipients: they approved the
-    -- releasable recipients known then.
-    INSERT INTO action_recipients(action_id, address, approved)
-        SELECT a.id, r.address, 1 FROM actions a JOIN recipients r ON r.message_id = a.message_id
-        WHERE a.action = 'release' AND a.state IN ('queued', 'running')
-        AND r.state = 'pending' AND r.tls_kind IS NOT NULL AND r.mandatory = 0;
-    -- A version 1 worker that died may have left the original on hold.
-    UPDATE actions SET phase = 'hold' WHERE state = 'running';
-    ",
-];
-
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Postgres(#[from] PgError),
+    /// A stored word (state, kind, event) this program does not know, read
+    /// from PostgreSQL: a newer program or a hostile writer put it there.
+    #[error("PostgreSQL {url}: {source}")]
+    Unknown {
+        url: String,
+        #[source]
+        source: UnknownValue,
+    },
     #[error("cannot create the database file {path}: {source}")]
     Create {
         path: std::path::PathBuf,
@@ -165,9 +53,72 @@ pub enum StoreError {
     Foreign,
     #[error("PostTLS database schema version {0}; this program knows version {SCHEMA_VERSION}")]
     WrongVersion(i64),
+    #[error("password_file is only for a postgresql:// database, not the SQLite file {0}")]
+    PasswordForSqlite(PathBuf),
+    #[error("a transaction is already open on this connection")]
+    NestedTransaction,
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Where the PostTLS state is kept: the `database` option.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// One SQLite file: the worker and the web process on one host.
+    Sqlite(PathBuf),
+    /// One PostgreSQL database for a fleet: a worker per Postfix instance
+    /// and one web process, each with a role of its own.
+    Postgres(Box<PgUrl>),
+}
+
+impl Database {
+    /// `database` as configured: a `postgresql://` (or `postgres://`) URL,
+    /// its password from `password_file` when one is given, or else the
+    /// path of a SQLite file.
+    pub fn parse(database: &str, password_file: Option<&Path>) -> Result<Database> {
+        if Database::is_url(database) {
+            return Ok(Database::Postgres(Box::new(PgUrl::parse(
+                database,
+                password_file,
+            )?)));
+        }
+        if password_file.is_some() {
+            return Err(StoreError::PasswordForSqlite(PathBuf::from(database)));
+        }
+        Ok(Database::Sqlite(PathBuf::from(database)))
+    }
+}
+
+impl Database {
+    /// Whether `database` names a PostgreSQL database (`postgresql://` or
+    /// `postgres://`) rather than a SQLite file.
+    pub fn is_url(database: &str) -> bool {
+        database.starts_with("postgresql://") || database.starts_with("postgres://")
+    }
+}
+
+impl std::fmt::Display for Database {
+    /// The path, or the URL without its password: for messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres(url) => f.write_str(url.shown()),
+        }
+    }
+}
+
+/// Which program opens the store, for what it may do to the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The worker (and `posttls adduser`): creates the schema and migrates
+    /// it.
+    Worker,
+    /// The web process. On PostgreSQL its role may create nothing, so it
+    /// only checks that the worker made the schema this program knows; a
+    /// SQLite file it creates and migrates like the worker, since either
+    /// may start first on one host.
+    Web,
+}
 
 /// What the scanner saw of one queued message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,67 +205,51 @@ pub struct AuditRow {
     pub detail: String,
 }
 
+/// The PostTLS database, on either backend.
 pub struct Store {
-    conn: Connection,
+    backend: Backend,
 }
+
+enum Backend {
+    Sqlite(sqlite::SqliteDb),
+    Postgres(Box<postgres::PgDb>),
+}
+
+/// Calls the backend's method of the same name.
+macro_rules! backend {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match &$self.backend {
+            Backend::Sqlite(db) => db.$method($($arg),*),
+            Backend::Postgres(db) => db.$method($($arg),*),
+        }
+    };
+}
+pub(crate) use backend;
 
 /// An open write transaction of a [`Store`]: rolled back when dropped
 /// without [`commit`](Transaction::commit), and rolled back when the
-/// COMMIT itself fails, so that no error path leaves the write lock held.
+/// COMMIT itself fails, so that no error path leaves a transaction (and on
+/// SQLite the write lock) open.
 #[must_use = "a transaction rolls back unless committed"]
-pub struct Transaction<'a> {
-    conn: &'a Connection,
-    open: bool,
+pub struct Transaction<'a>(TransactionOf<'a>);
+
+enum TransactionOf<'a> {
+    Sqlite(sqlite::Transaction<'a>),
+    Postgres(postgres::Transaction<'a>),
 }
 
 impl Transaction<'_> {
-    pub fn commit(mut self) -> Result<()> {
-        self.open = false;
-        if let Err(err) = self.conn.execute_batch("COMMIT") {
-            self.rollback();
-            return Err(err.into());
-        }
-        Ok(())
-    }
-
-    fn rollback(&self) {
-        if !self.conn.is_autocommit() {
-            if let Err(err) = self.conn.execute_batch("ROLLBACK") {
-                log::error!("database: rollback failed: {err}");
-            }
+    pub fn commit(self) -> Result<()> {
+        match self.0 {
+            TransactionOf::Sqlite(tx) => tx.commit(),
+            TransactionOf::Postgres(tx) => tx.commit(),
         }
     }
 }
-
-impl Drop for Transaction<'_> {
-    fn drop(&mut self) {
-        if self.open {
-            self.rollback();
-        }
-    }
-}
-
-fn message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
-    Ok(MessageRow {
-        id: row.get(0)?,
-        instance: row.get(1)?,
-        queue_id: row.get(2)?,
-        arrival_time: row.get(3)?,
-        sender: row.get(4)?,
-        subject: row.get(5)?,
-        own_sender: row.get(6)?,
-        state: row.get(7)?,
-        first_seen: row.get(8)?,
-        last_seen: row.get(9)?,
-    })
-}
-
-const MESSAGE_COLUMNS: &str =
-    "id, instance, queue_id, arrival_time, sender, subject, own_sender, state, first_seen, last_seen";
 
 impl Store {
-    /// Opens (creating when new, migrating when older) the database at
-    /// `path`.
+    /// Opens (creating when new, migrating when older) the SQLite database
+    /// at `path`.
     ///
     /// The connection is defensive: the schema cannot be changed behind
     /// SQLite's back (`SQLITE_DBCONFIG_DEFENSIVE`) and functions in the
@@ -322,81 +257,32 @@ impl Store {
     /// so a database file written by the unprivileged web process cannot
     /// make the privileged worker run anything but this program's SQL.
     pub fn open(path: &Path) -> Result<Store> {
-        // Whoever creates the database, the web pages must write it and the
-        // worker too (SQLite gives its -wal and -shm files, when root
-        // creates them, to the database file's owner).
-        mailtls_common::ownership::create_owned_like_directory(path, 0o600).map_err(|source| {
-            StoreError::Create {
-                path: path.to_owned(),
-                source,
-            }
-        })?;
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
-        conn.pragma_update(None, "trusted_schema", false)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // In WAL mode NORMAL loses nothing when a process dies, only the
-        // last transactions on power loss, and saves a disk sync per write.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", true)?;
-        let store = Store { conn };
-        store.migrate()?;
-        Ok(store)
+        Ok(Store {
+            backend: Backend::Sqlite(sqlite::SqliteDb::open(path)?),
+        })
     }
 
-    /// Creates the schema of a new database and brings an older one to
-    /// [`SCHEMA_VERSION`], one migration per transaction.
-    fn migrate(&self) -> Result<()> {
-        let tables: i64 = self.conn.query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type='table'",
-            [],
-            |r| r.get(0),
-        )?;
-        if tables == 0 {
-            let tx = self.transaction()?;
-            self.conn.execute_batch(SCHEMA)?;
-            self.conn
-                .execute("INSERT INTO meta VALUES('schema_version', '1')", [])?;
-            tx.commit()?;
-        }
-        loop {
-            let version: Option<String> = self
-                .conn
-                .query_row(
-                    "SELECT value FROM meta WHERE key='schema_version'",
-                    [],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(|_| StoreError::Foreign)?;
-            let version = match version.as_deref().map(str::parse::<i64>) {
-                Some(Ok(v)) if (1..=SCHEMA_VERSION).contains(&v) => v,
-                Some(Ok(other)) => return Err(StoreError::WrongVersion(other)),
-                _ => return Err(StoreError::Foreign),
-            };
-            if version == SCHEMA_VERSION {
-                return Ok(());
+    /// Opens `database` for `access`: a SQLite file as [`Store::open`]
+    /// does; on PostgreSQL the worker creates or migrates the `posttls`
+    /// tables (recorded in `mailtls_schema`), the web process only checks
+    /// their version.
+    pub fn connect(database: &Database, access: Access) -> Result<Store> {
+        let backend = match database {
+            Database::Sqlite(path) => Backend::Sqlite(sqlite::SqliteDb::open(path)?),
+            Database::Postgres(url) => {
+                Backend::Postgres(Box::new(postgres::PgDb::connect(url, access)?))
             }
-            let tx = self.transaction()?;
-            let migration = MIGRATIONS[usize::try_from(version - 1).expect("positive")];
-            self.conn.execute_batch(migration)?;
-            self.conn.execute(
-                "UPDATE meta SET value=? WHERE key='schema_version'",
-                [(version + 1).to_string()],
-            )?;
-            tx.commit()?;
-        }
+        };
+        Ok(Store { backend })
     }
 
     /// Begins a write transaction; it rolls back unless committed, also
     /// when the caller returns early with an error or panics.
     pub fn transaction(&self) -> Result<Transaction<'_>> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(Transaction {
-            conn: &self.conn,
-            open: true,
-        })
+        Ok(Transaction(match &self.backend {
+            Backend::Sqlite(db) => TransactionOf::Sqlite(db.transaction()?),
+            Backend::Postgres(db) => TransactionOf::Postgres(db.transaction()?),
+        }))
     }
 
     /// Runs `work` in one transaction, committed when it returns `Ok`.
@@ -411,46 +297,7 @@ impl Store {
     /// message already released or deleted keeps that state. Returns the
     /// message's id and whether it is new.
     pub fn saw_message(&self, seen: &SeenMessage<'_>, now: i64) -> Result<(i64, bool)> {
-        let existing: Option<(i64, MessageState)> = self
-            .conn
-            .query_row(
-                "SELECT id, state FROM messages WHERE instance=? AND queue_id=? AND arrival_time=?",
-                params![seen.instance, seen.queue_id, seen.arrival_time],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        match existing {
-            Some((id, state)) => {
-                let keep = matches!(
-                    state,
-                    MessageState::Released | MessageState::Deleted | MessageState::Returned
-                );
-                let state = if keep { state } else { seen.state };
-                self.conn.execute(
-                    "UPDATE messages SET last_seen=?, state=?, subject=coalesce(?, subject) WHERE id=?",
-                    params![now, state, seen.subject, id],
-                )?;
-                Ok((id, false))
-            }
-            None => {
-                self.conn.execute(
-                    "INSERT INTO messages(instance, queue_id, arrival_time, sender, subject, own_sender, state, first_seen, last_seen) \
-                     VALUES(?,?,?,?,?,?,?,?,?)",
-                    params![
-                        seen.instance,
-                        seen.queue_id,
-                        seen.arrival_time,
-                        seen.sender,
-                        seen.subject,
-                        seen.own_sender,
-                        seen.state,
-                        now,
-                        now
-                    ],
-                )?;
-                Ok((self.conn.last_insert_rowid(), true))
-            }
-        }
+        backend!(self.saw_message(seen, now))
     }
 
     /// Replaces the pending recipients of a message with what the queue
@@ -461,25 +308,7 @@ impl Store {
         message_id: i64,
         recipients: &[SeenRecipient],
     ) -> Result<()> {
-        self.conn.execute(
-            "UPDATE recipients SET state='gone' WHERE message_id=? AND state='pending'",
-            [message_id],
-        )?;
-        let mut upsert = self.conn.prepare_cached(
-            "INSERT INTO recipients(message_id, address, delay_reason, tls_kind, mandatory, state) VALUES(?,?,?,?,?,'pending') \
-             ON CONFLICT(message_id, address) DO UPDATE SET delay_reason=excluded.delay_reason, tls_kind=excluded.tls_kind, \
-             mandatory=excluded.mandatory, state=CASE WHEN state IN ('pending', 'gone') THEN 'pending' ELSE state END",
-        )?;
-        for r in recipients {
-            upsert.execute(params![
-                message_id,
-                r.address,
-                r.delay_reason,
-                r.tls_kind.map(TlsFailureKind::short_name),
-                r.mandatory
-            ])?;
-        }
-        Ok(())
+        backend!(self.set_pending_recipients(message_id, recipients))
     }
 
     /// Messages of `instance` in `Deferred` state that are not in the
@@ -490,26 +319,7 @@ impl Store {
         instance: &str,
         queued: &std::collections::HashSet<(String, i64)>,
     ) -> Result<Vec<MessageRow>> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE instance=? AND state='deferred'"
-        ))?;
-        let rows = stmt.query_map(params![instance], message_row)?;
-        let mut gone = Vec::new();
-        for row in rows {
-            let mut message = row?;
-            if queued.contains(&(message.queue_id.clone(), message.arrival_time)) {
-                continue;
-            }
-            self.conn
-                .execute("UPDATE messages SET state='gone' WHERE id=?", [message.id])?;
-            self.conn.execute(
-                "UPDATE recipients SET state='gone' WHERE message_id=? AND state='pending'",
-                [message.id],
-            )?;
-            message.state = MessageState::Gone;
-            gone.push(message);
-        }
-        Ok(gone)
+        backend!(self.mark_missing_gone(instance, queued))
     }
 
     /// The message with this instance, queue id and arrival time.
@@ -519,50 +329,20 @@ impl Store {
         queue_id: &str,
         arrival_time: i64,
     ) -> Result<Option<MessageRow>> {
-        Ok(self
-            .conn
-            .query_row(
-                &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE instance=? AND queue_id=? AND arrival_time=?"),
-                params![instance, queue_id, arrival_time],
-                message_row,
-            )
-            .optional()?)
+        backend!(self.find_message(instance, queue_id, arrival_time))
     }
 
     pub fn message(&self, id: i64) -> Result<Option<MessageRow>> {
-        Ok(self
-            .conn
-            .query_row(
-                &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id=?"),
-                [id],
-                message_row,
-            )
-            .optional()?)
+        backend!(self.message(id))
     }
 
     /// Messages in a state, newest first, at most `limit`.
     pub fn messages_in(&self, state: MessageState, limit: i64) -> Result<Vec<MessageRow>> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE state=? ORDER BY arrival_time DESC, id DESC LIMIT ?"
-        ))?;
-        let rows = stmt.query_map(params![state, limit], message_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        backend!(self.messages_in(state, limit))
     }
 
     pub fn recipients(&self, message_id: i64) -> Result<Vec<RecipientRow>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT address, delay_reason, tls_kind, mandatory, state FROM recipients WHERE message_id=? ORDER BY address",
-        )?;
-        let rows = stmt.query_map([message_id], |r| {
-            Ok(RecipientRow {
-                address: r.get(0)?,
-                delay_reason: r.get(1)?,
-                tls_kind: tls_kind_column(r, 2)?,
-                mandatory: r.get(3)?,
-                state: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        backend!(self.recipients(message_id))
     }
 
     pub fn set_recipient_state(
@@ -571,19 +351,11 @@ impl Store {
         address: &str,
         state: RecipientState,
     ) -> Result<()> {
-        self.conn.execute(
-            "UPDATE recipients SET state=? WHERE message_id=? AND address=?",
-            params![state, message_id, address],
-        )?;
-        Ok(())
+        backend!(self.set_recipient_state(message_id, address, state))
     }
 
     pub fn set_message_state(&self, message_id: i64, state: MessageState) -> Result<()> {
-        self.conn.execute(
-            "UPDATE messages SET state=? WHERE id=?",
-            params![state, message_id],
-        )?;
-        Ok(())
+        backend!(self.set_message_state(message_id, state))
     }
 
     pub fn record_notification(
@@ -594,27 +366,12 @@ impl Store {
         outcome: &NotificationOutcome,
         now: i64,
     ) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO notifications(message_id, kind, sent_to, at, outcome) VALUES(?,?,?,?,?)",
-            params![message_id, kind, sent_to, now, outcome],
-        )?;
-        Ok(())
+        backend!(self.record_notification(message_id, kind, sent_to, outcome, now))
     }
 
     /// Notifications of a message, oldest first.
     pub fn notifications(&self, message_id: i64) -> Result<Vec<NotificationRow>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT kind, sent_to, at, outcome FROM notifications WHERE message_id=? ORDER BY id",
-        )?;
-        let rows = stmt.query_map([message_id], |r| {
-            Ok(NotificationRow {
-                kind: r.get(0)?,
-                sent_to: r.get(1)?,
-                at: r.get(2)?,
-                outcome: r.get(3)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        backend!(self.notifications(message_id))
     }
 
     /// Marks a token used; false when it was used before (single use).
@@ -626,11 +383,7 @@ impl Store {
         ip: Option<&str>,
         now: i64,
     ) -> Result<bool> {
-        let inserted = self.conn.execute(
-            "INSERT OR IGNORE INTO tokens_used(token_id, message_id, action, at, ip) VALUES(?,?,?,?,?)",
-            params![token_id, message_id, action, now, ip],
-        )?;
-        Ok(inserted == 1)
+        backend!(self.use_token(token_id, message_id, action, ip, now))
     }
 
     pub fn audit(
@@ -642,116 +395,62 @@ impl Store {
         detail: &str,
         now: i64,
     ) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO audit(at, actor, ip, message_id, event, detail) VALUES(?,?,?,?,?,?)",
-            params![now, actor, ip, message_id, event, detail],
-        )?;
-        Ok(())
+        backend!(self.audit(actor, ip, message_id, event, detail, now))
     }
 
     /// Deletes the audit entries older than `before`; returns how many.
     pub fn prune_audit(&self, before: i64) -> Result<usize> {
-        Ok(self
-            .conn
-            .execute("DELETE FROM audit WHERE at < ?", [before])?)
+        backend!(self.prune_audit(before))
     }
 
     /// The newest audit entries, at most `limit`.
     pub fn audit_log(&self, limit: i64) -> Result<Vec<AuditRow>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT at, actor, ip, message_id, event, detail FROM audit ORDER BY id DESC LIMIT ?",
-        )?;
-        let rows = stmt.query_map([limit], |r| {
-            Ok(AuditRow {
-                at: r.get(0)?,
-                actor: r.get(1)?,
-                ip: r.get(2)?,
-                message_id: r.get(3)?,
-                event: r.get(4)?,
-                detail: r.get(5)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        backend!(self.audit_log(limit))
     }
 
     /// Mandatory-TLS domains managed in the web UI (the configured ones are
     /// added by the caller).
     pub fn mandatory_domains(&self) -> Result<Vec<String>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT domain FROM mandatory_domains ORDER BY domain")?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        backend!(self.mandatory_domains())
     }
 
     pub fn add_mandatory_domain(&self, domain: &str, added_by: &str, now: i64) -> Result<bool> {
-        Ok(self.conn.execute(
-            "INSERT OR IGNORE INTO mandatory_domains(domain, added_by, added_at) VALUES(?,?,?)",
-            params![domain, added_by, now],
-        )? == 1)
+        backend!(self.add_mandatory_domain(domain, added_by, now))
     }
 
     pub fn remove_mandatory_domain(&self, domain: &str) -> Result<bool> {
-        Ok(self
-            .conn
-            .execute("DELETE FROM mandatory_domains WHERE domain=?", [domain])?
-            == 1)
+        backend!(self.remove_mandatory_domain(domain))
     }
 
     /// Creates an admin or sets a new password; a new password ends the
     /// admin's sessions (whoever knew the old one is logged out).
     pub fn set_admin(&self, name: &str, password_hash: &str, now: i64) -> Result<()> {
-        let tx = self.transaction()?;
-        self.conn.execute(
-            "INSERT INTO admins(name, password_hash, created) VALUES(?,?,?) \
-             ON CONFLICT(name) DO UPDATE SET password_hash=excluded.password_hash",
-            params![name, password_hash, now],
-        )?;
-        self.conn
-            .execute("DELETE FROM sessions WHERE admin=?", [name])?;
-        tx.commit()
+        backend!(self.set_admin(name, password_hash, now))
     }
 
     pub fn admin_password_hash(&self, name: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT password_hash FROM admins WHERE name=?",
-                [name],
-                |r| r.get(0),
-            )
-            .optional()?)
+        backend!(self.admin_password_hash(name))
     }
 
     pub fn create_session(&self, id: &str, admin: &str, now: i64, expires: i64) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO sessions(id, admin, created, expires) VALUES(?,?,?,?)",
-            params![id, admin, now, expires],
-        )?;
-        Ok(())
+        backend!(self.create_session(id, admin, now, expires))
     }
 
     /// The admin of a live session.
     pub fn session_admin(&self, id: &str, now: i64) -> Result<Option<String>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT admin FROM sessions WHERE id=? AND expires>?",
-                params![id, now],
-                |r| r.get(0),
-            )
-            .optional()?)
+        backend!(self.session_admin(id, now))
     }
 
     pub fn end_session(&self, id: &str) -> Result<()> {
-        self.conn.execute("DELETE FROM sessions WHERE id=?", [id])?;
-        Ok(())
+        backend!(self.end_session(id))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sqlite::SCHEMA;
+    use rusqlite::Connection;
 
     #[test]
     fn a_database_created_by_root_belongs_to_its_directory_owner_with_its_wal() {
@@ -910,9 +609,9 @@ mod tests {
                 11,
             )
             .unwrap();
-        let taken = store.take_action(11).unwrap().unwrap();
+        let taken = store.take_action("mx1", 11).unwrap().unwrap();
         assert_eq!((taken.id, taken.state), (action, ActionState::Running));
-        assert_eq!(store.take_action(11).unwrap(), None);
+        assert_eq!(store.take_action("mx1", 11).unwrap(), None);
         assert_eq!(store.action_recipients(action).unwrap()[0].address, "b@x");
         store
             .finish_action(action, ActionState::Done, "released", Some("B2"), 12)
@@ -1016,8 +715,8 @@ mod tests {
             )
             .unwrap();
         let store = Store::open(&path).unwrap();
-        let version: String = store
-            .conn
+        let version: String = Connection::open(&path)
+            .unwrap()
             .query_row(
                 "SELECT value FROM meta WHERE key='schema_version'",
                 [],
@@ -1192,22 +891,7 @@ impl Store {
     /// The use of `token_id` recorded by [`Store::use_token`], if any. Reads
     /// only: a GET of a confirmation page calls it.
     pub fn token_use(&self, token_id: &str) -> Result<Option<TokenUseRow>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT token_id, message_id, action, at, ip FROM tokens_used WHERE token_id=?",
-                [token_id],
-                |r| {
-                    Ok(TokenUseRow {
-                        token_id: r.get(0)?,
-                        message_id: r.get(1)?,
-                        action: r.get(2)?,
-                        at: r.get(3)?,
-                        ip: r.get(4)?,
-                    })
-                },
-            )
-            .optional()?)
+        backend!(self.token_use(token_id))
     }
 }
 

@@ -32,7 +32,6 @@ pub mod view;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -44,7 +43,7 @@ use axum::Router;
 use mailtls_common::day::Day;
 use posttls_auth::LoginThrottle;
 use posttls_policy::DomainSet;
-use posttls_store::{Store, StoreError};
+use posttls_store::{Access, Database, Store, StoreError};
 use posttls_token::SecretKey;
 use tlsrpt_stats::summary::DaySummary;
 
@@ -63,8 +62,10 @@ pub struct WebConfig {
     /// `ADDRESS:PORT` to listen on (plain HTTP; a TLS-terminating proxy goes
     /// in front).
     pub listen: String,
-    /// This Postfix instance's name, as bound into the tokens.
-    pub instance: String,
+    /// The Postfix instance whose links this process accepts (its name is
+    /// bound into each token); `None`: every instance in the database, for
+    /// one web process serving a fleet's workers on PostgreSQL.
+    pub instance: Option<String>,
     /// Where senders reach the pages, e.g. `https://posttls.example.org` or
     /// `https://mail.example.org/posttls`. Its path, if any, is where the
     /// routes are served (the proxy passes the path on unchanged).
@@ -348,8 +349,8 @@ pub async fn serve_on(
 /// # Errors
 /// A store that cannot be opened, an address that cannot be bound, or a bad
 /// `base_url`.
-pub fn serve(config: WebConfig, store_path: &Path, key: SecretKey) -> Result<(), WebError> {
-    let store = Store::open(store_path)?;
+pub fn serve(config: WebConfig, database: &Database, key: SecretKey) -> Result<(), WebError> {
+    let store = Store::connect(database, Access::Web)?;
     let listen = config.listen.clone();
     let state = AppState::new(config, store, key)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

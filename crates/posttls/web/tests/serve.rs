@@ -13,7 +13,7 @@ use posttls_web::{serve, WebConfig, WebError};
 fn config(listen: String) -> WebConfig {
     WebConfig {
         listen,
-        instance: "lab".into(),
+        instance: Some("lab".into()),
         base_url: "https://posttls.example.org".into(),
         organization: String::new(),
         secure_cookies: true,
@@ -39,7 +39,7 @@ fn get(addr: &str, path: &str) -> Option<String> {
 #[test]
 fn serves_until_sigterm_and_refuses_bad_addresses() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("posttls.sqlite");
+    let db = posttls_store::Database::Sqlite(dir.path().join("posttls.sqlite"));
 
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = busy.local_addr().unwrap().to_string();

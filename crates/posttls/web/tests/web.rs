@@ -134,7 +134,7 @@ fn lab_with(edit: impl FnOnce(&mut WebConfig)) -> Lab {
     store.set_admin(ADMIN, &hash, 1).unwrap();
     let mut config = WebConfig {
         listen: "127.0.0.1:0".into(),
-        instance: INSTANCE.into(),
+        instance: Some(INSTANCE.into()),
         base_url: "https://posttls.example.org".into(),
         organization: "Example Org".into(),
         secure_cookies: false,
@@ -287,7 +287,7 @@ impl Lab {
     /// What the worker does with the next queued action: takes it and
     /// records how it ended.
     fn worker_finishes_next(&self, state: &str, result: &str) {
-        let taken = self.store.take_action(now()).unwrap().unwrap();
+        let taken = self.store.take_action(INSTANCE, now()).unwrap().unwrap();
         self.store
             .finish_action(taken.id, state.parse().unwrap(), result, None, now())
             .unwrap();
@@ -465,7 +465,7 @@ async fn a_release_link_shows_the_message_and_only_the_post_requests_the_release
     assert_eq!(lab.actions().len(), 1);
 
     // The worker carries it out: the page shows the result and new queue id.
-    let taken = lab.store.take_action(now()).unwrap().unwrap();
+    let taken = lab.store.take_action(INSTANCE, now()).unwrap().unwrap();
     let running = lab.get(&format!("/confirm/{token}"), None).await;
     assert!(
         running.body.contains("Being carried out now"),
