@@ -263,17 +263,19 @@ impl Migrations {
     /// for each other (an advisory lock held for the transaction).
     pub fn apply(&self, client: &mut Client, url: &PgUrl) -> Result<()> {
         let err = |e| url.error(e);
-        client
-            .batch_execute(
-                "CREATE TABLE IF NOT EXISTS mailtls_schema (
-                     component text PRIMARY KEY, version integer NOT NULL,
-                     migrated_at timestamptz NOT NULL DEFAULT now())",
-            )
-            .map_err(err)?;
         let mut tx = client.transaction().map_err(err)?;
+        // The lock comes first: CREATE TABLE IF NOT EXISTS is not safe
+        // against itself (two sessions both insert the row type and one
+        // fails on pg_type's unique index).
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtext('mailtls_schema'))",
             &[],
+        )
+        .map_err(err)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS mailtls_schema (
+                 component text PRIMARY KEY, version integer NOT NULL,
+                 migrated_at timestamptz NOT NULL DEFAULT now())",
         )
         .map_err(err)?;
         let current: i32 = tx
