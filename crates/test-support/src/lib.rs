@@ -7,6 +7,7 @@
 //! helpers to run commands, wait and send datagrams.
 
 pub mod https_sink;
+pub mod lab;
 pub mod postfix;
 pub mod postgres;
 pub mod posttls;

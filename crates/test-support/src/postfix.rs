@@ -16,6 +16,13 @@
 //! So instances in parallel tests share nothing and cannot collide. Dropping
 //! the value stops the instance.
 //!
+//! [`Options::lab`] makes the instance inside a lab root instead
+//! ([`crate::lab`]): Debian 13's Postfix 3.10 (or unstable's 3.11), run
+//! with `chroot ROOT postfix -c DIR start`, delivering by DNS (the test's
+//! lab DNS) to the lab's MX servers, its smtp chrooted into the queue
+//! directory as Debian ships it, with the instance's own `etc/resolv.conf`
+//! there.
+//!
 //! Needs root, as CI runs the tests: Postfix's `master` runs as root. Root
 //! is also what lets `sendmail -C DIR` and `postqueue -c DIR` use a
 //! non-default configuration directory without it being listed in
@@ -28,7 +35,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::lab::{LabDns, Root};
 
 pub const POSTFIX: &str = "/usr/sbin/postfix";
 pub const SENDMAIL: &str = "/usr/sbin/sendmail";
@@ -36,10 +46,14 @@ pub const POSTQUEUE: &str = "/usr/sbin/postqueue";
 pub const POSTCONF: &str = "/usr/sbin/postconf";
 
 /// How to configure an instance.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
-    /// All mail goes to `relayhost = [127.0.0.1]:relay_port`.
-    pub relay_port: u16,
+    /// All mail goes to `relayhost = [127.0.0.1]:relay_port`; without one
+    /// (a lab instance) mail goes where DNS says.
+    pub relay_port: Option<u16>,
+    /// A lab instance: the root it runs in and the resolv.conf of its smtp
+    /// chroot.
+    pub lab: Option<(Arc<Root>, String)>,
     /// `smtp_tls_security_level`: "may" delivers in plaintext to a sink
     /// without STARTTLS; "encrypt" gets such deliveries deferred with "TLS
     /// is required, but was not offered".
@@ -54,7 +68,20 @@ impl Options {
     /// Relay to `[127.0.0.1]:relay_port`, TLS level "may".
     pub fn new(relay_port: u16) -> Options {
         Options {
-            relay_port,
+            relay_port: Some(relay_port),
+            lab: None,
+            tls_security_level: "may".into(),
+            main_cf: Vec::new(),
+            master_cf: Vec::new(),
+        }
+    }
+
+    /// An instance inside `root` that delivers by the lab DNS `dns`
+    /// (MX, A, TLSA and TLSRPT records), TLS level "may".
+    pub fn lab(root: &Arc<Root>, dns: &LabDns) -> Options {
+        Options {
+            relay_port: None,
+            lab: Some((root.clone(), dns.resolv_conf())),
             tls_security_level: "may".into(),
             main_cf: Vec::new(),
             master_cf: Vec::new(),
@@ -109,10 +136,38 @@ scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 ";
 
+/// The services of a lab instance: [`MASTER_CF`] with smtp and relay
+/// chrooted into the queue directory, as in Debian's master.cf.
+fn lab_master_cf() -> String {
+    MASTER_CF
+        .replace(
+            "smtp      unix  -       -       n       -       -       smtp",
+            "smtp      unix  -       -       y       -       -       smtp",
+        )
+        .replace(
+            "relay     unix  -       -       n       -       -       smtp",
+            "relay     unix  -       -       y       -       -       smtp",
+        )
+}
+
+/// The files Debian's configure-instance.sh copies into a chroot, beside
+/// resolv.conf (which the lab writes itself).
+const CHROOT_FILES: [&str; 5] = [
+    "etc/localtime",
+    "etc/services",
+    "etc/hosts",
+    "etc/host.conf",
+    "etc/nsswitch.conf",
+];
+
 /// A running private Postfix; dropping it stops it.
 pub struct Postfix {
     dir: tempfile::TempDir,
+    /// main.cf's directory as Postfix sees it (inside the root, if any).
     config: PathBuf,
+    /// The directory as Postfix sees it.
+    inside: PathBuf,
+    root: Option<Arc<Root>>,
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -133,10 +188,6 @@ impl Postfix {
     /// Configure and start an instance in a fresh directory; panics (with
     /// the maillog) when it does not come up.
     pub fn start(options: Options) -> Postfix {
-        assert!(
-            Path::new(POSTFIX).exists(),
-            "{POSTFIX} is missing: install Debian's postfix (scripts/test does)"
-        );
         // SAFETY: geteuid(2) cannot fail.
         assert_eq!(
             unsafe { libc::geteuid() },
@@ -144,27 +195,57 @@ impl Postfix {
             "the Postfix test harness needs root (Postfix's master runs as root); \
              run the tests as root, as scripts/test in CI does"
         );
-        let dir = tempfile::Builder::new()
-            .prefix("mailtls-postfix.")
-            .tempdir()
-            .unwrap();
-        let root = dir.path().to_path_buf();
+        let lab_root = options.lab.as_ref().map(|(root, _)| root.clone());
+        let dir = match &lab_root {
+            Some(root) => root.tempdir("pf."),
+            None => {
+                assert!(
+                    Path::new(POSTFIX).exists(),
+                    "{POSTFIX} is missing: install Debian's postfix (scripts/test does)"
+                );
+                tempfile::Builder::new()
+                    .prefix("mailtls-postfix.")
+                    .tempdir()
+                    .unwrap()
+            }
+        };
+        let host_dir = dir.path().to_path_buf();
+        let inside = match &lab_root {
+            Some(root) => root.inside_path(&host_dir),
+            None => host_dir.clone(),
+        };
         // Postfix's daemons run as user postfix: let them through.
-        set_mode(&root, 0o755);
-        let config = root.join("etc");
-        let queue = root.join("queue");
-        let data = root.join("data");
-        for d in [&config, &queue, &data] {
-            std::fs::create_dir(d).unwrap();
-            set_mode(d, 0o755);
+        set_mode(&host_dir, 0o755);
+        for d in ["etc", "queue", "data"] {
+            std::fs::create_dir(host_dir.join(d)).unwrap();
+            set_mode(&host_dir.join(d), 0o755);
         }
-        let out = run(Command::new("chown").arg("postfix:postfix").arg(&data));
+        let mut chown = match &lab_root {
+            Some(root) => root.command("chown"),
+            None => Command::new("chown"),
+        };
+        let out = run(chown.arg("postfix:postfix").arg(inside.join("data")));
         assert!(
             out.status.success(),
             "chown postfix {}: {}",
-            data.display(),
+            inside.join("data").display(),
             output_text(&out)
         );
+        if let Some((root, resolv_conf)) = &options.lab {
+            let etc = host_dir.join("queue/etc");
+            std::fs::create_dir(&etc).unwrap();
+            for file in CHROOT_FILES {
+                let from = root.path().join(file);
+                if from.exists() {
+                    std::fs::copy(&from, host_dir.join("queue").join(file)).unwrap();
+                }
+            }
+            std::fs::write(etc.join("resolv.conf"), resolv_conf).unwrap();
+        }
+        let root = inside.clone();
+        let config = inside.join("etc");
+        let queue = inside.join("queue");
+        let data = inside.join("data");
 
         let maillog = root.join("maillog");
         let mut main_cf = format!(
@@ -189,9 +270,6 @@ biff = no
 inet_interfaces = loopback-only
 inet_protocols = ipv4
 mynetworks_style = host
-relayhost = [127.0.0.1]:{port}
-disable_dns_lookups = yes
-smtp_dns_support_level = disabled
 smtp_address_preference = ipv4
 smtp_tls_security_level = {level}
 smtp_tls_loglevel = 1
@@ -201,23 +279,39 @@ smtp_tls_loglevel = 1
             data = data.display(),
             maillog = maillog.display(),
             root = root.display(),
-            port = options.relay_port,
             level = options.tls_security_level,
         );
+        match options.relay_port {
+            Some(port) => main_cf.push_str(&format!(
+                "relayhost = [127.0.0.1]:{port}\ndisable_dns_lookups = yes\nsmtp_dns_support_level = disabled\n"
+            )),
+            // A lab instance: what DNS says, and nothing cached (each test
+            // delivers once per scenario).
+            None => main_cf.push_str("relayhost =\nsmtp_connection_cache_on_demand = no\n"),
+        }
         for line in &options.main_cf {
             main_cf.push_str(line);
             main_cf.push('\n');
         }
-        let mut master_cf = MASTER_CF.to_string();
+        let mut master_cf = match options.lab {
+            Some(_) => lab_master_cf(),
+            None => MASTER_CF.to_string(),
+        };
         for line in &options.master_cf {
             master_cf.push_str(line);
             master_cf.push('\n');
         }
-        std::fs::write(config.join("main.cf"), main_cf).unwrap();
-        std::fs::write(config.join("master.cf"), master_cf).unwrap();
+        std::fs::write(host_dir.join("etc/main.cf"), main_cf).unwrap();
+        std::fs::write(host_dir.join("etc/master.cf"), master_cf).unwrap();
 
-        let postfix = Postfix { dir, config };
-        let out = run(Command::new(POSTFIX)
+        let postfix = Postfix {
+            dir,
+            config,
+            inside,
+            root: lab_root,
+        };
+        let out = run(postfix
+            .command(POSTFIX)
             .arg("-c")
             .arg(&postfix.config)
             .arg("start")
@@ -232,7 +326,8 @@ smtp_tls_loglevel = 1
         }
         // `postfix start` waits for the master's initialisation (master -w);
         // make sure it is there.
-        let out = run(Command::new(POSTFIX)
+        let out = run(postfix
+            .command(POSTFIX)
             .arg("-c")
             .arg(&postfix.config)
             .arg("status"));
@@ -247,14 +342,35 @@ smtp_tls_loglevel = 1
         postfix
     }
 
-    /// The instance's directory (config, queue, data, maillog inside).
+    /// The instance's directory on the host (config, queue, data, maillog
+    /// inside).
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
-    /// Where main.cf and master.cf are (what `-c`/`-C` take).
+    /// Where main.cf and master.cf are, as Postfix sees it (what `-c`/`-C`
+    /// take; inside the root for a lab instance).
     pub fn config_dir(&self) -> &Path {
         &self.config
+    }
+
+    /// The instance's directory as Postfix sees it.
+    pub fn inside_dir(&self) -> &Path {
+        &self.inside
+    }
+
+    /// The lab root the instance runs in, if any.
+    pub fn root(&self) -> Option<&Arc<Root>> {
+        self.root.as_ref()
+    }
+
+    /// `program` (a Postfix command's absolute path) run as it is run for
+    /// this instance: inside its root for a lab instance.
+    pub fn command(&self, program: &str) -> Command {
+        match &self.root {
+            Some(root) => root.command(program),
+            None => Command::new(program),
+        }
     }
 
     /// A sendmail command line for this instance that takes the recipients
@@ -263,13 +379,21 @@ smtp_tls_loglevel = 1
     /// no spaces or quotes, so splitting on whitespace (or as a shell would)
     /// gives the words.
     pub fn sendmail_command(&self) -> String {
-        format!("{SENDMAIL} -C {} -i -t", self.config.display())
+        match &self.root {
+            Some(root) => format!(
+                "chroot {} {SENDMAIL} -C {} -i -t",
+                root.path().display(),
+                self.config.display()
+            ),
+            None => format!("{SENDMAIL} -C {} -i -t", self.config.display()),
+        }
     }
 
     /// Submit `message` with this instance's sendmail: `sendmail -C DIR -i
     /// ARGS...` (e.g. `["-f", "a@x", "--", "b@y"]`); panics unless it exits 0.
     pub fn sendmail(&self, args: &[&str], message: &[u8]) {
-        let mut child = Command::new(SENDMAIL)
+        let mut child = self
+            .command(SENDMAIL)
             .arg("-C")
             .arg(&self.config)
             .arg("-i")
@@ -291,7 +415,8 @@ smtp_tls_loglevel = 1
 
     /// `postconf -c DIR -h NAME`: a parameter's value in this instance.
     pub fn postconf(&self, name: &str) -> String {
-        let out = run(Command::new(POSTCONF)
+        let out = run(self
+            .command(POSTCONF)
             .arg("-c")
             .arg(&self.config)
             .arg("-h")
@@ -308,7 +433,8 @@ smtp_tls_loglevel = 1
     /// `queue_name`, `queue_id`, `sender`, `recipients` (each with
     /// `address` and, once deferred, `delay_reason`), ...
     pub fn postqueue_json(&self) -> Vec<serde_json::Value> {
-        let out = run(Command::new(POSTQUEUE)
+        let out = run(self
+            .command(POSTQUEUE)
             .arg("-c")
             .arg(&self.config)
             .arg("-j"));
@@ -330,7 +456,8 @@ smtp_tls_loglevel = 1
 
     /// Retry every deferred message now (`postqueue -c DIR -f`).
     pub fn flush(&self) {
-        let out = run(Command::new(POSTQUEUE)
+        let out = run(self
+            .command(POSTQUEUE)
             .arg("-c")
             .arg(&self.config)
             .arg("-f"));
@@ -383,7 +510,8 @@ smtp_tls_loglevel = 1
     /// the master to exit, then kills it). Errors are ignored: it may have
     /// been stopped already.
     pub fn stop(&self) {
-        let _ = Command::new(POSTFIX)
+        let _ = self
+            .command(POSTFIX)
             .arg("-c")
             .arg(&self.config)
             .arg("stop")

@@ -1,13 +1,14 @@
 //! A small SMTP server for the tests: it listens on 127.0.0.1 (an ephemeral
-//! port), speaks enough ESMTP for Postfix's smtp client (EHLO/HELO, MAIL,
-//! RCPT, DATA, RSET, NOOP, QUIT; no STARTTLS is offered) and records every
-//! message it accepts. [`Mode`] makes it answer RCPT or DATA with a 4xx, to
-//! simulate a failing next hop.
+//! port) or on a lab MX's address ([`SmtpSink::start_mx`]), speaks enough
+//! ESMTP for Postfix's smtp client (EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP,
+//! QUIT, and STARTTLS as [`Starttls`] says) and records every message it
+//! accepts. [`Mode`] makes it answer RCPT or DATA with a 4xx, to simulate a
+//! failing next hop.
 //!
-//! Std only: one thread accepts, one thread per connection.
+//! One thread accepts, one thread per connection; TLS by rustls.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -33,6 +34,8 @@ pub struct Message {
     /// The message as received between DATA and the final dot, dot-unstuffed,
     /// line ends as sent (CRLF from any real client).
     pub data: Vec<u8>,
+    /// Whether the session had switched to TLS (STARTTLS) before MAIL.
+    pub tls: bool,
 }
 
 impl Message {
@@ -54,6 +57,19 @@ pub enum Mode {
     DeferData,
 }
 
+/// Whether and how the sink offers STARTTLS (RFC 3207).
+#[derive(Clone, Default)]
+pub enum Starttls {
+    /// Not in the EHLO reply; the command is refused as unknown.
+    #[default]
+    NotOffered,
+    /// Offered, and the handshake done with this configuration (the lab's
+    /// certificates: trusted, for another name, expired, from an unknown CA).
+    Offered(Arc<rustls::ServerConfig>),
+    /// Offered in the EHLO reply, but the command answered `454 4.7.0`.
+    Refused,
+}
+
 #[derive(Default)]
 struct State {
     messages: Vec<Message>,
@@ -62,6 +78,7 @@ struct State {
 }
 
 struct Shared {
+    starttls: Starttls,
     state: Mutex<State>,
     changed: Condvar,
     mode: Mutex<Mode>,
@@ -85,6 +102,7 @@ impl Shared {
 
 /// A running sink; dropping it stops accepting connections.
 pub struct SmtpSink {
+    addr: SocketAddr,
     port: u16,
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
@@ -99,9 +117,22 @@ impl SmtpSink {
     /// A sink answering as `mode` says (changeable later with
     /// [`set_mode`](Self::set_mode)).
     pub fn start_with(mode: Mode) -> SmtpSink {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the SMTP sink on 127.0.0.1");
-        let port = listener.local_addr().unwrap().port();
+        SmtpSink::bind("127.0.0.1:0".parse().unwrap(), mode, Starttls::NotOffered)
+    }
+
+    /// A lab MX: port 25 of `ip` (a 127.0.0.0/8 address of the lab's),
+    /// accepting everything, with STARTTLS as `starttls` says.
+    pub fn start_mx(ip: std::net::Ipv4Addr, starttls: Starttls) -> SmtpSink {
+        SmtpSink::bind(SocketAddr::from((ip, 25)), Mode::Accept, starttls)
+    }
+
+    fn bind(addr: SocketAddr, mode: Mode, starttls: Starttls) -> SmtpSink {
+        let listener =
+            TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind the SMTP sink on {addr}: {e}"));
+        let addr = listener.local_addr().unwrap();
+        let port = addr.port();
         let shared = Arc::new(Shared {
+            starttls,
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             mode: Mutex::new(mode),
@@ -115,6 +146,7 @@ impl SmtpSink {
                 .unwrap()
         };
         SmtpSink {
+            addr,
             port,
             shared,
             acceptor: Some(acceptor),
@@ -125,9 +157,9 @@ impl SmtpSink {
         self.port
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `IP:PORT`, such as `127.0.0.1:PORT`.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.addr.to_string()
     }
 
     /// Change how later commands are answered (sessions already open see the
@@ -174,9 +206,9 @@ impl SmtpSink {
             let now = Instant::now();
             if now >= deadline {
                 panic!(
-                    "SMTP sink on port {}: timed out after {timeout:?} waiting for {what}; \
+                    "SMTP sink on {}: timed out after {timeout:?} waiting for {what}; \
                      {} connection(s), {} rejection(s), {} message(s) so far: {:#?}",
-                    self.port,
+                    self.addr,
                     state.connections,
                     state.rejections,
                     state.messages.len(),
@@ -197,7 +229,7 @@ impl Drop for SmtpSink {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         // Wake the blocking accept().
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        let _ = TcpStream::connect(self.addr);
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }
@@ -249,13 +281,60 @@ fn params_after_path(rest: &str) -> String {
     }
 }
 
+/// A session's connection, plain or after STARTTLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Conn {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => s.get_ref(),
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
+}
+
+fn reply(input: &mut BufReader<Conn>, text: &str) -> std::io::Result<()> {
+    let conn = input.get_mut();
+    conn.write_all(text.as_bytes())?;
+    conn.flush()
+}
+
 fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut out = stream.try_clone()?;
-    let mut input = BufReader::new(stream);
-    let mut reply = |text: &str| -> std::io::Result<()> { out.write_all(text.as_bytes()) };
+    let mut input = BufReader::new(Conn::Plain(stream));
 
-    reply(&format!("220 {HOSTNAME} ESMTP mailtls test sink\r\n"))?;
+    reply(
+        &mut input,
+        &format!("220 {HOSTNAME} ESMTP mailtls test sink\r\n"),
+    )?;
     let mut helo = String::new();
     let mut sender: Option<String> = None;
     let mut recipients: Vec<String> = Vec::new();
@@ -275,24 +354,64 @@ fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         };
         let verb = verb.to_ascii_uppercase();
         let upper_rest = rest.to_ascii_uppercase();
+        let tls = matches!(input.get_ref(), Conn::Tls(_));
         match verb.as_str() {
             "EHLO" => {
                 helo = rest.trim().to_string();
                 sender = None;
                 recipients.clear();
-                reply(&format!(
-                    "250-{HOSTNAME}\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n"
-                ))?;
+                let starttls = match shared.starttls {
+                    Starttls::NotOffered => "",
+                    _ if tls => "",
+                    _ => "250-STARTTLS\r\n",
+                };
+                reply(
+                    &mut input,
+                    &format!(
+                        "250-{HOSTNAME}\r\n250-PIPELINING\r\n{starttls}250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n"
+                    ),
+                )?;
+            }
+            "STARTTLS" if !tls && !matches!(shared.starttls, Starttls::NotOffered) => {
+                let Starttls::Offered(config) = &shared.starttls else {
+                    reply(
+                        &mut input,
+                        "454 4.7.0 TLS not available due to local problem\r\n",
+                    )?;
+                    continue;
+                };
+                // RFC 3207 section 4.2: the client sends nothing more before
+                // the handshake, so nothing can be left in the buffer.
+                if !input.buffer().is_empty() {
+                    reply(&mut input, "501 5.5.4 pipelined after STARTTLS\r\n")?;
+                    return Ok(());
+                }
+                reply(&mut input, "220 2.0.0 Ready to start TLS\r\n")?;
+                let Conn::Plain(tcp) = input.into_inner() else {
+                    unreachable!("checked above")
+                };
+                let server =
+                    rustls::ServerConnection::new(config.clone()).map_err(std::io::Error::other)?;
+                let mut stream = rustls::StreamOwned::new(server, tcp);
+                // A client that rejects the certificate aborts here.
+                while stream.conn.is_handshaking() {
+                    stream.conn.complete_io(&mut stream.sock)?;
+                }
+                input = BufReader::new(Conn::Tls(Box::new(stream)));
+                // RFC 3207 section 4.2: the session starts over.
+                helo.clear();
+                sender = None;
+                recipients.clear();
             }
             "HELO" => {
                 helo = rest.trim().to_string();
                 sender = None;
                 recipients.clear();
-                reply(&format!("250 {HOSTNAME}\r\n"))?;
+                reply(&mut input, &format!("250 {HOSTNAME}\r\n"))?;
             }
             "MAIL" if upper_rest.starts_with("FROM:") => {
                 if sender.is_some() {
-                    reply("503 5.5.1 nested MAIL command\r\n")?;
+                    reply(&mut input, "503 5.5.1 nested MAIL command\r\n")?;
                     continue;
                 }
                 match path_arg(&rest[5..]) {
@@ -301,39 +420,39 @@ fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                         recipients.clear();
                         rcpt_params.clear();
                         mail_params = params_after_path(&rest[5..]);
-                        reply("250 2.1.0 Ok\r\n")?;
+                        reply(&mut input, "250 2.1.0 Ok\r\n")?;
                     }
-                    None => reply("501 5.5.4 bad MAIL syntax\r\n")?,
+                    None => reply(&mut input, "501 5.5.4 bad MAIL syntax\r\n")?,
                 }
             }
             "RCPT" if upper_rest.starts_with("TO:") => {
                 if sender.is_none() {
-                    reply("503 5.5.1 need MAIL command\r\n")?;
+                    reply(&mut input, "503 5.5.1 need MAIL command\r\n")?;
                     continue;
                 }
                 match path_arg(&rest[3..]) {
-                    None => reply("501 5.5.4 bad RCPT syntax\r\n")?,
+                    None => reply(&mut input, "501 5.5.4 bad RCPT syntax\r\n")?,
                     Some(_) if shared.mode() == Mode::DeferRcpt => {
                         shared.update(|s| s.rejections += 1);
-                        reply("451 4.3.0 test sink: recipient deferred\r\n")?;
+                        reply(&mut input, "451 4.3.0 test sink: recipient deferred\r\n")?;
                     }
                     Some(addr) => {
                         recipients.push(addr);
                         rcpt_params.push(params_after_path(&rest[3..]));
-                        reply("250 2.1.5 Ok\r\n")?;
+                        reply(&mut input, "250 2.1.5 Ok\r\n")?;
                     }
                 }
             }
             "DATA" => {
                 if sender.is_none() {
-                    reply("503 5.5.1 need MAIL command\r\n")?;
+                    reply(&mut input, "503 5.5.1 need MAIL command\r\n")?;
                     continue;
                 }
                 if recipients.is_empty() {
-                    reply("554 5.5.1 no valid recipients\r\n")?;
+                    reply(&mut input, "554 5.5.1 no valid recipients\r\n")?;
                     continue;
                 }
-                reply("354 End data with <CR><LF>.<CR><LF>\r\n")?;
+                reply(&mut input, "354 End data with <CR><LF>.<CR><LF>\r\n")?;
                 let mut data = Vec::new();
                 loop {
                     line.clear();
@@ -350,7 +469,7 @@ fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 let envelope = (sender.take().unwrap(), std::mem::take(&mut recipients));
                 if shared.mode() == Mode::DeferData {
                     shared.update(|s| s.rejections += 1);
-                    reply("451 4.3.0 test sink: message deferred\r\n")?;
+                    reply(&mut input, "451 4.3.0 test sink: message deferred\r\n")?;
                 } else {
                     let message = Message {
                         helo: helo.clone(),
@@ -359,24 +478,25 @@ fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                         recipients: envelope.1,
                         rcpt_params: std::mem::take(&mut rcpt_params),
                         data,
+                        tls,
                     };
                     shared.update(|s| s.messages.push(message));
-                    reply("250 2.0.0 Ok: queued\r\n")?;
+                    reply(&mut input, "250 2.0.0 Ok: queued\r\n")?;
                 }
             }
             "RSET" => {
                 sender = None;
                 recipients.clear();
-                reply("250 2.0.0 Ok\r\n")?;
+                reply(&mut input, "250 2.0.0 Ok\r\n")?;
             }
-            "NOOP" => reply("250 2.0.0 Ok\r\n")?,
-            "VRFY" => reply("252 2.0.0 send some mail, I'll try my best\r\n")?,
+            "NOOP" => reply(&mut input, "250 2.0.0 Ok\r\n")?,
+            "VRFY" => reply(&mut input, "252 2.0.0 send some mail, I'll try my best\r\n")?,
             "QUIT" => {
-                reply("221 2.0.0 Bye\r\n")?;
-                let _ = input.get_ref().shutdown(Shutdown::Both);
+                reply(&mut input, "221 2.0.0 Bye\r\n")?;
+                let _ = input.get_ref().tcp().shutdown(Shutdown::Both);
                 return Ok(());
             }
-            _ => reply("502 5.5.2 command not implemented\r\n")?,
+            _ => reply(&mut input, "502 5.5.2 command not implemented\r\n")?,
         }
     }
 }

@@ -13,6 +13,7 @@ mod metrics;
 mod postfix_harness;
 mod posttls;
 mod posttls_browser;
+mod real_postfix;
 mod reportd;
 mod reportd_delivery;
 mod tls_dashboard;

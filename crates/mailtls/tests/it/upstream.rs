@@ -202,7 +202,7 @@ fn daystatus(db: &Path) -> String {
 
 /// All rows of a query, each as the debug text of its SQLite values (so that
 /// a type difference, e.g. text versus integer, shows), sorted.
-fn rows(db: &Path, sql: &str) -> Vec<String> {
+pub(crate) fn rows(db: &Path, sql: &str) -> Vec<String> {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
@@ -222,7 +222,7 @@ fn rows(db: &Path, sql: &str) -> Vec<String> {
 }
 
 /// Equal row sets, or a panic that shows only the rows on one side.
-fn assert_same_rows(left: Vec<String>, right: Vec<String>, what: &str) {
+pub(crate) fn assert_same_rows(left: Vec<String>, right: Vec<String>, what: &str) {
     if left == right {
         return;
     }
@@ -237,9 +237,10 @@ fn assert_same_rows(left: Vec<String>, right: Vec<String>, what: &str) {
     );
 }
 
-const FINALRESULTS: &str =
+pub(crate) const FINALRESULTS: &str =
     "SELECT day, domain, tlsrptrecord, policy, cntrtotal, cntrfailure FROM finalresults";
-const FAILURES: &str = "SELECT day, domain, tlsrptrecord, policy, reason, cntr FROM failures";
+pub(crate) const FAILURES: &str =
+    "SELECT day, domain, tlsrptrecord, policy, reason, cntr FROM failures";
 
 fn start_ours() -> Collector {
     Collector::start(&["--sockettimeout=1"], &[])
@@ -285,14 +286,14 @@ fn roll_over(c: &mut Collector, expected: i64, who: &str) -> String {
 
 /// Our collector and the upstream one after receiving the same datagrams and
 /// a development rollover, with the completed day of each.
-struct Pair {
-    ours: Collector,
-    ours_day: String,
-    theirs: Collector,
-    theirs_day: String,
+pub(crate) struct Pair {
+    pub(crate) ours: Collector,
+    pub(crate) ours_day: String,
+    pub(crate) theirs: Collector,
+    pub(crate) theirs_day: String,
 }
 
-fn collect_in_both(datagrams: &[Vec<u8>]) -> Pair {
+pub(crate) fn collect_in_both(datagrams: &[Vec<u8>]) -> Pair {
     avoid_midnight();
     let mut ours = start_ours();
     let mut theirs = start_upstream();
@@ -1050,13 +1051,8 @@ fn comparable(report: &Value, domain: &str) -> Value {
 }
 
 /// Runs `program` (a reportd) with `fetcher` until `count` reports are in
-/// its directory destination; returns them by domain, canonical, and the
-/// log.
-pub(crate) fn reports_by(
-    program: &Path,
-    fetcher: &str,
-    count: usize,
-) -> (BTreeMap<String, BTreeSet<String>>, String) {
+/// its directory destination; returns them and the log.
+fn collect_reports(program: &Path, fetcher: &str, count: usize) -> (Vec<Value>, String) {
     let mut reportd = support::reportd::Reportd::prepare(
         program,
         fetcher,
@@ -1091,6 +1087,33 @@ pub(crate) fn reports_by(
     let reports = complete(&out).unwrap();
     assert!(reportd.terminate().success(), "{}", reportd.log_text());
     assert_eq!(reports.len(), count, "{}", reportd.log_text());
+    (reports, reportd.log_text())
+}
+
+/// The `count` reports of `program` with `fetcher`, one per domain.
+pub(crate) fn raw_reports_by(
+    program: &Path,
+    fetcher: &str,
+    count: usize,
+) -> BTreeMap<String, Value> {
+    let (reports, log) = collect_reports(program, fetcher, count);
+    let by_domain: BTreeMap<String, Value> = reports
+        .into_iter()
+        .map(|r| (report_domain(&r), r))
+        .collect();
+    assert_eq!(by_domain.len(), count, "one report a domain: {log}");
+    by_domain
+}
+
+/// Runs `program` (a reportd) with `fetcher` until `count` reports are in
+/// its directory destination; returns them by domain, canonical, and the
+/// log.
+pub(crate) fn reports_by(
+    program: &Path,
+    fetcher: &str,
+    count: usize,
+) -> (BTreeMap<String, BTreeSet<String>>, String) {
+    let (reports, log) = collect_reports(program, fetcher, count);
     let mut by_domain: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for report in &reports {
         let domain = report_domain(report);
@@ -1099,7 +1122,7 @@ pub(crate) fn reports_by(
             .or_default()
             .insert(comparable(report, &domain).to_string());
     }
-    (by_domain, reportd.log_text())
+    (by_domain, log)
 }
 
 /// The same datagrams through both whole pipelines (collectd, fetcher,

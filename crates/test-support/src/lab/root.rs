@@ -1,0 +1,346 @@
+//! The lab's Debian roots: Debian 13 (trixie, Postfix 3.10 with libtlsrpt)
+//! and Debian unstable (sid, Postfix 3.11), made with `debootstrap` from
+//! Debian's packages and kept between runs under `target/lab/`.
+//!
+//! A root is rebuilt when it is missing, when the recipe (suite and package
+//! list) changed, or when it is older than [`MAX_AGE`], so that the tests
+//! follow Debian's point releases. Building happens under a lock file, into
+//! a new directory that is renamed into place, so two test processes never
+//! see a half-made root.
+//!
+//! While tests use a root it has `proc` mounted and the host's `/dev`
+//! bind-mounted, as a chrooted Postfix needs ([`Root::enter`]); the last
+//! user unmounts them. No code here deletes a directory that has anything
+//! mounted under it: a bind-mounted `/dev` would take the host's device
+//! nodes with it ([`remove_root`]).
+
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+/// A root older than this is made again (Debian's updates reach the lab).
+pub const MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// The Debian mirror the roots come from.
+const MIRROR: &str = "http://deb.debian.org/debian";
+
+/// Which Debian the root is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Suite {
+    /// Debian 13: Postfix 3.10 built with libtlsrpt.
+    Trixie,
+    /// Debian unstable: Postfix 3.11 (REQUIRETLS).
+    Sid,
+}
+
+impl Suite {
+    pub fn name(self) -> &'static str {
+        match self {
+            Suite::Trixie => "trixie",
+            Suite::Sid => "sid",
+        }
+    }
+
+    /// The packages beside debootstrap's minbase: Postfix and libtlsrpt,
+    /// the trust store, and what the tests run inside (the package's
+    /// dependencies, `setpriv` from util-linux, python3 for the package
+    /// test's socket checks).
+    fn packages(self) -> &'static [&'static str] {
+        &[
+            "postfix",
+            "libtlsrpt0",
+            "ca-certificates",
+            "adduser",
+            "util-linux",
+            "procps",
+            "python3-minimal",
+        ]
+    }
+
+    /// What the stamp file records: a root made from another recipe is
+    /// made again.
+    fn recipe(self) -> String {
+        format!(
+            "mailtls lab root 1\nsuite {}\nmirror {MIRROR}\npackages {}\n",
+            self.name(),
+            self.packages().join(",")
+        )
+    }
+}
+
+/// The directory all roots live in: `MAILTLS_LAB_DIR`, or `target/lab` of
+/// the repository.
+pub fn lab_dir() -> PathBuf {
+    match std::env::var_os("MAILTLS_LAB_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => crate::repo().join("target/lab"),
+    }
+}
+
+/// A Debian root in use: `proc` and `/dev` mounted while any [`Root`] of
+/// it lives in this process.
+pub struct Root {
+    suite: Suite,
+    path: PathBuf,
+}
+
+static MOUNTED: Mutex<Vec<(Suite, Weak<Root>)>> = Mutex::new(Vec::new());
+
+impl Root {
+    /// The root of `suite`, made or refreshed if needed, with its mounts in
+    /// place. Panics with the debootstrap log when it cannot be made.
+    pub fn enter(suite: Suite) -> Arc<Root> {
+        let mut mounted = MOUNTED.lock().unwrap_or_else(|e| e.into_inner());
+        mounted.retain(|(_, weak)| weak.strong_count() > 0);
+        if let Some(root) = mounted
+            .iter()
+            .find(|(s, _)| *s == suite)
+            .and_then(|(_, weak)| weak.upgrade())
+        {
+            return root;
+        }
+        let path = ensure_built(suite);
+        mount_once(&path.join("proc"), &["-t", "proc", "proc"]);
+        mount_once(&path.join("dev"), &["--bind", "/dev"]);
+        let root = Arc::new(Root { suite, path });
+        mounted.push((suite, Arc::downgrade(&root)));
+        root
+    }
+
+    pub fn suite(&self) -> Suite {
+        self.suite
+    }
+
+    /// The root's directory on the host.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The host's path of `inside`, an absolute path inside the root.
+    pub fn host_path(&self, inside: &Path) -> PathBuf {
+        self.path.join(inside.strip_prefix("/").unwrap_or(inside))
+    }
+
+    /// The path inside the root of `host`, a host path under the root.
+    pub fn inside_path(&self, host: &Path) -> PathBuf {
+        Path::new("/").join(
+            host.strip_prefix(&self.path)
+                .unwrap_or_else(|_| panic!("{} is not in {}", host.display(), self.path.display())),
+        )
+    }
+
+    /// `chroot ROOT program`: a command run inside the root.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("chroot");
+        cmd.arg(&self.path).arg(program);
+        // The root's programs find the root's own tools first.
+        cmd.env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
+        cmd
+    }
+
+    /// Run `program args` inside the root; panics unless it exits 0, and
+    /// returns its standard output.
+    pub fn run(&self, program: &str, args: &[&str]) -> String {
+        let out = self
+            .command(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("chroot {} {program}: {e}", self.path.display()));
+        assert!(
+            out.status.success(),
+            "in {}: {program} {args:?}: {}; {}{}",
+            self.path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A temporary directory inside the root's `/tmp` (removed on drop),
+    /// with a short name: unix socket paths under it must stay within 108
+    /// bytes.
+    pub fn tempdir(&self, prefix: &str) -> tempfile::TempDir {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .rand_bytes(5)
+            .tempdir_in(self.path.join("tmp"))
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        // The last user in this process: unmount, innermost first.
+        for target in ["dev", "proc"] {
+            let target = self.path.join(target);
+            if is_mount_point(&target) {
+                let status = Command::new("umount").arg(&target).status();
+                if !matches!(status, Ok(s) if s.success()) {
+                    // Busy (a process of a failed test still inside): detach
+                    // it, it goes when the last user leaves.
+                    let _ = Command::new("umount").arg("--lazy").arg(&target).status();
+                }
+            }
+        }
+    }
+}
+
+/// Every mount point at or under `dir`, as `findmnt` lists them.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let out = Command::new("findmnt")
+        .args(["--raw", "--noheadings", "--output", "TARGET"])
+        .output()
+        .expect("run findmnt (util-linux)");
+    assert!(out.status.success(), "findmnt failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        // findmnt escapes spaces and such as \x20; the lab's paths have none.
+        .map(PathBuf::from)
+        .filter(|target| target.starts_with(dir))
+        .collect()
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    mounts_under(path).iter().any(|m| m == path)
+}
+
+/// Delete a root. Refuses (Err, nothing deleted) while anything is mounted
+/// under it.
+pub fn remove_root(dir: &Path) -> Result<(), String> {
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mounts = mounts_under(&dir);
+    if !mounts.is_empty() {
+        return Err(format!(
+            "refusing to delete {}: still mounted under it: {}; unmount them first",
+            dir.display(),
+            mounts
+                .iter()
+                .map(|m| m.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    // --one-file-system: even a mount made after the check is not crossed.
+    let status = Command::new("rm")
+        .args(["-rf", "--one-file-system"])
+        .arg(&dir)
+        .status()
+        .map_err(|e| format!("rm: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("rm -rf {} failed: {status}", dir.display()))
+    }
+}
+
+fn mount_once(target: &Path, args: &[&str]) {
+    if is_mount_point(target) {
+        return; // left by a killed run: use it, and unmount it at the end
+    }
+    let out = Command::new("mount")
+        .args(args)
+        .arg(target)
+        .output()
+        .expect("run mount");
+    assert!(
+        out.status.success(),
+        "mount {args:?} {}: {}",
+        target.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The root of `suite`, made if missing or stale.
+fn ensure_built(suite: Suite) -> PathBuf {
+    let lab = lab_dir();
+    std::fs::create_dir_all(&lab).unwrap();
+    let path = lab.join(suite.name());
+    let lock = File::create(lab.join(format!("{}.lock", suite.name()))).unwrap();
+    // Another test process may be building it: wait for it.
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock {}", lab.display());
+    let stamp = path.join(".mailtls-lab");
+    let fresh = std::fs::read_to_string(&stamp)
+        .ok()
+        .filter(|recipe| *recipe == suite.recipe())
+        .and_then(|_| std::fs::metadata(&stamp).ok()?.modified().ok())
+        .is_some_and(|made| {
+            SystemTime::now()
+                .duration_since(made)
+                .is_ok_and(|age| age < MAX_AGE)
+        });
+    if fresh {
+        return path;
+    }
+    if path.exists() {
+        // The old root's mounts (a run killed while using it) go first.
+        for target in ["dev", "proc"] {
+            let target = path.join(target);
+            if is_mount_point(&target) {
+                let _ = Command::new("umount").arg(&target).status();
+            }
+        }
+        remove_root(&path).unwrap_or_else(|e| panic!("cannot rebuild the lab root: {e}"));
+    }
+    let new = lab.join(format!("{}.new", suite.name()));
+    if new.exists() {
+        remove_root(&new).unwrap_or_else(|e| panic!("cannot rebuild the lab root: {e}"));
+    }
+    let log = lab.join(format!("{}.debootstrap.log", suite.name()));
+    eprintln!(
+        "lab: making the Debian {} root in {} with debootstrap (about a minute; log in {}) ...",
+        suite.name(),
+        path.display(),
+        log.display()
+    );
+    let started = std::time::Instant::now();
+    let status = Command::new("debootstrap")
+        .arg("--variant=minbase")
+        .arg(format!("--include={}", suite.packages().join(",")))
+        .arg(suite.name())
+        .arg(&new)
+        .arg(MIRROR)
+        .stdout(File::create(&log).unwrap())
+        .stderr(File::create(log.with_extension("err")).unwrap())
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .expect("run debootstrap (scripts/test installs it)");
+    assert!(
+        status.success(),
+        "debootstrap {} failed ({status}); see {} and {}",
+        suite.name(),
+        log.display(),
+        log.with_extension("err").display()
+    );
+    // debootstrap unmounts what it mounted; make sure before renaming.
+    let left = mounts_under(&new);
+    assert!(left.is_empty(), "debootstrap left mounts: {left:?}");
+    // The lab's Postfix instances lay out their own chroot (their own
+    // resolv.conf pointing at the test's DNS): Debian's start script must
+    // not copy the root's /etc files over it (configure-instance.sh).
+    std::fs::write(
+        new.join("etc/default/postfix"),
+        "# mailtls lab: each test instance writes its own chroot files.\nSYNC_CHROOT=\"\"\n",
+    )
+    .unwrap();
+    std::fs::write(new.join(".mailtls-lab"), suite.recipe()).unwrap();
+    std::fs::rename(&new, &path).unwrap();
+    eprintln!(
+        "lab: Debian {} root made in {:.0?}",
+        suite.name(),
+        started.elapsed()
+    );
+    path
+}
