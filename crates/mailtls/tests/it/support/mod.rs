@@ -37,23 +37,33 @@ impl Collector {
     /// Start `program` with storage and socket in a fresh directory, plus
     /// `args` and `env`.
     pub fn start_program(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Collector {
-        Collector::spawn(program, None, args, env)
+        Collector::spawn(program, None, None, args, env)
+    }
+
+    /// Our collector counting into `storage` with its socket at `socket`
+    /// (such as the one in a lab Postfix's spool).
+    pub fn start_at(storage: &str, socket: &Path, args: &[&str]) -> Collector {
+        Collector::spawn(&collectd_bin(), Some(storage), Some(socket), args, &[])
     }
 
     /// Our collector counting into `storage` (such as a postgresql://
     /// URL) instead of its own SQLite file.
     pub fn start_with_storage(storage: &str, args: &[&str]) -> Collector {
-        Collector::spawn(&collectd_bin(), Some(storage), args, &[])
+        Collector::spawn(&collectd_bin(), Some(storage), None, args, &[])
     }
 
     fn spawn(
         program: &Path,
         storage: Option<&str>,
+        socket: Option<&Path>,
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Collector {
         let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("collectd.socket");
+        let socket = match socket {
+            Some(socket) => socket.to_path_buf(),
+            None => dir.path().join("collectd.socket"),
+        };
         let db = dir.path().join("collectd.sqlite");
         let log = dir.path().join("collectd.log");
         let storage = match storage {
