@@ -163,6 +163,38 @@ impl Root {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Copy the host's program `host_program` (our own binaries: built on
+    /// the host's Debian, they run on the newer glibc of the roots) to
+    /// `/usr/local/bin/NAME` inside the root, unless the same file is there;
+    /// returns the path inside the root.
+    pub fn install(&self, host_program: &Path) -> PathBuf {
+        static INSTALLING: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+        let name = host_program.file_name().unwrap();
+        let inside = Path::new("/usr/local/bin").join(name);
+        let target = self.host_path(&inside);
+        let same = |a: &Path, b: &Path| -> bool {
+            let (Ok(a), Ok(b)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+                return false;
+            };
+            a.len() == b.len() && a.modified().ok() == b.modified().ok()
+        };
+        if !same(host_program, &target) {
+            let partial = target.with_extension("partial");
+            std::fs::copy(host_program, &partial)
+                .unwrap_or_else(|e| panic!("copy {} into the root: {e}", host_program.display()));
+            let modified = std::fs::metadata(host_program).unwrap().modified().unwrap();
+            File::options()
+                .write(true)
+                .open(&partial)
+                .unwrap()
+                .set_modified(modified)
+                .unwrap();
+            std::fs::rename(&partial, &target).unwrap();
+        }
+        inside
+    }
+
     /// A temporary directory inside the root's `/tmp` (removed on drop),
     /// with a short name: unix socket paths under it must stay within 108
     /// bytes.

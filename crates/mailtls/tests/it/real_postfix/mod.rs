@@ -4,6 +4,7 @@
 //! servers on loopback. Run them alone with `cargo test -p mailtls --test
 //! it real_postfix::`.
 
+mod check;
 mod collector;
 mod lab;
 mod tlsrpt;
