@@ -93,16 +93,23 @@ impl Root {
     /// The root of `suite`, made or refreshed if needed, with its mounts in
     /// place. Panics with the debootstrap log when it cannot be made.
     pub fn enter(suite: Suite) -> Arc<Root> {
-        let mut mounted = MOUNTED.lock().unwrap_or_else(|e| e.into_inner());
-        mounted.retain(|(_, weak)| weak.strong_count() > 0);
-        if let Some(root) = mounted
-            .iter()
-            .find(|(s, _)| *s == suite)
-            .and_then(|(_, weak)| weak.upgrade())
-        {
+        let in_use = |mounted: &mut Vec<(Suite, Weak<Root>)>| {
+            mounted.retain(|(_, weak)| weak.strong_count() > 0);
+            mounted
+                .iter()
+                .find(|(s, _)| *s == suite)
+                .and_then(|(_, weak)| weak.upgrade())
+        };
+        if let Some(root) = in_use(&mut MOUNTED.lock().unwrap_or_else(|e| e.into_inner())) {
             return root;
         }
+        // Made outside the lock, so that the two roots are made side by
+        // side (the build itself is serialised by a lock file per root).
         let path = ensure_built(suite);
+        let mut mounted = MOUNTED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(root) = in_use(&mut mounted) {
+            return root;
+        }
         mount_once(&path.join("proc"), &["-t", "proc", "proc"]);
         mount_once(&path.join("dev"), &["--bind", "/dev"]);
         let root = Arc::new(Root { suite, path });

@@ -178,8 +178,18 @@ fn counts_of_reports(reports: &BTreeMap<String, Value>) -> BTreeMap<String, Coun
 /// our report daemon's reports all say the same, domain by domain.
 #[test]
 fn every_tlsrpt_result_of_postfix_3_10_is_counted_and_reported_as_postfix_logged_it() {
+    every_result_is_counted_and_reported_as_logged(Suite::Trixie);
+}
+
+/// The same on Debian unstable's Postfix 3.11.
+#[test]
+fn every_tlsrpt_result_of_postfix_3_11_is_counted_and_reported_as_postfix_logged_it() {
+    every_result_is_counted_and_reported_as_logged(Suite::Sid);
+}
+
+fn every_result_is_counted_and_reported_as_logged(suite: Suite) {
     let (domains, expected) = scenarios();
-    let lab = Lab::start(Suite::Trixie, &domains);
+    let lab = Lab::start(suite, &domains);
     let postfix = Postfix::start(lab.postfix_options());
     let recorder = Recorder::start(&postfix);
 
