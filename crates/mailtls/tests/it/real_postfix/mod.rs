@@ -194,7 +194,14 @@ impl Lab {
 pub fn collector_socket(postfix: &Postfix) -> std::path::PathBuf {
     let dir = postfix.dir().join("queue/run/tlsrpt");
     std::fs::create_dir_all(&dir).unwrap();
-    dir.join("tlsrpt-collectd.socket")
+    let socket = dir.join("tlsrpt-collectd.socket");
+    // sun_path holds 108 bytes with the final NUL.
+    assert!(
+        socket.as_os_str().len() < 108,
+        "{} is too long for a unix socket: set MAILTLS_LAB_DIR to a shorter directory for the lab's roots",
+        socket.display()
+    );
+    socket
 }
 
 /// Postfix's own account of one TLSRPT event: its `TLSRPT: status=...`
