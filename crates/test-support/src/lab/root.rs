@@ -218,18 +218,8 @@ impl Root {
 
 impl Drop for Root {
     fn drop(&mut self) {
-        // The last user in this process: unmount, innermost first.
-        for target in ["dev", "proc"] {
-            let target = self.path.join(target);
-            if is_mount_point(&target) {
-                let status = Command::new("umount").arg(&target).status();
-                if !matches!(status, Ok(s) if s.success()) {
-                    // Busy (a process of a failed test still inside): detach
-                    // it, it goes when the last user leaves.
-                    let _ = Command::new("umount").arg("--lazy").arg(&target).status();
-                }
-            }
-        }
+        // The last user in this process.
+        unmount_root(&self.path);
     }
 }
 
@@ -283,6 +273,21 @@ pub fn remove_root(dir: &Path) -> Result<(), String> {
     }
 }
 
+/// Unmount a root's `dev` and `proc`, innermost first. A busy one (a
+/// process of a failed test still inside) is detached: it goes when the
+/// last user leaves, and [`remove_root`] refuses while it is listed.
+fn unmount_root(root: &Path) {
+    for target in ["dev", "proc"] {
+        let target = root.join(target);
+        if is_mount_point(&target) {
+            let status = Command::new("umount").arg(&target).status();
+            if !matches!(status, Ok(s) if s.success()) {
+                let _ = Command::new("umount").arg("--lazy").arg(&target).status();
+            }
+        }
+    }
+}
+
 fn mount_once(target: &Path, args: &[&str]) {
     if is_mount_point(target) {
         return; // left by a killed run: use it, and unmount it at the end
@@ -325,12 +330,7 @@ fn ensure_built(suite: Suite) -> PathBuf {
     }
     if path.exists() {
         // The old root's mounts (a run killed while using it) go first.
-        for target in ["dev", "proc"] {
-            let target = path.join(target);
-            if is_mount_point(&target) {
-                let _ = Command::new("umount").arg(&target).status();
-            }
-        }
+        unmount_root(&path);
         remove_root(&path).unwrap_or_else(|e| panic!("cannot rebuild the lab root: {e}"));
     }
     let new = lab.join(format!("{}.new", suite.name()));
