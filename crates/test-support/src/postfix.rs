@@ -88,6 +88,17 @@ impl Options {
         }
     }
 
+    /// An instance inside `root` that relays all mail to
+    /// `[127.0.0.1]:relay_port` without DNS, TLS level "may": the same
+    /// instance as [`Options::new`], on the root's Postfix.
+    pub fn in_root(root: &Arc<Root>, relay_port: u16) -> Options {
+        Options {
+            relay_port: Some(relay_port),
+            lab: Some((root.clone(), String::new())),
+            ..Options::new(relay_port)
+        }
+    }
+
     pub fn tls_security_level(mut self, level: &str) -> Options {
         self.tls_security_level = level.into();
         self

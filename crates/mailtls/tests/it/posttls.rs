@@ -1,14 +1,22 @@
 //! PostTLS against a real Postfix instance: TLS required for all mail, a
 //! receiving server without STARTTLS, notifications captured by an SMTP
 //! sink.
+//!
+//! The scenarios on a real Postfix run twice: as the tests in
+//! [`on_postfix_3_7`] on this machine's Postfix (Debian 12), and in
+//! `real_postfix::posttls` on Debian 13's Postfix 3.10 in the lab's root,
+//! with our programs installed there.
 
 use crate::support;
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::lab::{Root, Suite};
 use crate::support::postfix::{Options, Postfix};
 use crate::support::smtp_sink::SmtpSink;
 use serde_json::Value;
@@ -21,7 +29,7 @@ fn dead_port() -> u16 {
 
 /// The options every test's `posttls` gets: its database, key and lock in
 /// `dir`, our domain, the notification sender and the web address.
-fn posttls_files(dir: &std::path::Path) -> Vec<String> {
+fn posttls_files(dir: &Path) -> Vec<String> {
     vec![
         format!("--database={}", dir.join("posttls.sqlite").display()),
         format!("--secret_key_file={}", dir.join("secret.key").display()),
@@ -32,7 +40,46 @@ fn posttls_files(dir: &std::path::Path) -> Vec<String> {
     ]
 }
 
+/// The Postfix a scenario runs on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum On {
+    /// This machine's (Debian 12: Postfix 3.7).
+    Host,
+    /// A lab root's (Debian 13: Postfix 3.10), with `mailtls` installed in
+    /// the root and run there.
+    Root(Suite),
+}
+
+/// Declares each scenario `fn NAME(on: On)` as the test `NAME` on `on`.
+macro_rules! scenarios_on {
+    ($on:expr => $($scenario:ident),* $(,)?) => {$(
+        #[test]
+        fn $scenario() {
+            $crate::posttls::$scenario($on)
+        }
+    )*};
+}
+pub(crate) use scenarios_on;
+
+/// The scenarios on this machine's Postfix 3.7 (Debian 12 is still in
+/// use); `real_postfix::posttls` runs them on 3.10.
+mod on_postfix_3_7 {
+    super::scenarios_on!(super::On::Host =>
+        a_tls_deferral_notifies_our_sender_once_and_nothing_else_does,
+        releases_and_deletes_act_on_the_real_queue_and_mandatory_domains_are_kept,
+        mandatory_policy_delete_removes_the_message_and_tells_the_sender,
+        the_link_in_the_notification_releases_the_message_through_the_web_pages,
+        a_failed_release_leaves_the_queue_as_it_was,
+        a_release_killed_at_each_step_is_finished_or_undone_after_a_restart,
+        a_delete_killed_at_each_step_is_finished_or_undone_after_a_restart,
+        a_released_copy_is_the_message_the_sender_sent,
+        forged_rows_do_not_make_the_worker_touch_foreign_mail,
+    );
+}
+
 struct Lab {
+    /// The lab root the instance and our programs run in, if any.
+    root: Option<Arc<Root>>,
     /// The receiving server: no STARTTLS.
     receiver: SmtpSink,
     /// Where notifications arrive.
@@ -65,13 +112,21 @@ fn reinjection_listeners(options: Options, relay: u16) -> Options {
 }
 
 impl Lab {
-    fn start() -> Lab {
+    fn start(on: On) -> Lab {
         let receiver = SmtpSink::start();
         let notifications = SmtpSink::start();
         let smtpd_port = dead_port();
         let submission_port = dead_port();
+        let root = match on {
+            On::Host => None,
+            On::Root(suite) => Some(Root::enter(suite)),
+        };
+        let options = match &root {
+            None => Options::new(receiver.port()),
+            Some(root) => Options::in_root(root, receiver.port()),
+        };
         let postfix = Postfix::start(
-            reinjection_listeners(Options::new(receiver.port()), receiver.port())
+            reinjection_listeners(options, receiver.port())
                 .tls_security_level("encrypt")
                 .main_cf(&format!(
                     "transport_maps = inline:{{nontls.example=smtp:[127.0.0.1]:{}}}",
@@ -89,13 +144,56 @@ impl Lab {
                     "127.0.0.1:{smtpd_port} inet n - n - - smtpd -o smtpd_recipient_restrictions=permit_mynetworks,reject -o local_header_rewrite_clients="
                 )),
         );
+        if let On::Root(suite) = on {
+            let version = postfix.postconf("mail_version");
+            assert!(
+                version.starts_with(suite.postfix_version()),
+                "the {suite:?} root runs Postfix {version}"
+            );
+        }
+        let dir = match &root {
+            None => tempfile::tempdir().unwrap(),
+            Some(root) => root.tempdir("posttls."),
+        };
         Lab {
+            root,
             receiver,
             notifications,
             postfix,
             smtpd_port,
             submission_port,
-            dir: tempfile::tempdir().unwrap(),
+            dir,
+        }
+    }
+
+    /// `mailtls` as the scenario runs it: this machine's build, or the same
+    /// build installed in the root and run there.
+    fn mailtls(&self) -> Command {
+        match &self.root {
+            None => Command::new(support::mailtls_bin()),
+            Some(root) => root.command(root.install(&support::mailtls_bin()).to_str().unwrap()),
+        }
+    }
+
+    /// `host`, a path under the test's directories, as our programs see it
+    /// (inside the root).
+    fn seen(&self, host: &Path) -> PathBuf {
+        match &self.root {
+            None => host.to_path_buf(),
+            Some(root) => root.inside_path(host),
+        }
+    }
+
+    /// [`posttls_files`] in the test's directory, as our programs see it.
+    fn files(&self) -> Vec<String> {
+        posttls_files(&self.seen(self.dir.path()))
+    }
+
+    /// A temporary directory our programs can see.
+    fn tempdir(&self, prefix: &str) -> tempfile::TempDir {
+        match &self.root {
+            None => tempfile::Builder::new().prefix(prefix).tempdir().unwrap(),
+            Some(root) => root.tempdir(prefix),
         }
     }
 
@@ -173,9 +271,10 @@ impl Lab {
 
     /// A scan that may die: its exit status and log.
     fn scan_output(&self, extra: &[String]) -> (std::process::ExitStatus, String) {
-        let out = Command::new(support::mailtls_bin())
+        let out = self
+            .mailtls()
             .args(["posttls", "scan"])
-            .args(posttls_files(self.dir.path()))
+            .args(self.files())
             .arg(format!(
                 "--postfix_config_dir={}",
                 self.postfix.config_dir().display()
@@ -276,9 +375,8 @@ impl Lab {
 /// tokens, not queue ids. A deferral for another reason, mail relayed from
 /// outside (even with our domain as sender) and mail from another domain
 /// give none.
-#[test]
-fn a_tls_deferral_notifies_our_sender_once_and_nothing_else_does() {
-    let lab = Lab::start();
+pub(crate) fn a_tls_deferral_notifies_our_sender_once_and_nothing_else_does(on: On) {
+    let lab = Lab::start(on);
     lab.submit(
         "alice@example.org",
         &["bob@notls.example"],
@@ -400,9 +498,8 @@ fn mail_text(raw: &[u8]) -> String {
 /// path and removes the original; with another pending recipient, that
 /// one keeps its normal delivery in a copy of its own; a delete removes
 /// the message; a recipient in a mandatory-TLS domain is never released.
-#[test]
-fn releases_and_deletes_act_on_the_real_queue_and_mandatory_domains_are_kept() {
-    let lab = Lab::start();
+pub(crate) fn releases_and_deletes_act_on_the_real_queue_and_mandatory_domains_are_kept(on: On) {
+    let lab = Lab::start(on);
     lab.submit("alice@example.org", &["bob@notls.example"], "release me");
     lab.submit(
         "alice@example.org",
@@ -524,9 +621,8 @@ fn releases_and_deletes_act_on_the_real_queue_and_mandatory_domains_are_kept() {
 /// recipients are in mandatory-TLS domains is deleted from the real queue
 /// at once, without a bounce; its sender is told so, without links, and the
 /// audit log says why.
-#[test]
-fn mandatory_policy_delete_removes_the_message_and_tells_the_sender() {
-    let lab = Lab::start();
+pub(crate) fn mandatory_policy_delete_removes_the_message_and_tells_the_sender(on: On) {
+    let lab = Lab::start(on);
     lab.submit("alice@example.org", &["frank@bank.example"], "mandatory");
     let queue = lab.wait_deferred(1);
     let id = lab.queue_id_of(&queue, "frank@bank.example");
@@ -802,9 +898,8 @@ fn http(port: u16, method: &str, path: &str, form: Option<&str>) -> (u16, String
 /// "Send unencrypted" link opened in the web process (`posttls web`), the
 /// confirmation POSTed, the worker's pass carrying it out against Postfix,
 /// the message delivered in plain text, and the page saying so.
-#[test]
-fn the_link_in_the_notification_releases_the_message_through_the_web_pages() {
-    let lab = Lab::start();
+pub(crate) fn the_link_in_the_notification_releases_the_message_through_the_web_pages(on: On) {
+    let lab = Lab::start(on);
     lab.submit("alice@example.org", &["bob@notls.example"], "via the web");
     let queue = lab.wait_deferred(1);
     let queue_id = lab.queue_id_of(&queue, "bob@notls.example");
@@ -818,9 +913,10 @@ fn the_link_in_the_notification_releases_the_message_through_the_web_pages() {
     let path = release_link.trim_start_matches("https://posttls.example.org");
 
     let port = dead_port();
-    let mut web = Command::new(support::mailtls_bin())
+    let mut web = lab
+        .mailtls()
         .args(["posttls", "web"])
-        .args(posttls_files(lab.dir.path()))
+        .args(lab.files())
         .arg(format!("--listen=127.0.0.1:{port}"))
         .arg("--instance=lab")
         .arg("--mandatory_domains=bank.example")
@@ -875,9 +971,8 @@ fn the_link_in_the_notification_releases_the_message_through_the_web_pages() {
 /// the queue is touched, with the reason: the queue is as it was, and a
 /// later attempt can succeed. (Failures half-way are undone: see the kill
 /// tests.)
-#[test]
-fn a_failed_release_leaves_the_queue_as_it_was() {
-    let lab = Lab::start();
+pub(crate) fn a_failed_release_leaves_the_queue_as_it_was(on: On) {
+    let lab = Lab::start(on);
     lab.submit(
         "alice@example.org",
         &["bob@notls.example", "dave@nontls.example"],
@@ -915,13 +1010,16 @@ fn a_failed_release_leaves_the_queue_as_it_was() {
 /// with SIGKILL before or after the Nth command matching a pattern.
 struct KillSwitch {
     dir: tempfile::TempDir,
+    /// `dir` as the worker sees it.
+    seen: PathBuf,
 }
 
 impl KillSwitch {
-    fn new() -> KillSwitch {
+    fn new(lab: &Lab) -> KillSwitch {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
+        let dir = lab.tempdir("kill.");
+        let seen = lab.seen(dir.path());
+        let d = seen.display();
         for name in ["postqueue", "postcat", "postsuper", "postconf", "sendmail"] {
             let script = format!(
                 "#!/bin/sh\n\
@@ -943,11 +1041,11 @@ impl KillSwitch {
             std::fs::write(&path, script).unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        KillSwitch { dir }
+        KillSwitch { dir, seen }
     }
 
     fn option(&self) -> String {
-        format!("--postfix_command_dir={}", self.dir.path().display())
+        format!("--postfix_command_dir={}", self.seen.display())
     }
 
     /// Kill the caller `when` ("before" or "after") the `nth` command that
@@ -1017,10 +1115,9 @@ fn killed_by_sigkill(status: std::process::ExitStatus) -> bool {
 /// waiting for another reason never get a plaintext copy (they wait in a
 /// copy of their own on the normal path), nothing of ours is left on hold,
 /// and the action is settled with an outcome the sender's page shows.
-#[test]
-fn a_release_killed_at_each_step_is_finished_or_undone_after_a_restart() {
-    let lab = Lab::start();
-    let switch = KillSwitch::new();
+pub(crate) fn a_release_killed_at_each_step_is_finished_or_undone_after_a_restart(on: On) {
+    let lab = Lab::start(on);
+    let switch = KillSwitch::new(&lab);
     let kill_points = [
         ("after", 1, "postsuper * -h * deferred"),
         // Before the check of the first copy: it was just accepted.
@@ -1105,10 +1202,9 @@ fn a_release_killed_at_each_step_is_finished_or_undone_after_a_restart() {
 /// The same for a delete: killed after the hold or after the deletion,
 /// the restarted worker leaves the message deleted, nothing on hold, and
 /// the request done.
-#[test]
-fn a_delete_killed_at_each_step_is_finished_or_undone_after_a_restart() {
-    let lab = Lab::start();
-    let switch = KillSwitch::new();
+pub(crate) fn a_delete_killed_at_each_step_is_finished_or_undone_after_a_restart(on: On) {
+    let lab = Lab::start(on);
+    let switch = KillSwitch::new(&lab);
     for (n, pattern) in ["postsuper * -h *", "postsuper * -d * hold"]
         .into_iter()
         .enumerate()
@@ -1209,9 +1305,8 @@ fn body_of(data: &[u8]) -> &[u8] {
 /// starting with dots), the DSN parameters (RET, ENVID, NOTIFY, ORCPT),
 /// BODY=8BITMIME and SMTPUTF8 with a UTF-8 address, as the receiving server
 /// sees them; and a 20 MB message arrives whole.
-#[test]
-fn a_released_copy_is_the_message_the_sender_sent() {
-    let lab = Lab::start();
+pub(crate) fn a_released_copy_is_the_message_the_sender_sent(on: On) {
+    let lab = Lab::start(on);
     let mut body = Vec::new();
     body.extend_from_slice("Grüße aus Zürich, 8-bit UTF-8.\r\n".as_bytes());
     body.extend_from_slice(b"Latin-1 bytes: \xe9\xe8\xff and a tab\there.\r\n");
@@ -1313,9 +1408,8 @@ fn a_released_copy_is_the_message_the_sender_sent() {
 /// (our domain in its envelope, but not submitted by one of our users)
 /// whose database row was forged to look like ours is neither deleted nor
 /// released; the queue file decides, and the message is left as it was.
-#[test]
-fn forged_rows_do_not_make_the_worker_touch_foreign_mail() {
-    let lab = Lab::start();
+pub(crate) fn forged_rows_do_not_make_the_worker_touch_foreign_mail(on: On) {
+    let lab = Lab::start(on);
     lab.relay("alice@example.org", "frank@notls.example");
     let queue = lab.wait_deferred(1);
     let id = lab.queue_id_of(&queue, "frank@notls.example");

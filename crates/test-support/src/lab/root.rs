@@ -44,6 +44,14 @@ impl Suite {
         }
     }
 
+    /// The start of its Postfix's `mail_version`.
+    pub fn postfix_version(self) -> &'static str {
+        match self {
+            Suite::Trixie => "3.10.",
+            Suite::Sid => "3.11.",
+        }
+    }
+
     /// The packages beside debootstrap's minbase: Postfix and libtlsrpt,
     /// the trust store, and what the tests run inside (the package's
     /// dependencies, `setpriv` from util-linux, python3 for the package

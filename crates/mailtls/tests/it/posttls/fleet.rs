@@ -177,7 +177,7 @@ fn two_instances_share_one_postgresql_and_one_web_process() {
     for sql in readme_sql(0) {
         cluster.psql("postgres", &sql);
     }
-    let (mx1, mx2) = (Lab::start(), Lab::start());
+    let (mx1, mx2) = (Lab::start(On::Host), Lab::start(On::Host));
     let key = mx1.dir.path().join("shared-secret.key");
     let worker_options =
         |lab: &Lab| fleet_options(&cluster, "posttls_worker", &key, lab.dir.path());

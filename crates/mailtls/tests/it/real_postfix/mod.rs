@@ -7,6 +7,7 @@
 mod check;
 mod collector;
 mod lab;
+mod posttls;
 mod tlsrpt;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,15 @@
+//! The PostTLS scenarios of `crate::posttls` on Debian 13's Postfix 3.10:
+//! the instance in the lab's root, `mailtls` installed there and run
+//! inside it (its database, key and Postfix commands those of the root).
+
+crate::posttls::scenarios_on!(crate::posttls::On::Root(crate::support::lab::Suite::Trixie) =>
+    a_tls_deferral_notifies_our_sender_once_and_nothing_else_does,
+    releases_and_deletes_act_on_the_real_queue_and_mandatory_domains_are_kept,
+    mandatory_policy_delete_removes_the_message_and_tells_the_sender,
+    the_link_in_the_notification_releases_the_message_through_the_web_pages,
+    a_failed_release_leaves_the_queue_as_it_was,
+    a_release_killed_at_each_step_is_finished_or_undone_after_a_restart,
+    a_delete_killed_at_each_step_is_finished_or_undone_after_a_restart,
+    a_released_copy_is_the_message_the_sender_sent,
+    forged_rows_do_not_make_the_worker_touch_foreign_mail,
+);
