@@ -13,6 +13,10 @@
 //! user unmounts them. No code here deletes a directory that has anything
 //! mounted under it: a bind-mounted `/dev` would take the host's device
 //! nodes with it ([`remove_root`]).
+//!
+//! A test that changes the system itself (installs a package, runs the
+//! root's own Postfix) takes a scratch root ([`Root::scratch`]): an
+//! overlay on the cached root that is thrown away afterwards.
 
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
@@ -93,7 +97,21 @@ pub fn lab_dir() -> PathBuf {
 pub struct Root {
     suite: Suite,
     path: PathBuf,
+    /// Set for a scratch root: the overlay's directory.
+    scratch: Option<Scratch>,
 }
+
+/// A scratch root's overlay: `upper/` and `work/` of the overlay mounted
+/// on `root/`, all in `dir`, over the cached root `_base` (kept from being
+/// rebuilt while the overlay uses it).
+struct Scratch {
+    dir: PathBuf,
+    _base: Arc<Root>,
+}
+
+/// A scratch directory older than this with nothing mounted in it was
+/// left by a killed run.
+const STALE_SCRATCH: Duration = Duration::from_secs(3600);
 
 static MOUNTED: Mutex<Vec<(Suite, Weak<Root>)>> = Mutex::new(Vec::new());
 
@@ -120,9 +138,49 @@ impl Root {
         }
         mount_once(&path.join("proc"), &["-t", "proc", "proc"]);
         mount_once(&path.join("dev"), &["--bind", "/dev"]);
-        let root = Arc::new(Root { suite, path });
+        let root = Arc::new(Root {
+            suite,
+            path,
+            scratch: None,
+        });
         mounted.push((suite, Arc::downgrade(&root)));
         root
+    }
+
+    /// A root of its own for one test, to change as it likes: an overlay
+    /// on the cached root of `suite` (writes go to a directory of this
+    /// root's own), with `proc` and `/dev` mounted. Dropping it unmounts
+    /// everything and deletes what the test wrote.
+    pub fn scratch(suite: Suite) -> Arc<Root> {
+        let base = Root::enter(suite);
+        let lab = lab_dir();
+        remove_stale_scratch(&lab, suite);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}.scratch.", suite.name()))
+            .rand_bytes(5)
+            .tempdir_in(&lab)
+            .unwrap()
+            .keep();
+        for sub in ["upper", "work", "root"] {
+            std::fs::create_dir(dir.join(sub)).unwrap();
+        }
+        let path = dir.join("root");
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            base.path.display(),
+            dir.join("upper").display(),
+            dir.join("work").display()
+        );
+        mount_once(&path, &["-t", "overlay", "overlay", "-o", &options]);
+        // The root is 0755 root:root, as a system's / is.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        mount_once(&path.join("proc"), &["-t", "proc", "proc"]);
+        mount_once(&path.join("dev"), &["--bind", "/dev"]);
+        Arc::new(Root {
+            suite,
+            path,
+            scratch: Some(Scratch { dir, _base: base }),
+        })
     }
 
     pub fn suite(&self) -> Suite {
@@ -228,6 +286,34 @@ impl Drop for Root {
     fn drop(&mut self) {
         // The last user in this process.
         unmount_root(&self.path);
+        if let Some(scratch) = &self.scratch {
+            unmount(&self.path);
+            if let Err(e) = remove_root(&scratch.dir) {
+                eprintln!("lab: scratch root left behind: {e}");
+            }
+        }
+    }
+}
+
+/// Scratch directories of `suite` that a killed run left: nothing mounted
+/// in them, and older than [`STALE_SCRATCH`] (a live one has its overlay
+/// mounted within a moment of being made).
+fn remove_stale_scratch(lab: &Path, suite: Suite) {
+    let prefix = format!("{}.scratch.", suite.name());
+    let Ok(entries) = std::fs::read_dir(lab) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry.file_name().to_string_lossy().starts_with(&prefix)
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|made| SystemTime::now().duration_since(made).ok())
+                .is_some_and(|age| age > STALE_SCRATCH);
+        if stale && mounts_under(&entry.path()).is_empty() {
+            let _ = remove_root(&entry.path());
+        }
     }
 }
 
@@ -286,12 +372,16 @@ pub fn remove_root(dir: &Path) -> Result<(), String> {
 /// last user leaves, and [`remove_root`] refuses while it is listed.
 fn unmount_root(root: &Path) {
     for target in ["dev", "proc"] {
-        let target = root.join(target);
-        if is_mount_point(&target) {
-            let status = Command::new("umount").arg(&target).status();
-            if !matches!(status, Ok(s) if s.success()) {
-                let _ = Command::new("umount").arg("--lazy").arg(&target).status();
-            }
+        unmount(&root.join(target));
+    }
+}
+
+/// Unmount `target` if it is a mount point; detach it if it is busy.
+fn unmount(target: &Path) {
+    if is_mount_point(target) {
+        let status = Command::new("umount").arg(target).status();
+        if !matches!(status, Ok(s) if s.success()) {
+            let _ = Command::new("umount").arg("--lazy").arg(target).status();
         }
     }
 }

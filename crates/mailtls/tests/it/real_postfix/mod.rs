@@ -7,6 +7,7 @@
 mod check;
 mod collector;
 mod lab;
+mod package;
 mod posttls;
 mod tlsrpt;
 
@@ -59,6 +60,9 @@ pub struct Domain {
     /// The `smtp_tls_policy_maps` entry of the domain, if any (the lab's
     /// stand-in for a policy server: the 3.10 TLSRPT attributes).
     pub policy: Option<String>,
+    /// Where its TLSRPT record sends reports: `tlsrpt@` the domain unless
+    /// set.
+    pub rua: Option<String>,
 }
 
 impl Domain {
@@ -68,7 +72,14 @@ impl Domain {
             mx,
             tlsa: Tlsa::None,
             policy: None,
+            rua: None,
         }
+    }
+
+    /// Reports to the mailbox `address` (in a domain mail can reach).
+    pub fn rua(mut self, address: &str) -> Domain {
+        self.rua = Some(address.to_string());
+        self
     }
 
     pub fn tlsa(mut self, tlsa: Tlsa) -> Domain {
@@ -91,7 +102,10 @@ impl Domain {
 
     /// The TLSRPT record of the domain (RFC 8460 section 3).
     pub fn tlsrpt_record(&self) -> String {
-        format!("v=TLSRPTv1; rua=mailto:tlsrpt@{}", self.name())
+        match &self.rua {
+            Some(address) => format!("v=TLSRPTv1; rua=mailto:{address}"),
+            None => format!("v=TLSRPTv1; rua=mailto:tlsrpt@{}", self.name()),
+        }
     }
 }
 
@@ -110,7 +124,11 @@ pub struct Lab {
 
 impl Lab {
     pub fn start(suite: Suite, domains: &[Domain]) -> Lab {
-        let root = Root::enter(suite);
+        Lab::start_in(Root::enter(suite), domains)
+    }
+
+    /// The same in `root` (a scratch root, say).
+    pub fn start_in(root: Arc<Root>, domains: &[Domain]) -> Lab {
         let dir = root.tempdir("lab.");
         let ca = TestCa::new(dir.path());
         let other_dir = tempfile::tempdir().unwrap();
