@@ -26,6 +26,9 @@ use super::collectd::{self, CollectdOptions};
 use super::posttls::{self, PosttlsOptions};
 use super::reportd;
 
+mod tls_required;
+pub use tls_required::{TlsRequiredFacts, HEADER_CHECKS_FILE, HEADER_CHECKS_RULE};
+
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -207,6 +210,9 @@ pub fn main(matches: &ArgMatches) -> i32 {
     }
     if parts.contains(&Part::Posttls) {
         findings.extend(judge_posttls(&posttls, &postfix));
+        if let Some(tls_required) = &postfix.tls_required {
+            findings.extend(tls_required::judge(tls_required, &postfix));
+        }
     }
     if matches.get_flag("json") {
         let worst = worst(&findings);
@@ -272,6 +278,9 @@ pub struct PostfixFacts {
     pub release_transport: Option<(String, bool)>,
     /// Whether that `content_filter` names a next hop (`smtp_may:[relay]`).
     pub release_nexthop: bool,
+    /// What the instance does with a sender's `TLS-Required: No` (Postfix
+    /// 3.10 and later).
+    pub tls_required: Option<TlsRequiredFacts>,
 }
 
 impl PostfixFacts {
@@ -334,6 +343,21 @@ impl PostfixFacts {
             })
             .and_then(|filter| filter.split_once(':'))
             .is_some_and(|(_, nexthop)| !nexthop.is_empty());
+        let config = config_dir.clone();
+        facts.tls_required = TlsRequiredFacts::gather(
+            |args| postconf(args).ok().flatten(),
+            |key, table| {
+                let done = postfix_command("postmap", config.as_deref())
+                    .arg("-q")
+                    .arg(key)
+                    .arg(table)
+                    .run()
+                    .ok()?;
+                done.ending
+                    .success()
+                    .then(|| String::from_utf8_lossy(&done.stdout).trim().to_string())
+            },
+        );
         facts.release_transport = facts
             .release_service
             .as_deref()

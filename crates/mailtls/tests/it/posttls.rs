@@ -1240,7 +1240,7 @@ pub(crate) fn a_delete_killed_at_each_step_is_finished_or_undone_after_a_restart
 /// One SMTP transaction with the submission listener, with ESMTP
 /// parameters and the content sent with BDAT exactly as given; panics
 /// unless every reply is positive.
-fn submit_smtp(port: u16, mail: &str, rcpts: &[&str], content: &[u8]) {
+pub(crate) fn submit_smtp(port: u16, mail: &str, rcpts: &[&str], content: &[u8]) {
     use std::io::{BufRead, BufReader};
     let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream

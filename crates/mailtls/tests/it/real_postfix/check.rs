@@ -15,17 +15,35 @@ use crate::support::*;
 /// the collector's configuration file `collectd_cfg` (a path inside the
 /// root): its exit code and findings.
 fn check(root: &Root, postfix: &Postfix, collectd_cfg: &Path) -> (i32, Vec<Value>) {
+    check_part(
+        root,
+        postfix,
+        "tlsrpt",
+        &[
+            &format!("--collectd_config={}", collectd_cfg.display()),
+            "--reportd_config=/nonexistent/reportd.cfg",
+        ],
+    )
+}
+
+/// `mailtls check PART --json ARGS` run inside the root for the instance:
+/// its exit code and findings.
+pub(super) fn check_part(
+    root: &Root,
+    postfix: &Postfix,
+    part: &str,
+    args: &[&str],
+) -> (i32, Vec<Value>) {
     let mailtls = root.install(&mailtls_bin());
     let out = root
         .command(mailtls.to_str().unwrap())
         .arg("check")
-        .arg("tlsrpt")
+        .arg(part)
         .arg(format!(
             "--postfix_config_dir={}",
             postfix.config_dir().display()
         ))
-        .arg(format!("--collectd_config={}", collectd_cfg.display()))
-        .arg("--reportd_config=/nonexistent/reportd.cfg")
+        .args(args)
         .arg("--json")
         .output()
         .unwrap();
@@ -51,7 +69,7 @@ fn postfix_finding<'a>(findings: &'a [Value], text: &str) -> &'a Value {
 }
 
 /// Run a finding's fix as printed, inside the root, as an admin would.
-fn apply(root: &Root, finding: &Value) {
+pub(super) fn apply(root: &Root, finding: &Value) {
     let fix = finding["fix"].as_str().unwrap();
     root.run("/bin/sh", &["-c", fix]);
 }

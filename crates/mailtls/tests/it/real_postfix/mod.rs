@@ -9,6 +9,7 @@ mod collector;
 mod lab;
 mod package;
 mod posttls;
+mod tls_required;
 mod tlsrpt;
 
 use std::collections::BTreeMap;

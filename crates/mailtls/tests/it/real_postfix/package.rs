@@ -331,13 +331,33 @@ fn the_package_installs_runs_as_its_units_say_reports_and_purges_on_debian_13() 
              listen = 127.0.0.1:{web_port}\n"
         ),
     );
+    // The example header_checks that strips a sender's TLS-Required: No,
+    // as the README sets it up.
     root.run(
         "/bin/sh",
         &[
             "-c",
             "cat /usr/share/doc/mailtls/examples/master.cf.posttls >> /etc/postfix/master.cf \
+             && cp /usr/share/doc/mailtls/examples/tls_required_header_checks /etc/postfix/ \
+             && postconf -e 'header_checks = regexp:/etc/postfix/tls_required_header_checks' \
              && postfix check && postfix reload",
         ],
+    );
+    // (It exits non-zero: the listeners' content filter has no next hop.)
+    let out = root
+        .command("/usr/bin/mailtls")
+        .args(["check", "posttls", "--json"])
+        .output()
+        .unwrap();
+    let check: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let findings = check["findings"].as_array().unwrap();
+    assert!(
+        findings.iter().any(|f| f["level"] == "ok"
+            && f["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("every path mail enters by strips")),
+        "{findings:#?}"
     );
 
     // The units' commands, as their users.
@@ -507,6 +527,8 @@ fn the_package_installs_runs_as_its_units_say_reports_and_purges_on_debian_13() 
     }
     root.run("/usr/bin/dpkg", &["--purge", "mailtls"]);
     std::fs::remove_file(root.host_path(Path::new("/tmp/mailtls.deb"))).unwrap();
+    // The admin's own file (from the example) is the admin's to remove.
+    root.run("/bin/rm", &["/etc/postfix/tls_required_header_checks"]);
     // master.cf is the admin's: the example's lines stay until removed.
     let after = system_state(root);
     let left: Vec<_> = after.difference(&before).collect();
