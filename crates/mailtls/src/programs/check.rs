@@ -27,7 +27,7 @@ use super::posttls::{self, PosttlsOptions};
 use super::reportd;
 
 mod tls_required;
-pub use tls_required::{TlsRequiredFacts, HEADER_CHECKS_FILE, HEADER_CHECKS_RULE};
+pub use tls_required::{PolicyTable, TlsRequiredFacts, HEADER_CHECKS_FILE, HEADER_CHECKS_RULE};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -281,6 +281,8 @@ pub struct PostfixFacts {
     /// What the instance does with a sender's `TLS-Required: No` (Postfix
     /// 3.10 and later).
     pub tls_required: Option<TlsRequiredFacts>,
+    /// The tables of `smtp_tls_policy_maps` and their entries.
+    pub tls_policy_tables: Vec<PolicyTable>,
 }
 
 impl PostfixFacts {
@@ -356,6 +358,19 @@ impl PostfixFacts {
                 done.ending
                     .success()
                     .then(|| String::from_utf8_lossy(&done.stdout).trim().to_string())
+            },
+        );
+        facts.tls_policy_tables = PolicyTable::gather(
+            &value("smtp_tls_policy_maps").unwrap_or_default(),
+            |table| {
+                let done = postfix_command("postmap", config.as_deref())
+                    .arg("-s")
+                    .arg(table)
+                    .run()
+                    .ok()?;
+                done.ending
+                    .success()
+                    .then(|| String::from_utf8_lossy(&done.stdout).into_owned())
             },
         );
         facts.release_transport = facts
@@ -1401,15 +1416,23 @@ fn judge_release_routing(postfix: &PostfixFacts, transport: &str) -> Option<Find
 pub const MASTER_CF_POSTTLS: &str =
     include_str!("../../../../packaging/examples/master.cf.posttls");
 
-/// The lines to append to master.cf, without their comments.
-fn master_cf_fix(postfix: &PostfixFacts) -> String {
+/// The lines to append to master.cf, without their comments: with the
+/// `TLS-Required` release (Postfix 3.10 and later) only posttls-reinject.
+fn master_cf_fix(postfix: &PostfixFacts, header_release: bool) -> String {
     let master_cf = match &postfix.config_dir {
         Some(dir) => dir.join("master.cf"),
         None => PathBuf::from("/etc/postfix/master.cf"),
     };
+    let mut service = "";
     let lines: Vec<&str> = MASTER_CF_POSTTLS
         .lines()
         .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            if !line.starts_with(char::is_whitespace) {
+                service = line.split_whitespace().next().unwrap_or_default();
+            }
+            !header_release || service == "posttls-reinject"
+        })
         .collect();
     let reload = match &postfix.config_dir {
         Some(dir) => format!("postfix -c {} reload", dir.display()),
@@ -1490,18 +1513,61 @@ pub fn judge_posttls(facts: &PosttlsFacts, postfix: &PostfixFacts) -> Vec<Findin
         None => {}
     }
     if postfix.unavailable.is_none() {
-        let missing: Vec<&str> = [
-            ("posttls-release", &postfix.release_service),
-            ("posttls-reinject", &postfix.reinject_service),
-        ]
-        .into_iter()
-        .filter(|(_, line)| line.is_none())
-        .map(|(service, _)| service)
-        .collect();
+        let version = postfix.mail_version.as_deref().unwrap_or_default();
+        let tls_required_enable =
+            postfix
+                .tls_required
+                .as_ref()
+                .map(|t| if t.enabled { "yes" } else { "no" });
+        let header_release = match posttls_actions::ReleaseMethod::parse(&options.release_method)
+            .map(|method| method.uses_header(version, tls_required_enable))
+        {
+            None => {
+                findings.push(Finding::error(
+                    AREA,
+                    format!(
+                        "release_method = {} is not one of auto, tls_required_header, content_filter: the worker does not start",
+                        options.release_method
+                    ),
+                    format!("release_method = auto in [posttls] of {file}"),
+                ));
+                return findings;
+            }
+            Some(Err(why)) => {
+                findings.push(Finding::error(
+                    AREA,
+                    format!("{why}: the worker does not start"),
+                    format!("release_method = auto in [posttls] of {file}"),
+                ));
+                return findings;
+            }
+            Some(Ok(header)) => header,
+        };
+        let needed: &[(&str, &Option<String>)] = if header_release {
+            &[("posttls-reinject", &postfix.reinject_service)]
+        } else {
+            &[
+                ("posttls-release", &postfix.release_service),
+                ("posttls-reinject", &postfix.reinject_service),
+            ]
+        };
+        let missing: Vec<&str> = needed
+            .iter()
+            .filter(|(_, line)| line.is_none())
+            .map(|(service, _)| *service)
+            .collect();
         if missing.is_empty() {
             findings.push(Finding::ok(
                 AREA,
-                "master.cf has the posttls-release and posttls-reinject listeners",
+                format!(
+                    "master.cf has the {} listener{}",
+                    needed
+                        .iter()
+                        .map(|(s, _)| *s)
+                        .collect::<Vec<_>>()
+                        .join(" and "),
+                    if needed.len() > 1 { "s" } else { "" }
+                ),
             ));
         } else {
             findings.push(Finding::error(
@@ -1510,10 +1576,25 @@ pub fn judge_posttls(facts: &PosttlsFacts, postfix: &PostfixFacts) -> Vec<Findin
                     "master.cf has no {} listener: released messages cannot be re-injected",
                     missing.join(" and no ")
                 ),
-                master_cf_fix(postfix),
+                master_cf_fix(postfix, header_release),
             ));
         }
-        if postfix.release_service.is_some() {
+        if header_release {
+            findings.push(Finding::ok(
+                AREA,
+                format!(
+                    "released mail leaves through posttls-reinject with TLS-Required: No, by the instance's own routing (Postfix {version}); mandatory-TLS recipients are never in it"
+                ),
+            ));
+            if let Ok(mandatory) = posttls_policy::DomainSet::parse_list(&options.mandatory_domains)
+            {
+                findings.extend(tls_required::judge_policy_bypass(
+                    &postfix.tls_policy_tables,
+                    &mandatory,
+                    &facts.config_file,
+                ));
+            }
+        } else if postfix.release_service.is_some() {
             match &postfix.release_transport {
                 Some((transport, true)) => {
                     findings.push(Finding::ok(
@@ -1525,12 +1606,12 @@ pub fn judge_posttls(facts: &PosttlsFacts, postfix: &PostfixFacts) -> Vec<Findin
                 Some((transport, false)) => findings.push(Finding::error(
                     AREA,
                     format!("posttls-release hands mail to {transport}, which master.cf does not define: released mail stays queued"),
-                    master_cf_fix(postfix),
+                    master_cf_fix(postfix, false),
                 )),
                 None => findings.push(Finding::error(
                     AREA,
                     "posttls-release has no content_filter: released mail takes the normal path, which requires TLS, and waits again",
-                    master_cf_fix(postfix),
+                    master_cf_fix(postfix, false),
                 )),
             }
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{ArgMatches, Command};
 use mailtls_common::config::{add_options, listen_address, seconds, ProgramSpec};
 use mailtls_common::pidfile::PidFile;
-use posttls_actions::{Executor, Listeners};
+use posttls_actions::{postfix_version, Executor, Listeners, ReleaseMethod, ReleaseRoute};
 use posttls_notify::Templates;
 use posttls_policy::{DomainSet, OwnSenders};
 use posttls_postfix::Postfix;
@@ -90,9 +90,15 @@ mailtls_common::options! {
         /// Directory with replacements for the notification templates subject.txt.j2,
         /// notification.txt.j2, notification.html.j2
         template_dir: String = "",
+        /// How released recipients' copy leaves: tls_required_header (through
+        /// reinject_listener with "TLS-Required: No" added, following the instance's own
+        /// routing; Postfix 3.10 or later), content_filter (through release_listener), or auto
+        /// (the header where Postfix honours it: 3.10 or later with tls_required_enable = yes)
+        release_method: String = "auto",
         /// UNIX-domain socket of the instance's smtpd that sends with opportunistic TLS and
         /// puts what it receives on hold (master.cf service posttls-release; see README);
-        /// relative to the queue directory. Released recipients are re-injected there
+        /// relative to the queue directory. Released recipients are re-injected there when
+        /// release_method is content_filter (not needed with the header)
         release_listener: String = "private/posttls-release",
         /// UNIX-domain socket of the instance's smtpd with the normal (mandatory TLS) path that
         /// puts what it receives on hold (master.cf service posttls-reinject); relative to the
@@ -321,7 +327,7 @@ impl Setup {
         let key_file = PathBuf::from(&o.secret_key_file);
         let key = SecretKey::load_or_create(&key_file)?;
         let listeners = Listeners {
-            release: listener(&postfix, &o.release_listener, "release_listener")?,
+            release: release_route(&postfix, o)?,
             keep: listener(&postfix, &o.reinject_listener, "reinject_listener")?,
             timeout,
         };
@@ -533,6 +539,46 @@ impl Setup {
         log::info!("PostTLS worker stopped");
         0
     }
+}
+
+/// How released mail leaves this instance (`release_method`), asked of
+/// its Postfix unless content_filter is set.
+fn release_route(postfix: &Postfix, o: &PosttlsOptions) -> anyhow::Result<ReleaseRoute> {
+    let method = ReleaseMethod::parse(&o.release_method).with_context(|| {
+        format!(
+            "release_method {:?} is not one of auto, tls_required_header, content_filter",
+            o.release_method
+        )
+    })?;
+    let header = match method {
+        ReleaseMethod::ContentFilter => false,
+        _ => {
+            let version = postfix
+                .postconf("mail_version")
+                .context("release_method: Postfix's version decides how released mail leaves")?;
+            let tls_required = match postfix_version(&version) {
+                Some(v) if v >= (3, 10) => Some(postfix.postconf("tls_required_enable")?),
+                _ => None,
+            };
+            let header = method
+                .uses_header(&version, tls_required.as_deref())
+                .map_err(anyhow::Error::msg)?;
+            log::info!(
+                "Postfix {version}: released mail leaves {}",
+                if header {
+                    "through reinject_listener with TLS-Required: No, by the instance's own routing"
+                } else {
+                    "through release_listener's content filter"
+                }
+            );
+            header
+        }
+    };
+    Ok(if header {
+        ReleaseRoute::TlsRequiredHeader
+    } else {
+        ReleaseRoute::Listener(listener(postfix, &o.release_listener, "release_listener")?)
+    })
 }
 
 /// The socket of a re-injection listener: a path, relative to the

@@ -74,14 +74,21 @@ mod on_postfix_3_7 {
         a_delete_killed_at_each_step_is_finished_or_undone_after_a_restart,
         a_released_copy_is_the_message_the_sender_sent,
         forged_rows_do_not_make_the_worker_touch_foreign_mail,
+        a_released_copy_takes_the_route_of_its_postfix_version,
     );
 }
 
 struct Lab {
     /// The lab root the instance and our programs run in, if any.
     root: Option<Arc<Root>>,
+    /// Releases go with `TLS-Required: No` through the instance's own
+    /// routing (Postfix 3.10 and later), not through `posttls-release`,
+    /// which the instance then does not have.
+    header_release: bool,
     /// The receiving server: no STARTTLS.
     receiver: SmtpSink,
+    /// Where `transport_maps` sends mail for routed.example: no STARTTLS.
+    routed: SmtpSink,
     /// Where notifications arrive.
     notifications: SmtpSink,
     postfix: Postfix,
@@ -95,25 +102,31 @@ struct Lab {
 
 /// The re-injection listeners of the README: smtpd services on UNIX-domain
 /// sockets under private/, which put what they receive on hold, accept
-/// XFORWARD from the worker and apply no address mappings again. The
-/// released recipients' copy goes out with opportunistic TLS to `relay`.
-fn reinjection_listeners(options: Options, relay: u16) -> Options {
+/// XFORWARD from the worker and apply no address mappings again. Before
+/// Postfix 3.10 (no `header_release`), the released recipients' copy goes
+/// out through `posttls-release` with opportunistic TLS to `relay`; from
+/// 3.10 on, `posttls-reinject` alone, as the README's set-up for 3.10.
+fn reinjection_listeners(options: Options, relay: u16, header_release: bool) -> Options {
     let common = "-o mynetworks=127.0.0.0/8 -o smtpd_client_restrictions= \
         -o smtpd_relay_restrictions=permit_mynetworks,reject -o smtpd_recipient_restrictions=permit_mynetworks,reject \
         -o smtpd_end_of_data_restrictions=check_client_access,static:HOLD \
         -o smtpd_authorized_xforward_hosts=127.0.0.0/8 \
         -o receive_override_options=no_unknown_recipient_checks,no_header_body_checks,no_milters,no_address_mappings";
+    let options = options.master_cf(&format!("posttls-reinject unix - - n - - smtpd {common}"));
+    if header_release {
+        return options;
+    }
     options
         .master_cf("smtp_may unix - - n - - smtp -o smtp_tls_security_level=may")
         .master_cf(&format!(
             "posttls-release unix - - n - - smtpd -o content_filter=smtp_may:[127.0.0.1]:{relay} {common}"
         ))
-        .master_cf(&format!("posttls-reinject unix - - n - - smtpd {common}"))
 }
 
 impl Lab {
     fn start(on: On) -> Lab {
         let receiver = SmtpSink::start();
+        let routed = SmtpSink::start();
         let notifications = SmtpSink::start();
         let smtpd_port = dead_port();
         let submission_port = dead_port();
@@ -125,12 +138,15 @@ impl Lab {
             None => Options::new(receiver.port()),
             Some(root) => Options::in_root(root, receiver.port()),
         };
+        // The lab's roots run Postfix 3.10 or later (checked below).
+        let header_release = root.is_some();
         let postfix = Postfix::start(
-            reinjection_listeners(options, receiver.port())
+            reinjection_listeners(options, receiver.port(), header_release)
                 .tls_security_level("encrypt")
                 .main_cf(&format!(
-                    "transport_maps = inline:{{nontls.example=smtp:[127.0.0.1]:{}}}",
-                    dead_port()
+                    "transport_maps = inline:{{nontls.example=smtp:[127.0.0.1]:{}, routed.example=smtp:[127.0.0.1]:{}}}",
+                    dead_port(),
+                    routed.port()
                 ))
                 .main_cf("mynetworks = 127.0.0.0/8")
                 .main_cf("message_size_limit = 40000000")
@@ -157,7 +173,9 @@ impl Lab {
         };
         Lab {
             root,
+            header_release,
             receiver,
+            routed,
             notifications,
             postfix,
             smtpd_port,
@@ -360,6 +378,31 @@ impl Lab {
             .as_str()
             .unwrap()
             .to_string()
+    }
+
+    /// `postcat -bh` of a queued message: its headers and body as queued.
+    fn queued_content(&self, id: &str) -> String {
+        let out = self
+            .postfix
+            .command("/usr/sbin/postcat")
+            .arg("-c")
+            .arg(self.postfix.config_dir())
+            .args(["-bh", "-q", id])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "postcat {id}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Whether a copy as the receiver got it carries `TLS-Required: No`
+    /// exactly when this Postfix releases with the header.
+    fn assert_header_as_released(&self, received: &support::smtp_sink::Message) {
+        let text = received.text();
+        assert_eq!(
+            text.matches("\r\nTLS-Required: No\r\n").count(),
+            usize::from(self.header_release),
+            "{text}"
+        );
     }
 
     fn db_rows(&self, sql: &str) -> Vec<String> {
@@ -570,6 +613,9 @@ pub(crate) fn releases_and_deletes_act_on_the_real_queue_and_mandatory_domains_a
     assert!(delivered
         .iter()
         .any(|m| m.text().contains("Subject: release me")));
+    for copy in &delivered {
+        lab.assert_header_as_released(copy);
+    }
 
     // The queue: originals gone (frank's returned: its bounce to alice now
     // waits for TLS itself); dave waits in his own copy (normal path,
@@ -599,6 +645,9 @@ pub(crate) fn releases_and_deletes_act_on_the_real_queue_and_mandatory_domains_a
         .unwrap();
     assert_eq!(dave["recipients"].as_array().unwrap().len(), 1);
     assert_eq!(dave["sender"], "alice@example.org");
+    // Only the released copy has the header.
+    let kept = lab.queued_content(dave["queue_id"].as_str().unwrap());
+    assert!(!kept.contains("TLS-Required"), "{kept}");
     let bounce = queue
         .iter()
         .find(|m| m["sender"] == "MAILER-DAEMON")
@@ -692,6 +741,7 @@ fn an_overlapping_scan_steps_aside() {
         .arg(format!("--postfix_command_dir={}", bin.display()))
         // The last of an option given twice wins.
         .arg(format!("--lock_file={}", lock_path.display()))
+        .arg("--release_method=content_filter")
         .arg("--release_listener=/nonexistent/posttls-release")
         .arg("--reinject_listener=/nonexistent/posttls-reinject")
         .output()
@@ -764,7 +814,9 @@ impl StandIn {
             .args(["posttls", subcommand])
             .args(posttls_files(self.dir.path()))
             .arg(format!("--postfix_command_dir={}", self.bin.display()))
-            // Stand-ins have no postconf to find the queue directory.
+            // Stand-ins have no postconf to find the queue directory or
+            // the version.
+            .arg("--release_method=content_filter")
             .arg("--release_listener=/nonexistent/posttls-release")
             .arg("--reinject_listener=/nonexistent/posttls-reinject")
             .arg(format!(
@@ -982,7 +1034,12 @@ pub(crate) fn a_failed_release_leaves_the_queue_as_it_was(on: On) {
     let original = lab.queue_id_of(&queue, "bob@notls.example");
     lab.scan();
     let release = lab.request(&original, "release");
-    lab.scan_with(&["--release_listener=/nonexistent/posttls-release".to_string()]);
+    let missing = if lab.header_release {
+        "--reinject_listener=/nonexistent/posttls-reinject"
+    } else {
+        "--release_listener=/nonexistent/posttls-release"
+    };
+    lab.scan_with(&[missing.to_string()]);
     let (state, result, new_id) = lab.action(release);
     assert_eq!(state, "failed", "{result}");
     assert!(result.contains("the message was not touched"), "{result}");
@@ -1172,6 +1229,7 @@ pub(crate) fn a_release_killed_at_each_step_is_finished_or_undone_after_a_restar
             [vec![a.clone()]],
             "kill point {n} ({killed_at}): exactly one copy, to the approved recipient only"
         );
+        lab.assert_header_as_released(&mine[0]);
         lab.assert_nothing_held();
         let queue = lab.postfix.postqueue_json();
         assert!(
@@ -1194,6 +1252,11 @@ pub(crate) fn a_release_killed_at_each_step_is_finished_or_undone_after_a_restar
             "kill point {n}: b and d wait in one copy: {queue:?}"
         );
         assert_eq!(kept[0]["recipients"].as_array().unwrap().len(), 2);
+        let content = lab.queued_content(kept[0]["queue_id"].as_str().unwrap());
+        assert!(
+            !content.contains("TLS-Required"),
+            "kill point {n}: the kept copy has no TLS-Required header: {content}"
+        );
         eprintln!("kill point {n} ({when} {killed_at}): settled as {state}: {result}");
     }
     assert_eq!(lab.receiver.messages().len(), kill_points.len());
@@ -1367,6 +1430,7 @@ pub(crate) fn a_released_copy_is_the_message_the_sender_sent(on: On) {
     }
     // The copy was received once by the instance: one more Received line.
     assert_eq!(text.matches("Received: ").count(), 2, "{text}");
+    lab.assert_header_as_released(got);
 
     // 20 MB.
     let line = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\n";
@@ -1474,6 +1538,33 @@ fn a_message_being_delivered_is_not_acted_on_until_it_is_deferred_again() {
         Some("the message is in the active queue (being delivered right now)")
     );
     // The stand-ins have no postsuper: nothing was held or deleted.
+}
+
+/// A released copy takes the path of its Postfix version: from 3.10 on,
+/// `TLS-Required: No` through the instance's own routing (here
+/// `transport_maps` sends routed.example to a server of its own); before,
+/// `posttls-release`'s content filter, whose next hop (here the receiver)
+/// `transport_maps` does not change, as the README says.
+pub(crate) fn a_released_copy_takes_the_route_of_its_postfix_version(on: On) {
+    let lab = Lab::start(on);
+    let original = lab.submit_deferred(&["erin@routed.example"], "routed");
+    lab.scan();
+    let action = lab.request(&original, "release");
+    lab.scan();
+    let (state, result, _) = lab.action(action);
+    assert_eq!(state, "done", "{result}");
+    let (route, other) = if lab.header_release {
+        (&lab.routed, &lab.receiver)
+    } else {
+        (&lab.receiver, &lab.routed)
+    };
+    let got = route.wait_for(1, Duration::from_secs(30));
+    assert_eq!(got[0].recipients, ["erin@routed.example"]);
+    assert!(!got[0].tls);
+    lab.assert_header_as_released(&got[0]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(other.messages().is_empty());
+    assert_eq!(route.messages().len(), 1);
 }
 
 mod fleet;

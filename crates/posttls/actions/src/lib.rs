@@ -46,12 +46,85 @@ use posttls_store::{
 /// receives on hold (see README).
 #[derive(Debug, Clone)]
 pub struct Listeners {
-    /// For the released recipients: `content_filter` to a transport with
-    /// `smtp_tls_security_level = may`.
-    pub release: PathBuf,
+    /// How the released recipients' copy leaves without mandatory TLS.
+    pub release: ReleaseRoute,
     /// For the other pending recipients: the normal path.
     pub keep: PathBuf,
     pub timeout: Duration,
+}
+
+/// The header that lets one message go without mandatory TLS on Postfix
+/// 3.10 and later (RFC 8689 section 5).
+pub const TLS_REQUIRED_NO: &[u8] = b"TLS-Required: No\n";
+
+/// How a released copy goes without mandatory TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseRoute {
+    /// Postfix before 3.10: its own listener (`posttls-release`), whose
+    /// `content_filter` hands it to a transport with
+    /// `smtp_tls_security_level = may`.
+    Listener(PathBuf),
+    /// Postfix 3.10 and later: the `keep` listener with [`TLS_REQUIRED_NO`]
+    /// prepended, so the copy follows the instance's own routing
+    /// (`relayhost`, `transport_maps`) with TLS at most opportunistic.
+    /// Postfix then skips `smtp_tls_policy_maps` for it: a recipient of a
+    /// mandatory-TLS domain is never in such a copy ([`plan::release`]).
+    TlsRequiredHeader,
+}
+
+/// The `release_method` option: how released mail leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseMethod {
+    /// The header on Postfix 3.10 and later with `tls_required_enable =
+    /// yes`, else the content filter.
+    Auto,
+    /// [`ReleaseRoute::Listener`], on any Postfix.
+    ContentFilter,
+    /// [`ReleaseRoute::TlsRequiredHeader`] (Postfix 3.10 and later).
+    TlsRequiredHeader,
+}
+
+impl ReleaseMethod {
+    pub fn parse(text: &str) -> Option<ReleaseMethod> {
+        match text {
+            "auto" => Some(ReleaseMethod::Auto),
+            "content_filter" => Some(ReleaseMethod::ContentFilter),
+            "tls_required_header" => Some(ReleaseMethod::TlsRequiredHeader),
+            _ => None,
+        }
+    }
+
+    /// Whether releases go with the `TLS-Required: No` header on an
+    /// instance whose `mail_version` is `version` and whose
+    /// `tls_required_enable` is `tls_required_enable` (`None` before 3.10,
+    /// which has no such parameter). An error when the header was asked for
+    /// where Postfix would ignore it.
+    pub fn uses_header(
+        self,
+        version: &str,
+        tls_required_enable: Option<&str>,
+    ) -> Result<bool, String> {
+        let honoured = postfix_version(version).is_some_and(|v| v >= (3, 10))
+            && tls_required_enable == Some("yes");
+        match self {
+            ReleaseMethod::Auto => Ok(honoured),
+            ReleaseMethod::ContentFilter => Ok(false),
+            ReleaseMethod::TlsRequiredHeader if honoured => Ok(true),
+            ReleaseMethod::TlsRequiredHeader => Err(format!(
+                "release_method = tls_required_header needs Postfix 3.10 or later with tls_required_enable = yes; \
+                 this is Postfix {version} (tls_required_enable = {}): use content_filter or auto",
+                tls_required_enable.unwrap_or("unknown")
+            )),
+        }
+    }
+}
+
+/// `(major, minor)` of a Postfix `mail_version` such as `3.10.13`.
+pub fn postfix_version(mail_version: &str) -> Option<(u32, u32)> {
+    let mut parts = mail_version.trim().split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 /// How a step ended.
@@ -427,7 +500,11 @@ impl Executor<'_> {
     fn release(&self, action: &ActionRow, message: &MessageRow) -> Result<Outcome, StoreError> {
         // Both listeners answer and hold what they receive before
         // anything is done to the queue.
-        for listener in [&self.listeners.release, &self.listeners.keep] {
+        let release_listener = match &self.listeners.release {
+            ReleaseRoute::Listener(listener) => Some(listener),
+            ReleaseRoute::TlsRequiredHeader => None,
+        };
+        for listener in release_listener.into_iter().chain([&self.listeners.keep]) {
             if let Err(why) = self.listener_ready(listener) {
                 return Ok(Outcome::Failed(format!(
                     "the re-injection listener is not usable: {why}; the message was not touched"
@@ -508,16 +585,24 @@ impl Executor<'_> {
         self.store.set_phase(action.id, Phase::Inject)?;
         tx.commit()?;
 
+        let released_content = match &self.listeners.release {
+            ReleaseRoute::Listener(_) => None,
+            ReleaseRoute::TlsRequiredHeader => Some([TLS_REQUIRED_NO, &content].concat()),
+        };
         for (copy, recipients) in &copies {
-            let listener = match copy.role {
-                CopyRole::Release => &self.listeners.release,
-                CopyRole::Keep => &self.listeners.keep,
+            let (listener, content): (&PathBuf, &[u8]) = match &self.listeners.release {
+                _ if copy.role == CopyRole::Keep => (&self.listeners.keep, &content),
+                ReleaseRoute::Listener(listener) => (listener, &content),
+                ReleaseRoute::TlsRequiredHeader => (
+                    &self.listeners.keep,
+                    released_content.as_deref().unwrap_or(&content),
+                ),
             };
             let submission = smtp::Submission {
                 envelope: &envelope,
                 recipients,
                 marker: &copy.marker,
-                content: &content,
+                content,
             };
             let copy_id = match smtp::submit(listener, &submission, self.listeners.timeout) {
                 Ok(copy_id) => copy_id,
@@ -839,4 +924,33 @@ fn same_set<'a>(a: impl Iterator<Item = &'a str>, b: &[String]) -> bool {
     a.sort_unstable();
     b.sort_unstable();
     a == b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_takes_the_header_only_where_postfix_honours_it() {
+        let auto = ReleaseMethod::Auto;
+        assert_eq!(auto.uses_header("3.7.11", None), Ok(false));
+        assert_eq!(auto.uses_header("3.9.0", None), Ok(false));
+        assert_eq!(auto.uses_header("3.10.13", Some("yes")), Ok(true));
+        assert_eq!(auto.uses_header("3.11.1", Some("yes")), Ok(true));
+        assert_eq!(auto.uses_header("3.10.13", Some("no")), Ok(false));
+        assert_eq!(auto.uses_header("4.0.0", Some("yes")), Ok(true));
+        assert_eq!(
+            ReleaseMethod::ContentFilter.uses_header("3.10.13", Some("yes")),
+            Ok(false)
+        );
+        assert!(ReleaseMethod::TlsRequiredHeader
+            .uses_header("3.7.11", None)
+            .unwrap_err()
+            .contains("needs Postfix 3.10"));
+        assert_eq!(ReleaseMethod::parse("content-filter"), None);
+        assert_eq!(
+            ReleaseMethod::parse("tls_required_header"),
+            Some(ReleaseMethod::TlsRequiredHeader)
+        );
+    }
 }

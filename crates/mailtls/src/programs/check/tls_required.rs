@@ -311,6 +311,105 @@ fn fix(facts: &TlsRequiredFacts, kept: &[&EntryService], config_dir: Option<&Pat
     lines.join("\n")
 }
 
+/// The TLS levels of an `smtp_tls_policy_maps` entry that require TLS
+/// (`dane` too: with TLSA records it does).
+const ENFORCING: [&str; 6] = [
+    "encrypt",
+    "dane",
+    "dane-only",
+    "fingerprint",
+    "verify",
+    "secure",
+];
+
+/// One table of `smtp_tls_policy_maps`: its entries (`postmap -s`), or
+/// `None` where it cannot be listed (socketmap, ldap, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyTable {
+    pub table: String,
+    pub entries: Option<Vec<(String, String)>>,
+}
+
+impl PolicyTable {
+    /// Each table of `maps`, listed with `postmap_list(table)`.
+    pub fn gather(maps: &str, postmap_list: impl Fn(&str) -> Option<String>) -> Vec<PolicyTable> {
+        maps.split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|t| !t.is_empty())
+            .map(|table| PolicyTable {
+                table: table.to_string(),
+                entries: postmap_list(table).map(|listing| {
+                    listing
+                        .lines()
+                        .filter_map(|line| line.split_once(char::is_whitespace))
+                        .map(|(key, value)| (key.to_string(), value.trim().to_string()))
+                        .collect()
+                }),
+            })
+            .collect()
+    }
+}
+
+/// With the `TLS-Required` release, Postfix skips `smtp_tls_policy_maps`
+/// for a released copy: a domain whose entry requires TLS is kept from
+/// releases only by `mandatory_domains`. A warning names the listed
+/// domains that are not; tables that cannot be listed are named in an ok.
+pub fn judge_policy_bypass(
+    tables: &[PolicyTable],
+    mandatory: &posttls_policy::DomainSet,
+    config_file: &Path,
+) -> Vec<Finding> {
+    const AREA: &str = "posttls";
+    let mut findings = Vec::new();
+    let mut unprotected: Vec<String> = Vec::new();
+    for table in tables {
+        let Some(entries) = &table.entries else {
+            findings.push(Finding::ok(
+                AREA,
+                format!(
+                    "{} cannot be listed: a released copy skips it (TLS-Required: No), so only mandatory_domains keeps a domain it requires TLS for from releases",
+                    table.table
+                ),
+            ));
+            continue;
+        };
+        for (key, value) in entries {
+            let level = value.split_whitespace().next().unwrap_or_default();
+            // Next-hop keys ([host]:port) and addresses are not domains.
+            if !ENFORCING.contains(&level)
+                || key.starts_with('[')
+                || key.parse::<std::net::IpAddr>().is_ok()
+            {
+                continue;
+            }
+            // A `.parent` entry is covered when a name below it is.
+            let probe = match key.strip_prefix('.') {
+                Some(parent) => format!("any.{parent}"),
+                None => key.clone(),
+            };
+            if !mandatory.contains_domain(&probe) && !unprotected.contains(key) {
+                unprotected.push(key.clone());
+            }
+        }
+    }
+    if !unprotected.is_empty() {
+        let mut wanted = mandatory.entries();
+        wanted.extend(unprotected.iter().cloned());
+        findings.push(Finding::warning(
+            AREA,
+            format!(
+                "a released copy skips smtp_tls_policy_maps (TLS-Required: No), and {} require TLS there but are not in mandatory_domains: a sender's release sends to them without TLS",
+                unprotected.join(", ")
+            ),
+            format!(
+                "mandatory_domains = {} in [posttls] of {} (or add them on the admin pages)",
+                wanted.join(", "),
+                config_file.display()
+            ),
+        ));
+    }
+    findings
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,6 +538,47 @@ mod tests {
         assert!(fix.contains(
             "postconf -e 'header_checks = regexp:/etc/postfix/tls_required_header_checks, pcre:/etc/postfix/other'"
         ), "{fix}");
+    }
+
+    #[test]
+    fn policy_entries_that_require_tls_must_be_mandatory_domains() {
+        let tables = PolicyTable::gather(
+            "texthash:/etc/postfix/tls_policy, socketmap:inet:127.0.0.1:8461:postfix",
+            |table| {
+                table.starts_with("texthash:").then(|| {
+                "bank.example\tencrypt\n.gov.example\tdane-only\n[mx.relay.example]:25\tsecure\n\
+                 plain.example\tmay\nsts.example\tsecure match=mx.sts.example policy_type=sts\n"
+                    .to_string()
+            })
+            },
+        );
+        assert_eq!(tables[1].entries, None);
+        let mandatory = posttls_policy::DomainSet::parse_list("bank.example").unwrap();
+        let findings =
+            judge_policy_bypass(&tables, &mandatory, Path::new("/etc/mailtls/posttls.cfg"));
+        let warning = findings
+            .iter()
+            .find(|f| f.level == super::super::Level::Warning)
+            .unwrap();
+        assert!(
+            warning
+                .message
+                .contains(", and .gov.example, sts.example require TLS there"),
+            "{}",
+            warning.message
+        );
+        assert_eq!(
+            warning.fix.as_deref(),
+            Some("mandatory_domains = bank.example, .gov.example, sts.example in [posttls] of /etc/mailtls/posttls.cfg (or add them on the admin pages)")
+        );
+        assert!(findings.iter().any(|f| f
+            .message
+            .starts_with("socketmap:inet:127.0.0.1:8461:postfix cannot be listed")));
+        let all = posttls_policy::DomainSet::parse_list("bank.example, .gov.example, sts.example")
+            .unwrap();
+        assert!(judge_policy_bypass(&tables, &all, Path::new("x"))
+            .iter()
+            .all(|f| f.level == super::super::Level::Ok));
     }
 
     #[test]

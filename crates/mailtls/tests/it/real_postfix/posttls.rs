@@ -1,6 +1,8 @@
 //! The PostTLS scenarios of `crate::posttls` on Debian 13's Postfix 3.10:
 //! the instance in the lab's root, `mailtls` installed there and run
 //! inside it (its database, key and Postfix commands those of the root).
+//! Releases go the 3.10 way: `TLS-Required: No` through `posttls-reinject`
+//! and the instance's own routing; the instance has no `posttls-release`.
 
 crate::posttls::scenarios_on!(crate::posttls::On::Root(crate::support::lab::Suite::Trixie) =>
     a_tls_deferral_notifies_our_sender_once_and_nothing_else_does,
@@ -12,4 +14,5 @@ crate::posttls::scenarios_on!(crate::posttls::On::Root(crate::support::lab::Suit
     a_delete_killed_at_each_step_is_finished_or_undone_after_a_restart,
     a_released_copy_is_the_message_the_sender_sent,
     forged_rows_do_not_make_the_worker_touch_foreign_mail,
+    a_released_copy_takes_the_route_of_its_postfix_version,
 );

@@ -136,3 +136,101 @@ fn a_senders_tls_required_no_is_flagged_then_stripped_on_postfix_3_10() {
         );
     }
 }
+
+/// `mailtls check posttls` on 3.10: releases go with the header, so only
+/// `posttls-reinject` is asked for (its lines alone printed), and a domain
+/// whose policy entry requires TLS but is not a mandatory domain is named,
+/// since a released copy skips `smtp_tls_policy_maps`.
+#[test]
+fn check_posttls_on_3_10_asks_for_the_3_10_listener_and_names_unprotected_policy_domains() {
+    let bank = Domain::new("bank", Mx::NoStarttls).policy("encrypt");
+    let lab = Lab::start(Suite::Trixie, std::slice::from_ref(&bank));
+    let postfix = Postfix::start(lab.postfix_options().tls_security_level("encrypt"));
+    let dir = lab.root.tempdir("posttls.");
+    let inside = lab.root.inside_path(dir.path());
+    let config = dir.path().join("posttls.cfg");
+    let write_config = |mandatory: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[posttls]\nown_domains = mailtls.test\nnotification_from = postmaster@mailtls.test\n\
+                 base_url = https://posttls.mailtls.test\ndatabase = {0}/posttls.sqlite\n\
+                 secret_key_file = {0}/secret.key\n{mandatory}",
+                inside.display()
+            ),
+        )
+        .unwrap();
+    };
+    write_config("");
+    let config_option = format!("--posttls_config={}", inside.join("posttls.cfg").display());
+    let findings = || {
+        let (_, findings) = check_part(&lab.root, &postfix, "posttls", &[&config_option]);
+        findings
+    };
+    let about = |findings: &[Value], text: &str| -> Value {
+        findings
+            .iter()
+            .find(|f| f["message"].as_str().unwrap().contains(text))
+            .unwrap_or_else(|| panic!("nothing about {text:?} in {findings:#?}"))
+            .clone()
+    };
+
+    let missing = about(
+        &findings(),
+        "listener: released messages cannot be re-injected",
+    );
+    assert_eq!(missing["level"], "error");
+    assert!(
+        missing["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("master.cf has no posttls-reinject listener"),
+        "{missing}"
+    );
+    let fix = missing["fix"].as_str().unwrap();
+    assert!(fix.contains("\nposttls-reinject  unix"), "{fix}");
+    assert!(
+        !fix.contains("posttls-release") && !fix.contains("smtp_may"),
+        "{fix}"
+    );
+    // The printed lines appended as printed, and a reload.
+    let lines: String = fix.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    let master_cf = lab.root.host_path(&postfix.config_dir().join("master.cf"));
+    let mut text = std::fs::read_to_string(&master_cf).unwrap();
+    text.push_str(&lines);
+    std::fs::write(&master_cf, text).unwrap();
+    lab.root.run(
+        "/usr/sbin/postfix",
+        &["-c", postfix.config_dir().to_str().unwrap(), "reload"],
+    );
+
+    let after = findings();
+    assert_eq!(
+        about(&after, "master.cf has the posttls-reinject listener")["level"],
+        "ok"
+    );
+    assert_eq!(
+        about(
+            &after,
+            "released mail leaves through posttls-reinject with TLS-Required: No"
+        )["level"],
+        "ok"
+    );
+    let bypass = about(&after, "a released copy skips smtp_tls_policy_maps");
+    assert_eq!(bypass["level"], "warning");
+    assert!(
+        bypass["message"]
+            .as_str()
+            .unwrap()
+            .contains("bank.lab.test require TLS there"),
+        "{bypass}"
+    );
+    write_config("mandatory_domains = bank.lab.test\n");
+    assert!(
+        findings().iter().all(|f| !f["message"]
+            .as_str()
+            .unwrap()
+            .contains("skips smtp_tls_policy_maps")),
+        "the warning went once bank.lab.test is mandatory"
+    );
+}
