@@ -18,6 +18,7 @@ pub fn deferred_message(subject: &'static str) -> SeenMessage<'static> {
         sender: SENDER,
         subject: Some(subject),
         own_sender: true,
+        requiretls: false,
         state: MessageState::Deferred,
     }
 }

@@ -213,6 +213,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
         if let Some(tls_required) = &postfix.tls_required {
             findings.extend(tls_required::judge(tls_required, &postfix));
         }
+        findings.extend(judge_requiretls(&postfix));
     }
     if matches.get_flag("json") {
         let worst = worst(&findings);
@@ -283,6 +284,9 @@ pub struct PostfixFacts {
     pub tls_required: Option<TlsRequiredFacts>,
     /// The tables of `smtp_tls_policy_maps` and their entries.
     pub tls_policy_tables: Vec<PolicyTable>,
+    /// `requiretls_enable` and `smtp_requiretls_policy` (Postfix 3.11 and
+    /// later).
+    pub requiretls: Option<(String, String)>,
 }
 
 impl PostfixFacts {
@@ -360,6 +364,9 @@ impl PostfixFacts {
                     .then(|| String::from_utf8_lossy(&done.stdout).trim().to_string())
             },
         );
+        facts.requiretls = value("requiretls_enable")
+            .filter(|v| !v.is_empty())
+            .map(|enable| (enable, value("smtp_requiretls_policy").unwrap_or_default()));
         facts.tls_policy_tables = PolicyTable::gather(
             &value("smtp_tls_policy_maps").unwrap_or_default(),
             |table| {
@@ -1409,6 +1416,27 @@ fn judge_release_routing(postfix: &PostfixFacts, transport: &str) -> Option<Find
             format!("if released mail must take that route, name it in master.cf: -o content_filter={transport}:[relay.example.org]:25"),
         )
     })
+}
+
+/// REQUIRETLS (RFC 8689, Postfix 3.11 and later): whether senders can ask
+/// for it, and that PostTLS never releases a message that did.
+fn judge_requiretls(postfix: &PostfixFacts) -> Vec<Finding> {
+    let Some((enable, policy)) = &postfix.requiretls else {
+        return Vec::new();
+    };
+    let version = postfix.mail_version.as_deref().unwrap_or_default();
+    vec![Finding::ok(
+        "posttls",
+        if enable == "yes" {
+            format!(
+                "Postfix {version} takes REQUIRETLS requests (requiretls_enable = yes; smtp_requiretls_policy = {policy}): PostTLS never releases a message that asked for it, and tells its sender why"
+            )
+        } else {
+            format!(
+                "requiretls_enable = {enable}: Postfix {version} does not offer REQUIRETLS, so senders cannot ask for it"
+            )
+        },
+    )]
 }
 
 /// The re-injection services PostTLS needs in master.cf, as shipped in

@@ -19,6 +19,7 @@ use std::time::Duration;
 use crate::support::lab::{Root, Suite};
 use crate::support::postfix::{Options, Postfix};
 use crate::support::smtp_sink::SmtpSink;
+use crate::support::tls::TestCa;
 use serde_json::Value;
 
 /// A port where nothing listens: deliveries there fail before TLS.
@@ -85,6 +86,8 @@ struct Lab {
     /// routing (Postfix 3.10 and later), not through `posttls-release`,
     /// which the instance then does not have.
     header_release: bool,
+    /// The submission listener's certificate and its CA.
+    ca: TestCa,
     /// The receiving server: no STARTTLS.
     receiver: SmtpSink,
     /// Where `transport_maps` sends mail for routed.example: no STARTTLS.
@@ -140,6 +143,21 @@ impl Lab {
         };
         // The lab's roots run Postfix 3.10 or later (checked below).
         let header_release = root.is_some();
+        let dir = match &root {
+            None => tempfile::tempdir().unwrap(),
+            Some(root) => root.tempdir("posttls."),
+        };
+        // STARTTLS on the submission listener (REQUIRETLS needs it).
+        let ca = TestCa::new(dir.path());
+        let seen = |path: &Path| match &root {
+            None => path.to_path_buf(),
+            Some(root) => root.inside_path(path),
+        };
+        let submission_tls = format!(
+            "-o smtpd_tls_security_level=may -o smtpd_tls_cert_file={} -o smtpd_tls_key_file={}",
+            seen(&ca.server_cert_file).display(),
+            seen(&ca.server_key_file).display()
+        );
         let postfix = Postfix::start(
             reinjection_listeners(options, receiver.port(), header_release)
                 .tls_security_level("encrypt")
@@ -154,7 +172,7 @@ impl Lab {
                 // Postfix's smtp client.
                 .main_cf("smtp_line_length_limit = 0")
                 .master_cf(&format!(
-                    "127.0.0.1:{submission_port} inet n - n - - smtpd -o smtpd_recipient_restrictions=permit_mynetworks,reject"
+                    "127.0.0.1:{submission_port} inet n - n - - smtpd -o smtpd_recipient_restrictions=permit_mynetworks,reject {submission_tls}"
                 ))
                 .master_cf(&format!(
                     "127.0.0.1:{smtpd_port} inet n - n - - smtpd -o smtpd_recipient_restrictions=permit_mynetworks,reject -o local_header_rewrite_clients="
@@ -167,12 +185,9 @@ impl Lab {
                 "the {suite:?} root runs Postfix {version}"
             );
         }
-        let dir = match &root {
-            None => tempfile::tempdir().unwrap(),
-            Some(root) => root.tempdir("posttls."),
-        };
         Lab {
             root,
+            ca,
             header_release,
             receiver,
             routed,
@@ -1565,6 +1580,149 @@ pub(crate) fn a_released_copy_takes_the_route_of_its_postfix_version(on: On) {
     std::thread::sleep(Duration::from_millis(500));
     assert!(other.messages().is_empty());
     assert_eq!(route.messages().len(), 1);
+}
+
+/// One SMTP transaction with the submission listener over STARTTLS (the
+/// lab CA trusted), asking for REQUIRETLS (RFC 8689 section 4.1), by
+/// Python's smtplib.
+fn submit_requiretls(lab: &Lab, from: &str, to: &str, subject: &str) {
+    let script = "import smtplib, ssl, sys\n\
+        port, cafile, sender, rcpt, subject = sys.argv[1:]\n\
+        s = smtplib.SMTP('127.0.0.1', int(port))\n\
+        s.starttls(context=ssl.create_default_context(cafile=cafile))\n\
+        s.ehlo('client.example.org')\n\
+        assert s.has_extn('requiretls'), s.esmtp_features\n\
+        s.sendmail(sender, [rcpt], f'From: {sender}\\r\\nSubject: {subject}\\r\\n\\r\\nHi.\\r\\n', mail_options=['REQUIRETLS'])\n\
+        s.quit()\n";
+    support::run(
+        support::venv_python(),
+        &[
+            "-c",
+            script,
+            &lab.submission_port.to_string(),
+            lab.ca.ca_file.to_str().unwrap(),
+            from,
+            to,
+            subject,
+        ],
+        b"",
+    );
+}
+
+/// On Postfix 3.11, a message whose sender asked for REQUIRETLS (the ESMTP
+/// option over STARTTLS, or the `Require-TLS-ESMTP: yes` header of a local
+/// submission, which Postfix turns into the same request) waits for TLS
+/// like any other, and is never released: the worker refuses, the queue
+/// keeps it, the receiver gets nothing. `postqueue -j`'s 3.11 fields are
+/// read as they come.
+pub(crate) fn a_message_that_asked_for_requiretls_is_never_released(on: On) {
+    let lab = Lab::start(on);
+    submit_requiretls(
+        &lab,
+        "alice@example.org",
+        "bob@notls.example",
+        "requiretls smtp",
+    );
+    lab.postfix.sendmail(
+        &["-f", "alice@example.org", "--", "carl@notls.example"],
+        b"From: alice@example.org\nSubject: requiretls header\nRequire-TLS-ESMTP: yes\n\nHi.\n",
+    );
+    let queue = lab.wait_deferred(2);
+    // 3.11 lists each recipient's orig_address.
+    assert!(
+        queue
+            .iter()
+            .all(|m| m["recipients"][0]["orig_address"].is_string()),
+        "{queue:?}"
+    );
+    let ids: Vec<String> = ["bob@notls.example", "carl@notls.example"]
+        .iter()
+        .map(|r| lab.queue_id_of(&queue, r))
+        .collect();
+    // Told without links, with the reason; the message waits.
+    let wait = ["--mandatory_policy=wait".to_string()];
+    let log = lab.scan_with(&wait);
+    let notes = lab.notifications.wait_for(2, Duration::from_secs(10));
+    for note in &notes {
+        let text = mail_text(&note.data);
+        assert!(!text.contains("/confirm/"), "no release link: {text}");
+        assert!(
+            text.contains("(the message asked for REQUIRETLS)"),
+            "{text}"
+        );
+    }
+    // A release request (a forged one: no link offered it) is refused.
+    let offered = |id: &str| {
+        lab.db_rows(&format!(
+            "SELECT r.address FROM recipients r JOIN messages m ON m.id = r.message_id \
+             WHERE m.queue_id = '{id}' AND r.state = 'pending'"
+        ))
+    };
+    let actions: Vec<i64> = ids
+        .iter()
+        .map(|id| lab.request_for(id, "release", &offered(id)))
+        .collect();
+    lab.scan_with(&wait);
+    for action in actions {
+        let (state, result, _) = lab.action(action);
+        assert_eq!(state, "refused", "{result}\n{log}");
+        assert!(result.contains("REQUIRETLS"), "{result}");
+    }
+    let queue = lab.postfix.postqueue_json();
+    for id in &ids {
+        assert!(
+            queue
+                .iter()
+                .any(|m| m["queue_id"] == id.as_str() && m["queue_name"] == "deferred"),
+            "{id} waits on: {queue:?}"
+        );
+    }
+    lab.assert_nothing_held();
+    // With the default mandatory_policy (return) both go back to the
+    // sender, as messages to a mandatory domain do.
+    lab.scan();
+    let queue = lab
+        .postfix
+        .wait_queue(Duration::from_secs(30), "the originals returned", |q| {
+            ids.iter()
+                .all(|id| q.iter().all(|m| m["queue_id"] != id.as_str()))
+        });
+    assert!(
+        queue.iter().all(|m| m["sender"] == "MAILER-DAEMON"),
+        "only the bounces wait: {queue:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(lab.receiver.messages().is_empty());
+    // mailtls check names the instance's REQUIRETLS settings.
+    let out = lab
+        .mailtls()
+        .args(["check", "posttls", "--json"])
+        .arg(format!(
+            "--postfix_config_dir={}",
+            lab.postfix.config_dir().display()
+        ))
+        .arg("--posttls_config=/nonexistent/posttls.cfg")
+        .output()
+        .unwrap();
+    let check: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let finding = check["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| {
+            f["message"]
+                .as_str()
+                .unwrap()
+                .contains("REQUIRETLS requests")
+        })
+        .unwrap_or_else(|| panic!("{check:#}"))
+        .clone();
+    assert_eq!(finding["level"], "ok");
+    let message = finding["message"].as_str().unwrap();
+    assert!(
+        message.contains("requiretls_enable = yes; smtp_requiretls_policy = "),
+        "{message}"
+    );
 }
 
 mod fleet;

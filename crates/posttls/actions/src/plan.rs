@@ -45,7 +45,13 @@ pub fn check_message(
         sasl_username: envelope.sasl_username.clone(),
     };
     let is_own = own.is_own(&envelope.sender, &evidence);
-    match decide(queued, classify, is_own, mandatory) {
+    match decide(
+        queued,
+        classify,
+        is_own,
+        envelope.has_unknown_sendopts(),
+        mandatory,
+    ) {
         Decision::Notify(_) => Ok(()),
         Decision::Ignore(reason) => Err(Refusal(format!(
             "the message is not one PostTLS may act on ({})",
@@ -65,7 +71,13 @@ pub fn release(
     mandatory: &DomainSet,
 ) -> Result<ReleasePlan, Refusal> {
     check_message(queued, envelope, own, mandatory)?;
-    let Decision::Notify(notice) = decide(queued, classify, true, mandatory) else {
+    let Decision::Notify(notice) = decide(
+        queued,
+        classify,
+        true,
+        envelope.has_unknown_sendopts(),
+        mandatory,
+    ) else {
         unreachable!("check_message accepted it");
     };
     let approved: Vec<String> = approved.iter().map(|a| internal_form(a)).collect();

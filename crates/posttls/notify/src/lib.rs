@@ -63,6 +63,9 @@ pub struct RecipientLine {
 #[derive(Debug, Clone)]
 pub struct Notification {
     pub kind: NotificationKind,
+    /// The sender asked for REQUIRETLS (RFC 8689): that, not the
+    /// recipients' domains, keeps the message from going unencrypted.
+    pub requiretls: bool,
     /// The sender of the message: the notification's recipient.
     pub to: String,
     /// The notification's From.
@@ -129,6 +132,7 @@ impl Templates {
             sent => date(n.sent),
             failed => n.failed,
             mandatory => n.mandatory,
+            requiretls => n.requiretls,
             mandatory_action => n.mandatory_action,
             release_url => n.release_url,
             delete_url => n.delete_url,
@@ -215,6 +219,7 @@ mod tests {
     fn sample() -> Notification {
         Notification {
             kind: NotificationKind::First,
+            requiretls: false,
             to: "alice@example.org".into(),
             from: "postmaster@example.org".into(),
             organization: "Example Org".into(),
@@ -312,6 +317,22 @@ mod tests {
         let mandatory = templates.render(&n).unwrap();
         assert!(mandatory.text.contains("Never sent unencrypted"));
         assert!(mandatory.text.contains("it was returned to you."));
+        assert!(mandatory.text.contains("their domain requires encryption"));
+        // The sender's own REQUIRETLS, not the domain, is the reason.
+        n.requiretls = true;
+        let requiretls = templates.render(&n).unwrap();
+        for text in [&requiretls.text, &requiretls.html] {
+            let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(
+                words.contains("asked to be sent only over verified encryption (REQUIRETLS)"),
+                "{text}"
+            );
+            assert!(
+                text.contains("(the message asked for REQUIRETLS)"),
+                "{text}"
+            );
+            assert!(!text.contains("domain requires encryption"), "{text}");
+        }
     }
 
     #[test]

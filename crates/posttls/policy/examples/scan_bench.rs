@@ -111,7 +111,13 @@ fn main() {
             } else {
                 &relayed
             };
-            match decide(m, classify, own.is_own(&m.sender, evidence), &mandatory) {
+            match decide(
+                m,
+                classify,
+                own.is_own(&m.sender, evidence),
+                false,
+                &mandatory,
+            ) {
                 Decision::Notify(n) => {
                     notify += 1;
                     releasable += n.releasable.len();

@@ -150,6 +150,7 @@ pub fn decide<'m>(
     message: &'m QueuedMessage,
     classify: impl Fn(&str) -> Classification,
     own: bool,
+    requiretls: bool,
     mandatory: &DomainSet,
 ) -> Decision<'m> {
     if message.is_null_sender() {
@@ -177,11 +178,12 @@ pub fn decide<'m>(
         return Decision::Ignore(IgnoreReason::NoTlsFailure);
     }
 
-    // One REQUIRETLS failure shows that the message carries the REQUIRETLS
-    // flag, which binds all of its recipients.
-    let requiretls = tls_failed
-        .iter()
-        .any(|(_, f)| f.kind == TlsFailureKind::RequireTls);
+    // The queue file's REQUIRETLS flag, or one REQUIRETLS failure, binds
+    // all of its recipients.
+    let requiretls = requiretls
+        || tls_failed
+            .iter()
+            .any(|(_, f)| f.kind == TlsFailureKind::RequireTls);
     let (mandatory, releasable) = tls_failed.iter().map(|(r, _)| *r).partition(|r| {
         requiretls
             || mandatory.contains_address(&r.address)

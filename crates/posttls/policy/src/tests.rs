@@ -77,7 +77,7 @@ fn single_not_offered_recipient_is_releasable() {
         "alice@example.com",
         vec![recipient("bob@notls.example", Some(NOT_OFFERED))],
     );
-    let Decision::Notify(notice) = decide(&m, classify, true, &mandatory()) else {
+    let Decision::Notify(notice) = decide(&m, classify, true, false, &mandatory()) else {
         panic!()
     };
     assert_eq!(notice.tls_failed.len(), 1);
@@ -88,6 +88,25 @@ fn single_not_offered_recipient_is_releasable() {
     );
     assert_eq!(addresses(&notice.releasable), ["bob@notls.example"]);
     assert!(notice.mandatory.is_empty() && notice.other_pending.is_empty());
+}
+
+#[test]
+fn a_queue_file_that_asked_for_requiretls_binds_every_recipient() {
+    let m = message(
+        "alice@example.com",
+        vec![
+            recipient("bob@notls.example", Some(NOT_OFFERED)),
+            recipient("carl@notls.example", Some(NOT_OFFERED)),
+        ],
+    );
+    let Decision::Notify(notice) = decide(&m, classify, true, true, &mandatory()) else {
+        panic!()
+    };
+    assert!(notice.releasable.is_empty());
+    assert_eq!(
+        addresses(&notice.mandatory),
+        ["bob@notls.example", "carl@notls.example"]
+    );
 }
 
 #[test]
@@ -112,7 +131,7 @@ fn multi_recipient_message_splits_per_recipient() {
             aliased,
         ],
     );
-    let Decision::Notify(notice) = decide(&m, classify, true, &mandatory()) else {
+    let Decision::Notify(notice) = decide(&m, classify, true, false, &mandatory()) else {
         panic!()
     };
     assert_eq!(
@@ -163,7 +182,7 @@ fn mandatory_domains_hold_in_either_idna_form() {
             aliased,
         ],
     );
-    let Decision::Notify(notice) = decide(&m, classify, true, &mandatory) else {
+    let Decision::Notify(notice) = decide(&m, classify, true, false, &mandatory) else {
         panic!()
     };
     assert_eq!(
@@ -186,7 +205,7 @@ fn requiretls_messages_are_never_releasable() {
             recipient("carol@other.example", Some(NOT_OFFERED)),
         ],
     );
-    let Decision::Notify(notice) = decide(&m, classify, true, &DomainSet::new()) else {
+    let Decision::Notify(notice) = decide(&m, classify, true, false, &DomainSet::new()) else {
         panic!()
     };
     assert!(notice.releasable.is_empty());
@@ -201,27 +220,27 @@ fn ignore_reasons_in_order() {
     let bounce = message("MAILER-DAEMON", tls_failed.clone());
     // The null sender wins even when the caller thinks it is ours.
     assert_eq!(
-        decide(&bounce, classify, true, &none),
+        decide(&bounce, classify, true, false, &none),
         Decision::Ignore(IgnoreReason::NullSender)
     );
 
     let m = message("alice@example.com", tls_failed.clone());
     assert_eq!(
-        decide(&m, classify, false, &none),
+        decide(&m, classify, false, false, &none),
         Decision::Ignore(IgnoreReason::NotOwnSender)
     );
 
     let mut expiring = m.clone();
     expiring.forced_expire = true;
     assert_eq!(
-        decide(&expiring, classify, true, &none),
+        decide(&expiring, classify, true, false, &none),
         Decision::Ignore(IgnoreReason::ForcedExpire)
     );
 
     let mut held = m.clone();
     held.queue_name = "hold".into();
     assert_eq!(
-        decide(&held, classify, true, &none),
+        decide(&held, classify, true, false, &none),
         Decision::Ignore(IgnoreReason::OnHold)
     );
 
@@ -234,14 +253,14 @@ fn ignore_reasons_in_order() {
         ],
     );
     assert_eq!(
-        decide(&other, classify, true, &none),
+        decide(&other, classify, true, false, &none),
         Decision::Ignore(IgnoreReason::NoTlsFailure)
     );
 
     let mut only_done = message("alice@example.com", tls_failed);
     only_done.recipients[0].bounce_reason = Some("bounced".into());
     assert_eq!(
-        decide(&only_done, classify, true, &none),
+        decide(&only_done, classify, true, false, &none),
         Decision::Ignore(IgnoreReason::NoTlsFailure)
     );
 
@@ -275,7 +294,7 @@ fn throttled_failures_count_as_tls() {
             Some(&format!("delivery temporarily suspended: {NOT_OFFERED}")),
         )],
     );
-    let Decision::Notify(notice) = decide(&m, classify, true, &DomainSet::new()) else {
+    let Decision::Notify(notice) = decide(&m, classify, true, false, &DomainSet::new()) else {
         panic!()
     };
     assert!(notice.tls_failed[0].1.throttled);
@@ -302,6 +321,7 @@ fn from_a_postqueue_line_to_a_decision() {
         &m,
         classify,
         own.is_own(&m.sender, &evidence),
+        false,
         &DomainSet::new(),
     );
     let Decision::Notify(notice) = decision else {
@@ -357,7 +377,7 @@ proptest! {
     #[test]
     fn decisions_are_consistent_and_safe(m in any_message(), own in any::<bool>()) {
         let mandatory = mandatory();
-        match decide(&m, classify, own, &mandatory) {
+        match decide(&m, classify, own, false, &mandatory) {
             Decision::Ignore(reason) => {
                 let pending_tls = m.pending_recipients().any(|r| {
                     matches!(r.delay_reason.as_deref().map(classify), Some(Classification::Tls(_)))

@@ -103,6 +103,16 @@ pub enum ScanError {
     Store(#[from] StoreError),
 }
 
+/// What the queue file says of a message's sender, read once.
+#[derive(Debug, Clone, Copy, Default)]
+struct Own {
+    /// One of our own senders (domain and local or authenticated
+    /// submission).
+    sender: bool,
+    /// It asked for REQUIRETLS: never released.
+    requiretls: bool,
+}
+
 /// What one pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScanReport {
@@ -151,6 +161,8 @@ struct Deferral<'m> {
     id: i64,
     subject: Option<String>,
     notice: Notice<'m>,
+    /// Its sender asked for REQUIRETLS.
+    requiretls: bool,
 }
 
 /// What the write transactions of a pass leave to be done after them.
@@ -369,16 +381,28 @@ impl Scanner<'_> {
         )?;
         // Evidence and subject: once per message, from postcat.
         let (own, subject) = match &known {
-            Some(row) => (row.own_sender, row.subject.clone()),
-            None if !self.config.own.domains.contains_address(&message.sender) => (false, None),
+            Some(row) => (
+                Own {
+                    sender: row.own_sender,
+                    requiretls: row.requiretls,
+                },
+                row.subject.clone(),
+            ),
+            None if !self.config.own.domains.contains_address(&message.sender) => {
+                (Own::default(), None)
+            }
             None => match pass.evidence.get(message.queue_id.as_str()) {
                 Some((envelope, headers)) => {
                     let evidence = SubmissionEvidence {
                         local_submission: envelope.local_submission,
                         sasl_username: envelope.sasl_username.clone(),
                     };
-                    let own = self.config.own.is_own(&message.sender, &evidence);
-                    (own, own.then(|| subject_of(headers)).flatten())
+                    let sender = self.config.own.is_own(&message.sender, &evidence);
+                    let own = Own {
+                        sender,
+                        requiretls: envelope.has_unknown_sendopts(),
+                    };
+                    (own, sender.then(|| subject_of(headers)).flatten())
                 }
                 // postcat could not read it (reported): the next pass tries
                 // again.
@@ -388,7 +412,8 @@ impl Scanner<'_> {
         let decision = decide(
             message,
             |reason| pass.cache.get(reason),
-            own,
+            own.sender,
+            own.requiretls,
             pass.mandatory,
         );
         let notice = match decision {
@@ -436,6 +461,7 @@ impl Scanner<'_> {
             id,
             subject,
             notice,
+            requiretls: own.requiretls,
         };
         if only_mandatory && self.config.mandatory_policy != MandatoryPolicy::Wait {
             later.mandatory.push(deferral); // once the batch is committed
@@ -561,6 +587,7 @@ impl Scanner<'_> {
             message,
             subject,
             notice,
+            requiretls,
             ..
         } = deferral;
         let words = |address: &str| {
@@ -598,6 +625,7 @@ impl Scanner<'_> {
         };
         Notification {
             kind,
+            requiretls: *requiretls,
             to: message.sender.clone(),
             from: self.config.notification_from.clone(),
             organization: self.config.organization.clone(),
@@ -737,6 +765,7 @@ impl Scanner<'_> {
         };
         let notification = Notification {
             kind: NotificationKind::Expired,
+            requiretls: false,
             to: message.sender.clone(),
             from: self.config.notification_from.clone(),
             organization: self.config.organization.clone(),
@@ -773,7 +802,7 @@ impl Scanner<'_> {
         &'m self,
         message: &'m QueuedMessage,
         subject: Option<&'m str>,
-        own: bool,
+        own: Own,
         state: MessageState,
     ) -> SeenMessage<'m> {
         SeenMessage {
@@ -782,7 +811,8 @@ impl Scanner<'_> {
             arrival_time: message.arrival_time,
             sender: &message.sender,
             subject,
-            own_sender: own,
+            own_sender: own.sender,
+            requiretls: own.requiretls,
             state,
         }
     }

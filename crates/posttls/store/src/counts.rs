@@ -62,6 +62,7 @@ mod tests {
             sender: "alice@example.org",
             subject: None,
             own_sender: true,
+            requiretls: false,
             state,
         };
         let (first, _) = store

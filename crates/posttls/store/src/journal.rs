@@ -157,6 +157,7 @@ mod tests {
             sender: "alice@example.org",
             subject: None,
             own_sender: true,
+            requiretls: false,
             state: MessageState::Deferred,
         };
         let (id, _) = store.saw_message(&message, 10).unwrap();

@@ -129,6 +129,9 @@ pub struct SeenMessage<'a> {
     pub sender: &'a str,
     pub subject: Option<&'a str>,
     pub own_sender: bool,
+    /// Its sender asked for REQUIRETLS (RFC 8689; Postfix 3.11 sendopts):
+    /// no recipient of it is ever released.
+    pub requiretls: bool,
     pub state: MessageState,
 }
 
@@ -153,6 +156,8 @@ pub struct MessageRow {
     pub sender: String,
     pub subject: Option<String>,
     pub own_sender: bool,
+    /// See [`SeenMessage::requiretls`].
+    pub requiretls: bool,
     pub state: MessageState,
     pub first_seen: i64,
     pub last_seen: i64,
@@ -498,6 +503,7 @@ mod tests {
             sender: "alice@example.org",
             subject: Some("Hello"),
             own_sender: true,
+            requiretls: false,
             state: MessageState::Deferred,
         }
     }
@@ -912,6 +918,7 @@ mod web_tests {
                     sender: "alice@example.org",
                     subject: None,
                     own_sender: true,
+                    requiretls: false,
                     state: MessageState::Deferred,
                 },
                 10,

@@ -32,9 +32,10 @@ use crate::{
 /// them; the web process checks the version.
 const MIGRATIONS: Migrations = Migrations {
     component: "posttls",
-    steps: &[(
-        1,
-        "CREATE TABLE posttls_messages (
+    steps: &[
+        (
+            1,
+            "CREATE TABLE posttls_messages (
              id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
              instance text NOT NULL, queue_id text NOT NULL, arrival_time bigint NOT NULL,
              sender text NOT NULL, subject text, own_sender boolean NOT NULL, state text NOT NULL,
@@ -83,14 +84,21 @@ const MIGRATIONS: Migrations = Migrations {
              id text PRIMARY KEY, admin text NOT NULL, created bigint NOT NULL, expires bigint NOT NULL);
          CREATE TABLE posttls_mandatory_domains (
              domain text PRIMARY KEY, added_by text NOT NULL, added_at bigint NOT NULL);",
-    )],
+        ),
+        // Whether the sender asked for REQUIRETLS (Postfix 3.11).
+        (
+            2,
+            "ALTER TABLE posttls_messages ADD COLUMN requiretls boolean NOT NULL DEFAULT false;",
+        ),
+    ],
 };
 
 /// What the web process says when the tables are missing or old.
 const CREATOR: &str = "start `posttls worker` (or run `posttls adduser`) with its role";
 
 const MESSAGE_COLUMNS: &str =
-    "id, instance, queue_id, arrival_time, sender, subject, own_sender, state, first_seen, last_seen";
+    "id, instance, queue_id, arrival_time, sender, subject, own_sender, state, \
+     first_seen, last_seen, requiretls";
 
 const ACTION_COLUMNS: &str = "id, message_id, action, requested_by, ip, requested_at, state, \
      phase, result, new_queue_id, finished_at";
@@ -253,6 +261,7 @@ impl PgDb {
             state: self.word(row, 7)?,
             first_seen: self.get(row, 8)?,
             last_seen: self.get(row, 9)?,
+            requiretls: self.get(row, 10)?,
         })
     }
 
@@ -306,8 +315,8 @@ impl PgDb {
             }
             None => {
                 let row = self.query_opt(
-                    "INSERT INTO posttls_messages (instance, queue_id, arrival_time, sender, subject, own_sender, state, first_seen, last_seen)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id",
+                    "INSERT INTO posttls_messages (instance, queue_id, arrival_time, sender, subject, own_sender, state, first_seen, last_seen, requiretls)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) RETURNING id",
                     &[
                         &seen.instance,
                         &seen.queue_id,
@@ -317,6 +326,7 @@ impl PgDb {
                         &seen.own_sender,
                         &seen.state.as_str(),
                         &now,
+                        &seen.requiretls,
                     ],
                 )?;
                 let row = row.expect("INSERT ... RETURNING gives a row");

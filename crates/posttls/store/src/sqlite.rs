@@ -139,6 +139,8 @@ const MIGRATIONS: &[&str] = &[
     -- A version 1 worker that died may have left the original on hold.
     UPDATE actions SET phase = 'hold' WHERE state = 'running';
     ",
+    // 3: whether the sender asked for REQUIRETLS (Postfix 3.11).
+    "ALTER TABLE messages ADD COLUMN requiretls INTEGER NOT NULL DEFAULT 0;",
 ];
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -191,11 +193,13 @@ fn message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
         state: row.get(7)?,
         first_seen: row.get(8)?,
         last_seen: row.get(9)?,
+        requiretls: row.get(10)?,
     })
 }
 
 const MESSAGE_COLUMNS: &str =
-    "id, instance, queue_id, arrival_time, sender, subject, own_sender, state, first_seen, last_seen";
+    "id, instance, queue_id, arrival_time, sender, subject, own_sender, state, \
+     first_seen, last_seen, requiretls";
 
 const ACTION_COLUMNS: &str = "id, message_id, action, requested_by, ip, requested_at, state, \
      phase, result, new_queue_id, finished_at";
@@ -332,8 +336,8 @@ impl SqliteDb {
             }
             None => {
                 self.conn.execute(
-                    "INSERT INTO messages(instance, queue_id, arrival_time, sender, subject, own_sender, state, first_seen, last_seen) \
-                     VALUES(?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO messages(instance, queue_id, arrival_time, sender, subject, own_sender, state, first_seen, last_seen, requiretls) \
+                     VALUES(?,?,?,?,?,?,?,?,?,?)",
                     params![
                         seen.instance,
                         seen.queue_id,
@@ -343,7 +347,8 @@ impl SqliteDb {
                         seen.own_sender,
                         seen.state,
                         now,
-                        now
+                        now,
+                        seen.requiretls
                     ],
                 )?;
                 Ok((self.conn.last_insert_rowid(), true))

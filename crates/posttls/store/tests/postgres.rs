@@ -65,6 +65,7 @@ fn seen(instance: &'static str, queue_id: &'static str, arrival_time: i64) -> Se
         sender: "alice@example.org",
         subject: Some("Hello"),
         own_sender: true,
+        requiretls: false,
         state: MessageState::Deferred,
     }
 }
@@ -568,16 +569,16 @@ fn a_newer_schema_is_refused_and_errors_name_the_url_without_its_password() {
             "posttls",
             "SELECT version FROM mailtls_schema WHERE component = 'posttls'"
         ),
-        "1"
+        "2"
     );
     cluster.psql(
         "posttls",
-        "UPDATE mailtls_schema SET version = 2 WHERE component = 'posttls'",
+        "UPDATE mailtls_schema SET version = 3 WHERE component = 'posttls'",
     );
     for access in [Access::Worker, Access::Web] {
         match Store::connect(&pg(superuser.clone()), access) {
             Err(StoreError::Postgres(PgError::NewerSchema {
-                found: 2, known: 1, ..
+                found: 3, known: 2, ..
             })) => {}
             Err(other) => panic!("{access:?}: {other}"),
             Ok(_) => panic!("{access:?}: a newer schema was used"),

@@ -358,7 +358,7 @@ fn two_instances_share_one_postgresql_and_one_web_process() {
     let web_messages = posttls_check(&mx1, web_dir.path(), "posttls_web", "web secret", &cluster);
     assert!(
         web_messages.contains(
-            &"ok: the PostTLS database answers as posttls_web, schema version 1".to_string()
+            &"ok: the PostTLS database answers as posttls_web, schema version 2".to_string()
         ) && web_messages.contains(&"ok: posttls_web may do what the web pages need".to_string())
             && web_messages
                 .contains(&"ok: posttls_web may not change what only the worker may".to_string()),

@@ -16,3 +16,11 @@ crate::posttls::scenarios_on!(crate::posttls::On::Root(crate::support::lab::Suit
     forged_rows_do_not_make_the_worker_touch_foreign_mail,
     a_released_copy_takes_the_route_of_its_postfix_version,
 );
+
+/// REQUIRETLS is Postfix 3.11's (Debian unstable).
+#[test]
+fn a_message_that_asked_for_requiretls_is_never_released_on_postfix_3_11() {
+    crate::posttls::a_message_that_asked_for_requiretls_is_never_released(
+        crate::posttls::On::Root(crate::support::lab::Suite::Sid),
+    );
+}
