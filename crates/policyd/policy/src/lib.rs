@@ -26,11 +26,17 @@
 //! Host names here are ASCII (A-labels for internationalized names); the
 //! daemon converts U-labels before asking.
 
+pub mod answer;
+pub mod cache;
 mod names;
 pub mod netstring;
 pub mod policy;
 pub mod txt;
 
+pub use answer::{
+    postfix_answer, AnswerError, AnswerOptions, DaneLevel, Decision, FailureKind, TestingAnswer,
+};
+pub use cache::{plan, CacheAction, CachedPolicy, TxtLookup};
 pub use netstring::{Answer, DecodeError, Decoder, Request};
 pub use policy::{mx_matches, Mode, MxPattern, PolicyError, StsPolicy};
 pub use txt::{select, StsRecord, TxtError};
