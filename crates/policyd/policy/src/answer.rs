@@ -525,6 +525,50 @@ mod tests {
         assert_eq!(FailureKind::parse("certificate-expired"), None);
     }
 
+    /// Every `{` opens `{ policy_string = ` and the next `}` closes it with
+    /// no brace between; no `}` elsewhere; no control characters.
+    fn assert_postfix_safe(value: &str) {
+        assert!(!value.chars().any(char::is_control), "{value:?}");
+        let mut rest = value;
+        while let Some(open) = rest.find(['{', '}']) {
+            assert_eq!(&rest[open..=open], "{", "{value:?}");
+            let inner = &rest[open + 1..];
+            assert!(inner.starts_with(" policy_string = "), "{value:?}");
+            let close = inner.find('}').expect("closed");
+            assert!(!inner[..close].contains('{'), "{value:?}");
+            rest = &inner[close + 1..];
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn rendered_policies_are_safe_or_refused(
+            extra in proptest::collection::vec("[a-z]{1,5}:[ -~\\t\u{80}-\u{3000}]{0,20}", 0..5),
+            mode in "enforce|testing|none",
+            mx in proptest::collection::vec("(\\*\\.)?[a-z]{1,5}\\.[a-z]{2,3}", 1..4),
+        ) {
+            let mut body = format!("version: STSv1\nmode: {mode}\nmax_age: 100\n");
+            for m in &mx {
+                body.push_str(&format!("mx: {m}\n"));
+            }
+            for e in &extra {
+                body.push_str(e);
+                body.push('\n');
+            }
+            let Ok(p) = StsPolicy::parse(body.as_bytes()) else { return Ok(()) };
+            let d = Decision::from_policy("example.com", p);
+            for tlsrpt in [false, true] {
+                for testing in [TestingAnswer::NotFound, TestingAnswer::May, TestingAnswer::Enforce] {
+                    match postfix_answer(&d, &AnswerOptions { tlsrpt, testing }) {
+                        Ok(Answer::Ok(v)) => assert_postfix_safe(&v),
+                        Ok(_) | Err(AnswerError::UnsafeForPostfix { .. }) => {}
+                        Err(e) => proptest::prop_assert!(false, "{e}"),
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn too_long_is_an_error() {
         let mut body = String::from("version: STSv1\nmode: enforce\nmax_age: 1\n");
