@@ -62,21 +62,29 @@ macro_rules! scenarios_on {
 }
 pub(crate) use scenarios_on;
 
+/// Every scenario on a real Postfix, as tests on `on`.
+macro_rules! every_scenario_on {
+    ($on:expr) => {
+        $crate::posttls::scenarios_on!($on =>
+            a_tls_deferral_notifies_our_sender_once_and_nothing_else_does,
+            releases_and_deletes_act_on_the_real_queue_and_mandatory_domains_are_kept,
+            mandatory_policy_delete_removes_the_message_and_tells_the_sender,
+            the_link_in_the_notification_releases_the_message_through_the_web_pages,
+            a_failed_release_leaves_the_queue_as_it_was,
+            a_release_killed_at_each_step_is_finished_or_undone_after_a_restart,
+            a_delete_killed_at_each_step_is_finished_or_undone_after_a_restart,
+            a_released_copy_is_the_message_the_sender_sent,
+            forged_rows_do_not_make_the_worker_touch_foreign_mail,
+            a_released_copy_takes_the_route_of_its_postfix_version,
+        );
+    };
+}
+pub(crate) use every_scenario_on;
+
 /// The scenarios on this machine's Postfix 3.7 (Debian 12 is still in
 /// use); `real_postfix::posttls` runs them on 3.10.
 mod on_postfix_3_7 {
-    super::scenarios_on!(super::On::Host =>
-        a_tls_deferral_notifies_our_sender_once_and_nothing_else_does,
-        releases_and_deletes_act_on_the_real_queue_and_mandatory_domains_are_kept,
-        mandatory_policy_delete_removes_the_message_and_tells_the_sender,
-        the_link_in_the_notification_releases_the_message_through_the_web_pages,
-        a_failed_release_leaves_the_queue_as_it_was,
-        a_release_killed_at_each_step_is_finished_or_undone_after_a_restart,
-        a_delete_killed_at_each_step_is_finished_or_undone_after_a_restart,
-        a_released_copy_is_the_message_the_sender_sent,
-        forged_rows_do_not_make_the_worker_touch_foreign_mail,
-        a_released_copy_takes_the_route_of_its_postfix_version,
-    );
+    super::every_scenario_on!(super::On::Host);
 }
 
 struct Lab {

@@ -113,6 +113,29 @@ impl Service {
         }
     }
 
+    /// Waits up to `within` until `done`, the service running all along;
+    /// panics with `what`, its log and `context` when time is up.
+    fn wait_for(
+        &mut self,
+        within: Duration,
+        what: &str,
+        mut done: impl FnMut(&Service) -> bool,
+        context: impl Fn() -> String,
+    ) {
+        let deadline = Instant::now() + within;
+        while !done(self) {
+            self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "{}: no {what} within {within:?}:\n{}\n{}",
+                self.unit.name,
+                self.log(),
+                context()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The process's user and groups, as the kernel has them
     /// (`/proc/PID/status`: real, effective, saved, filesystem IDs).
     fn credentials(&self, root: &Root) -> (String, String, BTreeSet<String>) {
@@ -365,16 +388,7 @@ fn the_package_installs_runs_as_its_units_say_reports_and_purges_on_debian_13() 
     let socket = root.host_path(Path::new(
         "/var/spool/postfix/run/tlsrpt/tlsrpt-collectd.socket",
     ));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        collector.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "the collector made no socket:\n{}",
-            collector.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    collector.wait_for(WAIT, "socket", |_| socket.exists(), String::new);
     assert_eq!(
         collector.credentials(root),
         (
@@ -412,18 +426,18 @@ fn the_package_installs_runs_as_its_units_say_reports_and_purges_on_debian_13() 
         );
     }
     let database = root.host_path(Path::new("/var/lib/tlsrpt/collectd.sqlite"));
-    let deadline = Instant::now() + WAIT;
-    while try_total(&database) != Some(2) {
-        collector.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "{:?} datagrams counted, not 2:\n{}\nmaillog:\n{}",
-            try_total(&database),
-            collector.log(),
-            maillog()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    collector.wait_for(
+        WAIT,
+        "count of 2 datagrams",
+        |_| try_total(&database) == Some(2),
+        || {
+            format!(
+                "counted {:?}; maillog:\n{}",
+                try_total(&database),
+                maillog()
+            )
+        },
+    );
     let events = super::logged_events(&maillog());
     assert_eq!(events.len(), 2, "{}", maillog());
     assert!(lab.mxes[&secure.name()].messages()[0].tls);
@@ -432,19 +446,16 @@ fn the_package_installs_runs_as_its_units_say_reports_and_purges_on_debian_13() 
     // The worker's first scan finds the message waiting for TLS (from a
     // local user of an own domain).
     let mut worker = Service::start(root, "posttls-worker");
-    let deadline = Instant::now() + WAIT;
-    while !worker
-        .log()
-        .contains("from alice@mailtls.test: 1 recipient(s) wait for TLS")
-    {
-        worker.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "the worker did not find the deferred message:\n{}",
-            worker.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    worker.wait_for(
+        WAIT,
+        "deferred message found",
+        |worker| {
+            worker
+                .log()
+                .contains("from alice@mailtls.test: 1 recipient(s) wait for TLS")
+        },
+        String::new,
+    );
     assert_eq!(
         worker.credentials(root),
         (
@@ -469,17 +480,12 @@ fn the_package_installs_runs_as_its_units_say_reports_and_purges_on_debian_13() 
                 .contains(&format!("TLS-Report-Domain: {}\r\n", domain.name()))
         })
     };
-    let deadline = Instant::now() + WAIT * 2;
-    while report_mail(&secure).is_none() || report_mail(&plain).is_none() {
-        reportd.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "no report mail at the lab's MXes:\n{}\nmaillog:\n{}",
-            reportd.log(),
-            maillog()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    reportd.wait_for(
+        WAIT * 2,
+        "report mail at the lab's MX",
+        |_| report_mail(&secure).is_some() && report_mail(&plain).is_some(),
+        || format!("maillog:\n{}", maillog()),
+    );
     let secure_report = report_of(&report_mail(&secure).unwrap().data);
     let summary = &secure_report["policies"][0]["summary"];
     assert_eq!(secure_report["organization-name"], "Lab Org");

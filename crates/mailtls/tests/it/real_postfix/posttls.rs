@@ -4,18 +4,7 @@
 //! Releases go the 3.10 way: `TLS-Required: No` through `posttls-reinject`
 //! and the instance's own routing; the instance has no `posttls-release`.
 
-crate::posttls::scenarios_on!(crate::posttls::On::Root(crate::support::lab::Suite::Trixie) =>
-    a_tls_deferral_notifies_our_sender_once_and_nothing_else_does,
-    releases_and_deletes_act_on_the_real_queue_and_mandatory_domains_are_kept,
-    mandatory_policy_delete_removes_the_message_and_tells_the_sender,
-    the_link_in_the_notification_releases_the_message_through_the_web_pages,
-    a_failed_release_leaves_the_queue_as_it_was,
-    a_release_killed_at_each_step_is_finished_or_undone_after_a_restart,
-    a_delete_killed_at_each_step_is_finished_or_undone_after_a_restart,
-    a_released_copy_is_the_message_the_sender_sent,
-    forged_rows_do_not_make_the_worker_touch_foreign_mail,
-    a_released_copy_takes_the_route_of_its_postfix_version,
-);
+crate::posttls::every_scenario_on!(crate::posttls::On::Root(crate::support::lab::Suite::Trixie));
 
 /// REQUIRETLS is Postfix 3.11's (Debian unstable).
 #[test]
