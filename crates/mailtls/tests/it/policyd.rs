@@ -75,8 +75,19 @@ impl Lab {
     /// A policy host for `LABEL` at `address`:443 answering every request
     /// with `answer`.
     fn policy_host(&self, label: &str, address: std::net::Ipv4Addr, answer: Answer) -> HttpsSink {
+        self.policy_host_with(label, address, Validity::Current, answer)
+    }
+
+    /// [`Lab::policy_host`] with a certificate of this `validity`.
+    fn policy_host_with(
+        &self,
+        label: &str,
+        address: std::net::Ipv4Addr,
+        validity: Validity,
+        answer: Answer,
+    ) -> HttpsSink {
         let name = format!("mta-sts.{label}.{ZONE}");
-        let cert = self.ca.server_cert(&[&name], Validity::Current);
+        let cert = self.ca.server_cert(&[&name], validity);
         HttpsSink::start_at(
             SocketAddr::from((address, 443)),
             cert.server_config,
@@ -88,6 +99,9 @@ impl Lab {
         self.dns = Some(LabDns::start(&self.net, &self.records));
     }
 
+    /// `mailtls policyd` on this lab's resolver, trusting its CA, with
+    /// `allow_private_addresses = 1` (the lab is on loopback) unless
+    /// `extra` sets it.
     fn policyd(&self, extra: &[&str]) -> Policyd {
         let resolver = self.dns.as_ref().expect("start_dns first").resolver();
         let mut args = vec![
@@ -95,11 +109,12 @@ impl Lab {
             resolver.to_string(),
             "--sts_ca_file".to_string(),
             self.ca.ca_file.display().to_string(),
-            "--allow_private_addresses".to_string(),
-            "1".to_string(),
             "--dns_timeout".to_string(),
             "2".to_string(),
         ];
+        if !extra.contains(&"--allow_private_addresses") {
+            args.extend(["--allow_private_addresses".to_string(), "1".to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         Policyd::start(self.dir.path(), &args)
     }
@@ -219,6 +234,8 @@ fn answers_per_policy() {
     let inv = lab.domain("inv", Some("inv1"));
     let html = lab.domain("html", Some("html1"));
     let moved = lab.domain("moved", Some("moved1"));
+    let oldcert = lab.domain("oldcert", Some("old1"));
+    let big = lab.domain("big", Some("big1"));
     // A policy host address where nothing listens.
     lab.domain("down", Some("down1"));
     // DANE: the MX of "dane" has a TLSA record, one of the two of
@@ -259,6 +276,12 @@ fn answers_per_policy() {
             },
         ),
     ];
+    // Over 64 KiB (RFC 8461 section 3.3), valid but for its length.
+    let long_policy = format!("{ENFORCE}{}", "x: y\n".repeat(16 * 1024)).leak();
+    let _more_hosts = [
+        lab.policy_host_with("oldcert", oldcert, Validity::Expired, policy(ENFORCE)),
+        lab.policy_host("big", big, policy(long_policy)),
+    ];
     let policyd = lab.policyd(&[]);
     let log = || policyd.log();
 
@@ -284,7 +307,7 @@ fn answers_per_policy() {
     }
     // An invalid policy, a wrong media type, a redirect and a host that
     // does not answer: no policy (RFC 8461 section 3.3), and logged.
-    for domain in ["inv", "html", "moved", "down"] {
+    for domain in ["inv", "html", "moved", "oldcert", "big", "down"] {
         assert_eq!(
             policyd.ask("postfix", &format!("{domain}.lab.test")),
             "NOTFOUND ",
@@ -300,6 +323,19 @@ fn answers_per_policy() {
     assert!(log().contains("not text/plain"), "{}", log());
     assert!(log().contains("answered 301"), "{}", log());
     assert!(log().contains("without any mx field"), "{}", log());
+    assert!(
+        log().contains("policy of more than 65536 bytes"),
+        "{}",
+        log()
+    );
+    assert!(
+        log().lines().any(
+            |l| l.contains("oldcert.lab.test: MTA-STS policy fetch failed")
+                && l.to_lowercase().contains("expired")
+        ),
+        "{}",
+        log()
+    );
     // DANE before MTA-STS.
     assert_eq!(policyd.ask("postfix", "dane.lab.test"), "OK dane-only");
     assert_eq!(policyd.ask("postfix", "danep.lab.test"), "OK dane");
@@ -336,6 +372,24 @@ fn answers_per_policy() {
         "{}",
         may.log()
     );
+}
+
+#[test]
+fn policy_hosts_at_private_addresses_are_refused_by_default() {
+    let mut lab = Lab::new();
+    let address = lab.domain("enf", Some("enf1"));
+    lab.start_dns();
+    let host = lab.policy_host("enf", address, policy(ENFORCE));
+    // The lab's addresses are loopback: not global.
+    let policyd = lab.policyd(&["--allow_private_addresses", "0"]);
+    assert_eq!(
+        policyd.ask("postfix", "enf.lab.test"),
+        "NOTFOUND ",
+        "{}",
+        policyd.log()
+    );
+    assert!(policyd.log().contains("not global"), "{}", policyd.log());
+    assert!(host.requests().is_empty());
 }
 
 #[test]
