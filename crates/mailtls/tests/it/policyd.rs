@@ -22,6 +22,10 @@ const TESTING: &str = "version: STSv1\nmode: testing\nmx: mx.tst.lab.test\nmax_a
 const NONE: &str = "version: STSv1\nmode: none\nmax_age: 86400\n";
 /// `mode: enforce` without any `mx`: invalid (RFC 8461 section 3.2).
 const NO_MX: &str = "version: STSv1\nmode: enforce\nmax_age: 86400\n";
+/// Valid (an extension value may hold a brace), but Postfix cannot carry
+/// the line in `{ policy_string = ... }`.
+const BRACE: &str =
+    "version: STSv1\nmode: enforce\nmx: mx.brace.lab.test\nmax_age: 86400\nx_note: a{b\n";
 /// Expires 6 seconds after the fetch.
 const SHORT: &str = "version: STSv1\nmode: enforce\nmx: mx.short.lab.test\nmax_age: 6\n";
 
@@ -235,6 +239,7 @@ fn answers_per_policy() {
     let html = lab.domain("html", Some("html1"));
     let moved = lab.domain("moved", Some("moved1"));
     let oldcert = lab.domain("oldcert", Some("old1"));
+    let brace = lab.domain("brace", Some("brace1"));
     let big = lab.domain("big", Some("big1"));
     // A policy host address where nothing listens.
     lab.domain("down", Some("down1"));
@@ -281,6 +286,7 @@ fn answers_per_policy() {
     let _more_hosts = [
         lab.policy_host_with("oldcert", oldcert, Validity::Expired, policy(ENFORCE)),
         lab.policy_host("big", big, policy(long_policy)),
+        lab.policy_host("brace", brace, policy(BRACE)),
     ];
     let policyd = lab.policyd(&[]);
     let log = || policyd.log();
@@ -295,6 +301,14 @@ fn answers_per_policy() {
     assert_eq!(
         policyd.ask("postfix-notlsrpt", "enf.lab.test"),
         "OK secure match=mx.enf.lab.test:.enf.lab.test servername=hostname"
+    );
+    // A policy line Postfix cannot carry: the policy applies, without the
+    // TLSRPT attributes.
+    assert_eq!(
+        policyd.ask("postfix", "brace.lab.test"),
+        "OK secure match=mx.brace.lab.test servername=hostname",
+        "{}",
+        log()
     );
     // Testing (notfound by default), none, no record: NOTFOUND.
     for domain in ["tst", "non", "norec"] {
