@@ -1,7 +1,7 @@
 //! `mailtls`: one binary with a subcommand per program.
 
 use mailtls::programs::{
-    self, check, collectd, docs, fetcher, loadgen, posttls, reportd, run, tlsrptctl,
+    self, check, collectd, docs, fetcher, loadgen, policyd, posttls, reportd, run, tlsrptctl,
 };
 
 fn main() {
@@ -14,6 +14,7 @@ fn main() {
         Some(("reportd", m)) => reportd::main(m),
         Some(("tlsrptctl", m)) => tlsrptctl::main(m),
         Some(("posttls", m)) => posttls::main(m),
+        Some(("policyd", m)) => policyd::main(m),
         Some(("loadgen", m)) => loadgen::main(m),
         Some(("count-sink", m)) => loadgen::sink_main(m),
         Some(("generate-docs", m)) => docs::main(m),

@@ -1,12 +1,13 @@
-//! A local HTTPS server for report uploads (RFC 8460 section 5.4), with a
-//! certificate of a [`TestCa`]: it records every request on 127.0.0.1 and
-//! answers as the test's plan says.
+//! A local HTTPS server for report uploads (RFC 8460 section 5.4) and
+//! MTA-STS policy hosts (RFC 8461 section 3.3), with a certificate of a
+//! [`TestCa`]: it records every request on 127.0.0.1 (or the address given
+//! to [`HttpsSink::start_at`]) and answers as the test's plan says.
 //!
 //! One thread accepts, one thread per connection; one request per
 //! connection (every answer says `Connection: close`).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -21,6 +22,13 @@ pub use crate::tls::TestCa;
 pub enum Answer {
     /// Answer with this status at once.
     Status(u16),
+    /// Answer with this status, `Content-Type` and body at once (a policy
+    /// file, or something that is not one).
+    Text {
+        status: u16,
+        content_type: &'static str,
+        body: &'static str,
+    },
     /// Say nothing for this long, then close the connection unanswered.
     Silence(Duration),
 }
@@ -72,7 +80,7 @@ impl Shared {
 
 /// A running server; dropping it stops accepting connections.
 pub struct HttpsSink {
-    port: u16,
+    address: SocketAddr,
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
 }
@@ -87,14 +95,26 @@ impl HttpsSink {
         ca: &TestCa,
         plan: impl Fn(&Request) -> Answer + Send + Sync + 'static,
     ) -> HttpsSink {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let address = SocketAddr::from(([127, 0, 0, 1], 0));
+        HttpsSink::start_at(address, ca.server_config.clone(), plan)
+    }
+
+    /// Listens on `address` (such as a lab address, port 443) with the
+    /// certificate of `config` (a [`crate::tls::ServerCert`]'s).
+    pub fn start_at(
+        address: SocketAddr,
+        config: Arc<ServerConfig>,
+        plan: impl Fn(&Request) -> Answer + Send + Sync + 'static,
+    ) -> HttpsSink {
+        let listener = TcpListener::bind(address).unwrap();
+        let address = listener.local_addr().unwrap();
+        let port = address.port();
         let shared = Arc::new(Shared {
             requests: Mutex::new(Vec::new()),
             broken: Mutex::new(Vec::new()),
             plan: Box::new(plan),
             stop: AtomicBool::new(false),
-            config: ca.server_config.clone(),
+            config,
         });
         let acceptor = {
             let shared = shared.clone();
@@ -115,14 +135,14 @@ impl HttpsSink {
                 .unwrap()
         };
         HttpsSink {
-            port,
+            address,
             shared,
             acceptor: Some(acceptor),
         }
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.address.port()
     }
 
     /// Every request received so far, in order.
@@ -143,7 +163,7 @@ impl HttpsSink {
 impl Drop for HttpsSink {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        let _ = TcpStream::connect(self.address);
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }
@@ -180,21 +200,25 @@ fn connection(tcp: TcpStream, shared: &Shared) {
     let snapshot = shared.requests()[index].clone();
     let answer = (shared.plan)(&snapshot);
     shared.requests()[index].answer = answer;
-    match answer {
-        Answer::Status(status) => {
-            let body = format!("test server says {status}");
-            let text = format!(
-                "HTTP/1.1 {status} Test\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = tls.write_all(text.as_bytes());
-            tls.conn.send_close_notify();
-            let _ = tls.flush();
-        }
+    let (status, content_type, body) = match answer {
+        Answer::Status(status) => (status, "text/plain", format!("test server says {status}")),
+        Answer::Text {
+            status,
+            content_type,
+            body,
+        } => (status, content_type, body.to_string()),
         Answer::Silence(duration) => {
             std::thread::sleep(duration);
+            return;
         }
-    }
+    };
+    let text = format!(
+        "HTTP/1.1 {status} Test\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tls.write_all(text.as_bytes());
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
 }
 
 fn read_request(stream: &mut impl Read) -> Result<Request, String> {
@@ -235,7 +259,12 @@ fn read_request(stream: &mut impl Read) -> Result<Request, String> {
             _ => {}
         }
     }
-    let length = content_length.ok_or("no Content-Length")?;
+    // A GET has no body, and no Content-Length.
+    let length = match content_length {
+        Some(length) => length,
+        None if method == "GET" => 0,
+        None => return Err("no Content-Length".into()),
+    };
     let mut body = vec![0; length];
     reader
         .read_exact(&mut body)

@@ -7,6 +7,7 @@ pub mod collectd;
 pub mod docs;
 pub mod fetcher;
 pub mod loadgen;
+pub mod policyd;
 pub mod posttls;
 pub mod posttls_web;
 pub mod reportd;
@@ -37,6 +38,7 @@ pub fn cli() -> Command {
         .subcommand(reportd::command().name("reportd"))
         .subcommand(tlsrptctl::command())
         .subcommand(posttls::command())
+        .subcommand(policyd::command())
         .subcommand(loadgen::command())
         .subcommand(loadgen::sink_command().hide(true))
         .subcommand(docs::command().hide(true))

@@ -57,21 +57,27 @@ fn is_global_v4(ip: Ipv4Addr) -> bool {
         || a >= 240) // reserved, broadcast
 }
 
-/// The resolver of uploads: the system's, keeping only addresses an
-/// upload may reach.
+/// A resolver (by default the system's) keeping only the addresses an
+/// upload or a policy fetch may reach.
 #[derive(Debug, Default)]
-pub struct GlobalOnly {
-    system: DefaultResolver,
+pub struct GlobalOnly<R = DefaultResolver> {
+    inner: R,
 }
 
-impl Resolver for GlobalOnly {
+impl<R: Resolver> GlobalOnly<R> {
+    pub fn new(inner: R) -> Self {
+        GlobalOnly { inner }
+    }
+}
+
+impl<R: Resolver> Resolver for GlobalOnly<R> {
     fn resolve(
         &self,
         uri: &Uri,
         config: &Config,
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let all = self.system.resolve(uri, config, timeout)?;
+        let all = self.inner.resolve(uri, config, timeout)?;
         let mut kept = self.empty();
         for address in all.iter().filter(|a| is_global(a.ip())) {
             kept.push(*address);
@@ -81,8 +87,9 @@ impl Resolver for GlobalOnly {
             return Err(ureq::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
                 format!(
-                    "{} resolves only to addresses that are not global ({}): uploads go to public addresses only \
-                     (http_allow_private_addresses = 1 allows others, for labs and tests)",
+                    "{} resolves only to addresses that are not global ({}): only public addresses are connected to \
+                     (http_allow_private_addresses = 1 for reportd, allow_private_addresses = 1 for policyd, \
+                     allows others, for labs and tests)",
                     uri.host().unwrap_or("the host"),
                     shown.join(", ")
                 ),

@@ -4,7 +4,11 @@
 use std::io::Read;
 use std::time::Duration;
 
+use ureq::config::ConfigBuilder;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
+use ureq::typestate::AgentScope;
+use ureq::unversioned::resolver::{DefaultResolver, Resolver};
+use ureq::unversioned::transport::DefaultConnector;
 use ureq::Agent;
 
 use crate::command::CommandLine;
@@ -35,34 +39,20 @@ impl HttpsPost {
     /// global unicast addresses are connected to (see
     /// [`is_global`](crate::is_global)).
     pub fn new(timeout: Duration, trust: &TrustAnchors, allow_private_addresses: bool) -> Self {
-        let roots: Vec<Certificate<'static>> = trust
-            .all()
-            .map(|der| Certificate::from_der(der).to_owned())
-            .collect();
         let config = Agent::config_builder()
             .timeout_global(Some(timeout))
-            .https_only(true)
             // Every status is an answer to classify, not an error.
             .http_status_as_error(false)
             // A redirect is classified like any other non-2xx answer.
             .max_redirects(0)
             .max_redirects_will_error(false)
-            .user_agent(concat!("mailtls-tlsrpt/", env!("CARGO_PKG_VERSION")))
-            .tls_config(
-                TlsConfig::builder()
-                    .root_certs(RootCerts::new_with_certs(&roots))
-                    .build(),
-            )
-            .build();
-        let agent = if allow_private_addresses {
-            config.into()
-        } else {
-            Agent::with_parts(
-                config,
-                ureq::unversioned::transport::DefaultConnector::default(),
-                GlobalOnly::default(),
-            )
-        };
+            .user_agent(concat!("mailtls-tlsrpt/", env!("CARGO_PKG_VERSION")));
+        let agent = https_agent(
+            config,
+            trust,
+            DefaultResolver::default(),
+            allow_private_addresses,
+        );
         HttpsPost { agent }
     }
 
@@ -110,6 +100,39 @@ impl HttpsPost {
         } else {
             Outcome::Permanent(answer)
         }
+    }
+}
+
+/// An HTTPS-only agent made of `config` that verifies servers against
+/// `trust`, resolves host names with `resolver` and, unless
+/// `allow_private_addresses`, connects only to global unicast addresses
+/// ([`is_global`](crate::is_global)). Shared by report uploads (the
+/// system's resolver) and `mailtls policyd`'s MTA-STS policy fetches (its
+/// configured name servers): both connect to hosts that a stranger's DNS
+/// names.
+pub fn https_agent(
+    config: ConfigBuilder<AgentScope>,
+    trust: &TrustAnchors,
+    resolver: impl Resolver,
+    allow_private_addresses: bool,
+) -> Agent {
+    let roots: Vec<Certificate<'static>> = trust
+        .all()
+        .map(|der| Certificate::from_der(der).to_owned())
+        .collect();
+    let config = config
+        .https_only(true)
+        .tls_config(
+            TlsConfig::builder()
+                .root_certs(RootCerts::new_with_certs(&roots))
+                .build(),
+        )
+        .build();
+    let connector = DefaultConnector::default();
+    if allow_private_addresses {
+        Agent::with_parts(config, connector, resolver)
+    } else {
+        Agent::with_parts(config, connector, GlobalOnly::new(resolver))
     }
 }
 

@@ -36,7 +36,7 @@ pub use destination_address::is_global;
 pub use directory::Directory;
 pub use dkim::{DkimAlgorithm, DkimSigner};
 pub use error::Error;
-pub use http::{HttpScript, HttpTransport, HttpsPost};
+pub use http::{https_agent, HttpScript, HttpTransport, HttpsPost};
 pub use mail::{MailTransport, ReportMail};
 pub use sendmail::Sendmail;
 pub use smtp::{Smtp, SmtpCredentials, SmtpSecurity};

@@ -1,0 +1,94 @@
+//! The daemon of `mailtls policyd`: the I/O around [`policyd_policy`].
+//!
+//! - [`dns`]: TXT, MX, TLSA and address lookups through the configured
+//!   name servers, with the AD flag that DANE needs.
+//! - [`fetch`]: the MTA-STS policy over HTTPS (RFC 8461 section 3.3).
+//! - [`store`]: the bounded in-memory policy cache that
+//!   [`policyd_policy::plan`] drives.
+//! - [`lookup`]: one request to one answer (map names, keys, DANE before
+//!   MTA-STS).
+//! - [`server`]: the socketmap server on a TCP or unix socket.
+
+pub mod dns;
+pub mod fetch;
+pub mod lookup;
+pub mod server;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailtls_common::clock::Clock;
+use policyd_policy::TestingAnswer;
+use tlsrpt_delivery::TrustAnchors;
+
+pub use lookup::Engine;
+pub use server::Listen;
+
+/// The daemon's validated settings.
+pub struct Config {
+    pub listen: Listen,
+    /// Permissions of a unix socket.
+    pub listen_mode: u32,
+    pub nameservers: Vec<std::net::SocketAddr>,
+    /// Per name server and transport.
+    pub dns_timeout: Duration,
+    pub trust: TrustAnchors,
+    pub allow_private_addresses: bool,
+    pub fetch_timeout: Duration,
+    pub testing: TestingAnswer,
+    pub cache_size: usize,
+}
+
+/// Why the daemon could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot listen on {listen}: {error}")]
+    Listen {
+        listen: Listen,
+        error: std::io::Error,
+    },
+}
+
+/// Serves until `stop` completes (the program passes SIGTERM and SIGINT).
+pub fn run(
+    config: Config,
+    clock: Box<dyn Clock>,
+    stop: impl std::future::Future + Send + 'static,
+) -> Result<(), Error> {
+    let dns = Arc::new(dns::Dns::new(config.nameservers, config.dns_timeout));
+    let fetcher = fetch::Fetcher::new(
+        config.fetch_timeout,
+        &config.trust,
+        dns.clone(),
+        config.allow_private_addresses,
+    );
+    let engine = Arc::new(Engine::new(
+        dns,
+        fetcher,
+        config.cache_size,
+        config.testing,
+        clock,
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    let listen = config.listen;
+    let result = runtime.block_on(async {
+        let listener = server::Listener::bind(&listen, config.listen_mode)
+            .await
+            .map_err(|error| Error::Listen {
+                listen: listen.clone(),
+                error,
+            })?;
+        log::info!("serving socketmap on {listen}");
+        server::serve(listener, engine, stop).await;
+        Ok(())
+    });
+    // Lookups still running (a slow fetch) are not waited for long.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}

@@ -1,0 +1,320 @@
+//! One lookup, from Postfix's request to the answer: which map, which
+//! domain, DANE or MTA-STS, and the cache.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use mailtls_common::clock::Clock;
+use policyd_policy::cache::{CacheAction, NoPolicyReason};
+use policyd_policy::{
+    plan, postfix_answer, Answer, AnswerError, AnswerOptions, CachedPolicy, DaneLevel, Decision,
+    Request, TestingAnswer, TxtLookup,
+};
+
+use crate::dns::{Dns, DnsError};
+use crate::fetch::Fetcher;
+use crate::store::PolicyStore;
+
+/// The socketmap names served, which differ only in the TLSRPT attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapName {
+    /// `postfix`: answers with the TLSRPT attributes (Postfix 3.10+).
+    Postfix,
+    /// `postfix-notlsrpt`: the same answers without them, for Postfix 3.9
+    /// and older, which refuse an answer with unknown attributes.
+    PostfixNoTlsrpt,
+}
+
+impl MapName {
+    pub fn parse(name: &str) -> Option<MapName> {
+        match name {
+            "postfix" => Some(MapName::Postfix),
+            "postfix-notlsrpt" => Some(MapName::PostfixNoTlsrpt),
+            _ => None,
+        }
+    }
+
+    fn tlsrpt(self) -> bool {
+        self == MapName::Postfix
+    }
+}
+
+/// The recipient domain a key names, as an A-label host name in lowercase
+/// without the trailing dot; `None` for keys that get `NOTFOUND`:
+///
+/// - `.example.com`, Postfix's parent-domain lookup (with
+///   `parent_domain_matches_subdomains`): an MTA-STS policy is for its
+///   domain only (RFC 8461 section 4.1 matches MX hosts, not recipient
+///   subdomains), so a subdomain is looked up under its own name.
+/// - `[host]:port` and `[address]` next hops, IP addresses: no MX lookup,
+///   so neither MTA-STS (RFC 8461 section 4) nor DANE MX-based policy.
+/// - anything else that is not a host name, including a U-label name that
+///   has no valid A-label form (UTS #46).
+pub fn domain_of_key(key: &str) -> Option<String> {
+    let key = key.strip_suffix('.').unwrap_or(key);
+    if key.starts_with('.') || key.starts_with('[') || key.parse::<IpAddr>().is_ok() {
+        return None;
+    }
+    let ascii = if key.is_ascii() {
+        key.to_ascii_lowercase()
+    } else {
+        idna::domain_to_ascii(key).ok()?
+    };
+    is_host_name(&ascii).then_some(ascii)
+}
+
+/// Dot-separated labels of 1-63 letters, digits, `-` or `_`, 253
+/// characters at most (RFC 1035 section 2.3.4).
+fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Everything a lookup needs; shared by all connections.
+pub struct Engine {
+    dns: Arc<Dns>,
+    fetcher: Fetcher,
+    store: Mutex<PolicyStore>,
+    /// Domains whose policy is being refreshed in the background.
+    refreshing: Mutex<HashSet<String>>,
+    testing: TestingAnswer,
+    clock: Box<dyn Clock>,
+}
+
+impl Engine {
+    pub fn new(
+        dns: Arc<Dns>,
+        fetcher: Fetcher,
+        cache_size: usize,
+        testing: TestingAnswer,
+        clock: Box<dyn Clock>,
+    ) -> Engine {
+        Engine {
+            dns,
+            fetcher,
+            store: Mutex::new(PolicyStore::new(cache_size)),
+            refreshing: Mutex::new(HashSet::new()),
+            testing,
+            clock,
+        }
+    }
+
+    /// The answer to one request. Blocks on DNS and HTTPS: run it off the
+    /// server's event loop.
+    pub fn answer(self: &Arc<Self>, request: &Request) -> Answer {
+        let Some(map) = MapName::parse(&request.map) else {
+            return Answer::Perm(format!("unknown map {}", request.map));
+        };
+        let Some(domain) = domain_of_key(&request.key) else {
+            return Answer::NotFound;
+        };
+        let decision = self.decide(&domain);
+        log::debug!("{domain}: {decision:?}");
+        let options = AnswerOptions {
+            tlsrpt: map.tlsrpt(),
+            testing: self.testing,
+        };
+        match postfix_answer(&decision, &options) {
+            Ok(answer) => answer,
+            // A policy line Postfix cannot carry: the policy still applies,
+            // only without the TLSRPT attributes.
+            Err(AnswerError::UnsafeForPostfix { line }) if options.tlsrpt => {
+                log::warn!("{domain}: policy line {line} cannot be sent to Postfix; answering without the TLSRPT attributes");
+                let options = AnswerOptions {
+                    tlsrpt: false,
+                    ..options
+                };
+                postfix_answer(&decision, &options)
+                    .unwrap_or_else(|e| Answer::Temp(format!("policy of {domain}: {e}")))
+            }
+            Err(e) => Answer::Temp(format!("policy of {domain}: {e}")),
+        }
+    }
+
+    /// DANE first (RFC 8461 section 2), then MTA-STS.
+    pub fn decide(self: &Arc<Self>, domain: &str) -> Decision {
+        match self.dane(domain) {
+            Ok(Some(level)) => Decision::Dane(level),
+            Ok(None) => self.sts(domain),
+            Err(e) => Decision::TempFail {
+                reason: format!("DNS lookup for DANE of {domain} failed: {e}"),
+            },
+        }
+    }
+
+    /// The DANE level of `domain`: `dane-only` when every MX host has a
+    /// usable TLSA record under DNSSEC, `dane` when some have, none when no
+    /// host has or the MX answer is not DNSSEC-validated (RFC 7672 section
+    /// 2.2.1: DANE needs a secure MX RRset). Without MX records the domain
+    /// is its own MX (RFC 5321 section 5.1).
+    fn dane(&self, domain: &str) -> Result<Option<DaneLevel>, DnsError> {
+        let mx = self.dns.mx(domain)?;
+        if !mx.authentic {
+            return Ok(None);
+        }
+        let hosts = if mx.hosts.is_empty() {
+            vec![domain.to_string()]
+        } else {
+            mx.hosts
+        };
+        let mut with_tlsa = 0;
+        for host in &hosts {
+            if self.dns.has_usable_tlsa(host)? {
+                with_tlsa += 1;
+            }
+        }
+        Ok(match with_tlsa {
+            0 => None,
+            n if n == hosts.len() => Some(DaneLevel::DaneOnly),
+            _ => Some(DaneLevel::Dane),
+        })
+    }
+
+    /// MTA-STS by [`plan`]: a failed TXT lookup without a valid cached
+    /// policy is `TEMP` (a DNS failure is not "no policy"); a failed fetch
+    /// without one is "no policy" (RFC 8461 section 3.3), logged.
+    fn sts(self: &Arc<Self>, domain: &str) -> Decision {
+        let now = self.clock.now();
+        let txt = match self.dns.sts_txt(domain) {
+            Ok(records) => match policyd_policy::select(&records) {
+                Ok(record) => TxtLookup::Id(record.id),
+                Err(e) => {
+                    log::debug!("{domain}: no MTA-STS record: {e}");
+                    TxtLookup::NoRecord
+                }
+            },
+            Err(e) => {
+                log::warn!("{domain}: _mta-sts TXT lookup failed: {e}");
+                TxtLookup::Failed
+            }
+        };
+        let entry = self.store().get(domain).unwrap_or_default();
+        let cached = entry.policy.as_ref();
+        let apply = |c: &CachedPolicy| Decision::from_policy(domain, c.policy.clone());
+        let id = match &txt {
+            TxtLookup::Id(id) => id.as_str(),
+            _ => "",
+        };
+        match plan(now, &txt, cached, entry.last_failed_fetch) {
+            CacheAction::Use => cached.map_or(Decision::NoPolicy, apply),
+            CacheAction::UseAndRefresh => {
+                self.refresh_in_background(domain, id);
+                cached.map_or(Decision::NoPolicy, apply)
+            }
+            CacheAction::FetchOrUseCached => match self.fetch(domain, id) {
+                Some(fresh) => apply(&fresh),
+                None => {
+                    log::warn!("{domain}: applying the cached policy until it expires (RFC 8461 section 3.3)");
+                    cached.map_or(Decision::NoPolicy, apply)
+                }
+            },
+            CacheAction::Fetch => {
+                match self.fetch(domain, id) {
+                    Some(fresh) => apply(&fresh),
+                    None => {
+                        log::warn!("{domain}: delivering as without an MTA-STS policy (RFC 8461 section 3.3)");
+                        Decision::NoPolicy
+                    }
+                }
+            }
+            CacheAction::NoPolicy(NoPolicyReason::DnsFailure) => Decision::TempFail {
+                reason: format!("DNS lookup of _mta-sts.{domain} failed"),
+            },
+            CacheAction::NoPolicy(NoPolicyReason::RecentFetchFailure) => {
+                log::debug!("{domain}: policy fetch failed recently; no policy");
+                Decision::NoPolicy
+            }
+            CacheAction::NoPolicy(NoPolicyReason::NoRecord) => Decision::NoPolicy,
+        }
+    }
+
+    /// Fetches and stores the policy of `domain` under `id`; on failure
+    /// records it (so that the next attempt waits, RFC 8461 section 3.3).
+    fn fetch(&self, domain: &str, id: &str) -> Option<CachedPolicy> {
+        match self.fetcher.fetch(domain) {
+            Ok(policy) => {
+                let fresh = CachedPolicy::new(id, policy, self.clock.now());
+                log::info!(
+                    "{domain}: fetched MTA-STS policy id {id}, mode {}, until {}",
+                    fresh.policy.mode().as_str(),
+                    fresh.expires_at
+                );
+                self.store().store_policy(domain, fresh.clone());
+                Some(fresh)
+            }
+            Err(e) => {
+                log::warn!("{domain}: MTA-STS policy fetch failed: {e}");
+                self.store().record_failure(domain, self.clock.now());
+                None
+            }
+        }
+    }
+
+    /// One background refresh per domain at a time.
+    fn refresh_in_background(self: &Arc<Self>, domain: &str, id: &str) {
+        if !self.refreshing().insert(domain.to_string()) {
+            return;
+        }
+        let engine = Arc::clone(self);
+        let (domain, id) = (domain.to_string(), id.to_string());
+        std::thread::spawn(move || {
+            engine.fetch(&domain, &id);
+            engine.refreshing().remove(&domain);
+        });
+    }
+
+    fn store(&self) -> MutexGuard<'_, PolicyStore> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn refreshing(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.refreshing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        assert_eq!(domain_of_key("Example.COM."), Some("example.com".into()));
+        assert_eq!(domain_of_key("localhost"), Some("localhost".into()));
+        assert_eq!(
+            domain_of_key("bücher.example"),
+            Some("xn--bcher-kva.example".into())
+        );
+        for refused in [
+            ".example.com",
+            "[mx.example.com]:25",
+            "[192.0.2.1]",
+            "192.0.2.1",
+            "2001:db8::1",
+            "example.com:587",
+            "a..b",
+            "",
+            ".",
+            "a b",
+        ] {
+            assert_eq!(domain_of_key(refused), None, "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn map_names() {
+        assert_eq!(MapName::parse("postfix"), Some(MapName::Postfix));
+        assert_eq!(
+            MapName::parse("postfix-notlsrpt"),
+            Some(MapName::PostfixNoTlsrpt)
+        );
+        assert_eq!(MapName::parse("Postfix"), None);
+    }
+}
