@@ -135,14 +135,16 @@ fn policy(body: &'static str) -> Answer {
 }
 
 /// A running `mailtls policyd`, killed when dropped.
-struct Policyd {
+pub(crate) struct Policyd {
     child: Child,
     address: SocketAddr,
     log: PathBuf,
 }
 
 impl Policyd {
-    fn start(dir: &Path, args: &[String]) -> Policyd {
+    /// Started with its log in `dir`, listening on a free TCP port of
+    /// 127.0.0.1.
+    pub(crate) fn start(dir: &Path, args: &[String]) -> Policyd {
         let port = crate::support::free_port();
         let address = SocketAddr::from(([127, 0, 0, 1], port));
         let log = dir.join(format!("policyd-{port}.log"));
@@ -191,7 +193,12 @@ impl Policyd {
         read_answer(&mut stream).unwrap_or_else(|e| panic!("{map} {key}: {e}\n{}", self.log()))
     }
 
-    fn log(&self) -> String {
+    /// Where it listens.
+    pub(crate) fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }

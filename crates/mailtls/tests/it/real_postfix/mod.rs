@@ -8,6 +8,7 @@ mod check;
 mod collector;
 mod lab;
 mod package;
+mod policyd;
 mod posttls;
 mod tls_required;
 mod tlsrpt;
@@ -16,6 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::https_sink::{Answer, HttpsSink};
 use crate::support::lab::{LabDns, Net, Root, Suite, ZONE};
 use crate::support::postfix::{Options, Postfix};
 use crate::support::smtp_sink::{SmtpSink, Starttls};
@@ -64,6 +66,10 @@ pub struct Domain {
     /// Where its TLSRPT record sends reports: `tlsrpt@` the domain unless
     /// set.
     pub rua: Option<String>,
+    /// An MTA-STS policy: `_mta-sts` record and this body at
+    /// `https://mta-sts.LABEL.lab.test/.well-known/mta-sts.txt` (RFC 8461
+    /// section 3), served by a lab host with a lab CA certificate.
+    pub sts: Option<String>,
 }
 
 impl Domain {
@@ -74,7 +80,14 @@ impl Domain {
             tlsa: Tlsa::None,
             policy: None,
             rua: None,
+            sts: None,
         }
+    }
+
+    /// Publish the MTA-STS policy `body`.
+    pub fn sts(mut self, body: &str) -> Domain {
+        self.sts = Some(body.to_string());
+        self
     }
 
     /// Reports to the mailbox `address` (in a domain mail can reach).
@@ -121,6 +134,8 @@ pub struct Lab {
     pub dns: LabDns,
     /// `smtp_tls_policy_maps` as the instance reads it.
     pub policy_map: String,
+    /// The MTA-STS policy hosts, serving while the lab lives.
+    _policy_hosts: Vec<HttpsSink>,
 }
 
 impl Lab {
@@ -138,6 +153,7 @@ impl Lab {
         let mut records = Vec::new();
         let mut mxes = BTreeMap::new();
         let mut policies = String::new();
+        let mut policy_hosts = Vec::new();
         for d in domains {
             let ip = net.host();
             let label = d.label;
@@ -170,6 +186,22 @@ impl Lab {
             if let Some(policy) = &d.policy {
                 policies.push_str(&format!("{} {policy}\n", d.name()));
             }
+            if let Some(body) = &d.sts {
+                let host = net.host();
+                records.push(format!("mta-sts.{label} A {host}"));
+                records.push(format!("_mta-sts.{label} TXT \"v=STSv1; id=1\""));
+                let cert = ca.server_cert(&[&format!("mta-sts.{label}.{ZONE}")], Validity::Current);
+                let body: &'static str = body.clone().leak();
+                policy_hosts.push(HttpsSink::start_at(
+                    std::net::SocketAddr::from((host, 443)),
+                    cert.server_config,
+                    move |_| Answer::Text {
+                        status: 200,
+                        content_type: "text/plain",
+                        body,
+                    },
+                ));
+            }
             mxes.insert(d.name(), SmtpSink::start_mx(ip, starttls));
         }
         let policy_file = dir.path().join("tls_policy");
@@ -183,6 +215,7 @@ impl Lab {
             mxes,
             dns,
             policy_map,
+            _policy_hosts: policy_hosts,
         }
     }
 

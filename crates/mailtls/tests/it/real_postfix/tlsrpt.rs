@@ -17,14 +17,14 @@ use crate::support::*;
 
 /// Binds the collector socket of an instance and keeps every datagram
 /// Postfix sends to it, as sent.
-struct Recorder {
+pub(super) struct Recorder {
     datagrams: Arc<Mutex<Vec<Vec<u8>>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Recorder {
-    fn start(postfix: &Postfix) -> Recorder {
+    pub(super) fn start(postfix: &Postfix) -> Recorder {
         let path = collector_socket(postfix);
         let socket = UnixDatagram::bind(&path).unwrap();
         // Postfix's smtp runs as user postfix.
@@ -53,7 +53,7 @@ impl Recorder {
         }
     }
 
-    fn datagrams(&self) -> Vec<Vec<u8>> {
+    pub(super) fn datagrams(&self) -> Vec<Vec<u8>> {
         self.datagrams.lock().unwrap().clone()
     }
 }

@@ -1,0 +1,136 @@
+//! `mailtls policyd` as Debian 13's Postfix 3.10 uses it: the instance's
+//! `smtp_tls_policy_maps = socketmap:inet:...:postfix`, the lab's signed
+//! DNS with `_mta-sts` records, MTA-STS policy hosts on lab addresses with
+//! lab CA certificates. What Postfix does with each answer (delivered or
+//! deferred) and the TLSRPT datagrams it sends (policy type, domain,
+//! strings, MX patterns, result) are checked domain by domain.
+
+use serde_json::Value;
+
+use super::tlsrpt::Recorder;
+use super::{logged_events, Domain, Lab, Mx, WAIT};
+use crate::policyd::Policyd;
+use crate::support::lab::Suite;
+use crate::support::postfix::Postfix;
+
+/// RFC 8461 section 3.2 policies for the lab's MX names.
+fn policy(label: &str, mode: &str) -> String {
+    format!("version: STSv1\nmode: {mode}\nmx: mx.{label}.lab.test\nmax_age: 86400\n")
+}
+
+/// The datagram Postfix sent for `domain` (one per delivery attempt here).
+fn datagram_of(datagrams: &[Vec<u8>], domain: &str) -> Value {
+    datagrams
+        .iter()
+        .map(|d| serde_json::from_slice::<Value>(d).unwrap())
+        .find(|d| d["d"] == domain)
+        .unwrap_or_else(|| panic!("no datagram for {domain}"))
+}
+
+#[test]
+fn postfix_3_10_enforces_and_reports_the_sts_policies_policyd_answers() {
+    let domains = [
+        Domain::new("stsok", Mx::Trusted).sts(&policy("stsok", "enforce")),
+        Domain::new("stsbad", Mx::WrongName).sts(&policy("stsbad", "enforce")),
+        Domain::new("ststest", Mx::WrongName).sts(&policy("ststest", "testing")),
+        Domain::new("nosts", Mx::WrongName),
+    ];
+    let lab = Lab::start(Suite::Trixie, &domains);
+    let dir = tempfile::tempdir().unwrap();
+    let policyd = Policyd::start(
+        dir.path(),
+        &[
+            "--nameservers".into(),
+            lab.dns.resolver().to_string(),
+            "--sts_ca_file".into(),
+            lab.ca.ca_file.display().to_string(),
+            "--allow_private_addresses".into(),
+            "1".into(),
+        ],
+    );
+    // The lab's own policy table replaced by the policy server.
+    let postfix = Postfix::start(lab.postfix_options().main_cf(&format!(
+        "smtp_tls_policy_maps = socketmap:inet:{}:postfix",
+        policyd.address()
+    )));
+    let recorder = Recorder::start(&postfix);
+    for d in &domains {
+        postfix.sendmail(
+            &[
+                "-f",
+                "sender@mta.mailtls.test",
+                "--",
+                &format!("user@{}", d.name()),
+            ],
+            format!("Subject: to {}\n\nbody\n", d.name()).as_bytes(),
+        );
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while logged_events(&postfix.maillog()).len() < domains.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Postfix logged {} TLSRPT events:\n{}\npolicyd:\n{}",
+            logged_events(&postfix.maillog()).len(),
+            postfix.maillog(),
+            policyd.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let datagrams = recorder.datagrams();
+
+    // enforce, right certificate: delivered over TLS, reported under the
+    // sts policy with its lines and MX pattern.
+    assert_eq!(
+        lab.mxes["stsok.lab.test"].messages().len(),
+        1,
+        "{}",
+        postfix.maillog()
+    );
+    let ok = datagram_of(&datagrams, "stsok.lab.test");
+    let p = &ok["policies"][0];
+    assert_eq!(p["policy-type"], 2, "sts: {ok}");
+    assert_eq!(p["policy-domain"], "stsok.lab.test", "{ok}");
+    assert_eq!(
+        p["policy-string"],
+        serde_json::json!([
+            "version: STSv1",
+            "mode: enforce",
+            "mx: mx.stsok.lab.test",
+            "max_age: 86400"
+        ]),
+        "{ok}"
+    );
+    assert_eq!(
+        p["mx-host"],
+        serde_json::json!(["mx.stsok.lab.test"]),
+        "{ok}"
+    );
+    assert_eq!(p["f"], 0, "success: {ok}");
+
+    // enforce, a certificate for another name: deferred, reported as a
+    // certificate-host-mismatch under the sts policy.
+    assert!(lab.mxes["stsbad.lab.test"].messages().is_empty());
+    let bad = datagram_of(&datagrams, "stsbad.lab.test");
+    let p = &bad["policies"][0];
+    assert_eq!(p["policy-type"], 2, "{bad}");
+    assert_eq!(p["f"], 1, "{bad}");
+    assert_eq!(
+        p["failure-details"][0]["c"], 202,
+        "certificate-host-mismatch: {bad}"
+    );
+    let queue = postfix.postqueue_json();
+    assert!(
+        queue
+            .iter()
+            .any(|m| m["recipients"][0]["address"] == "user@stsbad.lab.test"),
+        "{queue:?}"
+    );
+
+    // testing (answered NOTFOUND, as both anchors do) and no policy: the
+    // instance's own level (may) delivers, reported as no-policy-found.
+    for domain in ["ststest.lab.test", "nosts.lab.test"] {
+        assert_eq!(lab.mxes[domain].messages().len(), 1, "{domain}");
+        let d = datagram_of(&datagrams, domain);
+        assert_eq!(d["policies"][0]["policy-type"], 9, "{d}");
+    }
+}
