@@ -210,12 +210,12 @@ impl Drop for Policyd {
     }
 }
 
-fn netstring(payload: &str) -> Vec<u8> {
+pub(crate) fn netstring(payload: &str) -> Vec<u8> {
     format!("{}:{payload},", payload.len()).into_bytes()
 }
 
 /// Reads one netstring answer; `Err` at end of stream or on bad framing.
-fn read_answer(stream: &mut TcpStream) -> Result<String, String> {
+pub(crate) fn read_answer(stream: &mut TcpStream) -> Result<String, String> {
     let mut length = String::new();
     let mut byte = [0];
     loop {

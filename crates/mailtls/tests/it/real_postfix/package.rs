@@ -48,8 +48,17 @@ impl Unit {
                 .split_whitespace()
                 .map(str::to_string)
                 .collect(),
-            user: value("User").expect("User="),
-            group: value("Group").expect("Group="),
+            // A DynamicUser= unit runs as a user systemd makes for it:
+            // nobody stands in for that unprivileged, file-less user.
+            user: value("User").unwrap_or_else(|| {
+                assert_eq!(
+                    value("DynamicUser").as_deref(),
+                    Some("yes"),
+                    "{name}: User="
+                );
+                "nobody".into()
+            }),
+            group: value("Group").unwrap_or_else(|| "nogroup".into()),
             supplementary_groups: value("SupplementaryGroups")
                 .map(|g| g.split_whitespace().map(str::to_string).collect())
                 .unwrap_or_default(),
@@ -509,6 +518,39 @@ fn the_package_installs_runs_as_its_units_say_reports_and_purges_on_debian_13() 
     );
     assert_eq!(mail.sender, "_tlsrpt@mta.mailtls.test");
 
+    // The policy server as its unit runs it answers a lookup through the
+    // lab's DNS: the secure domain publishes no MTA-STS policy.
+    let policyd_port = free_port();
+    append(
+        root,
+        "/etc/mailtls/policyd.cfg",
+        &format!(
+            "listen = inet:127.0.0.1:{policyd_port}\nnameservers = {}\n",
+            lab.dns.resolver()
+        ),
+    );
+    let mut policyd = Service::start(root, "mailtls-policyd");
+    policyd.wait_for(
+        WAIT,
+        "listener",
+        |_| std::net::TcpStream::connect(("127.0.0.1", policyd_port)).is_ok(),
+        String::new,
+    );
+    assert_eq!(policyd.credentials(root).0, "nobody");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", policyd_port)).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        &crate::policyd::netstring(&format!("postfix {}", secure.name())),
+    )
+    .unwrap();
+    assert_eq!(
+        crate::policyd::read_answer(&mut stream).unwrap(),
+        "NOTFOUND ",
+        "{}",
+        policyd.log()
+    );
+
     // The web pages answer.
     let mut login = String::new();
     {
@@ -525,7 +567,7 @@ fn the_package_installs_runs_as_its_units_say_reports_and_purges_on_debian_13() 
     worker.assert_running();
 
     // Everything stops cleanly, and the package goes without a trace.
-    for service in [collector, reportd, web, worker] {
+    for service in [collector, reportd, web, worker, policyd] {
         let name = service.unit.name.clone();
         let log = service.log();
         let status = service.stop();
