@@ -10,6 +10,7 @@ mod check;
 mod collectd;
 mod fleet;
 mod metrics;
+mod package;
 mod postfix_harness;
 mod posttls;
 mod posttls_browser;
