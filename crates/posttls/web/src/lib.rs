@@ -119,9 +119,8 @@ struct Inner {
     key: SecretKey,
     pages: pages::Pages,
     throttle: Mutex<LoginThrottle>,
-    /// Login attempts are checked one at a time, so that parallel guesses
-    /// cannot all pass the throttle before the first failure is counted.
-    login_gate: tokio::sync::Mutex<()>,
+    /// The password checks' two lanes (see `admin::login`).
+    check_lanes: CheckLanes,
     /// A hash to verify against for unknown user names, so that the answer
     /// takes as long as for a known one.
     dummy_hash: OnceLock<String>,
@@ -167,7 +166,7 @@ impl AppState {
             store: Mutex::new(store),
             key,
             throttle: Mutex::new(LoginThrottle::new(THROTTLE_ENTRIES)),
-            login_gate: tokio::sync::Mutex::new(()),
+            check_lanes: CheckLanes::new(),
             dummy_hash: OnceLock::new(),
             summaries: Mutex::new(Vec::new()),
         })))
@@ -248,8 +247,8 @@ impl AppState {
         self.0.throttle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn login_gate(&self) -> &tokio::sync::Mutex<()> {
-        &self.0.login_gate
+    pub(crate) fn check_lanes(&self) -> &CheckLanes {
+        &self.0.check_lanes
     }
 
     /// A hash of nothing anybody types, made once on first use.
@@ -268,6 +267,50 @@ impl AppState {
             let _ = set.insert(entry);
         }
         set
+    }
+}
+
+/// Password checks of unknown names that may wait for their lane; more are
+/// answered unchecked.
+pub const MAX_WAITING_CHECKS: usize = 4;
+
+/// Password checks run one at a time for admins' names and one at a time
+/// for other names, so that the second kind (which anybody can send in any
+/// number) never delays the first.
+pub(crate) struct CheckLanes {
+    pub(crate) admins: tokio::sync::Semaphore,
+    pub(crate) others: tokio::sync::Semaphore,
+    others_waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// A place in the queue of the unknown names' lane, given up when dropped.
+pub(crate) struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl CheckLanes {
+    fn new() -> CheckLanes {
+        CheckLanes {
+            admins: tokio::sync::Semaphore::new(1),
+            others: tokio::sync::Semaphore::new(1),
+            others_waiting: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// A place in the unknown names' queue (the one being checked
+    /// included), unless [`MAX_WAITING_CHECKS`] and one are taken.
+    pub(crate) fn enqueue_other(&self) -> Option<Waiting<'_>> {
+        use std::sync::atomic::Ordering;
+        self.others_waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n <= MAX_WAITING_CHECKS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Waiting(&self.others_waiting))
     }
 }
 
