@@ -476,14 +476,23 @@ impl FromRequestParts<AppState> for ClientIp {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        // On a dual-stack listener (`[::]:PORT`) an IPv4 peer arrives as
+        // `::ffff:a.b.c.d`: compared and recorded as the IPv4 address.
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip());
+            .map(|ConnectInfo(addr)| addr.ip().to_canonical());
+        let trusted = |ip: &IpAddr| {
+            state
+                .config()
+                .trusted_proxies
+                .iter()
+                .any(|proxy| proxy.to_canonical() == *ip)
+        };
         Ok(ClientIp(match peer {
-            Some(ip) if state.config().trusted_proxies.contains(&ip) => {
-                forwarded_for(&parts.headers).or(Some(ip))
-            }
+            Some(ip) if trusted(&ip) => forwarded_for(&parts.headers)
+                .map(|client| client.to_canonical())
+                .or(Some(ip)),
             other => other,
         }))
     }
