@@ -11,6 +11,7 @@ use anyhow::{anyhow, Context};
 use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Arg, ArgMatches, Command};
 use mailtls_common::config::add_options;
@@ -118,6 +119,22 @@ pub fn web_config(o: &PosttlsOptions) -> anyhow::Result<WebConfig> {
                 .with_context(|| format!("trusted_proxies: {p:?} is not an IP address"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let positive = |name: &str, value: i64| {
+        u64::try_from(value)
+            .ok()
+            .filter(|&v| v > 0)
+            .with_context(|| format!("{name} = {value}: a positive number is needed"))
+    };
+    let limits = posttls_web::ConnectionLimits {
+        max_connections: positive("max_connections", o.max_connections)? as usize,
+        max_per_client: positive("max_connections_per_client", o.max_connections_per_client)?
+            as usize,
+        head_timeout: Duration::from_secs(positive(
+            "request_head_timeout",
+            o.request_head_timeout,
+        )?),
+        request_timeout: Duration::from_secs(positive("request_timeout", o.request_timeout)?),
+    };
     let secure_cookies = o.cookie_secure != 0;
     if !secure_cookies {
         log::warn!("cookie_secure = 0: the admin session cookie is sent over plain HTTP too; use this for tests only");
@@ -133,6 +150,7 @@ pub fn web_config(o: &PosttlsOptions) -> anyhow::Result<WebConfig> {
         mandatory_domains,
         trusted_proxies,
         tlsrpt: tlsrpt_sources(o)?,
+        limits,
     })
 }
 

@@ -144,6 +144,7 @@ fn start_web(
         mandatory_domains: posttls_policy::DomainSet::new(),
         trusted_proxies: Vec::new(),
         tlsrpt,
+        limits: Default::default(),
     };
     let store = posttls_store::Database::Sqlite(dir.join("posttls.sqlite"));
     // Checked now, so that a broken database stops the start visibly.

@@ -609,9 +609,7 @@ fn a_development_rollover_after_a_postgresql_restart_moves_every_row() {
     let on = |day: chrono::NaiveDate| {
         cluster.psql(
             "tlsrpt",
-            &format!(
-                "SELECT coalesce(sum(total), 0) FROM tlsrpt_results WHERE day = '{day}'"
-            ),
+            &format!("SELECT coalesce(sum(total), 0) FROM tlsrpt_results WHERE day = '{day}'"),
         )
     };
     assert_eq!(
@@ -622,6 +620,9 @@ fn a_development_rollover_after_a_postgresql_restart_moves_every_row() {
     );
     assert_eq!(on(yesterday.succ_opt().unwrap()), "0");
     let bulk = fetch(&pg, &[&yesterday.to_string(), "--bulk"]);
-    assert!(bulk.lines().count() > 3, "the fetcher serves the day: {bulk}");
+    assert!(
+        bulk.lines().count() > 3,
+        "the fetcher serves the day: {bulk}"
+    );
     assert!(collector.terminate().success(), "{}", collector.log_text());
 }

@@ -17,5 +17,6 @@ mod posttls_browser;
 mod real_postfix;
 mod reportd;
 mod reportd_delivery;
+mod slowloris;
 mod tls_dashboard;
 mod upstream;

@@ -40,9 +40,17 @@ fn the_package_script_follows_cargo_target_dir() {
         elsewhere.path().join("debian"),
         "the package is made in cargo's target directory: {stdout}"
     );
-    let listing = Command::new("dpkg-deb").arg("-c").arg(&deb).output().unwrap();
+    let listing = Command::new("dpkg-deb")
+        .arg("-c")
+        .arg(&deb)
+        .output()
+        .unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout);
-    for program in ["usr/sbin/tlsrpt-collectd", "usr/sbin/posttls", "usr/bin/mailtls"] {
+    for program in [
+        "usr/sbin/tlsrpt-collectd",
+        "usr/sbin/posttls",
+        "usr/bin/mailtls",
+    ] {
         assert!(listing.contains(program), "{program} in\n{listing}");
     }
 }

@@ -309,7 +309,14 @@ mod tests {
 
     /// `times` failed attempts of `name` from `address` at `now`, each
     /// counted whatever the delay (as if each came after the previous one's).
-    fn fail(throttle: &mut LoginThrottle, name: &str, kind: Name, address: &str, times: u32, now: Instant) {
+    fn fail(
+        throttle: &mut LoginThrottle,
+        name: &str,
+        kind: Name,
+        address: &str,
+        times: u32,
+        now: Instant,
+    ) {
         for _ in 0..times {
             throttle.failed(name, kind, address, now);
         }
@@ -358,8 +365,14 @@ mod tests {
             throttle.delay_for("admin", "ip:b", t0 + Duration::from_millis(3500)),
             Duration::from_millis(500)
         );
-        assert_eq!(throttle.delay_for("admin", "ip:b", t0 + 4 * S), Duration::ZERO);
-        assert_eq!(throttle.delay_for("root", "ip:a", t0 + 4 * S), Duration::ZERO);
+        assert_eq!(
+            throttle.delay_for("admin", "ip:b", t0 + 4 * S),
+            Duration::ZERO
+        );
+        assert_eq!(
+            throttle.delay_for("root", "ip:a", t0 + 4 * S),
+            Duration::ZERO
+        );
         // The next failure after waiting doubles the delay, from its own time.
         throttle.failed("admin", Name::Admin, "ip:b", t0 + 100 * S);
         assert_eq!(admin_delay(&throttle, "admin", t0 + 100 * S), 8 * S);
@@ -470,14 +483,32 @@ mod tests {
         // And so every table full of locked entries: nothing locked goes.
         let mut small = LoginThrottle::new(3);
         for key in ["a", "b", "c"] {
-            fail(&mut small, &format!("name {key}"), Name::Unknown, &format!("ip:{key}"), 5, t0);
+            fail(
+                &mut small,
+                &format!("name {key}"),
+                Name::Unknown,
+                &format!("ip:{key}"),
+                5,
+                t0,
+            );
         }
         small.failed("name d", Name::Unknown, "ip:d", t0 + S);
         for key in ["a", "b", "c"] {
-            assert_eq!(small.delay_for(&format!("name {key}"), "ip:x", t0 + S), S, "{key}");
-            assert_eq!(small.delay_for("x", &format!("ip:{key}"), t0 + S), S, "{key}");
+            assert_eq!(
+                small.delay_for(&format!("name {key}"), "ip:x", t0 + S),
+                S,
+                "{key}"
+            );
+            assert_eq!(
+                small.delay_for("x", &format!("ip:{key}"), t0 + S),
+                S,
+                "{key}"
+            );
         }
-        assert!(!small.addresses.entries.contains_key("ip:d"), "not recorded");
+        assert!(
+            !small.addresses.entries.contains_key("ip:d"),
+            "not recorded"
+        );
         assert!(small.addresses.all_locked_until.is_some());
         // Once the locks are over, the oldest entry makes room again.
         small.failed("name e", Name::Unknown, "ip:e", t0 + 3 * S);
@@ -502,14 +533,24 @@ mod tests {
         assert!(throttle.addresses.entries.contains_key("d"));
 
         for i in 0..10_000u32 {
-            throttle.failed(&format!("spray-{i}"), Name::Unknown, &format!("ip-{i}"), t0 + 10 * S);
+            throttle.failed(
+                &format!("spray-{i}"),
+                Name::Unknown,
+                &format!("ip-{i}"),
+                t0 + 10 * S,
+            );
         }
         assert_eq!(throttle.addresses.entries.len(), 3);
         assert_eq!(throttle.names.entries.len(), 3);
         // Admins' names are never evicted.
         throttle.failed("root", Name::Admin, "x", t0 + 11 * S);
         for i in 0..1_000u32 {
-            throttle.failed(&format!("more-{i}"), Name::Unknown, &format!("y-{i}"), t0 + 12 * S);
+            throttle.failed(
+                &format!("more-{i}"),
+                Name::Unknown,
+                &format!("y-{i}"),
+                t0 + 12 * S,
+            );
         }
         assert!(throttle.admins.contains_key("root"));
     }
@@ -531,8 +572,16 @@ mod tests {
         let long = format!("user:{}", "x".repeat(16 * 1024));
         fail(&mut throttle, &long, Name::Unknown, &long, 5, t0);
         assert_eq!(throttle.names.entries.len(), 1);
-        assert!(throttle.names.entries.keys().all(|k| k.len() == MAX_KEY_LEN));
-        assert!(throttle.addresses.entries.keys().all(|k| k.len() == MAX_KEY_LEN));
+        assert!(throttle
+            .names
+            .entries
+            .keys()
+            .all(|k| k.len() == MAX_KEY_LEN));
+        assert!(throttle
+            .addresses
+            .entries
+            .keys()
+            .all(|k| k.len() == MAX_KEY_LEN));
         assert_eq!(throttle.delay_for(&long, "ip:x", t0), 2 * S);
         // Another long key with the same first bytes shares the entry.
         let other = format!("{long}y");

@@ -26,6 +26,7 @@
 pub mod admin;
 pub mod chart;
 pub mod confirm;
+pub mod listener;
 pub mod metrics;
 pub mod pages;
 pub mod view;
@@ -40,6 +41,7 @@ use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::Router;
+pub use listener::ConnectionLimits;
 use mailtls_common::day::Day;
 use posttls_auth::LoginThrottle;
 use posttls_policy::DomainSet;
@@ -83,6 +85,8 @@ pub struct WebConfig {
     pub trusted_proxies: Vec<IpAddr>,
     /// The TLSRPT databases the outbound-TLS pages read.
     pub tlsrpt: tlsrpt_stats::Sources,
+    /// Connections taken at once and how long each may take.
+    pub limits: ConnectionLimits,
 }
 
 /// Problems that stop the web process or a request.
@@ -370,19 +374,22 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then finishes
-/// the requests in progress.
+/// Serves `router` on `listener`, within the configured
+/// [`ConnectionLimits`], until `shutdown` completes, then finishes the
+/// requests in progress.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let limits = state.config().limits;
+    let proxies = state
+        .config()
+        .trusted_proxies
+        .iter()
+        .map(|ip| ip.to_canonical())
+        .collect();
+    listener::serve(listener, router(state), limits, proxies, shutdown).await
 }
 
 /// The web process: opens the store and serves `config.listen` on a

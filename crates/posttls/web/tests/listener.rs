@@ -32,6 +32,7 @@ fn config() -> WebConfig {
         mandatory_domains: DomainSet::new(),
         trusted_proxies: Vec::new(),
         tlsrpt: Default::default(),
+        limits: Default::default(),
     }
 }
 
@@ -200,4 +201,65 @@ fn a_dual_stack_listener_believes_its_proxy_on_ipv4() {
         ],
         "the audit log names the clients, not the proxy"
     );
+}
+
+/// Half a request head: the connection is open and the request unfinished.
+const HALF_HEAD: &[u8] = b"GET /admin/login HTTP/1.1\r\nHost: p\r\nX-Slow: ";
+
+/// Slowloris: one client opens 1 100 connections and sends half a request
+/// head on each. The login page goes on answering other clients, each
+/// unfinished head is closed within the head timeout, and the client gets
+/// no more connections than its share.
+#[test]
+fn half_open_connections_do_not_stop_the_pages() {
+    let server = serve("127.0.0.1:0", config());
+    let port = server.addr.port();
+    let limits = posttls_web::ConnectionLimits::default();
+    let started = std::time::Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..1_100 {
+        let Ok(mut stream) = socket2_free_connect("127.0.0.2", port) else {
+            break;
+        };
+        let _ = stream.write_all(HALF_HEAD);
+        slow.push(stream);
+    }
+    assert_eq!(slow.len(), 1_100, "the kernel takes the connections");
+    let probe = || {
+        let asked = std::time::Instant::now();
+        let reply = exchange(
+            "127.0.0.1",
+            port,
+            "GET /admin/login HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
+        );
+        (reply, asked.elapsed())
+    };
+    // Probes while the slow client holds its connections, until its first
+    // connections have been open for twice the head timeout.
+    let mut probes = 0;
+    while started.elapsed() < limits.head_timeout * 2 {
+        let (reply, took) = probe();
+        let reply = reply.expect("an answer");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(took < Duration::from_secs(2), "answered after {took:?}");
+        probes += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(probes >= 10, "{probes} probes");
+    // Every slow connection has been closed by now: those the server took
+    // after the head timeout, the others at once.
+    let mut open = 0;
+    for stream in &mut slow {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(1)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        match stream.read(&mut buf) {
+            Ok(_) => {} // closed (0) or a 408 and closed
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => open += 1,
+            Err(_) => {} // reset
+        }
+    }
+    assert_eq!(open, 0, "{open} of 1 100 unfinished heads still open");
+    eprintln!("{probes} probes answered, every unfinished head closed");
 }

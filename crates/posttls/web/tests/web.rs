@@ -141,6 +141,7 @@ fn lab_with(edit: impl FnOnce(&mut WebConfig)) -> Lab {
         mandatory_domains: DomainSet::parse_list("bank.example").unwrap(),
         trusted_proxies: Vec::new(),
         tlsrpt: Default::default(),
+        limits: Default::default(),
     };
     edit(&mut config);
     let state = AppState::new(
@@ -1332,7 +1333,8 @@ async fn an_admins_login_does_not_wait_behind_a_queue_of_password_checks() {
     let lab = lab();
     // What one such check takes here.
     let started = std::time::Instant::now();
-    lab.expect_login("nobody", "x", StatusCode::UNAUTHORIZED).await;
+    lab.expect_login("nobody", "x", StatusCode::UNAUTHORIZED)
+        .await;
     let one = started.elapsed();
     let mut flood = Vec::new();
     for i in 0..24u8 {
@@ -1353,7 +1355,8 @@ async fn an_admins_login_does_not_wait_behind_a_queue_of_password_checks() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
-    lab.expect_login(ADMIN, PASSWORD, StatusCode::SEE_OTHER).await;
+    lab.expect_login(ADMIN, PASSWORD, StatusCode::SEE_OTHER)
+        .await;
     let admin = started.elapsed();
     for task in flood {
         let status = task.await.unwrap();

@@ -105,7 +105,11 @@ struct Attempt<'a> {
 
 impl<'a> Attempt<'a> {
     /// The attempt of `name` from `ip`, or the page that refuses it.
-    fn begin(app: &'a AppState, name: &'a str, ip: &ClientIp) -> Result<Attempt<'a>, Response> {
+    fn begin(
+        app: &'a AppState,
+        name: &'a str,
+        ip: &ClientIp,
+    ) -> Result<Attempt<'a>, Box<Response>> {
         let address = ip.throttle_key();
         match app.throttle().begin(name, &address, Instant::now()) {
             Ok(()) => Ok(Attempt {
@@ -114,7 +118,7 @@ impl<'a> Attempt<'a> {
                 address,
                 ended: false,
             }),
-            Err(wait) => Err(throttled(app, wait, name, ip)),
+            Err(wait) => Err(Box::new(throttled(app, wait, name, ip))),
         }
     }
 
@@ -167,7 +171,7 @@ pub async fn login(
     // counted. The throttle cuts long keys (posttls_auth::MAX_KEY_LEN).
     let attempt = match Attempt::begin(&app, &form.name, &ip) {
         Ok(attempt) => attempt,
-        Err(page) => return page,
+        Err(page) => return *page,
     };
     if !bounded_name(&form.name) {
         attempt.failed(Name::Unknown);

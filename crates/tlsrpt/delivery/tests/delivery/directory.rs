@@ -64,7 +64,10 @@ fn reports_of_the_longest_domains_get_files_of_their_own() {
         let file = destination.file_for(domain, &id);
         let name = file.file_name().unwrap().to_str().unwrap().to_owned();
         assert!(name.len() <= 255, "{name}");
-        assert!(name.starts_with(&format!("tlsrpt-{}", &domain[..100])), "{name}");
+        assert!(
+            name.starts_with(&format!("tlsrpt-{}", &domain[..100])),
+            "{name}"
+        );
         assert!(name.ends_with(".json"), "{name}");
         assert_eq!(std::fs::read_to_string(&file).unwrap(), REPORT_JSON);
         // The same report gets the same name again.
@@ -78,6 +81,7 @@ fn reports_of_the_longest_domains_get_files_of_their_own() {
     // A name that fits is kept as it was.
     assert_eq!(
         destination.file_for("example.com", REPORT_ID),
-        dir.path().join(format!("tlsrpt-example.com-{REPORT_ID}.json"))
+        dir.path()
+            .join(format!("tlsrpt-example.com-{REPORT_ID}.json"))
     );
 }
