@@ -151,6 +151,7 @@ pub fn web_config(o: &PosttlsOptions) -> anyhow::Result<WebConfig> {
         trusted_proxies,
         tlsrpt: tlsrpt_sources(o)?,
         limits,
+        more_metrics: Default::default(),
     })
 }
 

@@ -111,6 +111,7 @@ fn the_pages_show_what_the_collector_counted_to_a_signed_in_admin() {
                 reportd: None,
             },
             limits: Default::default(),
+            more_metrics: Default::default(),
         },
         Store::open(&db).unwrap(),
         SecretKey::load_or_create(&dir.path().join("key")).unwrap(),

@@ -87,6 +87,19 @@ pub struct WebConfig {
     pub tlsrpt: tlsrpt_stats::Sources,
     /// Connections taken at once and how long each may take.
     pub limits: ConnectionLimits,
+    /// Further metrics served after PostTLS's on `/metrics`: those of the
+    /// other programs that run in the same process (`mailtls run`).
+    pub more_metrics: MoreMetrics,
+}
+
+/// Renderers of Prometheus text expositions (distinct metric families).
+#[derive(Clone, Default)]
+pub struct MoreMetrics(pub Vec<Arc<dyn Fn() -> String + Send + Sync>>);
+
+impl std::fmt::Debug for MoreMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MoreMetrics({} renderers)", self.0.len())
+    }
 }
 
 /// Problems that stop the web process or a request.

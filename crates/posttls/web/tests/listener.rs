@@ -33,6 +33,7 @@ fn config() -> WebConfig {
         trusted_proxies: Vec::new(),
         tlsrpt: Default::default(),
         limits: Default::default(),
+        more_metrics: Default::default(),
     }
 }
 

@@ -21,6 +21,7 @@ fn config(listen: String) -> WebConfig {
         trusted_proxies: Vec::new(),
         tlsrpt: Default::default(),
         limits: Default::default(),
+        more_metrics: Default::default(),
     }
 }
 

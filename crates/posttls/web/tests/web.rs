@@ -142,6 +142,7 @@ fn lab_with(edit: impl FnOnce(&mut WebConfig)) -> Lab {
         trusted_proxies: Vec::new(),
         tlsrpt: Default::default(),
         limits: Default::default(),
+        more_metrics: Default::default(),
     };
     edit(&mut config);
     let state = AppState::new(

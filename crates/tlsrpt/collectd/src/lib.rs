@@ -77,6 +77,16 @@ pub struct CollectdConfig {
 
 /// Run the collector until SIGTERM or SIGINT; returns the exit code.
 pub fn run(config: CollectdConfig, clock: &dyn Clock) -> i32 {
+    run_counting_into(config, clock, Arc::new(CollectdMetrics::new()))
+}
+
+/// [`run`], counting into `metrics`, which another part of the process
+/// (`mailtls run`'s web pages) may serve too.
+pub fn run_counting_into(
+    config: CollectdConfig,
+    clock: &dyn Clock,
+    metrics: Arc<CollectdMetrics>,
+) -> i32 {
     log::info!("TLSRPT collectd starting");
     // First of all, so that a SIGTERM during a long start-up (a rollover of
     // a big database) still ends in a clean shutdown.
@@ -107,7 +117,6 @@ pub fn run(config: CollectdConfig, clock: &dyn Clock) -> i32 {
         }
     };
 
-    let metrics = Arc::new(CollectdMetrics::new());
     if let Some(listen) = config.metrics_listen {
         let shared = Arc::clone(&metrics);
         if let Err(e) = mailtls_common::metrics::spawn(listen, config.metrics_limits, move || {
