@@ -1821,3 +1821,53 @@ async fn an_admin_sees_outbound_tls_and_resends_a_report_which_is_audited() {
         .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 }
+
+/// The day page shows the site's own trend, sessions and failure rate per
+/// day kept, beside the chosen day; the TLS pages name the suite in their
+/// header.
+#[tokio::test]
+async fn the_day_page_shows_the_sites_trend_and_names_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = dir.path().join("collectd.sqlite");
+    collector_with(&collector, "2026-11-29", "a.example");
+    let conn = rusqlite::Connection::open(&collector).unwrap();
+    for (day, domain, total, failed) in [
+        ("2026-11-29", "b.example", 15, 0),
+        ("2026-11-30", "c.example", 8, 6),
+    ] {
+        conn.execute(
+            "INSERT INTO finalresults (day, domain, tlsrptrecord, policy, cntrtotal, cntrfailure) VALUES (?1, ?2, 'v=TLSRPTv1;rua=mailto:a@b.example', '{\"policy-type\": 9}', ?3, ?4)",
+            rusqlite::params![day, domain, total, failed],
+        )
+        .unwrap();
+    }
+    let lab = lab_with(|config| {
+        config.tlsrpt = tlsrpt_stats::Sources {
+            collector: Some(tlsrpt_stats::CollectorSource::Sqlite(collector.clone())),
+            reportd: None,
+        }
+    });
+    let session = lab.login().await;
+    let page = lab.get("/admin/tls?day=2026-11-30", Some(&session)).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let trend = &page.body[page
+        .body
+        .find("id=\"site-trend\"")
+        .expect("the trend table")..];
+    let trend = &trend[..trend.find("</table>").unwrap()];
+    // 2026-11-29: 5 + 15 sessions, 2 failed (10.0 %); 2026-11-30: 8, 6 failed.
+    for row in [
+        "<td>20</td><td>2</td><td>10.0 %</td>",
+        "<td>8</td><td>6</td><td>75.0 %</td>",
+    ] {
+        assert!(trend.contains(row), "{row} in {trend}");
+    }
+    assert!(page.body.contains("id=\"site-chart\""), "{}", page.body);
+    for uri in ["/admin/tls?day=2026-11-30", "/admin/tls/c.example"] {
+        let page = lab.get(uri, Some(&session)).await;
+        let header =
+            &page.body[page.body.find("<header>").unwrap()..page.body.find("</header>").unwrap()];
+        assert!(header.contains("mailtls"), "{uri}: {header}");
+        assert!(!header.contains("(PostTLS)"), "{uri}: {header}");
+    }
+}
