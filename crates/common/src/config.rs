@@ -666,6 +666,35 @@ pub struct BadListenAddress {
     pub value: String,
 }
 
+/// `metrics_max_connections` or `metrics_request_timeout` below 1.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name} = {value}: it must be at least 1")]
+pub struct BadMetricsLimit {
+    pub name: &'static str,
+    pub value: i64,
+}
+
+/// The limits of a `metrics_listen` endpoint from `metrics_max_connections`
+/// and `metrics_request_timeout` (seconds).
+pub fn metrics_limits(
+    max_connections: i64,
+    request_timeout: i64,
+) -> Result<crate::metrics::Limits, BadMetricsLimit> {
+    let at_least_one = |name, value: i64| {
+        u32::try_from(value)
+            .ok()
+            .filter(|&v| v >= 1)
+            .ok_or(BadMetricsLimit { name, value })
+    };
+    Ok(crate::metrics::Limits {
+        max_connections: at_least_one("metrics_max_connections", max_connections)? as usize,
+        deadline: std::time::Duration::from_secs(u64::from(at_least_one(
+            "metrics_request_timeout",
+            request_timeout,
+        )?)),
+    })
+}
+
 /// An optional `HOST:PORT` to listen on (such as `metrics_listen`): empty
 /// is `None`, otherwise an IP address (IPv6 in brackets) and a port. Host
 /// names are refused, so that what is bound does not depend on the

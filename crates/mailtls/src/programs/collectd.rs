@@ -55,6 +55,12 @@ mailtls_common::options! {
         /// HTTP, to anyone who can connect: use a loopback address or a firewall), e.g.
         /// 127.0.0.1:9150; empty: none
         metrics_listen: String = "",
+        /// mailtls extension. Connections metrics_listen serves at once (further ones wait;
+        /// one client address gets a quarter of them, at least one)
+        metrics_max_connections: i64 = "8",
+        /// mailtls extension. Seconds a metrics_listen client has to send its request, and
+        /// again to take the answer, before the connection is closed
+        metrics_request_timeout: i64 = "5",
         /// mailtls extension. This collector's name in a postgresql:// storage, which the
         /// collectors of a fleet share, each counting under its own name; empty: the host name
         collector_name: String = "",
@@ -204,5 +210,9 @@ pub fn config_from(options: &CollectdOptions) -> anyhow::Result<CollectdConfig> 
             }
         },
         metrics_listen: listen_address("metrics_listen", &options.metrics_listen)?,
+        metrics_limits: mailtls_common::config::metrics_limits(
+            options.metrics_max_connections,
+            options.metrics_request_timeout,
+        )?,
     })
 }

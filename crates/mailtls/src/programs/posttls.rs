@@ -118,6 +118,17 @@ mailtls_common::options! {
         /// Mark the admin session cookie Secure (needs HTTPS in front); 0 only for tests on
         /// plain HTTP
         cookie_secure: i64 = "1",
+        /// Connections the web pages serve at once; more wait in the kernel's queue (keep it
+        /// below the process's file descriptor limit, 1024 under systemd)
+        max_connections: i64 = "512",
+        /// Connections of one client (an IPv4 address, an IPv6 /64) at once; more are closed
+        /// at once. trusted_proxies have no such limit
+        max_connections_per_client: i64 = "16",
+        /// Seconds a client has to send a complete request head (also between requests on a
+        /// kept-alive connection) before the connection is closed
+        request_head_timeout: i64 = "5",
+        /// Seconds a request may take, its body and answer included (408 after that)
+        request_timeout: i64 = "60",
         /// The TLSRPT collector's database, read by the web pages' Outbound TLS view (its
         /// completed day FILE.yesterday too), or a fleet's postgresql:// collector store;
         /// empty: not shown
@@ -143,6 +154,12 @@ mailtls_common::options! {
         /// 127.0.0.1:9152; empty: none. The web pages serve the same at /metrics to local
         /// clients
         metrics_listen: String = "",
+        /// Connections metrics_listen serves at once (further ones wait;
+        /// one client address gets a quarter of them, at least one)
+        metrics_max_connections: i64 = "8",
+        /// Seconds a metrics_listen client has to send its request, and
+        /// again to take the answer, before the connection is closed
+        metrics_request_timeout: i64 = "5",
     }
 }
 
@@ -237,6 +254,7 @@ struct Setup {
     pidfilename: String,
     scan_interval: Duration,
     metrics_listen: Option<SocketAddr>,
+    metrics_limits: mailtls_common::metrics::Limits,
 }
 
 /// The value of option `name`, which must be set; `example` shows how.
@@ -364,6 +382,10 @@ impl Setup {
             pidfilename: o.pidfilename.clone(),
             scan_interval: seconds("scan_interval", o.scan_interval)?.max(Duration::from_secs(1)),
             metrics_listen: listen_address("metrics_listen", &o.metrics_listen)?,
+            metrics_limits: mailtls_common::config::metrics_limits(
+                o.metrics_max_connections,
+                o.metrics_request_timeout,
+            )?,
         })
     }
 
@@ -441,7 +463,7 @@ impl Setup {
     /// own, so that a scrape never waits for the worker's loop.
     fn serve_metrics(&self, listen: SocketAddr) -> anyhow::Result<()> {
         let store = std::sync::Mutex::new(self.open_store()?);
-        mailtls_common::metrics::spawn(listen, move || {
+        mailtls_common::metrics::spawn(listen, self.metrics_limits, move || {
             let store = store.lock().unwrap_or_else(|e| e.into_inner());
             let counts = store.counts().map_err(|e| format!("database: {e}"))?;
             Ok(posttls_web::metrics::render(&counts))

@@ -11,6 +11,7 @@ use anyhow::{anyhow, Context};
 use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Arg, ArgMatches, Command};
 use mailtls_common::config::add_options;
@@ -114,9 +115,26 @@ pub fn web_config(o: &PosttlsOptions) -> anyhow::Result<WebConfig> {
         .filter(|p| !p.is_empty())
         .map(|p| {
             p.parse::<IpAddr>()
+                .map(|ip| ip.to_canonical())
                 .with_context(|| format!("trusted_proxies: {p:?} is not an IP address"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let positive = |name: &str, value: i64| {
+        u64::try_from(value)
+            .ok()
+            .filter(|&v| v > 0)
+            .with_context(|| format!("{name} = {value}: a positive number is needed"))
+    };
+    let limits = posttls_web::ConnectionLimits {
+        max_connections: positive("max_connections", o.max_connections)? as usize,
+        max_per_client: positive("max_connections_per_client", o.max_connections_per_client)?
+            as usize,
+        head_timeout: Duration::from_secs(positive(
+            "request_head_timeout",
+            o.request_head_timeout,
+        )?),
+        request_timeout: Duration::from_secs(positive("request_timeout", o.request_timeout)?),
+    };
     let secure_cookies = o.cookie_secure != 0;
     if !secure_cookies {
         log::warn!("cookie_secure = 0: the admin session cookie is sent over plain HTTP too; use this for tests only");
@@ -132,6 +150,8 @@ pub fn web_config(o: &PosttlsOptions) -> anyhow::Result<WebConfig> {
         mandatory_domains,
         trusted_proxies,
         tlsrpt: tlsrpt_sources(o)?,
+        limits,
+        more_metrics: Default::default(),
     })
 }
 
@@ -165,7 +185,22 @@ fn tlsrpt_sources(o: &PosttlsOptions) -> anyhow::Result<tlsrpt_stats::Sources> {
 /// so one stranger's failed logins throttle every admin's. Only a warning:
 /// without a proxy (the quick start) the setting is right.
 fn proxy_warning(config: &WebConfig) -> Option<String> {
-    if !config.trusted_proxies.is_empty() || !is_loopback(&config.listen) {
+    if !config.trusted_proxies.is_empty() {
+        return None;
+    }
+    if is_dual_stack(&config.listen) {
+        return Some(format!(
+            "listen = {} takes IPv4 connections too, and trusted_proxies is empty: a reverse \
+             proxy on this host (127.0.0.1, seen here as ::ffff:127.0.0.1) makes every client \
+             appear as the proxy's address, so one stranger's failed logins lock every admin \
+             out of the login. If a proxy forwards to these pages, set trusted_proxies = \
+             127.0.0.1 (and ::1 if it connects over IPv6; addresses are compared as IPv4 \
+             where they are IPv4-mapped) and have it send X-Forwarded-For with the client's \
+             address",
+            config.listen
+        ));
+    }
+    if !is_loopback(&config.listen) {
         return None;
     }
     Some(format!(
@@ -176,6 +211,14 @@ fn proxy_warning(config: &WebConfig) -> Option<String> {
          it send X-Forwarded-For with the client's address",
         config.listen
     ))
+}
+
+/// Whether `listen` is `[::]:PORT`, which also takes IPv4 connections
+/// (as IPv4-mapped addresses), from a proxy on 127.0.0.1 too.
+fn is_dual_stack(listen: &str) -> bool {
+    listen
+        .parse::<SocketAddr>()
+        .is_ok_and(|addr| addr.ip() == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED))
 }
 
 /// Whether `listen` (`ADDRESS:PORT`) is a loopback address.
@@ -437,11 +480,21 @@ mod tests {
             &["--listen=192.0.2.1:8025"],
             &["--listen=[2001:db8::1]:8025"],
             &["--listen=0.0.0.0:8025"],
+            &["--listen=[::]:8025", "--trusted_proxies=127.0.0.1"],
             &["--listen=web.example:8025"],
         ] {
             let config = config(quiet);
             assert_eq!(proxy_warning(&config), None, "{quiet:?}");
         }
+        // A dual-stack listener sees a proxy on 127.0.0.1 as ::ffff:127.0.0.1.
+        let warning = proxy_warning(&config(&["--listen=[::]:8025"])).expect("dual stack");
+        assert!(warning.contains("::ffff:127.0.0.1"), "{warning}");
+        assert!(warning.contains("set trusted_proxies"), "{warning}");
+        // An IPv4-mapped proxy address is taken as the IPv4 address.
+        assert_eq!(
+            config(&["--trusted_proxies=::ffff:127.0.0.1"]).trusted_proxies,
+            ["127.0.0.1".parse::<IpAddr>().unwrap()]
+        );
         assert_eq!(
             config(&["--trusted_proxies=::1, 127.0.0.1"]).trusted_proxies,
             [

@@ -138,11 +138,13 @@ pub fn main(matches: &ArgMatches) -> i32 {
         }
     };
     log::info!("database {} looks OK", config.dbname.shown());
-    let metrics_listen = config.metrics_listen;
+    let (metrics_listen, metrics_limits) = (config.metrics_listen, config.metrics_limits);
     let mut reportd = Reportd::new(config, db, deliverer, clock);
     if let Some(listen) = metrics_listen {
         let metrics = reportd.metrics();
-        if let Err(e) = mailtls_common::metrics::spawn(listen, move || Ok(metrics.render())) {
+        if let Err(e) =
+            mailtls_common::metrics::spawn(listen, metrics_limits, move || Ok(metrics.render()))
+        {
             log::error!("cannot listen for metrics on {listen} (metrics_listen): {e}");
             return exit::USAGE;
         }
@@ -325,6 +327,10 @@ pub fn config_from(o: &ReportdOptions) -> anyhow::Result<(ReportdConfig, Deliver
             o.max_wait_domaindetails,
         ),
         metrics_listen: listen_address("metrics_listen", &o.metrics_listen)?,
+        metrics_limits: mailtls_common::config::metrics_limits(
+            o.metrics_max_connections,
+            o.metrics_request_timeout,
+        )?,
         attempt_limit: seconds("sendmail_timeout", o.sendmail_timeout)?
             .max(seconds("http_timeout", o.http_timeout)?),
     };

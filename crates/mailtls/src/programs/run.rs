@@ -108,7 +108,18 @@ pub fn main(matches: &ArgMatches) -> i32 {
             dir.join("reportd.sqlite"),
         )),
     };
-    let web = match start_web(&dir, &web_listen, tlsrpt) {
+    // The one /metrics of this process (the web pages') carries the
+    // collector's and the report daemon's metrics too.
+    let collector_metrics = std::sync::Arc::new(tlsrpt_collectd::metrics::CollectdMetrics::new());
+    let more_metrics = {
+        let collector = std::sync::Arc::clone(&collector_metrics);
+        let reportd = std::sync::Arc::clone(&reportd.2);
+        posttls_web::MoreMetrics(vec![
+            std::sync::Arc::new(move || collector.render()),
+            std::sync::Arc::new(move || reportd.render()),
+        ])
+    };
+    let web = match start_web(&dir, &web_listen, tlsrpt, more_metrics) {
         Ok(web) => web,
         Err(e) => {
             eprintln!("mailtls run: PostTLS web pages: {e:#}");
@@ -117,7 +128,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
     };
     print_banner(&dir, &config, &log_file, &reports, &web_listen);
     let clock = mailtls_common::clock::SystemClock;
-    let code = tlsrpt_collectd::run(config, &clock);
+    let code = tlsrpt_collectd::run_counting_into(config, &clock, collector_metrics);
     reportd.0.stop();
     let _ = reportd.1.join();
     // The web pages stop on the same SIGTERM/SIGINT.
@@ -132,6 +143,7 @@ fn start_web(
     dir: &Path,
     listen: &str,
     tlsrpt: tlsrpt_stats::Sources,
+    more_metrics: posttls_web::MoreMetrics,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let key = posttls_token::SecretKey::load_or_create(&dir.join("posttls-secret.key"))?;
     let host = mailtls_common::host_name();
@@ -144,6 +156,8 @@ fn start_web(
         mandatory_domains: posttls_policy::DomainSet::new(),
         trusted_proxies: Vec::new(),
         tlsrpt,
+        limits: Default::default(),
+        more_metrics,
     };
     let store = posttls_store::Database::Sqlite(dir.join("posttls.sqlite"));
     // Checked now, so that a broken database stops the start visibly.
@@ -160,12 +174,17 @@ fn start_web(
 }
 
 /// The report daemon on a thread: fetching from the collector above with
-/// our fetcher, every report into `reports`.
+/// our fetcher, every report into `reports`. Returns what stops it, its
+/// thread and its metrics.
 fn start_reportd(
     dir: &Path,
     collector: &CollectdConfig,
     reports: &Path,
-) -> anyhow::Result<(tlsrpt_reportd::daemon::Stopper, std::thread::JoinHandle<()>)> {
+) -> anyhow::Result<(
+    tlsrpt_reportd::daemon::Stopper,
+    std::thread::JoinHandle<()>,
+    std::sync::Arc<tlsrpt_reportd::metrics::ReportdMetrics>,
+)> {
     std::fs::create_dir_all(reports).with_context(|| reports.display().to_string())?;
     let exe = std::env::current_exe()?;
     let yesterday = tlsrpt_store::yesterday_path(&sqlite_store(collector).path);
@@ -195,6 +214,7 @@ fn start_reportd(
     let clock: &'static mailtls_common::clock::SystemClock = &mailtls_common::clock::SystemClock;
     let mut reportd = Reportd::new(config, db, deliverer, clock);
     let stopper = reportd.stopper();
+    let metrics = reportd.metrics();
     let handle = std::thread::Builder::new()
         .name("reportd".into())
         .spawn(move || {
@@ -208,7 +228,7 @@ fn start_reportd(
                 log::error!("report daemon stopped: {e}");
             }
         })?;
-    Ok((stopper, handle))
+    Ok((stopper, handle, metrics))
 }
 
 /// The collector's configuration under `dir`: the defaults with the

@@ -579,3 +579,50 @@ fn check_messages(reportd_config: &std::path::Path) -> Vec<String> {
         .map(|f| f["message"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// SIGUSR2 (the development rollover) after the server restarted while the
+/// collector was idle: its connection is dead, and the day must not be
+/// ended without the collector's rows (the fetcher would serve it short).
+#[test]
+fn a_development_rollover_after_a_postgresql_restart_moves_every_row() {
+    let cluster = PgCluster::start();
+    cluster.create_database("tlsrpt");
+    let pg = cluster.url("tlsrpt");
+    let datagrams = vectors();
+    let expected = 3 * sessions_per_round(&datagrams);
+    let mut collector =
+        Collector::start_with_storage(&pg, &["--collector_name=mx1", "--sockettimeout=1"]);
+    for _ in 0..3 {
+        for datagram in &datagrams {
+            collector.send(datagram);
+        }
+    }
+    support::wait_until(30, "the commit", || pg_total(&cluster) == expected);
+    // The collector is idle; its connection dies with the server.
+    cluster.stop_server();
+    cluster.start_server();
+    collector.signal(libc::SIGUSR2);
+    support::wait_until(30, "the day end", || {
+        cluster.psql("tlsrpt", "SELECT count(*) FROM tlsrpt_day_ends") == "1"
+    });
+    let yesterday = chrono::Utc::now().date_naive().pred_opt().unwrap();
+    let on = |day: chrono::NaiveDate| {
+        cluster.psql(
+            "tlsrpt",
+            &format!("SELECT coalesce(sum(total), 0) FROM tlsrpt_results WHERE day = '{day}'"),
+        )
+    };
+    assert_eq!(
+        on(yesterday),
+        expected.to_string(),
+        "every row moved to the ended day: {}",
+        collector.log_text()
+    );
+    assert_eq!(on(yesterday.succ_opt().unwrap()), "0");
+    let bulk = fetch(&pg, &[&yesterday.to_string(), "--bulk"]);
+    assert!(
+        bulk.lines().count() > 3,
+        "the fetcher serves the day: {bulk}"
+    );
+    assert!(collector.terminate().success(), "{}", collector.log_text());
+}

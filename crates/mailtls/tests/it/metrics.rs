@@ -439,3 +439,71 @@ fn posttls_counters_equal_the_database_on_the_worker_and_the_web_listener() {
         assert!(child.wait().unwrap().success());
     }
 }
+
+/// `mailtls run` is one process with the collector, the report daemon and
+/// the web pages: its one `/metrics` (the web listener's) carries all of
+/// their metrics, and the collector's counters equal what was sent.
+#[test]
+fn mailtls_run_serves_the_collectors_and_report_daemons_metrics_too() {
+    const VALID: usize = 30;
+    const INVALID: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut run = Command::new(support::mailtls_bin())
+        .args(["run", "--dir"])
+        .arg(dir.path())
+        .arg(format!("--web=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    /// Stops `mailtls run` if the test fails half-way.
+    struct Stop<'a>(&'a mut std::process::Child);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let run = Stop(&mut run);
+    let socket = dir.path().join("tlsrpt-collectd.socket");
+    wait_until(20, "the collector's socket", || socket.exists());
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_until(20, "the web pages", || TcpStream::connect(addr).is_ok());
+    for i in 0..VALID {
+        let datagram = format!(
+            r#"{{"dpv":"1","d":"d{}.example","pr":"v=TLSRPTv1;rua=mailto:r@x","policies":[{{"policy-type":9,"t":1,"f":0}}]}}"#,
+            i % 3
+        );
+        support::send(&socket, datagram.as_bytes());
+    }
+    for _ in 0..INVALID {
+        support::send(&socket, b"not json");
+    }
+    let counted = "tlsrpt_collectd_datagrams_total{outcome=\"counted\"}";
+    let refused = "tlsrpt_collectd_datagrams_total{outcome=\"invalid\"}";
+    let has = |text: &str, series: &str| samples(text).contains_key(series);
+    wait_until(30, "every datagram counted", || {
+        let text = scrape(addr);
+        has(&text, counted)
+            && value(&text, counted) == VALID as f64
+            && value(&text, refused) == INVALID as f64
+    });
+    let text = scrape(addr);
+    for series in [
+        "tlsrpt_collectd_datagrams_waiting",
+        "tlsrpt_collectd_commits_total",
+        "tlsrpt_reportd_reports_total",
+        "tlsrpt_reportd_active",
+        "posttls_messages{state=\"deferred\"}",
+    ] {
+        assert!(has(&text, series), "{series} in\n{text}");
+    }
+    assert_promtool_accepts("mailtls run", &text);
+    support::signal(run.0, libc::SIGTERM);
+    assert!(run.0.wait().unwrap().success());
+}

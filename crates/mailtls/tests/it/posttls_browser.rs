@@ -218,6 +218,8 @@ fn the_sender_confirms_a_release_in_chromium() {
             mandatory_domains: DomainSet::parse_list("bank.example").unwrap(),
             trusted_proxies: Vec::new(),
             tlsrpt: Default::default(),
+            limits: Default::default(),
+            more_metrics: Default::default(),
         },
         Store::open(&db).unwrap(),
         SecretKey::load_or_create(&key_file).unwrap(),

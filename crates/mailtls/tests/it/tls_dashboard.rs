@@ -110,6 +110,8 @@ fn the_pages_show_what_the_collector_counted_to_a_signed_in_admin() {
                 collector: Some(tlsrpt_stats::CollectorSource::Sqlite(collector.db.clone())),
                 reportd: None,
             },
+            limits: Default::default(),
+            more_metrics: Default::default(),
         },
         Store::open(&db).unwrap(),
         SecretKey::load_or_create(&dir.path().join("key")).unwrap(),

@@ -18,5 +18,6 @@ mod throttle;
 pub use password::{hash_password, hash_password_with, verify_password, Params};
 pub use session::{expired_session_cookie, session_cookie, SessionId};
 pub use throttle::{
-    LoginThrottle, FIRST_DELAY, FORGET_AFTER, FREE_FAILURES, MAX_DELAY, MAX_KEY_LEN,
+    LoginThrottle, Name, BUSY_DELAY, FIRST_DELAY, FORGET_AFTER, FREE_FAILURES, MAX_DELAY,
+    MAX_KEY_LEN,
 };

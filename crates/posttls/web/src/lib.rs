@@ -26,6 +26,7 @@
 pub mod admin;
 pub mod chart;
 pub mod confirm;
+pub mod listener;
 pub mod metrics;
 pub mod pages;
 pub mod view;
@@ -40,6 +41,7 @@ use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::Router;
+pub use listener::ConnectionLimits;
 use mailtls_common::day::Day;
 use posttls_auth::LoginThrottle;
 use posttls_policy::DomainSet;
@@ -83,6 +85,21 @@ pub struct WebConfig {
     pub trusted_proxies: Vec<IpAddr>,
     /// The TLSRPT databases the outbound-TLS pages read.
     pub tlsrpt: tlsrpt_stats::Sources,
+    /// Connections taken at once and how long each may take.
+    pub limits: ConnectionLimits,
+    /// Further metrics served after PostTLS's on `/metrics`: those of the
+    /// other programs that run in the same process (`mailtls run`).
+    pub more_metrics: MoreMetrics,
+}
+
+/// Renderers of Prometheus text expositions (distinct metric families).
+#[derive(Clone, Default)]
+pub struct MoreMetrics(pub Vec<Arc<dyn Fn() -> String + Send + Sync>>);
+
+impl std::fmt::Debug for MoreMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MoreMetrics({} renderers)", self.0.len())
+    }
 }
 
 /// Problems that stop the web process or a request.
@@ -119,15 +136,16 @@ struct Inner {
     key: SecretKey,
     pages: pages::Pages,
     throttle: Mutex<LoginThrottle>,
-    /// Login attempts are checked one at a time, so that parallel guesses
-    /// cannot all pass the throttle before the first failure is counted.
-    login_gate: tokio::sync::Mutex<()>,
+    /// The password checks' two lanes (see `admin::login`).
+    check_lanes: CheckLanes,
     /// A hash to verify against for unknown user names, so that the answer
     /// takes as long as for a known one.
     dummy_hash: OnceLock<String>,
     /// Day summaries recently read, newest use last (see
     /// [`AppState::day_summary`]).
     summaries: Mutex<Vec<CachedSummary>>,
+    /// The site's trend and when it was read (see [`AppState::site_trend`]).
+    trend: Mutex<Option<(Instant, Arc<Vec<tlsrpt_stats::summary::DomainPoint>>)>>,
 }
 
 struct CachedSummary {
@@ -167,9 +185,10 @@ impl AppState {
             store: Mutex::new(store),
             key,
             throttle: Mutex::new(LoginThrottle::new(THROTTLE_ENTRIES)),
-            login_gate: tokio::sync::Mutex::new(()),
+            check_lanes: CheckLanes::new(),
             dummy_hash: OnceLock::new(),
             summaries: Mutex::new(Vec::new()),
+            trend: Mutex::new(None),
         })))
     }
 
@@ -236,6 +255,28 @@ impl AppState {
         Ok(summary)
     }
 
+    /// The site's sessions per day kept, oldest first, read at most every
+    /// 30 s (as the live day's summary): each day is summed over its
+    /// domains, about a second for a day of 100 000 domains.
+    pub(crate) async fn site_trend(
+        &self,
+    ) -> Result<Arc<Vec<tlsrpt_stats::summary::DomainPoint>>, WebError> {
+        if let Some((read_at, trend)) = &*self.0.trend.lock().unwrap_or_else(|e| e.into_inner()) {
+            if read_at.elapsed() < Duration::from_secs(30) {
+                return Ok(Arc::clone(trend));
+            }
+        }
+        let sources = self.0.config.tlsrpt.clone();
+        let trend = Arc::new(
+            tokio::task::spawn_blocking(move || sources.site_trend())
+                .await
+                .map_err(|e| WebError::Task(e.to_string()))??,
+        );
+        *self.0.trend.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), Arc::clone(&trend)));
+        Ok(trend)
+    }
+
     /// The days the TLSRPT databases have, newest first.
     pub(crate) async fn tls_days(&self) -> Result<Vec<(Day, tlsrpt_stats::DaySource)>, WebError> {
         let sources = self.0.config.tlsrpt.clone();
@@ -248,8 +289,8 @@ impl AppState {
         self.0.throttle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn login_gate(&self) -> &tokio::sync::Mutex<()> {
-        &self.0.login_gate
+    pub(crate) fn check_lanes(&self) -> &CheckLanes {
+        &self.0.check_lanes
     }
 
     /// A hash of nothing anybody types, made once on first use.
@@ -268,6 +309,50 @@ impl AppState {
             let _ = set.insert(entry);
         }
         set
+    }
+}
+
+/// Password checks of unknown names that may wait for their lane; more are
+/// answered unchecked.
+pub const MAX_WAITING_CHECKS: usize = 4;
+
+/// Password checks run one at a time for admins' names and one at a time
+/// for other names, so that the second kind (which anybody can send in any
+/// number) never delays the first.
+pub(crate) struct CheckLanes {
+    pub(crate) admins: tokio::sync::Semaphore,
+    pub(crate) others: tokio::sync::Semaphore,
+    others_waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// A place in the queue of the unknown names' lane, given up when dropped.
+pub(crate) struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl CheckLanes {
+    fn new() -> CheckLanes {
+        CheckLanes {
+            admins: tokio::sync::Semaphore::new(1),
+            others: tokio::sync::Semaphore::new(1),
+            others_waiting: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// A place in the unknown names' queue (the one being checked
+    /// included), unless [`MAX_WAITING_CHECKS`] and one are taken.
+    pub(crate) fn enqueue_other(&self) -> Option<Waiting<'_>> {
+        use std::sync::atomic::Ordering;
+        self.others_waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n <= MAX_WAITING_CHECKS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Waiting(&self.others_waiting))
     }
 }
 
@@ -327,19 +412,22 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then finishes
-/// the requests in progress.
+/// Serves `router` on `listener`, within the configured
+/// [`ConnectionLimits`], until `shutdown` completes, then finishes the
+/// requests in progress.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let limits = state.config().limits;
+    let proxies = state
+        .config()
+        .trusted_proxies
+        .iter()
+        .map(|ip| ip.to_canonical())
+        .collect();
+    listener::serve(listener, router(state), limits, proxies, shutdown).await
 }
 
 /// The web process: opens the store and serves `config.listen` on a
@@ -433,14 +521,23 @@ impl FromRequestParts<AppState> for ClientIp {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        // On a dual-stack listener (`[::]:PORT`) an IPv4 peer arrives as
+        // `::ffff:a.b.c.d`: compared and recorded as the IPv4 address.
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip());
+            .map(|ConnectInfo(addr)| addr.ip().to_canonical());
+        let trusted = |ip: &IpAddr| {
+            state
+                .config()
+                .trusted_proxies
+                .iter()
+                .any(|proxy| proxy.to_canonical() == *ip)
+        };
         Ok(ClientIp(match peer {
-            Some(ip) if state.config().trusted_proxies.contains(&ip) => {
-                forwarded_for(&parts.headers).or(Some(ip))
-            }
+            Some(ip) if trusted(&ip) => forwarded_for(&parts.headers)
+                .map(|client| client.to_canonical())
+                .or(Some(ip)),
             other => other,
         }))
     }

@@ -124,11 +124,13 @@ pub async fn serve(State(app): State<AppState>, request: Request) -> Response {
         return crate::pages::not_found(State(app)).await;
     }
     match app.with_store(|store| store.counts()).await {
-        Ok(counts) => (
-            [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-            render(&counts),
-        )
-            .into_response(),
+        Ok(counts) => {
+            let mut text = render(&counts);
+            for more in &app.config().more_metrics.0 {
+                text.push_str(&more());
+            }
+            ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response()
+        }
         Err(e) => {
             log::error!("metrics: {e}");
             (StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n").into_response()

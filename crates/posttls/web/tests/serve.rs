@@ -20,6 +20,8 @@ fn config(listen: String) -> WebConfig {
         mandatory_domains: DomainSet::new(),
         trusted_proxies: Vec::new(),
         tlsrpt: Default::default(),
+        limits: Default::default(),
+        more_metrics: Default::default(),
     }
 }
 

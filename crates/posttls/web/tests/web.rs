@@ -141,6 +141,8 @@ fn lab_with(edit: impl FnOnce(&mut WebConfig)) -> Lab {
         mandatory_domains: DomainSet::parse_list("bank.example").unwrap(),
         trusted_proxies: Vec::new(),
         tlsrpt: Default::default(),
+        limits: Default::default(),
+        more_metrics: Default::default(),
     };
     edit(&mut config);
     let state = AppState::new(
@@ -1265,6 +1267,114 @@ async fn failed_logins_count_per_ipv6_network() {
     .await;
 }
 
+/// The flood of the outside test, over HTTP in process: an admin is locked
+/// out (9 wrong passwords, each after the previous delay: 32 s to wait),
+/// then 50 000 failures of names no admin can have, each from an address
+/// of its own in 127/8, more than fill the throttle's table of 100 000
+/// entries. The lockout holds: the right password is still refused.
+/// (`posttls_auth`'s own tests replay the outside test's figures: 11
+/// failures, 78 000 names from 26 000 addresses.)
+#[tokio::test]
+async fn a_flood_of_impossible_names_does_not_end_an_admins_lockout() {
+    let mut lab = lab();
+    for i in 1..=9u8 {
+        let reply = loop {
+            lab.peer = SocketAddr::from(([198, 51, 100, i], 1000));
+            let reply = lab.try_login(ADMIN, "wrong").await;
+            if reply.status != StatusCode::TOO_MANY_REQUESTS {
+                break reply;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.body);
+    }
+    let locked_at = std::time::Instant::now();
+    lab.login_from(
+        "203.0.113.1:1000",
+        ADMIN,
+        PASSWORD,
+        StatusCode::TOO_MANY_REQUESTS,
+    )
+    .await;
+    // One login form (its cookie and CSRF token) serves every POST.
+    let page = lab.get("/admin/login", None).await;
+    let cookie = page.cookie("posttls-login");
+    let csrf = page.csrf();
+    for n in 0..50_000u32 {
+        let [_, a, b, c] = (n + 1).to_be_bytes();
+        lab.peer = SocketAddr::from(([127, a, b, c], 1000));
+        let reply = lab
+            .post(
+                "/admin/login",
+                &format!("name={n:0>70}&password=x&csrf={csrf}"),
+                Some(&cookie),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.body);
+    }
+    let flood = locked_at.elapsed();
+    eprintln!("50 000 failures of impossible names {flood:?} into a 32 s lockout");
+    assert!(
+        flood < Duration::from_secs(30),
+        "the flood took {flood:?}, longer than the lockout"
+    );
+    lab.peer = "203.0.113.2:1000".parse().unwrap();
+    let reply = lab.try_login(ADMIN, PASSWORD).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the lockout holds after the flood ({flood:?}): {}",
+        reply.body
+    );
+}
+
+/// Password checks of names that are no admin's (each an argon2 check
+/// against a dummy hash, the default cost) sent in parallel from many
+/// addresses do not queue up in front of an admin's login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admins_login_does_not_wait_behind_a_queue_of_password_checks() {
+    let lab = lab();
+    // What one such check takes here.
+    let started = std::time::Instant::now();
+    lab.expect_login("nobody", "x", StatusCode::UNAUTHORIZED)
+        .await;
+    let one = started.elapsed();
+    let mut flood = Vec::new();
+    for i in 0..24u8 {
+        let page = lab.get("/admin/login", None).await;
+        let form = format!("name=guess{i}&password=x&csrf={}", page.csrf());
+        let mut request = Request::post("/admin/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::COOKIE, page.cookie("posttls-login"))
+            .body(Body::from(form))
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([198, 18, 0, i], 1000))));
+        let router = lab.router.clone();
+        flood.push(tokio::spawn(async move {
+            router.oneshot(request).await.unwrap().status()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    lab.expect_login(ADMIN, PASSWORD, StatusCode::SEE_OTHER)
+        .await;
+    let admin = started.elapsed();
+    for task in flood {
+        let status = task.await.unwrap();
+        assert!(
+            [StatusCode::UNAUTHORIZED, StatusCode::TOO_MANY_REQUESTS].contains(&status),
+            "{status}"
+        );
+    }
+    eprintln!("one check {one:?}, the admin's login during the flood {admin:?}");
+    assert!(
+        admin < one * 3 + Duration::from_secs(1),
+        "the admin waited {admin:?}, one check takes {one:?}"
+    );
+}
+
 #[tokio::test]
 async fn admin_pages_need_a_session() {
     let lab = lab();
@@ -1712,4 +1822,54 @@ async fn an_admin_sees_outbound_tls_and_resends_a_report_which_is_audited() {
         )
         .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}
+
+/// The day page shows the site's own trend, sessions and failure rate per
+/// day kept, beside the chosen day; the TLS pages name the suite in their
+/// header.
+#[tokio::test]
+async fn the_day_page_shows_the_sites_trend_and_names_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = dir.path().join("collectd.sqlite");
+    collector_with(&collector, "2026-11-29", "a.example");
+    let conn = rusqlite::Connection::open(&collector).unwrap();
+    for (day, domain, total, failed) in [
+        ("2026-11-29", "b.example", 15, 0),
+        ("2026-11-30", "c.example", 8, 6),
+    ] {
+        conn.execute(
+            "INSERT INTO finalresults (day, domain, tlsrptrecord, policy, cntrtotal, cntrfailure) VALUES (?1, ?2, 'v=TLSRPTv1;rua=mailto:a@b.example', '{\"policy-type\": 9}', ?3, ?4)",
+            rusqlite::params![day, domain, total, failed],
+        )
+        .unwrap();
+    }
+    let lab = lab_with(|config| {
+        config.tlsrpt = tlsrpt_stats::Sources {
+            collector: Some(tlsrpt_stats::CollectorSource::Sqlite(collector.clone())),
+            reportd: None,
+        }
+    });
+    let session = lab.login().await;
+    let page = lab.get("/admin/tls?day=2026-11-30", Some(&session)).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let trend = &page.body[page
+        .body
+        .find("id=\"site-trend\"")
+        .expect("the trend table")..];
+    let trend = &trend[..trend.find("</table>").unwrap()];
+    // 2026-11-29: 5 + 15 sessions, 2 failed (10.0 %); 2026-11-30: 8, 6 failed.
+    for row in [
+        "<td>20</td><td>2</td><td>10.0 %</td>",
+        "<td>8</td><td>6</td><td>75.0 %</td>",
+    ] {
+        assert!(trend.contains(row), "{row} in {trend}");
+    }
+    assert!(page.body.contains("id=\"site-chart\""), "{}", page.body);
+    for uri in ["/admin/tls?day=2026-11-30", "/admin/tls/c.example"] {
+        let page = lab.get(uri, Some(&session)).await;
+        let header =
+            &page.body[page.body.find("<header>").unwrap()..page.body.find("</header>").unwrap()];
+        assert!(header.contains("mailtls"), "{uri}: {header}");
+        assert!(!header.contains("(PostTLS)"), "{uri}: {header}");
+    }
 }

@@ -45,6 +45,10 @@ struct Store {
     storage: Storage,
     target: Target,
     pending: Aggregate,
+    /// Development rollovers (today, yesterday) still to be made in the
+    /// database: each before the day end queued with it, and retried like
+    /// a commit.
+    relabels: VecDeque<(Day, Day)>,
     rollovers: VecDeque<Day>,
     /// No write before this instant (pause after a failure).
     not_before: Option<Instant>,
@@ -82,6 +86,7 @@ impl Store {
             storage: storage.clone(),
             target,
             pending: Aggregate::new(),
+            relabels: VecDeque::new(),
             rollovers,
             not_before: None,
             retry_pause: FIRST_RETRY,
@@ -111,7 +116,10 @@ impl Store {
     }
 
     fn is_idle(&self) -> bool {
-        self.pending.is_empty() && self.rollovers.is_empty() && self.in_flight().is_none()
+        self.pending.is_empty()
+            && self.relabels.is_empty()
+            && self.rollovers.is_empty()
+            && self.in_flight().is_none()
     }
 
     /// Try to bring the database up to date. Returns false if something is
@@ -182,6 +190,13 @@ impl Store {
             let (db, _) = CollectorDb::open(&url.path)?;
             self.target = Target::Sqlite(Some(db));
         }
+        while let Some((today, yesterday)) = self.relabels.front().copied() {
+            let Target::Sqlite(Some(db)) = &mut self.target else {
+                unreachable!("opened above")
+            };
+            db.relabel_day(today, yesterday)?;
+            self.relabels.pop_front();
+        }
         while let Some(completed) = self.rollovers.front().copied() {
             self.roll_over(completed)?;
             self.rollovers.pop_front();
@@ -238,6 +253,10 @@ impl Store {
             Ok(())
         };
         write(db, in_flight)?;
+        while let Some((today, yesterday)) = self.relabels.front().copied() {
+            db.relabel_day(today, yesterday)?;
+            self.relabels.pop_front();
+        }
         while let Some(completed) = self.rollovers.front().copied() {
             let old = self.pending.split_off_before(completed.succ());
             if !old.is_empty() {
@@ -304,29 +323,20 @@ impl Store {
     }
 
     /// Development rollover: today's counters, here and in the database,
-    /// become yesterday's.
+    /// become yesterday's. The database's are relabelled by the next
+    /// flush, before the day is ended, and retried as a commit is when the
+    /// database fails (a connection that died while idle, say): a day is
+    /// never ended without this collector's rows.
     fn relabel(&mut self, today: Day, yesterday: Day) {
         self.pending.relabel_day(today, yesterday);
-        let result = match &mut self.target {
-            Target::Sqlite(Some(db)) => db.relabel_day(today, yesterday),
-            Target::Sqlite(None) => Ok(()),
-            Target::Postgres {
-                connection,
-                in_flight,
-                ..
-            } => {
-                if let Some((_, agg)) = in_flight {
-                    agg.relabel_day(today, yesterday);
-                }
-                match connection {
-                    Some(db) => db.relabel_day(today, yesterday).map_err(StoreError::from),
-                    None => Ok(()),
-                }
-            }
-        };
-        if let Err(e) = result {
-            log::error!("development rollover of {}: {e}", self.name());
+        if let Target::Postgres {
+            in_flight: Some((_, agg)),
+            ..
+        } = &mut self.target
+        {
+            agg.relabel_day(today, yesterday);
         }
+        self.relabels.push_back((today, yesterday));
         self.rollovers.push_back(yesterday);
     }
 

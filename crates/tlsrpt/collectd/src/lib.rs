@@ -71,10 +71,22 @@ pub struct CollectdConfig {
     pub realtime_receiver: bool,
     /// `metrics_listen`: where Prometheus reads [`metrics`], if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// `metrics_max_connections`, `metrics_request_timeout`.
+    pub metrics_limits: mailtls_common::metrics::Limits,
 }
 
 /// Run the collector until SIGTERM or SIGINT; returns the exit code.
 pub fn run(config: CollectdConfig, clock: &dyn Clock) -> i32 {
+    run_counting_into(config, clock, Arc::new(CollectdMetrics::new()))
+}
+
+/// [`run`], counting into `metrics`, which another part of the process
+/// (`mailtls run`'s web pages) may serve too.
+pub fn run_counting_into(
+    config: CollectdConfig,
+    clock: &dyn Clock,
+    metrics: Arc<CollectdMetrics>,
+) -> i32 {
     log::info!("TLSRPT collectd starting");
     // First of all, so that a SIGTERM during a long start-up (a rollover of
     // a big database) still ends in a clean shutdown.
@@ -105,10 +117,11 @@ pub fn run(config: CollectdConfig, clock: &dyn Clock) -> i32 {
         }
     };
 
-    let metrics = Arc::new(CollectdMetrics::new());
     if let Some(listen) = config.metrics_listen {
         let shared = Arc::clone(&metrics);
-        if let Err(e) = mailtls_common::metrics::spawn(listen, move || Ok(shared.render())) {
+        if let Err(e) = mailtls_common::metrics::spawn(listen, config.metrics_limits, move || {
+            Ok(shared.render())
+        }) {
             log::error!("cannot listen for metrics on {listen} (metrics_listen): {e}");
             return exit::SOCKET;
         }

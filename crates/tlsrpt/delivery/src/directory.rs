@@ -20,6 +20,12 @@ use crate::Outcome;
 /// Characters that do not belong in a file name are percent-encoded, which
 /// keeps names of different reports different.
 ///
+/// The report id repeats the domain, so a domain of more than about 107
+/// bytes (DNS allows 253) would give a name over the 255 bytes a Linux file
+/// system allows. Such a name is cut to its first [`KEPT_OF_LONG_NAME`]
+/// bytes and ends in `~` and 32 hex digits of the SHA-256 of the whole
+/// name, so that it fits and two reports never share a file.
+///
 /// The file appears complete or not at all: it is written under a temporary
 /// name in the same directory and renamed, and is on disk before the
 /// delivery counts as done.
@@ -35,11 +41,12 @@ impl Directory {
 
     /// The file that [`store`](Self::store) writes for this report.
     pub fn file_for(&self, report_domain: &str, report_id: &str) -> PathBuf {
-        self.path.join(format!(
-            "tlsrpt-{}-{}.json",
+        let stem = format!(
+            "tlsrpt-{}-{}",
             file_name_safe(report_domain),
             file_name_safe(report_id)
-        ))
+        );
+        self.path.join(fitting_name(&stem))
     }
 
     /// Every failure (missing directory, permissions, full disk) is
@@ -94,6 +101,28 @@ fn write_atomically(directory: &Path, target: &Path, contents: &[u8]) -> std::io
     file.write_all(contents)?;
     file.persist(target).map_err(|err| err.error)?;
     Ok(())
+}
+
+/// The longest file name Linux file systems take (`NAME_MAX`), in bytes.
+const NAME_MAX: usize = 255;
+
+/// Bytes of a long name kept before its hash (`~` and 32 hex digits) and
+/// `.json`: what fills [`NAME_MAX`].
+pub const KEPT_OF_LONG_NAME: usize = NAME_MAX - 1 - 32 - ".json".len();
+
+/// `STEM.json` when it fits [`NAME_MAX`]; otherwise the first
+/// [`KEPT_OF_LONG_NAME`] bytes of the stem, `~`, the first 128 bits of the
+/// SHA-256 of the stem in hex, and `.json`. (The stem is ASCII: see
+/// [`file_name_safe`].)
+fn fitting_name(stem: &str) -> String {
+    let plain = format!("{stem}.json");
+    if plain.len() <= NAME_MAX {
+        return plain;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(stem.as_bytes());
+    let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}~{hash}.json", &stem[..KEPT_OF_LONG_NAME])
 }
 
 /// Keeps letters, digits and `-_.:@+=` and percent-encodes every other byte

@@ -136,6 +136,12 @@ mailtls_common::options! {
         /// anyone who can connect: use a loopback address or a firewall), e.g. 127.0.0.1:9151;
         /// empty: none
         metrics_listen: String = "",
+        /// mailtls: Connections metrics_listen serves at once (further ones wait;
+        /// one client address gets a quarter of them, at least one)
+        metrics_max_connections: i64 = "8",
+        /// mailtls: Seconds a metrics_listen client has to send its request, and
+        /// again to take the answer, before the connection is closed
+        metrics_request_timeout: i64 = "5",
         /// mailtls extension. File whose first line is the password of a postgresql://
         /// dbname, so that it need not be in the configuration; empty: the URL's
         password_file: String = "",
@@ -183,6 +189,8 @@ pub struct ReportdConfig {
     pub domaindetails_retry: FetchRetry,
     /// `metrics_listen`: where Prometheus reads [`crate::metrics`], if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `metrics_max_connections`, `metrics_request_timeout`.
+    pub metrics_limits: mailtls_common::metrics::Limits,
     /// The longest a delivery attempt can take (`sendmail_timeout`,
     /// `http_timeout`): a daemon taking over from one that vanished
     /// repeats the attempt it left unfinished only after this long, when

@@ -251,6 +251,27 @@ impl Sources {
         Ok(Some(DaySummary::new(day, source, domains, by_type)))
     }
 
+    /// The whole site over every day kept (oldest first): each day's
+    /// sessions summed over its domains, read as [`Sources::day`] reads
+    /// them, so the trend and the day pages agree.
+    pub fn site_trend(&self) -> Result<Vec<DomainPoint>, StatsError> {
+        let mut points = Vec::new();
+        for (day, source) in self.days()?.into_iter().rev() {
+            let mut point = DomainPoint {
+                day,
+                successful: 0,
+                failed: 0,
+            };
+            self.details_of_day(day, source, |details| {
+                let counted = summary::domain_day(day, &details);
+                point.successful = point.successful.saturating_add(counted.successful);
+                point.failed = point.failed.saturating_add(counted.failed);
+            })?;
+            points.push(point);
+        }
+        Ok(points)
+    }
+
     /// `domain` over every day kept, with the policies of `day` (default:
     /// the newest day it has sessions on).
     pub fn domain(&self, domain: &str, day: Option<Day>) -> Result<DomainHistory, StatsError> {

@@ -6,7 +6,7 @@ use axum::http::header::{RETRY_AFTER, SET_COOKIE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{AppendHeaders, IntoResponse, Redirect, Response};
 use minijinja::context;
-use posttls_auth::{expired_session_cookie, session_cookie, verify_password, SessionId};
+use posttls_auth::{expired_session_cookie, session_cookie, verify_password, Name, SessionId};
 use posttls_store::AuditEvent;
 use posttls_token::{csrf_token, verify_csrf};
 use serde::Deserialize;
@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use super::*;
 use crate::pages::internal;
-use crate::{now, AppState, ClientIp, SESSION_LIFETIME};
+use crate::{now, AppState, ClientIp, MAX_WAITING_CHECKS, SESSION_LIFETIME};
 
 #[derive(Debug, Deserialize)]
 pub struct LoginForm {
@@ -93,12 +93,55 @@ fn name_for_log(name: &str) -> String {
     }
 }
 
-/// Counts a failed login against the name and the address.
-fn count_failure(app: &AppState, keys: &ThrottleKeys) {
-    let mut throttle = app.throttle();
-    let at = Instant::now();
-    throttle.record_failure(&keys.user, at);
-    throttle.record_failure(&keys.ip, at);
+/// A login attempt the throttle let through, until it is counted: one of
+/// a name and of an address is checked at a time. Dropped without an
+/// outcome (an internal error), it is ended uncounted.
+struct Attempt<'a> {
+    app: &'a AppState,
+    name: &'a str,
+    address: String,
+    ended: bool,
+}
+
+impl<'a> Attempt<'a> {
+    /// The attempt of `name` from `ip`, or the page that refuses it.
+    fn begin(
+        app: &'a AppState,
+        name: &'a str,
+        ip: &ClientIp,
+    ) -> Result<Attempt<'a>, Box<Response>> {
+        let address = ip.throttle_key();
+        match app.throttle().begin(name, &address, Instant::now()) {
+            Ok(()) => Ok(Attempt {
+                app,
+                name,
+                address,
+                ended: false,
+            }),
+            Err(wait) => Err(Box::new(throttled(app, wait, name, ip))),
+        }
+    }
+
+    /// Counts the failure against the name and the address.
+    fn failed(mut self, name: Name) {
+        self.ended = true;
+        self.app
+            .throttle()
+            .failed(self.name, name, &self.address, Instant::now());
+    }
+
+    fn succeeded(mut self) {
+        self.ended = true;
+        self.app.throttle().succeeded(self.name, &self.address);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.app.throttle().abandoned(self.name, &self.address);
+        }
+    }
 }
 
 /// The answer to every failed login, whatever failed.
@@ -123,19 +166,15 @@ pub async fn login(
         Ok(form) => form,
         Err(page) => return *page,
     };
-    // One attempt at a time, so that parallel guesses cannot all pass the
-    // throttle before the first of them is counted. The throttle cuts long
-    // keys (posttls_auth::MAX_KEY_LEN).
-    let _gate = app.login_gate().lock().await;
-    let keys = ThrottleKeys {
-        user: format!("user:{}", form.name),
-        ip: ip.throttle_key(),
+    // One attempt of a name and of an address at a time, so that parallel
+    // guesses cannot all pass the throttle before the first of them is
+    // counted. The throttle cuts long keys (posttls_auth::MAX_KEY_LEN).
+    let attempt = match Attempt::begin(&app, &form.name, &ip) {
+        Ok(attempt) => attempt,
+        Err(page) => return *page,
     };
-    if let Some(page) = throttled(&app, &keys, &form.name, &ip) {
-        return page;
-    }
     if !bounded_name(&form.name) {
-        count_failure(&app, &keys);
+        attempt.failed(Name::Unknown);
         log::warn!(
             "login failed from {}: name {}: no admin has such a name (not audited)",
             ip.text().as_deref().unwrap_or("?"),
@@ -147,12 +186,19 @@ pub async fn login(
         Ok(check) => check,
         Err(err) => return internal(&app, &err),
     };
-    let result = if check == PasswordCheck::Matched {
-        app.throttle().record_success(&keys.user);
-        start_session(&app, &form.name, ip.text()).await
-    } else {
-        count_failure(&app, &keys);
-        refuse(&app, &form.name, check, ip.text()).await
+    let result = match check {
+        PasswordCheck::Matched => {
+            attempt.succeeded();
+            start_session(&app, &form.name, ip.text()).await
+        }
+        PasswordCheck::WrongPassword => {
+            attempt.failed(Name::Admin);
+            refuse(&app, &form.name, check, ip.text()).await
+        }
+        PasswordCheck::NoSuchAdmin => {
+            attempt.failed(Name::Unknown);
+            refuse(&app, &form.name, check, ip.text()).await
+        }
     };
     result.unwrap_or_else(|err| internal(&app, &err))
 }
@@ -190,38 +236,22 @@ fn checked_form(
     Ok(form)
 }
 
-/// What failed logins are counted against.
-struct ThrottleKeys {
-    user: String,
-    ip: String,
-}
-
-/// The refusal while the name or the address must wait, if either must.
-fn throttled(app: &AppState, keys: &ThrottleKeys, name: &str, ip: &ClientIp) -> Option<Response> {
-    let wait = {
-        let throttle = app.throttle();
-        let t = Instant::now();
-        throttle
-            .delay_for(&keys.user, t)
-            .max(throttle.delay_for(&keys.ip, t))
-    };
-    if wait.is_zero() {
-        return None;
-    }
+/// The refusal of an attempt that must wait `wait`.
+fn throttled(app: &AppState, wait: std::time::Duration, name: &str, ip: &ClientIp) -> Response {
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     log::warn!(
         "login of name {} from {} refused: throttled for {seconds} s",
         name_for_log(name),
         ip.text().unwrap_or_default()
     );
-    Some(login_form(
+    login_form(
         app,
         StatusCode::TOO_MANY_REQUESTS,
         Some(&format!(
             "Too many failed logins. Try again in {seconds} seconds."
         )),
         vec![(RETRY_AFTER, seconds.to_string())],
-    ))
+    )
 }
 
 /// How a password check came out.
@@ -234,6 +264,15 @@ enum PasswordCheck {
 
 /// Verifies `password` for admin `name`. An unknown name is checked
 /// against a dummy hash, so that it takes as long as a known one.
+///
+/// The checks of existing admins' names and of other names take turns on
+/// two lanes of one check each, so that a flood of guessed names (each an
+/// argon2 check, tens of milliseconds of CPU) never queues in front of an
+/// admin's login: the admins' lane holds at most one attempt per admin
+/// name. When [`MAX_WAITING_CHECKS`] checks of unknown names already wait,
+/// a further one is answered at once, unchecked (under such a flood the
+/// answer's speed can tell that a name is no admin's; names are not the
+/// secret, passwords are).
 async fn check_password(
     app: &AppState,
     name: &str,
@@ -247,6 +286,25 @@ async fn check_password(
         None
     };
     let known = hash.is_some();
+    let lanes = app.check_lanes();
+    // Held until the check is over: the place in the queue, then the lane.
+    let waiting = if known {
+        None
+    } else {
+        let Some(waiting) = lanes.enqueue_other() else {
+            log::warn!(
+                "more than {MAX_WAITING_CHECKS} password checks of unknown names waiting: \
+                 answered unchecked"
+            );
+            return Ok(PasswordCheck::NoSuchAdmin);
+        };
+        Some(waiting)
+    };
+    let lane = if known { &lanes.admins } else { &lanes.others };
+    let permit = lane
+        .acquire()
+        .await
+        .map_err(|e| WebError::Task(e.to_string()))?;
     let checker = app.clone();
     let matched = tokio::task::spawn_blocking(move || {
         let hash = hash.unwrap_or_else(|| checker.dummy_hash().to_owned());
@@ -254,6 +312,7 @@ async fn check_password(
     })
     .await
     .unwrap_or(false);
+    drop((permit, waiting));
     Ok(match (known, matched) {
         (true, true) => PasswordCheck::Matched,
         (true, false) => PasswordCheck::WrongPassword,

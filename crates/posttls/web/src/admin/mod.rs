@@ -4,7 +4,9 @@
 //! - Login checks an argon2id hash ([`posttls_auth::verify_password`]),
 //!   after asking the [`posttls_auth::LoginThrottle`] for the user name and
 //!   the client address: while either must wait, the attempt is refused
-//!   without looking at the password. Attempts are checked one at a time.
+//!   without looking at the password. One attempt of a name and of an
+//!   address is checked at a time; admins' names and other names have a
+//!   password-check lane each.
 //!   Failures are audited, except for names no admin can have (over 64
 //!   bytes or with control characters), which are only logged.
 //! - The session cookie is `HttpOnly; SameSite=Strict` (and `Secure` with

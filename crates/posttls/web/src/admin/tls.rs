@@ -110,6 +110,11 @@ impl DomainRow {
 
 /// The link to a domain's page; the name is percent-encoded, as it comes
 /// from a database another process writes.
+/// The header of the Outbound TLS pages names the suite: they show all
+/// outgoing mail (the collector's and report daemon's numbers), not only
+/// what PostTLS holds.
+const SUITE: &str = "mailtls · Outbound TLS";
+
 fn domain_href(prefix: &str, domain: &str) -> String {
     format!(
         "{prefix}/admin/tls/{}",
@@ -196,6 +201,10 @@ pub async fn tls_day(
         Ok(s) => s,
         Err(err) => return internal(&app, &err),
     };
+    let trend = match app.site_trend().await {
+        Ok(trend) => trend,
+        Err(err) => return internal(&app, &err),
+    };
     let prefix = app.prefix().to_owned();
     let (rows, pages) = match &summary {
         Some(summary) => page_of(summary, &request, &prefix),
@@ -222,6 +231,12 @@ pub async fn tls_day(
         "tls.html",
         context! {
             title => format!("Outbound TLS on {day}"),
+            brand => SUITE,
+            site_chart => (!trend.is_empty()).then(|| Chart::of_days(&trend)),
+            site_points => trend.iter().rev().map(|p| {
+                let rate = failure_rate(p.failed, p.successful.saturating_add(p.failed));
+                (p.day.to_string(), p.successful.saturating_add(p.failed), p.failed, percent(rate))
+            }).collect::<Vec<_>>(),
             admin => admin.name.clone(),
             csrf_logout => admin.csrf(&app, FORM_LOGOUT),
             day => day.to_string(),
@@ -422,6 +437,7 @@ pub async fn tls_domain(
         "tls_domain.html",
         context! {
             title => format!("Outbound TLS to {domain}"),
+            brand => SUITE,
             admin => admin.name.clone(),
             csrf_logout => admin.csrf(&app, FORM_LOGOUT),
             csrf_report => admin.csrf(&app, FORM_REPORT),
@@ -580,6 +596,7 @@ pub async fn reports_page(
         "reports.html",
         context! {
             title => format!("TLSRPT reports for {day}"),
+            brand => SUITE,
             admin => admin.name.clone(),
             csrf_logout => admin.csrf(&app, FORM_LOGOUT),
             csrf_report => admin.csrf(&app, FORM_REPORT),

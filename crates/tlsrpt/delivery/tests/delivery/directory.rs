@@ -34,3 +34,54 @@ fn a_missing_directory_is_retried() {
     let outcome = destination.store("example.com", REPORT_ID, REPORT_JSON.as_bytes());
     assert!(matches!(outcome, Outcome::RetryLater(_)), "{outcome:?}");
 }
+
+/// A domain may be 253 bytes long; with the report id, which names it
+/// again, the plain name would pass the file-name limit of 255 bytes.
+/// Every such report still gets a file of its own.
+#[test]
+fn reports_of_the_longest_domains_get_files_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let destination = Directory::new(dir.path());
+    let label = "a".repeat(63);
+    let long = |last: &str| format!("{label}.{label}.{label}.{last}");
+    // 200 characters, and two of 253 that differ only in their last byte.
+    let domains = [
+        format!("{label}.{label}.{}.examples", "b".repeat(63)),
+        long(&format!("{}a", "c".repeat(60))),
+        long(&format!("{}b", "c".repeat(60))),
+    ];
+    assert_eq!(domains[0].len(), 200);
+    assert_eq!(domains[1].len(), 253);
+    let mut files = Vec::new();
+    for domain in &domains {
+        let id = format!("2026-11-21_0123456789abcdef_{domain}");
+        let outcome = destination.store(domain, &id, REPORT_JSON.as_bytes());
+        assert!(
+            matches!(&outcome, Outcome::Delivered(_)),
+            "{}: {outcome:?}",
+            domain.len()
+        );
+        let file = destination.file_for(domain, &id);
+        let name = file.file_name().unwrap().to_str().unwrap().to_owned();
+        assert!(name.len() <= 255, "{name}");
+        assert!(
+            name.starts_with(&format!("tlsrpt-{}", &domain[..100])),
+            "{name}"
+        );
+        assert!(name.ends_with(".json"), "{name}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), REPORT_JSON);
+        // The same report gets the same name again.
+        assert_eq!(destination.file_for(domain, &id), file);
+        files.push(file);
+    }
+    files.sort();
+    files.dedup();
+    assert_eq!(files.len(), 3, "distinct domains, distinct files");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+    // A name that fits is kept as it was.
+    assert_eq!(
+        destination.file_for("example.com", REPORT_ID),
+        dir.path()
+            .join(format!("tlsrpt-example.com-{REPORT_ID}.json"))
+    );
+}
