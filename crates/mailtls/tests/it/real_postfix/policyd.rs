@@ -134,3 +134,71 @@ fn postfix_3_10_enforces_and_reports_the_sts_policies_policyd_answers() {
         assert_eq!(d["policies"][0]["policy-type"], 9, "{d}");
     }
 }
+
+/// `mode: testing` answered `may` with the TLSRPT attributes
+/// (`testing_answer = may`), measured on Postfix 3.10: what it delivers
+/// and what it reports for an MX with the right certificate and for one
+/// that presents another name (the README's choice of default rests on
+/// it).
+#[test]
+fn postfix_3_10_with_testing_answered_may() {
+    let domains = [
+        Domain::new("testok", Mx::Trusted).sts(&policy("testok", "testing")),
+        Domain::new("testbad", Mx::WrongName).sts(&policy("testbad", "testing")),
+    ];
+    let lab = Lab::start(Suite::Trixie, &domains);
+    let dir = tempfile::tempdir().unwrap();
+    let policyd = Policyd::start(
+        dir.path(),
+        &[
+            "--nameservers".into(),
+            lab.dns.resolver().to_string(),
+            "--sts_ca_file".into(),
+            lab.ca.ca_file.display().to_string(),
+            "--allow_private_addresses".into(),
+            "1".into(),
+            "--testing_answer".into(),
+            "may".into(),
+        ],
+    );
+    let postfix = Postfix::start(lab.postfix_options().main_cf(&format!(
+        "smtp_tls_policy_maps = socketmap:inet:{}:postfix",
+        policyd.address()
+    )));
+    let recorder = Recorder::start(&postfix);
+    for d in &domains {
+        postfix.sendmail(
+            &[
+                "-f",
+                "sender@mta.mailtls.test",
+                "--",
+                &format!("user@{}", d.name()),
+            ],
+            format!("Subject: to {}\n\nbody\n", d.name()).as_bytes(),
+        );
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while logged_events(&postfix.maillog()).len() < domains.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}\n{}",
+            postfix.maillog(),
+            policyd.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Both delivered (may checks no certificate) and both reported as an
+    // sts success, the MX that presents another name too: Postfix at `may`
+    // never sees the failure RFC 8460 section 4.3 would want reported.
+    // Hence `testing_answer = notfound` by default (no-policy-found is
+    // true; an sts success would not be).
+    let datagrams = recorder.datagrams();
+    for d in &domains {
+        lab.mxes[&d.name()].wait_for(1, WAIT);
+        let datagram = datagram_of(&datagrams, &d.name());
+        let p = &datagram["policies"][0];
+        assert_eq!(p["policy-type"], 2, "{datagram}");
+        assert_eq!(p["policy-string"][1], "mode: testing", "{datagram}");
+        assert_eq!(p["f"], 0, "{datagram}");
+    }
+}
