@@ -8,7 +8,7 @@
 use serde_json::Value;
 
 use super::tlsrpt::Recorder;
-use super::{logged_events, Domain, Lab, Mx, WAIT};
+use super::{logged_events, Domain, Lab, Mx, Tlsa, WAIT};
 use crate::policyd::Policyd;
 use crate::support::lab::Suite;
 use crate::support::postfix::Postfix;
@@ -34,6 +34,12 @@ fn postfix_3_10_enforces_and_reports_the_sts_policies_policyd_answers() {
         Domain::new("stsbad", Mx::WrongName).sts(&policy("stsbad", "enforce")),
         Domain::new("ststest", Mx::WrongName).sts(&policy("ststest", "testing")),
         Domain::new("nosts", Mx::WrongName),
+        // DANE first (RFC 8461 section 2): an MTA-STS record too, and an MX
+        // certificate no CA vouches for.
+        Domain::new("dane", Mx::Untrusted)
+            .tlsa(Tlsa::Matching)
+            .sts(&policy("dane", "enforce")),
+        Domain::new("danewrong", Mx::Trusted).tlsa(Tlsa::Wrong),
     ];
     let lab = Lab::start(Suite::Trixie, &domains);
     let dir = tempfile::tempdir().unwrap();
@@ -125,6 +131,39 @@ fn postfix_3_10_enforces_and_reports_the_sts_policies_policyd_answers() {
             .any(|m| m["recipients"][0]["address"] == "user@stsbad.lab.test"),
         "{queue:?}"
     );
+
+    // DANE: delivered on the TLSA match though no CA vouches for the
+    // certificate, reported under the tlsa policy; a TLSA record that
+    // matches nothing: deferred, reported under tlsa.
+    assert_eq!(
+        lab.mxes["dane.lab.test"].messages().len(),
+        1,
+        "{}",
+        postfix.maillog()
+    );
+    let dane = datagram_of(&datagrams, "dane.lab.test");
+    assert_eq!(dane["policies"][0]["policy-type"], 1, "tlsa: {dane}");
+    assert_eq!(dane["policies"][0]["f"], 0, "{dane}");
+    assert!(lab.mxes["danewrong.lab.test"].messages().is_empty());
+    let wrong = datagram_of(&datagrams, "danewrong.lab.test");
+    assert_eq!(wrong["policies"][0]["policy-type"], 1, "{wrong}");
+    assert_eq!(wrong["policies"][0]["f"], 1, "{wrong}");
+    // Those came from policyd's answer: the instance's own level is `may`,
+    // at which Postfix does no DANE.
+    for domain in ["dane.lab.test", "danewrong.lab.test"] {
+        let mut stream = std::net::TcpStream::connect(policyd.address()).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        std::io::Write::write_all(
+            &mut stream,
+            &crate::policyd::netstring(&format!("postfix {domain}")),
+        )
+        .unwrap();
+        assert_eq!(
+            crate::policyd::read_answer(&mut stream).unwrap(),
+            "OK dane-only",
+            "{domain}"
+        );
+    }
 
     // testing (answered NOTFOUND, as both anchors do) and no policy: the
     // instance's own level (may) delivers, reported as no-policy-found.
