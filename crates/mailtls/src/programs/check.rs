@@ -26,6 +26,7 @@ use super::collectd::{self, CollectdOptions};
 use super::posttls::{self, PosttlsOptions};
 use super::reportd;
 
+mod policyd;
 mod tls_required;
 pub use tls_required::{PolicyTable, TlsRequiredFacts, HEADER_CHECKS_FILE, HEADER_CHECKS_RULE};
 
@@ -119,6 +120,13 @@ pub fn command() -> Command {
                 .help("PostTLS's configuration file (not checked when it does not exist)"),
         )
         .arg(
+            Arg::new("policyd_config")
+                .long("policyd_config")
+                .value_name("FILE")
+                .default_value(super::policyd::SPEC.default_config_file)
+                .help("mailtls policyd's configuration file (not checked when it does not exist)"),
+        )
+        .arg(
             Arg::new("posttls_web_unit")
                 .long("posttls_web_unit")
                 .value_name("FILE")
@@ -129,7 +137,7 @@ pub fn command() -> Command {
                 .value_name("PART")
                 .num_args(0..)
                 .value_parser(clap::builder::EnumValueParser::<Part>::new())
-                .help("Check only these parts: tlsrpt (Postfix's TLSRPT side, the collector, the report daemon), posttls; default: both"),
+                .help("Check only these parts: tlsrpt (Postfix's TLSRPT side, the collector, the report daemon), posttls, policyd (smtp_tls_policy_maps and the policy server); default: all"),
         )
         .arg(
             Arg::new("json")
@@ -144,17 +152,19 @@ pub fn command() -> Command {
 pub enum Part {
     Tlsrpt,
     Posttls,
+    Policyd,
 }
 
 impl clap::ValueEnum for Part {
     fn value_variants<'a>() -> &'a [Self] {
-        &[Part::Tlsrpt, Part::Posttls]
+        &[Part::Tlsrpt, Part::Posttls, Part::Policyd]
     }
 
     fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
         Some(clap::builder::PossibleValue::new(match self {
             Part::Tlsrpt => "tlsrpt",
             Part::Posttls => "posttls",
+            Part::Policyd => "policyd",
         }))
     }
 }
@@ -162,7 +172,7 @@ impl clap::ValueEnum for Part {
 pub fn main(matches: &ArgMatches) -> i32 {
     let parts: Vec<Part> = match matches.get_many::<Part>("part") {
         Some(parts) => parts.copied().collect(),
-        None => vec![Part::Tlsrpt, Part::Posttls],
+        None => vec![Part::Tlsrpt, Part::Posttls, Part::Policyd],
     };
     let postfix = PostfixFacts::gather(
         matches
@@ -214,6 +224,14 @@ pub fn main(matches: &ArgMatches) -> i32 {
             findings.extend(tls_required::judge(tls_required, &postfix));
         }
         findings.extend(judge_requiretls(&postfix));
+    }
+    if postfix.unavailable.is_none() && parts.contains(&Part::Policyd) {
+        let facts = policyd::PolicydFacts::gather(Path::new(
+            matches
+                .get_one::<String>("policyd_config")
+                .expect("default"),
+        ));
+        findings.extend(policyd::judge(&facts, &postfix));
     }
     if matches.get_flag("json") {
         let worst = worst(&findings);
@@ -282,7 +300,8 @@ pub struct PostfixFacts {
     /// What the instance does with a sender's `TLS-Required: No` (Postfix
     /// 3.10 and later).
     pub tls_required: Option<TlsRequiredFacts>,
-    /// The tables of `smtp_tls_policy_maps` and their entries.
+    /// `smtp_tls_policy_maps`, and its tables with their entries.
+    pub tls_policy_maps: Option<String>,
     pub tls_policy_tables: Vec<PolicyTable>,
     /// `requiretls_enable` and `smtp_requiretls_policy` (Postfix 3.11 and
     /// later).
@@ -367,8 +386,9 @@ impl PostfixFacts {
         facts.requiretls = value("requiretls_enable")
             .filter(|v| !v.is_empty())
             .map(|enable| (enable, value("smtp_requiretls_policy").unwrap_or_default()));
+        facts.tls_policy_maps = value("smtp_tls_policy_maps");
         facts.tls_policy_tables = PolicyTable::gather(
-            &value("smtp_tls_policy_maps").unwrap_or_default(),
+            facts.tls_policy_maps.as_deref().unwrap_or_default(),
             |table| {
                 let done = postfix_command("postmap", config.as_deref())
                     .arg("-s")

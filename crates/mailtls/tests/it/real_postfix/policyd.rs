@@ -60,6 +60,45 @@ fn postfix_3_10_enforces_and_reports_the_sts_policies_policyd_answers() {
         policyd.address()
     )));
     let recorder = Recorder::start(&postfix);
+    // mailtls check, inside the root, finds the set-up right; another
+    // address, which Postfix does not ask and where nothing answers, is a
+    // policy server not in use.
+    let check = |listen: &str| -> Vec<Value> {
+        let dir = lab.root.tempdir("policyd.");
+        std::fs::write(
+            dir.path().join("policyd.cfg"),
+            format!("[policyd]\nlisten = inet:{listen}\n"),
+        )
+        .unwrap();
+        let config = lab.root.inside_path(&dir.path().join("policyd.cfg"));
+        let (_, findings) = super::check::check_part(
+            &lab.root,
+            &postfix,
+            "policyd",
+            &[&format!("--policyd_config={}", config.display())],
+        );
+        findings
+    };
+    let findings = check(&policyd.address().to_string());
+    assert!(
+        findings.iter().all(|f| f["level"] == "ok")
+            && findings.iter().any(|f| f["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("mailtls policyd answers at")),
+        "{findings:#?}"
+    );
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_address = silent.local_addr().unwrap();
+    drop(silent);
+    let findings = check(&silent_address.to_string());
+    assert!(
+        findings.iter().all(|f| f["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("mailtls policyd is not in use")),
+        "{findings:#?}"
+    );
     for d in &domains {
         postfix.sendmail(
             &[
