@@ -39,6 +39,12 @@ mailtls_common::options! {
         testing_answer: String = "notfound",
         /// Most domains whose policy is kept in memory; the least recently used is dropped first
         cache_size: i64 = "100000",
+        /// Connections served at once (Postfix keeps one per smtp process, up to
+        /// default_process_limit); more wait in the kernel's backlog
+        max_connections: i64 = "256",
+        /// Lookups running at once (each may wait for DNS and a policy fetch); more requests
+        /// wait, so a flood of new domains cannot grow threads and memory without bound
+        max_lookups: i64 = "64",
         /// Seconds a policy fetch may take, from resolving to the last byte
         fetch_timeout: i64 = "10",
         /// Seconds to wait for each name server
@@ -223,6 +229,10 @@ pub fn config_from(o: &PolicydOptions) -> anyhow::Result<Config> {
         fetch_timeout: Duration::from_secs(positive("fetch_timeout", o.fetch_timeout)?),
         testing,
         cache_size: usize::try_from(positive("cache_size", o.cache_size)?)?,
+        limits: policyd_daemon::server::Limits {
+            connections: usize::try_from(positive("max_connections", o.max_connections)?)?,
+            lookups: usize::try_from(positive("max_lookups", o.max_lookups)?)?,
+        },
     })
 }
 

@@ -525,3 +525,40 @@ fn a_dns_failure_is_temp_not_no_policy() {
     let answer = policyd.ask("postfix", "example.com");
     assert!(answer.starts_with("TEMP "), "{answer}\n{}", policyd.log());
 }
+
+/// `max_connections`: idle clients beyond it wait in the kernel's backlog
+/// instead of each holding a task; a place freed is taken at once.
+#[test]
+fn connections_beyond_max_connections_wait_for_a_place() {
+    let mut lab = Lab::new();
+    lab.domain("norec", None);
+    lab.start_dns();
+    let policyd = lab.policyd(&["--max_connections", "2"]);
+    let mut first = policyd.connect();
+    let _second = policyd.connect();
+    first
+        .write_all(&netstring("postfix norec.lab.test"))
+        .unwrap();
+    assert_eq!(read_answer(&mut first).unwrap(), "NOTFOUND ");
+    // The third is accepted by the kernel, not served.
+    let mut third = policyd.connect();
+    third
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    third
+        .write_all(&netstring("postfix norec.lab.test"))
+        .unwrap();
+    assert!(
+        read_answer(&mut third).is_err(),
+        "a third connection was served beside two"
+    );
+    // One leaves: the third is served.
+    drop(first);
+    third.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(
+        read_answer(&mut third).unwrap(),
+        "NOTFOUND ",
+        "{}",
+        policyd.log()
+    );
+}

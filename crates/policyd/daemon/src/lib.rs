@@ -38,6 +38,7 @@ pub struct Config {
     pub fetch_timeout: Duration,
     pub testing: TestingAnswer,
     pub cache_size: usize,
+    pub limits: server::Limits,
 }
 
 /// Why the daemon could not serve.
@@ -85,7 +86,7 @@ pub fn run(
                 error,
             })?;
         log::info!("serving socketmap on {listen}");
-        server::serve(listener, engine, stop).await;
+        server::serve(listener, engine, config.limits, stop).await;
         Ok(())
     });
     // Lookups still running (a slow fetch) are not waited for long.

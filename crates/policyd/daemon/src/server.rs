@@ -95,15 +95,42 @@ impl Drop for Listener {
     }
 }
 
+/// What one process takes on at once: a flood of connections or of
+/// lookups for new domains (each may wait for DNS and an HTTPS fetch) must
+/// not grow threads and memory without bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub connections: usize,
+    /// Lookups (DNS, fetches) running at once; more requests wait.
+    pub lookups: usize,
+}
+
 /// Serves until `stop` completes.
-pub async fn serve(listener: Listener, engine: Arc<Engine>, stop: impl std::future::Future) {
+pub async fn serve(
+    listener: Listener,
+    engine: Arc<Engine>,
+    limits: Limits,
+    stop: impl std::future::Future,
+) {
     tokio::pin!(stop);
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.connections));
+    let lookups = Arc::new(tokio::sync::Semaphore::new(limits.lookups));
     loop {
+        // A connection is accepted only with a place for it.
+        let place = tokio::select! {
+            _ = &mut stop => return,
+            place = connections.clone().acquire_owned() => place.expect("never closed"),
+        };
         tokio::select! {
             _ = &mut stop => return,
             accepted = accept(&listener) => match accepted {
                 Ok(stream) => {
-                    tokio::spawn(connection(stream, engine.clone()));
+                    let (engine, lookups) = (engine.clone(), lookups.clone());
+                    tokio::spawn(async move {
+                        connection(stream, engine, lookups).await;
+                        drop(place);
+                    });
                 }
                 Err(e) => {
                     log::error!("accept: {e}");
@@ -127,7 +154,11 @@ async fn accept(listener: &Listener) -> std::io::Result<Box<dyn Stream>> {
 }
 
 /// One client: requests in, answers out, in order.
-async fn connection(mut stream: Box<dyn Stream>, engine: Arc<Engine>) {
+async fn connection(
+    mut stream: Box<dyn Stream>,
+    engine: Arc<Engine>,
+    lookups: Arc<tokio::sync::Semaphore>,
+) {
     let mut decoder = Decoder::new();
     let mut buffer = vec![0; 4096];
     loop {
@@ -154,6 +185,9 @@ async fn connection(mut stream: Box<dyn Stream>, engine: Arc<Engine>) {
                 Some(Err(e)) => Answer::Perm(format!("bad request: {e}")),
                 Some(Ok(request)) => {
                     let engine = engine.clone();
+                    let Ok(_lookup) = lookups.acquire().await else {
+                        return;
+                    };
                     match tokio::task::spawn_blocking(move || engine.answer(&request)).await {
                         Ok(answer) => answer,
                         Err(e) => Answer::Temp(format!("lookup failed: {e}")),
