@@ -45,6 +45,13 @@ mailtls_common::options! {
         /// Lookups running at once (each may wait for DNS and a policy fetch); more requests
         /// wait, so a flood of new domains cannot grow threads and memory without bound
         max_lookups: i64 = "64",
+        /// Prometheus metrics at http://ADDRESS/metrics (plain HTTP, for anyone who can connect;
+        /// keep it on loopback); empty: off
+        metrics_listen: String = "",
+        /// Connections the metrics listener serves at once (one address gets a quarter)
+        metrics_max_connections: i64 = "8",
+        /// Seconds a metrics client has for its whole request
+        metrics_request_timeout: i64 = "5",
         /// Seconds a policy fetch may take, from resolving to the last byte
         fetch_timeout: i64 = "10",
         /// Seconds to wait for each name server
@@ -229,6 +236,18 @@ pub fn config_from(o: &PolicydOptions) -> anyhow::Result<Config> {
         fetch_timeout: Duration::from_secs(positive("fetch_timeout", o.fetch_timeout)?),
         testing,
         cache_size: usize::try_from(positive("cache_size", o.cache_size)?)?,
+        metrics: match o.metrics_listen.trim() {
+            "" => None,
+            listen => Some((
+                listen
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("metrics_listen {listen:?} is not IP:PORT"))?,
+                mailtls_common::config::metrics_limits(
+                    o.metrics_max_connections,
+                    o.metrics_request_timeout,
+                )?,
+            )),
+        },
         limits: policyd_daemon::server::Limits {
             connections: usize::try_from(positive("max_connections", o.max_connections)?)?,
             lookups: usize::try_from(positive("max_lookups", o.max_lookups)?)?,

@@ -562,3 +562,42 @@ fn connections_beyond_max_connections_wait_for_a_place() {
         policyd.log()
     );
 }
+
+/// `metrics_listen`: the answers of each kind, the fetches and the cached
+/// domains, counted as they happened; promtool accepts the exposition.
+#[test]
+fn metrics_count_answers_fetches_and_cached_domains() {
+    let mut lab = Lab::new();
+    let address = lab.domain("enf", Some("enf1"));
+    lab.domain("norec", None);
+    lab.start_dns();
+    let _host = lab.policy_host("enf", address, policy(ENFORCE));
+    let metrics_port = crate::support::free_port();
+    let policyd = lab.policyd(&["--metrics_listen", &format!("127.0.0.1:{metrics_port}")]);
+    let mut stream = policyd.connect();
+    let mut requests = netstring("postfix enf.lab.test");
+    requests.extend(netstring("postfix enf.lab.test"));
+    requests.extend(netstring("postfix norec.lab.test"));
+    requests.extend(netstring("postfixnokey"));
+    stream.write_all(&requests).unwrap();
+    for _ in 0..4 {
+        read_answer(&mut stream).unwrap();
+    }
+    let mut http = TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    http.read_to_string(&mut response).unwrap();
+    let body = response.split("\r\n\r\n").nth(1).unwrap();
+    for series in [
+        "policyd_answers_total{answer=\"ok\"} 2",
+        "policyd_answers_total{answer=\"notfound\"} 1",
+        "policyd_answers_total{answer=\"perm\"} 1",
+        "policyd_answers_total{answer=\"temp\"} 0",
+        "policyd_policy_fetches_total{result=\"ok\"} 1",
+        "policyd_cached_domains 1",
+    ] {
+        assert!(body.contains(series), "{series} in\n{body}");
+    }
+    assert_eq!(crate::support::promtool_problems(body), "");
+}

@@ -8,10 +8,12 @@
 //! - [`lookup`]: one request to one answer (map names, keys, DANE before
 //!   MTA-STS).
 //! - [`server`]: the socketmap server on a TCP or unix socket.
+//! - [`metrics`]: its counters for Prometheus.
 
 pub mod dns;
 pub mod fetch;
 pub mod lookup;
+pub mod metrics;
 pub mod server;
 pub mod store;
 
@@ -39,6 +41,8 @@ pub struct Config {
     pub testing: TestingAnswer,
     pub cache_size: usize,
     pub limits: server::Limits,
+    /// `metrics_listen`, and its listener's limits.
+    pub metrics: Option<(std::net::SocketAddr, mailtls_common::metrics::Limits)>,
 }
 
 /// Why the daemon could not serve.
@@ -46,6 +50,11 @@ pub struct Config {
 pub enum Error {
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot listen for metrics on {listen} (metrics_listen): {error}")]
+    Metrics {
+        listen: std::net::SocketAddr,
+        error: std::io::Error,
+    },
     #[error("cannot listen on {listen}: {error}")]
     Listen {
         listen: Listen,
@@ -73,6 +82,11 @@ pub fn run(
         config.testing,
         clock,
     ));
+    if let Some((listen, limits)) = config.metrics {
+        let engine = engine.clone();
+        mailtls_common::metrics::spawn(listen, limits, move || Ok(engine.metrics().render()))
+            .map_err(|error| Error::Metrics { listen, error })?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -14,6 +14,7 @@ use policyd_policy::{
 
 use crate::dns::{Dns, DnsError};
 use crate::fetch::Fetcher;
+use crate::metrics::Metrics;
 use crate::store::PolicyStore;
 
 /// The socketmap names served, which differ only in the TLSRPT attributes.
@@ -87,6 +88,7 @@ pub struct Engine {
     refreshing: Mutex<HashSet<String>>,
     testing: TestingAnswer,
     clock: Box<dyn Clock>,
+    metrics: Metrics,
 }
 
 impl Engine {
@@ -104,7 +106,19 @@ impl Engine {
             refreshing: Mutex::new(HashSet::new()),
             testing,
             clock,
+            metrics: Metrics::new(),
         }
+    }
+
+    /// Counts an answer sent (bad requests included).
+    pub fn count_answer(&self, answer: &Answer) {
+        self.metrics.answered(answer);
+    }
+
+    /// Its counters, with the cache's size as of now.
+    pub fn metrics(&self) -> &Metrics {
+        self.metrics.set_cached(self.store().len());
+        &self.metrics
     }
 
     /// The answer to one request. Blocks on DNS and HTTPS: run it off the
@@ -248,11 +262,13 @@ impl Engine {
                     fresh.expires_at
                 );
                 self.store().store_policy(domain, fresh.clone());
+                self.metrics.fetched(true);
                 Some(fresh)
             }
             Err(e) => {
                 log::warn!("{domain}: MTA-STS policy fetch failed: {e}");
                 self.store().record_failure(domain, self.clock.now());
+                self.metrics.fetched(false);
                 None
             }
         }

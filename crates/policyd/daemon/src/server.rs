@@ -194,6 +194,7 @@ async fn connection(
                     }
                 }
             };
+            engine.count_answer(&answer);
             let wire = answer.encode().unwrap_or_else(|e| {
                 Answer::Temp(format!("answer cannot be sent: {e}"))
                     .encode()

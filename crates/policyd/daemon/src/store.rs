@@ -45,8 +45,8 @@ impl PolicyStore {
         }
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    /// How many domains are kept.
+    pub fn len(&self) -> usize {
         self.entries.len()
     }
 
