@@ -117,7 +117,7 @@ impl Engine {
 
     /// Its counters, with the cache's size as of now.
     pub fn metrics(&self) -> &Metrics {
-        self.metrics.set_cached(self.store().len());
+        self.metrics.set_cached(self.store().domains());
         &self.metrics
     }
 

@@ -46,7 +46,7 @@ impl PolicyStore {
     }
 
     /// How many domains are kept.
-    pub fn len(&self) -> usize {
+    pub fn domains(&self) -> usize {
         self.entries.len()
     }
 
@@ -123,14 +123,14 @@ mod tests {
         // a is used, so b is the least recently used.
         assert!(store.get("a.example").is_some());
         store.record_failure("c.example", now);
-        assert_eq!(store.len(), 2);
+        assert_eq!(store.domains(), 2);
         assert!(store.get("b.example").is_none());
         assert_eq!(store.get("a.example").unwrap().policy, Some(policy()));
         assert_eq!(store.get("c.example").unwrap().last_failed_fetch, Some(now));
         for i in 0..1000 {
             store.record_failure(&format!("random{i}.example"), now);
         }
-        assert_eq!(store.len(), 2);
+        assert_eq!(store.domains(), 2);
         assert_eq!(store.order.len(), 2);
     }
 
