@@ -125,3 +125,17 @@ pub(crate) fn smtp_transport(
     };
     Smtp::new(host, port, security, credentials, timeout, trust).map_err(anyhow::Error::from)
 }
+
+/// SIGHUP reopens the log file (logrotate), on a thread of its own.
+pub(crate) fn reopen_log_on_sighup() {
+    match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                for _ in signals.forever() {
+                    mailtls_common::logging::reopen();
+                }
+            });
+        }
+        Err(e) => log::warn!("cannot handle SIGHUP (log reopening): {e}"),
+    }
+}

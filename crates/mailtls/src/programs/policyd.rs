@@ -140,7 +140,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
             return 2;
         }
     };
-    reopen_log_on_sighup();
+    super::reopen_log_on_sighup();
     match policyd_daemon::run(config, clock, stop_signal()) {
         Ok(()) => {
             log::info!("stopped");
@@ -170,19 +170,6 @@ async fn stop_signal() {
             log::error!("cannot handle SIGTERM/SIGINT ({e}); serving until killed");
             std::future::pending::<()>().await;
         }
-    }
-}
-
-fn reopen_log_on_sighup() {
-    match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
-        Ok(mut signals) => {
-            std::thread::spawn(move || {
-                for _ in signals.forever() {
-                    mailtls_common::logging::reopen();
-                }
-            });
-        }
-        Err(e) => log::warn!("cannot handle SIGHUP (log reopening): {e}"),
     }
 }
 

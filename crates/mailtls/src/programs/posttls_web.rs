@@ -87,7 +87,7 @@ pub fn web(options: &PosttlsOptions) -> i32 {
             return 1;
         }
     };
-    reopen_log_on_sighup();
+    super::reopen_log_on_sighup();
     let database = match super::posttls::database(options) {
         Ok(d) => d,
         Err(e) => {
@@ -237,19 +237,6 @@ pub(crate) fn instance_name(o: &PosttlsOptions) -> String {
     match o.instance.as_str() {
         "" => mailtls_common::host_name(),
         name => name.to_string(),
-    }
-}
-
-fn reopen_log_on_sighup() {
-    match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
-        Ok(mut signals) => {
-            std::thread::spawn(move || {
-                for _ in signals.forever() {
-                    mailtls_common::logging::reopen();
-                }
-            });
-        }
-        Err(e) => log::warn!("cannot handle SIGHUP (log reopening): {e}"),
     }
 }
 

@@ -27,6 +27,71 @@ fn datagram_of(datagrams: &[Vec<u8>], domain: &str) -> Value {
         .unwrap_or_else(|| panic!("no datagram for {domain}"))
 }
 
+/// The lab's policy server and an instance whose `smtp_tls_policy_maps`
+/// asks it (in place of the lab's own table), with a recorder on its
+/// collector socket; `extra` options for policyd.
+struct PolicydLab {
+    policyd: Policyd,
+    postfix: Postfix,
+    recorder: Recorder,
+    _dir: tempfile::TempDir,
+}
+
+impl PolicydLab {
+    fn start(lab: &Lab, extra: &[&str]) -> PolicydLab {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = vec![
+            "--nameservers".into(),
+            lab.dns.resolver().to_string(),
+            "--sts_ca_file".into(),
+            lab.ca.ca_file.display().to_string(),
+            "--allow_private_addresses".into(),
+            "1".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let policyd = Policyd::start(dir.path(), &args);
+        let postfix = Postfix::start(lab.postfix_options().main_cf(&format!(
+            "smtp_tls_policy_maps = socketmap:inet:{}:postfix",
+            policyd.address()
+        )));
+        let recorder = Recorder::start(&postfix);
+        PolicydLab {
+            policyd,
+            postfix,
+            recorder,
+            _dir: dir,
+        }
+    }
+
+    /// One message to each domain; waits until Postfix logged a TLSRPT
+    /// event for each, and returns the datagrams.
+    fn send_to_each(&self, domains: &[Domain]) -> Vec<Vec<u8>> {
+        for d in domains {
+            self.postfix.sendmail(
+                &[
+                    "-f",
+                    "sender@mta.mailtls.test",
+                    "--",
+                    &format!("user@{}", d.name()),
+                ],
+                format!("Subject: to {}\n\nbody\n", d.name()).as_bytes(),
+            );
+        }
+        let deadline = std::time::Instant::now() + WAIT;
+        while logged_events(&self.postfix.maillog()).len() < domains.len() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Postfix logged {} TLSRPT events:\n{}\npolicyd:\n{}",
+                logged_events(&self.postfix.maillog()).len(),
+                self.postfix.maillog(),
+                self.policyd.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        self.recorder.datagrams()
+    }
+}
+
 #[test]
 fn postfix_3_10_enforces_and_reports_the_sts_policies_policyd_answers() {
     let domains = [
@@ -42,24 +107,8 @@ fn postfix_3_10_enforces_and_reports_the_sts_policies_policyd_answers() {
         Domain::new("danewrong", Mx::Trusted).tlsa(Tlsa::Wrong),
     ];
     let lab = Lab::start(Suite::Trixie, &domains);
-    let dir = tempfile::tempdir().unwrap();
-    let policyd = Policyd::start(
-        dir.path(),
-        &[
-            "--nameservers".into(),
-            lab.dns.resolver().to_string(),
-            "--sts_ca_file".into(),
-            lab.ca.ca_file.display().to_string(),
-            "--allow_private_addresses".into(),
-            "1".into(),
-        ],
-    );
-    // The lab's own policy table replaced by the policy server.
-    let postfix = Postfix::start(lab.postfix_options().main_cf(&format!(
-        "smtp_tls_policy_maps = socketmap:inet:{}:postfix",
-        policyd.address()
-    )));
-    let recorder = Recorder::start(&postfix);
+    let set_up = PolicydLab::start(&lab, &[]);
+    let (policyd, postfix) = (&set_up.policyd, &set_up.postfix);
     // mailtls check, inside the root, finds the set-up right; another
     // address, which Postfix does not ask and where nothing answers, is a
     // policy server not in use.
@@ -73,7 +122,7 @@ fn postfix_3_10_enforces_and_reports_the_sts_policies_policyd_answers() {
         let config = lab.root.inside_path(&dir.path().join("policyd.cfg"));
         let (_, findings) = super::check::check_part(
             &lab.root,
-            &postfix,
+            postfix,
             "policyd",
             &[&format!("--policyd_config={}", config.display())],
         );
@@ -99,29 +148,7 @@ fn postfix_3_10_enforces_and_reports_the_sts_policies_policyd_answers() {
             .starts_with("mailtls policyd is not in use")),
         "{findings:#?}"
     );
-    for d in &domains {
-        postfix.sendmail(
-            &[
-                "-f",
-                "sender@mta.mailtls.test",
-                "--",
-                &format!("user@{}", d.name()),
-            ],
-            format!("Subject: to {}\n\nbody\n", d.name()).as_bytes(),
-        );
-    }
-    let deadline = std::time::Instant::now() + WAIT;
-    while logged_events(&postfix.maillog()).len() < domains.len() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "Postfix logged {} TLSRPT events:\n{}\npolicyd:\n{}",
-            logged_events(&postfix.maillog()).len(),
-            postfix.maillog(),
-            policyd.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let datagrams = recorder.datagrams();
+    let datagrams = set_up.send_to_each(&domains);
 
     // enforce, right certificate: delivered over TLS, reported under the
     // sts policy with its lines and MX pattern.
@@ -225,52 +252,8 @@ fn postfix_3_10_with_testing_answered_may() {
         Domain::new("testbad", Mx::WrongName).sts(&policy("testbad", "testing")),
     ];
     let lab = Lab::start(Suite::Trixie, &domains);
-    let dir = tempfile::tempdir().unwrap();
-    let policyd = Policyd::start(
-        dir.path(),
-        &[
-            "--nameservers".into(),
-            lab.dns.resolver().to_string(),
-            "--sts_ca_file".into(),
-            lab.ca.ca_file.display().to_string(),
-            "--allow_private_addresses".into(),
-            "1".into(),
-            "--testing_answer".into(),
-            "may".into(),
-        ],
-    );
-    let postfix = Postfix::start(lab.postfix_options().main_cf(&format!(
-        "smtp_tls_policy_maps = socketmap:inet:{}:postfix",
-        policyd.address()
-    )));
-    let recorder = Recorder::start(&postfix);
-    for d in &domains {
-        postfix.sendmail(
-            &[
-                "-f",
-                "sender@mta.mailtls.test",
-                "--",
-                &format!("user@{}", d.name()),
-            ],
-            format!("Subject: to {}\n\nbody\n", d.name()).as_bytes(),
-        );
-    }
-    let deadline = std::time::Instant::now() + WAIT;
-    while logged_events(&postfix.maillog()).len() < domains.len() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}\n{}",
-            postfix.maillog(),
-            policyd.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    // Both delivered (may checks no certificate) and both reported as an
-    // sts success, the MX that presents another name too: Postfix at `may`
-    // never sees the failure RFC 8460 section 4.3 would want reported.
-    // Hence `testing_answer = notfound` by default (no-policy-found is
-    // true; an sts success would not be).
-    let datagrams = recorder.datagrams();
+    let set_up = PolicydLab::start(&lab, &["--testing_answer", "may"]);
+    let datagrams = set_up.send_to_each(&domains);
     for d in &domains {
         lab.mxes[&d.name()].wait_for(1, WAIT);
         let datagram = datagram_of(&datagrams, &d.name());
