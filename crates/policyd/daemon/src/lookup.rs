@@ -12,7 +12,7 @@ use policyd_policy::{
     Request, TestingAnswer, TxtLookup,
 };
 
-use crate::dns::{Dns, DnsError};
+use crate::dns::{Dns, DnsError, MxHosts};
 use crate::fetch::Fetcher;
 use crate::metrics::Metrics;
 use crate::store::PolicyStore;
@@ -153,14 +153,29 @@ impl Engine {
         }
     }
 
-    /// DANE first (RFC 8461 section 2), then MTA-STS.
+    /// DANE first (RFC 8461 section 2), then MTA-STS; both need the MX
+    /// hosts (DANE their TLSA records, MTA-STS their match, section 4.1).
     pub fn decide(self: &Arc<Self>, domain: &str) -> Decision {
-        match self.dane(domain) {
+        let temp = |e: DnsError| Decision::TempFail {
+            reason: format!("DNS lookup for the policy of {domain} failed: {e}"),
+        };
+        let mx = match self.dns.mx(domain) {
+            Ok(mx) => mx,
+            Err(e) => return temp(e),
+        };
+        match self.dane(domain, &mx) {
             Ok(Some(level)) => Decision::Dane(level),
-            Ok(None) => self.sts(domain),
-            Err(e) => Decision::TempFail {
-                reason: format!("DNS lookup for DANE of {domain} failed: {e}"),
-            },
+            Ok(None) => {
+                let decision = self.sts(domain, &mx.hosts);
+                if let Decision::Failure { kind, .. } = &decision {
+                    log::warn!(
+                        "{domain}: no MX host ({}) matches its enforce policy; deferring, reported as {kind} (RFC 8461 section 5)",
+                        mx.hosts.join(", ")
+                    );
+                }
+                decision
+            }
+            Err(e) => temp(e),
         }
     }
 
@@ -169,18 +184,18 @@ impl Engine {
     /// host has or the MX answer is not DNSSEC-validated (RFC 7672 section
     /// 2.2.1: DANE needs a secure MX RRset). Without MX records the domain
     /// is its own MX (RFC 5321 section 5.1).
-    fn dane(&self, domain: &str) -> Result<Option<DaneLevel>, DnsError> {
-        let mx = self.dns.mx(domain)?;
+    fn dane(&self, domain: &str, mx: &MxHosts) -> Result<Option<DaneLevel>, DnsError> {
         if !mx.authentic {
             return Ok(None);
         }
+        let own = [domain.to_string()];
         let hosts = if mx.hosts.is_empty() {
-            vec![domain.to_string()]
+            &own[..]
         } else {
-            mx.hosts
+            &mx.hosts[..]
         };
         let mut with_tlsa = 0;
-        for host in &hosts {
+        for host in hosts {
             if self.dns.has_usable_tlsa(host)? {
                 with_tlsa += 1;
             }
@@ -195,7 +210,7 @@ impl Engine {
     /// MTA-STS by [`plan`]: a failed TXT lookup without a valid cached
     /// policy is `TEMP` (a DNS failure is not "no policy"); a failed fetch
     /// without one is "no policy" (RFC 8461 section 3.3), logged.
-    fn sts(self: &Arc<Self>, domain: &str) -> Decision {
+    fn sts(self: &Arc<Self>, domain: &str, mx_hosts: &[String]) -> Decision {
         let now = self.clock.now();
         let txt = match self.dns.sts_txt(domain) {
             Ok(records) => match policyd_policy::select(&records) {
@@ -212,7 +227,7 @@ impl Engine {
         };
         let entry = self.store().get(domain).unwrap_or_default();
         let cached = entry.policy.as_ref();
-        let apply = |c: &CachedPolicy| Decision::from_policy(domain, c.policy.clone());
+        let apply = |c: &CachedPolicy| Decision::with_mx_hosts(domain, c.policy.clone(), mx_hosts);
         let id = match &txt {
             TxtLookup::Id(id) => id.as_str(),
             _ => "",

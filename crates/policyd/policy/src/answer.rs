@@ -179,12 +179,17 @@ pub enum Decision {
     /// and reports `no-policy-found` itself. An `OK may` would override a
     /// stricter site-wide level.
     NoPolicy,
-    /// Deliberately defer the delivery for a policy failure and report it:
-    /// `secure` with `policy_failure=` (Postfix fails verification), or
-    /// `TEMP` without TLSRPT attributes. RFC 8461 section 3.3 says a policy
-    /// that cannot be fetched, with no valid cached one, means "deliver as
-    /// if no policy": that is [`Decision::NoPolicy`], not this.
-    Failure { domain: String, kind: FailureKind },
+    /// Deliberately defer the delivery for a failure of a valid `enforce`
+    /// policy and report it: `secure` with the policy's attributes and
+    /// `policy_failure=` (Postfix fails verification), or `TEMP` without
+    /// TLSRPT attributes. RFC 8461 section 3.3 says a policy that cannot be
+    /// fetched, with no valid cached one, means "deliver as if no policy":
+    /// that is [`Decision::NoPolicy`], not this.
+    Failure {
+        domain: String,
+        kind: FailureKind,
+        policy: StsPolicy,
+    },
     /// The lookup failed for now (e.g. DNSSEC lookup timed out): `TEMP`,
     /// Postfix defers and asks again.
     TempFail { reason: String },
@@ -200,6 +205,36 @@ impl Decision {
             Mode::Enforce => Decision::Sts { domain, policy },
             Mode::Testing => Decision::StsTesting { domain, policy },
             Mode::None => Decision::NoPolicy,
+        }
+    }
+
+    /// [`Decision::from_policy`] for a domain whose MX hosts are `mx_hosts`
+    /// (the domain itself when it has no MX record, RFC 5321 section 5.1):
+    /// an `enforce` policy that none of them matches is a
+    /// [`FailureKind::ValidationFailure`]. RFC 8461 section 5 forbids
+    /// delivery to an MX host that fails MX matching (section 4.1), so
+    /// every host fails; Postfix would check only the certificate against
+    /// `match=`, which such a host may still pass. `testing` stays as it
+    /// is: there the failure is only to be reported, which Postfix cannot
+    /// do while delivering.
+    pub fn with_mx_hosts(
+        domain: impl Into<String>,
+        policy: StsPolicy,
+        mx_hosts: &[String],
+    ) -> Decision {
+        let domain = domain.into();
+        let any_matches = if mx_hosts.is_empty() {
+            policy.matches_mx(&domain)
+        } else {
+            mx_hosts.iter().any(|host| policy.matches_mx(host))
+        };
+        match Decision::from_policy(domain, policy) {
+            Decision::Sts { domain, policy } if !any_matches => Decision::Failure {
+                domain,
+                kind: FailureKind::ValidationFailure,
+                policy,
+            },
+            decision => decision,
         }
     }
 }
@@ -233,18 +268,32 @@ pub fn postfix_answer(decision: &Decision, options: &AnswerOptions) -> Result<An
             match options.testing {
                 TestingAnswer::NotFound => return Ok(Answer::NotFound),
                 TestingAnswer::May if !options.tlsrpt => return Ok(Answer::NotFound),
-                TestingAnswer::May => format!("may {}", tlsrpt_attributes(domain, policy)?),
+                TestingAnswer::May => format!(
+                    "may {}",
+                    tlsrpt_attributes(domain, policy, MxHostPatterns::Send)?
+                ),
                 TestingAnswer::Enforce => secure(domain, policy, options.tlsrpt)?,
             }
         }
-        Decision::Failure { domain, kind } => {
-            let domain = checked_domain(domain)?;
+        Decision::Failure {
+            domain,
+            kind,
+            policy,
+        } => {
+            expect_mode("Failure", policy, Mode::Enforce)?;
             if !options.tlsrpt {
+                let domain = checked_domain(domain)?;
                 return Ok(Answer::Temp(format!("MTA-STS policy of {domain}: {kind}")));
             }
+            // Without `mx_host_pattern`: Postfix 3.10.5+ would skip every
+            // host that fails them (`smtp_tls_enforce_sts_mx_patterns`,
+            // default yes) and defer without a TLSRPT event; so it
+            // connects, fails verification on `policy_failure` before any
+            // mail is sent, and reports the failure.
             format!(
-                "secure policy_type={} policy_domain={domain} policy_failure={kind}",
-                PolicyType::Sts.as_str()
+                "{} {} policy_failure={kind}",
+                secure(domain, policy, false)?,
+                tlsrpt_attributes(domain, policy, MxHostPatterns::Leave)?
             )
         }
     };
@@ -292,21 +341,35 @@ fn secure(domain: &str, policy: &StsPolicy, tlsrpt: bool) -> Result<String, Answ
     let mut value = format!("secure match={} servername=hostname", matches.join(":"));
     if tlsrpt {
         value.push(' ');
-        value.push_str(&tlsrpt_attributes(domain, policy)?);
+        value.push_str(&tlsrpt_attributes(domain, policy, MxHostPatterns::Send)?);
     }
     Ok(value)
 }
 
+/// Whether the TLSRPT attributes carry the policy's MX patterns, which
+/// Postfix 3.10.5+ also enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MxHostPatterns {
+    Send,
+    Leave,
+}
+
 /// `policy_type=sts policy_domain=D mx_host_pattern=P... { policy_string = L }...`
-fn tlsrpt_attributes(domain: &str, policy: &StsPolicy) -> Result<String, AnswerError> {
+fn tlsrpt_attributes(
+    domain: &str,
+    policy: &StsPolicy,
+    mx_host_patterns: MxHostPatterns,
+) -> Result<String, AnswerError> {
     let domain = checked_domain(domain)?;
     let mut out = format!(
         "policy_type={} policy_domain={domain}",
         PolicyType::Sts.as_str()
     );
-    for pattern in policy.mx() {
-        out.push_str(" mx_host_pattern=");
-        out.push_str(&pattern.to_string());
+    if mx_host_patterns == MxHostPatterns::Send {
+        for pattern in policy.mx() {
+            out.push_str(" mx_host_pattern=");
+            out.push_str(&pattern.to_string());
+        }
     }
     for (index, line) in policy.lines().iter().enumerate() {
         if !is_safe_brace_value(line) {
@@ -377,6 +440,38 @@ mod tests {
             ok(postfix_answer(&d, &options)),
             "secure match=mx.example.com:.example.net servername=hostname"
         );
+    }
+
+    #[test]
+    fn enforce_fails_only_when_no_mx_host_matches() {
+        let hosts = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let decide = |mx: &[String]| Decision::with_mx_hosts("example.com", policy(ENFORCE), mx);
+        // One host of several matching is enough (RFC 8461 section 4.1).
+        assert!(matches!(
+            decide(&hosts(&["mx.other.example", "a.example.net"])),
+            Decision::Sts { .. }
+        ));
+        // The wildcard covers one label only.
+        assert!(matches!(
+            decide(&hosts(&["a.b.example.net"])),
+            Decision::Failure {
+                kind: FailureKind::ValidationFailure,
+                ..
+            }
+        ));
+        // No MX record: the domain is its own MX (RFC 5321 section 5.1).
+        assert!(matches!(decide(&[]), Decision::Failure { .. }));
+        let own = policy("version: STSv1\nmode: enforce\nmx: example.com\nmax_age: 1\n");
+        assert!(matches!(
+            Decision::with_mx_hosts("example.com", own, &[]),
+            Decision::Sts { .. }
+        ));
+        // testing and none are never failures.
+        let testing = policy("version: STSv1\nmode: testing\nmx: mx.example.com\nmax_age: 1\n");
+        assert!(matches!(
+            Decision::with_mx_hosts("example.com", testing, &hosts(&["other.example"])),
+            Decision::StsTesting { .. }
+        ));
     }
 
     #[test]
@@ -453,13 +548,15 @@ mod tests {
             ok(postfix_answer(&Decision::Dane(DaneLevel::Dane), &OPTIONS)),
             "dane"
         );
-        let f = Decision::Failure {
-            domain: "example.com".into(),
-            kind: FailureKind::StsPolicyInvalid,
-        };
+        let no_match = ["mx.elsewhere.example".to_string()];
+        let f = Decision::with_mx_hosts("example.com", policy(ENFORCE), &no_match);
         assert_eq!(
             ok(postfix_answer(&f, &OPTIONS)),
-            "secure policy_type=sts policy_domain=example.com policy_failure=sts-policy-invalid"
+            "secure match=mx.example.com:.example.net servername=hostname \
+             policy_type=sts policy_domain=example.com \
+             { policy_string = version: STSv1 } { policy_string = mode: enforce } \
+             { policy_string = mx: mx.example.com } { policy_string = mx: *.Example.NET } \
+             { policy_string = max_age: 86400 } policy_failure=validation-failure"
         );
         let no_tlsrpt = AnswerOptions {
             tlsrpt: false,
@@ -468,7 +565,7 @@ mod tests {
         assert_eq!(
             postfix_answer(&f, &no_tlsrpt),
             Ok(Answer::Temp(
-                "MTA-STS policy of example.com: sts-policy-invalid".into()
+                "MTA-STS policy of example.com: validation-failure".into()
             ))
         );
         let t = Decision::TempFail {

@@ -97,6 +97,8 @@ fn postfix_3_10_enforces_and_reports_the_sts_policies_policyd_answers() {
     let domains = [
         Domain::new("stsok", Mx::Trusted).sts(&policy("stsok", "enforce")),
         Domain::new("stsbad", Mx::WrongName).sts(&policy("stsbad", "enforce")),
+        // enforce, but the policy names another MX than the domain has.
+        Domain::new("stsmx", Mx::Trusted).sts(&policy("other", "enforce")),
         Domain::new("ststest", Mx::WrongName).sts(&policy("ststest", "testing")),
         Domain::new("nosts", Mx::WrongName),
         // DANE first (RFC 8461 section 2): an MTA-STS record too, and an MX
@@ -196,6 +198,26 @@ fn postfix_3_10_enforces_and_reports_the_sts_policies_policyd_answers() {
             .iter()
             .any(|m| m["recipients"][0]["address"] == "user@stsbad.lab.test"),
         "{queue:?}"
+    );
+
+    // enforce, no MX host matches the policy (RFC 8461 section 4.1):
+    // policyd answers policy_failure, so Postfix defers though the MX's
+    // certificate is good, and reports validation-failure (205) under the
+    // sts policy, with its lines.
+    assert!(lab.mxes["stsmx.lab.test"].messages().is_empty());
+    let mx = datagram_of(&datagrams, "stsmx.lab.test");
+    let p = &mx["policies"][0];
+    assert_eq!(p["policy-type"], 2, "{mx}");
+    assert_eq!(p["policy-string"][2], "mx: mx.other.lab.test", "{mx}");
+    assert_eq!(p["f"], 1, "{mx}");
+    assert_eq!(p["failure-details"][0]["c"], 205, "{mx}");
+    assert!(
+        postfix
+            .postqueue_json()
+            .iter()
+            .any(|m| m["recipients"][0]["address"] == "user@stsmx.lab.test"),
+        "{}",
+        postfix.maillog()
     );
 
     // DANE: delivered on the TLSA match though no CA vouches for the
