@@ -39,6 +39,13 @@ mailtls_common::options! {
         testing_answer: String = "notfound",
         /// Most domains whose policy is kept in memory; the least recently used is dropped first
         cache_size: i64 = "100000",
+        /// The persistent policy cache, so that a restart keeps applying a policy whose host is
+        /// down (RFC 8461 section 3.3): a SQLite file, or postgresql://USER@HOST/DB for one cache
+        /// a fleet's policy servers share (and the web pages' Outbound TLS view reads); empty:
+        /// memory only
+        database: String = "/var/lib/mailtls-policyd/policyd.sqlite",
+        /// File whose first line is the password of a postgresql:// database
+        password_file: String = "",
         /// Connections served at once (Postfix keeps one per smtp process, up to
         /// default_process_limit); more wait in the kernel's backlog
         max_connections: i64 = "256",
@@ -92,8 +99,12 @@ failure gets TEMP: Postfix defers rather than delivering without a policy.
 Keys that are not a domain get NOTFOUND: .parent lookups, [host]:port and \
 IP next hops. Internationalized domains are looked up by their A-label.
 
-The cache is in memory only (a restart fetches policies again), bounded by \
-cache_size.
+Fetched policies are cached in memory (at most cache_size domains) and \
+in database (a SQLite file, or PostgreSQL shared by a fleet), read back at \
+start, so that a restart keeps applying a cached policy whose host is down. \
+An enforce policy that none of the domain's MX hosts matches (RFC 8461 \
+section 4.1) gets secure with policy_failure=validation-failure: Postfix \
+defers and reports it.
 
 Every option can also be set as MAILTLS_POLICYD_<NAME> in the environment or \
 in the [policyd] section of the config file; the command line wins over the \
@@ -223,6 +234,15 @@ pub fn config_from(o: &PolicydOptions) -> anyhow::Result<Config> {
         fetch_timeout: Duration::from_secs(positive("fetch_timeout", o.fetch_timeout)?),
         testing,
         cache_size: usize::try_from(positive("cache_size", o.cache_size)?)?,
+        database: match o.database.trim() {
+            "" => None,
+            database => {
+                let password_file = Some(o.password_file.trim())
+                    .filter(|f| !f.is_empty())
+                    .map(Path::new);
+                Some(policyd_store::Database::parse(database, password_file).context("database")?)
+            }
+        },
         metrics: match o.metrics_listen.trim() {
             "" => None,
             listen => Some((

@@ -142,16 +142,23 @@ pub(crate) struct Policyd {
 }
 
 impl Policyd {
-    /// Started with its log in `dir`, listening on a free TCP port of
-    /// 127.0.0.1.
+    /// Started with its log and, unless `args` name another, its
+    /// database in `dir`, listening on a free TCP port of 127.0.0.1.
     pub(crate) fn start(dir: &Path, args: &[String]) -> Policyd {
         let port = crate::support::free_port();
         let address = SocketAddr::from(([127, 0, 0, 1], port));
         let log = dir.join(format!("policyd-{port}.log"));
-        let child = Command::new(crate::support::mailtls_bin())
+        let mut command = Command::new(crate::support::mailtls_bin());
+        command
             .arg("policyd")
             .args(["--listen", &format!("inet:{address}")])
-            .args(["--log_level", "debug"])
+            .args(["--log_level", "debug"]);
+        if !args.iter().any(|a| a == "--database") {
+            command
+                .arg("--database")
+                .arg(dir.join(format!("policyd-{port}.sqlite")));
+        }
+        let child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -453,6 +460,57 @@ fn a_cached_policy_outlives_its_host_until_it_expires() {
         "{}",
         policyd.log()
     );
+}
+
+/// The `database` option: a restarted server keeps applying a policy
+/// whose host is now down (RFC 8461 section 3.3), from a SQLite file and
+/// from PostgreSQL, and a second server of a fleet sharing the PostgreSQL
+/// database applies it without ever reaching the host.
+#[test]
+fn a_stored_policy_survives_a_restart_and_is_shared_by_a_fleet() {
+    let mut lab = Lab::new();
+    let address = lab.domain("enf", Some("e1"));
+    lab.start_dns();
+    let host = lab.policy_host("enf", address, policy(ENFORCE));
+    let cluster = crate::support::postgres::PgCluster::start();
+    cluster.create_database("policyd");
+    let shared = cluster.url("policyd");
+    let file = lab.dir.path().join("kept.sqlite");
+    let file = file.to_str().unwrap();
+
+    let first_on_file = lab.policyd(&["--database", file]);
+    let first_on_postgres = lab.policyd(&["--database", &shared]);
+    for policyd in [&first_on_file, &first_on_postgres] {
+        assert_eq!(
+            policyd.ask("postfix", "enf.lab.test"),
+            ENFORCE_ANSWER,
+            "{}",
+            policyd.log()
+        );
+    }
+    assert_eq!(host.requests().len(), 2);
+    drop((first_on_file, first_on_postgres, host));
+
+    let again_on_file = lab.policyd(&["--database", file]);
+    let again_on_postgres = lab.policyd(&["--database", &shared]);
+    let another_of_the_fleet = lab.policyd(&["--database", &shared]);
+    for policyd in [&again_on_file, &again_on_postgres, &another_of_the_fleet] {
+        assert_eq!(
+            policyd.ask("postfix", "enf.lab.test"),
+            ENFORCE_ANSWER,
+            "{}",
+            policyd.log()
+        );
+        assert!(
+            policyd.log().contains("loaded 1 cached policies"),
+            "{}",
+            policyd.log()
+        );
+        assert!(!policyd.log().contains("fetch failed"), "{}", policyd.log());
+    }
+    // Without the database, the restarted server has nothing to apply.
+    let forgetful = lab.policyd(&["--database", ""]);
+    assert_eq!(forgetful.ask("postfix", "enf.lab.test"), "NOTFOUND ");
 }
 
 #[test]

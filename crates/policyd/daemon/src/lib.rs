@@ -4,7 +4,8 @@
 //!   name servers, with the AD flag that DANE needs.
 //! - [`fetch`]: the MTA-STS policy over HTTPS (RFC 8461 section 3.3).
 //! - [`store`]: the bounded in-memory policy cache that
-//!   [`policyd_policy::plan`] drives.
+//!   [`policyd_policy::plan`] drives, in front of the persistent one
+//!   ([`policyd_store`]).
 //! - [`lookup`]: one request to one answer (map names, keys, DANE before
 //!   MTA-STS).
 //! - [`server`]: the socketmap server on a TCP or unix socket.
@@ -27,6 +28,9 @@ use tlsrpt_delivery::TrustAnchors;
 pub use lookup::Engine;
 pub use server::Listen;
 
+/// How often stale rows leave the persistent cache.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
 /// The daemon's validated settings.
 pub struct Config {
     pub listen: Listen,
@@ -40,6 +44,8 @@ pub struct Config {
     pub fetch_timeout: Duration,
     pub testing: TestingAnswer,
     pub cache_size: usize,
+    /// The persistent cache (`database`); none: memory only.
+    pub database: Option<policyd_store::Database>,
     pub limits: server::Limits,
     /// `metrics_listen`, and its listener's limits.
     pub metrics: Option<(std::net::SocketAddr, mailtls_common::metrics::Limits)>,
@@ -54,6 +60,11 @@ pub enum Error {
     Metrics {
         listen: std::net::SocketAddr,
         error: std::io::Error,
+    },
+    #[error("database {database}: {error}")]
+    Database {
+        database: String,
+        error: policyd_store::StoreError,
     },
     #[error("cannot listen on {listen}: {error}")]
     Listen {
@@ -75,13 +86,32 @@ pub fn run(
         dns.clone(),
         config.allow_private_addresses,
     );
+    let db = match &config.database {
+        Some(database) => Some(
+            policyd_store::PolicyDb::open(database, policyd_store::Access::Writer).map_err(
+                |error| Error::Database {
+                    database: database.to_string(),
+                    error,
+                },
+            )?,
+        ),
+        None => None,
+    };
     let engine = Arc::new(Engine::new(
         dns,
         fetcher,
         config.cache_size,
+        db,
         config.testing,
         clock,
     ));
+    if config.database.is_some() {
+        let engine = engine.clone();
+        std::thread::spawn(move || loop {
+            engine.prune();
+            std::thread::sleep(PRUNE_EVERY);
+        });
+    }
     if let Some((listen, limits)) = config.metrics {
         let engine = engine.clone();
         mailtls_common::metrics::spawn(listen, limits, move || Ok(engine.metrics().render()))

@@ -15,7 +15,8 @@ use policyd_policy::{
 use crate::dns::{Dns, DnsError, MxHosts};
 use crate::fetch::Fetcher;
 use crate::metrics::Metrics;
-use crate::store::PolicyStore;
+use crate::store::{Entry, PolicyStore};
+use policyd_store::PolicyDb;
 
 /// The socketmap names served, which differ only in the TLSRPT attributes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +85,8 @@ pub struct Engine {
     dns: Arc<Dns>,
     fetcher: Fetcher,
     store: Mutex<PolicyStore>,
+    /// The persistent cache (`database`), written through.
+    db: Option<Mutex<PolicyDb>>,
     /// Domains whose policy is being refreshed in the background.
     refreshing: Mutex<HashSet<String>>,
     testing: TestingAnswer,
@@ -92,17 +95,35 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// With `db`, the most recently used `cache_size` domains of the
+    /// persistent cache are loaded into memory at once.
     pub fn new(
         dns: Arc<Dns>,
         fetcher: Fetcher,
         cache_size: usize,
+        db: Option<PolicyDb>,
         testing: TestingAnswer,
         clock: Box<dyn Clock>,
     ) -> Engine {
+        let mut store = PolicyStore::new(cache_size);
+        let db = db.map(|mut db| {
+            match db.recent(cache_size, clock.now()) {
+                Ok(entries) => {
+                    log::info!("loaded {} cached policies from the database", entries.len());
+                    // Oldest first, so that the most recent are the last evicted.
+                    for (domain, entry) in entries.into_iter().rev() {
+                        store.insert(&domain, entry);
+                    }
+                }
+                Err(e) => log::warn!("cannot load the cached policies: {e}"),
+            }
+            Mutex::new(db)
+        });
         Engine {
             dns,
             fetcher,
-            store: Mutex::new(PolicyStore::new(cache_size)),
+            store: Mutex::new(store),
+            db,
             refreshing: Mutex::new(HashSet::new()),
             testing,
             clock,
@@ -225,7 +246,19 @@ impl Engine {
                 TxtLookup::Failed
             }
         };
-        let entry = self.store().get(domain).unwrap_or_default();
+        let mut entry = self.cached(domain);
+        // A fleet: another server may have fetched the policy of this id.
+        let stale = |e: &Entry| match (&txt, &e.policy) {
+            (TxtLookup::Id(id), Some(p)) => p.id != *id || !p.is_valid(now),
+            (TxtLookup::Id(_), None) => true,
+            _ => false,
+        };
+        if stale(&entry) {
+            if let Some(shared) = self.db_get(domain).filter(|e| !stale(e)) {
+                self.store().insert(domain, shared.clone());
+                entry = shared;
+            }
+        }
         let cached = entry.policy.as_ref();
         let apply = |c: &CachedPolicy| Decision::with_mx_hosts(domain, c.policy.clone(), mx_hosts);
         let id = match &txt {
@@ -265,6 +298,50 @@ impl Engine {
         }
     }
 
+    /// What memory holds of `domain`, or else the persistent cache.
+    fn cached(&self, domain: &str) -> Entry {
+        if let Some(entry) = self.store().get(domain) {
+            return entry;
+        }
+        let Some(entry) = self.db_get(domain) else {
+            return Entry::default();
+        };
+        self.store().insert(domain, entry.clone());
+        entry
+    }
+
+    fn db_get(&self, domain: &str) -> Option<Entry> {
+        let mut db = self.db.as_ref()?.lock().unwrap_or_else(|e| e.into_inner());
+        db.get(domain, self.clock.now()).unwrap_or_else(|e| {
+            log::warn!("{domain}: cannot read the cached policy: {e}");
+            None
+        })
+    }
+
+    /// Writes through to the persistent cache; a failure there is logged
+    /// and the answer goes on from memory.
+    fn db_put(&self, domain: &str, entry: &Entry) {
+        if let Some(db) = &self.db {
+            let mut db = db.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = db.put(domain, entry, self.clock.now()) {
+                log::warn!("{domain}: cannot store the policy in the database: {e}");
+            }
+        }
+    }
+
+    /// Removes stale rows from the persistent cache (hourly, from the
+    /// daemon).
+    pub fn prune(&self) {
+        if let Some(db) = &self.db {
+            let mut db = db.lock().unwrap_or_else(|e| e.into_inner());
+            match db.prune(self.clock.now()) {
+                Ok(0) => {}
+                Ok(n) => log::info!("pruned {n} stale domains from the policy database"),
+                Err(e) => log::warn!("cannot prune the policy database: {e}"),
+            }
+        }
+    }
+
     /// Fetches and stores the policy of `domain` under `id`; on failure
     /// records it (so that the next attempt waits, RFC 8461 section 3.3).
     fn fetch(&self, domain: &str, id: &str) -> Option<CachedPolicy> {
@@ -276,13 +353,17 @@ impl Engine {
                     fresh.policy.mode().as_str(),
                     fresh.expires_at
                 );
-                self.store().store_policy(domain, fresh.clone());
+                let kept = self.store().store_policy(domain, fresh.clone());
+                self.db_put(domain, &kept);
                 self.metrics.fetched(true);
                 Some(fresh)
             }
             Err(e) => {
                 log::warn!("{domain}: MTA-STS policy fetch failed: {e}");
-                self.store().record_failure(domain, self.clock.now());
+                let kept = self
+                    .store()
+                    .record_failure(domain, self.clock.now(), e.to_string());
+                self.db_put(domain, &kept);
                 self.metrics.fetched(false);
                 None
             }

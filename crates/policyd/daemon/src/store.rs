@@ -1,5 +1,6 @@
 //! The in-memory policy cache: per domain, the last fetched policy and the
-//! time of the last failed fetch, which [`policyd_policy::plan`] reads.
+//! time of the last failed fetch, which [`policyd_policy::plan`] reads; in
+//! front of the persistent one ([`policyd_store`]) when `database` is set.
 //!
 //! Bounded: at most `capacity` domains, the least recently used one
 //! evicted first, so that queries for random domains (each with a TXT
@@ -7,22 +8,12 @@
 //! Domains without an MTA-STS record never get an entry. A failed fetch is
 //! the one negative answer kept, for [`policyd_policy::cache::FETCH_RETRY_SECS`]
 //! in effect (the plan ignores it after that).
-//!
-//! Not persistent in this version: a restart fetches every policy again,
-//! which RFC 8461 section 3.3 permits but which loses a cached policy
-//! whose host is down at that moment.
 
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use policyd_policy::CachedPolicy;
-
-/// What is known of one domain.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Entry {
-    pub policy: Option<CachedPolicy>,
-    pub last_failed_fetch: Option<DateTime<Utc>>,
-}
+pub use policyd_store::Entry;
 
 /// The least-recently-used map of domains to [`Entry`].
 #[derive(Debug)]
@@ -60,25 +51,40 @@ impl PolicyStore {
         Some(entry.clone())
     }
 
-    /// A policy just fetched: replaces the cached one and forgets a failure.
-    pub fn store_policy(&mut self, domain: &str, policy: CachedPolicy) {
+    /// A policy just fetched: replaces the cached one and forgets a
+    /// failure. Returns the entry now kept.
+    pub fn store_policy(&mut self, domain: &str, policy: CachedPolicy) -> Entry {
         self.update(domain, |e| {
             e.policy = Some(policy);
             e.last_failed_fetch = None;
-        });
+            e.last_error = None;
+        })
     }
 
-    /// A failed fetch at `at`; the cached policy, if any, stays.
-    pub fn record_failure(&mut self, domain: &str, at: DateTime<Utc>) {
-        self.update(domain, |e| e.last_failed_fetch = Some(at));
+    /// A failed fetch at `at`, and why; the cached policy, if any, stays.
+    /// Returns the entry now kept.
+    pub fn record_failure(&mut self, domain: &str, at: DateTime<Utc>, error: String) -> Entry {
+        self.update(domain, |e| {
+            e.last_failed_fetch = Some(at);
+            e.last_error = Some(error);
+        })
     }
 
-    fn update(&mut self, domain: &str, change: impl FnOnce(&mut Entry)) {
+    /// What the persistent cache holds for `domain` (read at a miss, or
+    /// loaded at start), kept as is.
+    pub fn insert(&mut self, domain: &str, entry: Entry) {
+        self.update(domain, |e| *e = entry);
+    }
+
+    fn update(&mut self, domain: &str, change: impl FnOnce(&mut Entry)) -> Entry {
         let stamp = self.stamp();
         if let Some((entry, used)) = self.entries.get_mut(domain) {
             change(entry);
+            let kept = entry.clone();
             self.order.remove(used);
             *used = stamp;
+            self.order.insert(stamp, domain.to_string());
+            kept
         } else {
             while self.entries.len() >= self.capacity {
                 let Some((_, oldest)) = self.order.pop_first() else {
@@ -88,9 +94,11 @@ impl PolicyStore {
             }
             let mut entry = Entry::default();
             change(&mut entry);
-            self.entries.insert(domain.to_string(), (entry, stamp));
+            self.entries
+                .insert(domain.to_string(), (entry.clone(), stamp));
+            self.order.insert(stamp, domain.to_string());
+            entry
         }
-        self.order.insert(stamp, domain.to_string());
     }
 
     fn stamp(&mut self) -> u64 {
@@ -119,16 +127,16 @@ mod tests {
         let mut store = PolicyStore::new(2);
         let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
         store.store_policy("a.example", policy());
-        store.record_failure("b.example", now);
+        store.record_failure("b.example", now, "refused".into());
         // a is used, so b is the least recently used.
         assert!(store.get("a.example").is_some());
-        store.record_failure("c.example", now);
+        store.record_failure("c.example", now, "refused".into());
         assert_eq!(store.domains(), 2);
         assert!(store.get("b.example").is_none());
         assert_eq!(store.get("a.example").unwrap().policy, Some(policy()));
         assert_eq!(store.get("c.example").unwrap().last_failed_fetch, Some(now));
         for i in 0..1000 {
-            store.record_failure(&format!("random{i}.example"), now);
+            store.record_failure(&format!("random{i}.example"), now, "refused".into());
         }
         assert_eq!(store.domains(), 2);
         assert_eq!(store.order.len(), 2);
@@ -139,7 +147,7 @@ mod tests {
         let mut store = PolicyStore::new(10);
         let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
         store.store_policy("a.example", policy());
-        store.record_failure("a.example", now);
+        store.record_failure("a.example", now, "refused".into());
         let entry = store.get("a.example").unwrap();
         assert_eq!(entry.policy, Some(policy()));
         assert_eq!(entry.last_failed_fetch, Some(now));

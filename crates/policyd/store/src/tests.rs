@@ -8,10 +8,15 @@ fn t(secs: i64) -> DateTime<Utc> {
 }
 
 fn cached(body: &str, fetched: i64) -> CachedPolicy {
-    CachedPolicy::new("id1", StsPolicy::parse(body.as_bytes()).unwrap(), t(fetched))
+    CachedPolicy::new(
+        "id1",
+        StsPolicy::parse(body.as_bytes()).unwrap(),
+        t(fetched),
+    )
 }
 
-const ENFORCE: &str = "version: STSv1\nmode: enforce\nmx: mx.example.com\nmx: *.example.net\nmax_age: 3600\n";
+const ENFORCE: &str =
+    "version: STSv1\nmode: enforce\nmx: mx.example.com\nmx: *.example.net\nmax_age: 3600\n";
 
 fn entry(fetched: i64) -> Entry {
     Entry {
@@ -68,7 +73,8 @@ fn prune_keeps_valid_policies_and_recent_failures(db: &mut PolicyDb) {
         last_failed_fetch: Some(t(at)),
         last_error: Some("refused".into()),
     };
-    db.put("failed-now.example", &failure(-100), t(-100)).unwrap();
+    db.put("failed-now.example", &failure(-100), t(-100))
+        .unwrap();
     db.put("failed-long-ago.example", &failure(-1000), t(-1000))
         .unwrap();
     let expired_but_failed_now = Entry {
@@ -103,16 +109,29 @@ fn rows_of_another_writer_are_checked(db: &mut PolicyDb, raw: &mut dyn Backend) 
         updated_at: t(0).timestamp(),
     };
     // Not a policy.
-    raw.put(&row("bad.example", Some("mode: enforce\n"), Some(t(0).timestamp())))
-        .unwrap();
+    raw.put(&row(
+        "bad.example",
+        Some("mode: enforce\n"),
+        Some(t(0).timestamp()),
+    ))
+    .unwrap();
     // Fetched a day from now.
-    raw.put(&row("future.example", Some(ENFORCE), Some(t(86_400).timestamp())))
-        .unwrap();
+    raw.put(&row(
+        "future.example",
+        Some(ENFORCE),
+        Some(t(86_400).timestamp()),
+    ))
+    .unwrap();
     // A policy without its fetch time.
     raw.put(&row("half.example", Some(ENFORCE), None)).unwrap();
     // Nothing at all.
     raw.put(&row("empty.example", None, None)).unwrap();
-    for domain in ["bad.example", "future.example", "half.example", "empty.example"] {
+    for domain in [
+        "bad.example",
+        "future.example",
+        "half.example",
+        "empty.example",
+    ] {
         assert_eq!(db.get(domain, t(0)).unwrap(), None, "{domain}");
     }
     assert_eq!(db.recent(10, t(0)).unwrap(), Vec::new());

@@ -48,16 +48,7 @@ impl Unit {
                 .split_whitespace()
                 .map(str::to_string)
                 .collect(),
-            // A DynamicUser= unit runs as a user systemd makes for it:
-            // nobody stands in for that unprivileged, file-less user.
-            user: value("User").unwrap_or_else(|| {
-                assert_eq!(
-                    value("DynamicUser").as_deref(),
-                    Some("yes"),
-                    "{name}: User="
-                );
-                "nobody".into()
-            }),
+            user: value("User").expect("User="),
             group: value("Group").unwrap_or_else(|| "nogroup".into()),
             supplementary_groups: value("SupplementaryGroups")
                 .map(|g| g.split_whitespace().map(str::to_string).collect())
@@ -416,7 +407,11 @@ fn the_package_installs_runs_as_its_units_say_reports_and_purges_on_debian_13() 
         (
             "_posttls".to_string(),
             "_posttls".to_string(),
-            BTreeSet::from(["_posttls".to_string(), "_tlsrpt".to_string()])
+            BTreeSet::from([
+                "_posttls".to_string(),
+                "_tlsrpt".to_string(),
+                "_policyd".to_string()
+            ])
         )
     );
 
@@ -536,7 +531,14 @@ fn the_package_installs_runs_as_its_units_say_reports_and_purges_on_debian_13() 
         |_| std::net::TcpStream::connect(("127.0.0.1", policyd_port)).is_ok(),
         String::new,
     );
-    assert_eq!(policyd.credentials(root).0, "nobody");
+    assert_eq!(
+        policyd.credentials(root),
+        (
+            "_policyd".to_string(),
+            "_policyd".to_string(),
+            BTreeSet::from(["_policyd".to_string()])
+        )
+    );
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", policyd_port)).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
     std::io::Write::write_all(
@@ -549,6 +551,22 @@ fn the_package_installs_runs_as_its_units_say_reports_and_purges_on_debian_13() 
         "NOTFOUND ",
         "{}",
         policyd.log()
+    );
+    // Its policy cache: its own, readable by the web pages' group.
+    let cache =
+        std::fs::metadata(root.host_path(Path::new("/var/lib/mailtls-policyd/policyd.sqlite")))
+            .unwrap_or_else(|e| panic!("the policy cache: {e}\n{}", policyd.log()));
+    assert_eq!(
+        root.run(
+            "/usr/bin/stat",
+            &["-c", "%U:%G", "/var/lib/mailtls-policyd/policyd.sqlite"]
+        )
+        .trim(),
+        "_policyd:_policyd"
+    );
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&cache.permissions()) & 0o040,
+        0o040
     );
 
     // The web pages answer.
