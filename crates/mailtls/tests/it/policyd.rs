@@ -462,6 +462,42 @@ fn a_cached_policy_outlives_its_host_until_it_expires() {
     );
 }
 
+/// A policy host that accepts and then says nothing is given up after
+/// `fetch_timeout` (no policy: RFC 8461 section 3.3), and lookups of other
+/// domains are answered meanwhile.
+#[test]
+fn a_silent_policy_host_costs_fetch_timeout_and_blocks_no_one() {
+    let mut lab = Lab::new();
+    let slow = lab.domain("slow", Some("slow1"));
+    let enf = lab.domain("enf", Some("enf1"));
+    lab.start_dns();
+    let _slow_host = lab.policy_host("slow", slow, Answer::Silence(Duration::from_secs(60)));
+    let _enf_host = lab.policy_host("enf", enf, policy(ENFORCE));
+    let policyd = lab.policyd(&["--fetch_timeout", "2"]);
+    let started = Instant::now();
+    let slow_lookup = std::thread::scope(|scope| {
+        let slow_lookup = scope.spawn(|| {
+            let answer = policyd.ask("postfix", "slow.lab.test");
+            (answer, started.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(policyd.ask("postfix", "enf.lab.test"), ENFORCE_ANSWER);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the other lookup waited {:?}",
+            started.elapsed()
+        );
+        slow_lookup.join().unwrap()
+    });
+    assert_eq!(slow_lookup.0, "NOTFOUND ", "{}", policyd.log());
+    assert!(
+        slow_lookup.1 >= Duration::from_secs(2) && slow_lookup.1 < Duration::from_secs(6),
+        "{:?}",
+        slow_lookup.1
+    );
+    assert!(policyd.log().contains("slow.lab.test: MTA-STS policy fetch failed"));
+}
+
 /// The `database` option: a restarted server keeps applying a policy
 /// whose host is now down (RFC 8461 section 3.3), from a SQLite file and
 /// from PostgreSQL, and a second server of a fleet sharing the PostgreSQL
