@@ -495,7 +495,9 @@ fn a_silent_policy_host_costs_fetch_timeout_and_blocks_no_one() {
         "{:?}",
         slow_lookup.1
     );
-    assert!(policyd.log().contains("slow.lab.test: MTA-STS policy fetch failed"));
+    assert!(policyd
+        .log()
+        .contains("slow.lab.test: MTA-STS policy fetch failed"));
 }
 
 /// The `database` option: a restarted server keeps applying a policy

@@ -134,8 +134,9 @@ pub struct Lab {
     pub dns: LabDns,
     /// `smtp_tls_policy_maps` as the instance reads it.
     pub policy_map: String,
-    /// The MTA-STS policy hosts, serving while the lab lives.
-    _policy_hosts: Vec<HttpsSink>,
+    /// The MTA-STS policy hosts by domain, serving while the lab lives
+    /// (or until [`Lab::stop_policy_host`]).
+    policy_hosts: BTreeMap<String, HttpsSink>,
 }
 
 impl Lab {
@@ -153,7 +154,7 @@ impl Lab {
         let mut records = Vec::new();
         let mut mxes = BTreeMap::new();
         let mut policies = String::new();
-        let mut policy_hosts = Vec::new();
+        let mut policy_hosts = BTreeMap::new();
         for d in domains {
             let ip = net.host();
             let label = d.label;
@@ -192,15 +193,18 @@ impl Lab {
                 records.push(format!("_mta-sts.{label} TXT \"v=STSv1; id=1\""));
                 let cert = ca.server_cert(&[&format!("mta-sts.{label}.{ZONE}")], Validity::Current);
                 let body: &'static str = body.clone().leak();
-                policy_hosts.push(HttpsSink::start_at(
-                    std::net::SocketAddr::from((host, 443)),
-                    cert.server_config,
-                    move |_| Answer::Text {
-                        status: 200,
-                        content_type: "text/plain",
-                        body,
-                    },
-                ));
+                policy_hosts.insert(
+                    d.name(),
+                    HttpsSink::start_at(
+                        std::net::SocketAddr::from((host, 443)),
+                        cert.server_config,
+                        move |_| Answer::Text {
+                            status: 200,
+                            content_type: "text/plain",
+                            body,
+                        },
+                    ),
+                );
             }
             mxes.insert(d.name(), SmtpSink::start_mx(ip, starttls));
         }
@@ -215,8 +219,16 @@ impl Lab {
             mxes,
             dns,
             policy_map,
-            _policy_hosts: policy_hosts,
+            policy_hosts,
         }
+    }
+
+    /// Stops the MTA-STS policy host of `domain`: its name still resolves,
+    /// nothing answers there.
+    pub fn stop_policy_host(&mut self, domain: &str) {
+        self.policy_hosts
+            .remove(domain)
+            .unwrap_or_else(|| panic!("{domain} has no policy host"));
     }
 
     /// The lab CA's file as Postfix in the root reads it.

@@ -5,6 +5,8 @@
 //! deferred) and the TLSRPT datagrams it sends (policy type, domain,
 //! strings, MX patterns, result) are checked domain by domain.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde_json::Value;
 
 use super::tlsrpt::Recorder;
@@ -25,6 +27,51 @@ fn datagram_of(datagrams: &[Vec<u8>], domain: &str) -> Value {
         .map(|d| serde_json::from_slice::<Value>(d).unwrap())
         .find(|d| d["d"] == domain)
         .unwrap_or_else(|| panic!("no datagram for {domain}"))
+}
+
+/// End to end to the report: our collector (and upstream's, which must
+/// agree) counts the datagrams, our report daemon reports each domain;
+/// the reports by domain.
+fn reports_of(datagrams: &[Vec<u8>]) -> BTreeMap<String, Value> {
+    let pair = crate::upstream::collect_in_both(datagrams);
+    crate::upstream::assert_same_rows(
+        crate::upstream::rows(&pair.ours.yesterday(), crate::upstream::FINALRESULTS),
+        crate::upstream::rows(&pair.theirs.yesterday(), crate::upstream::FINALRESULTS),
+        "finalresults rows (left ours, right upstream)",
+    );
+    let domains: BTreeSet<String> = datagrams
+        .iter()
+        .map(|d| {
+            serde_json::from_slice::<Value>(d).unwrap()["d"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let fetcher = format!(
+        "{} --storage=sqlite://{}",
+        crate::support::fetcher_bin().display(),
+        pair.ours.db.display()
+    );
+    crate::upstream::raw_reports_by(
+        &crate::support::reportd::reportd_bin(),
+        &fetcher,
+        domains.len(),
+    )
+}
+
+/// The policy block and first failure's result type of `domain`'s report.
+fn reported(reports: &BTreeMap<String, Value>, domain: &str) -> (Value, Option<String>) {
+    let report = reports
+        .get(domain)
+        .unwrap_or_else(|| panic!("no report for {domain}: {reports:#?}"));
+    let p = &report["policies"][0];
+    (
+        p["policy"].clone(),
+        p["failure-details"][0]["result-type"]
+            .as_str()
+            .map(str::to_string),
+    )
 }
 
 /// The lab's policy server and an instance whose `smtp_tls_policy_maps`
@@ -260,6 +307,113 @@ fn postfix_3_10_enforces_and_reports_the_sts_policies_policyd_answers() {
         let d = datagram_of(&datagrams, domain);
         assert_eq!(d["policies"][0]["policy-type"], 9, "{d}");
     }
+
+    // The reports (RFC 8460 section 4) name what policyd answered.
+    let reports = reports_of(&datagrams);
+    let (policy, failure) = reported(&reports, "stsok.lab.test");
+    assert_eq!(policy["policy-type"], "sts", "{policy}");
+    assert_eq!(policy["mx-host"], serde_json::json!(["mx.stsok.lab.test"]));
+    assert_eq!(policy["policy-string"][1], "mode: enforce");
+    assert_eq!(failure, None);
+    let (policy, failure) = reported(&reports, "stsbad.lab.test");
+    assert_eq!(policy["policy-type"], "sts", "{policy}");
+    assert_eq!(failure.as_deref(), Some("certificate-host-mismatch"));
+    let (policy, failure) = reported(&reports, "stsmx.lab.test");
+    assert_eq!(policy["policy-type"], "sts", "{policy}");
+    assert_eq!(policy["policy-string"][2], "mx: mx.other.lab.test");
+    assert_eq!(failure.as_deref(), Some("validation-failure"));
+    let (policy, _) = reported(&reports, "dane.lab.test");
+    assert_eq!(policy["policy-type"], "tlsa", "{policy}");
+    let (policy, failure) = reported(&reports, "danewrong.lab.test");
+    assert_eq!(policy["policy-type"], "tlsa", "{policy}");
+    assert!(failure.is_some(), "{:?}", reports["danewrong.lab.test"]);
+    for domain in ["ststest.lab.test", "nosts.lab.test"] {
+        let (policy, failure) = reported(&reports, domain);
+        assert_eq!(policy["policy-type"], "no-policy-found", "{policy}");
+        assert_eq!(failure, None);
+    }
+}
+
+/// What RFC 8461 section 3.3 says of policies that cannot be had, on
+/// Postfix 3.10: `mode: none`, an invalid policy and a policy host that
+/// is down with no cached policy are "no policy" (delivered at the
+/// instance's level, reported no-policy-found), while a policy cached in
+/// `database` before its host went down is still enforced after a restart
+/// of policyd (the MX presents another name: deferred, reported under
+/// sts).
+#[test]
+fn postfix_3_10_with_policies_none_invalid_down_and_cached() {
+    let domains = [
+        Domain::new("stsnone", Mx::WrongName).sts("version: STSv1\nmode: none\nmax_age: 86400\n"),
+        // enforce without an mx line: invalid (RFC 8461 section 3.2).
+        Domain::new("stsinvalid", Mx::WrongName)
+            .sts("version: STSv1\nmode: enforce\nmax_age: 86400\n"),
+        Domain::new("stsdown", Mx::WrongName).sts(&policy("stsdown", "enforce")),
+        Domain::new("stscached", Mx::WrongName).sts(&policy("stscached", "enforce")),
+    ];
+    let mut lab = Lab::start(Suite::Trixie, &domains);
+    lab.stop_policy_host("stsdown.lab.test");
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("policyd.sqlite");
+    let database = database.to_str().unwrap();
+    // A first policyd caches the policy of stscached; then its host goes.
+    let first = PolicydLab::start(&lab, &["--database", database]);
+    let ask = |policyd: &Policyd, domain: &str| {
+        let mut stream = std::net::TcpStream::connect(policyd.address()).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        std::io::Write::write_all(
+            &mut stream,
+            &crate::policyd::netstring(&format!("postfix-notlsrpt {domain}")),
+        )
+        .unwrap();
+        crate::policyd::read_answer(&mut stream).unwrap()
+    };
+    assert_eq!(
+        ask(&first.policyd, "stscached.lab.test"),
+        "OK secure match=mx.stscached.lab.test servername=hostname",
+        "{}",
+        first.policyd.log()
+    );
+    drop(first);
+    lab.stop_policy_host("stscached.lab.test");
+
+    let set_up = PolicydLab::start(&lab, &["--database", database]);
+    let datagrams = set_up.send_to_each(&domains);
+    let log = set_up.policyd.log();
+    for domain in ["stsnone", "stsinvalid", "stsdown"] {
+        let name = format!("{domain}.lab.test");
+        assert_eq!(lab.mxes[&name].messages().len(), 1, "{name}\n{log}");
+        let d = datagram_of(&datagrams, &name);
+        assert_eq!(d["policies"][0]["policy-type"], 9, "{d}");
+    }
+    assert!(
+        log.contains("stsinvalid.lab.test: MTA-STS policy fetch failed"),
+        "{log}"
+    );
+    assert!(
+        log.contains("stsdown.lab.test: MTA-STS policy fetch failed"),
+        "{log}"
+    );
+    assert!(lab.mxes["stscached.lab.test"].messages().is_empty());
+    let cached = datagram_of(&datagrams, "stscached.lab.test");
+    assert_eq!(cached["policies"][0]["policy-type"], 2, "{cached}");
+    assert_eq!(
+        cached["policies"][0]["failure-details"][0]["c"], 202,
+        "{cached}"
+    );
+
+    let reports = reports_of(&datagrams);
+    for domain in ["stsnone", "stsinvalid", "stsdown"] {
+        let (policy, failure) = reported(&reports, &format!("{domain}.lab.test"));
+        assert_eq!(
+            policy["policy-type"], "no-policy-found",
+            "{domain}: {policy}"
+        );
+        assert_eq!(failure, None);
+    }
+    let (policy, failure) = reported(&reports, "stscached.lab.test");
+    assert_eq!(policy["policy-type"], "sts", "{policy}");
+    assert_eq!(failure.as_deref(), Some("certificate-host-mismatch"));
 }
 
 /// `mode: testing` answered `may` with the TLSRPT attributes
