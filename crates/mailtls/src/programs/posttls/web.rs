@@ -20,7 +20,7 @@ use posttls_store::{Access, AuditEvent, Database, Store};
 use posttls_token::SecretKey;
 use posttls_web::WebConfig;
 
-use super::posttls::PosttlsOptions;
+use super::options::{database, instance_name, PosttlsOptions, SPEC};
 use tlsrpt_reportd::db::DbName;
 
 /// Shortest admin password accepted by `adduser`.
@@ -28,9 +28,9 @@ pub const MIN_PASSWORD_LEN: usize = 12;
 
 /// The `web` and `adduser` subcommands of `mailtls posttls`, with the
 /// program's options: `posttls::command()` adds them with
-/// `.subcommands(posttls_web::subcommands())`.
+/// `.subcommands(web::subcommands())`.
 pub fn subcommands() -> [Command; 2] {
-    let spec = &super::posttls::SPEC;
+    let spec = &SPEC;
     [
         add_options::<PosttlsOptions>(
             Command::new("web").about(
@@ -87,8 +87,8 @@ pub fn web(options: &PosttlsOptions) -> i32 {
             return 1;
         }
     };
-    super::reopen_log_on_sighup();
-    let database = match super::posttls::database(options) {
+    super::super::reopen_log_on_sighup();
+    let database = match database(options) {
         Ok(d) => d,
         Err(e) => {
             log::error!("{e:#}");
@@ -231,15 +231,6 @@ fn is_loopback(listen: &str) -> bool {
     }
 }
 
-/// `instance`, or the host name when it is empty (as the worker does: the
-/// two must agree, or no link verifies).
-pub(crate) fn instance_name(o: &PosttlsOptions) -> String {
-    match o.instance.as_str() {
-        "" => mailtls_common::host_name(),
-        name => name.to_string(),
-    }
-}
-
 /// `mailtls posttls adduser NAME`: create admin NAME, or give it a new
 /// password, read as one line from standard input (`echo "$PW" |` or a
 /// file; nothing is asked twice). Exit status 0 when saved, 1 when the
@@ -273,7 +264,7 @@ pub fn adduser_from(options: &PosttlsOptions, name: &str, input: &mut impl BufRe
     let hash = posttls_auth::hash_password(password);
     // As the worker: on PostgreSQL only its role may write admins (and
     // the first adduser creates the tables).
-    let database = match super::posttls::database(options) {
+    let database = match database(options) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("posttls adduser: {e:#}");
@@ -333,7 +324,7 @@ mod tests {
     /// the /etc/mailtls/posttls.cfg of a mailtls installed on this machine.
     const SPEC: ProgramSpec = ProgramSpec {
         default_config_file: "/nonexistent/posttls.cfg",
-        ..super::super::posttls::SPEC
+        ..super::super::SPEC
     };
 
     fn settings(args: &[&str]) -> PosttlsOptions {
