@@ -13,7 +13,7 @@ use mailtls_common::config::ProgramOptions;
 use tlsrpt_collectd::CollectdConfig;
 use tlsrpt_reportd::config::ReportdOptions;
 use tlsrpt_reportd::daemon::Reportd;
-use tlsrpt_reportd::db::ReportdDb;
+use tlsrpt_reportd_db::ReportdDb;
 
 use super::collectd::CollectdOptions;
 
@@ -104,7 +104,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
         collector: Some(tlsrpt_stats::CollectorSource::Sqlite(
             sqlite_store(&config).path.clone(),
         )),
-        reportd: Some(tlsrpt_reportd::db::DbName::Sqlite(
+        reportd: Some(tlsrpt_reportd_db::DbName::Sqlite(
             dir.join("reportd.sqlite"),
         )),
     };

@@ -14,7 +14,7 @@ use chrono::Utc;
 use mailtls_common::day::Day;
 use serde::Serialize;
 use tlsrpt_report::details::DomainDetails;
-use tlsrpt_reportd::db::{DbError, DbName, ReportdDb, StoredReport};
+use tlsrpt_reportd_db::{DbError, DbName, ReportdDb, StoredReport};
 use tlsrpt_store::postgres::{PgDayReader, PgUrl};
 use tlsrpt_store::{FetcherDb, StoreError};
 
@@ -355,7 +355,7 @@ impl Sources {
     }
 
     /// Whether this process may resend reports (see
-    /// [`ReportdStore::may_resend`](tlsrpt_reportd::db::ReportdStore::may_resend)).
+    /// [`ReportdStore::may_resend`](tlsrpt_reportd_db::ReportdStore::may_resend)).
     /// The packaged web pages run as `_posttls`, who may read the TLSRPT
     /// data but not change it; they then point to `tlsrptctl resend`
     /// instead.

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use clap::Command;
 use tlsrpt_reportd::config::{check_options, ReportdOptions};
-use tlsrpt_reportd::db::postgres::{report_daemons, ReportDaemon};
-use tlsrpt_reportd::db::DbName;
 use tlsrpt_reportd::fetch::{shown_command, Fetcher};
+use tlsrpt_reportd_db::postgres::{report_daemons, ReportDaemon};
+use tlsrpt_reportd_db::DbName;
 
 use super::super::reportd;
 use super::{config_failure, loaded, options_of, unset, Finding, PostfixFacts};

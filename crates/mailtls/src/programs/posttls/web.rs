@@ -21,7 +21,7 @@ use posttls_token::SecretKey;
 use posttls_web::WebConfig;
 
 use super::options::{database, instance_name, PosttlsOptions, SPEC};
-use tlsrpt_reportd::db::DbName;
+use tlsrpt_reportd_db::DbName;
 
 /// Shortest admin password accepted by `adduser`.
 pub const MIN_PASSWORD_LEN: usize = 12;

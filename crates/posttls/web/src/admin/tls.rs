@@ -19,7 +19,7 @@ use minijinja::context;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use posttls_store::AuditEvent;
 use serde::{Deserialize, Serialize};
-use tlsrpt_reportd::db::StoredReport;
+use tlsrpt_reportd_db::StoredReport;
 use tlsrpt_stats::summary::{failure_rate, DaySummary, DomainDay, DomainHistory, Sort};
 
 use super::*;
