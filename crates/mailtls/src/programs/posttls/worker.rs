@@ -266,7 +266,7 @@ impl Setup {
         mailtls_common::metrics::spawn(listen, self.metrics_limits, move || {
             let store = store.lock().unwrap_or_else(|e| e.into_inner());
             let counts = store.counts().map_err(|e| format!("database: {e}"))?;
-            Ok(posttls_web::metrics::render(&counts))
+            Ok(posttls_metrics::render(&counts))
         })?;
         Ok(())
     }
