@@ -1,5 +1,5 @@
 //! `mailtls posttls web` and `mailtls posttls adduser NAME`: the web pages
-//! (confirmation pages and admin dashboard, [`posttls_web`]) and the admin
+//! (confirmation pages and admin dashboard, [`mailtls_web`]) and the admin
 //! accounts they log in with.
 //!
 //! The web process needs no privileges: it reads the token key and reads
@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use clap::{Arg, ArgMatches, Command};
 use mailtls_common::config::add_options;
+use mailtls_web::WebConfig;
 use posttls_policy::DomainSet;
 use posttls_store::{Access, AuditEvent, Database, Store};
 use posttls_token::SecretKey;
-use posttls_web::WebConfig;
 
 use super::options::{database, instance_name, PosttlsOptions, SPEC};
 use tlsrpt_reportd_db::DbName;
@@ -95,7 +95,7 @@ pub fn web(options: &PosttlsOptions) -> i32 {
             return 2;
         }
     };
-    match posttls_web::serve(config, &database, key) {
+    match mailtls_web::serve(config, &database, key) {
         Ok(()) => 0,
         Err(e) => {
             log::error!("{e}");
@@ -125,7 +125,7 @@ pub fn web_config(o: &PosttlsOptions) -> anyhow::Result<WebConfig> {
             .filter(|&v| v > 0)
             .with_context(|| format!("{name} = {value}: a positive number is needed"))
     };
-    let limits = posttls_web::ConnectionLimits {
+    let limits = mailtls_web::ConnectionLimits {
         max_connections: positive("max_connections", o.max_connections)? as usize,
         max_per_client: positive("max_connections_per_client", o.max_connections_per_client)?
             as usize,

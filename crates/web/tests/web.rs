@@ -12,6 +12,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
+use mailtls_web::{router, AppState, WebConfig};
 use posttls_auth::{hash_password_with, Params};
 use posttls_classify::TlsFailureKind;
 use posttls_policy::DomainSet;
@@ -20,7 +21,6 @@ use posttls_store::{
     SeenRecipient, Store,
 };
 use posttls_token::{csrf_token, Action, ActionToken, SecretKey};
-use posttls_web::{router, AppState, WebConfig};
 use tower::ServiceExt;
 
 use mailtls_test_support::posttls::{deferred_message, ARRIVAL, INSTANCE, QUEUE_ID, SENDER};

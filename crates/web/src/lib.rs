@@ -1,5 +1,8 @@
-//! The web stage of PostTLS: the page behind each link of a notification
-//! mail, and the admin dashboard.
+//! The suite's web pages: PostTLS's page behind each link of a notification
+//! mail and its admin dashboard, the Outbound TLS view of the TLSRPT data
+//! (with report resends), behind one admin login, and `/metrics`. It sits
+//! beside the PostTLS and TLSRPT crates, not in either half, so that
+//! neither half depends on the other.
 //!
 //! ```text
 //! notification link --GET--> /confirm/{token}: verify token, find the message,
@@ -14,7 +17,9 @@
 //!
 //! This process never runs a Postfix command and needs no privileges: it
 //! verifies requests and records them in the store ([`posttls_store`]),
-//! where the worker picks them up. Every GET only reads: mail scanners
+//! where the worker picks them up; it reads the TLSRPT data through
+//! `tlsrpt-stats` and writes to the report daemon's state
+//! (`tlsrpt-reportd-db`) only to resend a report. Every GET only reads: mail scanners
 //! that open every link in a mail must not release or delete anything.
 //!
 //! Modules follow the request path: [`confirm`] (the sender's page),
@@ -122,6 +127,11 @@ pub enum WebError {
     Task(String),
     #[error("TLSRPT data: {0}")]
     Stats(#[from] tlsrpt_stats::StatsError),
+    #[error("TLSRPT data: report daemon database {name}: {source}")]
+    Resend {
+        name: String,
+        source: tlsrpt_reportd_db::DbError,
+    },
 }
 
 /// The shared state of all requests.
