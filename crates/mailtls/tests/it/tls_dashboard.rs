@@ -172,7 +172,7 @@ fn the_pages_show_what_the_collector_counted_to_a_signed_in_admin() {
     let rows = result["rows"].as_array().unwrap();
     assert_eq!(
         rows.len(),
-        mailtls_web::admin::DOMAINS_PER_PAGE.min(expected.len())
+        mailtls_web::tls::DOMAINS_PER_PAGE.min(expected.len())
     );
     assert_eq!(rows[0][0], worst.as_str());
     assert_eq!(rows[0][2], worst_failed.to_string());

@@ -9,6 +9,8 @@
 //! ([`crate::AppState::day_summary`]) so that paging through 100 000
 //! domains reads the database once.
 
+pub mod chart;
+
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Form, Path, Query, State};
 use axum::http::header::CONTENT_TYPE;
@@ -23,10 +25,13 @@ use tlsrpt_reportd_db::{ReportdDb, StoredReport};
 use tlsrpt_stats::summary::{failure_rate, DaySummary, DomainDay, DomainHistory, Sort};
 use tlsrpt_stats::{Sources, StatsError};
 
-use super::*;
-use crate::chart::Chart;
+use crate::admin::{admin_post, current_admin, require_admin, Admin, CsrfForm, FORM_LOGOUT};
 use crate::pages::internal;
-use crate::{now, AppState, ClientIp};
+use crate::{now, AppState, ClientIp, WebError};
+use chart::Chart;
+
+/// The CSRF form name of the resend buttons.
+const FORM_REPORT: &str = "admin-report";
 
 /// Domains per page of the day's list.
 pub const DOMAINS_PER_PAGE: usize = 100;
