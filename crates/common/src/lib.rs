@@ -13,7 +13,8 @@
 //! - [`clock`]: the injectable UTC clock that decides days and deadlines.
 //! - [`day`]: the UTC day, with the one `YYYY-MM-DD` parser and formatter.
 //! - [`process`]: child processes that die with the daemon.
-//! - [`metrics`]: the small HTTP endpoint of `metrics_listen`.
+//! - [`metrics`]: the small HTTP endpoint of `metrics_listen`, and the
+//!   registry and text exposition every program's metrics use.
 
 pub mod clock;
 pub mod config;

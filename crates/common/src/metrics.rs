@@ -17,13 +17,30 @@
 //! is 500 and the reason is logged.
 //!
 //! [`answer`] (the request head to the response) is pure; [`spawn`] does
-//! the I/O.
+//! the I/O. [`registry`] and [`text`] are how every program (the web pages
+//! too) registers its metrics and writes them.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+/// A registry of `metrics`, whose names must differ.
+pub fn registry(metrics: Vec<Box<dyn prometheus::core::Collector>>) -> prometheus::Registry {
+    let registry = prometheus::Registry::new();
+    for metric in metrics {
+        registry.register(metric).expect("distinct names");
+    }
+    registry
+}
+
+/// The text exposition of every metric in `registry`.
+pub fn text(registry: &prometheus::Registry) -> String {
+    prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .expect("the text format of valid metrics")
+}
 
 /// The Content-Type of the Prometheus text format, version 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

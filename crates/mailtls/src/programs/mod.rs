@@ -9,7 +9,6 @@ pub mod fetcher;
 pub mod loadgen;
 pub mod policyd;
 pub mod posttls;
-pub mod posttls_web;
 pub mod reportd;
 pub mod run;
 pub mod tlsrptctl;

@@ -19,11 +19,11 @@ use tlsrpt_reportd::config::{
     check_options, effective_keep_days, split_fetchers, FetchRetry, ReportdConfig, ReportdOptions,
 };
 use tlsrpt_reportd::daemon::Reportd;
-use tlsrpt_reportd::db::{DbName, ReportdDb};
 use tlsrpt_reportd::deliver::Deliverer;
 use tlsrpt_reportd::fetch::{shown_command, Fetcher};
 use tlsrpt_reportd::reports::Caps;
 use tlsrpt_reportd::schedule::DeliveryRetry;
+use tlsrpt_reportd_db::{DbName, ReportdDb};
 
 pub const SPEC: ProgramSpec = ProgramSpec {
     name: "tlsrpt-reportd",
@@ -184,7 +184,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
 /// start before the database): the daemon tries again every
 /// `interval_main_loop` seconds until it can, or until SIGTERM/SIGINT
 /// (`Ok(None)`).
-fn open_db(config: &ReportdConfig) -> Result<Option<ReportdDb>, tlsrpt_reportd::db::DbError> {
+fn open_db(config: &ReportdConfig) -> Result<Option<ReportdDb>, tlsrpt_reportd_db::DbError> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let DbName::Postgres(_) = &config.dbname else {
         return ReportdDb::open(&config.dbname).map(Some);

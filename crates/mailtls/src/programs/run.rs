@@ -13,7 +13,7 @@ use mailtls_common::config::ProgramOptions;
 use tlsrpt_collectd::CollectdConfig;
 use tlsrpt_reportd::config::ReportdOptions;
 use tlsrpt_reportd::daemon::Reportd;
-use tlsrpt_reportd::db::ReportdDb;
+use tlsrpt_reportd_db::ReportdDb;
 
 use super::collectd::CollectdOptions;
 
@@ -104,7 +104,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
         collector: Some(tlsrpt_stats::CollectorSource::Sqlite(
             sqlite_store(&config).path.clone(),
         )),
-        reportd: Some(tlsrpt_reportd::db::DbName::Sqlite(
+        reportd: Some(tlsrpt_reportd_db::DbName::Sqlite(
             dir.join("reportd.sqlite"),
         )),
     };
@@ -114,7 +114,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
     let more_metrics = {
         let collector = std::sync::Arc::clone(&collector_metrics);
         let reportd = std::sync::Arc::clone(&reportd.2);
-        posttls_web::MoreMetrics(vec![
+        mailtls_web::MoreMetrics(vec![
             std::sync::Arc::new(move || collector.render()),
             std::sync::Arc::new(move || reportd.render()),
         ])
@@ -143,11 +143,11 @@ fn start_web(
     dir: &Path,
     listen: &str,
     tlsrpt: tlsrpt_stats::Sources,
-    more_metrics: posttls_web::MoreMetrics,
+    more_metrics: mailtls_web::MoreMetrics,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let key = posttls_token::SecretKey::load_or_create(&dir.join("posttls-secret.key"))?;
     let host = mailtls_common::host_name();
-    let config = posttls_web::WebConfig {
+    let config = mailtls_web::WebConfig {
         listen: listen.to_string(),
         instance: Some(host.clone()),
         base_url: format!("http://{listen}"),
@@ -166,7 +166,7 @@ fn start_web(
     std::thread::Builder::new()
         .name("posttls-web".into())
         .spawn(move || {
-            if let Err(e) = posttls_web::serve(config, &store, key) {
+            if let Err(e) = mailtls_web::serve(config, &store, key) {
                 log::error!("PostTLS web pages stopped: {e}");
             }
         })

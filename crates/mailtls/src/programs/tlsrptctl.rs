@@ -13,8 +13,10 @@ use tlsrpt_report::maps::DestinationMaps;
 use tlsrpt_report::record::parse_record;
 use tlsrpt_report::report::ReportingOrganization;
 use tlsrpt_reportd::config::ReportdOptions;
-use tlsrpt_reportd::db::{DbName, DestinationState, ReportdDb, StatusCount, StoredReport};
-use tlsrpt_reportd::reports::{make_reports, WithheldReason};
+use tlsrpt_reportd::reports::make_reports;
+use tlsrpt_reportd_db::{
+    DbName, DestinationState, ReportdDb, StatusCount, StoredReport, WithheldReason,
+};
 
 use super::reportd;
 

@@ -17,11 +17,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mailtls_test_support::posttls::{deferred_message, ARRIVAL, INSTANCE, SENDER};
+use mailtls_web::{AppState, WebConfig};
 use posttls_classify::TlsFailureKind;
 use posttls_policy::DomainSet;
 use posttls_store::{MessageState, NotificationKind, NotificationOutcome, SeenRecipient, Store};
 use posttls_token::{Action, ActionToken, SecretKey};
-use posttls_web::{AppState, WebConfig};
 use serde_json::Value;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -226,7 +226,7 @@ fn the_sender_confirms_a_release_in_chromium() {
     )
     .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = runtime.spawn(posttls_web::serve_on(listener, state, async {
+    let server = runtime.spawn(mailtls_web::serve_on(listener, state, async {
         let _ = stopped.await;
     }));
 

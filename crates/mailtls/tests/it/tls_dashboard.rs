@@ -10,10 +10,10 @@ use crate::support::{self, Collector};
 use std::collections::BTreeMap;
 use std::process::Command;
 
+use mailtls_web::{AppState, WebConfig};
 use posttls_policy::DomainSet;
 use posttls_store::Store;
 use posttls_token::SecretKey;
-use posttls_web::{AppState, WebConfig};
 
 const ADMIN: &str = "postmaster";
 const PASSWORD: &str = "a password for the dashboard test";
@@ -118,7 +118,7 @@ fn the_pages_show_what_the_collector_counted_to_a_signed_in_admin() {
     )
     .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = runtime.spawn(posttls_web::serve_on(listener, state, async {
+    let server = runtime.spawn(mailtls_web::serve_on(listener, state, async {
         let _ = stopped.await;
     }));
     let shots = artifacts("tls");
@@ -172,7 +172,7 @@ fn the_pages_show_what_the_collector_counted_to_a_signed_in_admin() {
     let rows = result["rows"].as_array().unwrap();
     assert_eq!(
         rows.len(),
-        posttls_web::admin::DOMAINS_PER_PAGE.min(expected.len())
+        mailtls_web::tls::DOMAINS_PER_PAGE.min(expected.len())
     );
     assert_eq!(rows[0][0], worst.as_str());
     assert_eq!(rows[0][2], worst_failed.to_string());

@@ -1,8 +1,9 @@
 //! The policy server's counters for Prometheus (`metrics_listen`): what
 //! Postfix was answered, how policy fetches went, how full the cache is.
 
+use mailtls_common::metrics::{registry, text};
 use policyd_policy::Answer;
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
 /// The answer kinds of the socketmap protocol, as labels.
 const ANSWERS: [&str; 4] = ["ok", "notfound", "temp", "perm"];
@@ -23,7 +24,6 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let registry = Registry::new();
         let answers = IntCounterVec::new(
             Opts::new(
                 "policyd_answers_total",
@@ -53,15 +53,12 @@ impl Metrics {
         for result in ["ok", "failed"] {
             fetches.with_label_values(&[result]);
         }
-        for metric in [
-            Box::new(answers.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(fetches.clone()),
-            Box::new(cached.clone()),
-        ] {
-            registry.register(metric).expect("distinct names");
-        }
         Metrics {
-            registry,
+            registry: registry(vec![
+                Box::new(answers.clone()),
+                Box::new(fetches.clone()),
+                Box::new(cached.clone()),
+            ]),
             answers,
             fetches,
             cached,
@@ -90,9 +87,7 @@ impl Metrics {
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
-        TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .expect("the text format of valid metrics")
+        text(&self.registry)
     }
 }
 

@@ -11,9 +11,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use mailtls_common::metrics::{registry, text};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Every metric of the collector, registered once.
 pub struct CollectdMetrics {
@@ -39,7 +38,6 @@ impl Default for CollectdMetrics {
 
 impl CollectdMetrics {
     pub fn new() -> CollectdMetrics {
-        let registry = Registry::new();
         let datagrams = IntCounterVec::new(
             Opts::new(
                 "tlsrpt_collectd_datagrams_total",
@@ -75,17 +73,14 @@ impl CollectdMetrics {
             ]),
         )
         .expect("valid metric");
-        for metric in [
-            Box::new(commit_duration.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(datagrams.clone()),
-            Box::new(waiting.clone()),
-            Box::new(commits.clone()),
-            Box::new(commit_failures.clone()),
-        ] {
-            registry.register(metric).expect("distinct names");
-        }
         CollectdMetrics {
-            registry,
+            registry: registry(vec![
+                Box::new(commit_duration.clone()),
+                Box::new(datagrams.clone()),
+                Box::new(waiting.clone()),
+                Box::new(commits.clone()),
+                Box::new(commit_failures.clone()),
+            ]),
             received: AtomicU64::new(0),
             committed: AtomicU64::new(0),
             counted: datagrams.with_label_values(&["counted"]),
@@ -142,9 +137,7 @@ impl CollectdMetrics {
     pub fn render(&self) -> String {
         self.waiting
             .set(i64::try_from(self.waiting()).unwrap_or(i64::MAX));
-        TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .expect("the text format of valid metrics")
+        text(&self.registry)
     }
 }
 

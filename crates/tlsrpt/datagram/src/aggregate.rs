@@ -11,7 +11,7 @@
 use hashbrown::{Equivalent, HashMap};
 use mailtls_common::day::Day;
 
-use crate::parse::Delivery;
+use crate::delivery::Delivery;
 
 /// The primary key of an upstream `finalresults` row.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

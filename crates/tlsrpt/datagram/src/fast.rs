@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 
-use crate::parse::{
+use crate::delivery::{
     check_dns_name, check_domain, normalize_domain, Delivery, PolicyResult, POLICY_TYPES,
     PROTOCOL_VERSION,
 };

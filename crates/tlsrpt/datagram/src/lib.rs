@@ -3,8 +3,10 @@
 //!
 //! Everything here is pure: no sockets, no files, no clock.
 //!
-//! - [`parse`]: bytes from the socket to a validated [`Delivery`], or a reason
-//!   why the datagram is unusable.
+//! - [`delivery`]: what a datagram means, a validated [`Delivery`], or why it
+//!   is [`Invalid`].
+//! - [`parse`]: bytes from the socket to a [`Delivery`], or a reason why the
+//!   datagram is unusable.
 //!   The common case goes through a single-pass reader that writes the
 //!   Python JSON texts while it reads; anything unusual through serde_json.
 //! - [`aggregate`]: the counters of one day, keyed as the upstream collectd keys
@@ -17,9 +19,11 @@
 
 pub mod aggregate;
 pub mod client;
+pub mod delivery;
 mod fast;
 pub mod parse;
 pub mod pyjson;
 
 pub use aggregate::{Aggregate, PolicyCounts, PolicyKey};
-pub use parse::{check_dns_name, normalize_domain, parse, Delivery, Invalid, PolicyResult};
+pub use delivery::{check_dns_name, normalize_domain, Delivery, Invalid, PolicyResult};
+pub use parse::parse;

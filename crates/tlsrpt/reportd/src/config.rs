@@ -13,8 +13,8 @@ use tlsrpt_delivery::HttpScript;
 use tlsrpt_report::maps::DestinationMaps;
 use tlsrpt_report::report::ReportingOrganization;
 
-use crate::db::DbName;
 use crate::schedule::DeliveryRetry;
+use tlsrpt_reportd_db::DbName;
 
 mailtls_common::options! {
     /// tlsrpt-reportd's options: upstream's (same names, defaults, order), then ours.

@@ -33,7 +33,6 @@ use rand::SeedableRng;
 use tlsrpt_delivery::{Directory, Outcome};
 
 use crate::config::{FetchRetry, ReportdConfig};
-use crate::db::{DbError, Delivery, DeliveryOutcome, DetailsJob, FetchJob, NewReport, ReportdDb};
 use crate::deliver::{Deliverer, Target};
 use crate::fetch::{
     shown_command, BulkAnswer, DetailsAnswer, Fetcher, Limits, ListAnswer, DEFAULT_MAX_OUTPUT,
@@ -41,6 +40,9 @@ use crate::fetch::{
 use crate::metrics::{DeliveryResult, FetchStep, ReportdMetrics};
 use crate::reports::make_reports;
 use crate::schedule::{random_wait, Spread};
+use tlsrpt_reportd_db::{
+    DbError, Delivery, DeliveryOutcome, DetailsJob, FetchJob, NewReport, ReportdDb,
+};
 
 /// A bulk answer covers a whole day: it may take this many times as long
 /// as one ordinary fetcher run (but may not stall for longer than one run

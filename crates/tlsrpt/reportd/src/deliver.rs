@@ -11,7 +11,7 @@ use tlsrpt_delivery::{
     gzip, Directory, DkimSigner, HttpTransport, MailTransport, Outcome, ReportMail,
 };
 
-use crate::db::Delivery;
+use tlsrpt_reportd_db::Delivery;
 
 /// Everything a delivery needs besides the report.
 pub struct Deliverer {
@@ -40,7 +40,7 @@ struct StoredReportInfo {
 
 impl StoredReportInfo {
     fn of(delivery: &Delivery) -> StoredReportInfo {
-        let report_id = crate::db::report_id_of(&delivery.report).unwrap_or_else(|| {
+        let report_id = tlsrpt_reportd_db::report_id_of(&delivery.report).unwrap_or_else(|| {
             format!(
                 "{}_idx{}_{}",
                 delivery.day, delivery.uniqid, delivery.domain

@@ -1,7 +1,8 @@
 //! The report daemon's counters for Prometheus (`metrics_listen`), counted
 //! by the main loop as it records each step in the database.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use mailtls_common::metrics::{registry, text};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Which fetch step a fetcher run served; the words of the options that
 /// limit its retries (`max_retries_domainlist`, `max_retries_domaindetails`).
@@ -69,7 +70,6 @@ impl Default for ReportdMetrics {
 
 impl ReportdMetrics {
     pub fn new() -> ReportdMetrics {
-        let registry = Registry::new();
         let reports = IntCounter::new(
             "tlsrpt_reportd_reports_total",
             "Reports made since start (one per domain, day and TLSRPT record)",
@@ -117,17 +117,14 @@ impl ReportdMetrics {
             fetch_runs.with_label_values(&[step.label()]);
             fetch_failures.with_label_values(&[step.label()]);
         }
-        for metric in [
-            Box::new(reports.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(deliveries.clone()),
-            Box::new(fetch_runs.clone()),
-            Box::new(fetch_failures.clone()),
-            Box::new(active.clone()),
-        ] {
-            registry.register(metric).expect("distinct names");
-        }
         ReportdMetrics {
-            registry,
+            registry: registry(vec![
+                Box::new(reports.clone()),
+                Box::new(deliveries.clone()),
+                Box::new(fetch_runs.clone()),
+                Box::new(fetch_failures.clone()),
+                Box::new(active.clone()),
+            ]),
             reports,
             deliveries,
             fetch_runs,
@@ -161,9 +158,7 @@ impl ReportdMetrics {
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
-        TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .expect("the text format of valid metrics")
+        text(&self.registry)
     }
 }
 

@@ -3,18 +3,18 @@
 //! and the report daemon's state, a SQLite file or PostgreSQL (the details
 //! it fetched from every fetcher, and the reports it sent).
 //!
-//! All are opened read-only, except for a resend. A day the report daemon
+//! All are opened read-only (a resend, which writes, is the web pages'
+//! own). A day the report daemon
 //! has details for is read from there (the sum over every MTA's fetcher);
 //! other days from the collector.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use chrono::Utc;
 use mailtls_common::day::Day;
 use serde::Serialize;
 use tlsrpt_report::details::DomainDetails;
-use tlsrpt_reportd::db::{DbError, DbName, ReportdDb, StoredReport};
+use tlsrpt_reportd_db::{DbError, DbName, ReportdDb, StoredReport};
 use tlsrpt_store::postgres::{PgDayReader, PgUrl};
 use tlsrpt_store::{FetcherDb, StoreError};
 
@@ -113,10 +113,12 @@ impl Sources {
         .collect()
     }
 
-    fn reportd_db(&self, write: bool) -> Result<Option<ReportdDb>, StatsError> {
+    /// The report daemon's state, read-only; `None` when none is configured
+    /// or its SQLite file does not exist yet.
+    fn reportd_db(&self) -> Result<Option<ReportdDb>, StatsError> {
         match &self.reportd {
             Some(DbName::Sqlite(path)) if !path.exists() => Ok(None),
-            Some(name) => ReportdDb::open_existing(name, write)
+            Some(name) => ReportdDb::open_existing(name, false)
                 .map(Some)
                 .map_err(|source| self.reportd_error(source)),
             None => Ok(None),
@@ -144,7 +146,7 @@ impl Sources {
     pub fn days(&self) -> Result<Vec<(Day, DaySource)>, StatsError> {
         let mut days: Vec<(Day, DaySource)> = Vec::new();
         let mut seen = BTreeSet::new();
-        if let Some(mut db) = self.reportd_db(false)? {
+        if let Some(mut db) = self.reportd_db()? {
             for day in db.days_with_details().map_err(|e| self.reportd_error(e))? {
                 seen.insert(day);
                 days.push((day, DaySource::ReportDaemon));
@@ -177,7 +179,7 @@ impl Sources {
     ) -> Result<(), StatsError> {
         match source {
             DaySource::ReportDaemon => {
-                let mut db = self.reportd_db(false)?.ok_or(StatsError::NoReportd)?;
+                let mut db = self.reportd_db()?.ok_or(StatsError::NoReportd)?;
                 let mut current: Option<DomainDetails> = None;
                 for (domain, text) in db.details_of_day(day).map_err(|e| self.reportd_error(e))? {
                     let details = match DomainDetails::from_fetcher_json(&text) {
@@ -314,7 +316,7 @@ impl Sources {
         let mut sum = DomainDetails::new(domain);
         match source {
             DaySource::ReportDaemon => {
-                let mut db = self.reportd_db(false)?.ok_or(StatsError::NoReportd)?;
+                let mut db = self.reportd_db()?.ok_or(StatsError::NoReportd)?;
                 for text in db
                     .details_of(day, domain)
                     .map_err(|e| self.reportd_error(e))?
@@ -348,30 +350,22 @@ impl Sources {
         day: Option<Day>,
         domain: Option<&str>,
     ) -> Result<Vec<StoredReport>, StatsError> {
-        match self.reportd_db(false)? {
+        match self.reportd_db()? {
             Some(mut db) => db.reports(day, domain).map_err(|e| self.reportd_error(e)),
             None => Ok(Vec::new()),
         }
     }
 
     /// Whether this process may resend reports (see
-    /// [`ReportdStore::may_resend`](tlsrpt_reportd::db::ReportdStore::may_resend)).
+    /// [`ReportdStore::may_resend`](tlsrpt_reportd_db::ReportdStore::may_resend)).
     /// The packaged web pages run as `_posttls`, who may read the TLSRPT
     /// data but not change it; they then point to `tlsrptctl resend`
     /// instead.
     pub fn can_resend(&self) -> bool {
-        match self.reportd_db(false) {
+        match self.reportd_db() {
             Ok(Some(mut db)) => db.may_resend().unwrap_or(false),
             _ => false,
         }
-    }
-
-    /// Queues report `r_id` again for each destination not withheld, as
-    /// `tlsrptctl resend ID` does; the destinations queued.
-    pub fn resend(&self, r_id: i64) -> Result<Vec<String>, StatsError> {
-        let mut db = self.reportd_db(true)?.ok_or(StatsError::NoReportd)?;
-        db.resend(r_id, None, Utc::now())
-            .map_err(|e| self.reportd_error(e))
     }
 }
 

@@ -25,8 +25,8 @@ use posttls_store::{
 use posttls_token::{csrf_token, verify_csrf, Action, ActionToken, TokenError};
 use serde::{Deserialize, Serialize};
 
+use super::view::{self, ActionView, MessageView, RecipientGroups};
 use crate::pages::internal;
-use crate::view::{self, ActionView, MessageView, RecipientGroups};
 use crate::{now, AppState, ClientIp};
 
 /// The form of the confirmation page.

@@ -10,9 +10,12 @@ use posttls_store::AuditEvent;
 use serde::Deserialize;
 use std::collections::HashMap;
 
-use super::*;
+use crate::admin::{admin_post, require_admin, Admin, WithCsrf, FORM_LOGOUT};
 use crate::pages::internal;
 use crate::{now, AppState, ClientIp};
+
+/// The CSRF form name of the domains page.
+const FORM_DOMAINS: &str = "admin-domains";
 
 /// What an admin asked to do with a domain (`op=add` or `op=remove`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,8 @@
 //! ([`crate::AppState::day_summary`]) so that paging through 100 000
 //! domains reads the database once.
 
+pub mod chart;
+
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Form, Path, Query, State};
 use axum::http::header::CONTENT_TYPE;
@@ -19,13 +21,17 @@ use minijinja::context;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use posttls_store::AuditEvent;
 use serde::{Deserialize, Serialize};
-use tlsrpt_reportd::db::StoredReport;
+use tlsrpt_reportd_db::{ReportdDb, StoredReport};
 use tlsrpt_stats::summary::{failure_rate, DaySummary, DomainDay, DomainHistory, Sort};
+use tlsrpt_stats::{Sources, StatsError};
 
-use super::*;
-use crate::chart::Chart;
+use crate::admin::{admin_post, current_admin, require_admin, Admin, CsrfForm, FORM_LOGOUT};
 use crate::pages::internal;
-use crate::{now, AppState, ClientIp};
+use crate::{now, AppState, ClientIp, WebError};
+use chart::Chart;
+
+/// The CSRF form name of the resend buttons.
+const FORM_REPORT: &str = "admin-report";
 
 /// Domains per page of the day's list.
 pub const DOMAINS_PER_PAGE: usize = 100;
@@ -609,6 +615,20 @@ pub async fn reports_page(
     )
 }
 
+/// Queues report `r_id` again for each destination not withheld, as
+/// `tlsrptctl resend ID` does, and returns the destinations queued: the one
+/// write to the report daemon's state, made here since tlsrpt-stats only
+/// reads.
+fn resend(sources: &Sources, r_id: i64) -> Result<Vec<String>, WebError> {
+    let name = sources.reportd.as_ref().ok_or(StatsError::NoReportd)?;
+    ReportdDb::open_existing(name, true)
+        .and_then(|mut db| db.resend(r_id, None, chrono::Utc::now()))
+        .map_err(|source| WebError::Resend {
+            name: name.shown(),
+            source,
+        })
+}
+
 /// `POST /admin/reports/{r_id}/resend`: queued again for each destination
 /// not withheld, as `tlsrptctl resend ID`; audited.
 pub async fn report_resend(
@@ -627,7 +647,7 @@ pub async fn report_resend(
     };
     let sources = app.config().tlsrpt.clone();
     let found = tokio::task::spawn_blocking(
-        move || -> Result<Option<(StoredReport, Vec<String>)>, tlsrpt_stats::StatsError> {
+        move || -> Result<Option<(StoredReport, Vec<String>)>, WebError> {
             let Some(report) = sources
                 .reports(None, None)?
                 .into_iter()
@@ -635,7 +655,7 @@ pub async fn report_resend(
             else {
                 return Ok(None);
             };
-            let queued = sources.resend(r_id)?;
+            let queued = resend(&sources, r_id)?;
             Ok(Some((report, queued)))
         },
     )
@@ -649,7 +669,7 @@ pub async fn report_resend(
                 "There is no report with this number.",
             )
         }
-        Ok(Err(err)) => return internal(&app, &crate::WebError::Stats(err)),
+        Ok(Err(err)) => return internal(&app, &err),
         Err(err) => return internal(&app, &crate::WebError::Task(err.to_string())),
     };
     let actor = admin.actor();

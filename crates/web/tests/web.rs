@@ -12,6 +12,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
+use mailtls_web::{router, AppState, WebConfig};
 use posttls_auth::{hash_password_with, Params};
 use posttls_classify::TlsFailureKind;
 use posttls_policy::DomainSet;
@@ -20,7 +21,6 @@ use posttls_store::{
     SeenRecipient, Store,
 };
 use posttls_token::{csrf_token, Action, ActionToken, SecretKey};
-use posttls_web::{router, AppState, WebConfig};
 use tower::ServiceExt;
 
 use mailtls_test_support::posttls::{deferred_message, ARRIVAL, INSTANCE, QUEUE_ID, SENDER};
@@ -1683,10 +1683,8 @@ async fn a_link_whose_request_failed_can_be_used_again() {
 /// destination already sent.
 fn reportd_with_a_sent_report(path: &std::path::Path, day: &str, domain: &str) {
     drop(
-        tlsrpt_reportd::db::ReportdDb::open(&tlsrpt_reportd::db::DbName::Sqlite(
-            path.to_path_buf(),
-        ))
-        .unwrap(),
+        tlsrpt_reportd_db::ReportdDb::open(&tlsrpt_reportd_db::DbName::Sqlite(path.to_path_buf()))
+            .unwrap(),
     );
     let conn = rusqlite::Connection::open(path).unwrap();
     conn.execute(
@@ -1725,7 +1723,7 @@ async fn an_admin_sees_outbound_tls_and_resends_a_report_which_is_audited() {
     let lab = lab_with(|config| {
         config.tlsrpt = tlsrpt_stats::Sources {
             collector: Some(tlsrpt_stats::CollectorSource::Sqlite(collector.clone())),
-            reportd: Some(tlsrpt_reportd::db::DbName::Sqlite(reportd.clone())),
+            reportd: Some(tlsrpt_reportd_db::DbName::Sqlite(reportd.clone())),
         }
     });
     // Without a session: the pages send to the login, the JSON refuses.

@@ -1,5 +1,8 @@
-//! The web stage of PostTLS: the page behind each link of a notification
-//! mail, and the admin dashboard.
+//! The suite's web pages: PostTLS's page behind each link of a notification
+//! mail and its admin dashboard, the Outbound TLS view of the TLSRPT data
+//! (with report resends), behind one admin login, and `/metrics`. It sits
+//! beside the PostTLS and TLSRPT crates, not in either half, so that
+//! neither half depends on the other.
 //!
 //! ```text
 //! notification link --GET--> /confirm/{token}: verify token, find the message,
@@ -14,22 +17,25 @@
 //!
 //! This process never runs a Postfix command and needs no privileges: it
 //! verifies requests and records them in the store ([`posttls_store`]),
-//! where the worker picks them up. Every GET only reads: mail scanners
+//! where the worker picks them up; it reads the TLSRPT data through
+//! `tlsrpt-stats` and writes to the report daemon's state
+//! (`tlsrpt-reportd-db`) only to resend a report. Every GET only reads: mail scanners
 //! that open every link in a mail must not release or delete anything.
 //!
-//! Modules follow the request path: [`confirm`] (the sender's page),
-//! [`admin`] (login, dashboard, actions, domains), [`view`] (stored rows in
-//! the words a person reads), [`pages`] (templates, embedded at build time,
-//! auto-escaped, and the security headers of every response); beside them
-//! [`metrics`] (`/metrics` for Prometheus, to local clients only).
+//! Modules follow the request path: [`posttls`] (the sender's page, the
+//! dashboard, actions, domains), [`tls`] (the Outbound TLS view, its
+//! charts and report resends), [`admin`] (the one login both use),
+//! [`pages`] (one set of templates, embedded at build time, auto-escaped,
+//! and the security headers of every response); beside them [`metrics`]
+//! (`/metrics` for Prometheus, to local clients only) and [`listener`]
+//! (the accept loop).
 
 pub mod admin;
-pub mod chart;
-pub mod confirm;
 pub mod listener;
 pub mod metrics;
 pub mod pages;
-pub mod view;
+pub mod posttls;
+pub mod tls;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -122,6 +128,11 @@ pub enum WebError {
     Task(String),
     #[error("TLSRPT data: {0}")]
     Stats(#[from] tlsrpt_stats::StatsError),
+    #[error("TLSRPT data: report daemon database {name}: {source}")]
+    Resend {
+        name: String,
+        source: tlsrpt_reportd_db::DbError,
+    },
 }
 
 /// The shared state of all requests.
@@ -381,20 +392,26 @@ fn url_path_prefix(base_url: &str) -> Result<String, WebError> {
 /// listener itself.
 pub fn router(state: AppState) -> Router {
     let routes = Router::new()
-        .route("/confirm/{token}", get(confirm::show).post(confirm::submit))
-        .route("/admin", get(admin::dashboard))
+        .route(
+            "/confirm/{token}",
+            get(posttls::confirm::show).post(posttls::confirm::submit),
+        )
+        .route("/admin", get(posttls::dashboard))
         .route("/admin/login", get(admin::login_page).post(admin::login))
         .route("/admin/logout", post(admin::logout))
-        .route("/admin/messages/{id}/{action}", post(admin::message_action))
+        .route(
+            "/admin/messages/{id}/{action}",
+            post(posttls::message_action),
+        )
         .route(
             "/admin/domains",
-            get(admin::domains_page).post(admin::domains_change),
+            get(posttls::domains_page).post(posttls::domains_change),
         )
-        .route("/admin/tls", get(admin::tls_day))
-        .route("/admin/tls.json", get(admin::tls_day_json))
-        .route("/admin/tls/{domain}", get(admin::tls_domain))
-        .route("/admin/reports", get(admin::reports_page))
-        .route("/admin/reports/{id}/resend", post(admin::report_resend))
+        .route("/admin/tls", get(tls::tls_day))
+        .route("/admin/tls.json", get(tls::tls_day_json))
+        .route("/admin/tls/{domain}", get(tls::tls_domain))
+        .route("/admin/reports", get(tls::reports_page))
+        .route("/admin/reports/{id}/resend", post(tls::report_resend))
         .route("/static/style.css", get(pages::stylesheet))
         .route("/static/favicon.svg", get(pages::favicon))
         .route("/", get(pages::home));

@@ -1,16 +1,11 @@
-//! PostTLS's Prometheus metrics, counted from the database: served at
-//! `/metrics` on the web listener (to local clients only, see
-//! [`may_read_metrics`]) and by `posttls worker` on `metrics_listen`.
+//! PostTLS's Prometheus metrics, counted from the database: what both the
+//! worker (on `metrics_listen`) and the web pages (at `/metrics`, to local
+//! clients) serve, in a crate of its own so that neither depends on the
+//! other.
 
-use std::net::{IpAddr, SocketAddr};
-
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use mailtls_common::metrics::{registry, text};
 use posttls_store::{ActionKind, ActionState, Counts, MessageState, NotificationKind, SendResult};
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
-
-use crate::AppState;
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 
 /// The states of an action that has ended; the others are still open.
 const FINISHED: [ActionState; 3] = [ActionState::Done, ActionState::Refused, ActionState::Failed];
@@ -83,90 +78,17 @@ pub fn render(counts: &Counts) -> String {
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
-    let registry = Registry::new();
-    for metric in [
-        Box::new(messages) as Box<dyn prometheus::core::Collector>,
+    text(&registry(vec![
+        Box::new(messages),
         Box::new(notifications),
         Box::new(actions),
         Box::new(unfinished),
-    ] {
-        registry.register(metric).expect("distinct names");
-    }
-    TextEncoder::new()
-        .encode_to_string(&registry.gather())
-        .expect("the text format of valid metrics")
-}
-
-/// Headers by which a reverse proxy names the client it forwards.
-const FORWARDING_HEADERS: [&str; 3] = ["x-forwarded-for", "forwarded", "x-real-ip"];
-
-/// Who may read `/metrics` on the web listener, which is public behind a
-/// reverse proxy: a client on this host that connects directly, i.e. from
-/// a loopback address and without a forwarding header. A request a proxy
-/// forwards is refused whoever sent it (a proxy on this host would
-/// otherwise make every client local). Without the connection's address
-/// (in-process tests) nobody may.
-pub fn may_read_metrics(peer: Option<IpAddr>, headers: &HeaderMap) -> bool {
-    let forwarded = FORWARDING_HEADERS
-        .iter()
-        .any(|name| headers.contains_key(*name));
-    peer.is_some_and(|ip| ip.to_canonical().is_loopback()) && !forwarded
-}
-
-/// `GET /metrics`: the metrics for local clients, the "not found" page for
-/// everybody else (nothing tells a stranger that there is something here).
-pub async fn serve(State(app): State<AppState>, request: Request) -> Response {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
-    if !may_read_metrics(peer, request.headers()) {
-        return crate::pages::not_found(State(app)).await;
-    }
-    match app.with_store(|store| store.counts()).await {
-        Ok(counts) => {
-            let mut text = render(&counts);
-            for more in &app.config().more_metrics.0 {
-                text.push_str(&more());
-            }
-            ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response()
-        }
-        Err(e) => {
-            log::error!("metrics: {e}");
-            (StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n").into_response()
-        }
-    }
+    ]))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_direct_local_clients_may_read_metrics() {
-        let none = HeaderMap::new();
-        for local in ["127.0.0.1", "127.0.0.53", "::1", "::ffff:127.0.0.1"] {
-            assert!(
-                may_read_metrics(Some(local.parse().unwrap()), &none),
-                "{local}"
-            );
-        }
-        for remote in ["192.0.2.7", "2001:db8::1", "0.0.0.0"] {
-            assert!(
-                !may_read_metrics(Some(remote.parse().unwrap()), &none),
-                "{remote}"
-            );
-        }
-        assert!(!may_read_metrics(None, &none));
-        for name in FORWARDING_HEADERS {
-            let mut headers = HeaderMap::new();
-            headers.insert(name, "127.0.0.1".parse().unwrap());
-            assert!(
-                !may_read_metrics(Some("127.0.0.1".parse().unwrap()), &headers),
-                "{name}"
-            );
-        }
-    }
 
     #[test]
     fn every_series_is_written_with_the_counts() {

@@ -1,4 +1,4 @@
-//! The web pages on a real listener (`posttls_web::serve_on`), over TCP on
+//! The web pages on a real listener (`mailtls_web::serve_on`), over TCP on
 //! loopback: a dual-stack listener behind a proxy on this host, and
 //! clients that hold connections open with unfinished requests.
 
@@ -7,11 +7,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mailtls_web::{AppState, WebConfig};
 use posttls_auth::{hash_password_with, Params};
 use posttls_policy::DomainSet;
 use posttls_store::{AuditEvent, Store};
 use posttls_token::SecretKey;
-use posttls_web::{AppState, WebConfig};
 
 const ADMIN: &str = "root";
 
@@ -54,7 +54,7 @@ fn serve(bind: &str, config: WebConfig) -> Server {
         .block_on(tokio::net::TcpListener::bind(bind))
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    runtime.spawn(posttls_web::serve_on(
+    runtime.spawn(mailtls_web::serve_on(
         listener,
         state,
         std::future::pending(),
@@ -215,7 +215,7 @@ const HALF_HEAD: &[u8] = b"GET /admin/login HTTP/1.1\r\nHost: p\r\nX-Slow: ";
 fn half_open_connections_do_not_stop_the_pages() {
     let server = serve("127.0.0.1:0", config());
     let port = server.addr.port();
-    let limits = posttls_web::ConnectionLimits::default();
+    let limits = mailtls_web::ConnectionLimits::default();
     let started = std::time::Instant::now();
     let mut slow = Vec::new();
     for _ in 0..1_100 {

@@ -1,5 +1,6 @@
-//! The admin pages: login, the dashboard, actions on messages, and the
-//! mandatory-TLS domains managed in the UI.
+//! The one admin login of every admin page (PostTLS's in [`crate::posttls`],
+//! the Outbound TLS view in [`crate::tls`]), and what they all share: the
+//! session, [`admin_post`]'s checks and the CSRF tokens of their forms.
 //!
 //! - Login checks an argon2id hash ([`posttls_auth::verify_password`]),
 //!   after asking the [`posttls_auth::LoginThrottle`] for the user name and
@@ -17,18 +18,11 @@
 //! - Admin actions are recorded for the worker like the senders' ones,
 //!   with `requested_by = "admin NAME"`.
 //!
-//! One module per page: [`login`] (and logout), [`dashboard`] (and the
-//! actions on messages), [`domains`]; this module holds what they share.
+//! [`login`] has the login and logout pages; this module the rest.
 
-mod dashboard;
-mod domains;
 mod login;
-mod tls;
 
-pub use dashboard::{dashboard, message_action};
-pub use domains::{domains_change, domains_page, DomainForm};
 pub use login::{login, login_page, logout, LoginForm};
-pub use tls::{report_resend, reports_page, tls_day, tls_day_json, tls_domain, DOMAINS_PER_PAGE};
 
 use std::time::Duration;
 
@@ -44,21 +38,13 @@ use serde::Deserialize;
 use crate::pages::internal;
 use crate::{now, AppState, WebError};
 
-/// Messages shown per state on the dashboard.
-const MESSAGES_PER_STATE: i64 = 200;
-
-/// Audit entries shown on the dashboard.
-const AUDIT_ENTRIES: i64 = 200;
-
 /// How long the login form's pre-session cookie lives.
 const LOGIN_FORM_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// CSRF form names.
 const FORM_LOGIN: &str = "admin-login";
-const FORM_LOGOUT: &str = "admin-logout";
-const FORM_MESSAGE: &str = "admin-message";
-const FORM_DOMAINS: &str = "admin-domains";
-const FORM_REPORT: &str = "admin-report";
+/// The logout form every admin page carries.
+pub(crate) const FORM_LOGOUT: &str = "admin-logout";
 
 /// The session cookie's name: `__Host-` (no Domain, Path=/, Secure) when
 /// the cookie is Secure.
@@ -92,13 +78,14 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// A logged-in admin.
-pub(super) struct Admin {
-    name: String,
+pub(crate) struct Admin {
+    pub(crate) name: String,
     session: SessionId,
 }
 
 impl Admin {
-    fn csrf(&self, app: &AppState, form: &str) -> String {
+    /// The CSRF token of form `form` on this admin's pages.
+    pub(crate) fn csrf(&self, app: &AppState, form: &str) -> String {
         csrf_token(app.key(), self.session.as_str(), form)
     }
 
@@ -106,12 +93,17 @@ impl Admin {
         verify_csrf(app.key(), self.session.as_str(), form, token)
     }
 
-    fn actor(&self) -> String {
+    /// Who did it, as the audit log and the actions name an admin.
+    pub(crate) fn actor(&self) -> String {
         format!("admin {}", self.name)
     }
 }
 
-async fn current_admin(app: &AppState, headers: &HeaderMap) -> Result<Option<Admin>, WebError> {
+/// The admin whose session the request carries, if any.
+pub(crate) async fn current_admin(
+    app: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Admin>, WebError> {
     let secure = app.config().secure_cookies;
     let Some(session) =
         cookie(headers, session_cookie_name(secure)).and_then(|v| SessionId::parse(&v))
@@ -127,7 +119,7 @@ async fn current_admin(app: &AppState, headers: &HeaderMap) -> Result<Option<Adm
 
 /// The admin of the request, or the response to send instead: the login
 /// page for anyone else.
-async fn require_admin(app: &AppState, headers: &HeaderMap) -> Result<Admin, Response> {
+pub(crate) async fn require_admin(app: &AppState, headers: &HeaderMap) -> Result<Admin, Response> {
     match current_admin(app, headers).await {
         Ok(Some(admin)) => Ok(admin),
         Ok(None) => Err(Redirect::to(&format!("{}/admin/login", app.prefix())).into_response()),
@@ -150,7 +142,7 @@ pub struct CsrfForm {
 }
 
 /// A form that carries a CSRF token.
-pub(super) trait WithCsrf {
+pub(crate) trait WithCsrf {
     fn csrf(&self) -> &str;
 }
 
@@ -163,7 +155,7 @@ impl WithCsrf for CsrfForm {
 /// The checks before any admin form is acted on, in this order: a body too
 /// large gets its own page, no valid session the login page, a missing or
 /// wrong CSRF token the refusal. Returns the admin and the form.
-pub(super) async fn admin_post<F: WithCsrf>(
+pub(crate) async fn admin_post<F: WithCsrf>(
     app: &AppState,
     headers: &HeaderMap,
     form: Result<Form<F>, FormRejection>,

@@ -1,4 +1,4 @@
-//! `posttls_web::serve`, the blocking entry point of the web process: it
+//! `mailtls_web::serve`, the blocking entry point of the web process: it
 //! serves on the configured address and returns after SIGTERM. Alone in
 //! its test binary, because it signals its own process.
 
@@ -6,9 +6,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use mailtls_web::{serve, WebConfig, WebError};
 use posttls_policy::DomainSet;
 use posttls_token::SecretKey;
-use posttls_web::{serve, WebConfig, WebError};
 
 fn config(listen: String) -> WebConfig {
     WebConfig {

@@ -1,14 +1,13 @@
-//! `mailtls posttls` / `posttls`: mandatory outbound TLS with the sender in
-//! control. `scan` makes one pass over the queue (for cron, with a lock
-//! against overlapping runs); `worker` scans every `scan_interval` seconds.
+//! `posttls scan` and `posttls worker`: the privileged half, which runs
+//! Postfix's commands, sends the notifications and carries out what the
+//! web pages recorded.
 
 use anyhow::{bail, Context};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{ArgMatches, Command};
-use mailtls_common::config::{add_options, listen_address, seconds, ProgramSpec};
+use mailtls_common::config::{listen_address, seconds};
 use mailtls_common::pidfile::PidFile;
 use posttls_actions::{postfix_version, Executor, Listeners, ReleaseMethod, ReleaseRoute};
 use posttls_notify::Templates;
@@ -19,202 +18,11 @@ use posttls_store::{Access, Database, Store};
 use posttls_token::SecretKey;
 use tlsrpt_delivery::{MailTransport, Outcome, Sendmail, TrustAnchors};
 
-mailtls_common::options! {
-    /// PostTLS's options (`posttls scan`, `worker`, `web` and `adduser`).
-    pub struct PosttlsOptions, sources PosttlsSources {
-        /// Database of messages, notifications, actions and the audit log: a SQLite file, or
-        /// postgresql://USER@HOST/DATABASE for a fleet (one web process, a worker per
-        /// instance; see README, "PostTLS on PostgreSQL")
-        database: String = "/var/lib/posttls/posttls.sqlite",
-        /// File whose first line is the password of a postgresql:// database (so that it need
-        /// not be in the URL); empty: none
-        password_file: String = "",
-        /// Name of this Postfix instance, bound into every link (default: the host name). The
-        /// web pages accept only its links; on PostgreSQL, unset, they accept every instance's
-        instance: String = "",
-        /// Postfix configuration directory (-c) of the instance to watch; empty: the default
-        /// instance
-        postfix_config_dir: String = "",
-        /// Where postqueue, postcat, postsuper and sendmail are
-        postfix_command_dir: String = "/usr/sbin",
-        /// Seconds a Postfix command may take
-        command_timeout: i64 = "30",
-        /// Comma-separated sender domains of our organisation (exact, or .suffix for
-        /// subdomains). Only their senders are told, and only for mail submitted locally or
-        /// with SMTP AUTH
-        own_domains: String = "",
-        /// Comma-separated recipient domains that are never sent unencrypted (exact or
-        /// .suffix); more can be added in the web UI
-        mandatory_domains: String = "",
-        /// Named in notifications
-        organization_name: String = "",
-        /// From address of notifications, e.g. postmaster@example.org
-        notification_from: String = "",
-        /// Command that takes a notification on standard input (split into words, no shell);
-        /// unused when smtp_relay is set. Must not depend on the failing TLS: e.g. local
-        /// delivery. `-f notification_from` is added unless the command has a -f, so bounces
-        /// of notifications go to that address, not to the worker's user (root)
-        sendmail_script: String = "sendmail -i -t",
-        /// Send notifications by SMTP to HOST or HOST:PORT instead
-        smtp_relay: String = "",
-        /// starttls (port 587), tls (465) or plain (25, no AUTH)
-        smtp_security: String = "starttls",
-        /// SMTP AUTH user
-        smtp_user: String = "",
-        /// File holding the SMTP AUTH password
-        smtp_password_file: String = "",
-        /// Extra CA certificates (PEM) for the SMTP relay
-        tls_ca_file: String = "",
-        /// Address of the PostTLS web pages as senders reach them, e.g.
-        /// https://posttls.example.org
-        base_url: String = "",
-        /// Key that signs the links (created, mode 0600, when missing); the web process needs
-        /// the same file
-        secret_key_file: String = "/var/lib/posttls/secret.key",
-        /// Seconds a link in a notification works (default 5 days, Postfix's
-        /// maximal_queue_lifetime)
-        link_lifetime: i64 = "432000",
-        /// Seconds between queue scans of the worker
-        scan_interval: i64 = "60",
-        /// Seconds between reminders about a message still waiting; 0: no reminders
-        reminder_interval: i64 = "14400",
-        /// Reminders per message at most (the original reminded every 30 minutes forever)
-        max_reminders: i64 = "3",
-        /// A message whose waiting recipients are all in mandatory-TLS domains: return
-        /// (postsuper -e: it bounces to the sender now), delete (postsuper -d, as the original
-        /// PostTLS), or wait (until it expires); the sender is told
-        mandatory_policy: String = "return",
-        /// Postfix's maximal_queue_lifetime in seconds: a message that leaves the queue this
-        /// old expired, and its sender is told
-        queue_lifetime: i64 = "432000",
-        /// Directory with replacements for the notification templates subject.txt.j2,
-        /// notification.txt.j2, notification.html.j2
-        template_dir: String = "",
-        /// How released recipients' copy leaves: tls_required_header (through
-        /// reinject_listener with "TLS-Required: No" added, following the instance's own
-        /// routing; Postfix 3.10 or later), content_filter (through release_listener), or auto
-        /// (the header where Postfix honours it: 3.10 or later with tls_required_enable = yes)
-        release_method: String = "auto",
-        /// UNIX-domain socket of the instance's smtpd that sends with opportunistic TLS and
-        /// puts what it receives on hold (master.cf service posttls-release; see README);
-        /// relative to the queue directory. Released recipients are re-injected there when
-        /// release_method is content_filter (not needed with the header)
-        release_listener: String = "private/posttls-release",
-        /// UNIX-domain socket of the instance's smtpd with the normal (mandatory TLS) path that
-        /// puts what it receives on hold (master.cf service posttls-reinject); relative to the
-        /// queue directory. When a released message has other pending recipients, their copy is
-        /// re-injected there
-        reinject_listener: String = "private/posttls-reinject",
-        /// Days the audit log is kept; older entries are deleted by the worker (0: kept
-        /// forever)
-        audit_retention: i64 = "400",
-        /// Address of the web pages (confirmation pages and admin dashboard); put a TLS-
-        /// terminating proxy in front
-        listen: String = "127.0.0.1:8025",
-        /// Comma-separated addresses of reverse proxies in front of the web pages whose
-        /// X-Forwarded-For names the client (audit log, login throttle); empty: the peer
-        /// address
-        trusted_proxies: String = "",
-        /// Mark the admin session cookie Secure (needs HTTPS in front); 0 only for tests on
-        /// plain HTTP
-        cookie_secure: i64 = "1",
-        /// Connections the web pages serve at once; more wait in the kernel's queue (keep it
-        /// below the process's file descriptor limit, 1024 under systemd)
-        max_connections: i64 = "512",
-        /// Connections of one client (an IPv4 address, an IPv6 /64) at once; more are closed
-        /// at once. trusted_proxies have no such limit
-        max_connections_per_client: i64 = "16",
-        /// Seconds a client has to send a complete request head (also between requests on a
-        /// kept-alive connection) before the connection is closed
-        request_head_timeout: i64 = "5",
-        /// Seconds a request may take, its body and answer included (408 after that)
-        request_timeout: i64 = "60",
-        /// The TLSRPT collector's database, read by the web pages' Outbound TLS view (its
-        /// completed day FILE.yesterday too), or a fleet's postgresql:// collector store;
-        /// empty: not shown
-        tlsrpt_collector_db: String = "/var/lib/tlsrpt/collectd.sqlite",
-        /// File whose first line is the password of a postgresql:// tlsrpt_collector_db
-        tlsrpt_collector_password_file: String = "",
-        /// The TLSRPT report daemon's database (or postgresql:// state), read by the
-        /// Outbound TLS view (the days it fetched, the reports it sent) and written to
-        /// resend a report; empty: not shown
-        tlsrpt_reportd_db: String = "/var/lib/tlsrpt/reportd.sqlite",
-        /// File whose first line is the password of a postgresql:// tlsrpt_reportd_db
-        tlsrpt_reportd_password_file: String = "",
-        /// Lock that keeps scans from overlapping
-        lock_file: String = "/run/posttls/scan.lock",
-        /// PID file of the worker
-        pidfilename: String = "",
-        /// Log file (in addition to standard error); reopened on SIGHUP
-        logfilename: String = "",
-        /// Log level: debug, info, warn, error, critical, or a number
-        log_level: String = "info",
-        /// IP:PORT on which `posttls worker` serves Prometheus metrics at /metrics (plain
-        /// HTTP, to anyone who can connect: use a loopback address or a firewall), e.g.
-        /// 127.0.0.1:9152; empty: none. The web pages serve the same at /metrics to local
-        /// clients
-        metrics_listen: String = "",
-        /// Connections metrics_listen serves at once (further ones wait;
-        /// one client address gets a quarter of them, at least one)
-        metrics_max_connections: i64 = "8",
-        /// Seconds a metrics_listen client has to send its request, and
-        /// again to take the answer, before the connection is closed
-        metrics_request_timeout: i64 = "5",
-    }
-}
+use super::options::{database, instance_name, PosttlsOptions};
 
-pub const SPEC: ProgramSpec = ProgramSpec {
-    name: "posttls",
-    section: "posttls",
-    env_prefix: "POSTTLS_",
-    default_config_file: "/etc/mailtls/posttls.cfg",
-    ignored: &[],
-};
-
-const LONG_ABOUT: &str = "\
-PostTLS lets a Postfix site require TLS for all outgoing mail while the \
-sender stays in control: when a recipient's server cannot do TLS and \
-Postfix defers the message, the sender is told (once, plus a few reminders) \
-and chooses \"send unencrypted\" or \"delete\" on a confirmation page. \
-Recipients in mandatory-TLS domains are never sent unencrypted.
-
-Every option can also be set as POSTTLS_<NAME> in the environment or in the \
-[posttls] section of the config file; the command line wins over the \
-environment, which wins over the file.";
-
-pub fn command() -> Command {
-    let sub = |name: &'static str, about: &'static str| {
-        add_options::<PosttlsOptions>(Command::new(name).about(about), &SPEC)
-    };
-    Command::new("posttls")
-        .about("Mandatory outbound TLS with the sender in control")
-        .long_about(LONG_ABOUT)
-        .subcommand_required(true)
-        .arg_required_else_help(true)
-        .subcommand(sub(
-            "scan",
-            "Carry out queued requests, then one pass over the queue: classify, notify (for cron; locked against overlaps)",
-        ))
-        .subcommand(sub(
-            "worker",
-            "Scan every scan_interval seconds until SIGTERM",
-        ))
-        .subcommands(super::posttls_web::subcommands())
-}
-
-pub fn main(matches: &ArgMatches) -> i32 {
-    let (name, sub) = matches.subcommand().expect("a subcommand is required");
-    let options = match super::start(&SPEC, "posttls", sub, |o: &PosttlsOptions| {
-        (o.log_level.as_str(), o.logfilename.as_str())
-    }) {
-        Ok(options) => options,
-        Err(code) => return code,
-    };
-    // The web process needs none of the scanner's settings.
-    if let Some(code) = super::posttls_web::run(name, sub, &options) {
-        return code;
-    }
-    let setup = match Setup::from(&options) {
+/// Runs `scan` or `worker` with the resolved options.
+pub(super) fn run(name: &str, options: &PosttlsOptions) -> i32 {
+    let setup = match Setup::from(options) {
         Ok(s) => s,
         Err(e) => {
             log::error!("{e:#}");
@@ -257,7 +65,6 @@ struct Setup {
     metrics_limits: mailtls_common::metrics::Limits,
 }
 
-/// The value of option `name`, which must be set; `example` shows how.
 /// `command` with `-f FROM` added unless it names an envelope sender:
 /// without one, sendmail uses the worker's user, root, and the bounce of a
 /// notification lands in root's mailbox.
@@ -275,14 +82,7 @@ fn with_envelope_sender(command: &str, from: &str) -> anyhow::Result<String> {
     })
 }
 
-/// The `database` (with `password_file`).
-pub(crate) fn database(o: &PosttlsOptions) -> anyhow::Result<Database> {
-    let password_file = Some(&o.password_file)
-        .filter(|f| !f.is_empty())
-        .map(Path::new);
-    Database::parse(&o.database, password_file).context("database")
-}
-
+/// The value of option `name`, which must be set; `example` shows how.
 fn required(value: &str, name: &str, example: &str) -> anyhow::Result<String> {
     if value.is_empty() {
         bail!("{name} is not set (e.g. {name} = {example}; option --{name}, POSTTLS_{} or [posttls] {name})", name.to_uppercase());
@@ -305,7 +105,7 @@ impl Setup {
             "postmaster@example.org",
         )?;
         let base_url = required(&o.base_url, "base_url", "https://posttls.example.org")?;
-        let instance = super::posttls_web::instance_name(o);
+        let instance = instance_name(o);
         let reminder = seconds("reminder_interval", o.reminder_interval)?;
         let config = ScanConfig {
             instance,
@@ -360,13 +160,13 @@ impl Setup {
                     .filter(|f| !f.is_empty())
                     .map(Path::new);
                 let trust = TrustAnchors::load(ca)?;
-                let smtp = super::SmtpOptions {
+                let smtp = super::super::SmtpOptions {
                     relay,
                     security: &o.smtp_security,
                     user: &o.smtp_user,
                     password_file: &o.smtp_password_file,
                 };
-                MailTransport::Smtp(super::smtp_transport(&smtp, timeout, &trust)?)
+                MailTransport::Smtp(super::super::smtp_transport(&smtp, timeout, &trust)?)
             }
         };
         Ok(Setup {
@@ -466,7 +266,7 @@ impl Setup {
         mailtls_common::metrics::spawn(listen, self.metrics_limits, move || {
             let store = store.lock().unwrap_or_else(|e| e.into_inner());
             let counts = store.counts().map_err(|e| format!("database: {e}"))?;
-            Ok(posttls_web::metrics::render(&counts))
+            Ok(posttls_metrics::render(&counts))
         })?;
         Ok(())
     }

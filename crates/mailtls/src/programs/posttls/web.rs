@@ -1,5 +1,5 @@
 //! `mailtls posttls web` and `mailtls posttls adduser NAME`: the web pages
-//! (confirmation pages and admin dashboard, [`posttls_web`]) and the admin
+//! (confirmation pages and admin dashboard, [`mailtls_web`]) and the admin
 //! accounts they log in with.
 //!
 //! The web process needs no privileges: it reads the token key and reads
@@ -15,22 +15,22 @@ use std::time::Duration;
 
 use clap::{Arg, ArgMatches, Command};
 use mailtls_common::config::add_options;
+use mailtls_web::WebConfig;
 use posttls_policy::DomainSet;
 use posttls_store::{Access, AuditEvent, Database, Store};
 use posttls_token::SecretKey;
-use posttls_web::WebConfig;
 
-use super::posttls::PosttlsOptions;
-use tlsrpt_reportd::db::DbName;
+use super::options::{database, instance_name, PosttlsOptions, SPEC};
+use tlsrpt_reportd_db::DbName;
 
 /// Shortest admin password accepted by `adduser`.
 pub const MIN_PASSWORD_LEN: usize = 12;
 
 /// The `web` and `adduser` subcommands of `mailtls posttls`, with the
 /// program's options: `posttls::command()` adds them with
-/// `.subcommands(posttls_web::subcommands())`.
+/// `.subcommands(web::subcommands())`.
 pub fn subcommands() -> [Command; 2] {
-    let spec = &super::posttls::SPEC;
+    let spec = &SPEC;
     [
         add_options::<PosttlsOptions>(
             Command::new("web").about(
@@ -87,15 +87,15 @@ pub fn web(options: &PosttlsOptions) -> i32 {
             return 1;
         }
     };
-    super::reopen_log_on_sighup();
-    let database = match super::posttls::database(options) {
+    super::super::reopen_log_on_sighup();
+    let database = match database(options) {
         Ok(d) => d,
         Err(e) => {
             log::error!("{e:#}");
             return 2;
         }
     };
-    match posttls_web::serve(config, &database, key) {
+    match mailtls_web::serve(config, &database, key) {
         Ok(()) => 0,
         Err(e) => {
             log::error!("{e}");
@@ -125,7 +125,7 @@ pub fn web_config(o: &PosttlsOptions) -> anyhow::Result<WebConfig> {
             .filter(|&v| v > 0)
             .with_context(|| format!("{name} = {value}: a positive number is needed"))
     };
-    let limits = posttls_web::ConnectionLimits {
+    let limits = mailtls_web::ConnectionLimits {
         max_connections: positive("max_connections", o.max_connections)? as usize,
         max_per_client: positive("max_connections_per_client", o.max_connections_per_client)?
             as usize,
@@ -231,15 +231,6 @@ fn is_loopback(listen: &str) -> bool {
     }
 }
 
-/// `instance`, or the host name when it is empty (as the worker does: the
-/// two must agree, or no link verifies).
-pub(crate) fn instance_name(o: &PosttlsOptions) -> String {
-    match o.instance.as_str() {
-        "" => mailtls_common::host_name(),
-        name => name.to_string(),
-    }
-}
-
 /// `mailtls posttls adduser NAME`: create admin NAME, or give it a new
 /// password, read as one line from standard input (`echo "$PW" |` or a
 /// file; nothing is asked twice). Exit status 0 when saved, 1 when the
@@ -273,7 +264,7 @@ pub fn adduser_from(options: &PosttlsOptions, name: &str, input: &mut impl BufRe
     let hash = posttls_auth::hash_password(password);
     // As the worker: on PostgreSQL only its role may write admins (and
     // the first adduser creates the tables).
-    let database = match super::posttls::database(options) {
+    let database = match database(options) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("posttls adduser: {e:#}");
@@ -333,7 +324,7 @@ mod tests {
     /// the /etc/mailtls/posttls.cfg of a mailtls installed on this machine.
     const SPEC: ProgramSpec = ProgramSpec {
         default_config_file: "/nonexistent/posttls.cfg",
-        ..super::super::posttls::SPEC
+        ..super::super::SPEC
     };
 
     fn settings(args: &[&str]) -> PosttlsOptions {

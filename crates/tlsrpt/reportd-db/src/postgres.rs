@@ -919,8 +919,8 @@ impl ReportdStore for PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::tests::{day, fetchers, postgres_store, postgres_url, strings, t};
-    use crate::db::{DbName, ReportdDb};
+    use crate::tests::{day, fetchers, postgres_store, postgres_url, strings, t};
+    use crate::{DbName, ReportdDb};
     use tlsrpt_store::postgres::PgError;
 
     #[test]

@@ -8,10 +8,19 @@ use minijinja::context;
 use posttls_store::{ActionKind, AuditEvent, MessageState};
 use serde::Serialize;
 
-use super::*;
+use super::view::{self, ActionView, AuditView, MessageView, NotificationView, RecipientView};
+use crate::admin::{admin_post, require_admin, CsrfForm, FORM_LOGOUT};
 use crate::pages::internal;
-use crate::view::{self, ActionView, AuditView, MessageView, NotificationView, RecipientView};
 use crate::{now, AppState, ClientIp};
+
+/// Messages shown per state on the dashboard.
+const MESSAGES_PER_STATE: i64 = 200;
+
+/// Audit entries shown on the dashboard.
+const AUDIT_ENTRIES: i64 = 200;
+
+/// The CSRF form name of the actions on messages.
+const FORM_MESSAGE: &str = "admin-message";
 
 #[derive(Debug, Serialize)]
 struct MessageEntry {

@@ -659,8 +659,8 @@ fn parse_sqlite_timestamp(text: &str) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::tests::{day, fetchers, one_delivery, strings, t, with_first_domain_list};
-    use crate::db::{DbName, ReportdDb};
+    use crate::tests::{day, fetchers, one_delivery, strings, t, with_first_domain_list};
+    use crate::{DbName, ReportdDb};
     use chrono::TimeZone;
 
     fn python(code: &str, db: &Path) -> String {
