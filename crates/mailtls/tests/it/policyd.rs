@@ -37,16 +37,16 @@ mx_host_pattern=*.enf.lab.test { policy_string = version: STSv1 } \
 { policy_string = mx: *.enf.lab.test } { policy_string = max_age: 86400 }";
 
 /// A lab: DNS, a CA, and one policy host per domain that has one.
-struct Lab {
-    dir: tempfile::TempDir,
-    net: Net,
-    ca: TestCa,
-    dns: Option<LabDns>,
-    records: Vec<String>,
+pub(crate) struct Lab {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) net: Net,
+    pub(crate) ca: TestCa,
+    pub(crate) dns: Option<LabDns>,
+    pub(crate) records: Vec<String>,
 }
 
 impl Lab {
-    fn new() -> Lab {
+    pub(crate) fn new() -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new(dir.path());
         Lab {
@@ -61,7 +61,7 @@ impl Lab {
     /// `LABEL.lab.test` with an MX and, unless `id` is `None`, an
     /// `_mta-sts` record with that id. Returns the address of
     /// `mta-sts.LABEL.lab.test` (in DNS whether or not a host listens).
-    fn domain(&mut self, label: &str, id: Option<&str>) -> std::net::Ipv4Addr {
+    pub(crate) fn domain(&mut self, label: &str, id: Option<&str>) -> std::net::Ipv4Addr {
         let mx = self.net.host();
         let policy_host = self.net.host();
         self.records.extend([
@@ -78,12 +78,17 @@ impl Lab {
 
     /// A policy host for `LABEL` at `address`:443 answering every request
     /// with `answer`.
-    fn policy_host(&self, label: &str, address: std::net::Ipv4Addr, answer: Answer) -> HttpsSink {
+    pub(crate) fn policy_host(
+        &self,
+        label: &str,
+        address: std::net::Ipv4Addr,
+        answer: Answer,
+    ) -> HttpsSink {
         self.policy_host_with(label, address, Validity::Current, answer)
     }
 
     /// [`Lab::policy_host`] with a certificate of this `validity`.
-    fn policy_host_with(
+    pub(crate) fn policy_host_with(
         &self,
         label: &str,
         address: std::net::Ipv4Addr,
@@ -99,14 +104,14 @@ impl Lab {
         )
     }
 
-    fn start_dns(&mut self) {
+    pub(crate) fn start_dns(&mut self) {
         self.dns = Some(LabDns::start(&self.net, &self.records));
     }
 
     /// `mailtls policyd` on this lab's resolver, trusting its CA, with
     /// `allow_private_addresses = 1` (the lab is on loopback) unless
     /// `extra` sets it.
-    fn policyd(&self, extra: &[&str]) -> Policyd {
+    pub(crate) fn policyd(&self, extra: &[&str]) -> Policyd {
         let resolver = self.dns.as_ref().expect("start_dns first").resolver();
         let mut args = vec![
             "--nameservers".to_string(),
@@ -126,7 +131,7 @@ impl Lab {
 
 const TEXT: &str = "text/plain";
 
-fn policy(body: &'static str) -> Answer {
+pub(crate) fn policy(body: &'static str) -> Answer {
     Answer::Text {
         status: 200,
         content_type: TEXT,
@@ -192,7 +197,7 @@ impl Policyd {
     }
 
     /// One lookup on a connection of its own: the answer's payload.
-    fn ask(&self, map: &str, key: &str) -> String {
+    pub(crate) fn ask(&self, map: &str, key: &str) -> String {
         let mut stream = self.connect();
         stream
             .write_all(&netstring(&format!("{map} {key}")))

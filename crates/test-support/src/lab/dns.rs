@@ -76,7 +76,19 @@ impl LabDns {
     /// `"ok MX 10 mx-ok"` or `"_smtp._tls.ok TXT \"v=TLSRPTv1; rua=mailto:r@lab.test\""`)
     /// signed, and a validating resolver for them. Waits until the
     /// resolver answers with the `ad` flag; panics with both logs if not.
+    /// The resolver caches nothing, so that every answer is the zone's.
     pub fn start(net: &Net, records: &[String]) -> LabDns {
+        LabDns::start_with_cache(net, records, false)
+    }
+
+    /// [`LabDns::start`] with a resolver that caches answers for their
+    /// TTL (60 s), as the resolver of a production host does: for
+    /// benchmarks, where the zone does not change.
+    pub fn start_caching(net: &Net, records: &[String]) -> LabDns {
+        LabDns::start_with_cache(net, records, true)
+    }
+
+    fn start_with_cache(net: &Net, records: &[String], cache: bool) -> LabDns {
         let dir = tempfile::Builder::new()
             .prefix("mailtls-dns.")
             .tempdir()
@@ -136,9 +148,14 @@ impl LabDns {
                  directory: \"{dir}\"\n  pidfile: \"{dir}/unbound.pid\"\n  use-syslog: no\n  \
                  logfile: \"{dir}/unbound.log\"\n  verbosity: 1\n  val-log-level: 2\n  \
                  module-config: \"validator iterator\"\n  local-zone: \"test.\" nodefault\n  \
-                 access-control: 127.0.0.0/8 allow\n  cache-max-ttl: 0\n  cache-max-negative-ttl: 0\n  \
+                 access-control: 127.0.0.0/8 allow\n{cache}  \
                  trust-anchor: \"{ZONE}. DNSKEY {ksk}\"\n\
                  stub-zone:\n  name: \"{ZONE}\"\n  stub-addr: {knot}\n",
+                cache = if cache {
+                    ""
+                } else {
+                    "  cache-max-ttl: 0\n  cache-max-negative-ttl: 0\n"
+                },
                 resolver = net.resolver(),
                 dir = d.display(),
                 knot = net.knot(),

@@ -9,6 +9,7 @@ mod collector;
 mod lab;
 mod package;
 mod policyd;
+mod policyd_oracle;
 mod posttls;
 mod tls_required;
 mod tlsrpt;
