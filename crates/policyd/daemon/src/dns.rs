@@ -15,9 +15,17 @@
 //!
 //! A timeout, SERVFAIL or another error is a [`DnsError`], never an empty
 //! answer: the caller answers Postfix `TEMP` rather than "no policy".
+//!
+//! Answers are kept for their TTL (the least of the records', at most
+//! [`MAX_TTL`]; an empty answer for the SOA's negative TTL, RFC 2308
+//! section 5), so that a cached policy is answered without asking the
+//! resolver three questions each time. Errors are not kept. The cache is
+//! bounded ([`AnswerCache`]).
 
+use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, Query, ResponseCode};
@@ -66,17 +74,33 @@ pub struct MxHosts {
     pub authentic: bool,
 }
 
+/// The longest an answer is kept, whatever its TTL.
+pub const MAX_TTL: Duration = Duration::from_secs(3600);
+
+/// How long an empty answer is kept without an SOA to say.
+const NEGATIVE_TTL: Duration = Duration::from_secs(60);
+
 /// A stub resolver asking the configured name servers in turn.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Dns {
     servers: Vec<SocketAddr>,
     timeout: Duration,
+    cache: Mutex<AnswerCache>,
 }
 
 impl Dns {
-    /// `timeout` is per server and transport.
-    pub fn new(servers: Vec<SocketAddr>, timeout: Duration) -> Dns {
-        Dns { servers, timeout }
+    /// `timeout` is per server and transport; at most `cache_entries`
+    /// answers are kept.
+    pub fn new(servers: Vec<SocketAddr>, timeout: Duration, cache_entries: usize) -> Dns {
+        Dns {
+            servers,
+            timeout,
+            cache: Mutex::new(AnswerCache::new(cache_entries)),
+        }
+    }
+
+    fn cache(&self) -> MutexGuard<'_, AnswerCache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn servers(&self) -> &[SocketAddr] {
@@ -159,10 +183,19 @@ impl Dns {
     pub fn query(&self, name: &str, rtype: RecordType) -> Result<Answer, DnsError> {
         let fqdn = Name::from_ascii(format!("{}.", name.trim_end_matches('.')))
             .map_err(|_| DnsError::BadName(name.to_string()))?;
+        let key = (fqdn.to_ascii().to_ascii_lowercase(), rtype);
+        let now = Instant::now();
+        if let Some(answer) = self.cache().get(&key, now) {
+            return Ok(answer);
+        }
         let mut last = DnsError::NoServer;
         for &server in &self.servers {
             match self.ask(server, &fqdn, rtype) {
-                Ok(answer) => return Ok(answer),
+                Ok((answer, ttl)) => {
+                    self.cache()
+                        .insert(key, answer.clone(), now + ttl.min(MAX_TTL));
+                    return Ok(answer);
+                }
                 Err(e) => {
                     log::debug!("DNS {name} {rtype}: {e}");
                     last = e;
@@ -172,7 +205,13 @@ impl Dns {
         Err(last)
     }
 
-    fn ask(&self, server: SocketAddr, name: &Name, rtype: RecordType) -> Result<Answer, DnsError> {
+    /// The answer and how long it may be kept.
+    fn ask(
+        &self,
+        server: SocketAddr,
+        name: &Name,
+        rtype: RecordType,
+    ) -> Result<(Answer, Duration), DnsError> {
         let id: u16 = rand::random();
         let mut query = Message::query();
         query.metadata.id = id;
@@ -208,23 +247,97 @@ impl Dns {
             return Err(malformed("answers another question"));
         }
         let authentic = response.metadata.authentic_data;
+        // RFC 2308 section 5: the SOA's TTL, at most its minimum field.
+        let negative_ttl = response
+            .authorities
+            .iter()
+            .find_map(|r| match &r.data {
+                RData::SOA(soa) => Some(Duration::from_secs(u64::from(r.ttl.min(soa.minimum)))),
+                _ => None,
+            })
+            .unwrap_or(NEGATIVE_TTL);
         match response.metadata.response_code {
             ResponseCode::NoError => {}
             ResponseCode::NXDomain => {
-                return Ok(Answer {
+                let answer = Answer {
                     records: Vec::new(),
                     authentic,
-                })
+                };
+                return Ok((answer, negative_ttl));
             }
             code => return Err(DnsError::Rcode { server, code }),
         }
-        let records = response
+        let wanted: Vec<_> = response
             .answers
             .into_iter()
             .filter(|r| r.record_type() == rtype)
-            .map(|r| r.data)
             .collect();
-        Ok(Answer { records, authentic })
+        let ttl = wanted
+            .iter()
+            .map(|r| Duration::from_secs(u64::from(r.ttl)))
+            .min()
+            .unwrap_or(negative_ttl);
+        let records = wanted.into_iter().map(|r| r.data).collect();
+        Ok((Answer { records, authentic }, ttl))
+    }
+}
+
+/// Answers by (lowercase name, type) until they expire; at most
+/// `capacity`, the one expiring soonest dropped first when full (a flood
+/// of new names cannot grow it).
+#[derive(Debug)]
+pub struct AnswerCache {
+    capacity: usize,
+    answers: HashMap<(String, RecordType), (Answer, Instant)>,
+    by_expiry: BTreeSet<(Instant, String, RecordType)>,
+}
+
+impl AnswerCache {
+    pub fn new(capacity: usize) -> AnswerCache {
+        AnswerCache {
+            capacity: capacity.max(1),
+            answers: HashMap::new(),
+            by_expiry: BTreeSet::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.answers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.answers.is_empty()
+    }
+
+    /// The answer for `key` unless it has expired at `now`.
+    pub fn get(&mut self, key: &(String, RecordType), now: Instant) -> Option<Answer> {
+        let (answer, expires) = self.answers.get(key)?;
+        if *expires > now {
+            return Some(answer.clone());
+        }
+        let expires = *expires;
+        self.remove(key, expires);
+        None
+    }
+
+    pub fn insert(&mut self, key: (String, RecordType), answer: Answer, expires: Instant) {
+        if let Some((_, old)) = self.answers.get(&key) {
+            let old = *old;
+            self.remove(&key, old);
+        }
+        while self.answers.len() >= self.capacity {
+            let Some((_, name, rtype)) = self.by_expiry.pop_first() else {
+                break;
+            };
+            self.answers.remove(&(name, rtype));
+        }
+        self.by_expiry.insert((expires, key.0.clone(), key.1));
+        self.answers.insert(key, (answer, expires));
+    }
+
+    fn remove(&mut self, key: &(String, RecordType), expires: Instant) {
+        self.answers.remove(key);
+        self.by_expiry.remove(&(expires, key.0.clone(), key.1));
     }
 }
 
@@ -339,14 +452,54 @@ mod tests {
         let dns = Dns::new(
             vec![silent.local_addr().unwrap()],
             Duration::from_millis(200),
+            10,
         );
         assert!(matches!(
             dns.query("example.com", RecordType::TXT),
             Err(DnsError::Timeout(_))
         ));
         assert!(matches!(
-            Dns::new(Vec::new(), Duration::from_secs(1)).query("example.com", RecordType::MX),
+            Dns::new(Vec::new(), Duration::from_secs(1), 10).query("example.com", RecordType::MX),
             Err(DnsError::NoServer)
         ));
+        // Errors are not kept.
+        assert!(dns.cache().is_empty());
+    }
+
+    #[test]
+    fn the_answer_cache_expires_and_stays_bounded() {
+        let answer = |authentic| Answer {
+            records: Vec::new(),
+            authentic,
+        };
+        let key = |name: &str| (name.to_string(), RecordType::TXT);
+        let now = Instant::now();
+        let mut cache = AnswerCache::new(3);
+        cache.insert(key("a"), answer(true), now + Duration::from_secs(10));
+        assert!(cache.get(&key("a"), now).unwrap().authentic);
+        assert!(cache
+            .get(&key("a"), now + Duration::from_secs(10))
+            .is_none());
+        assert!(cache.is_empty());
+        // Full: the one expiring soonest goes.
+        cache.insert(key("late"), answer(false), now + Duration::from_secs(300));
+        cache.insert(key("soon"), answer(false), now + Duration::from_secs(5));
+        cache.insert(key("mid"), answer(false), now + Duration::from_secs(60));
+        cache.insert(key("new"), answer(false), now + Duration::from_secs(60));
+        assert!(cache.get(&key("soon"), now).is_none());
+        assert!(cache.get(&key("late"), now).is_some());
+        for i in 0..1000 {
+            cache.insert(
+                key(&format!("r{i}")),
+                answer(false),
+                now + Duration::from_secs(i),
+            );
+        }
+        assert_eq!(cache.len(), 3);
+        assert_eq!(cache.by_expiry.len(), 3);
+        // Replacing an answer keeps one entry.
+        cache.insert(key("r999"), answer(true), now + Duration::from_secs(2000));
+        assert_eq!(cache.len(), 3);
+        assert_eq!(cache.by_expiry.len(), 3);
     }
 }

@@ -79,7 +79,13 @@ pub fn run(
     clock: Box<dyn Clock>,
     stop: impl std::future::Future + Send + 'static,
 ) -> Result<(), Error> {
-    let dns = Arc::new(dns::Dns::new(config.nameservers, config.dns_timeout));
+    // MX, TLSA and TXT answers of each cached domain, and more.
+    let dns_cache_entries = config.cache_size.saturating_mul(4);
+    let dns = Arc::new(dns::Dns::new(
+        config.nameservers,
+        config.dns_timeout,
+        dns_cache_entries,
+    ));
     let fetcher = fetch::Fetcher::new(
         config.fetch_timeout,
         &config.trust,

@@ -148,7 +148,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 async fn accept(listener: &Listener) -> std::io::Result<Box<dyn Stream>> {
     Ok(match listener {
-        Listener::Inet(l) => Box::new(l.accept().await?.0),
+        Listener::Inet(l) => {
+            let (stream, _) = l.accept().await?;
+            // Answers are small writes; Nagle's algorithm would hold each
+            // one for the client's delayed ACK.
+            stream.set_nodelay(true)?;
+            Box::new(stream)
+        }
         Listener::Unix(l, _) => Box::new(l.accept().await?.0),
     })
 }
@@ -171,6 +177,8 @@ async fn connection(
             }
         };
         let mut input = &buffer[..read];
+        // The answers to the requests of one read go out in one write.
+        let mut out = Vec::new();
         while !input.is_empty() {
             let step = decoder.push(input);
             input = &input[step.consumed..];
@@ -180,6 +188,7 @@ async fn connection(
                     log::warn!(
                         "socketmap client sent a malformed netstring ({e}); closing the connection"
                     );
+                    let _ = stream.write_all(&out).await;
                     return;
                 }
                 Some(Err(e)) => Answer::Perm(format!("bad request: {e}")),
@@ -200,9 +209,10 @@ async fn connection(
                     .encode()
                     .expect("a TEMP answer always encodes")
             });
-            if stream.write_all(&wire).await.is_err() {
-                return;
-            }
+            out.extend_from_slice(&wire);
+        }
+        if !out.is_empty() && stream.write_all(&out).await.is_err() {
+            return;
         }
     }
 }
