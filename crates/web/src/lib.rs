@@ -91,6 +91,9 @@ pub struct WebConfig {
     pub trusted_proxies: Vec<IpAddr>,
     /// The TLSRPT databases the outbound-TLS pages read.
     pub tlsrpt: tlsrpt_stats::Sources,
+    /// The policy cache of `mailtls policyd` the outbound-TLS pages show
+    /// (read only); `None`: not shown.
+    pub policyd: Option<policyd_store::Database>,
     /// Connections taken at once and how long each may take.
     pub limits: ConnectionLimits,
     /// Further metrics served after PostTLS's on `/metrics`: those of the
@@ -410,6 +413,8 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/tls", get(tls::tls_day))
         .route("/admin/tls.json", get(tls::tls_day_json))
         .route("/admin/tls/{domain}", get(tls::tls_domain))
+        .route("/admin/policies", get(tls::policies::policies_page))
+        .route("/admin/policies.json", get(tls::policies::policies_json))
         .route("/admin/reports", get(tls::reports_page))
         .route("/admin/reports/{id}/resend", post(tls::report_resend))
         .route("/static/style.css", get(pages::stylesheet))

@@ -14,7 +14,7 @@ use minijinja::{AutoEscape, Environment, Value};
 use crate::AppState;
 
 /// The templates, by name.
-const TEMPLATES: [(&str, &str); 13] = [
+const TEMPLATES: [(&str, &str); 14] = [
     ("base.html", include_str!("../templates/base.html")),
     ("error.html", include_str!("../templates/error.html")),
     ("confirm.html", include_str!("../templates/confirm.html")),
@@ -33,6 +33,7 @@ const TEMPLATES: [(&str, &str); 13] = [
         include_str!("../templates/tls_domain.html"),
     ),
     ("reports.html", include_str!("../templates/reports.html")),
+    ("policies.html", include_str!("../templates/policies.html")),
     (
         "report_list.html",
         include_str!("../templates/report_list.html"),

@@ -32,6 +32,7 @@ fn config() -> WebConfig {
         mandatory_domains: DomainSet::new(),
         trusted_proxies: Vec::new(),
         tlsrpt: Default::default(),
+        policyd: None,
         limits: Default::default(),
         more_metrics: Default::default(),
     }

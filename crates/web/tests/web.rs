@@ -141,6 +141,7 @@ fn lab_with(edit: impl FnOnce(&mut WebConfig)) -> Lab {
         mandatory_domains: DomainSet::parse_list("bank.example").unwrap(),
         trusted_proxies: Vec::new(),
         tlsrpt: Default::default(),
+        policyd: None,
         limits: Default::default(),
         more_metrics: Default::default(),
     };

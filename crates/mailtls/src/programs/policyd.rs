@@ -165,7 +165,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
 }
 
 /// SIGTERM or SIGINT.
-async fn stop_signal() {
+pub(super) async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match (
         signal(SignalKind::terminate()),

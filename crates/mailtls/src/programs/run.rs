@@ -32,7 +32,9 @@ pub fn command() -> Command {
              (tlsrpt-collectd, tlsrpt-reportd, ...) with their own configuration files. \
              The PostTLS web pages (admin dashboard) listen on --web with their \
              database in DIR; the PostTLS worker needs a Postfix instance and is \
-             started separately (mailtls posttls worker).",
+             started separately (mailtls posttls worker). The policy server \
+             (mailtls policyd) answers Postfix's smtp_tls_policy_maps on --policyd, \
+             asking /etc/resolv.conf's name servers, its cache in DIR/policyd.sqlite.",
         )
         .arg(
             Arg::new("dir")
@@ -47,6 +49,13 @@ pub fn command() -> Command {
                 .value_name("ADDRESS:PORT")
                 .default_value("127.0.0.1:8025")
                 .help("Where the PostTLS web pages (admin dashboard, confirmation pages) listen"),
+        )
+        .arg(
+            Arg::new("policyd")
+                .long("policyd")
+                .value_name("ADDRESS:PORT")
+                .default_value("127.0.0.1:8461")
+                .help("Where the MTA-STS/DANE policy server (mailtls policyd) listens for Postfix's socketmap lookups"),
         )
         .arg(
             Arg::new("log_level")
@@ -99,6 +108,17 @@ pub fn main(matches: &ArgMatches) -> i32 {
             return 1;
         }
     };
+    let policyd_listen = matches
+        .get_one::<String>("policyd")
+        .expect("default")
+        .clone();
+    let policyd = match start_policyd(&dir, &policyd_listen) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("mailtls run: policy server: {e:#}");
+            return 1;
+        }
+    };
     let web_listen = matches.get_one::<String>("web").expect("default").clone();
     let tlsrpt = tlsrpt_stats::Sources {
         collector: Some(tlsrpt_stats::CollectorSource::Sqlite(
@@ -126,14 +146,48 @@ pub fn main(matches: &ArgMatches) -> i32 {
             return 1;
         }
     };
-    print_banner(&dir, &config, &log_file, &reports, &web_listen);
+    print_banner(
+        &dir,
+        &config,
+        &log_file,
+        &reports,
+        &web_listen,
+        &policyd_listen,
+    );
     let clock = mailtls_common::clock::SystemClock;
     let code = tlsrpt_collectd::run_counting_into(config, &clock, collector_metrics);
     reportd.0.stop();
     let _ = reportd.1.join();
-    // The web pages stop on the same SIGTERM/SIGINT.
+    // The web pages and the policy server stop on the same SIGTERM/SIGINT.
     let _ = web.join();
+    let _ = policyd.join();
     code
+}
+
+/// The policy server on a thread with the defaults but for its listener
+/// (plain TCP on `listen`) and its cache (DIR/policyd.sqlite).
+fn start_policyd(dir: &Path, listen: &str) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let mut options = super::policyd::PolicydOptions::defaults();
+    options.listen = format!("inet:{listen}");
+    options.database = dir.join("policyd.sqlite").display().to_string();
+    let config = super::policyd::config_from(&options)?;
+    // Its listener is bound on its own runtime: a port in use would only be
+    // logged there, so it is tried here first.
+    std::net::TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    // The cache is made now, so that the web pages find it.
+    policyd_store::PolicyDb::open(
+        config.database.as_ref().expect("set above"),
+        policyd_store::Access::Writer,
+    )?;
+    std::thread::Builder::new()
+        .name("policyd".into())
+        .spawn(move || {
+            let clock = Box::new(mailtls_common::clock::SystemClock);
+            if let Err(e) = policyd_daemon::run(config, clock, super::policyd::stop_signal()) {
+                log::error!("policy server stopped: {e}");
+            }
+        })
+        .map_err(anyhow::Error::from)
 }
 
 /// The PostTLS web pages on a thread, on DIR/posttls.sqlite, plain HTTP
@@ -156,6 +210,7 @@ fn start_web(
         mandatory_domains: posttls_policy::DomainSet::new(),
         trusted_proxies: Vec::new(),
         tlsrpt,
+        policyd: Some(policyd_store::Database::Sqlite(dir.join("policyd.sqlite"))),
         limits: Default::default(),
         more_metrics,
     };
@@ -248,7 +303,14 @@ fn sqlite_store(config: &CollectdConfig) -> &tlsrpt_store::StorageUrl {
         .expect("mailtls run keeps its counters in a SQLite file")
 }
 
-fn print_banner(dir: &Path, config: &CollectdConfig, log_file: &Path, reports: &Path, web: &str) {
+fn print_banner(
+    dir: &Path,
+    config: &CollectdConfig,
+    log_file: &Path,
+    reports: &Path,
+    web: &str,
+    policyd: &str,
+) {
     let socket = config.socket.display();
     let storage = sqlite_store(config);
     println!("mailtls is running (Ctrl-C to stop)");
@@ -270,6 +332,7 @@ fn print_banner(dir: &Path, config: &CollectdConfig, log_file: &Path, reports: &
     println!("  log                       {}", log_file.display());
     println!("  web UI (PostTLS)          http://{web}/admin");
     println!("  web UI (outbound TLS)     http://{web}/admin/tls");
+    println!("  policy server (MTA-STS)   {policyd} (socketmap)");
     println!();
     println!("Point Postfix (>= 3.10) at the collector, in main.cf:");
     println!("  smtp_tlsrpt_enable = yes");
@@ -278,6 +341,8 @@ fn print_banner(dir: &Path, config: &CollectdConfig, log_file: &Path, reports: &
         "(Postfix's smtp processes need write access to {}.)",
         dir.display()
     );
+    println!("Have Postfix ask the policy server for MTA-STS and DANE policies:");
+    println!("  smtp_tls_policy_maps = socketmap:inet:{policyd}:postfix");
     println!();
     println!("Send test traffic:    mailtls loadgen --socket {socket} --count 1000 --rate 1000");
     println!(

@@ -4,7 +4,8 @@
 // with DAY, DOMAIN, ADMIN_NAME and ADMIN_PASSWORD in the environment.
 // Asks for the day's JSON without a session, signs in, opens the day
 // (screenshot) and the domain (screenshot, also in dark mode), fetches the
-// day's JSON with the session, and prints one JSON line with what it saw.
+// day's JSON with the session, then the MTA-STS policies page (screenshot)
+// and the domain's cached policy, and prints one JSON line with what it saw.
 'use strict';
 
 const { chromium, request } = require(process.env.PLAYWRIGHT_CORE);
@@ -68,6 +69,23 @@ async function main() {
     const answer = await page.request.get(`${base}/admin/tls.json?day=${day}`);
     result.json_status = answer.status();
     result.json = await answer.json();
+
+    // The MTA-STS policies mailtls policyd cached, and the domain's own.
+    await page.emulateMedia({ colorScheme: 'light' });
+    await page.click('nav >> text=MTA-STS policies');
+    await page.waitForLoadState('load');
+    result.policies = await page.$$eval('#policies tr', (trs) =>
+      trs.slice(1).map((tr) => Array.from(tr.querySelectorAll('td')).map((td) => td.innerText)));
+    await page.screenshot({ path: path.join(shots, 'policies.png'), fullPage: true });
+    await page.click(`#policies >> text="${domain}"`);
+    await page.waitForLoadState('load');
+    result.sts = {
+      mode: await page.innerText('#sts-mode'),
+      mx: await page.innerText('#sts-mx'),
+      last_error: await page.innerText('#sts-last-error'),
+    };
+    const policies = await page.request.get(`${base}/admin/policies.json`);
+    result.policies_json = await policies.json();
   } finally {
     await context.close();
   }

@@ -457,6 +457,7 @@ fn mailtls_run_serves_the_collectors_and_report_daemons_metrics_too() {
         .args(["run", "--dir"])
         .arg(dir.path())
         .arg(format!("--web=127.0.0.1:{port}"))
+        .arg(format!("--policyd=127.0.0.1:{}", support::free_port()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -218,6 +218,7 @@ fn the_sender_confirms_a_release_in_chromium() {
             mandatory_domains: DomainSet::parse_list("bank.example").unwrap(),
             trusted_proxies: Vec::new(),
             tlsrpt: Default::default(),
+            policyd: None,
             limits: Default::default(),
             more_metrics: Default::default(),
         },

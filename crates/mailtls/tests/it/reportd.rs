@@ -402,9 +402,9 @@ fn maptest_agrees_with_upstream() {
     assert!(text.contains("['mailto:tls+rpt@x.example']"), "{text}");
 }
 
-/// The README's first command: `mailtls run` starts the collector and the
-/// report daemon in a local directory, says where everything is, and
-/// stops cleanly on SIGTERM.
+/// The README's first command: `mailtls run` starts the collector, the
+/// report daemon, the web pages and the policy server in a local
+/// directory, says where everything is, and stops cleanly on SIGTERM.
 #[test]
 fn mailtls_run_starts_everything_and_stops_cleanly() {
     use std::io::Read;
@@ -414,10 +414,12 @@ fn mailtls_run_starts_everything_and_stops_cleanly() {
         .local_addr()
         .unwrap()
         .port();
+    let policyd_port = support::free_port();
     let mut child = Command::new(support::mailtls_bin())
         .args(["run", "--dir"])
         .arg(dir.path())
         .arg(format!("--web=127.0.0.1:{web_port}"))
+        .arg(format!("--policyd=127.0.0.1:{policyd_port}"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -454,6 +456,22 @@ fn mailtls_run_starts_everything_and_stops_cleanly() {
         answer.to_lowercase().contains("location: /admin/login"),
         "{answer}"
     );
+    // The policy server answers a socketmap lookup (an IP next hop: no
+    // DNS asked, NOTFOUND).
+    let mut policyd = std::net::TcpStream::connect(("127.0.0.1", policyd_port)).unwrap();
+    policyd
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut policyd,
+        &crate::policyd::netstring("postfix [192.0.2.1]"),
+    )
+    .unwrap();
+    assert_eq!(
+        crate::policyd::read_answer(&mut policyd).unwrap(),
+        "NOTFOUND "
+    );
+    assert!(dir.path().join("policyd.sqlite").exists());
     support::signal(&child, libc::SIGTERM);
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
@@ -476,6 +494,12 @@ fn mailtls_run_starts_everything_and_stops_cleanly() {
         "{banner}"
     );
     assert!(banner.contains("smtp_tlsrpt_socket_name"), "{banner}");
+    assert!(
+        banner.contains(&format!(
+            "smtp_tls_policy_maps = socketmap:inet:127.0.0.1:{policyd_port}:postfix"
+        )),
+        "{banner}"
+    );
     assert!(!socket.exists(), "the socket is removed at exit");
     assert_eq!(support::total_count(&dir.path().join("collectd.sqlite")), 1);
 }

@@ -8,6 +8,8 @@ use crate::posttls_browser::{artifacts, assert_png, run_browser_script};
 use crate::support::{self, Collector};
 
 use std::collections::BTreeMap;
+
+use serde_json::Value;
 use std::process::Command;
 
 use mailtls_web::{AppState, WebConfig};
@@ -88,6 +90,37 @@ fn the_pages_show_what_the_collector_counted_to_a_signed_in_admin() {
             )
             .unwrap();
     }
+    // The policy server's cache: the worst domain's enforce policy, fetched
+    // an hour ago, whose host failed since; a domain whose first fetch failed.
+    let policy_cache = policyd_store::Database::Sqlite(dir.path().join("policyd.sqlite"));
+    {
+        use chrono::{Duration, Utc};
+        use policyd_policy::{CachedPolicy, StsPolicy};
+        let mut cache =
+            policyd_store::PolicyDb::open(&policy_cache, policyd_store::Access::Writer).unwrap();
+        let now = Utc::now();
+        let body = format!(
+            "version: STSv1\nmode: enforce\nmx: mx.{worst}\nmx: *.backup.example\nmax_age: 86400\n"
+        );
+        let enforced = policyd_store::Entry {
+            policy: Some(CachedPolicy::new(
+                "20261207",
+                StsPolicy::parse(body.as_bytes()).unwrap(),
+                now - Duration::hours(1),
+            )),
+            last_failed_fetch: Some(now - Duration::minutes(5)),
+            last_error: Some("HTTP status 503".into()),
+        };
+        let failed = policyd_store::Entry {
+            policy: None,
+            last_failed_fetch: Some(now - Duration::minutes(2)),
+            last_error: Some("no policy host answers".into()),
+        };
+        cache
+            .put("failing.example", &failed, now - Duration::minutes(2))
+            .unwrap();
+        cache.put(&worst, &enforced, now).unwrap();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -110,6 +143,7 @@ fn the_pages_show_what_the_collector_counted_to_a_signed_in_admin() {
                 collector: Some(tlsrpt_stats::CollectorSource::Sqlite(collector.db.clone())),
                 reportd: None,
             },
+            policyd: Some(policy_cache.clone()),
             limits: Default::default(),
             more_metrics: Default::default(),
         },
@@ -215,7 +249,44 @@ fn the_pages_show_what_the_collector_counted_to_a_signed_in_admin() {
         result["console"].as_array().unwrap().is_empty(),
         "CSP or script errors: {result:#}"
     );
-    for shot in ["tls-day.png", "tls-domain.png", "tls-domain-dark.png"] {
+    // The policies page: newest first, each with mode, patterns and the
+    // last failed fetch; the domain page shows its own.
+    let policies = result["policies"].as_array().unwrap();
+    assert_eq!(policies.len(), 2, "{result:#}");
+    assert_eq!(policies[0][0], worst.as_str());
+    assert_eq!(policies[0][1], "enforce");
+    assert_eq!(
+        policies[0][2],
+        format!("mx.{worst}, *.backup.example").as_str()
+    );
+    assert_eq!(policies[0][3], "1 h 0 min ago");
+    assert!(
+        policies[0][5]
+            .as_str()
+            .unwrap()
+            .ends_with(": HTTP status 503"),
+        "{result:#}"
+    );
+    assert_eq!(policies[1][0], "failing.example");
+    assert_eq!(policies[1][1], "none fetched");
+    assert_eq!(result["sts"]["mode"], "enforce");
+    assert_eq!(
+        result["sts"]["mx"],
+        format!("mx.{worst}, *.backup.example").as_str()
+    );
+    assert!(result["sts"]["last_error"]
+        .as_str()
+        .unwrap()
+        .ends_with(": HTTP status 503"));
+    assert_eq!(result["policies_json"]["configured"], true);
+    assert_eq!(result["policies_json"]["policies"][0]["mode"], "enforce");
+    assert_eq!(result["policies_json"]["policies"][1]["mode"], Value::Null);
+    for shot in [
+        "tls-day.png",
+        "tls-domain.png",
+        "tls-domain-dark.png",
+        "policies.png",
+    ] {
         assert_png(&shots.join(shot));
     }
 }

@@ -10,6 +10,7 @@
 //! domains reads the database once.
 
 pub mod chart;
+pub mod policies;
 
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Form, Path, Query, State};
@@ -412,6 +413,21 @@ pub async fn tls_domain(
         Ok(Err(err)) => return internal(&app, &crate::WebError::Stats(err)),
         Err(err) => return internal(&app, &crate::WebError::Task(err.to_string())),
     };
+    let sts = match policies::cached(&app, Some(domain.clone())).await {
+        Ok(sts) => sts,
+        Err(err) => return internal(&app, &err),
+    };
+    let now = chrono::Utc::now();
+    let sts_policy = match &sts {
+        Some(Ok(entries)) => entries
+            .first()
+            .map(|(d, e)| policies::PolicyRow::new(d, e, now, app.prefix())),
+        _ => None,
+    };
+    let sts_error = match &sts {
+        Some(Err(e)) => Some(e.clone()),
+        _ => None,
+    };
     if as_json {
         return json(
             StatusCode::OK,
@@ -421,6 +437,7 @@ pub async fn tls_domain(
                 "day": history.day,
                 "policies": history.policies,
                 "skipped": history.skipped,
+                "sts_policy": sts_policy,
                 "reports": reports.iter().map(|r| ReportView::new(r, app.prefix())).collect::<Vec<_>>(),
             }),
         );
@@ -459,6 +476,9 @@ pub async fn tls_domain(
             skipped => history.skipped,
             reports => reports.iter().map(|r| ReportView::new(r, &prefix)).collect::<Vec<_>>(),
             can_resend => app.config().tlsrpt.can_resend(),
+            sts_configured => sts.is_some(),
+            sts_policy,
+            sts_error,
         },
     )
 }

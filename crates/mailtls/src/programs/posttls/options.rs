@@ -129,6 +129,12 @@ mailtls_common::options! {
         tlsrpt_reportd_db: String = "/var/lib/tlsrpt/reportd.sqlite",
         /// File whose first line is the password of a postgresql:// tlsrpt_reportd_db
         tlsrpt_reportd_password_file: String = "",
+        /// The policy cache of mailtls policyd (its database option: a SQLite file or a
+        /// postgresql:// URL), read by the Outbound TLS view to show each domain's MTA-STS
+        /// policy; empty: not shown
+        policyd_database: String = "/var/lib/mailtls-policyd/policyd.sqlite",
+        /// File whose first line is the password of a postgresql:// policyd_database
+        policyd_password_file: String = "",
         /// Lock that keeps scans from overlapping
         lock_file: String = "/run/posttls/scan.lock",
         /// PID file of the worker

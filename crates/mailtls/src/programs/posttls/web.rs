@@ -150,6 +150,18 @@ pub fn web_config(o: &PosttlsOptions) -> anyhow::Result<WebConfig> {
         mandatory_domains,
         trusted_proxies,
         tlsrpt: tlsrpt_sources(o)?,
+        policyd: match o.policyd_database.as_str() {
+            "" => None,
+            value => Some(
+                policyd_store::Database::parse(
+                    value,
+                    Some(o.policyd_password_file.as_str())
+                        .filter(|f| !f.is_empty())
+                        .map(std::path::Path::new),
+                )
+                .context("policyd_database")?,
+            ),
+        },
         limits,
         more_metrics: Default::default(),
     })
