@@ -75,7 +75,7 @@ SQLite dbname; a PostgreSQL one out of reach is waited for).
 
 Report mail must not be counted in the next report, or two sites exchange
 reports forever: send it through a Postfix transport without TLSRPT logging
-(see README, \"Postfix setup for report mail\").
+(see docs/tlsrpt.md, \"Postfix setup for report mail\").
 
 Example:
   tlsrpt-reportd --dbname /var/lib/tlsrpt/reportd.sqlite \\

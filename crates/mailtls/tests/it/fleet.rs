@@ -423,13 +423,13 @@ fn a_collector_killed_and_restarted_keeps_what_it_wrote_and_ends_the_days_it_lef
 #[test]
 fn a_standby_report_daemon_takes_over_from_one_killed_mid_delivery_and_sends_each_report_once() {
     let cluster = PgCluster::start();
-    // The README's set-up ("Fleets", step 4), as a superuser.
-    let readme = include_str!("../../../../README.md");
+    // The set-up of docs/fleets.md (step 4), as a superuser.
+    let readme = include_str!("../../../../docs/fleets.md");
     for sql in [
         "CREATE ROLE tlsrpt_reportd LOGIN PASSWORD 'reportd secret';",
         "CREATE DATABASE tlsrpt_reportd OWNER tlsrpt_reportd;",
     ] {
-        assert!(readme.contains(sql), "{sql} is not in the README");
+        assert!(readme.contains(sql), "{sql} is not in docs/fleets.md");
         cluster.psql("postgres", sql);
     }
     let shared = tempfile::tempdir().unwrap();

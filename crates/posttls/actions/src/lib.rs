@@ -43,7 +43,7 @@ use posttls_store::{
 
 /// The re-injection listeners: `smtpd` services on UNIX-domain sockets
 /// under the instance's `private/` directory, each putting what it
-/// receives on hold (see README).
+/// receives on hold (see docs/posttls.md).
 #[derive(Debug, Clone)]
 pub struct Listeners {
     /// How the released recipients' copy leaves without mandatory TLS.
@@ -401,7 +401,7 @@ impl Executor<'_> {
         } else {
             Err(format!(
                 "master.cf service {service} must put copies on hold \
-                 (-o smtpd_end_of_data_restrictions=check_client_access,static:HOLD; see README)"
+                 (-o smtpd_end_of_data_restrictions=check_client_access,static:HOLD; see docs/posttls.md)"
             ))
         }
     }
@@ -631,7 +631,7 @@ impl Executor<'_> {
                     action,
                     message,
                     Outcome::Failed(format!(
-                        "the copy {copy_id} is not on hold as it must be: is the listener set up to HOLD (see README)?"
+                        "the copy {copy_id} is not on hold as it must be: is the listener set up to HOLD (see docs/posttls.md)?"
                     )),
                 ));
             }

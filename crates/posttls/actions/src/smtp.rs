@@ -232,7 +232,7 @@ pub fn submit(
     needs(
         &session,
         "XFORWARD",
-        "set -o smtpd_authorized_xforward_hosts=127.0.0.0/8 on the listener (see README)",
+        "set -o smtpd_authorized_xforward_hosts=127.0.0.0/8 on the listener (see docs/posttls.md)",
     )?;
     if envelope.ret_flags != 0
         || envelope.envelope_id.is_some()
@@ -293,7 +293,7 @@ pub fn probe(listener: &Path, timeout: Duration) -> Result<(), SubmitError> {
         return Err(SubmitError::Missing {
             listener: session.listener.clone(),
             extension: "XFORWARD",
-            hint: "set -o smtpd_authorized_xforward_hosts=127.0.0.0/8 on the listener (see README)",
+            hint: "set -o smtpd_authorized_xforward_hosts=127.0.0.0/8 on the listener (see docs/posttls.md)",
         });
     }
     session.command("QUIT", 221).map(|_| ())

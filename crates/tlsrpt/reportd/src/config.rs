@@ -50,7 +50,7 @@ mailtls_common::options! {
         sender_address: String = "",
         /// gzip level of reports, 0-9, -1 for zlib's default
         compression_level: i64 = "-1",
-        /// Map file applied to each report domain's destinations (see README: destination maps)
+        /// Map file applied to each report domain's destinations (see docs/tlsrpt.md: destination maps)
         tlsrpt_record_map: String = "",
         /// Map file applied to each mailto: destination
         mail_destination_map: String = "",

@@ -541,7 +541,7 @@ pub fn parse_details(output: &[u8], domain: &str) -> DetailsAnswer {
 }
 
 /// A fetcher command as logs show it: the password of a `postgresql://`
-/// URL in it replaced (the README says to keep it in a password file, but
+/// URL in it replaced (docs/fleets.md says to keep it in a password file, but
 /// a URL may carry one).
 pub fn shown_command(command: &str) -> String {
     mailtls_common::redact::passwords_in(command)

@@ -157,7 +157,7 @@ fn judge_web_user_access(facts: &PosttlsFacts, options: &PosttlsOptions) -> Vec<
 /// what the web pages need and nothing only the worker may do.
 fn judge_posttls_postgres(facts: &PosttlsFacts) -> Vec<Finding> {
     const AREA: &str = "posttls";
-    const GRANTS: &str = "the grants of the README's \"PostTLS on PostgreSQL\"";
+    const GRANTS: &str = "the grants of docs/fleets.md's \"PostTLS on PostgreSQL\"";
     let Some(postgres) = &facts.postgres else {
         return Vec::new();
     };
@@ -676,12 +676,15 @@ mod tests {
 
     #[test]
     fn the_readme_shows_the_master_cf_lines_the_package_ships() {
-        let readme = include_str!("../../../../../README.md");
+        let readme = include_str!("../../../../../docs/posttls.md");
         let services: String = MASTER_CF_POSTTLS
             .lines()
             .filter(|line| !line.starts_with('#'))
             .map(|line| format!("{line}\n"))
             .collect();
-        assert!(readme.contains(&services), "README.md lacks:\n{services}");
+        assert!(
+            readme.contains(&services),
+            "docs/posttls.md lacks:\n{services}"
+        );
     }
 }

@@ -12,7 +12,7 @@ mailtls_common::options! {
     pub struct PosttlsOptions, sources PosttlsSources {
         /// Database of messages, notifications, actions and the audit log: a SQLite file, or
         /// postgresql://USER@HOST/DATABASE for a fleet (one web process, a worker per
-        /// instance; see README, "PostTLS on PostgreSQL")
+        /// instance; see docs/fleets.md, "PostTLS on PostgreSQL")
         database: String = "/var/lib/posttls/posttls.sqlite",
         /// File whose first line is the password of a postgresql:// database (so that it need
         /// not be in the URL); empty: none
@@ -84,7 +84,7 @@ mailtls_common::options! {
         /// (the header where Postfix honours it: 3.10 or later with tls_required_enable = yes)
         release_method: String = "auto",
         /// UNIX-domain socket of the instance's smtpd that sends with opportunistic TLS and
-        /// puts what it receives on hold (master.cf service posttls-release; see README);
+        /// puts what it receives on hold (master.cf service posttls-release; see docs/posttls.md);
         /// relative to the queue directory. Released recipients are re-injected there when
         /// release_method is content_filter (not needed with the header)
         release_listener: String = "private/posttls-release",

@@ -411,7 +411,7 @@ fn listener(postfix: &Postfix, value: &str, name: &str) -> anyhow::Result<PathBu
         bail!(
             "{name} = {value:?}: give the UNIX-domain socket of an smtpd service under Postfix's private/ directory \
              (e.g. {name} = private/posttls-release), not a TCP address: a TCP listener lets any local process send \
-             mail with TLS optional. See README, \"The re-injection listeners\"."
+             mail with TLS optional. See docs/posttls.md, \"The re-injection listeners\"."
         );
     }
     let path = PathBuf::from(value);

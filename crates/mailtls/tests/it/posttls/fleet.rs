@@ -1,7 +1,7 @@
 //! PostTLS for a fleet on a real PostgreSQL: two Postfix instances, each
 //! with its `posttls worker` (instances mx1 and mx2, the worker's role),
 //! and one `posttls web` (the web's role) on one database, the roles and
-//! grants made with exactly the README's SQL.
+//! grants made with exactly the SQL of docs/fleets.md.
 
 use super::*;
 
@@ -9,16 +9,17 @@ use mailtls_test_support::postgres::PgCluster;
 use std::path::Path;
 use std::process::{Child, Stdio};
 
-/// The `n`-th (from 0) ```sql block of the README's "PostTLS on
+/// The `n`-th (from 0) ```sql block of docs/fleets.md's "PostTLS on
 /// PostgreSQL" section, as its statements.
-fn readme_sql(n: usize) -> Vec<String> {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
-    let section = readme
-        .split("### PostTLS on PostgreSQL")
+fn documented_sql(n: usize) -> Vec<String> {
+    let fleets =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/fleets.md"))
+            .unwrap();
+    let section = fleets
+        .split("## PostTLS on PostgreSQL")
         .nth(1)
-        .expect("the README has the section")
-        .split("\n### ")
+        .expect("docs/fleets.md has the section")
+        .split("\n## ")
         .next()
         .unwrap();
     section
@@ -174,7 +175,7 @@ impl Drop for Running {
 #[test]
 fn two_instances_share_one_postgresql_and_one_web_process() {
     let cluster = PgCluster::start();
-    for sql in readme_sql(0) {
+    for sql in documented_sql(0) {
         cluster.psql("postgres", &sql);
     }
     let (mx1, mx2) = (Lab::start(On::Host), Lab::start(On::Host));
@@ -189,7 +190,7 @@ fn two_instances_share_one_postgresql_and_one_web_process() {
         ) == "1"
     });
     let worker2 = worker(&mx2, "mx2", &worker_options(&mx2));
-    for sql in readme_sql(1) {
+    for sql in documented_sql(1) {
         cluster.psql("posttls", &sql);
     }
     // An admin, created with the worker's configuration.
@@ -377,7 +378,7 @@ fn two_instances_share_one_postgresql_and_one_web_process() {
             .any(|m| m.starts_with("ok: posttls_worker owns the PostTLS tables")),
         "{worker_messages:#?}"
     );
-    // A role granted more than the README's grants is named.
+    // A role granted more than the documented grants is named.
     cluster.psql("posttls", "GRANT UPDATE ON posttls_actions TO posttls_web");
     let too_much = posttls_check(&mx1, web_dir.path(), "posttls_web", "web secret", &cluster);
     assert!(

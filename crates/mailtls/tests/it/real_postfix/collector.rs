@@ -121,7 +121,7 @@ fn the_collector_in_postfixs_spool_restarted_and_killed_while_postfix_sends_coun
     // again at once: into a socket nobody reads until the restart. The
     // restarted collector neither loses the committed counts nor counts
     // anything again. (What a collector holds uncommitted, at most
-    // `sockettimeout` of datagrams, dies with it: see the README.)
+    // `sockettimeout` of datagrams, dies with it: see docs/architecture.md.)
     let first = sender.stop();
     postfix.wait_queue_empty(WAIT);
     let accepted_so_far = events(&postfix) - send_failures(&postfix.maillog());

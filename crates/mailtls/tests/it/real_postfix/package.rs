@@ -355,7 +355,7 @@ fn the_package_installs_runs_as_its_units_say_reports_and_purges_on_debian_13() 
         ),
     );
     // The example header_checks that strips a sender's TLS-Required: No,
-    // as the README sets it up.
+    // as docs/tlsrpt.md sets it up.
     root.run(
         "/bin/sh",
         &[

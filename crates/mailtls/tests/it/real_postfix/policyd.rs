@@ -419,7 +419,7 @@ fn postfix_3_10_with_policies_none_invalid_down_and_cached() {
 /// `mode: testing` answered `may` with the TLSRPT attributes
 /// (`testing_answer = may`), measured on Postfix 3.10: what it delivers
 /// and what it reports for an MX with the right certificate and for one
-/// that presents another name (the README's choice of default rests on
+/// that presents another name (docs/policyd.md's choice of default rests on
 /// it).
 #[test]
 fn postfix_3_10_with_testing_answered_may() {

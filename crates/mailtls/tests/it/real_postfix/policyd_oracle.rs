@@ -25,7 +25,7 @@
 //! | an extension line `x_note: a{b` | `OK secure match=... servername=hostname`, no TLSRPT attributes | the line inside `{ policy_string = ... }`, whose braces Postfix's attribute syntax cannot hold (not measured on Postfix here) | the policy still enforced; the report loses that domain's strings rather than Postfix getting a malformed answer |
 //! | `_mta-sts` `id=not-an-id!` | `NOTFOUND` | `OK secure ...` | RFC 8461 section 3.1: `id` is 1 to 32 letters and digits; a record that does not parse means no policy |
 //! | key `bücher.lab.test` (U-label) | both look up the A-label; `policy_domain=xn--bcher-kva.lab.test` | `policy_domain=bücher.lab.test` | RFC 8460 section 4.4: the policy domain in A-labels |
-//! | map `nosuchmap` | `PERM unknown map nosuchmap` | its default zone's answer | our map names are fixed (`postfix`, `postfix-notlsrpt`: README, Policy server); an unknown one is a configuration error |
+//! | map `nosuchmap` | `PERM unknown map nosuchmap` | its default zone's answer | our map names are fixed (`postfix`, `postfix-notlsrpt`: docs/policyd.md); an unknown one is a configuration error |
 //!
 //! Everything else asked here gets the same answer: enforce with one and
 //! with several patterns (a wildcard among them), CRLF with an extension
