@@ -2,15 +2,17 @@
 //! PostgreSQL (a private cluster per test), so that PostTLS's rules,
 //! decided once in `Store`, hold whichever backend stores them.
 
+mod support;
+
 use std::collections::HashMap;
 
 use mailtls_test_support::postgres::PgCluster;
-use posttls_classify::TlsFailureKind;
 use posttls_store::{
     Access, ActionCopy, ActionKind, ActionState, AuditEvent, CopyRole, Counts, Database,
     MessageState, NotificationKind, NotificationOutcome, PgUrl, Phase, RecipientOutcome,
-    RecipientState, SeenMessage, SeenRecipient, SendResult, Store, StoreError, TokenUseRow,
+    RecipientState, SeenMessage, SendResult, Store, StoreError, TokenUseRow,
 };
+use support::{rcpt, seen};
 
 /// A fresh store on a private PostgreSQL cluster, opened as the worker
 /// opens it (kept running while the returned cluster lives).
@@ -64,28 +66,6 @@ on_both_stores!(
     counts_group_the_rows_by_state_kind_and_result,
     a_token_use_reads_back_and_unused_tokens_are_none,
 );
-
-fn seen(queue_id: &str, arrival_time: i64) -> SeenMessage<'_> {
-    SeenMessage {
-        instance: "mx1",
-        queue_id,
-        arrival_time,
-        sender: "alice@example.org",
-        subject: Some("Hello"),
-        own_sender: true,
-        requiretls: false,
-        state: MessageState::Deferred,
-    }
-}
-
-fn rcpt(address: &str) -> SeenRecipient {
-    SeenRecipient {
-        address: address.into(),
-        delay_reason: Some("TLS is required, but was not offered by host x[1.2.3.4]".into()),
-        tls_kind: Some(TlsFailureKind::NotOffered),
-        mandatory: false,
-    }
-}
 
 fn a_reused_queue_id_is_another_message(store: &Store) {
     let (a, new_a) = store.saw_message(&seen("4A0AF98C232", 100), 1000).unwrap();

@@ -3,11 +3,14 @@
 //! answers from one collector's SQLite file and from a fleet's PostgreSQL
 //! database (a private cluster per test).
 
+mod support;
+
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use mailtls_common::day::Day;
 use mailtls_test_support::postgres::PgCluster;
+use support::aggregate;
 use tlsrpt_datagram::Aggregate;
 use tlsrpt_store::postgres::{PgCollectorStore, PgUrl};
 use tlsrpt_store::{CollectorDb, FailureRow, PolicyRow, Storage, StorageUrl, VisitError};
@@ -133,18 +136,6 @@ fn day(text: &str) -> Day {
 fn morning_after(day: Day) -> DateTime<Utc> {
     let next = day.succ().date();
     Utc.from_utc_datetime(&next.and_hms_opt(0, 10, 0).unwrap())
-}
-
-/// The libtlsrpt vectors that parse, each counted `times` on `day`.
-fn aggregate(day: Day, times: u64) -> Aggregate {
-    let mut agg = Aggregate::new();
-    for (_, bytes) in mailtls_test_support::vectors() {
-        if let Ok(delivery) = tlsrpt_datagram::parse(&bytes) {
-            agg.add_n(day, &delivery, times);
-        }
-    }
-    assert!(!agg.is_empty());
-    agg
 }
 
 /// What `agg` holds of `domain`, as rows in key order (byte order).

@@ -115,21 +115,16 @@ fn action_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ActionRow> {
     })
 }
 
-/// What only a SQLite file has: its owner, its migrations, and rows a
-/// hand (not this program) wrote. The behaviour both backends share is
-/// in `tests/contract.rs`.
+/// What only a SQLite file has: its owner and its migrations. The
+/// behaviour both backends share is in `tests/contract.rs`.
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
-    use posttls_classify::TlsFailureKind;
     use rusqlite::Connection;
 
     use super::SCHEMA;
-    use crate::{
-        ActionRecipient, ActionState, AuditEvent, MessageState, NotificationKind,
-        NotificationOutcome, Phase, SeenMessage, SeenRecipient, Store, StoreError, SCHEMA_VERSION,
-    };
+    use crate::{ActionRecipient, ActionState, Phase, Store, StoreError, SCHEMA_VERSION};
 
     #[test]
     fn a_database_created_by_root_belongs_to_its_directory_owner_with_its_wal() {
@@ -161,34 +156,6 @@ mod tests {
                 .len()
                 == 1
         );
-    }
-
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("posttls.sqlite")).unwrap();
-        (dir, store)
-    }
-
-    fn seen(queue_id: &str, arrival_time: i64) -> SeenMessage<'_> {
-        SeenMessage {
-            instance: "mx1",
-            queue_id,
-            arrival_time,
-            sender: "alice@example.org",
-            subject: Some("Hello"),
-            own_sender: true,
-            requiretls: false,
-            state: MessageState::Deferred,
-        }
-    }
-
-    fn rcpt(address: &str) -> SeenRecipient {
-        SeenRecipient {
-            address: address.into(),
-            delay_reason: Some("TLS is required, but was not offered by host x[1.2.3.4]".into()),
-            tls_kind: Some(TlsFailureKind::NotOffered),
-            mandatory: false,
-        }
     }
 
     #[test]
@@ -271,47 +238,5 @@ mod tests {
             Store::open(&path),
             Err(StoreError::WrongVersion(v)) if v == SCHEMA_VERSION + 1
         ));
-    }
-
-    /// A state word this program does not know is an error, not a default.
-    #[test]
-    fn an_unknown_stored_state_is_an_error() {
-        let (dir, store) = store();
-        let (id, _) = store.saw_message(&seen("A1", 1), 10).unwrap();
-        Connection::open(dir.path().join("posttls.sqlite"))
-            .unwrap()
-            .execute("UPDATE messages SET state='sent' WHERE id=?", [id])
-            .unwrap();
-        assert!(matches!(store.message(id), Err(StoreError::Sqlite(_))));
-        // Likewise a TLS failure kind, a notification and an audit event.
-        store
-            .set_pending_recipients(id, &[rcpt("a@x.example")])
-            .unwrap();
-        store
-            .record_notification(
-                id,
-                NotificationKind::First,
-                "a@x",
-                &NotificationOutcome::Sent,
-                11,
-            )
-            .unwrap();
-        store
-            .audit("root", None, Some(id), AuditEvent::Logout, "", 12)
-            .unwrap();
-        let conn = Connection::open(dir.path().join("posttls.sqlite")).unwrap();
-        for forge in [
-            "UPDATE recipients SET tls_kind='<not a kind>'",
-            "UPDATE notifications SET kind='sms'",
-            "UPDATE audit SET event='release_approved'",
-        ] {
-            conn.execute(forge, []).unwrap();
-        }
-        assert!(matches!(store.recipients(id), Err(StoreError::Sqlite(_))));
-        assert!(matches!(
-            store.notifications(id),
-            Err(StoreError::Sqlite(_))
-        ));
-        assert!(matches!(store.audit_log(1), Err(StoreError::Sqlite(_))));
     }
 }
