@@ -7,13 +7,16 @@
 //! At UTC midnight the collector marks the day complete (`daystatus`), moves
 //! today's file over yesterday's and starts a fresh one.
 //!
-//! Readers see either store through one trait, [`DayReader`]: the SQLite
-//! [`FetcherDb`] and the fleet's [`postgres::PgDayReader`] give the same
-//! rows in the same order, and the bulk read's grouping is written once.
+//! Either store is seen through one trait per side: a collector writes
+//! through [`CounterStore`] ([`CollectorDb`] or the fleet's
+//! [`postgres::PgCollectorStore`]), a fetcher reads through [`DayReader`]
+//! ([`FetcherDb`] or [`postgres::PgDayReader`]), which give the same rows
+//! in the same order; the bulk read's grouping is written once.
 
 pub mod postgres;
 mod reader;
 mod url;
+mod writer;
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +26,7 @@ use tlsrpt_datagram::Aggregate;
 
 pub use reader::{DayReader, DomainVisitor, VisitError};
 pub use url::{parse_storage_list, parse_storages, Storage, StorageUrl};
+pub use writer::{CounterStore, DayEnd};
 
 /// The purpose string the upstream stores in `dbversion`; a file with another
 /// purpose belongs to another program and is never touched.

@@ -1,7 +1,7 @@
-//! The collectors' stores' contract: the same counters, counted and ended
-//! as a collector does it, read back through [`DayReader`] give the same
-//! answers from one collector's SQLite file and from a fleet's PostgreSQL
-//! database (a private cluster per test).
+//! The collectors' stores' contract: the same counters, written and ended
+//! through `CounterStore` as a collector does it, read back through
+//! `DayReader`, give the same answers from one collector's SQLite file and
+//! from a fleet's PostgreSQL database (a private cluster per test).
 
 mod support;
 
@@ -12,88 +12,47 @@ use mailtls_common::day::Day;
 use mailtls_test_support::postgres::PgCluster;
 use support::aggregate;
 use tlsrpt_datagram::Aggregate;
-use tlsrpt_store::postgres::{PgCollectorStore, PgUrl};
-use tlsrpt_store::{CollectorDb, FailureRow, PolicyRow, Storage, StorageUrl, VisitError};
+use tlsrpt_store::postgres::PgUrl;
+use tlsrpt_store::{FailureRow, PolicyRow, Storage, StorageUrl, VisitError};
 
-/// A collector counting into one store, as tlsrpt-collectd does.
-trait Collector {
-    /// Writes counters (one committed batch).
-    fn count(&mut self, agg: &Aggregate);
-    /// Ends `day`, as the collector does at UTC midnight.
-    fn end_day(&mut self, day: Day);
-    /// The store as the fetcher opens it.
-    fn storage(&self) -> Storage;
+/// A new store of one backend, and what keeps it while the test runs (the
+/// directory of the file, the private cluster).
+struct Fixture {
+    storage: Storage,
+    _kept: Box<dyn std::any::Any>,
 }
 
-struct SqliteCollector {
-    _dir: tempfile::TempDir,
-    url: StorageUrl,
-    db: Option<CollectorDb>,
-}
-
-impl Collector for SqliteCollector {
-    fn count(&mut self, agg: &Aggregate) {
-        self.db.as_mut().unwrap().write(agg).unwrap();
-    }
-
-    fn end_day(&mut self, day: Day) {
-        let (fresh, _) = self.db.take().unwrap().rollover(day).unwrap();
-        self.db = Some(fresh);
-    }
-
-    fn storage(&self) -> Storage {
-        Storage::Sqlite(self.url.clone())
-    }
-}
-
-struct PgCollector {
-    _cluster: PgCluster,
-    url: PgUrl,
-    store: PgCollectorStore,
-    batches: i64,
-}
-
-impl Collector for PgCollector {
-    fn count(&mut self, agg: &Aggregate) {
-        self.batches += 1;
-        assert!(self.store.write(self.batches, agg).unwrap());
-    }
-
-    fn end_day(&mut self, day: Day) {
-        self.store.end_day(day).unwrap();
-    }
-
-    fn storage(&self) -> Storage {
-        Storage::Postgres(Box::new(self.url.clone()))
-    }
-}
-
-fn sqlite_collector() -> SqliteCollector {
+fn sqlite_store() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let url = StorageUrl::parse(&format!(
         "sqlite://{}/collectd.sqlite",
         dir.path().display()
     ))
     .unwrap();
-    let (db, _) = CollectorDb::open(&url.path).unwrap();
-    SqliteCollector {
-        _dir: dir,
-        url,
-        db: Some(db),
+    Fixture {
+        storage: Storage::Sqlite(url),
+        _kept: Box::new(dir),
     }
 }
 
-fn postgres_collector() -> PgCollector {
+fn postgres_store() -> Fixture {
     let cluster = PgCluster::start();
     cluster.create_database("tlsrpt");
     let url = PgUrl::parse(&cluster.url("tlsrpt"), None).unwrap();
-    let store = PgCollectorStore::connect(&url, "mx1").unwrap();
-    PgCollector {
-        _cluster: cluster,
-        url,
-        store,
-        batches: 0,
+    Fixture {
+        storage: Storage::Postgres(Box::new(url)),
+        _kept: Box::new(cluster),
     }
+}
+
+/// Writes each of `aggs` as a batch of its own and ends `day`, as
+/// collector `mx1` does.
+fn count_and_end(storage: &Storage, aggs: &[Aggregate], day: Day) {
+    let mut collector = storage.open_counter_store("mx1").unwrap();
+    for (batch, agg) in (1..).zip(aggs) {
+        assert!(collector.write(batch, agg).unwrap());
+    }
+    collector.end_day(day).unwrap();
 }
 
 /// Runs each named behaviour once on a new SQLite collector file and once
@@ -104,7 +63,7 @@ macro_rules! on_both_stores {
             $(
                 #[test]
                 fn $name() {
-                    super::$name(&mut super::sqlite_collector());
+                    super::$name(&super::sqlite_store().storage);
                 }
             )*
         }
@@ -112,7 +71,7 @@ macro_rules! on_both_stores {
             $(
                 #[test]
                 fn $name() {
-                    super::$name(&mut super::postgres_collector());
+                    super::$name(&super::postgres_store().storage);
                 }
             )*
         }
@@ -126,6 +85,7 @@ on_both_stores!(
     days_are_listed_newest_first,
     a_visitors_error_ends_the_walk_and_is_returned,
     a_day_without_counters_has_no_domains_and_no_rows,
+    relabelled_counters_are_the_other_days,
 );
 
 fn day(text: &str) -> Day {
@@ -172,13 +132,11 @@ fn domains_of(agg: &Aggregate) -> Vec<String> {
     domains
 }
 
-fn domains_and_rows_come_sorted_as_counted(collector: &mut dyn Collector) {
+fn domains_and_rows_come_sorted_as_counted(storage: &Storage) {
     let d = day("2026-11-30");
-    collector.count(&aggregate(d, 2));
-    collector.count(&aggregate(d, 3));
-    collector.end_day(d);
+    count_and_end(storage, &[aggregate(d, 2), aggregate(d, 3)], d);
     let expected = aggregate(d, 5);
-    let mut reader = collector.storage().open_day_reader().unwrap();
+    let mut reader = storage.open_day_reader().unwrap();
     assert_eq!(reader.domains(d).unwrap(), domains_of(&expected));
     for domain in domains_of(&expected) {
         assert_eq!(
@@ -189,12 +147,14 @@ fn domains_and_rows_come_sorted_as_counted(collector: &mut dyn Collector) {
     }
 }
 
-fn every_domain_is_visited_once_with_the_rows_of_details(collector: &mut dyn Collector) {
+fn every_domain_is_visited_once_with_the_rows_of_details(storage: &Storage) {
     let d = day("2026-11-30");
-    collector.count(&aggregate(d, 1));
-    collector.count(&aggregate(day("2026-11-29"), 4));
-    collector.end_day(d);
-    let mut reader = collector.storage().open_day_reader().unwrap();
+    count_and_end(
+        storage,
+        &[aggregate(d, 1), aggregate(day("2026-11-29"), 4)],
+        d,
+    );
+    let mut reader = storage.open_day_reader().unwrap();
     let mut visited = Vec::new();
     reader
         .for_each_domain(d, |domain, policies, failures| {
@@ -213,11 +173,10 @@ fn every_domain_is_visited_once_with_the_rows_of_details(collector: &mut dyn Col
     }
 }
 
-fn the_completed_day_is_the_one_the_collector_ended(collector: &mut dyn Collector) {
+fn the_completed_day_is_the_one_the_collector_ended(storage: &Storage) {
     let d = day("2026-11-30");
-    collector.count(&aggregate(d, 1));
-    collector.end_day(d);
-    let mut reader = collector.storage().open_day_reader().unwrap();
+    count_and_end(storage, &[aggregate(d, 1)], d);
+    let mut reader = storage.open_day_reader().unwrap();
     assert_eq!(
         reader
             .completed_day(morning_after(d), Duration::from_secs(7200))
@@ -226,20 +185,17 @@ fn the_completed_day_is_the_one_the_collector_ended(collector: &mut dyn Collecto
     );
 }
 
-fn days_are_listed_newest_first(collector: &mut dyn Collector) {
+fn days_are_listed_newest_first(storage: &Storage) {
     let (older, newer) = (day("2026-11-29"), day("2026-11-30"));
-    collector.count(&aggregate(older, 1));
-    collector.count(&aggregate(newer, 1));
-    collector.end_day(newer);
-    let mut reader = collector.storage().open_day_reader().unwrap();
+    count_and_end(storage, &[aggregate(older, 1), aggregate(newer, 1)], newer);
+    let mut reader = storage.open_day_reader().unwrap();
     assert_eq!(reader.days().unwrap(), [newer, older]);
 }
 
-fn a_visitors_error_ends_the_walk_and_is_returned(collector: &mut dyn Collector) {
+fn a_visitors_error_ends_the_walk_and_is_returned(storage: &Storage) {
     let d = day("2026-11-30");
-    collector.count(&aggregate(d, 1));
-    collector.end_day(d);
-    let mut reader = collector.storage().open_day_reader().unwrap();
+    count_and_end(storage, &[aggregate(d, 1)], d);
+    let mut reader = storage.open_day_reader().unwrap();
     assert!(reader.domains(d).unwrap().len() > 1);
     let mut visits = 0;
     let walked = reader.for_each_domain(d, |domain, _, _| {
@@ -251,12 +207,11 @@ fn a_visitors_error_ends_the_walk_and_is_returned(collector: &mut dyn Collector)
     assert_eq!(visits, 1);
 }
 
-fn a_day_without_counters_has_no_domains_and_no_rows(collector: &mut dyn Collector) {
+fn a_day_without_counters_has_no_domains_and_no_rows(storage: &Storage) {
     let d = day("2026-11-30");
-    collector.count(&aggregate(d, 1));
-    collector.end_day(d);
+    count_and_end(storage, &[aggregate(d, 1)], d);
     let other = day("2026-11-28");
-    let mut reader = collector.storage().open_day_reader().unwrap();
+    let mut reader = storage.open_day_reader().unwrap();
     assert!(reader.domains(other).unwrap().is_empty());
     assert_eq!(
         reader.details(other, "a.example").unwrap(),
@@ -265,4 +220,18 @@ fn a_day_without_counters_has_no_domains_and_no_rows(collector: &mut dyn Collect
     reader
         .for_each_domain(other, |domain, _, _| Err(domain.to_string()))
         .unwrap();
+}
+
+fn relabelled_counters_are_the_other_days(storage: &Storage) {
+    let (yesterday, today) = (day("2026-11-29"), day("2026-11-30"));
+    let mut collector = storage.open_counter_store("mx1").unwrap();
+    assert!(collector.write(1, &aggregate(today, 1)).unwrap());
+    collector.relabel_day(today, yesterday).unwrap();
+    collector.end_day(yesterday).unwrap();
+    let mut reader = storage.open_day_reader().unwrap();
+    assert_eq!(reader.days().unwrap(), [yesterday]);
+    assert_eq!(
+        reader.domains(yesterday).unwrap(),
+        domains_of(&aggregate(today, 1))
+    );
 }
