@@ -225,7 +225,7 @@ pub struct TokenUseRow {
 }
 
 /// The PostTLS database, on either backend: PostTLS's rules, decided here
-/// once, over a [`Backend`] that only stores and reads.
+/// once, over a `Backend` that only stores and reads.
 pub struct Store {
     backend: Box<dyn Backend>,
 }

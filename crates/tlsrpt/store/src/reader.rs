@@ -11,7 +11,8 @@ use mailtls_common::day::Day;
 use crate::postgres::PgDayReader;
 use crate::{yesterday_path, FailureRow, FetcherDb, PolicyRow, Result, Storage, StoreError};
 
-/// A failure of the callback of [`DayReader::for_each_domain`].
+/// A failure of a walk over a day's domains (`for_each_domain`): the
+/// store's, or the visitor's own.
 #[derive(Debug, thiserror::Error)]
 pub enum VisitError<E> {
     #[error(transparent)]
@@ -45,8 +46,9 @@ pub trait DayReader {
     fn details(&mut self, day: Day, domain: &str) -> Result<(Vec<PolicyRow>, Vec<FailureRow>)>;
 
     /// Calls `visit` with each domain of `day` and the same rows
-    /// [`details`](Self::details) gives, in domain order, until it breaks;
-    /// see [`for_each_domain`](Self::for_each_domain).
+    /// [`details`](Self::details) gives, in domain order, until it breaks.
+    /// Callers use `for_each_domain` (on `dyn DayReader`), which carries
+    /// the visitor's error out.
     fn visit_domains(&mut self, day: Day, visit: &mut DomainVisitor<'_>) -> Result<()>;
 }
 
@@ -61,16 +63,17 @@ impl dyn DayReader + '_ {
         mut visit: impl FnMut(&str, &[PolicyRow], &[FailureRow]) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), VisitError<E>> {
         let mut refused = None;
-        self.visit_domains(day, &mut |domain, policies, failures| match visit(
-            domain, policies, failures,
-        ) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(e) => {
-                refused = Some(e);
-                ControlFlow::Break(())
-            }
-        })
-        .map_err(VisitError::Store)?;
+        let mut walk = |domain: &str, policies: &[PolicyRow], failures: &[FailureRow]| {
+            visit(domain, policies, failures).map_or_else(
+                |e| {
+                    refused = Some(e);
+                    ControlFlow::Break(())
+                },
+                |()| ControlFlow::Continue(()),
+            )
+        };
+        self.visit_domains(day, &mut walk)
+            .map_err(VisitError::Store)?;
         refused.map_or(Ok(()), |e| Err(VisitError::Visitor(e)))
     }
 }
