@@ -2,16 +2,13 @@
 //! request from the completed-day database and exit.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use clap::{Arg, ArgMatches, Command};
 use mailtls_common::config::{add_options, ProgramSpec};
 use mailtls_common::day::Day;
-use tlsrpt_store::postgres::{PgDayReader, PgUrl};
-use tlsrpt_store::{
-    yesterday_path, FailureRow, FetcherDb, PolicyRow, Storage, StoreError, VisitError,
-};
+use tlsrpt_store::{Storage, StoreError, VisitError};
 
 mailtls_common::options! {
     /// tlsrpt-fetcher's options, as upstream's.
@@ -163,11 +160,7 @@ pub fn main(matches: &ArgMatches) -> i32 {
         (false, Some(domain)) => Request::Details(domain),
         (false, None) => Request::DomainList,
     };
-    let source = match url {
-        Storage::Sqlite(url) => DaySource::Sqlite(yesterday_path(&url.path)),
-        Storage::Postgres(url) => DaySource::Postgres(url, Duration::from_secs(grace)),
-    };
-    match answer(source, day, request) {
+    match answer(&url, Duration::from_secs(grace), day, request) {
         Ok(()) => exit::OK,
         Err(Failure::Store(e)) => {
             log::error!("{e}");
@@ -179,69 +172,6 @@ pub fn main(matches: &ArgMatches) -> i32 {
         Err(Failure::Output(e)) => {
             log::warn!("cannot write the answer: {e}");
             exit::OUTPUT
-        }
-    }
-}
-
-/// Where the completed day is read: one collector's `.yesterday` file, or
-/// the sum over a fleet's collectors in PostgreSQL.
-enum DaySource {
-    Sqlite(PathBuf),
-    Postgres(Box<PgUrl>, Duration),
-}
-
-/// An open [`DaySource`].
-enum DayReader {
-    Sqlite(FetcherDb),
-    Postgres(Box<PgDayReader>, Duration),
-}
-
-impl DayReader {
-    fn open(source: DaySource) -> Result<DayReader, StoreError> {
-        Ok(match source {
-            DaySource::Sqlite(path) => DayReader::Sqlite(FetcherDb::open(&path)?),
-            DaySource::Postgres(url, grace) => {
-                DayReader::Postgres(Box::new(PgDayReader::connect(&url)?), grace)
-            }
-        })
-    }
-
-    fn completed_day(
-        &mut self,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Option<Day>, StoreError> {
-        match self {
-            DayReader::Sqlite(db) => db.completed_day(),
-            DayReader::Postgres(db, grace) => Ok(db.completed_day_logged(now, *grace)?),
-        }
-    }
-
-    fn domains(&mut self, day: Day) -> Result<Vec<String>, StoreError> {
-        match self {
-            DayReader::Sqlite(db) => db.domains(day),
-            DayReader::Postgres(db, _) => Ok(db.domains(day)?),
-        }
-    }
-
-    fn details(
-        &mut self,
-        day: Day,
-        domain: &str,
-    ) -> Result<(Vec<PolicyRow>, Vec<FailureRow>), StoreError> {
-        match self {
-            DayReader::Sqlite(db) => db.details(day, domain),
-            DayReader::Postgres(db, _) => Ok(db.details(day, domain)?),
-        }
-    }
-
-    fn for_each_domain<E>(
-        &mut self,
-        day: Day,
-        visit: impl FnMut(&str, &[PolicyRow], &[FailureRow]) -> Result<(), E>,
-    ) -> Result<(), VisitError<E>> {
-        match self {
-            DayReader::Sqlite(db) => db.for_each_domain(day, visit),
-            DayReader::Postgres(db, _) => db.for_each_domain(day, visit),
         }
     }
 }
@@ -258,8 +188,11 @@ enum Request<'a> {
     Bulk,
 }
 
-fn answer(source: DaySource, day: Day, request: Request) -> Result<(), Failure> {
-    let mut db = DayReader::open(source).map_err(Failure::Store)?;
+/// Answers `request` from `storage`: one collector's completed-day file,
+/// or the sum over a fleet's collectors in PostgreSQL (whose day is
+/// complete when every collector ended it, or `grace` after its end).
+fn answer(storage: &Storage, grace: Duration, day: Day, request: Request) -> Result<(), Failure> {
+    let mut db = storage.open_day_reader().map_err(Failure::Store)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let now = || {
@@ -269,14 +202,14 @@ fn answer(source: DaySource, day: Day, request: Request) -> Result<(), Failure> 
     };
     match request {
         Request::DomainList => {
-            let completed = db.completed_day(now()?).map_err(Failure::Store)?;
+            let completed = db.completed_day(now()?, grace).map_err(Failure::Store)?;
             let domains = db.domains(day).map_err(Failure::Store)?;
             log::info!("domain list for {day}: {} domains", domains.len());
             tlsrpt_fetcher::write_domain_list(&mut out, now()?, completed, &domains)
                 .map_err(Failure::Output)?;
         }
         Request::Bulk => {
-            let completed = db.completed_day(now()?).map_err(Failure::Store)?;
+            let completed = db.completed_day(now()?, grace).map_err(Failure::Store)?;
             tlsrpt_fetcher::write_bulk_header(&mut out, now()?, completed)
                 .map_err(Failure::Output)?;
             let mut domains = 0;

@@ -308,6 +308,15 @@ impl AuditEvent {
 
 stored_as_word!(AuditEvent, "audit event");
 
+/// A stored TLS failure class, by its short name; a name this program does
+/// not know is an error.
+pub(crate) fn tls_kind_named(name: &str) -> Result<posttls_classify::TlsFailureKind, UnknownValue> {
+    posttls_classify::TlsFailureKind::from_short_name(name).ok_or_else(|| UnknownValue {
+        what: "TLS failure kind",
+        value: name.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use mailtls_common::day::Day;
 use tlsrpt_datagram::Aggregate;
 use tlsrpt_store::postgres::{PgCollectorStore, PgUrl};
-use tlsrpt_store::{yesterday_path, CollectorDb, Opened, Storage, StorageUrl, StoreError};
+use tlsrpt_store::{
+    yesterday_path, CollectorDb, CounterStore, DayEnd, Opened, Storage, StorageUrl, StoreError,
+};
 
 use crate::metrics::CollectdMetrics;
 
@@ -43,7 +45,14 @@ const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(10);
 /// One configured store and what still has to reach it.
 struct Store {
     storage: Storage,
-    target: Target,
+    /// The name this collector counts under in a fleet's database.
+    collector: String,
+    /// The open store; `None` until it is opened again after a failure.
+    connection: Option<Box<dyn CounterStore>>,
+    /// A batch whose write failed: retried as it is, with its number,
+    /// before anything else, so that a commit whose answer was lost is
+    /// not counted twice.
+    in_flight: Option<(i64, Aggregate)>,
     pending: Aggregate,
     /// Development rollovers (today, yesterday) still to be made in the
     /// database: each before the day end queued with it, and retried like
@@ -54,37 +63,31 @@ struct Store {
     not_before: Option<Instant>,
     retry_pause: Duration,
     failing_since: Option<Instant>,
-    rollover_script: Option<String>,
+    rollover_script: Option<RolloverScript>,
     /// Counted datagrams written to this store since start.
     written: u64,
 }
 
-/// The open connection of a store.
-enum Target {
-    /// A SQLite file of this host, moved to `.yesterday` at midnight.
-    Sqlite(Option<CollectorDb>),
-    /// The fleet's PostgreSQL database: counters under this collector's
-    /// name, a day ended by a record of it.
-    Postgres {
-        collector: String,
-        connection: Option<Box<PgCollectorStore>>,
-        /// A batch whose write failed: retried as it is, with its number,
-        /// before anything else, so that a commit whose answer was lost is
-        /// not counted twice.
-        in_flight: Option<(i64, Aggregate)>,
-    },
+/// `daily_rollover_script`, started with a SQLite store's URL and the path
+/// of its completed day after each rollover.
+struct RolloverScript {
+    command: String,
+    url: String,
 }
 
 impl Store {
     fn new(
         storage: &Storage,
-        target: Target,
+        collector: &str,
+        connection: Option<Box<dyn CounterStore>>,
         rollovers: VecDeque<Day>,
-        rollover_script: Option<String>,
+        rollover_script: Option<RolloverScript>,
     ) -> Store {
         Store {
             storage: storage.clone(),
-            target,
+            collector: collector.to_string(),
+            connection,
+            in_flight: None,
             pending: Aggregate::new(),
             relabels: VecDeque::new(),
             rollovers,
@@ -100,26 +103,20 @@ impl Store {
         self.storage.name()
     }
 
-    fn in_flight(&self) -> Option<&Aggregate> {
-        match &self.target {
-            Target::Postgres {
-                in_flight: Some((_, agg)),
-                ..
-            } => Some(agg),
-            _ => None,
-        }
-    }
-
     /// Datagrams received but not yet written here.
     fn unwritten(&self) -> u64 {
-        self.pending.datagrams() + self.in_flight().map_or(0, Aggregate::datagrams)
+        self.pending.datagrams()
+            + self
+                .in_flight
+                .as_ref()
+                .map_or(0, |(_, agg)| agg.datagrams())
     }
 
     fn is_idle(&self) -> bool {
         self.pending.is_empty()
             && self.relabels.is_empty()
             && self.rollovers.is_empty()
-            && self.in_flight().is_none()
+            && self.in_flight.is_none()
     }
 
     /// Try to bring the database up to date. Returns false if something is
@@ -148,11 +145,9 @@ impl Store {
             }
             Err(e) => {
                 metrics.commit_failed();
-                if let Target::Postgres { connection, .. } = &mut self.target {
-                    // Connect again on the next try: the server may have
-                    // restarted.
-                    *connection = None;
-                }
+                // Open again on the next try: the server may have
+                // restarted, a rollover stopped half-way.
+                self.connection = None;
                 if self.failing_since.is_none() {
                     self.failing_since = Some(now);
                     log::error!(
@@ -175,151 +170,97 @@ impl Store {
         }
     }
 
+    /// The batch in flight first, then the relabelled days, then the
+    /// counters of each completed day and its end, then the rest, each
+    /// batch in one transaction.
     fn try_flush(&mut self) -> Result<(), StoreError> {
-        match &self.target {
-            Target::Sqlite(_) => self.flush_sqlite(),
-            Target::Postgres { .. } => self.flush_postgres(),
+        if self.connection.is_none() {
+            self.connection = Some(self.storage.open_counter_store(&self.collector)?);
         }
-    }
-
-    fn flush_sqlite(&mut self) -> Result<(), StoreError> {
-        let Storage::Sqlite(url) = &self.storage else {
-            unreachable!("a SQLite target has a SQLite URL")
-        };
-        if matches!(self.target, Target::Sqlite(None)) {
-            let (db, _) = CollectorDb::open(&url.path)?;
-            self.target = Target::Sqlite(Some(db));
-        }
+        self.write_in_flight()?;
         while let Some((today, yesterday)) = self.relabels.front().copied() {
-            let Target::Sqlite(Some(db)) = &mut self.target else {
-                unreachable!("opened above")
-            };
-            db.relabel_day(today, yesterday)?;
+            self.connection().relabel_day(today, yesterday)?;
             self.relabels.pop_front();
         }
         while let Some(completed) = self.rollovers.front().copied() {
-            self.roll_over(completed)?;
-            self.rollovers.pop_front();
-        }
-        if !self.pending.is_empty() {
-            let Target::Sqlite(Some(db)) = &mut self.target else {
-                unreachable!("opened above")
-            };
-            let started = Instant::now();
-            db.write(&self.pending)?;
-            log::debug!(
-                "committed {} datagrams ({} keys) to {} in {} ms",
-                self.pending.datagrams(),
-                self.pending.len(),
-                self.name(),
-                started.elapsed().as_millis()
-            );
-            self.written += self.pending.datagrams();
-            self.pending = Aggregate::new();
-        }
-        Ok(())
-    }
-
-    /// PostgreSQL: the batch in flight first, then the counters of each
-    /// completed day and its end, then the rest, each batch in one
-    /// transaction.
-    fn flush_postgres(&mut self) -> Result<(), StoreError> {
-        let Storage::Postgres(url) = &self.storage else {
-            unreachable!("a PostgreSQL target has a PostgreSQL URL")
-        };
-        let Target::Postgres {
-            collector,
-            connection,
-            in_flight,
-        } = &mut self.target
-        else {
-            unreachable!("checked by the caller")
-        };
-        if connection.is_none() {
-            *connection = Some(Box::new(PgCollectorStore::connect(url, collector)?));
-        }
-        let db = connection.as_mut().expect("connected above");
-        let mut written = 0;
-        let mut write = |db: &mut PgCollectorStore,
-                         in_flight: &mut Option<(i64, Aggregate)>|
-         -> Result<(), StoreError> {
-            if let Some((batch, agg)) = in_flight {
-                if !db.write(*batch, agg)? {
-                    log::info!("batch {batch} had reached {} before its answer was lost; not counted again", url.shown());
-                }
-                written += agg.datagrams();
-                *in_flight = None;
-            }
-            Ok(())
-        };
-        write(db, in_flight)?;
-        while let Some((today, yesterday)) = self.relabels.front().copied() {
-            db.relabel_day(today, yesterday)?;
-            self.relabels.pop_front();
-        }
-        while let Some(completed) = self.rollovers.front().copied() {
+            // Counters of the completed day (or older) belong to it.
             let old = self.pending.split_off_before(completed.succ());
             if !old.is_empty() {
-                *in_flight = Some((rand::random::<i64>(), old));
-                write(db, in_flight)?;
+                self.in_flight = Some((rand::random::<i64>(), old));
+                self.write_in_flight()?;
             }
-            db.end_day(completed)?;
-            log::info!(
-                "day {completed} ended for collector {collector} in {}",
-                url.shown()
-            );
+            let ended = self.connection().end_day(completed)?;
+            self.day_ended(completed, ended);
             self.rollovers.pop_front();
         }
         if !self.pending.is_empty() {
             let started = Instant::now();
             let agg = std::mem::take(&mut self.pending);
             let (datagrams, keys) = (agg.datagrams(), agg.len());
-            *in_flight = Some((rand::random::<i64>(), agg));
-            write(db, in_flight)?;
+            self.in_flight = Some((rand::random::<i64>(), agg));
+            self.write_in_flight()?;
             log::debug!(
                 "committed {datagrams} datagrams ({keys} keys) to {} in {} ms",
-                url.shown(),
+                self.name(),
                 started.elapsed().as_millis()
             );
         }
-        self.written += written;
         Ok(())
     }
 
-    /// SQLite: write the counters of days up to `completed`, then move the
-    /// file to `.yesterday` and start a new one.
-    fn roll_over(&mut self, completed: Day) -> Result<(), StoreError> {
-        let Storage::Sqlite(url) = &self.storage else {
-            unreachable!("only SQLite files roll over")
+    fn connection(&mut self) -> &mut dyn CounterStore {
+        self.connection
+            .as_deref_mut()
+            .expect("opened at the start of the flush")
+    }
+
+    /// Writes the batch in flight, if any.
+    fn write_in_flight(&mut self) -> Result<(), StoreError> {
+        let Some((batch, agg)) = self.in_flight.take() else {
+            return Ok(());
         };
-        let Target::Sqlite(slot) = &mut self.target else {
-            unreachable!("only SQLite files roll over")
-        };
-        let db = slot.as_mut().expect("opened before rollover");
-        // Counters of the completed day (or older) belong in the file being closed.
-        let old = self.pending.split_off_before(completed.succ());
-        if let Err(e) = db.write(&old) {
-            self.pending.merge(old);
-            return Err(e);
+        match self.connection().write(batch, &agg) {
+            Ok(added) => {
+                if !added {
+                    log::info!(
+                        "batch {batch} had reached {} before its answer was lost; not counted again",
+                        self.name()
+                    );
+                }
+                self.written += agg.datagrams();
+                Ok(())
+            }
+            Err(e) => {
+                self.in_flight = Some((batch, agg));
+                Err(e)
+            }
         }
-        self.written += old.datagrams();
-        let db = slot.take().expect("present");
-        let (fresh, stale) = db.rollover(completed)?;
-        if stale {
-            log::error!(
-                "possible earlier rollover problem: {} still had a day status, replaced it",
-                url.path.display()
-            );
+    }
+
+    /// Says how `completed` ended, and starts the rollover script after a
+    /// SQLite file's move.
+    fn day_ended(&self, completed: Day, ended: DayEnd) {
+        match ended {
+            DayEnd::Moved { yesterday, stale } => {
+                if stale {
+                    log::error!(
+                        "possible earlier rollover problem: {} still had a day status, replaced it",
+                        self.name()
+                    );
+                }
+                log::info!(
+                    "day {completed} complete: moved to {}, new database {}",
+                    yesterday.display(),
+                    self.name()
+                );
+                self.run_rollover_script(&yesterday.to_string_lossy());
+            }
+            DayEnd::Recorded => log::info!(
+                "day {completed} ended for collector {} in {}",
+                self.collector,
+                self.name()
+            ),
         }
-        *slot = Some(fresh);
-        let yesterday = yesterday_path(&url.path);
-        log::info!(
-            "day {completed} complete: moved to {}, new database {}",
-            yesterday.display(),
-            url.path.display()
-        );
-        self.run_rollover_script(&url.url, &yesterday.to_string_lossy());
-        Ok(())
     }
 
     /// Development rollover: today's counters, here and in the database,
@@ -329,11 +270,7 @@ impl Store {
     /// never ended without this collector's rows.
     fn relabel(&mut self, today: Day, yesterday: Day) {
         self.pending.relabel_day(today, yesterday);
-        if let Target::Postgres {
-            in_flight: Some((_, agg)),
-            ..
-        } = &mut self.target
-        {
+        if let Some((_, agg)) = &mut self.in_flight {
             agg.relabel_day(today, yesterday);
         }
         self.relabels.push_back((today, yesterday));
@@ -342,25 +279,28 @@ impl Store {
 
     /// Start `daily_rollover_script URL YESTERDAYPATH` without waiting for it;
     /// a helper thread reaps it and logs a failure.
-    fn run_rollover_script(&self, url: &str, yesterday: &str) {
-        let Some(script) = &self.rollover_script else {
+    fn run_rollover_script(&self, yesterday: &str) {
+        let Some(RolloverScript { command, url }) = &self.rollover_script else {
             return;
         };
-        let mut words = script.split_whitespace();
+        let mut words = command.split_whitespace();
         let Some(program) = words.next() else { return };
         let mut cmd = Command::new(program);
         cmd.args(words).arg(url).arg(yesterday);
         log::info!("starting daily rollover script {cmd:?}");
         match cmd.spawn() {
             Ok(mut child) => {
-                let script = script.clone();
+                let script = command.clone();
                 std::thread::spawn(move || match child.wait() {
                     Ok(status) if status.success() => {}
                     Ok(status) => log::error!("daily rollover script '{script}' {status}"),
                     Err(e) => log::error!("daily rollover script '{script}': {e}"),
                 });
             }
-            Err(e) => log::error!("cannot start daily rollover script '{script}': {e}"),
+            Err(e) => log::error!(
+                "cannot start daily rollover script '{script}': {e}",
+                script = command
+            ),
         }
     }
 }
@@ -383,9 +323,14 @@ pub fn open_stores(
     let mut stores = Vec::with_capacity(storages.len());
     for storage in storages {
         let store = match storage {
-            Storage::Sqlite(url) => {
-                open_sqlite(storage, url, today, yesterday, rollover_script.clone())?
-            }
+            Storage::Sqlite(url) => open_sqlite(
+                storage,
+                url,
+                collector,
+                today,
+                yesterday,
+                rollover_script.clone(),
+            )?,
             Storage::Postgres(url) => open_postgres(storage, url, collector, today),
         };
         stores.push(StoreHandle(store));
@@ -396,6 +341,7 @@ pub fn open_stores(
 fn open_sqlite(
     storage: &Storage,
     url: &StorageUrl,
+    collector: &str,
     today: Day,
     yesterday: Day,
     rollover_script: Option<String>,
@@ -424,9 +370,14 @@ fn open_sqlite(
             }
         }
     }
+    let rollover_script = rollover_script.map(|command| RolloverScript {
+        command,
+        url: url.url.clone(),
+    });
     let mut store = Store::new(
         storage,
-        Target::Sqlite(Some(db)),
+        collector,
+        Some(Box::new(db)),
         rollovers,
         rollover_script,
     );
@@ -454,7 +405,7 @@ fn open_postgres(storage: &Storage, url: &PgUrl, collector: &str, today: Day) ->
                 }
                 Err(e) => log::error!("{e}"),
             }
-            Some(Box::new(db))
+            Some(Box::new(db) as Box<dyn CounterStore>)
         }
         Err(e) => {
             log::error!(
@@ -464,12 +415,7 @@ fn open_postgres(storage: &Storage, url: &PgUrl, collector: &str, today: Day) ->
             None
         }
     };
-    let target = Target::Postgres {
-        collector: collector.to_string(),
-        connection,
-        in_flight: None,
-    };
-    Store::new(storage, target, rollovers, None)
+    Store::new(storage, collector, connection, rollovers, None)
 }
 
 /// A store opened at start, to be moved into the committer thread.

@@ -16,7 +16,7 @@ use serde::Serialize;
 use tlsrpt_report::details::DomainDetails;
 use tlsrpt_reportd_db::{DbError, DbName, ReportdDb, StoredReport};
 use tlsrpt_store::postgres::{PgDayReader, PgUrl};
-use tlsrpt_store::{FetcherDb, StoreError};
+use tlsrpt_store::{DayReader, FetcherDb, StoreError, VisitError};
 
 use crate::summary::{self, DaySummary, DomainDay, DomainHistory, DomainPoint, PolicyTypeCount};
 
@@ -132,14 +132,26 @@ impl Sources {
         }
     }
 
-    /// The fleet's collectors, when the counters are in PostgreSQL.
-    fn fleet(&self) -> Result<Option<PgDayReader>, StatsError> {
-        match &self.collector {
-            Some(CollectorSource::Postgres(url)) => {
-                Ok(Some(PgDayReader::connect(url).map_err(StoreError::from)?))
+    /// The collectors' counters behind `source`: the collector's live or
+    /// completed-day file, or the fleet's database; `None` when that is
+    /// not configured (or the file not there), and for the report daemon.
+    fn collector_reader(
+        &self,
+        source: DaySource,
+    ) -> Result<Option<Box<dyn DayReader>>, StatsError> {
+        let reader: Box<dyn DayReader> = match (source, &self.collector) {
+            (DaySource::Fleet, Some(CollectorSource::Postgres(url))) => {
+                Box::new(PgDayReader::connect(url).map_err(StoreError::from)?)
             }
-            _ => Ok(None),
-        }
+            (DaySource::Collector | DaySource::CollectorCompleted, _) => {
+                match self.collector_dbs().into_iter().find(|(s, _)| *s == source) {
+                    Some((_, path)) => Box::new(FetcherDb::open(&path)?),
+                    None => return Ok(None),
+                }
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(reader))
     }
 
     /// Every day with numbers and where they come from, newest first.
@@ -152,17 +164,16 @@ impl Sources {
                 days.push((day, DaySource::ReportDaemon));
             }
         }
-        for (source, path) in self.collector_dbs() {
-            for day in FetcherDb::open(&path)?.days()? {
-                if seen.insert(day) {
-                    days.push((day, source));
-                }
-            }
-        }
-        if let Some(mut fleet) = self.fleet()? {
-            for day in fleet.days().map_err(StoreError::from)? {
-                if seen.insert(day) {
-                    days.push((day, DaySource::Fleet));
+        for source in [
+            DaySource::Collector,
+            DaySource::CollectorCompleted,
+            DaySource::Fleet,
+        ] {
+            if let Some(mut reader) = self.collector_reader(source)? {
+                for day in reader.days()? {
+                    if seen.insert(day) {
+                        days.push((day, source));
+                    }
                 }
             }
         }
@@ -205,34 +216,20 @@ impl Sources {
                 }
                 Ok(())
             }
-            DaySource::Fleet => {
-                let mut fleet = self.fleet()?.ok_or(StatsError::NoFleet)?;
-                let visited = fleet.for_each_domain(day, |domain, policies, failures| {
+            DaySource::Fleet | DaySource::Collector | DaySource::CollectorCompleted => {
+                let missing = match source {
+                    DaySource::Fleet => StatsError::NoFleet,
+                    _ => StatsError::NoCollector,
+                };
+                let mut reader = self.collector_reader(source)?.ok_or(missing)?;
+                let visited = reader.for_each_domain(day, |domain, policies, failures| {
                     visit(collector_details(domain, policies, failures));
                     Ok::<(), std::convert::Infallible>(())
                 });
                 match visited {
                     Ok(()) => Ok(()),
-                    Err(tlsrpt_store::VisitError::Store(e)) => Err(e.into()),
-                    Err(tlsrpt_store::VisitError::Visitor(never)) => match never {},
-                }
-            }
-            DaySource::Collector | DaySource::CollectorCompleted => {
-                let path = self
-                    .collector_dbs()
-                    .into_iter()
-                    .find(|(s, _)| *s == source)
-                    .map(|(_, path)| path)
-                    .ok_or(StatsError::NoCollector)?;
-                let db = FetcherDb::open(&path)?;
-                let visited = db.for_each_domain(day, |domain, policies, failures| {
-                    visit(collector_details(domain, policies, failures));
-                    Ok::<(), std::convert::Infallible>(())
-                });
-                match visited {
-                    Ok(()) => Ok(()),
-                    Err(tlsrpt_store::VisitError::Store(e)) => Err(e.into()),
-                    Err(tlsrpt_store::VisitError::Visitor(never)) => match never {},
+                    Err(VisitError::Store(e)) => Err(e.into()),
+                    Err(VisitError::Visitor(never)) => match never {},
                 }
             }
         }
@@ -326,18 +323,15 @@ impl Sources {
                     }
                 }
             }
-            DaySource::Collector | DaySource::CollectorCompleted => {
-                if let Some((_, path)) =
-                    self.collector_dbs().into_iter().find(|(s, _)| *s == source)
-                {
-                    let (policies, failures) = FetcherDb::open(&path)?.details(day, domain)?;
-                    sum = collector_details(domain, &policies, &failures);
+            DaySource::Fleet | DaySource::Collector | DaySource::CollectorCompleted => {
+                match self.collector_reader(source)? {
+                    Some(mut reader) => {
+                        let (policies, failures) = reader.details(day, domain)?;
+                        sum = collector_details(domain, &policies, &failures);
+                    }
+                    None if source == DaySource::Fleet => return Err(StatsError::NoFleet),
+                    None => {}
                 }
-            }
-            DaySource::Fleet => {
-                let mut fleet = self.fleet()?.ok_or(StatsError::NoFleet)?;
-                let (policies, failures) = fleet.details(day, domain).map_err(StoreError::from)?;
-                sum = collector_details(domain, &policies, &failures);
             }
         }
         Ok(sum)

@@ -6,9 +6,17 @@
 //! collector, and `<file>.yesterday`, the completed day, read by the fetcher.
 //! At UTC midnight the collector marks the day complete (`daystatus`), moves
 //! today's file over yesterday's and starts a fresh one.
+//!
+//! Either store is seen through one trait per side: a collector writes
+//! through [`CounterStore`] ([`CollectorDb`] or the fleet's
+//! [`postgres::PgCollectorStore`]), a fetcher reads through [`DayReader`]
+//! ([`FetcherDb`] or [`postgres::PgDayReader`]), which give the same rows
+//! in the same order; the bulk read's grouping is written once.
 
 pub mod postgres;
+mod reader;
 mod url;
+mod writer;
 
 use std::path::{Path, PathBuf};
 
@@ -16,7 +24,9 @@ use mailtls_common::day::{Day, DayError};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tlsrpt_datagram::Aggregate;
 
+pub use reader::{DayReader, DomainVisitor, VisitError};
 pub use url::{parse_storage_list, parse_storages, Storage, StorageUrl};
+pub use writer::{CounterStore, DayEnd};
 
 /// The purpose string the upstream stores in `dbversion`; a file with another
 /// purpose belongs to another program and is never touched.
@@ -294,15 +304,6 @@ impl CollectorDb {
     }
 }
 
-/// A failure of the callback of [`FetcherDb::for_each_domain`].
-#[derive(Debug, thiserror::Error)]
-pub enum VisitError<E> {
-    #[error(transparent)]
-    Store(StoreError),
-    #[error(transparent)]
-    Visitor(E),
-}
-
 /// One `finalresults` row of a domain, as the fetcher reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyRow {
@@ -450,7 +451,7 @@ impl FetcherDb {
     pub fn for_each_domain<E>(
         &self,
         day: Day,
-        mut visit: impl FnMut(&str, &[PolicyRow], &[FailureRow]) -> std::result::Result<(), E>,
+        visit: impl FnMut(&str, &[PolicyRow], &[FailureRow]) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), VisitError<E>> {
         let day = day.to_string();
         let err = |e| VisitError::Store(sql_err(&self.path)(e));
@@ -468,7 +469,7 @@ impl FetcherDb {
                  WHERE day = ?1 ORDER BY domain, tlsrptrecord, policy, reason",
             )
             .map_err(err)?;
-        let mut policy_rows = policies
+        let policy_rows = policies
             .query_map([&day], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -480,9 +481,8 @@ impl FetcherDb {
                     },
                 ))
             })
-            .map_err(err)?
-            .peekable();
-        let mut failure_rows = failures
+            .map_err(err)?;
+        let failure_rows = failures
             .query_map([&day], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -494,40 +494,46 @@ impl FetcherDb {
                     },
                 ))
             })
-            .map_err(err)?
-            .peekable();
-        let (mut these_policies, mut these_failures) = (Vec::new(), Vec::new());
-        while let Some(first) = policy_rows.next() {
-            let (domain, row) = first.map_err(err)?;
-            these_policies.clear();
-            these_policies.push(row);
-            while let Some(Ok((next, _))) = policy_rows.peek() {
-                if *next != domain {
-                    break;
-                }
-                let (_, row) = policy_rows.next().expect("peeked").map_err(err)?;
-                these_policies.push(row);
-            }
-            these_failures.clear();
-            // Failures of domains without policy rows cannot come from a
-            // collector; they are skipped like the fetcher's per-domain query
-            // would never be asked for them.
-            while let Some(Ok((next, _))) = failure_rows.peek() {
-                if *next > domain {
-                    break;
-                }
-                let (next, row) = failure_rows.next().expect("peeked").map_err(err)?;
-                if next == domain {
-                    these_failures.push(row);
-                }
-            }
-            if let Some(Err(_)) = failure_rows.peek() {
-                let e = failure_rows.next().expect("peeked").expect_err("an error");
-                return Err(err(e));
-            }
-            visit(&domain, &these_policies, &these_failures).map_err(VisitError::Visitor)?;
-        }
-        Ok(())
+            .map_err(err)?;
+        reader::merge_by_domain(
+            policy_rows.map(|row| row.map_err(sql_err(&self.path))),
+            failure_rows.map(|row| row.map_err(sql_err(&self.path))),
+            visit,
+        )
+    }
+}
+
+impl DayReader for FetcherDb {
+    fn completed_day(
+        &mut self,
+        _now: chrono::DateTime<chrono::Utc>,
+        _grace: std::time::Duration,
+    ) -> Result<Option<Day>> {
+        FetcherDb::completed_day(self)
+    }
+
+    fn days(&mut self) -> Result<Vec<Day>> {
+        FetcherDb::days(self)
+    }
+
+    fn domains(&mut self, day: Day) -> Result<Vec<String>> {
+        FetcherDb::domains(self, day)
+    }
+
+    fn details(&mut self, day: Day, domain: &str) -> Result<(Vec<PolicyRow>, Vec<FailureRow>)> {
+        FetcherDb::details(self, day, domain)
+    }
+
+    fn visit_domains(
+        &mut self,
+        day: Day,
+        visit: &mut crate::reader::DomainVisitor<'_>,
+    ) -> Result<()> {
+        reader::walked(FetcherDb::for_each_domain(
+            self,
+            day,
+            reader::until_break(visit),
+        ))
     }
 }
 

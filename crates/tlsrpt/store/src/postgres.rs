@@ -26,7 +26,7 @@ use mailtls_postgres::{postgres::Client, Migrations};
 pub use mailtls_postgres::{PgError, PgUrl};
 use tlsrpt_datagram::Aggregate;
 
-use crate::{FailureRow, PolicyRow};
+use crate::{DayReader, FailureRow, PolicyRow, StoreError, VisitError};
 
 /// The collectors' tables, version by version.
 const MIGRATIONS: Migrations = Migrations {
@@ -405,9 +405,10 @@ impl PgDayReader {
     pub fn for_each_domain<E>(
         &mut self,
         day: Day,
-        mut visit: impl FnMut(&str, &[PolicyRow], &[FailureRow]) -> std::result::Result<(), E>,
-    ) -> std::result::Result<(), crate::VisitError<E>> {
-        let store_error = |e| crate::VisitError::Store(crate::StoreError::from(self.url.error(e)));
+        visit: impl FnMut(&str, &[PolicyRow], &[FailureRow]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), VisitError<E>> {
+        let url = &self.url;
+        let store_error = |e| VisitError::Store(StoreError::from(url.error(e)));
         let policies = self
             .client
             .query(
@@ -425,51 +426,32 @@ impl PgDayReader {
                   ORDER BY domain COLLATE \"C\", record COLLATE \"C\", policy COLLATE \"C\", reason COLLATE \"C\"",
                 &[&day.date()],
             )
-            .map_err(|e| crate::VisitError::Store(crate::StoreError::from(self.url.error(e))))?;
-        let mut failures = failures.into_iter().peekable();
-        let mut policies = policies.into_iter().peekable();
-        while let Some(first) = policies.next() {
-            let domain: String = first.get(0);
-            let mut rows = vec![first];
-            while policies
-                .peek()
-                .is_some_and(|r| r.get::<_, &str>(0) == domain)
-            {
-                rows.push(policies.next().expect("peeked"));
-            }
-            let policy_rows: Vec<PolicyRow> = rows
-                .iter()
-                .map(|r| PolicyRow {
-                    record: r.get(1),
-                    policy: r.get(2),
-                    total: r.get(3),
-                    failed: r.get(4),
-                })
-                .collect();
-            // Failures of domains without a results row (only a damaged
-            // database has them) are passed over, as in SQLite.
-            while failures
-                .peek()
-                .is_some_and(|r| r.get::<_, &str>(0).as_bytes() < domain.as_bytes())
-            {
-                failures.next();
-            }
-            let mut failure_rows = Vec::new();
-            while failures
-                .peek()
-                .is_some_and(|r| r.get::<_, &str>(0) == domain)
-            {
-                let r = failures.next().expect("peeked");
-                failure_rows.push(FailureRow {
-                    record: r.get(1),
-                    policy: r.get(2),
-                    reason: r.get(3),
-                    count: r.get(4),
-                });
-            }
-            visit(&domain, &policy_rows, &failure_rows).map_err(crate::VisitError::Visitor)?;
-        }
-        Ok(())
+            .map_err(store_error)?;
+        crate::reader::merge_by_domain(
+            policies.iter().map(|r| {
+                Ok((
+                    r.get(0),
+                    PolicyRow {
+                        record: r.get(1),
+                        policy: r.get(2),
+                        total: r.get(3),
+                        failed: r.get(4),
+                    },
+                ))
+            }),
+            failures.iter().map(|r| {
+                Ok((
+                    r.get(0),
+                    FailureRow {
+                        record: r.get(1),
+                        policy: r.get(2),
+                        reason: r.get(3),
+                        count: r.get(4),
+                    },
+                ))
+            }),
+            visit,
+        )
     }
 
     /// Every collector with counters in the last `days` days before
@@ -505,5 +487,39 @@ impl PgDayReader {
             )
             .map_err(|e| self.url.error(e))?;
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+}
+
+impl DayReader for PgDayReader {
+    fn completed_day(&mut self, now: DateTime<Utc>, grace: Duration) -> crate::Result<Option<Day>> {
+        Ok(self.completed_day_logged(now, grace)?)
+    }
+
+    fn days(&mut self) -> crate::Result<Vec<Day>> {
+        Ok(PgDayReader::days(self)?)
+    }
+
+    fn domains(&mut self, day: Day) -> crate::Result<Vec<String>> {
+        Ok(PgDayReader::domains(self, day)?)
+    }
+
+    fn details(
+        &mut self,
+        day: Day,
+        domain: &str,
+    ) -> crate::Result<(Vec<PolicyRow>, Vec<FailureRow>)> {
+        Ok(PgDayReader::details(self, day, domain)?)
+    }
+
+    fn visit_domains(
+        &mut self,
+        day: Day,
+        visit: &mut crate::reader::DomainVisitor<'_>,
+    ) -> crate::Result<()> {
+        crate::reader::walked(PgDayReader::for_each_domain(
+            self,
+            day,
+            crate::reader::until_break(visit),
+        ))
     }
 }

@@ -4,25 +4,16 @@
 //! it ended it, or after the grace time; the schema is made once and a
 //! newer one refused.
 
+mod support;
+
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use mailtls_common::day::Day;
 use mailtls_test_support::postgres::PgCluster;
+use support::aggregate;
 use tlsrpt_datagram::Aggregate;
 use tlsrpt_store::postgres::{PgCollectorStore, PgDayReader, PgError, PgUrl};
-
-/// The libtlsrpt vectors that parse, each counted `times` on `day`.
-fn aggregate(day: Day, times: u64) -> Aggregate {
-    let mut agg = Aggregate::new();
-    for (_, bytes) in mailtls_test_support::vectors() {
-        if let Ok(delivery) = tlsrpt_datagram::parse(&bytes) {
-            agg.add_n(day, &delivery, times);
-        }
-    }
-    assert!(!agg.is_empty());
-    agg
-}
 
 /// The same counters in one SQLite collector database, as the reference.
 fn sqlite_rows(
