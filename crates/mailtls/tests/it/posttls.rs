@@ -111,12 +111,12 @@ struct Lab {
     dir: tempfile::TempDir,
 }
 
-/// The re-injection listeners of the README: smtpd services on UNIX-domain
+/// The re-injection listeners of docs/posttls.md: smtpd services on UNIX-domain
 /// sockets under private/, which put what they receive on hold, accept
 /// XFORWARD from the worker and apply no address mappings again. Before
 /// Postfix 3.10 (no `header_release`), the released recipients' copy goes
 /// out through `posttls-release` with opportunistic TLS to `relay`; from
-/// 3.10 on, `posttls-reinject` alone, as the README's set-up for 3.10.
+/// 3.10 on, `posttls-reinject` alone, as docs/posttls.md sets up 3.10.
 fn reinjection_listeners(options: Options, relay: u16, header_release: bool) -> Options {
     let common = "-o mynetworks=127.0.0.0/8 -o smtpd_client_restrictions= \
         -o smtpd_relay_restrictions=permit_mynetworks,reject -o smtpd_recipient_restrictions=permit_mynetworks,reject \
@@ -166,7 +166,7 @@ impl Lab {
             seen(&ca.server_cert_file).display(),
             seen(&ca.server_key_file).display()
         );
-        // The README's set-up for 3.10: a sender's TLS-Required is
+        // The set-up of docs/posttls.md for 3.10: a sender's TLS-Required is
         // stripped on the way in (our listener skips header checks, so the
         // header of a released copy stays).
         let options = if header_release {
@@ -1577,7 +1577,7 @@ fn a_message_being_delivered_is_not_acted_on_until_it_is_deferred_again() {
 /// `TLS-Required: No` through the instance's own routing (here
 /// `transport_maps` sends routed.example to a server of its own); before,
 /// `posttls-release`'s content filter, whose next hop (here the receiver)
-/// `transport_maps` does not change, as the README says.
+/// `transport_maps` does not change, as docs/posttls.md says.
 pub(crate) fn a_released_copy_takes_the_route_of_its_postfix_version(on: On) {
     let lab = Lab::start(on);
     let original = lab.submit_deferred(&["erin@routed.example"], "routed");

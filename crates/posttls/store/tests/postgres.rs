@@ -1,6 +1,6 @@
 //! The PostTLS store on a real PostgreSQL server (a private cluster per
 //! test, Debian's package): the same answers as SQLite for the same calls,
-//! the README's roles and grants (the web's role refused every write only
+//! the roles and grants of docs/fleets.md (the web's role refused every write only
 //! the worker may make), hostile rows refused, the schema version checked.
 
 use std::collections::HashSet;
@@ -14,17 +14,19 @@ use posttls_store::{
     SeenMessage, SeenRecipient, Store, StoreError,
 };
 
-/// The `n`-th (from 0) ```sql block of the README's "PostTLS on
+/// The `n`-th (from 0) ```sql block of docs/fleets.md's "PostTLS on
 /// PostgreSQL" section, as its statements.
-fn readme_sql(n: usize) -> Vec<String> {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../README.md"))
-            .unwrap();
-    let section = readme
-        .split("### PostTLS on PostgreSQL")
+fn documented_sql(n: usize) -> Vec<String> {
+    let fleets = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../docs/fleets.md"
+    ))
+    .unwrap();
+    let section = fleets
+        .split("## PostTLS on PostgreSQL")
         .nth(1)
-        .expect("the README has the section")
-        .split("\n### ")
+        .expect("docs/fleets.md has the section")
+        .split("\n## ")
         .next()
         .unwrap();
     let block = section
@@ -277,7 +279,7 @@ fn sql_state(err: &StoreError) -> Option<SqlState> {
 #[test]
 fn the_readmes_roles_let_the_web_record_requests_and_nothing_only_the_worker_may_do() {
     let cluster = PgCluster::start();
-    for sql in readme_sql(0) {
+    for sql in documented_sql(0) {
         cluster.psql("postgres", &sql);
     }
     let worker_url = url(&cluster, "posttls_worker", "worker secret", "posttls");
@@ -291,7 +293,7 @@ fn the_readmes_roles_let_the_web_record_requests_and_nothing_only_the_worker_may
         Ok(_) => panic!("the web process used tables that do not exist"),
     }
     let worker = Store::connect(&pg(worker_url.clone()), Access::Worker).unwrap();
-    for sql in readme_sql(1) {
+    for sql in documented_sql(1) {
         cluster.psql("posttls", &sql);
     }
     let web = Store::connect(&pg(web_url.clone()), Access::Web).unwrap();

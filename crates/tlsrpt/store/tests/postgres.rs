@@ -145,7 +145,7 @@ fn the_schema_is_made_once_and_a_newer_one_is_refused() {
 #[test]
 fn collectors_and_the_fetcher_use_roles_of_their_own_as_the_readme_sets_them_up() {
     let cluster = PgCluster::start();
-    // The README's set-up ("Fleets"), as a superuser.
+    // The set-up of docs/fleets.md, as a superuser.
     for sql in [
         "CREATE ROLE tlsrpt_collector LOGIN PASSWORD 'collector secret'",
         "CREATE ROLE tlsrpt_fetcher LOGIN PASSWORD 'fetcher secret'",

@@ -1,4 +1,4 @@
-//! The roles of a fleet's database (README, "PostTLS on PostgreSQL"): what
+//! The roles of a fleet's database (docs/fleets.md, "PostTLS on PostgreSQL"): what
 //! the web's role needs, what only the worker's may do, and what `mailtls
 //! check` reads of the role a configuration connects as.
 
@@ -28,7 +28,7 @@ pub struct PgInspection {
 /// A privilege on a table, or on one of its columns.
 type Privilege = (&'static str, Option<&'static str>, &'static str);
 
-/// What the web role needs: the README's grants.
+/// What the web role needs: the grants of docs/fleets.md.
 const WEB_NEEDS: &[Privilege] = &[
     ("mailtls_schema", None, "SELECT"),
     ("posttls_messages", None, "SELECT"),

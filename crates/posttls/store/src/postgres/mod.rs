@@ -1,6 +1,6 @@
 //! The PostTLS store in PostgreSQL, for a fleet: one worker per Postfix
 //! instance and one web process share one database. Each process has a
-//! role of its own (README, "PostTLS on PostgreSQL"): the worker's role
+//! role of its own (docs/fleets.md, "PostTLS on PostgreSQL"): the worker's role
 //! owns the tables, creates and migrates them ([`schema`]); the web's role
 //! may read them and insert requests, token uses, audit entries and
 //! sessions, but not change a message's, recipient's or action's state
