@@ -20,14 +20,14 @@
 //! [`MAX_TTL`]; an empty answer for the SOA's negative TTL, RFC 2308
 //! section 5), so that a cached policy is answered without asking the
 //! resolver three questions each time. Errors are not kept. The cache is
-//! bounded ([`AnswerCache`]).
+//! bounded ([`Expiring`]).
 
-use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::expiring::Expiring;
 use hickory_proto::op::{Edns, Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
 use hickory_proto::rr::{Name, RData, RecordType};
@@ -85,7 +85,7 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(60);
 pub struct Dns {
     servers: Vec<SocketAddr>,
     timeout: Duration,
-    cache: Mutex<AnswerCache>,
+    cache: Mutex<Expiring<(String, RecordType), Answer>>,
 }
 
 impl Dns {
@@ -95,11 +95,11 @@ impl Dns {
         Dns {
             servers,
             timeout,
-            cache: Mutex::new(AnswerCache::new(cache_entries)),
+            cache: Mutex::new(Expiring::new(cache_entries)),
         }
     }
 
-    fn cache(&self) -> MutexGuard<'_, AnswerCache> {
+    fn cache(&self) -> MutexGuard<'_, Expiring<(String, RecordType), Answer>> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -282,65 +282,6 @@ impl Dns {
     }
 }
 
-/// Answers by (lowercase name, type) until they expire; at most
-/// `capacity`, the one expiring soonest dropped first when full (a flood
-/// of new names cannot grow it).
-#[derive(Debug)]
-pub struct AnswerCache {
-    capacity: usize,
-    answers: HashMap<(String, RecordType), (Answer, Instant)>,
-    by_expiry: BTreeSet<(Instant, String, RecordType)>,
-}
-
-impl AnswerCache {
-    pub fn new(capacity: usize) -> AnswerCache {
-        AnswerCache {
-            capacity: capacity.max(1),
-            answers: HashMap::new(),
-            by_expiry: BTreeSet::new(),
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.answers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.answers.is_empty()
-    }
-
-    /// The answer for `key` unless it has expired at `now`.
-    pub fn get(&mut self, key: &(String, RecordType), now: Instant) -> Option<Answer> {
-        let (answer, expires) = self.answers.get(key)?;
-        if *expires > now {
-            return Some(answer.clone());
-        }
-        let expires = *expires;
-        self.remove(key, expires);
-        None
-    }
-
-    pub fn insert(&mut self, key: (String, RecordType), answer: Answer, expires: Instant) {
-        if let Some((_, old)) = self.answers.get(&key) {
-            let old = *old;
-            self.remove(&key, old);
-        }
-        while self.answers.len() >= self.capacity {
-            let Some((_, name, rtype)) = self.by_expiry.pop_first() else {
-                break;
-            };
-            self.answers.remove(&(name, rtype));
-        }
-        self.by_expiry.insert((expires, key.0.clone(), key.1));
-        self.answers.insert(key, (answer, expires));
-    }
-
-    fn remove(&mut self, key: &(String, RecordType), expires: Instant) {
-        self.answers.remove(key);
-        self.by_expiry.remove(&(expires, key.0.clone(), key.1));
-    }
-}
-
 /// A name as a host name: ASCII lowercase without the trailing dot (the
 /// root, a null MX, becomes "").
 fn host_name(name: &Name) -> String {
@@ -464,42 +405,5 @@ mod tests {
         ));
         // Errors are not kept.
         assert!(dns.cache().is_empty());
-    }
-
-    #[test]
-    fn the_answer_cache_expires_and_stays_bounded() {
-        let answer = |authentic| Answer {
-            records: Vec::new(),
-            authentic,
-        };
-        let key = |name: &str| (name.to_string(), RecordType::TXT);
-        let now = Instant::now();
-        let mut cache = AnswerCache::new(3);
-        cache.insert(key("a"), answer(true), now + Duration::from_secs(10));
-        assert!(cache.get(&key("a"), now).unwrap().authentic);
-        assert!(cache
-            .get(&key("a"), now + Duration::from_secs(10))
-            .is_none());
-        assert!(cache.is_empty());
-        // Full: the one expiring soonest goes.
-        cache.insert(key("late"), answer(false), now + Duration::from_secs(300));
-        cache.insert(key("soon"), answer(false), now + Duration::from_secs(5));
-        cache.insert(key("mid"), answer(false), now + Duration::from_secs(60));
-        cache.insert(key("new"), answer(false), now + Duration::from_secs(60));
-        assert!(cache.get(&key("soon"), now).is_none());
-        assert!(cache.get(&key("late"), now).is_some());
-        for i in 0..1000 {
-            cache.insert(
-                key(&format!("r{i}")),
-                answer(false),
-                now + Duration::from_secs(i),
-            );
-        }
-        assert_eq!(cache.len(), 3);
-        assert_eq!(cache.by_expiry.len(), 3);
-        // Replacing an answer keeps one entry.
-        cache.insert(key("r999"), answer(true), now + Duration::from_secs(2000));
-        assert_eq!(cache.len(), 3);
-        assert_eq!(cache.by_expiry.len(), 3);
     }
 }

@@ -1,7 +1,8 @@
 //! The daemon of `mailtls policyd`: the I/O around [`policyd_policy`].
 //!
 //! - [`dns`]: TXT, MX, TLSA and address lookups through the configured
-//!   name servers, with the AD flag that DANE needs.
+//!   name servers, with the AD flag that DANE needs, kept for their TTL.
+//! - [`expiring`]: the bounded map of values that expire those caches use.
 //! - [`fetch`]: the MTA-STS policy over HTTPS (RFC 8461 section 3.3).
 //! - [`store`]: the bounded in-memory policy cache that
 //!   [`policyd_policy::plan`] drives, in front of the persistent one
@@ -12,6 +13,7 @@
 //! - [`metrics`]: its counters for Prometheus.
 
 pub mod dns;
+pub mod expiring;
 pub mod fetch;
 pub mod lookup;
 pub mod metrics;

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use mailtls_common::clock::Clock;
 use policyd_policy::cache::{CacheAction, NoPolicyReason};
@@ -13,6 +14,7 @@ use policyd_policy::{
 };
 
 use crate::dns::{Dns, DnsError, MxHosts};
+use crate::expiring::Expiring;
 use crate::fetch::Fetcher;
 use crate::metrics::Metrics;
 use crate::store::{Entry, PolicyStore};
@@ -80,6 +82,12 @@ fn is_host_name(name: &str) -> bool {
         })
 }
 
+/// How long an answer is given again without working it out: Postfix asks
+/// for a domain at every delivery, and within this time DNS (whose answers
+/// are kept for their TTL anyway) and the cached policy rarely change; a
+/// policy expiring meanwhile is enforced this much longer at most.
+pub const ANSWER_TTL: Duration = Duration::from_secs(30);
+
 /// Everything a lookup needs; shared by all connections.
 pub struct Engine {
     dns: Arc<Dns>,
@@ -87,6 +95,8 @@ pub struct Engine {
     store: Mutex<PolicyStore>,
     /// The persistent cache (`database`), written through.
     db: Option<Mutex<PolicyDb>>,
+    /// Recent answers by (map, key) as requested, for [`ANSWER_TTL`].
+    answers: Mutex<Expiring<(String, String), Answer>>,
     /// Domains whose policy is being refreshed in the background.
     refreshing: Mutex<HashSet<String>>,
     testing: TestingAnswer,
@@ -124,6 +134,7 @@ impl Engine {
             fetcher,
             store: Mutex::new(store),
             db,
+            answers: Mutex::new(Expiring::new(cache_size)),
             refreshing: Mutex::new(HashSet::new()),
             testing,
             clock,
@@ -142,9 +153,34 @@ impl Engine {
         &self.metrics
     }
 
-    /// The answer to one request. Blocks on DNS and HTTPS: run it off the
-    /// server's event loop.
+    /// The answer given to the same request less than [`ANSWER_TTL`] ago;
+    /// never blocks, so the server asks it on its event loop.
+    pub fn recent_answer(&self, request: &Request) -> Option<Answer> {
+        self.answers()
+            .get(&(request.map.clone(), request.key.clone()), Instant::now())
+    }
+
+    /// The answer to one request, kept for [`ANSWER_TTL`] (at most until
+    /// the domain's cached policy expires) unless `TEMP`. Blocks on DNS and
+    /// HTTPS: run it off the server's event loop.
     pub fn answer(self: &Arc<Self>, request: &Request) -> Answer {
+        let answer = self.work_out(request);
+        let policy_left = domain_of_key(&request.key)
+            .and_then(|domain| self.store().get(&domain))
+            .and_then(|entry| entry.policy)
+            .map(|p| (p.expires_at - self.clock.now()).to_std().unwrap_or_default());
+        let keep = policy_left.map_or(ANSWER_TTL, |left| left.min(ANSWER_TTL));
+        if !matches!(answer, Answer::Temp(_)) && !keep.is_zero() {
+            self.answers().insert(
+                (request.map.clone(), request.key.clone()),
+                answer.clone(),
+                Instant::now() + keep,
+            );
+        }
+        answer
+    }
+
+    fn work_out(self: &Arc<Self>, request: &Request) -> Answer {
         let Some(map) = MapName::parse(&request.map) else {
             return Answer::Perm(format!("unknown map {}", request.map));
         };
@@ -385,6 +421,10 @@ impl Engine {
 
     fn store(&self) -> MutexGuard<'_, PolicyStore> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn answers(&self) -> MutexGuard<'_, Expiring<(String, String), Answer>> {
+        self.answers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn refreshing(&self) -> MutexGuard<'_, HashSet<String>> {

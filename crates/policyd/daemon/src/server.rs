@@ -192,16 +192,20 @@ async fn connection(
                     return;
                 }
                 Some(Err(e)) => Answer::Perm(format!("bad request: {e}")),
-                Some(Ok(request)) => {
-                    let engine = engine.clone();
-                    let Ok(_lookup) = lookups.acquire().await else {
-                        return;
-                    };
-                    match tokio::task::spawn_blocking(move || engine.answer(&request)).await {
-                        Ok(answer) => answer,
-                        Err(e) => Answer::Temp(format!("lookup failed: {e}")),
+                Some(Ok(request)) => match engine.recent_answer(&request) {
+                    // Asked again within a short while: no thread hop.
+                    Some(answer) => answer,
+                    None => {
+                        let engine = engine.clone();
+                        let Ok(_lookup) = lookups.acquire().await else {
+                            return;
+                        };
+                        match tokio::task::spawn_blocking(move || engine.answer(&request)).await {
+                            Ok(answer) => answer,
+                            Err(e) => Answer::Temp(format!("lookup failed: {e}")),
+                        }
                     }
-                }
+                },
             };
             engine.count_answer(&answer);
             let wire = answer.encode().unwrap_or_else(|e| {
