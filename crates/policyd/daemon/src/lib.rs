@@ -30,6 +30,9 @@ use tlsrpt_delivery::TrustAnchors;
 pub use lookup::Engine;
 pub use server::Listen;
 
+/// The most DNS answers kept (about 300 bytes each).
+const DNS_CACHE_ENTRIES: usize = 30_000;
+
 /// How often stale rows leave the persistent cache.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -81,8 +84,10 @@ pub fn run(
     clock: Box<dyn Clock>,
     stop: impl std::future::Future + Send + 'static,
 ) -> Result<(), Error> {
-    // MX, TLSA and TXT answers of each cached domain, and more.
-    let dns_cache_entries = config.cache_size.saturating_mul(4);
+    // MX, TLSA and TXT answers of the domains mail is going to now: a
+    // working set, not every cached policy's (those need no DNS until the
+    // answer is worked out again).
+    let dns_cache_entries = config.cache_size.saturating_mul(3).min(DNS_CACHE_ENTRIES);
     let dns = Arc::new(dns::Dns::new(
         config.nameservers,
         config.dns_timeout,

@@ -88,6 +88,10 @@ fn is_host_name(name: &str) -> bool {
 /// policy expiring meanwhile is enforced this much longer at most.
 pub const ANSWER_TTL: Duration = Duration::from_secs(30);
 
+/// The most answers kept for [`ANSWER_TTL`]: the domains mail goes to
+/// within that time on a busy site.
+const RECENT_ANSWERS: usize = 10_000;
+
 /// Everything a lookup needs; shared by all connections.
 pub struct Engine {
     dns: Arc<Dns>,
@@ -134,7 +138,7 @@ impl Engine {
             fetcher,
             store: Mutex::new(store),
             db,
-            answers: Mutex::new(Expiring::new(cache_size)),
+            answers: Mutex::new(Expiring::new(cache_size.min(RECENT_ANSWERS))),
             refreshing: Mutex::new(HashSet::new()),
             testing,
             clock,
