@@ -172,7 +172,11 @@ impl Engine {
         let policy_left = domain_of_key(&request.key)
             .and_then(|domain| self.store().get(&domain))
             .and_then(|entry| entry.policy)
-            .map(|p| (p.expires_at - self.clock.now()).to_std().unwrap_or_default());
+            .map(|p| {
+                (p.expires_at - self.clock.now())
+                    .to_std()
+                    .unwrap_or_default()
+            });
         let keep = policy_left.map_or(ANSWER_TTL, |left| left.min(ANSWER_TTL));
         if !matches!(answer, Answer::Temp(_)) && !keep.is_zero() {
             self.answers().insert(
