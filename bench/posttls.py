@@ -71,8 +71,13 @@ def listing(n, seed=4):
 
 
 def stand_ins(bindir, listing_file):
-    """postqueue, postcat and a notification sink, as small shell scripts."""
+    """postqueue, postcat, postconf and a notification sink, as small shell
+    scripts."""
     scripts = {
+        # The worker asks Postfix's version (how released mail leaves) and
+        # where its queue is: a Postfix 3.10 with TLS-Required honoured.
+        "postconf": '#!/bin/sh\nfor a in "$@"; do case "$a" in mail_version) echo 3.10.5;; tls_required_enable) echo yes;; '
+                    f'queue_directory) echo {os.path.dirname(bindir)};; -*) ;; *) echo "postconf: unknown parameter $a" >&2; exit 1;; esac; done\n',
         "postqueue": f'#!/bin/sh\nexec cat {listing_file}\n',
         # -e -h -q ID...: for each id a local submission and a subject,
         # with postcat's section markers.

@@ -53,7 +53,7 @@ use posttls_auth::LoginThrottle;
 use posttls_policy::DomainSet;
 use posttls_store::{Access, Database, Store, StoreError};
 use posttls_token::SecretKey;
-use tlsrpt_stats::summary::DaySummary;
+use tlsrpt_stats::summary::{DaySummary, DomainPoint};
 
 /// The largest request body accepted: the forms have a few short fields.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -158,8 +158,15 @@ struct Inner {
     /// Day summaries recently read, newest use last (see
     /// [`AppState::day_summary`]).
     summaries: Mutex<Vec<CachedSummary>>,
-    /// The site's trend and when it was read (see [`AppState::site_trend`]).
-    trend: Mutex<Option<(Instant, Arc<Vec<tlsrpt_stats::summary::DomainPoint>>)>>,
+    /// The site's sessions per day, each day's as read (see
+    /// [`AppState::site_trend`]).
+    trend: Mutex<Vec<CachedPoint>>,
+}
+
+struct CachedPoint {
+    source: tlsrpt_stats::DaySource,
+    read_at: Instant,
+    point: DomainPoint,
 }
 
 struct CachedSummary {
@@ -175,8 +182,8 @@ const CACHED_DAYS: usize = 4;
 /// changes with every commit of the collector (and a fleet's day with any
 /// collector's); a completed day only while the report daemon is still
 /// fetching it.
-fn summary_lifetime(summary: Option<&DaySummary>) -> Duration {
-    match summary.map(|s| s.source) {
+fn summary_lifetime(source: Option<tlsrpt_stats::DaySource>) -> Duration {
+    match source {
         Some(tlsrpt_stats::DaySource::Collector | tlsrpt_stats::DaySource::Fleet) | None => {
             Duration::from_secs(30)
         }
@@ -202,7 +209,7 @@ impl AppState {
             check_lanes: CheckLanes::new(),
             dummy_hash: OnceLock::new(),
             summaries: Mutex::new(Vec::new()),
-            trend: Mutex::new(None),
+            trend: Mutex::new(Vec::new()),
         })))
     }
 
@@ -246,7 +253,8 @@ impl AppState {
         {
             let cache = self.0.summaries.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(hit) = cache.iter().find(|c| {
-                c.day == day && c.read_at.elapsed() < summary_lifetime(c.summary.as_deref())
+                c.day == day
+                    && c.read_at.elapsed() < summary_lifetime(c.summary.as_ref().map(|s| s.source))
             }) {
                 return Ok(hit.summary.clone());
             }
@@ -269,26 +277,68 @@ impl AppState {
         Ok(summary)
     }
 
-    /// The site's sessions per day kept, oldest first, read at most every
-    /// 30 s (as the live day's summary): each day is summed over its
-    /// domains, about a second for a day of 100 000 domains.
+    /// The site's sessions on each of `days` (as [`AppState::tls_days`]
+    /// lists them), oldest first. A day's sum is kept as long as its
+    /// summary would be (30 s for the live day, 10 minutes for completed
+    /// ones) and taken from `shown` when that is the day's summary, so a
+    /// day page reads its day once and the days before it seldom (each is
+    /// about a second for 100 000 domains).
     pub(crate) async fn site_trend(
         &self,
-    ) -> Result<Arc<Vec<tlsrpt_stats::summary::DomainPoint>>, WebError> {
-        if let Some((read_at, trend)) = &*self.0.trend.lock().unwrap_or_else(|e| e.into_inner()) {
-            if read_at.elapsed() < Duration::from_secs(30) {
-                return Ok(Arc::clone(trend));
+        days: &[(Day, tlsrpt_stats::DaySource)],
+        shown: Option<&DaySummary>,
+    ) -> Result<Vec<DomainPoint>, WebError> {
+        let fresh = |cached: &CachedPoint, source| {
+            cached.source == source && cached.read_at.elapsed() < summary_lifetime(Some(source))
+        };
+        let mut missing = Vec::new();
+        {
+            let mut cache = self.0.trend.lock().unwrap_or_else(|e| e.into_inner());
+            cache.retain(|c| days.iter().any(|(day, _)| *day == c.point.day));
+            for &(day, source) in days {
+                if let Some(summary) = shown.filter(|s| s.day == day && s.source == source) {
+                    cache.retain(|c| c.point.day != day);
+                    cache.push(CachedPoint {
+                        source,
+                        read_at: Instant::now(),
+                        point: DomainPoint {
+                            day,
+                            successful: summary.successful,
+                            failed: summary.failed,
+                        },
+                    });
+                } else if !cache.iter().any(|c| c.point.day == day && fresh(c, source)) {
+                    missing.push((day, source));
+                }
             }
         }
-        let sources = self.0.config.tlsrpt.clone();
-        let trend = Arc::new(
-            tokio::task::spawn_blocking(move || sources.site_trend())
-                .await
-                .map_err(|e| WebError::Task(e.to_string()))??,
-        );
-        *self.0.trend.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Instant::now(), Arc::clone(&trend)));
-        Ok(trend)
+        if !missing.is_empty() {
+            let sources = self.0.config.tlsrpt.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                missing
+                    .into_iter()
+                    .map(|(day, source)| Ok((source, sources.day_point(day, source)?)))
+                    .collect::<Result<Vec<_>, tlsrpt_stats::StatsError>>()
+            })
+            .await
+            .map_err(|e| WebError::Task(e.to_string()))??;
+            let mut cache = self.0.trend.lock().unwrap_or_else(|e| e.into_inner());
+            for (source, point) in read {
+                cache.retain(|c| c.point.day != point.day);
+                cache.push(CachedPoint {
+                    source,
+                    read_at: Instant::now(),
+                    point,
+                });
+            }
+        }
+        let cache = self.0.trend.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(days
+            .iter()
+            .rev()
+            .filter_map(|(day, _)| cache.iter().find(|c| c.point.day == *day))
+            .map(|c| c.point.clone())
+            .collect())
     }
 
     /// The days the TLSRPT databases have, newest first.

@@ -250,25 +250,21 @@ impl Sources {
         Ok(Some(DaySummary::new(day, source, domains, by_type)))
     }
 
-    /// The whole site over every day kept (oldest first): each day's
-    /// sessions summed over its domains, read as [`Sources::day`] reads
-    /// them, so the trend and the day pages agree.
-    pub fn site_trend(&self) -> Result<Vec<DomainPoint>, StatsError> {
-        let mut points = Vec::new();
-        for (day, source) in self.days()?.into_iter().rev() {
-            let mut point = DomainPoint {
-                day,
-                successful: 0,
-                failed: 0,
-            };
-            self.details_of_day(day, source, |details| {
-                let counted = summary::domain_day(day, &details);
-                point.successful = point.successful.saturating_add(counted.successful);
-                point.failed = point.failed.saturating_add(counted.failed);
-            })?;
-            points.push(point);
-        }
-        Ok(points)
+    /// The whole site on `day` (from `source`, as [`Sources::days`] lists
+    /// it): the sessions summed over its domains, read as [`Sources::day`]
+    /// reads them, so the trend and the day pages agree.
+    pub fn day_point(&self, day: Day, source: DaySource) -> Result<DomainPoint, StatsError> {
+        let mut point = DomainPoint {
+            day,
+            successful: 0,
+            failed: 0,
+        };
+        self.details_of_day(day, source, |details| {
+            let counted = summary::domain_day(day, &details);
+            point.successful = point.successful.saturating_add(counted.successful);
+            point.failed = point.failed.saturating_add(counted.failed);
+        })?;
+        Ok(point)
     }
 
     /// `domain` over every day kept, with the policies of `day` (default:

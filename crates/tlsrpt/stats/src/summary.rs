@@ -143,8 +143,12 @@ impl DaySummary {
         DaySummary {
             day,
             source,
-            successful: domains.iter().map(|d| d.successful).sum(),
-            failed: domains.iter().map(|d| d.failed).sum(),
+            successful: domains
+                .iter()
+                .fold(0, |sum, d| sum.saturating_add(d.successful)),
+            failed: domains
+                .iter()
+                .fold(0, |sum, d| sum.saturating_add(d.failed)),
             policy_types: by_type,
             skipped: domains.iter().map(|d| d.skipped).sum(),
             domains,

@@ -208,7 +208,7 @@ pub async fn tls_day(
         Ok(s) => s,
         Err(err) => return internal(&app, &err),
     };
-    let trend = match app.site_trend().await {
+    let trend = match app.site_trend(&days, summary.as_deref()).await {
         Ok(trend) => trend,
         Err(err) => return internal(&app, &err),
     };
