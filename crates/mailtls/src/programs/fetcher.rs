@@ -8,7 +8,8 @@ use std::time::Duration;
 use clap::{Arg, ArgMatches, Command};
 use mailtls_common::config::{add_options, ProgramSpec};
 use mailtls_common::day::Day;
-use tlsrpt_store::{Storage, StoreError, VisitError};
+use tlsrpt_fetcher::{AnswerError, Request};
+use tlsrpt_store::{Storage, StoreError};
 
 mailtls_common::options! {
     /// tlsrpt-fetcher's options, as upstream's.
@@ -162,74 +163,42 @@ pub fn main(matches: &ArgMatches) -> i32 {
     };
     match answer(&url, Duration::from_secs(grace), day, request) {
         Ok(()) => exit::OK,
-        Err(Failure::Store(e)) => {
+        Err(AnswerError::Store(e)) => {
             log::error!("{e}");
             match e {
                 StoreError::WrongPurpose { .. } => exit::WRONG_DATABASE,
                 _ => exit::NO_DATABASE,
             }
         }
-        Err(Failure::Output(e)) => {
-            log::warn!("cannot write the answer: {e}");
+        Err(e @ AnswerError::Output(_)) => {
+            log::warn!("{e}");
             exit::OUTPUT
         }
     }
 }
 
-enum Failure {
-    Store(StoreError),
-    Output(std::io::Error),
-}
-
-/// What the reportd asked for.
-enum Request<'a> {
-    DomainList,
-    Details(&'a str),
-    Bulk,
-}
-
 /// Answers `request` from `storage`: one collector's completed-day file,
 /// or the sum over a fleet's collectors in PostgreSQL (whose day is
 /// complete when every collector ended it, or `grace` after its end).
-fn answer(storage: &Storage, grace: Duration, day: Day, request: Request) -> Result<(), Failure> {
-    let mut db = storage.open_day_reader().map_err(Failure::Store)?;
+fn answer(
+    storage: &Storage,
+    grace: Duration,
+    day: Day,
+    request: Request,
+) -> Result<(), AnswerError> {
+    let mut reader = storage.open_day_reader()?;
+    let now = mailtls_common::clock::from_env()
+        .map_err(|e| AnswerError::Output(std::io::Error::other(e)))?
+        .now();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let now = || {
-        mailtls_common::clock::from_env()
-            .map(|clock| clock.now())
-            .map_err(|e| Failure::Output(std::io::Error::other(e)))
-    };
+    let count = tlsrpt_fetcher::answer(&mut *reader, now, grace, day, request, &mut out)?;
     match request {
-        Request::DomainList => {
-            let completed = db.completed_day(now()?, grace).map_err(Failure::Store)?;
-            let domains = db.domains(day).map_err(Failure::Store)?;
-            log::info!("domain list for {day}: {} domains", domains.len());
-            tlsrpt_fetcher::write_domain_list(&mut out, now()?, completed, &domains)
-                .map_err(Failure::Output)?;
-        }
-        Request::Bulk => {
-            let completed = db.completed_day(now()?, grace).map_err(Failure::Store)?;
-            tlsrpt_fetcher::write_bulk_header(&mut out, now()?, completed)
-                .map_err(Failure::Output)?;
-            let mut domains = 0;
-            db.for_each_domain(day, |domain, policies, failures| {
-                domains += 1;
-                tlsrpt_fetcher::write_bulk_domain(&mut out, domain, policies, failures)
-            })
-            .map_err(|e| match e {
-                VisitError::Store(e) => Failure::Store(e),
-                VisitError::Visitor(e) => Failure::Output(e),
-            })?;
-            tlsrpt_fetcher::write_bulk_end(&mut out).map_err(Failure::Output)?;
-            log::info!("bulk answer for {day}: {domains} domains");
-        }
+        Request::DomainList => log::info!("domain list for {day}: {count} domains"),
+        Request::Bulk => log::info!("bulk answer for {day}: {count} domains"),
         Request::Details(domain) => {
-            let (policies, failures) = db.details(day, domain).map_err(Failure::Store)?;
-            log::info!("details for {domain} on {day}: {} policies", policies.len());
-            let text = tlsrpt_fetcher::render_details(domain, &policies, &failures);
-            out.write_all(text.as_bytes()).map_err(Failure::Output)?;
+            log::info!("details for {domain} on {day}: {count} policies")
         }
     }
-    out.flush().map_err(Failure::Output)
+    Ok(out.flush()?)
 }

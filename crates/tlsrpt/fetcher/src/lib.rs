@@ -16,12 +16,13 @@
 //! through exactly as stored.
 
 use std::io::{self, Write};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use mailtls_common::day::Day;
 use serde_json::{Map, Value};
 use tlsrpt_datagram::pyjson;
-use tlsrpt_store::{FailureRow, PolicyRow};
+use tlsrpt_store::{DayReader, FailureRow, PolicyRow, StoreError, VisitError};
 
 /// First line of a domain list in protocol v1, verbatim from upstream.
 pub const VERSION_LINE: &str = "TLSRPT FETCHER v1devel-c domain list";
@@ -36,11 +37,74 @@ pub const BULK_VERSION_LINE: &str = "TLSRPT FETCHER v1devel-c bulk";
 /// The time format of the second line.
 pub const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
 
+/// What a reportd asks of a fetcher about one day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// `DAY`: the domains with counters.
+    DomainList,
+    /// `DAY DOMAIN`: one domain's counters.
+    Details(&'a str),
+    /// `--bulk DAY`: every domain's counters (our extension).
+    Bulk,
+}
+
+/// Why no whole answer was written.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write the answer: {0}")]
+    Output(#[from] io::Error),
+}
+
+/// Writes the answer to `request` about `day`, read from `reader` (one
+/// collector's completed-day file or a fleet's database), to `out`, as
+/// `tlsrpt-fetcher` prints it; `grace` is the fleet's `day_end_grace`.
+/// Returns how many domains (or, for details, policies) it holds.
+pub fn answer(
+    reader: &mut dyn DayReader,
+    now: DateTime<Utc>,
+    grace: Duration,
+    day: Day,
+    request: Request<'_>,
+    out: &mut impl Write,
+) -> Result<usize, AnswerError> {
+    match request {
+        Request::DomainList => {
+            let completed = reader.completed_day(now, grace)?;
+            let domains = reader.domains(day)?;
+            write_domain_list(out, now, completed, &domains)?;
+            Ok(domains.len())
+        }
+        Request::Bulk => {
+            let completed = reader.completed_day(now, grace)?;
+            write_bulk_header(out, now, completed)?;
+            let mut domains = 0;
+            reader
+                .for_each_domain(day, |domain, policies, failures| {
+                    domains += 1;
+                    write_bulk_domain(out, domain, policies, failures)
+                })
+                .map_err(|e| match e {
+                    VisitError::Store(e) => AnswerError::Store(e),
+                    VisitError::Visitor(e) => AnswerError::Output(e),
+                })?;
+            write_bulk_end(out)?;
+            Ok(domains)
+        }
+        Request::Details(domain) => {
+            let (policies, failures) = reader.details(day, domain)?;
+            out.write_all(render_details(domain, &policies, &failures).as_bytes())?;
+            Ok(policies.len())
+        }
+    }
+}
+
 /// Write the domain list answer. `completed_day` is `None` when the store has
 /// no completed day yet: the line is then left empty, which a reportd reads
 /// as "not ready" (the upstream fetcher omits the line and shifts the
 /// protocol instead).
-pub fn write_domain_list(
+fn write_domain_list(
     out: &mut impl Write,
     now: DateTime<Utc>,
     completed_day: Option<Day>,
@@ -72,7 +136,7 @@ fn push_header(text: &mut String, version: &str, now: DateTime<Utc>, completed_d
 /// then one line per domain holding the same JSON object as the details
 /// answer in compact form, then a line `.`. Streams: one domain in memory at
 /// a time.
-pub fn write_bulk_header(
+fn write_bulk_header(
     out: &mut impl Write,
     now: DateTime<Utc>,
     completed_day: Option<Day>,
@@ -83,7 +147,7 @@ pub fn write_bulk_header(
 }
 
 /// One domain's line of a bulk answer.
-pub fn write_bulk_domain(
+fn write_bulk_domain(
     out: &mut impl Write,
     domain: &str,
     policies: &[PolicyRow],
@@ -95,12 +159,12 @@ pub fn write_bulk_domain(
 }
 
 /// The end of a bulk answer.
-pub fn write_bulk_end(out: &mut impl Write) -> io::Result<()> {
+fn write_bulk_end(out: &mut impl Write) -> io::Result<()> {
     out.write_all(b".\n")
 }
 
 /// The details answer for one domain (with a trailing newline).
-pub fn render_details(domain: &str, policies: &[PolicyRow], failures: &[FailureRow]) -> String {
+fn render_details(domain: &str, policies: &[PolicyRow], failures: &[FailureRow]) -> String {
     let mut text = pyjson::dumps_indent(&details_value(domain, policies, failures), 4);
     text.push('\n');
     text

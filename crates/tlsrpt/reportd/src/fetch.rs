@@ -26,6 +26,7 @@ use std::time::Duration;
 use mailtls_common::process::{Ending, Keep, Run};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
+use tlsrpt_fetcher::Request;
 use tlsrpt_store::postgres::{PgDayReader, PgUrl};
 
 /// The first line of a v1 domain list.
@@ -276,42 +277,18 @@ fn answer_from_postgres(
     args: &[String],
     limits: Limits,
 ) -> Result<Vec<u8>, String> {
-    let fail = |e: &dyn std::fmt::Display| e.to_string();
-    let day = |text: &str| Day::parse(text).map_err(|e| fail(&e));
-    let mut reader =
-        PgDayReader::connect(&url.with_statement_timeout(limits.timeout)).map_err(|e| fail(&e))?;
-    let now = Utc::now();
-    let mut completed = || {
-        reader
-            .completed_day_logged(now, grace)
-            .map_err(|e| fail(&e))
-    };
-    let mut out = Vec::new();
-    match args {
-        [flag, d] if flag == "--bulk" => {
-            let d = day(d)?;
-            let completed = completed()?;
-            tlsrpt_fetcher::write_bulk_header(&mut out, now, completed).map_err(|e| fail(&e))?;
-            reader
-                .for_each_domain(d, |domain, policies, failures| {
-                    tlsrpt_fetcher::write_bulk_domain(&mut out, domain, policies, failures)
-                })
-                .map_err(|e| fail(&e))?;
-            tlsrpt_fetcher::write_bulk_end(&mut out).map_err(|e| fail(&e))?;
-        }
-        [d] => {
-            let d = day(d)?;
-            let completed = completed()?;
-            let domains = reader.domains(d).map_err(|e| fail(&e))?;
-            tlsrpt_fetcher::write_domain_list(&mut out, now, completed, &domains)
-                .map_err(|e| fail(&e))?;
-        }
-        [d, domain] => {
-            let (policies, failures) = reader.details(day(d)?, domain).map_err(|e| fail(&e))?;
-            out = tlsrpt_fetcher::render_details(domain, &policies, &failures).into_bytes();
-        }
+    let day = |text: &str| Day::parse(text).map_err(|e| e.to_string());
+    let (day, request) = match args {
+        [flag, d] if flag == "--bulk" => (day(d)?, Request::Bulk),
+        [d] => (day(d)?, Request::DomainList),
+        [d, domain] => (day(d)?, Request::Details(domain)),
         other => return Err(format!("no such fetcher request: {other:?}")),
-    }
+    };
+    let mut reader = PgDayReader::connect(&url.with_statement_timeout(limits.timeout))
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    tlsrpt_fetcher::answer(&mut reader, Utc::now(), grace, day, request, &mut out)
+        .map_err(|e| e.to_string())?;
     Ok(out)
 }
 
