@@ -419,6 +419,37 @@ pub struct NewReport<'a> {
     pub withheld: &'a [Withheld],
 }
 
+/// One `destinations` row of a new report: a destination to deliver (no
+/// status yet, its first try at a time) or a withheld one (its status, no
+/// time).
+pub(crate) struct DestinationRow<'a> {
+    pub destination: &'a str,
+    pub status: Option<&'static str>,
+    pub first_try: Option<DateTime<Utc>>,
+}
+
+impl<'a> NewReport<'a> {
+    /// Its `destinations` rows: the destinations first, then the withheld
+    /// ones, so that a destination that is both is delivered (the stores
+    /// keep the first row of a destination and report).
+    pub(crate) fn destination_rows(&self) -> impl Iterator<Item = DestinationRow<'a>> {
+        let delivered = self
+            .destinations
+            .iter()
+            .map(|(destination, at)| DestinationRow {
+                destination,
+                status: None,
+                first_try: Some(*at),
+            });
+        let withheld = self.withheld.iter().map(|w| DestinationRow {
+            destination: &w.destination,
+            status: Some(w.reason.status()),
+            first_try: None,
+        });
+        delivered.chain(withheld)
+    }
+}
+
 /// The open reportd state, on either store.
 pub struct ReportdDb {
     store: Box<dyn ReportdStore>,

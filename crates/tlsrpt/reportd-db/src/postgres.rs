@@ -517,29 +517,14 @@ impl ReportdStore for PgStore {
         Ok(rows.iter().map(|row| day_of(row, 0)).collect())
     }
 
-    fn insert_report(&mut self, report: NewReport<'_>) -> Result<i64> {
-        let NewReport {
-            day,
-            domain,
-            tlsrptrecord,
-            report,
-            destinations,
-            withheld,
-        } = report;
-        // The destinations first, then the withheld ones (a destination
-        // that is both is delivered, as on SQLite).
+    fn insert_report(&mut self, new: NewReport<'_>) -> Result<i64> {
         let mut names: Vec<&str> = Vec::new();
         let mut statuses: Vec<Option<&str>> = Vec::new();
         let mut first_tries: Vec<Option<DateTime<Utc>>> = Vec::new();
-        for (destination, at) in destinations {
-            names.push(destination);
-            statuses.push(None);
-            first_tries.push(Some(*at));
-        }
-        for w in withheld {
-            names.push(&w.destination);
-            statuses.push(Some(w.reason.status()));
-            first_tries.push(None);
+        for row in new.destination_rows() {
+            names.push(row.destination);
+            statuses.push(row.status);
+            first_tries.push(row.first_try);
         }
         // One statement, atomic by itself: the report, numbered, and its
         // destinations in one round trip (a day has a report per domain).
@@ -559,10 +544,10 @@ impl ReportdStore for PgStore {
                      ON CONFLICT DO NOTHING)
                  SELECT r_id FROM report",
                 &[
-                    &day.date(),
-                    &domain,
-                    &tlsrptrecord,
-                    &report,
+                    &new.day.date(),
+                    &new.domain,
+                    &new.tlsrptrecord,
+                    &new.report,
                     &names,
                     &statuses,
                     &first_tries,
@@ -588,17 +573,11 @@ impl ReportdStore for PgStore {
             domains.push(report.domain);
             records.push(report.tlsrptrecord);
             texts.push(report.report);
-            for (destination, at) in report.destinations {
+            for row in report.destination_rows() {
                 owners.push(position);
-                names.push(destination.as_str());
-                statuses.push(None);
-                first_tries.push(Some(*at));
-            }
-            for withheld in report.withheld {
-                owners.push(position);
-                names.push(withheld.destination.as_str());
-                statuses.push(Some(withheld.reason.status()));
-                first_tries.push(None);
+                names.push(row.destination);
+                statuses.push(row.status);
+                first_tries.push(row.first_try);
             }
         }
         // One statement for the batch: each report numbered after those

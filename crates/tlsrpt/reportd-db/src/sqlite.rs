@@ -407,38 +407,29 @@ impl ReportdStore for SqliteStore {
             .collect()
     }
 
-    fn insert_report(&mut self, report: NewReport<'_>) -> Result<i64> {
-        let NewReport {
-            day,
-            domain,
-            tlsrptrecord,
-            report,
-            destinations,
-            withheld,
-        } = report;
+    fn insert_report(&mut self, new: NewReport<'_>) -> Result<i64> {
+        let day = new.day.to_string();
         let tx = self.conn.savepoint()?;
         let uniqid: i64 = tx.query_row(
             "SELECT COUNT(*)+1 FROM reports WHERE day=? AND domain=?",
-            params![day.to_string(), domain],
+            params![day, new.domain],
             |row| row.get(0),
         )?;
         tx.execute(
             "INSERT INTO reports (day, domain, uniqid, tlsrptrecord, report) VALUES(?,?,?,?,?)",
-            params![day.to_string(), domain, uniqid, tlsrptrecord, report],
+            params![day, new.domain, uniqid, new.tlsrptrecord, new.report],
         )?;
         let r_id = tx.last_insert_rowid();
-        for (destination, first_try) in destinations {
+        for row in new.destination_rows() {
             tx.execute(
                 "INSERT OR IGNORE INTO destinations (destination, d_r_id, retries, status, nexttry) \
-                 VALUES(?,?,0,NULL,?)",
-                params![destination, r_id, pytime::timestamp(*first_try)],
-            )?;
-        }
-        for withheld in withheld {
-            tx.execute(
-                "INSERT OR IGNORE INTO destinations (destination, d_r_id, retries, status, nexttry) \
-                 VALUES(?,?,0,?,NULL)",
-                params![withheld.destination, r_id, withheld.reason.status()],
+                 VALUES(?,?,0,?,?)",
+                params![
+                    row.destination,
+                    r_id,
+                    row.status,
+                    row.first_try.map(pytime::timestamp)
+                ],
             )?;
         }
         tx.commit()?;
