@@ -58,6 +58,15 @@ pub enum DbError {
 
 type Result<T> = std::result::Result<T, DbError>;
 
+impl DbError {
+    fn not_sending(delivery: &Delivery) -> DbError {
+        DbError::NotSending {
+            destination: delivery.destination.clone(),
+            r_id: delivery.r_id,
+        }
+    }
+}
+
 /// A fetch job: one configured fetcher's domain list for one day.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchJob {
@@ -331,8 +340,33 @@ pub trait ReportdStore: Send {
     /// Records, before the attempt, that a delivery is starting at `now`.
     fn delivery_started(&mut self, delivery: &Delivery, now: DateTime<Utc>) -> Result<()>;
 
-    /// Records how a started delivery ended.
-    fn delivery_finished(&mut self, delivery: &Delivery, outcome: DeliveryOutcome) -> Result<()>;
+    /// Records how `delivery` ended if it is `sending`; whether it was.
+    fn end_delivery(&mut self, delivery: &Delivery, outcome: DeliveryOutcome) -> Result<bool>;
+
+    /// [`end_delivery`](Self::end_delivery) for a batch: the deliveries
+    /// that were not `sending`.
+    fn end_deliveries<'d>(
+        &mut self,
+        ended: &[(&'d Delivery, DeliveryOutcome)],
+    ) -> Result<Vec<&'d Delivery>> {
+        let mut not_sending = Vec::new();
+        for (delivery, outcome) in ended {
+            if !self.end_delivery(delivery, *outcome)? {
+                not_sending.push(*delivery);
+            }
+        }
+        Ok(not_sending)
+    }
+
+    /// Records how a started delivery ended. One that is not `sending`
+    /// (never started, or ended already) is an error: an attempt is
+    /// recorded once.
+    fn delivery_finished(&mut self, delivery: &Delivery, outcome: DeliveryOutcome) -> Result<()> {
+        match self.end_delivery(delivery, outcome)? {
+            true => Ok(()),
+            false => Err(DbError::not_sending(delivery)),
+        }
+    }
 
     /// [`delivery_started`](Self::delivery_started) for a batch (the
     /// `directory:` deliveries, a thousand at a time).
@@ -343,12 +377,13 @@ pub trait ReportdStore: Send {
         Ok(())
     }
 
-    /// [`delivery_finished`](Self::delivery_finished) for a batch.
+    /// [`delivery_finished`](Self::delivery_finished) for a batch; the
+    /// error names the first that was not `sending`.
     fn deliveries_finished(&mut self, ended: &[(&Delivery, DeliveryOutcome)]) -> Result<()> {
-        for (delivery, outcome) in ended {
-            self.delivery_finished(delivery, *outcome)?;
+        match self.end_deliveries(ended)?.first() {
+            None => Ok(()),
+            Some(delivery) => Err(DbError::not_sending(delivery)),
         }
-        Ok(())
     }
 
     /// Deletes everything about days more than `keep_days` days before

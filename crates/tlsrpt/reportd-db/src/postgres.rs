@@ -641,7 +641,7 @@ impl ReportdStore for PgStore {
         Ok(())
     }
 
-    fn delivery_finished(&mut self, delivery: &Delivery, outcome: DeliveryOutcome) -> Result<()> {
+    fn end_delivery(&mut self, delivery: &Delivery, outcome: DeliveryOutcome) -> Result<bool> {
         let changed = match outcome {
             DeliveryOutcome::RetryAt(at) => self.execute(
                 "UPDATE reportd_destinations SET status = NULL, retries = retries + 1, nexttry = $1
@@ -654,13 +654,7 @@ impl ReportdStore for PgStore {
                 &[&outcome.status(), &delivery.destination, &delivery.r_id],
             )?,
         };
-        if changed == 0 {
-            return Err(DbError::NotSending {
-                destination: delivery.destination.clone(),
-                r_id: delivery.r_id,
-            });
-        }
-        Ok(())
+        Ok(changed > 0)
     }
 
     fn deliveries_started(&mut self, deliveries: &[Delivery], now: DateTime<Utc>) -> Result<()> {
@@ -679,7 +673,10 @@ impl ReportdStore for PgStore {
         Ok(())
     }
 
-    fn deliveries_finished(&mut self, ended: &[(&Delivery, DeliveryOutcome)]) -> Result<()> {
+    fn end_deliveries<'d>(
+        &mut self,
+        ended: &[(&'d Delivery, DeliveryOutcome)],
+    ) -> Result<Vec<&'d Delivery>> {
         let (mut retry, mut done): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
         for (delivery, outcome) in ended {
             match outcome {
@@ -717,19 +714,12 @@ impl ReportdStore for PgStore {
             )?;
             recorded.extend(rows.iter().map(key));
         }
-        if recorded.len() < ended.len() {
-            let recorded: std::collections::HashSet<(String, i64)> = recorded.into_iter().collect();
-            if let Some((delivery, _)) = ended
-                .iter()
-                .find(|(d, _)| !recorded.contains(&(d.destination.clone(), d.r_id)))
-            {
-                return Err(DbError::NotSending {
-                    destination: delivery.destination.clone(),
-                    r_id: delivery.r_id,
-                });
-            }
-        }
-        Ok(())
+        let recorded: std::collections::HashSet<(String, i64)> = recorded.into_iter().collect();
+        Ok(ended
+            .iter()
+            .map(|(delivery, _)| *delivery)
+            .filter(|d| !recorded.contains(&(d.destination.clone(), d.r_id)))
+            .collect())
     }
 
     fn clean_up(&mut self, now: DateTime<Utc>, keep_days: i64) -> Result<CleanedUp> {

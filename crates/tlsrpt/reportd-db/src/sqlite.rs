@@ -456,7 +456,7 @@ impl ReportdStore for SqliteStore {
         Ok(())
     }
 
-    fn delivery_finished(&mut self, delivery: &Delivery, outcome: DeliveryOutcome) -> Result<()> {
+    fn end_delivery(&mut self, delivery: &Delivery, outcome: DeliveryOutcome) -> Result<bool> {
         let changed = match outcome {
             DeliveryOutcome::RetryAt(at) => self.conn.execute(
                 "UPDATE destinations SET status=NULL, retries=retries+1, nexttry=? \
@@ -468,13 +468,7 @@ impl ReportdStore for SqliteStore {
                 params![outcome.status(), delivery.destination, delivery.r_id],
             )?,
         };
-        if changed == 0 {
-            return Err(DbError::NotSending {
-                destination: delivery.destination.clone(),
-                r_id: delivery.r_id,
-            });
-        }
-        Ok(())
+        Ok(changed > 0)
     }
 
     fn clean_up(&mut self, now: DateTime<Utc>, keep_days: i64) -> Result<CleanedUp> {
