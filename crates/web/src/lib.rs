@@ -37,6 +37,7 @@ pub mod pages;
 pub mod posttls;
 pub mod tls;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -158,7 +159,7 @@ struct Inner {
     /// Day summaries recently read, newest use last (see
     /// [`AppState::day_summary`]).
     summaries: Mutex<Vec<CachedSummary>>,
-    /// The site's sessions per day, each day's as read (see
+    /// The site's sessions on the days not shown, each as read (see
     /// [`AppState::site_trend`]).
     trend: Mutex<Vec<CachedPoint>>,
 }
@@ -278,36 +279,36 @@ impl AppState {
     }
 
     /// The site's sessions on each of `days` (as [`AppState::tls_days`]
-    /// lists them), oldest first. A day's sum is kept as long as its
-    /// summary would be (30 s for the live day, 10 minutes for completed
-    /// ones) and taken from `shown` when that is the day's summary, so a
-    /// day page reads its day once and the days before it seldom (each is
-    /// about a second for 100 000 domains).
+    /// lists them), oldest first: the shown day's from its summary
+    /// `shown`, another day's kept as long as its summary would be (30 s
+    /// for the live day, 10 minutes for completed ones). So a day page
+    /// reads its day once and the days before it seldom (each is about a
+    /// second for 100 000 domains).
     pub(crate) async fn site_trend(
         &self,
         days: &[(Day, tlsrpt_stats::DaySource)],
         shown: Option<&DaySummary>,
     ) -> Result<Vec<DomainPoint>, WebError> {
-        let fresh = |cached: &CachedPoint, source| {
-            cached.source == source && cached.read_at.elapsed() < summary_lifetime(Some(source))
-        };
+        let mut known: HashMap<Day, DomainPoint> = HashMap::new();
         let mut missing = Vec::new();
         {
             let mut cache = self.0.trend.lock().unwrap_or_else(|e| e.into_inner());
             cache.retain(|c| days.iter().any(|(day, _)| *day == c.point.day));
             for &(day, source) in days {
                 if let Some(summary) = shown.filter(|s| s.day == day && s.source == source) {
-                    cache.retain(|c| c.point.day != day);
-                    cache.push(CachedPoint {
-                        source,
-                        read_at: Instant::now(),
-                        point: DomainPoint {
-                            day,
-                            successful: summary.successful,
-                            failed: summary.failed,
-                        },
-                    });
-                } else if !cache.iter().any(|c| c.point.day == day && fresh(c, source)) {
+                    let point = DomainPoint {
+                        day,
+                        successful: summary.successful,
+                        failed: summary.failed,
+                    };
+                    known.insert(day, point);
+                } else if let Some(cached) = cache.iter().find(|c| {
+                    c.point.day == day
+                        && c.source == source
+                        && c.read_at.elapsed() < summary_lifetime(Some(source))
+                }) {
+                    known.insert(day, cached.point.clone());
+                } else {
                     missing.push((day, source));
                 }
             }
@@ -328,16 +329,15 @@ impl AppState {
                 cache.push(CachedPoint {
                     source,
                     read_at: Instant::now(),
-                    point,
+                    point: point.clone(),
                 });
+                known.insert(point.day, point);
             }
         }
-        let cache = self.0.trend.lock().unwrap_or_else(|e| e.into_inner());
         Ok(days
             .iter()
             .rev()
-            .filter_map(|(day, _)| cache.iter().find(|c| c.point.day == *day))
-            .map(|c| c.point.clone())
+            .filter_map(|(day, _)| known.remove(day))
             .collect())
     }
 
