@@ -714,6 +714,9 @@ impl ReportdStore for PgStore {
             )?;
             recorded.extend(rows.iter().map(key));
         }
+        if recorded.len() == ended.len() {
+            return Ok(Vec::new());
+        }
         let recorded: std::collections::HashSet<(String, i64)> = recorded.into_iter().collect();
         Ok(ended
             .iter()
